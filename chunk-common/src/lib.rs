@@ -1,0 +1,18 @@
+//! chunk's shared definitions: one source of truth for the kernel (XDP) and userspace sides.
+//!
+//! - [`wire`]: the chunk header and message bodies, as zero-copy views and `Repr` structs;
+//! - [`crc`]: the CRC32 both sides verify, in a form the eBPF verifier accepts;
+//! - [`counters`]: the per-reason counters the XDP program keeps, indexed by one enum;
+//! - [`ring`]: the record layout the XDP program hands to userspace through the ring buffer.
+//!
+//! No std, no allocation: everything here must build for `bpfel-unknown-none`.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+pub mod counters;
+pub mod crc;
+pub mod ring;
+pub mod wire;
+
+/// The IP protocol number chunk uses unless told otherwise: 253 is reserved by RFC 3692 for
+/// experimentation and testing, so it collides with nothing deployed.
+pub const DEFAULT_IP_PROTOCOL: u8 = 253;

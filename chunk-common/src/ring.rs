@@ -1,0 +1,38 @@
+//! The record the XDP program hands to userspace through the BPF ring buffer.
+//!
+//! The ring buffer's reserve call needs a size the verifier knows as a constant, so every record
+//! is [`RECORD_LEN`] bytes: a [`RecordHeader`] followed by the chunk packet (chunk header and
+//! payload, exactly as on the wire, except that the CRC field has been zeroed by the check).
+
+use crate::wire::HEADER_LEN;
+
+/// Bytes of one ring-buffer record.
+pub const RECORD_LEN: usize = 4096;
+
+/// Bytes of the [`RecordHeader`] at the start of a record.
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
+
+/// The largest chunk packet (header and payload) a record can carry.
+pub const MAX_PACKET_LEN: usize = RECORD_LEN - RECORD_HEADER_LEN;
+
+/// The largest payload a chunk packet can carry through the XDP path. It also bounds what fits in
+/// a native-mode XDP frame on veth (MTU about 3400), with room to spare.
+pub const MAX_PAYLOAD_LEN: usize = MAX_PACKET_LEN - HEADER_LEN;
+
+/// What the kernel knows about a packet that userspace needs and the packet does not carry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// IPv4 source address, in network byte order as in the IP header: where acks go.
+    pub src_addr: [u8; 4],
+    /// IPv4 destination address, in network byte order: the address the sender aimed at.
+    pub dst_addr: [u8; 4],
+    /// Length of the chunk packet that follows (header and payload).
+    pub packet_len: u16,
+    /// Zero; keeps the packet 4-byte aligned in the record.
+    pub _reserved: u16,
+    /// The RX queue the frame arrived on (for spreading work over cores).
+    pub rx_queue: u32,
+}
+
+const _: () = assert!(RECORD_HEADER_LEN == 16);

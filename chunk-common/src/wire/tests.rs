@@ -1,0 +1,346 @@
+//! Byte fixtures for every message type (the same bytes as the examples in docs/PROTOCOL.md),
+//! and properties of parse and emit.
+
+use super::*;
+use proptest::prelude::*;
+
+const TID: u32 = 0x0A0B_0C0D;
+const HASH: [u8; 32] = {
+    let mut h = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        h[i] = i as u8;
+        i += 1;
+    }
+    h
+};
+
+static DATA_BYTES: [u8; 25] = [
+    0x43, 0x4b, 0x01, 0x01, 0x00, 0x01, 0x00, 0x05,
+    0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x07,
+    0x4e, 0x10, 0xff, 0x0a, 0x68, 0x65, 0x6c, 0x6c,
+    0x6f,
+];
+static ACK_BYTES: [u8; 33] = [
+    0x43, 0x4b, 0x01, 0x02, 0x00, 0x00, 0x00, 0x0d,
+    0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x05,
+    0x45, 0x2c, 0x67, 0xb9, 0x00, 0x00, 0x00, 0x09,
+    0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0xfa,
+    0x0a,
+];
+static OFFER_BYTES: [u8; 89] = [
+    0x43, 0x4b, 0x01, 0x03, 0x00, 0x00, 0x00, 0x45,
+    0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
+    0x53, 0x92, 0xe1, 0xc4, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x0b, 0xb8, 0x00, 0x00, 0x05, 0x78,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x01, 0xa4,
+    0x00, 0x00, 0x00, 0x00, 0x65, 0x53, 0xf1, 0x00,
+    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x02, 0x03,
+    0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
+    0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13,
+    0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
+    0x1c, 0x1d, 0x1e, 0x1f, 0x61, 0x2e, 0x74, 0x78,
+    0x74,
+];
+static COMPLETE_BYTES: [u8; 56] = [
+    0x43, 0x4b, 0x01, 0x04, 0x00, 0x00, 0x00, 0x24,
+    0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x03,
+    0x76, 0x1e, 0xbc, 0x19, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
+    0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+    0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17,
+    0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+];
+static ABORT_BYTES: [u8; 28] = [
+    0x43, 0x4b, 0x01, 0x05, 0x00, 0x00, 0x00, 0x08,
+    0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
+    0x02, 0x7d, 0x1b, 0x78, 0x00, 0x05, 0x65, 0x78,
+    0x69, 0x73, 0x74, 0x73,
+];
+
+fn data_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 7,
+        flags: flags::MORE_CHUNKS,
+        message: Message::Data { payload: b"hello" },
+    }
+}
+
+fn ack_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 5,
+        flags: 0,
+        message: Message::Ack(AckRepr {
+            cumulative: 5,
+            echo: 9,
+            delay_us: 250,
+            base: 6,
+            bitmap: &[0b0000_1010],
+        }),
+    }
+}
+
+fn offer_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 0,
+        flags: 0,
+        message: Message::Offer(OfferRepr {
+            file_size: 3000,
+            chunk_size: 1400,
+            chunk_count: 3,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            hash_alg: HashAlg::Blake3,
+            hash: HASH,
+            name: b"a.txt",
+        }),
+    }
+}
+
+fn complete_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 3,
+        flags: 0,
+        message: Message::Complete(CompleteRepr {
+            status: CompleteStatus::Verified,
+            hash: HASH,
+        }),
+    }
+}
+
+fn abort_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 0,
+        flags: 0,
+        message: Message::Abort(AbortRepr {
+            reason: AbortReason::Exists,
+            message: b"exists",
+        }),
+    }
+}
+
+fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 5] {
+    [
+        ("data", &DATA_BYTES, data_repr()),
+        ("ack", &ACK_BYTES, ack_repr()),
+        ("offer", &OFFER_BYTES, offer_repr()),
+        ("complete", &COMPLETE_BYTES, complete_repr()),
+        ("abort", &ABORT_BYTES, abort_repr()),
+    ]
+}
+
+#[test]
+fn fixtures_parse_to_their_repr() {
+    for (name, bytes, repr) in fixtures() {
+        assert_eq!(Repr::parse_bytes(bytes), Ok(repr), "{name}");
+    }
+}
+
+#[test]
+fn fixtures_emit_from_their_repr() {
+    for (name, bytes, repr) in fixtures() {
+        let mut buf = [0u8; 128];
+        let n = repr.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..n], bytes, "{name}");
+        assert_eq!(repr.buffer_len(), n, "{name}");
+    }
+}
+
+#[test]
+fn data_view_accessors() {
+    let p = Packet::new_checked(&DATA_BYTES[..]).unwrap();
+    assert_eq!(p.magic(), MAGIC);
+    assert_eq!(p.version(), VERSION);
+    assert_eq!(p.msg_type(), Some(MessageType::Data));
+    assert_eq!(p.flags(), flags::MORE_CHUNKS);
+    assert_eq!(p.payload_len(), 5);
+    assert_eq!(p.transfer_id(), TID);
+    assert_eq!(p.seq(), 7);
+    assert_eq!(p.crc(), 0x4E10_FF0A);
+    assert_eq!(p.payload(), b"hello");
+    assert_eq!(p.compute_crc(), p.crc());
+}
+
+#[test]
+fn ack_membership() {
+    let Message::Ack(a) = ack_repr().message else {
+        unreachable!()
+    };
+    let got: Vec<u32> = (0..20).filter(|&i| a.has(i)).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 7, 9]);
+    assert_eq!(a.bitmap_indices().collect::<Vec<_>>(), [7, 9]);
+}
+
+#[test]
+fn each_check_has_its_error() {
+    assert_eq!(Repr::parse_bytes(&DATA_BYTES[..19]), Err(Error::Truncated));
+    let mut b = DATA_BYTES;
+    b[0] = 0x44;
+    assert_eq!(Repr::parse_bytes(&b), Err(Error::BadMagic));
+    let mut b = DATA_BYTES;
+    b[2] = 2;
+    assert_eq!(Repr::parse_bytes(&b), Err(Error::BadMagic));
+    let mut b = DATA_BYTES;
+    b[3] = 9;
+    assert_eq!(Repr::parse_bytes(&b), Err(Error::BadType));
+    // One byte short of the claimed payload, and one byte of trailing junk.
+    assert_eq!(Repr::parse_bytes(&DATA_BYTES[..24]), Err(Error::BadLength));
+    let mut long = [0u8; 26];
+    long[..25].copy_from_slice(&DATA_BYTES);
+    assert_eq!(Repr::parse_bytes(&long), Err(Error::BadLength));
+    let mut b = DATA_BYTES;
+    b[24] ^= 1;
+    assert_eq!(Repr::parse_bytes(&b), Err(Error::BadCrc));
+    // The view alone accepts trailing bytes (Ethernet padding) but not a short payload.
+    assert!(Packet::new_checked(&long[..]).is_ok());
+    assert_eq!(Packet::new_checked(&DATA_BYTES[..24]).err(), Some(Error::Truncated));
+}
+
+#[test]
+fn offer_body_must_be_consistent() {
+    let mut buf = [0u8; 128];
+    let mut repr = offer_repr();
+    if let Message::Offer(o) = &mut repr.message {
+        o.chunk_count = 4; // 3000 bytes at 1400 per chunk are 3 chunks
+    }
+    let n = repr.emit(&mut buf).unwrap();
+    assert_eq!(Repr::parse_bytes(&buf[..n]), Err(Error::Malformed));
+    assert_eq!(chunk_count(0, 1400), Some(0));
+    assert_eq!(chunk_count(1400, 1400), Some(1));
+    assert_eq!(chunk_count(1401, 1400), Some(2));
+    assert_eq!(chunk_count(1, 0), None);
+    assert_eq!(chunk_count(u64::MAX, 1), None);
+    assert_eq!(chunk_count(u32::MAX as u64, 1), Some(u32::MAX));
+}
+
+#[test]
+fn abort_reasons_round_trip() {
+    for code in 0..=20u16 {
+        assert_eq!(AbortReason::from_code(code).code(), code);
+    }
+}
+
+/// Pulls the hex blocks out of docs/PROTOCOL.md: each is preceded by a line
+/// `<!-- fixture: NAME -->`.
+fn doc_examples() -> Vec<(String, Vec<u8>)> {
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim().strip_prefix("<!-- fixture: ") else {
+            continue;
+        };
+        let name = rest.trim_end_matches("-->").trim().to_string();
+        assert_eq!(lines.next().map(str::trim), Some("```text"), "{name}");
+        let mut bytes = Vec::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            // Each line is an offset, a colon, hex bytes, and optionally `|` and a comment.
+            let hex = l.split('|').next().unwrap();
+            let hex = hex.split_once(':').map_or(hex, |(_, h)| h);
+            for tok in hex.split_whitespace() {
+                bytes.push(u8::from_str_radix(tok, 16).expect("hex byte in PROTOCOL.md"));
+            }
+        }
+        out.push((name, bytes));
+    }
+    out
+}
+
+#[test]
+fn protocol_doc_examples_are_the_fixtures() {
+    let examples = doc_examples();
+    let names: Vec<&str> = examples.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["data", "ack", "offer", "complete", "abort"]);
+    for ((name, bytes), (fname, fbytes, repr)) in examples.iter().zip(fixtures()) {
+        assert_eq!(name, fname);
+        assert_eq!(bytes.as_slice(), fbytes, "PROTOCOL.md example {name}");
+        assert_eq!(Repr::parse_bytes(bytes), Ok(repr), "PROTOCOL.md example {name}");
+    }
+}
+
+fn arb_message() -> impl Strategy<Value = (u32, u32, u16, u8, Vec<u8>, Vec<u8>, u64, u32)> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u16>(),
+        1u8..=5,
+        proptest::collection::vec(any::<u8>(), 0..1500),
+        proptest::collection::vec(any::<u8>(), 0..MAX_ACK_BITMAP_LEN),
+        any::<u64>(),
+        1u32..10_000,
+    )
+}
+
+fn build<'a>(
+    (tid, seq, fl, ty, bytes, bitmap, size, csize): &'a (u32, u32, u16, u8, Vec<u8>, Vec<u8>, u64, u32),
+) -> Repr<'a> {
+    // Keep the chunk count within a u32 so the offer is consistent.
+    let size = size % (*csize as u64 * u32::MAX as u64);
+    let message = match ty {
+        1 => Message::Data { payload: bytes },
+        2 => Message::Ack(AckRepr {
+            cumulative: *seq,
+            echo: tid.rotate_left(3),
+            delay_us: *tid ^ 0x55,
+            base: seq.wrapping_add(1),
+            bitmap,
+        }),
+        3 => Message::Offer(OfferRepr {
+            file_size: size,
+            chunk_size: *csize,
+            chunk_count: chunk_count(size, *csize).unwrap(),
+            mode: 0o640,
+            mtime: -5,
+            hash_alg: HashAlg::Blake3,
+            hash: [seq.to_le_bytes()[0]; 32],
+            name: &bytes[..bytes.len().min(255)],
+        }),
+        4 => Message::Complete(CompleteRepr {
+            status: if seq % 2 == 0 { CompleteStatus::Verified } else { CompleteStatus::HashMismatch },
+            hash: [7; 32],
+        }),
+        _ => Message::Abort(AbortRepr {
+            reason: AbortReason::from_code(*fl),
+            message: bytes,
+        }),
+    };
+    Repr { transfer_id: *tid, seq: *seq, flags: *fl, message }
+}
+
+proptest! {
+    #[test]
+    fn parse_after_emit_is_identity(m in arb_message()) {
+        let repr = build(&m);
+        let mut buf = vec![0u8; repr.buffer_len()];
+        let n = repr.emit(&mut buf).unwrap();
+        prop_assert_eq!(n, buf.len());
+        prop_assert_eq!(Repr::parse_bytes(&buf), Ok(repr));
+    }
+
+    #[test]
+    fn any_single_bit_flip_is_detected(m in arb_message(), bit in any::<usize>()) {
+        let repr = build(&m);
+        let mut buf = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut buf).unwrap();
+        let bit = bit % (buf.len() * 8);
+        buf[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(Repr::parse_bytes(&buf).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Repr::parse_bytes(&bytes);
+        if let Ok(p) = Packet::new_checked(&bytes[..]) {
+            let _ = p.payload();
+            let _ = p.compute_crc();
+        }
+    }
+}
