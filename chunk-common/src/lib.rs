@@ -12,6 +12,7 @@ pub mod counters;
 pub mod crc;
 pub mod ring;
 pub mod wire;
+pub mod xdp;
 
 /// The IP protocol number chunk uses unless told otherwise: 253 is reserved by RFC 3692 for
 /// experimentation and testing, so it collides with nothing deployed.

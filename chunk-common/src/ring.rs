@@ -36,3 +36,13 @@ pub struct RecordHeader {
 }
 
 const _: () = assert!(RECORD_HEADER_LEN == 16);
+
+/// One ring-buffer record, as the XDP program reserves it.
+#[repr(C)]
+pub struct Record {
+    pub header: RecordHeader,
+    /// The chunk packet; only the first `header.packet_len` bytes are meaningful.
+    pub packet: [u8; MAX_PACKET_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Record>() == RECORD_LEN);

@@ -214,6 +214,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Everything the XDP program checks, in the same order: length, magic and version, type,
     /// the payload length against the buffer (`buffer` must end where the packet ends), CRC.
     pub fn validate(&self) -> Result<()> {
+        self.validate_structure()?;
+        if self.compute_crc() != self.crc() {
+            return Err(Error::BadCrc);
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate) without the CRC.
+    pub fn validate_structure(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
             return Err(Error::Truncated);
@@ -226,9 +235,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         if HEADER_LEN + self.payload_len() as usize != len {
             return Err(Error::BadLength);
-        }
-        if self.compute_crc() != self.crc() {
-            return Err(Error::BadCrc);
         }
         Ok(())
     }
@@ -326,7 +332,11 @@ pub const fn chunk_count(file_size: u64, chunk_size: u32) -> Option<u32> {
         return None;
     }
     let n = file_size.div_ceil(chunk_size as u64);
-    if n > u32::MAX as u64 { None } else { Some(n as u32) }
+    if n > u32::MAX as u64 {
+        None
+    } else {
+        Some(n as u32)
+    }
 }
 
 impl<'a> OfferRepr<'a> {
@@ -455,11 +465,14 @@ impl<'a> AckRepr<'a> {
     /// The chunk indices the bitmap marks as arrived, in increasing order.
     pub fn bitmap_indices(&self) -> impl Iterator<Item = u32> + 'a {
         let base = self.base;
-        self.bitmap.iter().enumerate().flat_map(move |(byte_i, &byte)| {
-            (0..8u32)
-                .filter(move |bit| byte & (1 << bit) != 0)
-                .filter_map(move |bit| base.checked_add(byte_i as u32 * 8 + bit))
-        })
+        self.bitmap
+            .iter()
+            .enumerate()
+            .flat_map(move |(byte_i, &byte)| {
+                (0..8u32)
+                    .filter(move |bit| byte & (1 << bit) != 0)
+                    .filter_map(move |bit| base.checked_add(byte_i as u32 * 8 + bit))
+            })
     }
 }
 
@@ -628,7 +641,9 @@ impl<'a> AbortRepr<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// Chunk `seq` of the file; `payload` is the chunk's bytes (the seed tool's `load`).
-    Data { payload: &'a [u8] },
+    Data {
+        payload: &'a [u8],
+    },
     Ack(AckRepr<'a>),
     Offer(OfferRepr<'a>),
     Complete(CompleteRepr),
@@ -653,8 +668,21 @@ impl<'a> Repr<'a> {
 
     /// Validates and parses a buffer that holds exactly one chunk packet.
     pub fn parse_bytes(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse_inner(bytes, true)
+    }
+
+    /// Like [`parse_bytes`](Self::parse_bytes) but without the CRC check, for packets whose CRC
+    /// the XDP program has already verified (it zeroes the CRC field while checking it).
+    pub fn parse_crc_checked(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse_inner(bytes, false)
+    }
+
+    fn parse_inner(bytes: &'a [u8], check_crc: bool) -> Result<Self> {
         let view = Packet::new_unchecked(bytes);
-        view.validate()?;
+        view.validate_structure()?;
+        if check_crc && view.compute_crc() != view.crc() {
+            return Err(Error::BadCrc);
+        }
         let body = packet_payload(bytes);
         let seq = view.seq();
         let message = match view.msg_type() {

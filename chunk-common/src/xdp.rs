@@ -1,0 +1,35 @@
+//! Names and sizes shared by the XDP program and its loader: the loader finds maps and
+//! load-time settings by these names, so both sides must spell them the same.
+
+/// Per-CPU array of `u64`, one per [`Counter`](crate::counters::Counter).
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Ring buffer of [`Record`](crate::ring::Record)s.
+pub const MAP_CHUNKS: &str = "CHUNKS";
+/// LPM trie of allowed IPv4 source prefixes.
+pub const MAP_ALLOWLIST: &str = "ALLOWLIST";
+
+/// Load-time setting (`u8`): the IP protocol number of chunk packets.
+pub const GLOBAL_PROTOCOL: &str = "CHUNK_PROTOCOL";
+/// Load-time setting (`u16`): the largest payload accepted; longer ones count as `bad_length`.
+pub const GLOBAL_MAX_PAYLOAD: &str = "MAX_PAYLOAD";
+/// Load-time setting (`u8`): 1 if the allowlist is in force (an empty allowlist allows all).
+pub const GLOBAL_ALLOWLIST_ON: &str = "ALLOWLIST_ON";
+
+/// The program's name in the object file (and in `bpftool prog show`).
+pub const PROGRAM_NAME: &str = "chunk";
+
+/// Default ring-buffer size: 4096 records of 4 KiB, about 20 ms of traffic at 200k packets/s.
+/// A power of two, as the kernel requires.
+pub const RING_DEFAULT_BYTES: u32 = 16 << 20;
+
+/// How many prefixes the allowlist can hold.
+pub const ALLOWLIST_MAX_ENTRIES: u32 = 1024;
+
+/// The allowlist's key: a prefix length, then the IPv4 address in network byte order, as the
+/// kernel's LPM trie wants it (`struct bpf_lpm_trie_key` with 4 bytes of data).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllowKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}

@@ -1,0 +1,6 @@
+//! Everything in chunk that touches the network or the kernel: the XDP loader and its maps
+//! ([`xdp`]), the ring-buffer reader ([`ring`]) and raw IP sockets ([`raw`]).
+
+pub mod raw;
+pub mod ring;
+pub mod xdp;

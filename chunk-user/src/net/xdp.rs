@@ -1,0 +1,307 @@
+//! Loads chunk's XDP program, configures it, attaches it to an interface, and reads its counters.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{ProgramError, Xdp, xdp::XdpMode},
+};
+use chunk_common::{counters::Counter, ring::MAX_PAYLOAD_LEN, xdp as names};
+use serde::Serialize;
+use thiserror::Error;
+
+/// How to attach: native (driver) mode, generic (SKB) mode, or native with SKB as the fallback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// An IPv4 prefix for the source allowlist, parsed from `198.18.0.0/15` or a bare address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl std::str::FromStr for Ipv4Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.parse().map_err(|e| format!("bad address {a:?}: {e}"))?;
+        let len: u8 = l
+            .parse()
+            .map_err(|e| format!("bad prefix length {l:?}: {e}"))?;
+        if len > 32 {
+            return Err(format!("prefix length {len} is over 32"));
+        }
+        Ok(Ipv4Prefix { addr, len })
+    }
+}
+
+/// What to load and how.
+#[derive(Clone, Debug)]
+pub struct XdpConfig {
+    pub iface: String,
+    pub mode: AttachMode,
+    pub protocol: u8,
+    /// Payloads longer than this are dropped (`bad_length`); at most [`MAX_PAYLOAD_LEN`].
+    pub max_payload: u16,
+    /// Source prefixes allowed to send; empty allows every source.
+    pub allow: Vec<Ipv4Prefix>,
+    /// Ring-buffer bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
+}
+
+impl XdpConfig {
+    pub fn new(iface: &str) -> Self {
+        XdpConfig {
+            iface: iface.to_string(),
+            mode: AttachMode::Auto,
+            protocol: chunk_common::DEFAULT_IP_PROTOCOL,
+            max_payload: MAX_PAYLOAD_LEN as u16,
+            allow: Vec::new(),
+            ring_bytes: names::RING_DEFAULT_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum XdpError {
+    #[error("attaching XDP needs root (CAP_NET_ADMIN and CAP_BPF); run as root")]
+    NotRoot,
+    #[error("no interface named {0:?}")]
+    NoSuchInterface(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel's verifier rejected the XDP program:\n{0}")]
+    Verifier(String),
+    #[error(
+        "cannot attach XDP to {iface} in {mode} mode: {source}{hint}",
+        hint = if *busy { format!(" (another XDP program is attached; `ip link set dev {iface} xdp off` removes it)") } else { String::new() }
+    )]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        busy: bool,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("XDP map {0} is missing from the program object")]
+    MissingMap(&'static str),
+    #[error("XDP map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The kernel's per-reason counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Frames the program saw in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `{"passed": 3, "accepted": 10, ...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let map: serde_json::Map<_, _> = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), self.get(*c).into()))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    /// Reads a per-CPU counter map.
+    pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self, aya::maps::MapError> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in Counter::ALL {
+            writeln!(f, "{:<12} {:>14}", c.name(), self.get(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// The XDP program, loaded and attached. Dropping it detaches the program.
+pub struct XdpReceiver {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    mode: &'static str,
+    iface: String,
+}
+
+fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Driver => "driver",
+        XdpMode::Skb => "skb",
+        XdpMode::Hardware => "hardware",
+        XdpMode::Default => "default",
+    }
+}
+
+impl XdpReceiver {
+    /// Loads the embedded program with `cfg`'s settings and attaches it to `cfg.iface`.
+    pub fn attach(cfg: &XdpConfig) -> Result<Self, XdpError> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(XdpError::NotRoot);
+        }
+        let cname = std::ffi::CString::new(cfg.iface.as_str())
+            .map_err(|_| XdpError::NoSuchInterface(cfg.iface.clone()))?;
+        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+            return Err(XdpError::NoSuchInterface(cfg.iface.clone()));
+        }
+        if cfg.max_payload as usize > MAX_PAYLOAD_LEN || cfg.max_payload == 0 {
+            return Err(XdpError::Config(format!(
+                "max payload {} is outside 1..={MAX_PAYLOAD_LEN}",
+                cfg.max_payload
+            )));
+        }
+        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
+            return Err(XdpError::Config(format!(
+                "ring buffer size {} is not a power of two of at least 4096",
+                cfg.ring_bytes
+            )));
+        }
+        let allow_on: u8 = (!cfg.allow.is_empty()).into();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_PROTOCOL, &cfg.protocol, true)
+            .override_global(names::GLOBAL_MAX_PAYLOAD, &cfg.max_payload, true)
+            .override_global(names::GLOBAL_ALLOWLIST_ON, &allow_on, true)
+            .map_max_entries(names::MAP_CHUNKS, cfg.ring_bytes)
+            .load(crate::XDP_OBJECT)
+            .map_err(XdpError::Load)?;
+
+        {
+            let map = ebpf
+                .map_mut(names::MAP_ALLOWLIST)
+                .ok_or(XdpError::MissingMap(names::MAP_ALLOWLIST))?;
+            let mut trie: LpmTrie<_, u32, u8> =
+                LpmTrie::try_from(map).map_err(|source| XdpError::Map {
+                    name: names::MAP_ALLOWLIST,
+                    source,
+                })?;
+            for p in &cfg.allow {
+                let key = Key::new(p.len as u32, u32::from_ne_bytes(p.addr.octets()));
+                trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
+                    name: names::MAP_ALLOWLIST,
+                    source,
+                })?;
+            }
+        }
+
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM_NAME)
+            .expect("the object has the chunk program")
+            .try_into()
+            .expect("the chunk program is XDP");
+        prog.load().map_err(|e| match e {
+            ProgramError::LoadError { verifier_log, .. } => {
+                XdpError::Verifier(verifier_log.to_string())
+            }
+            other => XdpError::Verifier(other.to_string()),
+        })?;
+        let modes: &[XdpMode] = match cfg.mode {
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            AttachMode::Driver => &[XdpMode::Driver],
+            AttachMode::Skb => &[XdpMode::Skb],
+        };
+        let mut attached = None;
+        let mut last_err = None;
+        for &m in modes {
+            match prog.attach(&cfg.iface, m) {
+                Ok(_) => {
+                    attached = Some(m);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(mode = mode_name(m), error = %e, "XDP attach failed");
+                    last_err = Some((m, e));
+                }
+            }
+        }
+        let Some(mode) = attached else {
+            let (m, source) = last_err.expect("at least one mode was tried");
+            let busy = is_busy(&source);
+            return Err(XdpError::Attach {
+                iface: cfg.iface.clone(),
+                mode: mode_name(m),
+                busy,
+                source,
+            });
+        };
+
+        let counters_map = ebpf
+            .take_map(names::MAP_COUNTERS)
+            .ok_or(XdpError::MissingMap(names::MAP_COUNTERS))?;
+        let counters = PerCpuArray::try_from(counters_map).map_err(|source| XdpError::Map {
+            name: names::MAP_COUNTERS,
+            source,
+        })?;
+        Ok(XdpReceiver {
+            ebpf,
+            counters,
+            mode: mode_name(mode),
+            iface: cfg.iface.clone(),
+        })
+    }
+
+    /// "driver" or "skb": how the program ended up attached.
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    pub fn counters(&self) -> Result<Counters, XdpError> {
+        Counters::read(&self.counters).map_err(|source| XdpError::Map {
+            name: names::MAP_COUNTERS,
+            source,
+        })
+    }
+
+    /// Takes the ring buffer of accepted chunks (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, XdpError> {
+        let map = self
+            .ebpf
+            .take_map(names::MAP_CHUNKS)
+            .ok_or(XdpError::MissingMap(names::MAP_CHUNKS))?;
+        RingBuf::try_from(map).map_err(|source| XdpError::Map {
+            name: names::MAP_CHUNKS,
+            source,
+        })
+    }
+}
+
+/// Whether an attach error means another program holds the interface.
+fn is_busy(e: &ProgramError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("EBUSY")
+        || text.contains("Device or resource busy")
+        || text.contains("code: 16")
+        || text.contains("File exists")
+}
