@@ -1,0 +1,1264 @@
+//! The receiver's state machine: every transfer arriving at one receiver (docs/PROTOCOL.md,
+//! "Receiver").
+//!
+//! A transfer is keyed by (sender address, transfer id). An offer is checked (name, size, chunk
+//! size, open transfers, then storage: space, existing file, partial copy) and refused with an
+//! abort or accepted with an ack. Data is written through [`Storage`] at its offset as it arrives
+//! (the core keeps no file data, only the set of received chunks), and acknowledged: every
+//! `ack_every` chunks or `ack_delay` after the first unacknowledged one, and at once when a chunk
+//! arrives out of order, is a duplicate, carries `ACK_NOW`, or is the last one missing. When every
+//! chunk is in, storage verifies and commits the file and the verdict goes back as a complete
+//! message, repeated to any later packet for `verdict_linger`.
+//!
+//! Ack bitmaps. An ack says "everything below `cumulative`" plus up to 8192 chunks from `base`.
+//! `base` is the cumulative index whenever that reaches the newest chunk. When it does not (a
+//! hole more than 8192 chunks behind the newest, as at 1 Gbit/s × 100 ms), the bitmap covers the
+//! chunks that arrived since the last ack — that is all the sender does not know yet, since acks
+//! never take anything back — and if those are themselves too far apart (a retransmission filling
+//! an old hole plus the newest run), two acks go out.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use chunk_common::wire::{
+    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, MAX_ACK_BITMAP_LEN,
+    Message, OfferRepr, Repr, flags,
+};
+
+use super::chunkset::ChunkSet;
+use super::storage::{OfferInfo, Storage};
+use super::{NO_ECHO, chunk_len};
+
+/// Chunks one ack bitmap can describe.
+const BITMAP_SPAN: u64 = MAX_ACK_BITMAP_LEN as u64 * 8;
+/// A finished transfer repeats its verdict at most this often, however many late packets come.
+const VERDICT_REPEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Receiver limits and timers; [`Default`] follows the protocol's defaults.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    /// Largest file accepted (`too large` above).
+    pub max_file_size: u64,
+    /// Transfers open at once (`too many transfers` beyond).
+    pub max_transfers: usize,
+    /// Largest chunk size accepted (`unsupported` above): what the receive buffers hold.
+    pub max_chunk_size: u32,
+    /// Acknowledge at least every this many chunks...
+    pub ack_every: u32,
+    /// ...or this long after the first unacknowledged one.
+    pub ack_delay: Duration,
+    /// A transfer silent this long is closed, its partial data kept for a resume.
+    pub idle_timeout: Duration,
+    /// How long a finished transfer's verdict is kept to repeat to late packets.
+    pub verdict_linger: Duration,
+    /// Aborts per second answering data for unknown transfers (a flood must not become one).
+    pub unknown_aborts_per_sec: u32,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            max_file_size: 1 << 40,
+            max_transfers: 16,
+            max_chunk_size: 65_535 - chunk_common::wire::HEADER_LEN as u32,
+            ack_every: 16,
+            ack_delay: Duration::from_millis(5),
+            idle_timeout: Duration::from_secs(60),
+            verdict_linger: Duration::from_secs(60),
+            unknown_aborts_per_sec: 20,
+        }
+    }
+}
+
+/// Something the I/O layer may want to log or show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An offer was accepted.
+    Started {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        size: u64,
+        chunk_count: u32,
+        /// Chunks storage already had (resume).
+        resumed_chunks: u64,
+    },
+    /// Every chunk arrived and storage checked the file.
+    Finished {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        size: u64,
+        /// From the offer's acceptance to the verdict.
+        duration: Duration,
+        verified: bool,
+        /// Chunks written in this session (resumed ones not counted).
+        chunks_received: u64,
+        /// Chunks that arrived again after they were written (retransmissions the sender made
+        /// because an ack was late or lost, or network duplicates).
+        duplicates: u64,
+        /// Chunks that arrived out of index order (mostly retransmissions filling holes).
+        out_of_order: u64,
+        resumed_chunks: u64,
+    },
+    /// An offer was refused.
+    Refused {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        reason: AbortReason,
+        message: String,
+    },
+    /// The receiver ended a transfer on a local error (an abort went to the sender).
+    Failed {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        reason: AbortReason,
+        message: String,
+    },
+    /// The sender aborted the transfer.
+    Cancelled {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        reason: AbortReason,
+        message: String,
+    },
+    /// An offer from the same sender for the same file (name, size, hash) under a new transfer
+    /// id replaced an open transfer: the sender restarted. The old one was closed, its data kept
+    /// for the new one to resume from.
+    Superseded {
+        src: Ipv4Addr,
+        old_transfer_id: u32,
+        transfer_id: u32,
+        name: String,
+    },
+    /// Nothing was heard for the idle time; the transfer was closed, its partial data kept.
+    Idle {
+        src: Ipv4Addr,
+        transfer_id: u32,
+        name: String,
+        chunks_have: u64,
+        chunk_count: u32,
+    },
+}
+
+/// Counters over the receiver's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub offers_accepted: u64,
+    pub offers_refused: u64,
+    pub data_packets: u64,
+    pub chunks_written: u64,
+    pub duplicates: u64,
+    /// Packets that parsed but make no sense (index past the end, wrong length, wrong direction).
+    pub malformed: u64,
+    /// Data for transfers the receiver does not know.
+    pub unknown_transfer: u64,
+    /// Unknown-transfer aborts not sent because of the rate limit.
+    pub aborts_suppressed: u64,
+    pub acks_sent: u64,
+    pub completes_sent: u64,
+    pub aborts_sent: u64,
+    pub transfers_finished: u64,
+    pub transfers_idle: u64,
+}
+
+type Key = (Ipv4Addr, u32);
+
+/// What the next ack must say.
+#[derive(Debug)]
+struct AckState {
+    /// Chunks received since the last ack.
+    unacked: u32,
+    /// When the delayed ack is due.
+    due: Option<Instant>,
+    /// In the ready queue already.
+    queued: bool,
+    /// The data packet to echo, and when it arrived.
+    echo: u32,
+    echo_at: Instant,
+    /// Lowest and highest index received since the last ack: what the sender does not know yet.
+    unreported: Option<(u32, u32)>,
+}
+
+#[derive(Debug)]
+struct Open<H> {
+    handle: H,
+    received: ChunkSet,
+    ack: AckState,
+}
+
+#[derive(Debug)]
+enum State<H> {
+    Open(Open<H>),
+    Finished {
+        verdict: CompleteRepr,
+        until: Instant,
+        last_sent: Option<Instant>,
+    },
+}
+
+#[derive(Debug)]
+struct Transfer<H> {
+    info: OfferInfo,
+    started: Instant,
+    last_activity: Instant,
+    state: State<H>,
+    chunks_received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    resumed: u64,
+}
+
+/// A message that is not an ack, waiting for `poll_transmit`.
+#[derive(Debug)]
+enum Outgoing {
+    Abort {
+        dst: Ipv4Addr,
+        transfer_id: u32,
+        reason: AbortReason,
+        message: String,
+    },
+    Complete {
+        dst: Ipv4Addr,
+        transfer_id: u32,
+        chunk_count: u32,
+        verdict: CompleteRepr,
+    },
+}
+
+/// The receiving side: all transfers to one receiver.
+pub struct Receiver<S: Storage> {
+    cfg: ReceiverConfig,
+    transfers: HashMap<Key, Transfer<S::Handle>>,
+    open: usize,
+    /// Transfers with an ack to send now.
+    ready: VecDeque<Key>,
+    out: VecDeque<Outgoing>,
+    events: VecDeque<Event>,
+    /// Token bucket for unknown-transfer aborts.
+    abort_tokens: f64,
+    abort_tokens_at: Option<Instant>,
+    stats: ReceiverStats,
+}
+
+impl<S: Storage> Receiver<S> {
+    pub fn new(cfg: ReceiverConfig) -> Self {
+        Self {
+            cfg,
+            transfers: HashMap::new(),
+            open: 0,
+            ready: VecDeque::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            abort_tokens: 0.0,
+            abort_tokens_at: None,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats.clone()
+    }
+
+    /// Transfers receiving now.
+    pub fn open_transfers(&self) -> usize {
+        self.open
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Feeds one packet from `src` (already CRC-checked and parsed).
+    pub fn handle_packet(&mut self, src: Ipv4Addr, repr: &Repr<'_>, now: Instant, storage: &mut S) {
+        let key = (src, repr.transfer_id);
+        match repr.message {
+            Message::Offer(offer) => self.on_offer(key, &offer, now, storage),
+            Message::Data { payload } => {
+                self.on_data(key, repr.seq, repr.flags, payload, now, storage)
+            }
+            Message::Abort(abort) => self.on_abort(key, &abort, storage),
+            Message::Ack(_) | Message::Complete(_) => self.stats.malformed += 1,
+        }
+    }
+
+    /// The next packet to send: its destination and length in `buf` (at least
+    /// `HEADER_LEN + 12 + 1024` bytes, the largest ack).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Ipv4Addr, usize)> {
+        if let Some(out) = self.out.pop_front() {
+            return Some(self.emit_outgoing(out, buf));
+        }
+        while let Some(key) = self.ready.pop_front() {
+            let Some(t) = self.transfers.get_mut(&key) else {
+                continue;
+            };
+            let State::Open(open) = &mut t.state else {
+                continue;
+            };
+            open.ack.queued = false;
+            let len = emit_ack(key.1, t.info.chunk_count, open, now, buf);
+            if open.ack.unreported.is_some() {
+                // The arrivals since the last ack did not fit one bitmap: another ack follows.
+                open.ack.queued = true;
+                self.ready.push_back(key);
+            }
+            self.stats.acks_sent += 1;
+            return Some((key.0, len));
+        }
+        None
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.transfers
+            .values()
+            .map(|t| match &t.state {
+                State::Open(o) => {
+                    let idle = t.last_activity + self.cfg.idle_timeout;
+                    o.ack.due.map_or(idle, |d| d.min(idle))
+                }
+                State::Finished { until, .. } => *until,
+            })
+            .min()
+    }
+
+    /// Delayed acks, idle transfers, expired verdicts.
+    pub fn handle_timeout(&mut self, now: Instant, storage: &mut S) {
+        let mut idle = Vec::new();
+        let mut expired = Vec::new();
+        for (&key, t) in &mut self.transfers {
+            match &mut t.state {
+                State::Open(o) => {
+                    if now >= t.last_activity + self.cfg.idle_timeout {
+                        idle.push(key);
+                    } else if o.ack.due.is_some_and(|d| now >= d) {
+                        o.ack.due = None;
+                        if !o.ack.queued {
+                            o.ack.queued = true;
+                            self.ready.push_back(key);
+                        }
+                    }
+                }
+                State::Finished { until, .. } => {
+                    if now >= *until {
+                        expired.push(key);
+                    }
+                }
+            }
+        }
+        for key in expired {
+            self.transfers.remove(&key);
+        }
+        for key in idle {
+            let Some(t) = self.transfers.remove(&key) else {
+                continue;
+            };
+            let State::Open(open) = t.state else {
+                continue;
+            };
+            self.open -= 1;
+            self.stats.transfers_idle += 1;
+            self.events.push_back(Event::Idle {
+                src: key.0,
+                transfer_id: key.1,
+                name: t.info.name.clone(),
+                chunks_have: open.received.len(),
+                chunk_count: t.info.chunk_count,
+            });
+            storage.abandon(open.handle, true);
+        }
+    }
+
+    /// Closes every open transfer, keeping partial data (for a clean shutdown).
+    pub fn close_all(&mut self, storage: &mut S) {
+        for (_, t) in self.transfers.drain() {
+            if let State::Open(open) = t.state {
+                storage.abandon(open.handle, true);
+            }
+        }
+        self.open = 0;
+        self.ready.clear();
+    }
+
+    fn on_offer(&mut self, key: Key, offer: &OfferRepr<'_>, now: Instant, storage: &mut S) {
+        if let Some(t) = self.transfers.get_mut(&key) {
+            t.last_activity = now;
+            let same = t.info.size == offer.file_size
+                && t.info.chunk_size == offer.chunk_size
+                && t.info.hash == offer.hash
+                && t.info.name.as_bytes() == offer.name;
+            if !same {
+                let name = t.info.name.clone();
+                let message = "transfer id already in use for another file";
+                self.refuse(key, name, AbortReason::Unsupported, message.into());
+                return;
+            }
+            match &mut t.state {
+                State::Open(open) => {
+                    // The sender has not heard our ack: a fresh one.
+                    open.ack.echo = NO_ECHO;
+                    queue_ack(&mut self.ready, key, &mut open.ack);
+                }
+                State::Finished { .. } => self.repeat_verdict(key, now, true),
+            }
+            return;
+        }
+
+        let name = match validate_name(offer.name) {
+            Ok(name) => name.to_owned(),
+            Err(why) => {
+                let shown = String::from_utf8_lossy(offer.name).into_owned();
+                self.refuse(key, shown, AbortReason::BadName, why.into());
+                return;
+            }
+        };
+        self.supersede(key, &name, offer, storage);
+        let check = if offer.chunk_size > self.cfg.max_chunk_size {
+            Err((
+                AbortReason::Unsupported,
+                format!("chunk size above {}", self.cfg.max_chunk_size),
+            ))
+        } else if offer.file_size > self.cfg.max_file_size {
+            Err((
+                AbortReason::TooLarge,
+                format!("limit is {} bytes", self.cfg.max_file_size),
+            ))
+        } else if self.open >= self.cfg.max_transfers {
+            Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
+        } else {
+            Ok(())
+        };
+        if let Err((reason, message)) = check {
+            self.refuse(key, name, reason, message);
+            return;
+        }
+        let info = OfferInfo {
+            src: key.0,
+            transfer_id: key.1,
+            name,
+            size: offer.file_size,
+            chunk_size: offer.chunk_size,
+            chunk_count: offer.chunk_count,
+            mode: offer.mode,
+            mtime: offer.mtime,
+            hash: offer.hash,
+        };
+        let opened = match storage.open(&info) {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                self.refuse(key, info.name, refusal.reason, refusal.message);
+                return;
+            }
+        };
+        let mut received = opened.already_have.unwrap_or_default();
+        if received.last().is_some_and(|l| l >= info.chunk_count) {
+            // Storage's record does not fit this file: receive everything again.
+            received = ChunkSet::new();
+        }
+        let resumed = received.len();
+        self.stats.offers_accepted += 1;
+        self.open += 1;
+        self.events.push_back(Event::Started {
+            src: key.0,
+            transfer_id: key.1,
+            name: info.name.clone(),
+            size: info.size,
+            chunk_count: info.chunk_count,
+            resumed_chunks: resumed,
+        });
+        let complete = resumed == info.chunk_count as u64;
+        let mut open = Open {
+            handle: opened.handle,
+            received,
+            ack: AckState {
+                unacked: 0,
+                due: None,
+                queued: false,
+                echo: NO_ECHO,
+                echo_at: now,
+                unreported: None,
+            },
+        };
+        if !complete {
+            queue_ack(&mut self.ready, key, &mut open.ack);
+        }
+        self.transfers.insert(
+            key,
+            Transfer {
+                info,
+                started: now,
+                last_activity: now,
+                state: State::Open(open),
+                chunks_received: 0,
+                duplicates: 0,
+                out_of_order: 0,
+                resumed,
+            },
+        );
+        if complete {
+            // Nothing to receive (an empty file, or a resume that had it all): the verdict now.
+            self.finish(key, now, storage);
+        }
+    }
+
+    /// Closes an open transfer of the same file from the same sender under another id (the
+    /// sender restarted and lost the id), so the new offer can resume from its data.
+    fn supersede(&mut self, key: Key, name: &str, offer: &OfferRepr<'_>, storage: &mut S) {
+        let old = self.transfers.iter().find_map(|(&k, t)| {
+            let same = k.0 == key.0
+                && matches!(t.state, State::Open(_))
+                && t.info.name == name
+                && t.info.size == offer.file_size
+                && t.info.hash == offer.hash;
+            same.then_some(k)
+        });
+        let Some(old) = old else {
+            return;
+        };
+        let Some(t) = self.transfers.remove(&old) else {
+            return;
+        };
+        if let State::Open(open) = t.state {
+            self.open -= 1;
+            storage.abandon(open.handle, true);
+        }
+        self.events.push_back(Event::Superseded {
+            src: key.0,
+            old_transfer_id: old.1,
+            transfer_id: key.1,
+            name: t.info.name,
+        });
+    }
+
+    fn on_data(
+        &mut self,
+        key: Key,
+        index: u32,
+        packet_flags: u16,
+        payload: &[u8],
+        now: Instant,
+        storage: &mut S,
+    ) {
+        self.stats.data_packets += 1;
+        let Some(t) = self.transfers.get_mut(&key) else {
+            self.stats.unknown_transfer += 1;
+            self.unknown_transfer(key, now);
+            return;
+        };
+        t.last_activity = now;
+        let State::Open(open) = &mut t.state else {
+            self.repeat_verdict(key, now, false);
+            return;
+        };
+        let info = &t.info;
+        if index >= info.chunk_count
+            || payload.len() != chunk_len(info.size, info.chunk_size, index)
+        {
+            self.stats.malformed += 1;
+            return;
+        }
+        let ack_now = packet_flags & flags::ACK_NOW != 0;
+        if open.received.contains(index) {
+            // The sender resent it, so it has not seen our ack: answer at once.
+            t.duplicates += 1;
+            self.stats.duplicates += 1;
+            open.ack.echo = index;
+            open.ack.echo_at = now;
+            open.ack.unreported = Some(match open.ack.unreported {
+                Some((lo, hi)) => (lo.min(index), hi.max(index)),
+                None => (index, index),
+            });
+            queue_ack(&mut self.ready, key, &mut open.ack);
+            return;
+        }
+        let offset = index as u64 * info.chunk_size as u64;
+        if let Err(e) = storage.write(&mut open.handle, index, offset, payload) {
+            self.fail(
+                key,
+                AbortReason::Io,
+                format!("writing chunk {index}: {e}"),
+                storage,
+            );
+            return;
+        }
+        self.stats.chunks_written += 1;
+        t.chunks_received += 1;
+        // In order: right after the highest chunk so far. Anything else opens or fills a hole,
+        // which the sender should hear about at once.
+        let next = open.received.last().map_or(0, |l| l as u64 + 1);
+        let in_order = index as u64 == next;
+        open.received.insert(index);
+        if !in_order {
+            t.out_of_order += 1;
+        }
+        open.ack.echo = index;
+        open.ack.echo_at = now;
+        open.ack.unreported = Some(match open.ack.unreported {
+            Some((lo, hi)) => (lo.min(index), hi.max(index)),
+            None => (index, index),
+        });
+        if open.received.len() == info.chunk_count as u64 {
+            self.finish(key, now, storage);
+            return;
+        }
+        open.ack.unacked += 1;
+        if !in_order || ack_now || open.ack.unacked >= self.cfg.ack_every {
+            queue_ack(&mut self.ready, key, &mut open.ack);
+        } else if open.ack.due.is_none() {
+            open.ack.due = Some(now + self.cfg.ack_delay);
+        }
+    }
+
+    fn on_abort(&mut self, key: Key, abort: &AbortRepr<'_>, storage: &mut S) {
+        let Some(t) = self.transfers.get(&key) else {
+            return;
+        };
+        if !matches!(t.state, State::Open(_)) {
+            return;
+        }
+        let Some(t) = self.transfers.remove(&key) else {
+            return;
+        };
+        let State::Open(open) = t.state else {
+            return;
+        };
+        self.open -= 1;
+        storage.abandon(open.handle, true);
+        self.events.push_back(Event::Cancelled {
+            src: key.0,
+            transfer_id: key.1,
+            name: t.info.name,
+            reason: abort.reason,
+            message: String::from_utf8_lossy(abort.message).into_owned(),
+        });
+    }
+
+    /// Every chunk is in: storage checks and commits, and the verdict goes to the sender.
+    fn finish(&mut self, key: Key, now: Instant, storage: &mut S) {
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
+        let linger = State::Finished {
+            verdict: CompleteRepr {
+                status: CompleteStatus::HashMismatch,
+                hash: [0; HASH_LEN],
+            },
+            until: now + self.cfg.verdict_linger,
+            last_sent: Some(now),
+        };
+        let State::Open(open) = std::mem::replace(&mut t.state, linger) else {
+            return;
+        };
+        self.open -= 1;
+        let verdict = match storage.finish(open.handle, &t.info.hash) {
+            Ok(v) => v,
+            Err(e) => {
+                let message = format!("finishing the file: {e}");
+                self.events.push_back(Event::Failed {
+                    src: key.0,
+                    transfer_id: key.1,
+                    name: t.info.name.clone(),
+                    reason: AbortReason::Io,
+                    message: message.clone(),
+                });
+                self.transfers.remove(&key);
+                self.send_abort(key, AbortReason::Io, message);
+                return;
+            }
+        };
+        let complete = CompleteRepr {
+            status: if verdict.verified {
+                CompleteStatus::Verified
+            } else {
+                CompleteStatus::HashMismatch
+            },
+            hash: verdict.hash,
+        };
+        if let State::Finished { verdict: v, .. } = &mut t.state {
+            *v = complete;
+        }
+        self.stats.transfers_finished += 1;
+        self.events.push_back(Event::Finished {
+            src: key.0,
+            transfer_id: key.1,
+            name: t.info.name.clone(),
+            size: t.info.size,
+            duration: now.saturating_duration_since(t.started),
+            verified: verdict.verified,
+            chunks_received: t.chunks_received,
+            duplicates: t.duplicates,
+            out_of_order: t.out_of_order,
+            resumed_chunks: t.resumed,
+        });
+        self.out.push_back(Outgoing::Complete {
+            dst: key.0,
+            transfer_id: key.1,
+            chunk_count: t.info.chunk_count,
+            verdict: complete,
+        });
+    }
+
+    /// Sends a finished transfer's verdict again (rate-limited unless `force`).
+    fn repeat_verdict(&mut self, key: Key, now: Instant, force: bool) {
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
+        let State::Finished {
+            verdict, last_sent, ..
+        } = &mut t.state
+        else {
+            return;
+        };
+        let recent =
+            last_sent.is_some_and(|t| now.saturating_duration_since(t) < VERDICT_REPEAT_INTERVAL);
+        if recent && !force {
+            return;
+        }
+        *last_sent = Some(now);
+        self.out.push_back(Outgoing::Complete {
+            dst: key.0,
+            transfer_id: key.1,
+            chunk_count: t.info.chunk_count,
+            verdict: *verdict,
+        });
+    }
+
+    /// Data for a transfer we do not know: an abort, if the rate limit allows.
+    fn unknown_transfer(&mut self, key: Key, now: Instant) {
+        let rate = self.cfg.unknown_aborts_per_sec.max(1) as f64;
+        let elapsed = self.abort_tokens_at.map_or(rate, |t| {
+            now.saturating_duration_since(t).as_secs_f64() * rate
+        });
+        self.abort_tokens = (self.abort_tokens + elapsed).min(rate);
+        self.abort_tokens_at = Some(now);
+        if self.abort_tokens < 1.0 {
+            self.stats.aborts_suppressed += 1;
+            return;
+        }
+        self.abort_tokens -= 1.0;
+        self.send_abort(key, AbortReason::UnknownTransfer, String::new());
+    }
+
+    fn refuse(&mut self, key: Key, name: String, reason: AbortReason, message: String) {
+        self.stats.offers_refused += 1;
+        self.events.push_back(Event::Refused {
+            src: key.0,
+            transfer_id: key.1,
+            name,
+            reason,
+            message: message.clone(),
+        });
+        self.send_abort(key, reason, message);
+    }
+
+    /// Ends an open transfer on a local error, keeping its partial data.
+    fn fail(&mut self, key: Key, reason: AbortReason, message: String, storage: &mut S) {
+        let Some(t) = self.transfers.remove(&key) else {
+            return;
+        };
+        if let State::Open(open) = t.state {
+            self.open -= 1;
+            storage.abandon(open.handle, true);
+        }
+        self.events.push_back(Event::Failed {
+            src: key.0,
+            transfer_id: key.1,
+            name: t.info.name,
+            reason,
+            message: message.clone(),
+        });
+        self.send_abort(key, reason, message);
+    }
+
+    fn send_abort(&mut self, key: Key, reason: AbortReason, message: String) {
+        self.out.push_back(Outgoing::Abort {
+            dst: key.0,
+            transfer_id: key.1,
+            reason,
+            message,
+        });
+    }
+
+    fn emit_outgoing(&mut self, out: Outgoing, buf: &mut [u8]) -> (Ipv4Addr, usize) {
+        let (dst, repr) = match &out {
+            Outgoing::Abort {
+                dst,
+                transfer_id,
+                reason,
+                message,
+            } => {
+                self.stats.aborts_sent += 1;
+                // Keep the message within one packet whatever storage wrote in it.
+                let mut text = message.as_bytes();
+                text = &text[..text.len().min(512)];
+                let repr = Repr {
+                    transfer_id: *transfer_id,
+                    seq: 0,
+                    flags: 0,
+                    message: Message::Abort(AbortRepr {
+                        reason: *reason,
+                        message: text,
+                    }),
+                };
+                (*dst, repr)
+            }
+            Outgoing::Complete {
+                dst,
+                transfer_id,
+                chunk_count,
+                verdict,
+            } => {
+                self.stats.completes_sent += 1;
+                let repr = Repr {
+                    transfer_id: *transfer_id,
+                    seq: *chunk_count,
+                    flags: 0,
+                    message: Message::Complete(*verdict),
+                };
+                (*dst, repr)
+            }
+        };
+        let len = repr
+            .emit(buf)
+            .expect("receiver buffer holds any control packet");
+        (dst, len)
+    }
+}
+
+fn queue_ack(ready: &mut VecDeque<Key>, key: Key, ack: &mut AckState) {
+    ack.due = None;
+    if !ack.queued {
+        ack.queued = true;
+        ready.push_back(key);
+    }
+}
+
+/// Where the next ack's bitmap starts, and what it leaves unreported (see the module comment).
+fn choose_base(
+    cumulative: u32,
+    highest: Option<u32>,
+    unreported: Option<(u32, u32)>,
+) -> (u32, Option<(u32, u32)>) {
+    let cum = cumulative as u64;
+    let reaches = highest.is_none_or(|h| (h as u64) < cum + BITMAP_SPAN);
+    let unreported = unreported.filter(|&(_, hi)| hi as u64 >= cum);
+    match unreported {
+        _ if reaches => (cumulative, None),
+        None => (cumulative, None),
+        Some((lo, hi)) => {
+            let lo = lo.max(cumulative);
+            if (hi as u64) < cum + BITMAP_SPAN {
+                (cumulative, None)
+            } else if (lo as u64) + BITMAP_SPAN > hi as u64 {
+                ((hi as u64 + 1 - BITMAP_SPAN) as u32, None)
+            } else {
+                // Two acks: this one from `lo`, the next one ending at `hi`. Arrivals between
+                // the two spans (rare: several holes filled between two acks) are reported by a
+                // later cumulative index, or by the ack to their retransmission.
+                let next_lo = (lo as u64 + BITMAP_SPAN).max(hi as u64 + 1 - BITMAP_SPAN);
+                (lo, Some((next_lo as u32, hi)))
+            }
+        }
+    }
+}
+
+/// Writes the ack `open` owes into `buf`, and resets what it owes.
+fn emit_ack<H>(
+    transfer_id: u32,
+    chunk_count: u32,
+    open: &mut Open<H>,
+    now: Instant,
+    buf: &mut [u8],
+) -> usize {
+    let cumulative = open.received.cumulative().min(chunk_count);
+    let highest = open.received.last();
+    let (base, rest) = choose_base(cumulative, highest, open.ack.unreported);
+    let mut bitmap = [0u8; MAX_ACK_BITMAP_LEN];
+    let mut len = 0;
+    if let Some(h) = highest.filter(|&h| h >= base) {
+        let bits = (h as u64 - base as u64 + 1).min(BITMAP_SPAN);
+        let bytes = bits.div_ceil(8) as usize;
+        for (j, out) in bitmap[..bytes].chunks_mut(8).enumerate() {
+            let word = open.received.word_at(base as u64 + 64 * j as u64);
+            out.copy_from_slice(&word.to_le_bytes()[..out.len()]);
+        }
+        len = bytes;
+        while len > 0 && bitmap[len - 1] == 0 {
+            len -= 1;
+        }
+    }
+    let delay_us = if open.ack.echo == NO_ECHO {
+        0
+    } else {
+        now.saturating_duration_since(open.ack.echo_at)
+            .as_micros()
+            .min(u32::MAX as u128) as u32
+    };
+    let repr = Repr {
+        transfer_id,
+        seq: cumulative,
+        flags: 0,
+        message: Message::Ack(AckRepr {
+            cumulative,
+            echo: open.ack.echo,
+            delay_us,
+            base,
+            bitmap: &bitmap[..len],
+        }),
+    };
+    let n = repr
+        .emit(buf)
+        .expect("receiver buffer holds the largest ack");
+    open.ack.unacked = 0;
+    open.ack.due = None;
+    open.ack.unreported = rest;
+    if rest.is_none() {
+        open.ack.echo = NO_ECHO;
+    }
+    n
+}
+
+/// Checks an offered name: UTF-8, relative, `/`-separated, no empty, `.` or `..` component, no
+/// NUL. Returns it as text, or why not.
+pub fn validate_name(name: &[u8]) -> Result<&str, &'static str> {
+    let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8")?;
+    if name.is_empty() {
+        return Err("name is empty");
+    }
+    if name.contains('\0') {
+        return Err("name contains NUL");
+    }
+    if name.starts_with('/') {
+        return Err("name is absolute");
+    }
+    for component in name.split('/') {
+        match component {
+            "" => return Err("name has an empty component"),
+            "." | ".." => return Err("name has a . or .. component"),
+            _ => {}
+        }
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::storage::MemStorage;
+    use chunk_common::wire::{HashAlg, MessageType};
+
+    const SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const CHUNK: u32 = 10;
+
+    fn file(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn offer(
+        r: &mut Receiver<MemStorage>,
+        st: &mut MemStorage,
+        now: Instant,
+        id: u32,
+        data: &[u8],
+    ) {
+        let o = OfferRepr {
+            file_size: data.len() as u64,
+            chunk_size: CHUNK,
+            chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+            mode: 0o644,
+            mtime: 0,
+            hash_alg: HashAlg::Blake3,
+            hash: *blake3::hash(data).as_bytes(),
+            name: b"f",
+        };
+        let repr = Repr {
+            transfer_id: id,
+            seq: 0,
+            flags: 0,
+            message: Message::Offer(o),
+        };
+        r.handle_packet(SRC, &repr, now, st);
+    }
+
+    fn chunk(
+        r: &mut Receiver<MemStorage>,
+        st: &mut MemStorage,
+        now: Instant,
+        id: u32,
+        data: &[u8],
+        index: u32,
+        flags: u16,
+    ) {
+        let start = (index * CHUNK) as usize;
+        let end = (start + CHUNK as usize).min(data.len());
+        let repr = Repr {
+            transfer_id: id,
+            seq: index,
+            flags,
+            message: Message::Data {
+                payload: &data[start..end],
+            },
+        };
+        r.handle_packet(SRC, &repr, now, st);
+    }
+
+    /// What the receiver sends now: (type, seq, echo or abort reason, base, bitmap).
+    fn out(
+        r: &mut Receiver<MemStorage>,
+        now: Instant,
+    ) -> Vec<(MessageType, u32, u32, u32, Vec<u8>)> {
+        let mut buf = [0u8; 2048];
+        let mut v = Vec::new();
+        while let Some((dst, n)) = r.poll_transmit(now, &mut buf) {
+            assert_eq!(dst, SRC);
+            let repr = Repr::parse_bytes(&buf[..n]).unwrap();
+            v.push(match repr.message {
+                Message::Ack(a) => (
+                    MessageType::Ack,
+                    repr.seq,
+                    a.echo,
+                    a.base,
+                    a.bitmap.to_vec(),
+                ),
+                Message::Abort(a) => (
+                    MessageType::Abort,
+                    repr.seq,
+                    a.reason.code() as u32,
+                    0,
+                    vec![],
+                ),
+                Message::Complete(c) => {
+                    (MessageType::Complete, repr.seq, c.status as u32, 0, vec![])
+                }
+                _ => unreachable!(),
+            });
+        }
+        v
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn offer_is_accepted_with_an_ack_echoing_nothing() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        let data = file(95);
+        offer(&mut r, &mut st, t0, 1, &data);
+        assert_eq!(
+            out(&mut r, t0),
+            vec![(MessageType::Ack, 0, NO_ECHO, 0, vec![])]
+        );
+        assert_eq!(r.open_transfers(), 1);
+        assert!(matches!(
+            r.poll_event(),
+            Some(Event::Started {
+                chunk_count: 10,
+                ..
+            })
+        ));
+        // Repeated: a fresh ack.
+        offer(&mut r, &mut st, t0, 1, &data);
+        assert_eq!(out(&mut r, t0).len(), 1);
+    }
+
+    #[test]
+    fn acks_every_16_chunks_or_after_5_ms_and_at_once_on_holes_and_duplicates() {
+        let cfg = ReceiverConfig::default();
+        let (mut r, mut st, t0) = (Receiver::new(cfg), MemStorage::new(), Instant::now());
+        let data = file(400);
+        offer(&mut r, &mut st, t0, 1, &data);
+        out(&mut r, t0);
+        for i in 0..15 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, flags::MORE_CHUNKS);
+            assert!(out(&mut r, t0).is_empty());
+        }
+        chunk(&mut r, &mut st, t0, 1, &data, 15, flags::MORE_CHUNKS);
+        assert_eq!(
+            out(&mut r, t0),
+            vec![(MessageType::Ack, 16, 15, 16, vec![])]
+        );
+        // One more, then the 5 ms timer.
+        chunk(&mut r, &mut st, t0, 1, &data, 16, flags::MORE_CHUNKS);
+        assert_eq!(r.poll_timeout(), Some(t0 + ms(5)));
+        r.handle_timeout(t0 + ms(5), &mut st);
+        assert_eq!(
+            out(&mut r, t0 + ms(5)),
+            vec![(MessageType::Ack, 17, 16, 17, vec![])]
+        );
+        // A hole: 18 before 17 is acked at once, with the bitmap.
+        chunk(&mut r, &mut st, t0, 1, &data, 18, flags::MORE_CHUNKS);
+        assert_eq!(
+            out(&mut r, t0),
+            vec![(MessageType::Ack, 17, 18, 17, vec![0b10])]
+        );
+        // A duplicate: acked at once, not written again.
+        chunk(&mut r, &mut st, t0, 1, &data, 3, flags::MORE_CHUNKS);
+        assert_eq!(out(&mut r, t0).len(), 1);
+        // ACK_NOW.
+        chunk(
+            &mut r,
+            &mut st,
+            t0,
+            1,
+            &data,
+            19,
+            flags::MORE_CHUNKS | flags::ACK_NOW,
+        );
+        assert_eq!(out(&mut r, t0).len(), 1);
+        let stats = r.stats();
+        assert_eq!((stats.chunks_written, stats.duplicates), (19, 1));
+    }
+
+    #[test]
+    fn the_last_chunk_brings_the_verdict_which_is_repeated() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        out(&mut r, t0);
+        for i in [2, 0, 1] {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        let sent = out(&mut r, t0);
+        assert_eq!(sent.last().unwrap().0, MessageType::Complete);
+        assert_eq!(sent.last().unwrap().1, 3, "seq is the chunk count");
+        assert_eq!(st.file("f").unwrap().data, data);
+        // Late data, rate-limited; a repeated offer, always.
+        chunk(&mut r, &mut st, t0 + ms(20), 1, &data, 1, 0);
+        chunk(&mut r, &mut st, t0 + ms(21), 1, &data, 1, 0);
+        assert_eq!(out(&mut r, t0 + ms(21)).len(), 1);
+        offer(&mut r, &mut st, t0 + ms(22), 1, &data);
+        assert_eq!(out(&mut r, t0 + ms(22))[0].0, MessageType::Complete);
+        // Forgotten after the linger time.
+        let at = r.poll_timeout().unwrap();
+        assert_eq!(at, t0 + ReceiverConfig::default().verdict_linger);
+        r.handle_timeout(at, &mut st);
+        chunk(&mut r, &mut st, at, 1, &data, 1, 0);
+        assert_eq!(
+            out(&mut r, at)[0].2,
+            AbortReason::UnknownTransfer.code() as u32
+        );
+    }
+
+    #[test]
+    fn unknown_transfer_aborts_are_rate_limited() {
+        let cfg = ReceiverConfig::default();
+        let burst = cfg.unknown_aborts_per_sec as usize;
+        let (mut r, mut st, t0) = (Receiver::new(cfg), MemStorage::new(), Instant::now());
+        let data = file(100);
+        for i in 0..100 {
+            chunk(&mut r, &mut st, t0, 77, &data, i % 10, 0);
+        }
+        assert_eq!(out(&mut r, t0).len(), burst);
+        assert_eq!(r.stats().aborts_suppressed, 100 - burst as u64);
+        // A second later the bucket has refilled.
+        chunk(&mut r, &mut st, t0 + ms(1000), 77, &data, 0, 0);
+        assert_eq!(out(&mut r, t0 + ms(1000)).len(), 1);
+    }
+
+    #[test]
+    fn idle_transfers_are_closed_and_resume_from_what_was_written() {
+        let cfg = ReceiverConfig::default();
+        let idle = cfg.idle_timeout;
+        let (mut r, mut st, t0) = (Receiver::new(cfg), MemStorage::new(), Instant::now());
+        let data = file(100);
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in [0, 1, 2, 5] {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        out(&mut r, t0);
+        r.handle_timeout(t0 + idle, &mut st);
+        assert_eq!(r.open_transfers(), 0);
+        assert_eq!(st.partial_chunks("f"), Some(4));
+        // Another id, same file: the first ack acknowledges what is there.
+        offer(&mut r, &mut st, t0 + idle, 2, &data);
+        let first = out(&mut r, t0 + idle);
+        assert_eq!(first, vec![(MessageType::Ack, 3, NO_ECHO, 3, vec![0b100])]);
+    }
+
+    #[test]
+    fn malformed_data_is_dropped() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        out(&mut r, t0);
+        // Index past the end, and a short middle chunk.
+        for seq in [3, 0] {
+            let repr = Repr {
+                transfer_id: 1,
+                seq,
+                flags: 0,
+                message: Message::Data {
+                    payload: &data[..5],
+                },
+            };
+            r.handle_packet(SRC, &repr, t0, &mut st);
+        }
+        assert_eq!(r.stats().malformed, 2);
+        assert!(out(&mut r, t0).is_empty());
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "a.txt", "dir/sub/file", "..a", "a..", "é/ü"] {
+            assert!(validate_name(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "./a",
+            "a/../b",
+            "..",
+            ".",
+            "a\0b",
+        ] {
+            assert!(validate_name(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&[0xff, 0x61]).is_err());
+    }
+
+    #[test]
+    fn base_is_cumulative_when_the_bitmap_reaches() {
+        assert_eq!(choose_base(10, Some(100), Some((50, 100))), (10, None));
+        assert_eq!(choose_base(10, None, None), (10, None));
+        assert_eq!(choose_base(10, Some(8201), Some((8201, 8201))), (10, None));
+    }
+
+    #[test]
+    fn base_rotates_to_cover_what_the_sender_does_not_know() {
+        // The newest run is far ahead of the hole: cover the newest.
+        assert_eq!(
+            choose_base(0, Some(20_000), Some((19_990, 20_000))),
+            (20_000 - 8191, None)
+        );
+        // A retransmission far back and the newest run: two acks.
+        let (base, rest) = choose_base(0, Some(20_000), Some((5, 20_000)));
+        assert_eq!((base, rest), (5, Some((20_000 - 8191, 20_000))));
+        assert_eq!(choose_base(0, Some(20_000), rest), (20_000 - 8191, None));
+        // Near the top of the index space nothing overflows.
+        let top = u32::MAX - 1;
+        assert_eq!(
+            choose_base(top - 9000, Some(top), Some((top, top))),
+            (top - 8191, None)
+        );
+    }
+}

@@ -1,0 +1,1248 @@
+//! The sender's state machine for one file (docs/PROTOCOL.md, "Sender").
+//!
+//! Phases: **Offering** (the offer, resent at 200 ms doubling to 2 s until an ack or abort),
+//! **Sending** (chunks the receiver lacks, in index order, within the configured window and the
+//! congestion window, paced), **Closing** (everything acknowledged: wait for the complete message,
+//! probing with the last chunk flagged `ACK_NOW` on each RTO), then done with an outcome.
+//!
+//! Loss recovery. Every transmission gets a number from a counter that only grows. A chunk is lost
+//! when three transmissions sent after it have been acknowledged: that is exactly "its number is
+//! below the third-highest acknowledged number", so three integers replace any per-chunk counting
+//! (this also catches a lost retransmission, which a per-chunk duplicate count would not). A chunk
+//! is also lost when it has been out for a whole RTO; the RTO (RFC 6298, see [`rtt`]) runs from
+//! the oldest transmission still out and doubles on each expiry until a fresh RTT sample (Karn).
+//! An ack names chunks, not transmissions, so for a resent chunk the sender cannot tell which
+//! copy arrived; loss detection credits the first copy, which can only make it slower to declare
+//! a loss, never declare a false one. When the chunks in flight are followed by nothing (window
+//! full, end of file) and their acks are lost, a tail probe (RFC 9002's PTO) resends the newest
+//! one with `ACK_NOW` about a round trip later instead of waiting for a 200 ms RTO.
+//! Rate and window come from [`cc`] (a BBR-like model, see there why not Reno).
+//!
+//! If the receiver forgets the transfer (it restarted, or closed it as idle) it answers data with
+//! an `unknown transfer` abort; the sender then offers again under the same id, and the receiver's
+//! storage says which chunks it kept (resume).
+//!
+//! [`rtt`]: super::rtt
+//! [`cc`]: super::cc
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chunk_common::wire::{
+    self, AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HEADER_LEN,
+    HashAlg, Message, OfferRepr, Repr, flags,
+};
+
+use super::cc::{Bbr, SendSnapshot};
+use super::chunkset::ChunkSet;
+use super::rtt::RttEstimator;
+use super::{NO_ECHO, chunk_len};
+
+/// Where the sender reads chunks from: a file, or a generator in the simulation.
+pub trait ChunkSource {
+    /// Fills `buf` with chunk `index`: the file's bytes from `index × chunk_size`, `buf.len()` of
+    /// them (the chunk's exact length; the implementation knows the chunk size). Returns the bytes
+    /// read; fewer than `buf.len()` means the file shrank, and the transfer fails.
+    fn read_chunk(&mut self, index: u32, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+/// What the sender says about the file in its offer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Path relative to the receiver's output directory, `/`-separated.
+    pub name: String,
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Seconds since the Unix epoch.
+    pub mtime: i64,
+    /// BLAKE3 of the whole file.
+    pub hash: [u8; HASH_LEN],
+}
+
+/// Sender tuning; [`Default`] follows the protocol's defaults.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// Bytes per chunk (the offer announces it).
+    pub chunk_size: u32,
+    /// Most chunks unacknowledged at once (`--window`); 1 is stop-and-wait.
+    pub window: u32,
+    /// A cap on the sending rate, bits per second of chunk packets plus their IPv4 header
+    /// (`--rate`). `None`: the congestion controller alone decides.
+    pub max_rate: Option<u64>,
+    /// Peer silence after which the transfer fails.
+    pub give_up: Duration,
+    /// First offer retransmission interval; doubles up to `offer_max_interval`.
+    pub offer_interval: Duration,
+    pub offer_max_interval: Duration,
+    /// RTO before any RTT sample, and its bounds.
+    pub initial_rto: Duration,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    /// Chunks the congestion controller allows before it has any estimate.
+    pub initial_cwnd: u32,
+    /// Receiver forgetting the transfer this many times fails it (see the module comment).
+    pub max_reoffers: u32,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: super::DEFAULT_CHUNK_SIZE,
+            window: 1 << 16,
+            max_rate: None,
+            give_up: Duration::from_secs(30),
+            offer_interval: Duration::from_millis(200),
+            offer_max_interval: Duration::from_secs(2),
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(60),
+            initial_cwnd: 32,
+            max_reoffers: 4,
+        }
+    }
+}
+
+/// Why a transfer failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The receiver answered the offer with an abort.
+    #[error("receiver refused the file: {reason} ({message})", reason = .0.as_str(), message = .1)]
+    Refused(AbortReason, String),
+    /// The receiver aborted the transfer after accepting it.
+    #[error("receiver aborted the transfer: {reason} ({message})", reason = .0.as_str(), message = .1)]
+    PeerAborted(AbortReason, String),
+    /// Nothing heard from the receiver for the give-up time.
+    #[error("no answer from the receiver for {0:?}; giving up")]
+    Timeout(Duration),
+    /// The receiver's whole-file hash differs from the sender's; no file was left in place.
+    #[error("the receiver's hash of the file differs from ours; the file was not kept")]
+    HashMismatch {
+        expected: [u8; HASH_LEN],
+        received: [u8; HASH_LEN],
+    },
+    /// [`Sender::abort`] was called.
+    #[error("transfer cancelled")]
+    Aborted,
+    /// The chunk source failed.
+    #[error("reading chunk {index}: {message}")]
+    Io { index: u32, message: String },
+    /// The file needs more chunks than a `u32` counts at this chunk size (or the size is 0).
+    #[error("file of {size} bytes needs too many chunks of {chunk_size} bytes")]
+    TooManyChunks { size: u64, chunk_size: u32 },
+    /// The name does not fit in an offer packet.
+    #[error("file name too long for an offer ({0} bytes)")]
+    NameTooLong(usize),
+}
+
+/// Counters and estimates, for progress bars and the figures.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SenderStats {
+    pub chunk_count: u32,
+    pub offers_sent: u64,
+    /// Data packets sent, first transmissions and retransmissions.
+    pub chunks_sent: u64,
+    pub chunks_retransmitted: u64,
+    /// Distinct chunks the receiver has acknowledged.
+    pub chunks_acked: u64,
+    /// Chunks declared lost by acks (three later transmissions acknowledged).
+    pub losses_by_ack: u64,
+    pub rto_expiries: u64,
+    /// Tail probes (a chunk in flight resent with `ACK_NOW` after a silent round trip).
+    pub tail_probes: u64,
+    /// `ACK_NOW` probes while waiting for the complete message.
+    pub probes_sent: u64,
+    /// Offers made again because the receiver had forgotten the transfer.
+    pub reoffers: u32,
+    pub srtt: Option<Duration>,
+    pub min_rtt: Option<Duration>,
+    pub rto: Duration,
+    pub cwnd_bytes: u64,
+    pub bytes_in_flight: u64,
+    /// The congestion controller's bottleneck estimate, bits/s.
+    pub bandwidth_bps: u64,
+    /// The rate chunks are paced at, bits/s (after `max_rate`).
+    pub pacing_rate_bps: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Offering,
+    Sending,
+    Closing,
+    Done,
+}
+
+/// A transmission not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    tx: u64,
+    /// The number of the chunk's first transmission.
+    first_tx: u64,
+    sent_at: Instant,
+    /// Transmissions of this chunk so far, this one included (Karn's rule needs 1).
+    sends: u32,
+    /// Packet bytes, as the congestion controller counts them.
+    bytes: u64,
+    snapshot: SendSnapshot,
+}
+
+/// Bytes of IPv4 header the pacer adds to each packet (the link carries them too).
+const IP_HEADER: u64 = 20;
+/// Pacing credit: after a pause the sender may catch up this much at once, which absorbs a
+/// timer that wakes it a millisecond late without letting an idle period become a huge burst.
+const PACING_BURST: Duration = Duration::from_millis(2);
+/// The longest the receiver holds an ack (docs/PROTOCOL.md, Receiver 2: at least every 5 ms).
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// The sending side of one transfer.
+pub struct Sender {
+    id: u32,
+    meta: FileMeta,
+    cfg: SenderConfig,
+    count: u32,
+    phase: Phase,
+    outcome: Option<Result<(), SendError>>,
+    /// An abort to send once (cancel, give-up, local error), then nothing more.
+    pending_abort: Option<(AbortReason, &'static str)>,
+    last_heard: Instant,
+
+    // Offering.
+    offer_due: bool,
+    offer_next: Instant,
+    offer_interval: Duration,
+    offer_sends: u32,
+    offer_sent_at: Instant,
+    /// `unknown transfer` aborts before this are answers to data sent before a re-offer.
+    stale_aborts_until: Instant,
+
+    // Sending.
+    acked: ChunkSet,
+    /// Chunks at or above this were never sent (unless acknowledged: resume).
+    next_new: u64,
+    in_flight: BTreeMap<u32, InFlight>,
+    /// The same transmissions by number (= send order): loss detection and the RTO look at the
+    /// oldest first.
+    by_tx: BTreeMap<u64, (u32, Instant)>,
+    /// Chunks declared lost and not yet resent, with their last transmission: an ack for it
+    /// may still come (the loss was only reordering), and it still makes a rate sample.
+    lost: BTreeMap<u32, InFlight>,
+    next_tx: u64,
+    /// The three highest acknowledged transmission numbers, highest first (0: none).
+    top_acked: [u64; 3],
+    bytes_in_flight: u64,
+    rtt: RttEstimator,
+    rto_backoff: u32,
+    /// Set by an RTO: the next chunks ask for an immediate ack.
+    ack_now: bool,
+    /// When the last data packet went out, and probes sent since the last ack (see
+    /// [`Sender::probe_deadline`]).
+    last_sent_at: Instant,
+    tail_probes: u32,
+    tail_probe_due: bool,
+    cc: Bbr,
+    next_send_at: Instant,
+
+    // Closing.
+    probe_due: bool,
+    probe_at: Instant,
+    probe_backoff: u32,
+
+    scratch: Vec<u8>,
+    stats: SenderStats,
+}
+
+impl Sender {
+    /// A sender for `meta`, which will offer it first thing (`poll_transmit`).
+    pub fn new(
+        transfer_id: u32,
+        meta: FileMeta,
+        cfg: SenderConfig,
+        now: Instant,
+    ) -> Result<Self, SendError> {
+        let count =
+            wire::chunk_count(meta.size, cfg.chunk_size).ok_or(SendError::TooManyChunks {
+                size: meta.size,
+                chunk_size: cfg.chunk_size,
+            })?;
+        // The offer must fit in one packet of no more than a chunk's size, and at least 1024.
+        let name_limit = (cfg.chunk_size as usize).max(1024);
+        if meta.name.len() > name_limit {
+            return Err(SendError::NameTooLong(meta.name.len()));
+        }
+        let chunk_bytes = (HEADER_LEN as u64) + cfg.chunk_size as u64;
+        let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto);
+        Ok(Self {
+            id: transfer_id,
+            count,
+            phase: Phase::Offering,
+            outcome: None,
+            pending_abort: None,
+            last_heard: now,
+            offer_due: true,
+            offer_next: now,
+            offer_interval: cfg.offer_interval,
+            offer_sends: 0,
+            offer_sent_at: now,
+            stale_aborts_until: now,
+            acked: ChunkSet::new(),
+            next_new: 0,
+            in_flight: BTreeMap::new(),
+            by_tx: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            next_tx: 1,
+            top_acked: [0; 3],
+            bytes_in_flight: 0,
+            rtt,
+            rto_backoff: 0,
+            ack_now: false,
+            last_sent_at: now,
+            tail_probes: 0,
+            tail_probe_due: false,
+            cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
+            next_send_at: now,
+            probe_due: false,
+            probe_at: now,
+            probe_backoff: 0,
+            scratch: vec![0; cfg.chunk_size as usize],
+            stats: SenderStats {
+                chunk_count: count,
+                ..SenderStats::default()
+            },
+            meta,
+            cfg,
+        })
+    }
+
+    pub fn transfer_id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn meta(&self) -> &FileMeta {
+        &self.meta
+    }
+
+    /// Chunks the receiver has acknowledged, and the chunk count.
+    pub fn progress(&self) -> (u64, u32) {
+        (self.acked.len(), self.count)
+    }
+
+    /// The smallest `buf` that [`poll_transmit`](Self::poll_transmit) accepts.
+    pub fn max_packet_len(&self) -> usize {
+        HEADER_LEN + (self.cfg.chunk_size as usize).max(wire::offer::NAME + self.meta.name.len())
+    }
+
+    /// The result, once the transfer is over. After it is `Some`, call `poll_transmit` until it
+    /// returns `None`: a final abort may still be waiting to go out.
+    pub fn outcome(&self) -> Option<Result<(), SendError>> {
+        self.outcome.clone()
+    }
+
+    /// Cancels the transfer: one abort (reason cancelled) goes out, then nothing.
+    pub fn abort(&mut self) {
+        if self.phase != Phase::Done {
+            self.fail(
+                SendError::Aborted,
+                Some((AbortReason::Cancelled, "cancelled by the sender")),
+            );
+        }
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        let mut s = self.stats.clone();
+        s.chunks_acked = self.acked.len();
+        s.srtt = self.rtt.smoothed();
+        s.min_rtt = self.cc.min_rtt();
+        s.rto = self.rto(self.rto_backoff);
+        s.cwnd_bytes = self.cc.cwnd();
+        s.bytes_in_flight = self.bytes_in_flight;
+        s.bandwidth_bps = (self.cc.bandwidth() * 8.0) as u64;
+        s.pacing_rate_bps = (self.pacing_rate() * 8.0) as u64;
+        s
+    }
+
+    /// Feeds one packet from the receiver (already CRC-checked and parsed).
+    pub fn handle_packet(&mut self, repr: &Repr<'_>, now: Instant) {
+        if repr.transfer_id != self.id || self.phase == Phase::Done {
+            return;
+        }
+        match repr.message {
+            Message::Ack(ack) => {
+                self.last_heard = now;
+                match self.phase {
+                    Phase::Offering => self.on_offer_accepted(&ack, now),
+                    Phase::Sending => self.on_ack(&ack, now),
+                    Phase::Closing | Phase::Done => {}
+                }
+            }
+            Message::Complete(complete) if repr.seq == self.count => {
+                self.last_heard = now;
+                self.on_complete(&complete);
+            }
+            Message::Abort(abort) => {
+                self.last_heard = now;
+                self.on_abort(&abort, now);
+            }
+            // Data and offers go the other way; a complete with a wrong count is malformed.
+            _ => {}
+        }
+    }
+
+    /// When the sender next wants [`handle_timeout`](Self::handle_timeout), or to be polled for a
+    /// paced chunk.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let give_up = self.last_heard + self.cfg.give_up;
+        let phase_timer = match self.phase {
+            Phase::Offering => (!self.offer_due).then_some(self.offer_next),
+            Phase::Sending => {
+                let pacing = self.can_send_data().then_some(self.next_send_at);
+                let probe = self.probe_deadline().filter(|_| !self.tail_probe_due);
+                opt_min(opt_min(self.rto_deadline(), pacing), probe)
+            }
+            Phase::Closing => (!self.probe_due).then_some(self.probe_at),
+            Phase::Done => None,
+        };
+        opt_min(Some(give_up), phase_timer)
+    }
+
+    /// Fires whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        if now >= self.last_heard + self.cfg.give_up {
+            let err = SendError::Timeout(self.cfg.give_up);
+            self.fail(
+                err,
+                Some((AbortReason::Timeout, "receiver silent; sender gave up")),
+            );
+            return;
+        }
+        match self.phase {
+            Phase::Offering => {
+                if now >= self.offer_next {
+                    self.offer_due = true;
+                }
+            }
+            Phase::Sending => {
+                if self.rto_deadline().is_some_and(|d| now >= d) {
+                    self.on_rto(now);
+                } else if self.probe_deadline().is_some_and(|d| now >= d) {
+                    self.tail_probe_due = true;
+                    self.tail_probes += 1;
+                    self.stats.tail_probes += 1;
+                }
+            }
+            Phase::Closing => {
+                if !self.probe_due && now >= self.probe_at {
+                    self.probe_due = true;
+                    self.probe_backoff += 1;
+                    self.probe_at = now + self.rto(self.probe_backoff);
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// Writes the next packet to send into `buf` and returns its length, or `None` if nothing is
+    /// due now. Call it until `None` after every other call.
+    pub fn poll_transmit<C: ChunkSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        source: &mut C,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.pending_abort.is_some() {
+            return self.emit_pending_abort(buf);
+        }
+        match self.phase {
+            Phase::Done => None,
+            Phase::Offering => {
+                if !self.offer_due {
+                    return None;
+                }
+                self.offer_due = false;
+                self.offer_sends += 1;
+                self.offer_sent_at = now;
+                self.offer_next = now + self.offer_interval;
+                self.offer_interval = (self.offer_interval * 2).min(self.cfg.offer_max_interval);
+                self.stats.offers_sent += 1;
+                self.emit_offer(buf, 0)
+            }
+            Phase::Closing => {
+                if !self.probe_due {
+                    return None;
+                }
+                self.probe_due = false;
+                self.stats.probes_sent += 1;
+                match self.count.checked_sub(1) {
+                    Some(last) => self.emit_chunk(last, flags::ACK_NOW, source, buf),
+                    // An empty file has no chunk to probe with: offer again, which a receiver
+                    // that finished answers with its verdict.
+                    None => self.emit_offer(buf, flags::ACK_NOW),
+                }
+            }
+            Phase::Sending => self.send_data(now, source, buf),
+        }
+    }
+
+    fn emit_offer(&self, buf: &mut [u8], flags: u16) -> Option<usize> {
+        let repr = Repr {
+            transfer_id: self.id,
+            seq: 0,
+            flags,
+            message: Message::Offer(OfferRepr {
+                file_size: self.meta.size,
+                chunk_size: self.cfg.chunk_size,
+                chunk_count: self.count,
+                mode: self.meta.mode,
+                mtime: self.meta.mtime,
+                hash_alg: HashAlg::Blake3,
+                hash: self.meta.hash,
+                name: self.meta.name.as_bytes(),
+            }),
+        };
+        repr.emit(buf).ok()
+    }
+
+    /// Reads chunk `index` and writes its data packet; a read failure ends the transfer.
+    fn emit_chunk<C: ChunkSource + ?Sized>(
+        &mut self,
+        index: u32,
+        extra_flags: u16,
+        source: &mut C,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let len = chunk_len(self.meta.size, self.cfg.chunk_size, index);
+        let data = &mut self.scratch[..len];
+        let read = match source.read_chunk(index, data) {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(format!("short read: {n} of {len} bytes (file changed?)")),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(message) = read {
+            let abort = (AbortReason::Io, "sender could not read the file");
+            self.fail(SendError::Io { index, message }, Some(abort));
+            return self.emit_pending_abort(buf);
+        }
+        let more = if index + 1 < self.count {
+            flags::MORE_CHUNKS
+        } else {
+            0
+        };
+        let repr = Repr {
+            transfer_id: self.id,
+            seq: index,
+            flags: more | extra_flags,
+            message: Message::Data { payload: data },
+        };
+        repr.emit(buf).ok()
+    }
+
+    fn emit_pending_abort(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let (reason, message) = self.pending_abort.take()?;
+        let repr = Repr {
+            transfer_id: self.id,
+            seq: 0,
+            flags: 0,
+            message: Message::Abort(AbortRepr {
+                reason,
+                message: message.as_bytes(),
+            }),
+        };
+        repr.emit(buf).ok()
+    }
+
+    /// The next chunk to send: the lowest lost one, else the lowest never sent and not acked.
+    fn next_chunk(&self) -> Option<(u32, u32)> {
+        if let Some((&index, f)) = self.lost.first_key_value() {
+            return Some((index, f.sends));
+        }
+        let index = self.acked.next_missing(self.next_new, self.count as u64)?;
+        Some((index as u32, 0))
+    }
+
+    fn chunk_bytes(&self, index: u32) -> u64 {
+        (HEADER_LEN + chunk_len(self.meta.size, self.cfg.chunk_size, index)) as u64
+    }
+
+    /// Something to send, and room for it in both windows (pacing aside).
+    fn can_send_data(&self) -> bool {
+        let Some((index, _)) = self.next_chunk() else {
+            return false;
+        };
+        self.in_flight.len() < self.cfg.window.max(1) as usize
+            && self.bytes_in_flight + self.chunk_bytes(index)
+                <= self.cc.cwnd().max(self.chunk_bytes(index))
+    }
+
+    /// Bytes per second to pace at: the controller's rate under the configured cap.
+    fn pacing_rate(&self) -> f64 {
+        let rate = self.cc.pacing_rate();
+        match self.cfg.max_rate {
+            Some(cap) => rate.min(cap as f64 / 8.0),
+            None => rate,
+        }
+    }
+
+    fn send_data<C: ChunkSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        source: &mut C,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.tail_probe_due {
+            self.tail_probe_due = false;
+            if let Some(len) = self.send_tail_probe(now, source, buf) {
+                return Some(len);
+            }
+        }
+        if now < self.next_send_at {
+            return None;
+        }
+        let Some((index, sends)) = self.next_chunk() else {
+            // Everything is out: what gets acked now says nothing about the path's capacity.
+            self.cc.on_app_limited(self.bytes_in_flight);
+            return None;
+        };
+        if self.in_flight.len() >= self.cfg.window.max(1) as usize {
+            // The user's window, not the path, is the limit: same as running out of data.
+            self.cc.on_app_limited(self.bytes_in_flight);
+            return None;
+        }
+        let bytes = self.chunk_bytes(index);
+        if self.bytes_in_flight + bytes > self.cc.cwnd().max(bytes) {
+            return None;
+        }
+        let retransmit = sends > 0;
+        // Ask for an ack at once when this is the last chunk we can send for now, so a sender
+        // that has to wait (window full, or nothing left) does not also wait for a delayed ack.
+        let window_full = self.in_flight.len() + 1 >= self.cfg.window.max(1) as usize
+            || self.bytes_in_flight + 2 * bytes > self.cc.cwnd();
+        let last_for_now = if retransmit {
+            self.lost.len() == 1
+                && self
+                    .acked
+                    .next_missing(self.next_new, self.count as u64)
+                    .is_none()
+        } else {
+            self.acked
+                .next_missing(index as u64 + 1, self.count as u64)
+                .is_none()
+        };
+        let ack_now = if self.ack_now || window_full || last_for_now {
+            flags::ACK_NOW
+        } else {
+            0
+        };
+        let len = self.emit_chunk(index, ack_now, source, buf)?;
+        if self.phase == Phase::Done {
+            // The read failed; `len` is the abort.
+            return Some(len);
+        }
+
+        self.last_sent_at = now;
+        let tx = self.next_tx;
+        self.next_tx += 1;
+        let first_tx = self.lost.get(&index).map_or(tx, |f| f.first_tx);
+        let snapshot = self.cc.on_send(now, self.bytes_in_flight);
+        self.in_flight.insert(
+            index,
+            InFlight {
+                tx,
+                first_tx,
+                sent_at: now,
+                sends: sends + 1,
+                bytes,
+                snapshot,
+            },
+        );
+        self.by_tx.insert(tx, (index, now));
+        self.bytes_in_flight += bytes;
+        self.stats.chunks_sent += 1;
+        if retransmit {
+            self.lost.remove(&index);
+            self.stats.chunks_retransmitted += 1;
+        } else {
+            self.next_new = index as u64 + 1;
+        }
+        if self.lost.is_empty() {
+            self.ack_now = false;
+        }
+
+        let gap = Duration::from_secs_f64((bytes + IP_HEADER) as f64 / self.pacing_rate());
+        let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
+        self.next_send_at = self.next_send_at.max(earliest) + gap;
+        Some(len)
+    }
+
+    /// When to probe a silent tail (RFC 9002's PTO): if the chunks in flight are followed by
+    /// nothing (the window is full, or the file ends) and the ack for them is lost, no later
+    /// chunk will show the loss, and the RTO is at least 200 ms. So a round trip (plus the
+    /// receiver's 5 ms ack delay) after the last transmission, doubling per probe, one chunk goes
+    /// again with `ACK_NOW`: a duplicate makes the receiver answer with everything it has.
+    fn probe_deadline(&self) -> Option<Instant> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let pto =
+            (self.rtt.pto_base() + MAX_ACK_DELAY).saturating_mul(1 << self.tail_probes.min(16));
+        Some(self.last_sent_at + pto)
+    }
+
+    /// Sends the most recently sent chunk still in flight again with `ACK_NOW`, outside the
+    /// congestion window (it is one packet, and it is what unblocks the window).
+    fn send_tail_probe<C: ChunkSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        source: &mut C,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let (_, &(index, _)) = self.by_tx.last_key_value()?;
+        let len = self.emit_chunk(index, flags::ACK_NOW, source, buf)?;
+        if self.phase == Phase::Done {
+            return Some(len);
+        }
+        if let Some(f) = self.in_flight.get_mut(&index) {
+            // Two copies out: an ack echoing it can no longer time either (Karn).
+            f.sends += 1;
+        }
+        self.last_sent_at = now;
+        self.stats.chunks_sent += 1;
+        self.stats.chunks_retransmitted += 1;
+        Some(len)
+    }
+
+    fn on_offer_accepted(&mut self, ack: &AckRepr<'_>, now: Instant) {
+        // The offer's round trip is a fine first sample, if there was only one offer (Karn).
+        if self.offer_sends == 1 && ack.echo == NO_ECHO {
+            let delay = Duration::from_micros(ack.delay_us as u64);
+            if let Some(rtt) = now
+                .saturating_duration_since(self.offer_sent_at)
+                .checked_sub(delay)
+            {
+                self.rtt.on_sample(rtt);
+                self.cc.on_rtt(now, rtt);
+            }
+        }
+        self.phase = Phase::Sending;
+        self.stale_aborts_until = now + self.rtt.smoothed().unwrap_or(self.rtt.rto());
+        self.next_send_at = now;
+        // It may already acknowledge chunks (resume).
+        self.on_ack(ack, now);
+    }
+
+    fn on_ack(&mut self, ack: &AckRepr<'_>, now: Instant) {
+        let count = self.count as u64;
+        // Karn's rule: only a chunk sent once, and acknowledged by this very ack, times the path.
+        let mut rtt_sample = None;
+        if ack.echo != NO_ECHO && ack.has(ack.echo) {
+            if let Some(f) = self.in_flight.get(&ack.echo).filter(|f| f.sends == 1) {
+                let delay = Duration::from_micros(ack.delay_us as u64);
+                rtt_sample = now.saturating_duration_since(f.sent_at).checked_sub(delay);
+            }
+        }
+
+        let acked_before = self.acked.len();
+        let cumulative = (ack.cumulative as u64).min(count) as u32;
+        while let Some((&index, _)) = self.in_flight.first_key_value() {
+            if index >= cumulative {
+                break;
+            }
+            self.on_chunk_acked(index, now);
+        }
+        while let Some((&index, _)) = self.lost.first_key_value() {
+            if index >= cumulative {
+                break;
+            }
+            self.on_lost_chunk_acked(index, now);
+        }
+        self.acked.insert_below(cumulative);
+
+        // The bitmap, 64 chunks at a time, looking only at bits not already known.
+        for (j, bytes) in ack.bitmap.chunks(8).enumerate() {
+            let start = ack.base as u64 + 64 * j as u64;
+            if start >= count {
+                break;
+            }
+            let mut word = [0u8; 8];
+            word[..bytes.len()].copy_from_slice(bytes);
+            let mut word = u64::from_le_bytes(word);
+            if count - start < 64 {
+                word &= (1u64 << (count - start)) - 1;
+            }
+            let mut new = word & !self.acked.word_at(start);
+            while new != 0 {
+                let index = (start + new.trailing_zeros() as u64) as u32;
+                new &= new - 1;
+                self.acked.insert(index);
+                if self.in_flight.contains_key(&index) {
+                    self.on_chunk_acked(index, now);
+                } else {
+                    self.on_lost_chunk_acked(index, now);
+                }
+            }
+        }
+
+        if let Some(rtt) = rtt_sample {
+            self.rtt.on_sample(rtt);
+            self.rto_backoff = 0;
+        }
+        if self.acked.len() > acked_before {
+            // New chunks acknowledged: the path works, whether or not Karn allowed a sample
+            // (as Linux does; RFC 6298 §5.7 permits it).
+            self.rto_backoff = 0;
+        }
+        self.tail_probes = 0;
+        self.detect_losses();
+        self.cc.on_ack_end(now, rtt_sample, self.bytes_in_flight);
+
+        if self.acked.len() == count {
+            self.phase = Phase::Closing;
+            self.probe_due = false;
+            self.probe_backoff = 0;
+            self.probe_at = now + self.rtt.rto();
+        }
+    }
+
+    fn on_chunk_acked(&mut self, index: u32, now: Instant) {
+        let Some(f) = self.in_flight.remove(&index) else {
+            return;
+        };
+        self.by_tx.remove(&f.tx);
+        self.bytes_in_flight -= f.bytes;
+        self.cc.on_acked(now, &f.snapshot, f.bytes);
+        // An ack names chunks, not transmissions: for a chunk sent more than once it may be the
+        // first copy that arrived (the loss was spurious). Crediting the latest copy would then
+        // make everything sent before it look lost, so the earliest one is credited.
+        let tx = if f.sends == 1 { f.tx } else { f.first_tx };
+        let top = &mut self.top_acked;
+        if tx > top[0] {
+            *top = [tx, top[0], top[1]];
+        } else if tx > top[1] {
+            *top = [top[0], tx, top[1]];
+        } else if tx > top[2] {
+            top[2] = tx;
+        }
+    }
+
+    /// A chunk declared lost was acknowledged after all, before it was resent.
+    fn on_lost_chunk_acked(&mut self, index: u32, now: Instant) {
+        if let Some(f) = self.lost.remove(&index) {
+            self.cc.on_acked(now, &f.snapshot, f.bytes);
+        }
+    }
+
+    /// Fast retransmit: a transmission numbered below the third-highest acknowledged one has
+    /// three later transmissions acknowledged.
+    fn detect_losses(&mut self) {
+        let threshold = self.top_acked[2];
+        while let Some((&tx, &(index, _))) = self.by_tx.first_key_value() {
+            if tx >= threshold {
+                break;
+            }
+            self.declare_lost(tx, index);
+            self.stats.losses_by_ack += 1;
+        }
+    }
+
+    fn declare_lost(&mut self, tx: u64, index: u32) {
+        self.by_tx.remove(&tx);
+        if let Some(f) = self.in_flight.remove(&index) {
+            self.bytes_in_flight -= f.bytes;
+            self.lost.insert(index, f);
+        }
+    }
+
+    /// The RTO after `backoff` expiries in a row. Doubling stops at a sixth of the give-up time,
+    /// so that a sender that has heard nothing still tries several times before it gives up.
+    fn rto(&self, backoff: u32) -> Duration {
+        let base = self.rtt.rto();
+        self.rtt
+            .backed_off(backoff)
+            .min((self.cfg.give_up / 6).max(base))
+    }
+
+    /// When the oldest transmission still out times out.
+    fn rto_deadline(&self) -> Option<Instant> {
+        let (_, &(_, sent_at)) = self.by_tx.first_key_value()?;
+        Some(sent_at + self.rto(self.rto_backoff))
+    }
+
+    /// The oldest transmission went unanswered for a whole RTO: it, and every other chunk out
+    /// for as long, is lost and goes again, lowest index first. Chunks sent more recently keep
+    /// their own timers: when an RTO is spurious (the queue grew faster than the RTT estimate)
+    /// this resends only the oldest, not the whole window. The congestion window allows what is
+    /// still out plus a few chunks, so the retransmissions can leave at once.
+    fn on_rto(&mut self, now: Instant) {
+        let rto = self.rto(self.rto_backoff);
+        while let Some((&tx, &(index, sent_at))) = self.by_tx.first_key_value() {
+            if sent_at + rto > now {
+                break;
+            }
+            self.declare_lost(tx, index);
+        }
+        self.rto_backoff += 1;
+        self.stats.rto_expiries += 1;
+        self.ack_now = true;
+        self.cc.on_rto(self.bytes_in_flight);
+        self.next_send_at = self.next_send_at.min(now);
+    }
+
+    fn on_complete(&mut self, complete: &CompleteRepr) {
+        let result = match complete.status {
+            CompleteStatus::Verified if complete.hash == self.meta.hash => {
+                // The verdict implies every chunk arrived, even if their last acks were lost.
+                self.acked.insert_below(self.count);
+                Ok(())
+            }
+            // Verified against a hash that is not ours, or not verified: either way, not our file.
+            _ => Err(SendError::HashMismatch {
+                expected: self.meta.hash,
+                received: complete.hash,
+            }),
+        };
+        self.finish(result);
+    }
+
+    fn on_abort(&mut self, abort: &AbortRepr<'_>, now: Instant) {
+        let message = String::from_utf8_lossy(abort.message).into_owned();
+        let unknown = abort.reason == AbortReason::UnknownTransfer;
+        match self.phase {
+            // The receiver never answers an offer with "unknown transfer": this one is about data
+            // sent before the offer (we are re-offering), so it is stale.
+            Phase::Offering if unknown => {}
+            Phase::Offering => self.finish(Err(SendError::Refused(abort.reason, message))),
+            Phase::Sending | Phase::Closing if unknown => {
+                if now < self.stale_aborts_until {
+                    return;
+                }
+                if self.stats.reoffers >= self.cfg.max_reoffers {
+                    self.finish(Err(SendError::PeerAborted(abort.reason, message)));
+                } else {
+                    self.reoffer();
+                }
+            }
+            Phase::Sending | Phase::Closing => {
+                self.finish(Err(SendError::PeerAborted(abort.reason, message)))
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// The receiver forgot the transfer: start over with an offer. Nothing it acknowledged before
+    /// is trusted (a restarted receiver may have lost unsynced writes); its answer says what it
+    /// has now. The path estimates stay.
+    fn reoffer(&mut self) {
+        self.stats.reoffers += 1;
+        self.phase = Phase::Offering;
+        self.offer_due = true;
+        self.offer_sends = 0;
+        self.offer_interval = self.cfg.offer_interval;
+        self.acked = ChunkSet::new();
+        self.next_new = 0;
+        self.in_flight.clear();
+        self.by_tx.clear();
+        self.lost.clear();
+        self.top_acked = [0; 3];
+        self.bytes_in_flight = 0;
+        self.ack_now = false;
+    }
+
+    fn finish(&mut self, result: Result<(), SendError>) {
+        self.phase = Phase::Done;
+        self.outcome = Some(result);
+    }
+
+    fn fail(&mut self, err: SendError, abort: Option<(AbortReason, &'static str)>) {
+        self.finish(Err(err));
+        self.pending_abort = abort;
+    }
+}
+
+fn opt_min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chunk_common::wire::{CompleteRepr, CompleteStatus, MessageType};
+
+    struct Sevens;
+    impl ChunkSource for Sevens {
+        fn read_chunk(&mut self, _index: u32, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(7);
+            Ok(buf.len())
+        }
+    }
+
+    const ID: u32 = 0xC0FFEE;
+
+    fn sender(size: u64, cfg: SenderConfig, now: Instant) -> Sender {
+        let meta = FileMeta {
+            name: "f".into(),
+            size,
+            mode: 0o600,
+            mtime: 0,
+            hash: [9; HASH_LEN],
+        };
+        Sender::new(
+            ID,
+            meta,
+            SenderConfig {
+                chunk_size: 100,
+                ..cfg
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    /// The next packet's type, sequence number and flags.
+    fn poll(s: &mut Sender, now: Instant) -> Option<(MessageType, u32, u16)> {
+        let mut buf = [0u8; 2048];
+        let n = s.poll_transmit(now, &mut Sevens, &mut buf)?;
+        let r = Repr::parse_bytes(&buf[..n]).unwrap();
+        Some((r.msg_type(), r.seq, r.flags))
+    }
+
+    fn feed(s: &mut Sender, now: Instant, seq: u32, message: Message<'_>) {
+        let repr = Repr {
+            transfer_id: ID,
+            seq,
+            flags: 0,
+            message,
+        };
+        s.handle_packet(&repr, now);
+    }
+
+    fn ack(s: &mut Sender, now: Instant, cumulative: u32, echo: u32, base: u32, bitmap: &[u8]) {
+        let a = AckRepr {
+            cumulative,
+            echo,
+            delay_us: 0,
+            base,
+            bitmap,
+        };
+        feed(s, now, cumulative, Message::Ack(a));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn offer_backs_off_from_200_ms_to_2_s() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        assert_eq!(poll(&mut s, t0), Some((MessageType::Offer, 0, 0)));
+        assert_eq!(poll(&mut s, t0), None);
+        let mut expected = t0;
+        for gap in [200, 400, 800, 1600, 2000, 2000] {
+            expected += ms(gap);
+            assert_eq!(s.poll_timeout(), Some(expected));
+            s.handle_timeout(expected);
+            assert_eq!(
+                poll(&mut s, expected).map(|p| p.0),
+                Some(MessageType::Offer)
+            );
+        }
+    }
+
+    #[test]
+    fn abort_answering_the_offer_is_a_refusal() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        let stale = AbortRepr {
+            reason: AbortReason::UnknownTransfer,
+            message: b"",
+        };
+        feed(&mut s, t0 + ms(5), 0, Message::Abort(stale));
+        assert_eq!(s.outcome(), None, "unknown transfer cannot answer an offer");
+        let abort = AbortRepr {
+            reason: AbortReason::Exists,
+            message: b"f exists",
+        };
+        feed(&mut s, t0 + ms(10), 0, Message::Abort(abort));
+        let want = SendError::Refused(AbortReason::Exists, "f exists".into());
+        assert_eq!(s.outcome(), Some(Err(want)));
+        assert_eq!(poll(&mut s, t0 + ms(10)), None, "no abort is sent back");
+    }
+
+    #[test]
+    fn data_skips_what_the_first_ack_acknowledges() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        // Resume: chunks 0..3 and 4 are there already.
+        ack(&mut s, t0 + ms(10), 3, NO_ECHO, 3, &[0b10]);
+        assert_eq!(
+            s.stats().srtt,
+            Some(ms(10)),
+            "the offer's round trip is a sample"
+        );
+        let mut sent = Vec::new();
+        let mut now = t0 + ms(10);
+        while let Some((t, seq, flags)) = poll(&mut s, now) {
+            assert_eq!(t, MessageType::Data);
+            sent.push((seq, flags));
+            now += ms(1);
+        }
+        let more = flags::MORE_CHUNKS;
+        let want = vec![
+            (3, more),
+            (5, more),
+            (6, more),
+            (7, more),
+            (8, more),
+            (9, flags::ACK_NOW),
+        ];
+        assert_eq!(sent, want);
+    }
+
+    #[test]
+    fn fast_retransmit_after_three_later_chunks_are_acked() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        ack(&mut s, t0 + ms(10), 0, NO_ECHO, 0, &[]);
+        let mut now = t0 + ms(10);
+        for i in 0..6 {
+            assert_eq!(poll(&mut s, now).map(|p| p.1), Some(i));
+            now += ms(1);
+        }
+        // Chunks 1 and 2 acked: not enough.
+        ack(&mut s, now, 0, 2, 0, &[0b110]);
+        assert_eq!(s.stats().losses_by_ack, 0);
+        ack(&mut s, now, 0, 3, 0, &[0b1110]);
+        assert_eq!(s.stats().losses_by_ack, 1);
+        assert_eq!(
+            poll(&mut s, now + ms(1)).map(|p| p.1),
+            Some(0),
+            "lost chunk first"
+        );
+        assert_eq!(s.stats().chunks_retransmitted, 1);
+    }
+
+    #[test]
+    fn rto_resends_with_ack_now_and_backs_off() {
+        let t0 = Instant::now();
+        let cfg = SenderConfig {
+            window: 1,
+            ..SenderConfig::default()
+        };
+        let mut s = sender(1000, cfg, t0);
+        poll(&mut s, t0);
+        ack(&mut s, t0 + ms(10), 0, NO_ECHO, 0, &[]);
+        let sent_at = t0 + ms(10);
+        assert_eq!(
+            poll(&mut s, sent_at),
+            Some((MessageType::Data, 0, flags::MORE_CHUNKS | flags::ACK_NOW))
+        );
+        assert_eq!(poll(&mut s, sent_at + ms(1)), None, "window of one");
+        // A tail probe first (a round trip plus the ack delay), then the 200 ms RTO.
+        let probe = s.poll_timeout().unwrap();
+        assert!(probe < sent_at + ms(200));
+        s.handle_timeout(probe);
+        assert_eq!(
+            poll(&mut s, probe).map(|p| p.2 & flags::ACK_NOW),
+            Some(flags::ACK_NOW)
+        );
+        let mut now = probe;
+        while s.stats().rto_expiries == 0 {
+            now = s.poll_timeout().unwrap();
+            s.handle_timeout(now);
+        }
+        assert_eq!(now, sent_at + ms(200));
+        assert_eq!(
+            poll(&mut s, now),
+            Some((MessageType::Data, 0, flags::MORE_CHUNKS | flags::ACK_NOW))
+        );
+        assert_eq!(s.stats().rto, ms(400), "doubled");
+    }
+
+    #[test]
+    fn closing_probes_with_the_last_chunk_until_the_verdict() {
+        let t0 = Instant::now();
+        let mut s = sender(250, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        ack(&mut s, t0 + ms(10), 3, NO_ECHO, 0, &[]);
+        assert_eq!(
+            poll(&mut s, t0 + ms(10)),
+            None,
+            "all acked at once: nothing to send"
+        );
+        let at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        assert_eq!(
+            poll(&mut s, at),
+            Some((MessageType::Data, 2, flags::ACK_NOW))
+        );
+        // A verdict with another count is ignored; the right one ends it.
+        let verdict = CompleteRepr {
+            status: CompleteStatus::Verified,
+            hash: [9; HASH_LEN],
+        };
+        feed(&mut s, at, 2, Message::Complete(verdict));
+        assert_eq!(s.outcome(), None);
+        feed(&mut s, at, 3, Message::Complete(verdict));
+        assert_eq!(s.outcome(), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_verdict_on_another_hash_is_a_mismatch() {
+        let t0 = Instant::now();
+        let mut s = sender(0, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        let verdict = CompleteRepr {
+            status: CompleteStatus::Verified,
+            hash: [1; HASH_LEN],
+        };
+        feed(&mut s, t0, 0, Message::Complete(verdict));
+        assert!(matches!(
+            s.outcome(),
+            Some(Err(SendError::HashMismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn cancel_sends_one_abort() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        s.abort();
+        assert_eq!(s.outcome(), Some(Err(SendError::Aborted)));
+        assert_eq!(poll(&mut s, t0).map(|p| p.0), Some(MessageType::Abort));
+        assert_eq!(poll(&mut s, t0), None);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn too_many_chunks_is_an_error() {
+        let meta = FileMeta {
+            name: "f".into(),
+            size: u32::MAX as u64 + 1,
+            mode: 0,
+            mtime: 0,
+            hash: [0; HASH_LEN],
+        };
+        let cfg = SenderConfig {
+            chunk_size: 1,
+            ..SenderConfig::default()
+        };
+        let err = Sender::new(1, meta, cfg, Instant::now()).err();
+        assert!(matches!(err, Some(SendError::TooManyChunks { .. })));
+    }
+}

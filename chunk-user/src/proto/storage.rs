@@ -1,0 +1,274 @@
+//! The receiver's file interface, and an in-memory implementation for tests.
+//!
+//! The receiver core decides *what* happens to a transfer; a [`Storage`] does it to files. The real
+//! implementation (outside `proto/`) writes chunks at their offsets into `DIR/.name.part`, keeps a
+//! record of which chunks it holds so an interrupted transfer can resume, and on `finish` fsyncs,
+//! hashes, and renames or removes. The core never holds file data itself: each chunk goes straight
+//! to `write`, so its memory does not grow with the file (the set of received chunks aside).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::Ipv4Addr;
+
+use chunk_common::wire::{AbortReason, HASH_LEN};
+
+use super::chunkset::ChunkSet;
+
+/// An accepted-looking offer, checked by the core (name, size limit, chunk size) and handed to
+/// storage for the checks only it can make (space, existing files, a partial copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferInfo {
+    pub src: Ipv4Addr,
+    pub transfer_id: u32,
+    /// A validated relative name (see [`validate_name`](super::validate_name)).
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u32,
+    pub mode: u32,
+    pub mtime: i64,
+    /// BLAKE3 of the whole file.
+    pub hash: [u8; HASH_LEN],
+}
+
+/// Storage's answer to an acceptable offer.
+#[derive(Debug)]
+pub struct Opened<H> {
+    pub handle: H,
+    /// Chunks already on disk from an interrupted transfer of the same name, size, chunk size and
+    /// hash (resume). The first ack acknowledges them.
+    pub already_have: Option<ChunkSet>,
+}
+
+/// Why storage will not take a file; it becomes the abort sent to the sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: AbortReason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: AbortReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What `finish` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The hash matched and the file is in place under its final name.
+    pub verified: bool,
+    /// The hash of what was written.
+    pub hash: [u8; HASH_LEN],
+}
+
+/// Where the receiver puts files.
+pub trait Storage {
+    /// One file being received.
+    type Handle;
+
+    /// Prepares to receive `offer`, or refuses it (no space, exists, ...).
+    fn open(&mut self, offer: &OfferInfo) -> Result<Opened<Self::Handle>, Refusal>;
+
+    /// Writes chunk `index`, `data`, at byte `offset` of the file. Called once per chunk that
+    /// storage did not already have.
+    fn write(
+        &mut self,
+        handle: &mut Self::Handle,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<()>;
+
+    /// Every chunk is written: flush, hash, and move the file to its name if the hash is
+    /// `expected`, or remove it if not.
+    fn finish(&mut self, handle: Self::Handle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict>;
+
+    /// The transfer ends unfinished (idle, cancelled, error). With `keep_partial`, what was
+    /// written stays for a later resume.
+    fn abandon(&mut self, handle: Self::Handle, keep_partial: bool);
+}
+
+/// A received file in [`MemStorage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemFile {
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Partial {
+    size: u64,
+    chunk_size: u32,
+    hash: [u8; HASH_LEN],
+    mode: u32,
+    mtime: i64,
+    data: Vec<u8>,
+    have: ChunkSet,
+}
+
+/// [`Storage`] in memory, hashing with BLAKE3 as the real one does. Partial files survive the
+/// receiver that wrote them (as `.part` files survive a crash), so tests can restart receivers.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    files: BTreeMap<String, MemFile>,
+    partials: BTreeMap<String, Partial>,
+    /// Names being received (a real implementation would hold them open).
+    in_use: BTreeSet<String>,
+    /// Refuse offers that would take more than this many bytes in all (`no space`).
+    pub capacity: Option<u64>,
+    /// Replace existing files instead of refusing them (`exists`).
+    pub overwrite: bool,
+    /// Fail every write (to test the I/O-error path).
+    pub fail_writes: bool,
+}
+
+/// [`MemStorage`]'s handle: the partial file's name.
+#[derive(Debug)]
+pub struct MemHandle {
+    name: String,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A finished, verified file.
+    pub fn file(&self, name: &str) -> Option<&MemFile> {
+        self.files.get(name)
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &MemFile)> {
+        self.files.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Puts a finished file in place (to test `exists`).
+    pub fn insert_file(&mut self, name: &str, data: Vec<u8>) {
+        let file = MemFile {
+            data,
+            mode: 0o644,
+            mtime: 0,
+        };
+        self.files.insert(name.to_owned(), file);
+    }
+
+    /// Chunks held for an unfinished file.
+    pub fn partial_chunks(&self, name: &str) -> Option<u64> {
+        self.partials.get(name).map(|p| p.have.len())
+    }
+
+    /// What a process restart does: forgets which names were open, keeps the data.
+    pub fn crash(&mut self) {
+        self.in_use.clear();
+    }
+
+    fn used(&self, except: &str) -> u64 {
+        let files: u64 = self.files.values().map(|f| f.data.len() as u64).sum();
+        let partials: u64 = self
+            .partials
+            .iter()
+            .filter(|(name, _)| *name != except)
+            .map(|(_, p)| p.size)
+            .sum();
+        files + partials
+    }
+}
+
+impl Storage for MemStorage {
+    type Handle = MemHandle;
+
+    fn open(&mut self, offer: &OfferInfo) -> Result<Opened<MemHandle>, Refusal> {
+        let name = &offer.name;
+        if self.files.contains_key(name) && !self.overwrite {
+            return Err(Refusal::new(AbortReason::Exists, format!("{name} exists")));
+        }
+        if self.in_use.contains(name) {
+            return Err(Refusal::new(
+                AbortReason::Exists,
+                format!("{name} is being received"),
+            ));
+        }
+        if let Some(cap) = self.capacity {
+            if self.used(name).saturating_add(offer.size) > cap {
+                return Err(Refusal::new(AbortReason::NoSpace, "storage full"));
+            }
+        }
+        let same = self.partials.get(name).is_some_and(|p| {
+            p.size == offer.size && p.chunk_size == offer.chunk_size && p.hash == offer.hash
+        });
+        let already_have = if same {
+            self.partials.get(name).map(|p| p.have.clone())
+        } else {
+            let size = usize::try_from(offer.size)
+                .map_err(|_| Refusal::new(AbortReason::NoSpace, "too large for memory"))?;
+            let partial = Partial {
+                size: offer.size,
+                chunk_size: offer.chunk_size,
+                hash: offer.hash,
+                mode: offer.mode,
+                mtime: offer.mtime,
+                data: vec![0; size],
+                have: ChunkSet::new(),
+            };
+            self.partials.insert(name.clone(), partial);
+            None
+        };
+        self.in_use.insert(name.clone());
+        Ok(Opened {
+            handle: MemHandle { name: name.clone() },
+            already_have,
+        })
+    }
+
+    fn write(&mut self, h: &mut MemHandle, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.fail_writes {
+            return Err(io::Error::other("injected write failure"));
+        }
+        let p = self
+            .partials
+            .get_mut(&h.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "partial file vanished"))?;
+        let start = offset as usize;
+        let end = start + data.len();
+        if end > p.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end",
+            ));
+        }
+        p.data[start..end].copy_from_slice(data);
+        p.have.insert(index);
+        Ok(())
+    }
+
+    fn finish(&mut self, h: MemHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+        self.in_use.remove(&h.name);
+        let p = self
+            .partials
+            .remove(&h.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "partial file vanished"))?;
+        let hash = *blake3::hash(&p.data).as_bytes();
+        let verified = &hash == expected;
+        if verified {
+            let file = MemFile {
+                data: p.data,
+                mode: p.mode,
+                mtime: p.mtime,
+            };
+            self.files.insert(h.name, file);
+        }
+        Ok(Verdict { verified, hash })
+    }
+
+    fn abandon(&mut self, h: MemHandle, keep_partial: bool) {
+        self.in_use.remove(&h.name);
+        if !keep_partial {
+            self.partials.remove(&h.name);
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! End-to-end tests of the sender and receiver cores through the simulated network: edge
+//! cases, failures and restarts, and properties over random lossy paths.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use chunk_common::wire::{AbortReason, Message};
+use proptest::prelude::*;
+
+use super::sim::{Dir, GeneratorSink, LinkConfig, Sim, VirtualFile};
+use super::*;
+
+const NAME: &str = "out/file.bin";
+
+fn lan() -> LinkConfig {
+    LinkConfig::new(100_000_000, Duration::from_millis(1))
+}
+
+fn wan(loss: f64) -> LinkConfig {
+    let mut l = LinkConfig::new(50_000_000, Duration::from_millis(20));
+    l.loss = loss;
+    l
+}
+
+fn new_sim(seed: u64, up: LinkConfig, down: LinkConfig, rcfg: ReceiverConfig) -> Sim<MemStorage> {
+    Sim::new(seed, up, down, Receiver::new(rcfg), MemStorage::new())
+}
+
+fn add(
+    sim: &mut Sim<MemStorage>,
+    id: u32,
+    file: VirtualFile,
+    name: &str,
+    scfg: SenderConfig,
+) -> usize {
+    let scfg = SenderConfig {
+        chunk_size: file.chunk_size,
+        ..scfg
+    };
+    let sender = Sender::new(id, file.meta(name), scfg, sim.now()).unwrap();
+    sim.add_sender(sender, Box::new(file))
+}
+
+/// One file over `up`/`down`; returns the sim after the sender's outcome.
+fn transfer(
+    seed: u64,
+    size: u64,
+    chunk: u32,
+    up: LinkConfig,
+    down: LinkConfig,
+    scfg: SenderConfig,
+) -> (Sim<MemStorage>, VirtualFile) {
+    let file = VirtualFile::new(seed, size, chunk);
+    let mut sim = new_sim(seed, up, down, ReceiverConfig::default());
+    add(&mut sim, seed as u32 ^ 0xABCD, file, NAME, scfg);
+    assert!(sim.run_until(Duration::from_secs(600)), "no outcome");
+    (sim, file)
+}
+
+fn outcome(sim: &Sim<MemStorage>, i: usize) -> Result<(), SendError> {
+    sim.sender(i).sender.outcome().expect("finished")
+}
+
+fn assert_received(sim: &Sim<MemStorage>, name: &str, file: &VirtualFile) {
+    let got = sim.storage().file(name).expect("file in place");
+    assert!(got.data == file.bytes(), "received bytes differ");
+    assert_eq!(got.mode, 0o644);
+}
+
+#[test]
+fn clean_lan_transfer() {
+    let (sim, file) = transfer(1, 100_000, 1000, lan(), lan(), SenderConfig::default());
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    let st = sim.sender(0).sender.stats();
+    assert_eq!(
+        (st.chunks_sent, st.chunks_retransmitted, st.chunks_acked),
+        (100, 0, 100)
+    );
+    let finished = sim.events().iter().find_map(|(_, e)| match e {
+        Event::Finished {
+            verified,
+            chunks_received,
+            size,
+            ..
+        } => Some((*verified, *chunks_received, *size)),
+        _ => None,
+    });
+    assert_eq!(finished, Some((true, 100, 100_000)));
+}
+
+#[test]
+fn empty_file() {
+    let (sim, file) = transfer(2, 0, 1400, lan(), lan(), SenderConfig::default());
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert_eq!(sim.sender(0).sender.stats().chunks_sent, 0);
+}
+
+#[test]
+fn one_byte_file() {
+    let (sim, file) = transfer(3, 1, 1400, lan(), lan(), SenderConfig::default());
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert_eq!(sim.sender(0).sender.chunk_count(), 1);
+}
+
+#[test]
+fn exact_multiple_of_the_chunk_size() {
+    let (sim, file) = transfer(
+        4,
+        14_000,
+        1400,
+        wan(0.05),
+        wan(0.05),
+        SenderConfig::default(),
+    );
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert_eq!(sim.sender(0).sender.chunk_count(), 10);
+}
+
+#[test]
+fn stop_and_wait_window_one() {
+    let file = VirtualFile::new(5, 20_000, 500);
+    let mut sim = new_sim(5, wan(0.1), wan(0.1), ReceiverConfig::default());
+    let scfg = SenderConfig {
+        window: 1,
+        ..SenderConfig::default()
+    };
+    add(&mut sim, 5, file, NAME, scfg);
+    let mut t = Duration::ZERO;
+    while !sim.run_until(t) {
+        let st = sim.sender(0).sender.stats();
+        assert!(st.bytes_in_flight <= 520, "more than one chunk in flight");
+        t += Duration::from_millis(1);
+        assert!(t < Duration::from_secs(300));
+    }
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+}
+
+#[test]
+fn lost_first_offer_is_resent_after_200_ms() {
+    let file = VirtualFile::new(6, 5_000, 1000);
+    let mut sim = new_sim(6, lan(), lan(), ReceiverConfig::default());
+    add(&mut sim, 6, file, NAME, SenderConfig::default());
+    let dropped = Rc::new(Cell::new(false));
+    let d = dropped.clone();
+    sim.set_filter(Box::new(move |dir, repr| {
+        let first_offer = dir == Dir::Up && matches!(repr.message, Message::Offer(_)) && !d.get();
+        if first_offer {
+            d.set(true);
+        }
+        first_offer
+    }));
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert_eq!(sim.sender(0).sender.stats().offers_sent, 2);
+    assert!(sim.sender(0).done_at.unwrap() > Duration::from_millis(200));
+}
+
+#[test]
+fn lost_final_acks_and_complete_are_recovered() {
+    // Every ack that would tell the sender the last chunks arrived, and the first complete, are
+    // lost: the sender probes with ACK_NOW and the receiver repeats its verdict.
+    let file = VirtualFile::new(7, 10_000, 1000);
+    let mut sim = new_sim(7, lan(), lan(), ReceiverConfig::default());
+    add(&mut sim, 7, file, NAME, SenderConfig::default());
+    let completes = Rc::new(Cell::new(0));
+    let c = completes.clone();
+    sim.set_filter(Box::new(move |dir, repr| match repr.message {
+        Message::Ack(a) if dir == Dir::Down => a.cumulative >= 5 || a.has(9),
+        Message::Complete(_) => {
+            c.set(c.get() + 1);
+            c.get() == 1
+        }
+        _ => false,
+    }));
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert!(completes.get() >= 2);
+    assert!(sim.receiver_stats().completes_sent >= 2);
+}
+
+fn refused(sim: &Sim<MemStorage>, i: usize) -> AbortReason {
+    match outcome(sim, i) {
+        Err(SendError::Refused(reason, _)) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn refusals_carry_the_reason() {
+    // Too large.
+    let file = VirtualFile::new(8, 5_000, 1000);
+    let rcfg = ReceiverConfig {
+        max_file_size: 4_000,
+        ..ReceiverConfig::default()
+    };
+    let mut sim = new_sim(8, lan(), lan(), rcfg);
+    add(&mut sim, 8, file, NAME, SenderConfig::default());
+    assert!(sim.run_until(Duration::from_secs(10)));
+    assert_eq!(refused(&sim, 0), AbortReason::TooLarge);
+    assert!(matches!(
+        sim.events()[0].1,
+        Event::Refused {
+            reason: AbortReason::TooLarge,
+            ..
+        }
+    ));
+
+    // Bad names.
+    for name in ["../etc/passwd", "/abs", "a//b", "./a"] {
+        let mut sim = new_sim(9, lan(), lan(), ReceiverConfig::default());
+        add(&mut sim, 9, file, name, SenderConfig::default());
+        assert!(sim.run_until(Duration::from_secs(10)));
+        assert_eq!(refused(&sim, 0), AbortReason::BadName, "{name}");
+    }
+
+    // Exists, and no space.
+    let mut sim = new_sim(10, lan(), lan(), ReceiverConfig::default());
+    sim.storage_mut().insert_file(NAME, vec![1, 2, 3]);
+    sim.storage_mut().capacity = Some(4_000);
+    add(&mut sim, 10, file, NAME, SenderConfig::default());
+    add(&mut sim, 11, file, "other", SenderConfig::default());
+    assert!(sim.run_until(Duration::from_secs(10)));
+    assert_eq!(refused(&sim, 0), AbortReason::Exists);
+    assert_eq!(refused(&sim, 1), AbortReason::NoSpace);
+    assert_eq!(
+        sim.storage().file(NAME).unwrap().data,
+        vec![1, 2, 3],
+        "existing file untouched"
+    );
+
+    // Too many transfers: the second of two concurrent offers.
+    let rcfg = ReceiverConfig {
+        max_transfers: 1,
+        ..ReceiverConfig::default()
+    };
+    let mut sim = new_sim(12, lan(), lan(), rcfg);
+    add(
+        &mut sim,
+        12,
+        VirtualFile::new(12, 500_000, 1000),
+        "a",
+        SenderConfig::default(),
+    );
+    add(&mut sim, 13, file, "b", SenderConfig::default());
+    assert!(sim.run_until(Duration::from_secs(30)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_eq!(refused(&sim, 1), AbortReason::TooManyTransfers);
+}
+
+#[test]
+fn hash_mismatch_fails_and_leaves_no_file() {
+    let file = VirtualFile::new(14, 5_000, 1000);
+    let mut sim = new_sim(14, lan(), lan(), ReceiverConfig::default());
+    let mut meta = file.meta(NAME);
+    meta.hash[0] ^= 1;
+    let sender = Sender::new(
+        14,
+        meta,
+        SenderConfig {
+            chunk_size: 1000,
+            ..SenderConfig::default()
+        },
+        sim.now(),
+    )
+    .unwrap();
+    sim.add_sender(sender, Box::new(file));
+    assert!(sim.run_until(Duration::from_secs(10)));
+    assert!(matches!(
+        outcome(&sim, 0),
+        Err(SendError::HashMismatch { .. })
+    ));
+    assert!(sim.storage().file(NAME).is_none());
+    assert!(sim.events().iter().any(|(_, e)| matches!(
+        e,
+        Event::Finished {
+            verified: false,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn receiver_io_error_aborts_the_sender() {
+    let file = VirtualFile::new(15, 5_000, 1000);
+    let mut sim = new_sim(15, lan(), lan(), ReceiverConfig::default());
+    sim.storage_mut().fail_writes = true;
+    add(&mut sim, 15, file, NAME, SenderConfig::default());
+    assert!(sim.run_until(Duration::from_secs(10)));
+    assert!(matches!(
+        outcome(&sim, 0),
+        Err(SendError::PeerAborted(AbortReason::Io, _))
+    ));
+}
+
+#[test]
+fn sender_abort_cancels_and_keeps_the_partial() {
+    let file = VirtualFile::new(16, 2_000_000, 1000);
+    let mut sim = new_sim(16, wan(0.0), wan(0.0), ReceiverConfig::default());
+    add(&mut sim, 16, file, NAME, SenderConfig::default());
+    assert!(!sim.run_until(Duration::from_millis(150)));
+    sim.sender_mut(0).sender.abort();
+    assert!(sim.run_until(Duration::from_secs(1)));
+    assert_eq!(outcome(&sim, 0), Err(SendError::Aborted));
+    // Let the abort arrive.
+    sim.run_to(Duration::from_secs(2));
+    assert!(sim.events().iter().any(|(_, e)| matches!(
+        e,
+        Event::Cancelled {
+            reason: AbortReason::Cancelled,
+            ..
+        }
+    )));
+    assert!(sim.storage().partial_chunks(NAME).unwrap() > 0);
+    assert!(sim.storage().file(NAME).is_none());
+}
+
+#[test]
+fn silent_receiver_means_timeout() {
+    let mut up = lan();
+    up.loss = 1.0;
+    let (sim, _) = transfer(17, 5_000, 1000, up, lan(), SenderConfig::default());
+    assert_eq!(
+        outcome(&sim, 0),
+        Err(SendError::Timeout(Duration::from_secs(30)))
+    );
+    let done = sim.sender(0).done_at.unwrap();
+    assert!(
+        done >= Duration::from_secs(30) && done < Duration::from_secs(31),
+        "{done:?}"
+    );
+    // Offers went at 0, 0.2, 0.6, 1.4, 3.0, 5.0, 7.0, ... s: backoff to 2 s, then every 2 s.
+    assert_eq!(sim.sender(0).sender.stats().offers_sent, 4 + 14);
+}
+
+#[test]
+fn sender_restart_resumes_from_the_receivers_partial() {
+    let file = VirtualFile::new(18, 1_000_000, 1000);
+    let mut sim = new_sim(18, wan(0.01), wan(0.01), ReceiverConfig::default());
+    add(&mut sim, 18, file, NAME, SenderConfig::default());
+    assert!(!sim.run_until(Duration::from_millis(150)));
+    let had = sim.sender(0).sender.progress().0;
+    assert!(had > 0 && had < 1000, "{had}");
+    // A new process: new transfer id, no memory of the old one.
+    let scfg = SenderConfig {
+        chunk_size: 1000,
+        ..SenderConfig::default()
+    };
+    let sender = Sender::new(0x1234_5678, file.meta(NAME), scfg, sim.now()).unwrap();
+    sim.replace_sender(0, sender);
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    let resumed = sim.events().iter().find_map(|(_, e)| match e {
+        Event::Started {
+            transfer_id: 0x1234_5678,
+            resumed_chunks,
+            ..
+        } => Some(*resumed_chunks),
+        _ => None,
+    });
+    assert!(resumed.unwrap() >= had, "{resumed:?} < {had}");
+    assert!(
+        sim.events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Superseded { .. }))
+    );
+    let st = sim.sender(0).sender.stats();
+    assert!(st.chunks_sent < 1000, "only the missing chunks: {st:?}");
+}
+
+#[test]
+fn receiver_restart_resumes_through_a_new_offer() {
+    let file = VirtualFile::new(19, 1_000_000, 1000);
+    let mut sim = new_sim(19, wan(0.01), wan(0.01), ReceiverConfig::default());
+    add(&mut sim, 19, file, NAME, SenderConfig::default());
+    assert!(!sim.run_until(Duration::from_millis(150)));
+    // The receiver process dies; its `.part` data stays.
+    sim.storage_mut().crash();
+    sim.replace_receiver(Receiver::new(ReceiverConfig::default()));
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert_eq!(sim.sender(0).sender.stats().reoffers, 1);
+    let resumed = sim.events().iter().filter_map(|(_, e)| match e {
+        Event::Started { resumed_chunks, .. } => Some(*resumed_chunks),
+        _ => None,
+    });
+    assert!(resumed.max().unwrap() > 0);
+}
+
+#[test]
+fn idle_transfer_is_closed_then_resumed() {
+    let file = VirtualFile::new(20, 500_000, 1000);
+    let rcfg = ReceiverConfig {
+        idle_timeout: Duration::from_secs(2),
+        ..ReceiverConfig::default()
+    };
+    let mut sim = new_sim(20, wan(0.0), wan(0.0), rcfg);
+    add(&mut sim, 20, file, NAME, SenderConfig::default());
+    let outage = Rc::new(Cell::new(false));
+    let o = outage.clone();
+    sim.set_filter(Box::new(move |_, _| o.get()));
+    assert!(!sim.run_until(Duration::from_millis(100)));
+    outage.set(true);
+    assert!(!sim.run_until(Duration::from_secs(4)));
+    assert!(
+        sim.events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Idle { .. }))
+    );
+    outage.set(false);
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    assert!(sim.sender(0).sender.stats().reoffers >= 1);
+}
+
+#[test]
+fn concurrent_transfers_share_a_receiver() {
+    let mut sim = new_sim(21, wan(0.02), wan(0.02), ReceiverConfig::default());
+    let files: Vec<_> = (0..3)
+        .map(|i| VirtualFile::new(100 + i, 200_000 + i * 777, 1000))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        add(&mut sim, 7, *f, &format!("f{i}"), SenderConfig::default());
+    }
+    assert!(sim.run_until(Duration::from_secs(60)));
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(outcome(&sim, i), Ok(()));
+        assert_received(&sim, &format!("f{i}"), f);
+    }
+}
+
+#[test]
+fn largest_chunk_count_near_u32_max() {
+    // u32::MAX chunks of 4 bytes (16 GiB, virtual): the receiver already holds all but the last
+    // 40 and a few scattered ones; only those travel, at indices and offsets near the top.
+    let chunk = 4;
+    let size = chunk as u64 * u32::MAX as u64 - 3;
+    let count = u32::MAX;
+    let file = VirtualFile::new(22, size, chunk);
+    let mut have = ChunkSet::with_prefix(count - 40);
+    for i in [count - 30, count - 29, count - 7] {
+        have.insert(i);
+    }
+    let mut sink = GeneratorSink::new(22);
+    sink.already_have = Some(have);
+    let mut sim = Sim::new(
+        22,
+        wan(0.2),
+        wan(0.2),
+        Receiver::new(ReceiverConfig::default()),
+        sink,
+    );
+    let scfg = SenderConfig {
+        chunk_size: chunk,
+        ..SenderConfig::default()
+    };
+    let meta = file.meta_with_hash(NAME, [7; 32]);
+    let sender = Sender::new(22, meta, scfg, sim.now()).unwrap();
+    assert_eq!(sender.chunk_count(), count);
+    sim.add_sender(sender, Box::new(file));
+    assert!(sim.run_until(Duration::from_secs(120)));
+    assert_eq!(sim.sender(0).sender.outcome(), Some(Ok(())));
+    let st = sim.sender(0).sender.stats();
+    assert_eq!(st.chunks_acked, count as u64);
+    assert_eq!(st.chunks_sent - st.chunks_retransmitted, 37);
+    assert_eq!(sim.storage().finished, vec![(NAME.to_owned(), true)]);
+}
+
+#[test]
+fn large_window_on_a_long_fat_path() {
+    // Faster than the figures but the same regime: bitmaps cannot cover the window and rotate.
+    let mut up = LinkConfig::new(1_000_000_000, Duration::from_millis(50));
+    up.loss = 0.01;
+    let down = up.clone();
+    let (sim, file) = transfer(23, 24_000_000, 1400, up, down, SenderConfig::default());
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    let st = sim.sender(0).sender.stats();
+    let lost = sim.link_stats(Dir::Up).lost + sim.link_stats(Dir::Up).queue_drops;
+    assert!(
+        st.chunks_retransmitted < 2 * lost + 50,
+        "{st:?}, {lost} lost"
+    );
+}
+
+/// A path with everything that can go wrong, at rates drawn by proptest.
+fn hostile_link(loss: f64, dup: f64, reorder: f64, corrupt: f64, jitter_ms: u64) -> LinkConfig {
+    let mut l = LinkConfig::new(20_000_000, Duration::from_millis(5));
+    l.loss = loss;
+    l.duplicate = dup;
+    l.reorder = reorder;
+    l.reorder_delay = Duration::from_millis(15);
+    l.corrupt = corrupt;
+    l.jitter = Duration::from_millis(jitter_ms);
+    l
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Whatever the path does, the sender ends with an outcome; success means the receiver has
+    /// exactly the file, and the receiver never has a different file under the name.
+    #[test]
+    fn never_a_wrong_file(
+        seed in any::<u64>(),
+        size in prop_oneof![Just(0u64), 1u64..64, 64u64..40_000],
+        chunk in prop_oneof![Just(1u32), 2u32..64, 64u32..1500],
+        window in prop_oneof![Just(1u32), 2u32..8, Just(1u32 << 16)],
+        loss in 0.0f64..0.3,
+        dup in 0.0f64..0.1,
+        reorder in 0.0f64..0.2,
+        corrupt in 0.0f64..0.1,
+        jitter_ms in 0u64..10,
+    ) {
+        // Keep debug-mode runs short: tiny chunks only for small files.
+        let size = if chunk < 64 { size.min(2_000) } else { size };
+        let up = hostile_link(loss, dup, reorder, corrupt, jitter_ms);
+        let down = hostile_link(loss, dup, reorder, corrupt, jitter_ms);
+        let file = VirtualFile::new(seed, size, chunk);
+        let mut sim = new_sim(seed, up, down, ReceiverConfig::default());
+        let scfg = SenderConfig { window, ..SenderConfig::default() };
+        add(&mut sim, seed as u32, file, NAME, scfg);
+        prop_assert!(sim.run_until(Duration::from_secs(1200)), "no outcome");
+        let result = sim.sender(0).sender.outcome().unwrap();
+        match sim.storage().file(NAME) {
+            Some(got) => prop_assert!(got.data == file.bytes(), "wrong file"),
+            None => prop_assert!(result.is_err(), "success without the file"),
+        }
+        if let Err(e) = &result {
+            // Only a give-up is acceptable on these paths (30 % loss each way can starve it).
+            prop_assert!(matches!(e, SendError::Timeout(_)), "{e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "debugging aid"]
+fn trace_scenario() {
+    let rate: u64 = std::env::var("RATE")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(1_000_000_000);
+    let rtt: u64 = std::env::var("RTT")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(100);
+    let loss: f64 = std::env::var("LOSS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.01);
+    let size: u64 = std::env::var("SIZE")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(64 << 20);
+    let step: u64 = std::env::var("STEP")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(100);
+    let s = sim::figure_scenario(rate, Duration::from_millis(rtt), loss, size, 1);
+    let file = VirtualFile::new(1, size, 1400);
+    let mut sim = Sim::new(
+        1,
+        s.up.clone(),
+        s.down.clone(),
+        Receiver::new(s.receiver.clone()),
+        sim::GeneratorSink::new(1),
+    );
+    let sender = Sender::new(
+        1,
+        file.meta_with_hash("x", [0; 32]),
+        s.sender.clone(),
+        sim.now(),
+    )
+    .unwrap();
+    sim.add_sender(sender, Box::new(file));
+    let mut t = 0;
+    let mut last = 0;
+    loop {
+        t += step;
+        let done = sim.run_until(Duration::from_millis(t));
+        let st = sim.sender(0).sender.stats();
+        let start: u64 = std::env::var("START")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        if t < start {
+            last = st.chunks_acked;
+            continue;
+        }
+        let up = sim.link_stats(Dir::Up);
+        println!(
+            "t={t}ms acked={} rate={:.1}Mb/s sent={} retx={} lbyack={} rto={} srtt={:?} minrtt={:?} cwnd={} inflight={} bw={:.1}Mb pace={:.1}Mb qdrop={} lost={}",
+            st.chunks_acked,
+            (st.chunks_acked - last) as f64 * 1400.0 * 8.0 / (step as f64 / 1000.0) / 1e6,
+            st.chunks_sent,
+            st.chunks_retransmitted,
+            st.losses_by_ack,
+            st.rto_expiries,
+            st.srtt,
+            st.min_rtt,
+            st.cwnd_bytes,
+            st.bytes_in_flight,
+            st.bandwidth_bps as f64 / 1e6,
+            st.pacing_rate_bps as f64 / 1e6,
+            up.queue_drops,
+            up.lost
+        );
+        let rs = sim.receiver_stats();
+        println!(
+            "   recv data={} written={} dup={} acks={} mal={} down={:?}",
+            rs.data_packets,
+            rs.chunks_written,
+            rs.duplicates,
+            rs.acks_sent,
+            rs.malformed,
+            sim.link_stats(Dir::Down)
+        );
+        last = st.chunks_acked;
+        if done || t > 60_000 {
+            println!("{:?}", sim.sender(0).sender.outcome());
+            break;
+        }
+    }
+}
