@@ -72,6 +72,16 @@ struct ListenArgs {
     /// Print the final counters as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Ring-buffer size in bytes (a power of two).
+    #[arg(long, default_value_t = chunk_common::xdp::RING_DEFAULT_BYTES)]
+    ring_bytes: u32,
+    /// Drop payloads longer than this in the kernel.
+    #[arg(long, default_value_t = chunk_common::ring::MAX_PAYLOAD_LEN as u16)]
+    max_payload: u16,
+    /// Wait this long after attaching before reading the ring buffer (for tests of a receiver
+    /// that falls behind).
+    #[arg(long, hide = true, default_value_t = 0)]
+    stall_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -112,8 +122,16 @@ fn listen(args: ListenArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut xdp = XdpReceiver::attach(&args.xdp.config())?;
+        let cfg = XdpConfig {
+            ring_bytes: args.ring_bytes,
+            max_payload: args.max_payload,
+            ..args.xdp.config()
+        };
+        let mut xdp = XdpReceiver::attach(&cfg)?;
         println!("attached iface={} mode={}", xdp.iface(), xdp.mode());
+        if args.stall_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.stall_ms)).await;
+        }
         let mut reader = ChunkReader::new(xdp.take_ring()?)?;
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
