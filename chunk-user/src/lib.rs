@@ -3,8 +3,9 @@
 //! - [`proto`]: the sans-IO sender and receiver state machines, and the simulated network that
 //!   tests them (no sockets, files or clocks: time and I/O are parameters);
 //! - [`net`]: the XDP loader, the kernel's counters, the ring-buffer reader, raw sockets;
-//! - the `chunk` binary (`src/main.rs`) is a thin CLI over these modules.
+//! - [`cmd`]: the `chunk` subcommands; the binary (`src/main.rs`) only parses and dispatches.
 
+pub mod cmd;
 pub mod net;
 pub mod proto;
 

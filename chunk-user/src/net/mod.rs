@@ -1,6 +1,8 @@
 //! Everything in chunk that touches the network or the kernel: the XDP loader and its maps
-//! ([`xdp`]), the ring-buffer reader ([`ring`]) and raw IP sockets ([`raw`]).
+//! ([`xdp`]), the ring-buffer reader ([`ring`]), the receive path as one interface ([`rx`]) and
+//! raw IP sockets ([`raw`]).
 
 pub mod raw;
 pub mod ring;
+pub mod rx;
 pub mod xdp;

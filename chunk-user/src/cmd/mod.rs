@@ -1,0 +1,4 @@
+//! The `chunk` subcommands, one module each. Each has an `Args` struct (clap) and a `run`.
+
+pub mod listen;
+pub mod probe;

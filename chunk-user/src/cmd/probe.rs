@@ -1,0 +1,66 @@
+//! `chunk probe`: send test chunk packets (valid and, on request, corrupt) to a receiver.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use chunk_common::wire::{self, Message, Repr};
+
+use crate::net::raw::RawSocket;
+
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    /// The receiving host.
+    #[arg(long)]
+    pub to: Ipv4Addr,
+    /// How many valid data chunks to send.
+    #[arg(long, default_value_t = 100)]
+    pub count: u32,
+    /// How many chunks with one flipped bit to send as well.
+    #[arg(long, default_value_t = 0)]
+    pub corrupt: u32,
+    /// Payload bytes per chunk.
+    #[arg(long, default_value_t = 1400)]
+    pub size: usize,
+    /// The IP protocol number.
+    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
+    pub protocol: u8,
+}
+
+pub fn run(args: ProbeArgs) -> Result<()> {
+    let sock = RawSocket::new(args.protocol)
+        .context("opening a raw IP socket (needs root or CAP_NET_RAW)")?;
+    let transfer_id = std::process::id() ^ 0x5eed_0000;
+    let payload: Vec<u8> = (0..args.size).map(|i| (i * 7 + 3) as u8).collect();
+    let mut buf = vec![0u8; wire::HEADER_LEN + args.size];
+    let total = args.count + args.corrupt;
+    for seq in 0..total {
+        let repr = Repr {
+            transfer_id,
+            seq,
+            flags: if seq + 1 < total {
+                wire::flags::MORE_CHUNKS
+            } else {
+                0
+            },
+            message: Message::Data { payload: &payload },
+        };
+        let n = repr.emit(&mut buf)?;
+        if seq >= args.count {
+            // Flip one bit of the payload (of the CRC field for an empty payload), so that
+            // only the CRC check can catch it.
+            let at = if args.size > 0 {
+                wire::HEADER_LEN + (seq as usize * 131) % args.size
+            } else {
+                wire::field::CRC.start
+            };
+            buf[at] ^= 1 << (seq % 8);
+        }
+        sock.send_to(&buf[..n], args.to)
+            .with_context(|| format!("sending to {}", args.to))?;
+    }
+    println!(
+        "sent {} valid and {} corrupt chunk packets to {} (transfer id {transfer_id:#x})",
+        args.count, args.corrupt, args.to
+    );
+    Ok(())
+}
