@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod net;
 pub mod proto;
+pub mod store;
 
 /// The compiled XDP program, embedded so the binary needs no source tree at run time.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chunk-xdp"));

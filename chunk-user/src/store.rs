@@ -1,0 +1,448 @@
+//! The receiver's files: [`FsStorage`] implements the core's [`Storage`] on a directory.
+//!
+//! A file `a/b.bin` is received as `DIR/a/.b.bin.part`, written chunk by chunk at its offset,
+//! next to `DIR/a/.b.bin.part.state`, which records the offer it belongs to and the chunks on disk,
+//! so an interrupted transfer (either side killed) resumes with only the missing chunks. When every
+//! chunk is in, the part file is fsynced and hashed; if the BLAKE3 matches the offer's, it gets the
+//! sender's permission bits and mtime and is renamed to `DIR/a/b.bin` (never replacing a file
+//! unless `overwrite`), and the directory is fsynced. If the hash differs, both files are removed:
+//! nothing wrong ever appears under a final name.
+//!
+//! Confinement: every path is resolved under DIR with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, relative to an fd of DIR, so neither `..`, an absolute name, nor a symlink
+//! planted inside DIR can lead a write outside it, whatever the core's name check let through.
+//! Space: an offer is refused unless the file system has room, and the part file is allocated to
+//! its full size up front (`fallocate`), so a disk that fills up refuses the offer instead of
+//! failing it half-way.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::{self, Read, Write},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::{FileExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use chunk_common::wire::{AbortReason, HASH_LEN};
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+
+use crate::proto::{ChunkSet, OfferInfo, Opened, Refusal, Storage, Verdict};
+
+const PART_SUFFIX: &str = ".part";
+const STATE_SUFFIX: &str = ".part.state";
+const STATE_MAGIC: &[u8; 8] = b"chunkst1";
+/// How often a transfer's chunk record is saved while chunks arrive. A crash loses at most this
+/// much progress (those chunks are sent again), never claims a chunk that is not on disk.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn resolve() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Receives files into one directory.
+pub struct FsStorage {
+    root: OwnedFd,
+    root_path: PathBuf,
+    overwrite: bool,
+    /// Final names (relative to DIR) being received now.
+    in_use: HashSet<String>,
+}
+
+/// One file being received.
+#[derive(Debug)]
+pub struct FsHandle {
+    /// The directory the file goes in (under DIR).
+    dir: OwnedFd,
+    name: String,
+    base: String,
+    file: File,
+    offer: OfferInfo,
+    have: ChunkSet,
+    unsaved: bool,
+    last_save: Instant,
+}
+
+impl FsStorage {
+    /// Receives into `dir`, which must exist and be a directory.
+    pub fn new(dir: &Path, overwrite: bool) -> io::Result<Self> {
+        let root = rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        Ok(FsStorage {
+            root,
+            root_path: dir.to_path_buf(),
+            overwrite,
+            in_use: HashSet::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Opens (creating as needed) the directories of `name` under DIR; returns the innermost
+    /// and the last component.
+    fn open_parent<'n>(&self, name: &'n str) -> Result<(OwnedFd, &'n str), Refusal> {
+        let (dirs, base) = match name.rsplit_once('/') {
+            Some((d, b)) => (Some(d), b),
+            None => (None, name),
+        };
+        let mut dir = rustix::io::dup(&self.root).map_err(io_refusal)?;
+        for comp in dirs.into_iter().flat_map(|d| d.split('/')) {
+            match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io_refusal(e)),
+            }
+            dir = rustix::fs::openat2(
+                &dir,
+                comp,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve(),
+            )
+            .map_err(|e| match e {
+                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV | rustix::io::Errno::NOTDIR => {
+                    Refusal::new(
+                        AbortReason::BadName,
+                        format!("{name}: {comp} is not a plain directory"),
+                    )
+                }
+                e => io_refusal(e),
+            })?;
+        }
+        Ok((dir, base))
+    }
+}
+
+fn io_refusal(e: rustix::io::Errno) -> Refusal {
+    if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT {
+        Refusal::new(AbortReason::NoSpace, "no space left on the receiver")
+    } else {
+        Refusal::new(AbortReason::Io, format!("receiver: {e}"))
+    }
+}
+
+fn part_name(base: &str) -> String {
+    format!(".{base}{PART_SUFFIX}")
+}
+
+fn state_name(base: &str) -> String {
+    format!(".{base}{STATE_SUFFIX}")
+}
+
+/// Whether a name would collide with the receiver's own work files.
+fn is_work_file(base: &str) -> bool {
+    base.starts_with('.')
+        && (base.ends_with(PART_SUFFIX) || base.ends_with(STATE_SUFFIX) || base.ends_with(".tmp"))
+}
+
+/// The state file: magic, size, chunk size, hash, then the chunk set as its cumulative prefix and
+/// the 64-bit words from there to the highest member, little-endian.
+fn encode_state(offer: &OfferInfo, have: &ChunkSet) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(STATE_MAGIC);
+    out.extend_from_slice(&offer.size.to_le_bytes());
+    out.extend_from_slice(&offer.chunk_size.to_le_bytes());
+    out.extend_from_slice(&offer.hash);
+    let cum = have.cumulative();
+    out.extend_from_slice(&cum.to_le_bytes());
+    let end = have.last().map_or(0, |l| l as u64 + 1);
+    let words = (end.saturating_sub(cum as u64)).div_ceil(64);
+    out.extend_from_slice(&(words as u32).to_le_bytes());
+    for w in 0..words {
+        out.extend_from_slice(&have.word_at(cum as u64 + 64 * w).to_le_bytes());
+    }
+    out
+}
+
+fn decode_state(bytes: &[u8], offer: &OfferInfo) -> Option<ChunkSet> {
+    let rest = bytes.strip_prefix(STATE_MAGIC.as_slice())?;
+    let (size, rest) = rest.split_at_checked(8)?;
+    let (chunk_size, rest) = rest.split_at_checked(4)?;
+    let (hash, rest) = rest.split_at_checked(HASH_LEN)?;
+    if u64::from_le_bytes(size.try_into().ok()?) != offer.size
+        || u32::from_le_bytes(chunk_size.try_into().ok()?) != offer.chunk_size
+        || hash != offer.hash
+    {
+        return None;
+    }
+    let (cum, rest) = rest.split_at_checked(4)?;
+    let (words, rest) = rest.split_at_checked(4)?;
+    let cum = u32::from_le_bytes(cum.try_into().ok()?);
+    let words = u32::from_le_bytes(words.try_into().ok()?) as usize;
+    if cum > offer.chunk_count || rest.len() != words * 8 {
+        return None;
+    }
+    let mut set = ChunkSet::with_prefix(cum);
+    for (w, word) in rest.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(word.try_into().ok()?);
+        for bit in 0..64 {
+            if word & (1 << bit) != 0 {
+                let index = cum as u64 + 64 * w as u64 + bit;
+                if index >= offer.chunk_count as u64 {
+                    return None;
+                }
+                set.insert(index as u32);
+            }
+        }
+    }
+    Some(set)
+}
+
+impl FsHandle {
+    /// Writes the chunk record (atomically: a temporary file renamed over the old one).
+    fn save_state(&mut self) -> io::Result<()> {
+        let tmp = format!(".{}{STATE_SUFFIX}.tmp", self.base);
+        let fd = rustix::fs::openat2(
+            &self.dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+            resolve(),
+        )?;
+        File::from(fd).write_all(&encode_state(&self.offer, &self.have))?;
+        rustix::fs::renameat(
+            &self.dir,
+            tmp.as_str(),
+            &self.dir,
+            state_name(&self.base).as_str(),
+        )?;
+        self.unsaved = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    fn remove_work_files(&self) {
+        for n in [part_name(&self.base), state_name(&self.base)] {
+            let _ = rustix::fs::unlinkat(&self.dir, n.as_str(), AtFlags::empty());
+        }
+    }
+
+    fn hash_part(&self) -> io::Result<[u8; HASH_LEN]> {
+        let mut hasher = blake3::Hasher::new();
+        let mut f = self.file.try_clone()?;
+        std::io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = self.offer.size;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "part file is shorter than the offer",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+}
+
+impl Storage for FsStorage {
+    type Handle = FsHandle;
+
+    fn open(&mut self, offer: &OfferInfo) -> Result<Opened<FsHandle>, Refusal> {
+        let name = offer.name.as_str();
+        let (dir, base) = self.open_parent(name)?;
+        if is_work_file(base) {
+            return Err(Refusal::new(
+                AbortReason::BadName,
+                format!("{name}: names like .*.part are the receiver's work files"),
+            ));
+        }
+        if self.in_use.contains(name) {
+            return Err(Refusal::new(
+                AbortReason::Exists,
+                format!("{name} is being received"),
+            ));
+        }
+        match rustix::fs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::RegularFile;
+                if !is_file {
+                    return Err(Refusal::new(
+                        AbortReason::Exists,
+                        format!("{name} exists and is not a regular file"),
+                    ));
+                }
+                if !self.overwrite {
+                    return Err(Refusal::new(
+                        AbortReason::Exists,
+                        format!("{name} exists (the receiver may allow --overwrite)"),
+                    ));
+                }
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_refusal(e)),
+        }
+
+        // A partial copy of the same file (size, chunk size, hash) resumes.
+        let already_have = read_state(&dir, base).and_then(|b| decode_state(&b, offer));
+        let part = part_name(base);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
+        let open_part = |flags| {
+            rustix::fs::openat2(
+                &dir,
+                part.as_str(),
+                flags,
+                Mode::from_raw_mode(0o600),
+                resolve(),
+            )
+            .map_err(|e| match e {
+                rustix::io::Errno::LOOP => Refusal::new(
+                    AbortReason::BadName,
+                    format!("{name}: the part file is a symlink"),
+                ),
+                e => io_refusal(e),
+            })
+        };
+        let (fd, already_have) = match already_have {
+            Some(have) => match open_part(flags) {
+                Ok(fd)
+                    if rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok()
+                        == Some(offer.size) =>
+                {
+                    (fd, Some(have))
+                }
+                _ => (open_part(flags | OFlags::TRUNC)?, None),
+            },
+            None => (open_part(flags | OFlags::TRUNC)?, None),
+        };
+        if already_have.is_none() {
+            let _ = rustix::fs::unlinkat(&dir, state_name(base).as_str(), AtFlags::empty());
+            let vfs = rustix::fs::fstatvfs(&fd).map_err(io_refusal)?;
+            let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+            if free < offer.size {
+                let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
+                return Err(Refusal::new(
+                    AbortReason::NoSpace,
+                    format!(
+                        "{name}: {} bytes offered, {free} bytes free on the receiver",
+                        offer.size
+                    ),
+                ));
+            }
+            if offer.size > 0 {
+                if let Err(e) = rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, offer.size) {
+                    let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
+                    return Err(io_refusal(e));
+                }
+            }
+        }
+        self.in_use.insert(name.to_owned());
+        let handle = FsHandle {
+            dir,
+            name: name.to_owned(),
+            base: base.to_owned(),
+            file: File::from(fd),
+            offer: offer.clone(),
+            have: already_have.clone().unwrap_or_default(),
+            unsaved: false,
+            last_save: Instant::now(),
+        };
+        Ok(Opened {
+            handle,
+            already_have,
+        })
+    }
+
+    fn write(&mut self, h: &mut FsHandle, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset + data.len() as u64 > h.offer.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end",
+            ));
+        }
+        h.file.write_all_at(data, offset)?;
+        h.have.insert(index);
+        h.unsaved = true;
+        if h.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            h.save_state()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+        self.in_use.remove(&h.name);
+        let result = (|| {
+            h.file.sync_all()?;
+            let hash = h.hash_part()?;
+            if &hash != expected {
+                return Ok(Verdict {
+                    verified: false,
+                    hash,
+                });
+            }
+            h.file
+                .set_permissions(std::fs::Permissions::from_mode(h.offer.mode & 0o777))?;
+            if let Some(mtime) = u64::try_from(h.offer.mtime)
+                .ok()
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+            {
+                h.file.set_modified(mtime)?;
+            }
+            let part = part_name(&h.base);
+            let flags = if self.overwrite {
+                RenameFlags::empty()
+            } else {
+                RenameFlags::NOREPLACE
+            };
+            rustix::fs::renameat_with(&h.dir, part.as_str(), &h.dir, h.base.as_str(), flags)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("renaming into place as {}: {e}", h.name))
+                })?;
+            let _ = rustix::fs::unlinkat(&h.dir, state_name(&h.base).as_str(), AtFlags::empty());
+            rustix::fs::fsync(&h.dir)?;
+            Ok(Verdict {
+                verified: true,
+                hash,
+            })
+        })();
+        // A file that did not verify (or could not be checked) never stays, not even as a part:
+        // resuming from chunks that hash wrong would fail again.
+        if !matches!(result, Ok(Verdict { verified: true, .. })) {
+            h.remove_work_files();
+        }
+        result
+    }
+
+    fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
+        self.in_use.remove(&h.name);
+        if keep_partial {
+            if h.unsaved {
+                if let Err(e) = h.save_state() {
+                    tracing::warn!(name = %h.name, error = %e, "cannot save the transfer's progress");
+                }
+            }
+        } else {
+            h.remove_work_files();
+        }
+    }
+}
+
+fn read_state(dir: &impl AsFd, base: &str) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat2(
+        dir,
+        state_name(base).as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve(),
+    )
+    .ok()?;
+    let mut bytes = Vec::new();
+    File::from(fd).take(16 << 20).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const CHUNK: u32 = 1000;
+
+fn data(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn offer(name: &str, data: &[u8]) -> OfferInfo {
+    OfferInfo {
+        src: std::net::Ipv4Addr::new(198, 18, 0, 1),
+        transfer_id: 1,
+        name: name.into(),
+        size: data.len() as u64,
+        chunk_size: CHUNK,
+        chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+        mode: 0o640,
+        mtime: 1_700_000_000,
+        hash: *blake3::hash(data).as_bytes(),
+    }
+}
+
+fn write_chunks(
+    st: &mut FsStorage,
+    h: &mut FsHandle,
+    data: &[u8],
+    which: impl Iterator<Item = u32>,
+) {
+    for i in which {
+        let start = i as usize * CHUNK as usize;
+        let end = (start + CHUNK as usize).min(data.len());
+        st.write(h, i, start as u64, &data[start..end]).unwrap();
+    }
+}
+
+/// Every entry under `dir`, recursively, as relative paths.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_file_written_out_of_order_lands_under_its_name_with_mode_and_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let d = data(10_500);
+    let o = offer("sub/dir/f.bin", &d);
+    let mut h = st.open(&o).unwrap().handle;
+    assert_eq!(
+        listing(tmp.path()),
+        ["sub", "sub/dir", "sub/dir/.f.bin.part"]
+    );
+    write_chunks(&mut st, &mut h, &d, (0..11).rev());
+    let v = st.finish(h, &o.hash).unwrap();
+    assert!(v.verified);
+    let path = tmp.path().join("sub/dir/f.bin");
+    assert_eq!(std::fs::read(&path).unwrap(), d);
+    let md = std::fs::metadata(&path).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o640);
+    assert_eq!(md.mtime(), 1_700_000_000);
+    assert_eq!(listing(tmp.path()), ["sub", "sub/dir", "sub/dir/f.bin"]);
+}
+
+#[test]
+fn an_empty_file_is_received() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let o = offer("empty", &[]);
+    let h = st.open(&o).unwrap().handle;
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("empty")).unwrap(), b"");
+}
+
+#[test]
+fn a_wrong_hash_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let d = data(3000);
+    let o = offer("f", &d);
+    let mut h = st.open(&o).unwrap().handle;
+    let mut wrong = d.clone();
+    wrong[5] ^= 1;
+    write_chunks(&mut st, &mut h, &wrong, 0..3);
+    let v = st.finish(h, &o.hash).unwrap();
+    assert!(!v.verified);
+    assert_eq!(v.hash, *blake3::hash(&wrong).as_bytes());
+    assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+}
+
+#[test]
+fn an_interrupted_transfer_resumes_with_the_chunks_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(20_000);
+    let o = offer("f", &d);
+    {
+        let mut st = FsStorage::new(tmp.path(), false).unwrap();
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &d, (0..7).chain([9, 15, 19]));
+        st.abandon(h, true);
+    }
+    assert_eq!(listing(tmp.path()), [".f.part", ".f.part.state"]);
+    // A new receiver process.
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let opened = st.open(&o).unwrap();
+    let have = opened.already_have.expect("resume");
+    let members: Vec<u32> = (0..20).filter(|&i| have.contains(i)).collect();
+    assert_eq!(members, [0, 1, 2, 3, 4, 5, 6, 9, 15, 19]);
+    let mut h = opened.handle;
+    write_chunks(&mut st, &mut h, &d, (0..20).filter(|i| !have.contains(*i)));
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
+    assert_eq!(listing(tmp.path()), ["f"]);
+}
+
+#[test]
+fn a_different_file_under_the_same_name_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(5000);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let mut h = st.open(&offer("f", &d)).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..3);
+    st.abandon(h, true);
+    let mut other = d.clone();
+    other[0] ^= 0xff;
+    let opened = st.open(&offer("f", &other)).unwrap();
+    assert!(opened.already_have.is_none());
+    st.abandon(opened.handle, false);
+    assert!(listing(tmp.path()).is_empty());
+}
+
+#[test]
+fn existing_files_are_kept_unless_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("f"), b"precious").unwrap();
+    let d = data(100);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let r = st.open(&offer("f", &d)).unwrap_err();
+    assert_eq!(r.reason, AbortReason::Exists);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"precious");
+
+    let mut st = FsStorage::new(tmp.path(), true).unwrap();
+    let o = offer("f", &d);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..1);
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
+}
+
+#[test]
+fn a_name_being_received_is_refused_to_a_second_offer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(100);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let _h = st.open(&offer("f", &d)).unwrap();
+    assert_eq!(
+        st.open(&offer("f", &d)).unwrap_err().reason,
+        AbortReason::Exists
+    );
+}
+
+#[test]
+fn symlinks_inside_the_directory_do_not_lead_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), tmp.path().join("evil")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("victim"), tmp.path().join(".x.part")).unwrap();
+    std::fs::write(outside.path().join("victim"), b"untouched").unwrap();
+    let d = data(100);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let r = st.open(&offer("evil/x", &d)).unwrap_err();
+    assert_eq!(r.reason, AbortReason::BadName, "{r:?}");
+    let r = st.open(&offer("x", &d)).unwrap_err();
+    assert_eq!(r.reason, AbortReason::BadName, "{r:?}");
+    assert_eq!(listing(outside.path()), ["victim"]);
+    assert_eq!(
+        std::fs::read(outside.path().join("victim")).unwrap(),
+        b"untouched"
+    );
+}
+
+#[test]
+fn names_of_work_files_and_non_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("d")).unwrap();
+    let d = data(10);
+    let mut st = FsStorage::new(tmp.path(), true).unwrap();
+    for name in [".f.part", "a/.g.part.state"] {
+        assert_eq!(
+            st.open(&offer(name, &d)).unwrap_err().reason,
+            AbortReason::BadName
+        );
+    }
+    assert_eq!(
+        st.open(&offer("d", &d)).unwrap_err().reason,
+        AbortReason::Exists
+    );
+}
+
+#[test]
+fn offers_larger_than_the_free_space_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let mut o = offer("huge", &[]);
+    o.size = 1 << 60;
+    o.chunk_count = u32::MAX - 1;
+    let r = st.open(&o).unwrap_err();
+    assert_eq!(r.reason, AbortReason::NoSpace, "{r:?}");
+    assert!(listing(tmp.path()).is_empty());
+}
+
+proptest! {
+    #[test]
+    fn the_state_record_round_trips(
+        prefix in 0u32..5000,
+        extra in proptest::collection::vec(0u32..20_000, 0..200),
+    ) {
+        let mut o = offer("f", &[]);
+        o.size = 20_000 * CHUNK as u64;
+        o.chunk_count = 20_000;
+        let mut set = ChunkSet::with_prefix(prefix);
+        for i in extra {
+            set.insert(i);
+        }
+        let decoded = decode_state(&encode_state(&o, &set), &o).unwrap();
+        for i in 0..20_000 {
+            prop_assert_eq!(decoded.contains(i), set.contains(i), "index {}", i);
+        }
+        // Another file's record does not apply.
+        let mut other = o.clone();
+        other.hash[0] ^= 1;
+        prop_assert!(decode_state(&encode_state(&o, &set), &other).is_none());
+    }
+}
