@@ -17,6 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Receive files: attach to an interface and write what senders send into a directory.
+    Recv(cmd::recv::RecvArgs),
+    /// Send files to a host running `chunk recv`; succeeds only when every file's hash was
+    /// confirmed by the receiver.
+    Send(cmd::send::SendArgs),
     /// Attach the XDP program to an interface, take valid chunk packets from the kernel, and
     /// print the kernel's counters on exit (Ctrl-C, SIGTERM, or --duration).
     Listen(cmd::listen::ListenArgs),
@@ -31,8 +36,11 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Recv(a) => cmd::recv::run(a),
+        Command::Send(a) => cmd::send::run(a),
         Command::Listen(a) => cmd::listen::run(a),
         Command::Probe(a) => cmd::probe::run(a),
     }

@@ -2,3 +2,5 @@
 
 pub mod listen;
 pub mod probe;
+pub mod recv;
+pub mod send;

@@ -1,8 +1,9 @@
 //! Everything in chunk that touches the network or the kernel: the XDP loader and its maps
-//! ([`xdp`]), the ring-buffer reader ([`ring`]), the receive path as one interface ([`rx`]) and
-//! raw IP sockets ([`raw`]).
+//! ([`xdp`]), the ring-buffer reader ([`ring`]), the receive path as one interface ([`rx`]), raw IP
+//! sockets ([`raw`]) and batched sending ([`tx`]).
 
 pub mod raw;
 pub mod ring;
 pub mod rx;
+pub mod tx;
 pub mod xdp;

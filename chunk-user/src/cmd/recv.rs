@@ -1,0 +1,305 @@
+//! `chunk recv --iface IF --out DIR`: the receive path (XDP ring buffer) feeding the receiver
+//! core, files written by [`FsStorage`], acks sent back through a raw socket.
+
+use std::{
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use chunk_common::wire::{self, Repr};
+use serde_json::json;
+
+use crate::{
+    net::{
+        raw::RawSocket,
+        rx::{RxArgs, RxSource},
+        tx::drop_all_input,
+    },
+    proto::{Event, Receiver, ReceiverConfig},
+    store::FsStorage,
+};
+
+#[derive(clap::Args)]
+pub struct RecvArgs {
+    #[command(flatten)]
+    pub rx: RxArgs,
+    /// The directory files are written into (created if missing). Nothing is written outside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Refuse files larger than this many bytes.
+    #[arg(long, default_value_t = 1 << 40)]
+    pub max_size: u64,
+    /// Refuse offers beyond this many transfers at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_transfers: usize,
+    /// Replace existing files (otherwise an offer for an existing name is refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Close a transfer that is silent this many seconds (its progress is kept for a resume).
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_timeout: f64,
+    /// Exit after this many transfers have ended (finished, refused, failed or cancelled).
+    #[arg(long)]
+    pub exit_after: Option<u64>,
+    /// Print events (ready, started, finished, refused, ...) as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: RecvArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(recv(args))
+}
+
+/// What woke the loop.
+enum Wake {
+    Packets(std::io::Result<usize>),
+    Timer,
+    Stop(&'static str),
+}
+
+async fn recv(args: RecvArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut storage = FsStorage::new(&args.out, args.overwrite)
+        .with_context(|| format!("opening {}", args.out.display()))?;
+    let ack_sock = RawSocket::new(args.rx.protocol)
+        .context("opening a raw IP socket for acks (needs root or CAP_NET_RAW)")?;
+    drop_all_input(ack_sock.socket().as_raw_fd()).context("making the ack socket send-only")?;
+    let cfg = ReceiverConfig {
+        max_file_size: args.max_size,
+        max_transfers: args.max_transfers,
+        max_chunk_size: args.rx.max_payload as u32,
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout.max(0.1)),
+        ..ReceiverConfig::default()
+    };
+    let mut core: Receiver<FsStorage> = Receiver::new(cfg);
+    let mut rx = RxSource::open(&args.rx)?;
+    let ready = json!({"event": "ready", "iface": rx.iface(), "mode": rx.mode(),
+        "out": args.out.display().to_string()});
+    if args.json {
+        println!("{ready}");
+    } else {
+        println!(
+            "receiving on {} ({} mode) into {}",
+            rx.iface(),
+            rx.mode(),
+            args.out.display()
+        );
+    }
+    tracing::info!(iface = rx.iface(), mode = rx.mode(), out = %args.out.display(), "ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut buf = vec![0u8; wire::HEADER_LEN + wire::MAX_ACK_BITMAP_LEN + 64];
+    let mut ended = 0u64;
+    let mut unparsable = 0u64;
+    let mut send_errors = 0u64;
+    let stop_reason;
+    loop {
+        let deadline = core.poll_timeout();
+        let wake = tokio::select! {
+            r = rx.read_batch(512, |rec| {
+                let now = Instant::now();
+                match Repr::parse_crc_checked(rec.packet) {
+                    Ok(repr) => core.handle_packet(rec.src, &repr, now, &mut storage),
+                    Err(_) => unparsable += 1,
+                }
+            }) => Wake::Packets(r),
+            _ = sleep_until(deadline) => Wake::Timer,
+            _ = tokio::signal::ctrl_c() => Wake::Stop("interrupt"),
+            _ = sigterm.recv() => Wake::Stop("terminate"),
+        };
+        let now = Instant::now();
+        match wake {
+            Wake::Packets(r) => {
+                r.context("reading the receive path")?;
+            }
+            Wake::Timer => core.handle_timeout(now, &mut storage),
+            Wake::Stop(why) => {
+                stop_reason = why;
+                break;
+            }
+        }
+        if core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now, &mut storage);
+        }
+        while let Some((dst, n)) = core.poll_transmit(now, &mut buf) {
+            if let Err(e) = ack_sock.send_to(&buf[..n], dst) {
+                send_errors += 1;
+                if send_errors.is_power_of_two() {
+                    tracing::warn!(%dst, error = %e, count = send_errors, "cannot send to the sender");
+                }
+            }
+        }
+        while let Some(ev) = core.poll_event() {
+            if report(&ev, args.json) {
+                ended += 1;
+            }
+        }
+        if args.exit_after.is_some_and(|n| ended >= n) {
+            stop_reason = "done";
+            break;
+        }
+    }
+    // Open transfers keep their partial files and progress for a resume.
+    core.close_all(&mut storage);
+    while let Some(ev) = core.poll_event() {
+        report(&ev, args.json);
+    }
+    let counters = rx.counters()?;
+    let stats = core.stats();
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "exit", "reason": stop_reason, "counters": counters.to_json(),
+                "transfers_finished": stats.transfers_finished, "chunks_written": stats.chunks_written,
+                "duplicates": stats.duplicates, "unparsable": unparsable,
+                "bad_records": rx.bad_records(), "ack_send_errors": send_errors})
+        );
+    } else {
+        println!("stopped ({stop_reason}); receive-path counters:\n{counters}");
+    }
+    if unparsable > 0 || rx.bad_records() > 0 {
+        bail!(
+            "{unparsable} packets passed the receive path's checks but did not parse, {} records \
+             were inconsistent: a bug, please report it",
+            rx.bad_records()
+        );
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs an event (and prints it as JSON); returns whether it ended a transfer.
+fn report(ev: &Event, as_json: bool) -> bool {
+    let (line, ended) = match ev {
+        Event::Started {
+            src,
+            transfer_id,
+            name,
+            size,
+            chunk_count,
+            resumed_chunks,
+        } => {
+            tracing::info!(%src, transfer_id, name, size, chunk_count, resumed_chunks, "transfer started");
+            (
+                json!({"event": "started", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "size": size, "chunks": chunk_count, "resumed_chunks": resumed_chunks}),
+                false,
+            )
+        }
+        Event::Finished {
+            src,
+            transfer_id,
+            name,
+            size,
+            duration,
+            verified,
+            chunks_received,
+            duplicates,
+            out_of_order,
+            resumed_chunks,
+        } => {
+            let secs = duration.as_secs_f64();
+            let goodput = *size as f64 / secs.max(1e-9) / 1e6;
+            if *verified {
+                tracing::info!(%src, transfer_id, name, size, seconds = format!("{secs:.3}"),
+                    goodput_mb_s = format!("{goodput:.1}"), chunks_received, duplicates,
+                    out_of_order, resumed_chunks, "transfer finished, hash verified");
+            } else {
+                tracing::warn!(%src, transfer_id, name, size, "transfer finished but the hash differs; file removed");
+            }
+            (
+                json!({"event": "finished", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "size": size, "seconds": secs, "goodput_mb_s": goodput,
+                    "verified": verified, "chunks_received": chunks_received,
+                    "duplicates": duplicates, "out_of_order": out_of_order,
+                    "resumed_chunks": resumed_chunks}),
+                true,
+            )
+        }
+        Event::Refused {
+            src,
+            transfer_id,
+            name,
+            reason,
+            message,
+        } => {
+            tracing::warn!(%src, transfer_id, name, reason = reason.as_str(), message, "offer refused");
+            (
+                json!({"event": "refused", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "reason": reason.as_str(), "message": message}),
+                true,
+            )
+        }
+        Event::Failed {
+            src,
+            transfer_id,
+            name,
+            reason,
+            message,
+        } => {
+            tracing::warn!(%src, transfer_id, name, reason = reason.as_str(), message, "transfer failed");
+            (
+                json!({"event": "failed", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "reason": reason.as_str(), "message": message}),
+                true,
+            )
+        }
+        Event::Cancelled {
+            src,
+            transfer_id,
+            name,
+            reason,
+            message,
+        } => {
+            tracing::info!(%src, transfer_id, name, reason = reason.as_str(), message, "transfer cancelled by the sender");
+            (
+                json!({"event": "cancelled", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "reason": reason.as_str(), "message": message}),
+                true,
+            )
+        }
+        Event::Superseded {
+            src,
+            old_transfer_id,
+            transfer_id,
+            name,
+        } => {
+            tracing::info!(%src, old_transfer_id, transfer_id, name, "sender restarted the transfer");
+            (
+                json!({"event": "superseded", "src": src.to_string(), "old_transfer_id": old_transfer_id,
+                    "transfer_id": transfer_id, "name": name}),
+                false,
+            )
+        }
+        Event::Idle {
+            src,
+            transfer_id,
+            name,
+            chunks_have,
+            chunk_count,
+        } => {
+            tracing::info!(%src, transfer_id, name, chunks_have, chunk_count, "transfer idle, closed (progress kept)");
+            (
+                json!({"event": "idle", "src": src.to_string(), "transfer_id": transfer_id,
+                    "name": name, "chunks_have": chunks_have, "chunks": chunk_count}),
+                false,
+            )
+        }
+    };
+    if as_json {
+        println!("{line}");
+    }
+    ended
+}
