@@ -137,6 +137,11 @@ fn state_name(base: &str) -> String {
     format!(".{base}{STATE_SUFFIX}")
 }
 
+/// Where a state record is written before it is renamed over the old one (a crash can leave it).
+fn state_tmp_name(base: &str) -> String {
+    format!(".{base}{STATE_SUFFIX}.tmp")
+}
+
 /// Whether a name would collide with the receiver's own work files.
 fn is_work_file(base: &str) -> bool {
     base.starts_with('.')
@@ -199,7 +204,7 @@ fn decode_state(bytes: &[u8], offer: &OfferInfo) -> Option<ChunkSet> {
 impl FsHandle {
     /// Writes the chunk record (atomically: a temporary file renamed over the old one).
     fn save_state(&mut self) -> io::Result<()> {
-        let tmp = format!(".{}{STATE_SUFFIX}.tmp", self.base);
+        let tmp = state_tmp_name(&self.base);
         let fd = rustix::fs::openat2(
             &self.dir,
             tmp.as_str(),
@@ -220,7 +225,11 @@ impl FsHandle {
     }
 
     fn remove_work_files(&self) {
-        for n in [part_name(&self.base), state_name(&self.base)] {
+        for n in [
+            part_name(&self.base),
+            state_name(&self.base),
+            state_tmp_name(&self.base),
+        ] {
             let _ = rustix::fs::unlinkat(&self.dir, n.as_str(), AtFlags::empty());
         }
     }
@@ -401,7 +410,9 @@ impl Storage for FsStorage {
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("renaming into place as {}: {e}", h.name))
                 })?;
-            let _ = rustix::fs::unlinkat(&h.dir, state_name(&h.base).as_str(), AtFlags::empty());
+            for n in [state_name(&h.base), state_tmp_name(&h.base)] {
+                let _ = rustix::fs::unlinkat(&h.dir, n.as_str(), AtFlags::empty());
+            }
             rustix::fs::fsync(&h.dir)?;
             Ok(Verdict {
                 verified: true,

@@ -20,6 +20,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod routed;
+pub use routed::Routed;
+
 /// Every namespace this harness creates starts with this, then the creating process's pid.
 pub const NETNS_PREFIX: &str = "chunk-";
 

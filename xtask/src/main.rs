@@ -138,7 +138,9 @@ fn test(unit_only: bool, args: &[String]) -> Result<()> {
     if !removed.is_empty() {
         eprintln!("xtask: removed stale namespaces: {}", removed.join(", "));
     }
-    let bin = build(false)?;
+    // Release: the end-to-end tests move hundreds of MiB, which an unoptimised protocol core
+    // would make slow, and it is the binary users run.
+    let bin = build(true)?;
     eprintln!(
         "xtask: network-namespace integration tests (chunk binary: {})",
         bin.display()

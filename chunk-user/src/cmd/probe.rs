@@ -55,8 +55,16 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             };
             buf[at] ^= 1 << (seq % 8);
         }
-        sock.send_to(&buf[..n], args.to)
-            .with_context(|| format!("sending to {}", args.to))?;
+        loop {
+            match sock.send_to(&buf[..n], args.to) {
+                Ok(_) => break,
+                // The device queue is full for a moment: wait, as a real sender would.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    std::thread::sleep(std::time::Duration::from_micros(50))
+                }
+                Err(e) => return Err(e).with_context(|| format!("sending to {}", args.to)),
+            }
+        }
     }
     println!(
         "sent {} valid and {} corrupt chunk packets to {} (transfer id {transfer_id:#x})",

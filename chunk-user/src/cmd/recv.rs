@@ -40,13 +40,17 @@ pub struct RecvArgs {
     /// Close a transfer that is silent this many seconds (its progress is kept for a resume).
     #[arg(long, default_value_t = 60.0)]
     pub idle_timeout: f64,
-    /// Exit after this many transfers have ended (finished, refused, failed or cancelled).
+    /// Exit after this many transfers have ended (finished, refused, failed or cancelled), and
+    /// then 2 s without packets (late senders whose verdict was lost still get it again).
     #[arg(long)]
     pub exit_after: Option<u64>,
     /// Print events (ready, started, finished, refused, ...) as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
 }
+
+/// With `--exit-after`, how long the receiver keeps answering after the last transfer ended.
+const EXIT_QUIET: Duration = Duration::from_secs(2);
 
 pub fn run(args: RecvArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -97,13 +101,21 @@ async fn recv(args: RecvArgs) -> Result<()> {
     let mut buf = vec![0u8; wire::HEADER_LEN + wire::MAX_ACK_BITMAP_LEN + 64];
     let mut ended = 0u64;
     let mut unparsable = 0u64;
+    let mut packets = 0u64;
     let mut send_errors = 0u64;
     let stop_reason;
+    let mut last_packet = Instant::now();
+    let mut draining = false;
     loop {
-        let deadline = core.poll_timeout();
+        let quiet_end = draining.then(|| last_packet + EXIT_QUIET);
+        let deadline = match (core.poll_timeout(), quiet_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let wake = tokio::select! {
             r = rx.read_batch(512, |rec| {
                 let now = Instant::now();
+                packets += 1;
                 match Repr::parse_crc_checked(rec.packet) {
                     Ok(repr) => core.handle_packet(rec.src, &repr, now, &mut storage),
                     Err(_) => unparsable += 1,
@@ -117,8 +129,15 @@ async fn recv(args: RecvArgs) -> Result<()> {
         match wake {
             Wake::Packets(r) => {
                 r.context("reading the receive path")?;
+                last_packet = now;
             }
-            Wake::Timer => core.handle_timeout(now, &mut storage),
+            Wake::Timer => {
+                if draining && now >= last_packet + EXIT_QUIET {
+                    stop_reason = "done";
+                    break;
+                }
+                core.handle_timeout(now, &mut storage)
+            }
             Wake::Stop(why) => {
                 stop_reason = why;
                 break;
@@ -141,8 +160,7 @@ async fn recv(args: RecvArgs) -> Result<()> {
             }
         }
         if args.exit_after.is_some_and(|n| ended >= n) {
-            stop_reason = "done";
-            break;
+            draining = true;
         }
     }
     // Open transfers keep their partial files and progress for a resume.
@@ -157,7 +175,8 @@ async fn recv(args: RecvArgs) -> Result<()> {
             "{}",
             json!({"event": "exit", "reason": stop_reason, "counters": counters.to_json(),
                 "transfers_finished": stats.transfers_finished, "chunks_written": stats.chunks_written,
-                "duplicates": stats.duplicates, "unparsable": unparsable,
+                "duplicates": stats.duplicates, "unknown_transfer": stats.unknown_transfer,
+                "packets": packets, "unparsable": unparsable,
                 "bad_records": rx.bad_records(), "ack_send_errors": send_errors})
         );
     } else {

@@ -1,0 +1,589 @@
+//! End to end: the real `chunk send` and `chunk recv` binaries, real files, real namespaces, the
+//! XDP receive path. Needs root (run through `cargo xtask test`).
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Output,
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
+
+use chunk_common::wire::{self, AbortReason, Message, OfferRepr, Repr};
+use chunk_tests::{Daemon, Netns, Routed, TwoHosts, run, wait_for_line};
+use serde_json::Value;
+
+fn chunk_bin() -> String {
+    std::env::var("CHUNK_BIN").unwrap_or_else(|_| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/chunk");
+        p.to_string_lossy().into_owned()
+    })
+}
+
+/// A file of `size` pseudo-random bytes (a different stream per `seed`).
+fn make_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn same_contents(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+/// Names in `dir` (not recursive), sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A running `chunk recv --json`.
+struct Recv {
+    daemon: Daemon,
+    lines: Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl Recv {
+    fn start(ns: &Netns, iface: &str, out: &Path, extra: &[&str]) -> Recv {
+        let mut cmd = ns.command(&chunk_bin());
+        cmd.args(["recv", "--iface", iface, "--json", "--out"])
+            .arg(out)
+            .args(extra);
+        let mut daemon = Daemon::spawn(cmd, "chunk recv").expect("start chunk recv");
+        let (_, lines) = wait_for_line(daemon.stdout().unwrap(), Duration::from_secs(30), |l| {
+            l.contains("\"ready\"")
+        })
+        .expect("chunk recv is ready");
+        Recv {
+            daemon,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an event matching `pred`; returns it.
+    fn wait_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no such event within {timeout:?}; saw {:?}", self.seen)
+            });
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Stops the receiver (SIGTERM) and returns its exit summary.
+    fn stop(self) -> Value {
+        self.daemon.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    fn wait_exit(mut self) -> Value {
+        let summary = self.wait_event(Duration::from_secs(20), |v| v["event"] == "exit");
+        let status = self
+            .daemon
+            .wait(Duration::from_secs(10))
+            .expect("chunk recv exits");
+        assert!(status.success(), "chunk recv failed: {status}");
+        summary
+    }
+}
+
+fn event_is(v: &Value, event: &str, name: &str) -> bool {
+    v["event"] == event && v["name"] == name
+}
+
+/// Runs `chunk send --json` in `ns`; returns the process output and its JSON summary.
+fn send(ns: &Netns, to: Ipv4Addr, files: &[&Path], extra: &[&str]) -> (Output, Value) {
+    let mut cmd = ns.command(&chunk_bin());
+    cmd.args(["send", "--json", "--to", &to.to_string()])
+        .args(extra)
+        .args(files);
+    let out = cmd.output().expect("run chunk send");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
+
+fn assert_sent(out: &Output, json: &Value, count: usize) {
+    assert!(
+        out.status.success(),
+        "chunk send failed: {json}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), count, "{json}");
+    assert!(files.iter().all(|f| f["ok"] == true), "{json}");
+}
+
+fn counter(summary: &Value, name: &str) -> u64 {
+    summary["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {summary}"))
+}
+
+#[test]
+fn files_of_edge_sizes_arrive_exact_in_one_run() {
+    let hosts = TwoHosts::new("sizes", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let chunk = 1400;
+    let sizes = [
+        ("empty", 0),
+        ("one-byte", 1),
+        ("one-chunk", chunk),
+        ("three-chunks", 3 * chunk),
+        ("three-chunks-and-one", 3 * chunk + 1),
+        ("two-mib-and-seven", (2 << 20) + 7),
+    ];
+    let files: Vec<PathBuf> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, size))| make_file(src.path(), name, *size, i as u64))
+        .collect();
+    let mut recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "6"],
+    );
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &refs, &[]);
+    assert_sent(&o, &json, sizes.len());
+    for (name, size) in sizes {
+        let fin = recv.wait_event(Duration::from_secs(10), |v| event_is(v, "finished", name));
+        assert_eq!(fin["verified"], true);
+        assert_eq!(fin["size"], size);
+    }
+    let summary = recv.wait_exit();
+    for f in &files {
+        let name = f.file_name().unwrap();
+        assert!(same_contents(f, &out.path().join(name)), "{name:?} differs");
+    }
+    // No work files left, nothing else written.
+    let mut expect: Vec<String> = sizes.iter().map(|(n, _)| n.to_string()).collect();
+    expect.sort();
+    assert_eq!(names_in(out.path()), expect);
+    assert_eq!(counter(&summary, "bad_crc"), 0);
+    assert!(counter(&summary, "accepted") >= 1500 + 6);
+}
+
+#[test]
+fn a_256_mib_file_crosses_a_clean_link() {
+    let hosts = TwoHosts::new("big", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "big.bin", 256 << 20, 7);
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&file], &[]);
+    assert_sent(&o, &json, 1);
+    let summary = recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("big.bin")));
+    assert_eq!(summary["transfers_finished"], 1);
+    eprintln!(
+        "256 MiB: {:.1} MB/s, {} retransmitted, ring_full {}",
+        json["files"][0]["goodput_mb_s"].as_f64().unwrap(),
+        json["files"][0]["retransmitted"],
+        counter(&summary, "ring_full")
+    );
+}
+
+fn lossy(percent: u32, size: usize) {
+    let net = Routed::new(&format!("loss{percent}")).unwrap();
+    net.set_loss(chunk_common::DEFAULT_IP_PROTOCOL, percent)
+        .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "lossy.bin", size, percent as u64);
+    let recv = Recv::start(&net.receiver, net.receiver_if, out.path(), &[]);
+    let (o, json) = send(
+        &net.sender,
+        net.receiver_addr,
+        &[&file],
+        &["--timeout", "60"],
+    );
+    assert_sent(&o, &json, 1);
+    recv.stop();
+    assert!(same_contents(&file, &out.path().join("lossy.bin")));
+    let dropped = net.dropped().unwrap();
+    let chunks = json["files"][0]["chunks"].as_u64().unwrap();
+    // The loss was real, and the sender repaired it.
+    assert!(
+        dropped as f64 > chunks as f64 * percent as f64 / 100.0 * 0.5,
+        "{dropped} dropped"
+    );
+    assert!(json["files"][0]["retransmitted"].as_u64().unwrap() > 0);
+    eprintln!(
+        "{percent}% loss each way: {:.1} MB/s, {} of {chunks} chunks retransmitted, {dropped} packets dropped",
+        json["files"][0]["goodput_mb_s"].as_f64().unwrap(),
+        json["files"][0]["retransmitted"],
+    );
+}
+
+#[test]
+fn one_percent_loss_both_ways() {
+    lossy(1, 16 << 20);
+}
+
+#[test]
+fn five_percent_loss_both_ways() {
+    lossy(5, 8 << 20);
+}
+
+#[test]
+fn twenty_percent_loss_both_ways() {
+    lossy(20, 2 << 20);
+}
+
+#[test]
+fn corrupt_packets_alongside_die_in_the_kernel_and_the_file_is_exact() {
+    let hosts = TwoHosts::new("corrupt", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "f.bin", 32 << 20, 3);
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let to = hosts.receiver_addr.to_string();
+    let mut probe = hosts.sender.command(&chunk_bin());
+    probe.args(["probe", "--to", &to, "--count", "0", "--corrupt", "20000"]);
+    let (o, json) = std::thread::scope(|s| {
+        let flood = s.spawn(|| run(&mut probe).expect("probe"));
+        let r = send(&hosts.sender, hosts.receiver_addr, &[&file], &[]);
+        flood.join().unwrap();
+        r
+    });
+    assert_sent(&o, &json, 1);
+    let summary = recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("f.bin")));
+    // Every corrupt packet died in the kernel: by its CRC, or, while userspace was behind and the
+    // ring buffer full, before its CRC was even computed (the program reserves the record
+    // first). Either way none reached userspace, where anything unparsable is counted.
+    let bad_crc = counter(&summary, "bad_crc");
+    let ring_full = counter(&summary, "ring_full");
+    assert!(
+        bad_crc <= 20_000 && bad_crc + ring_full >= 20_000,
+        "{summary}"
+    );
+    assert_eq!(summary["unparsable"], 0);
+    // The corrupt packets carry another transfer id: had one reached the core, it would count
+    // as data for an unknown transfer.
+    assert_eq!(summary["unknown_transfer"], 0, "{summary}");
+    assert_eq!(
+        counter(&summary, "accepted"),
+        summary["packets"],
+        "{summary}"
+    );
+}
+
+#[test]
+fn two_senders_at_once() {
+    let hosts = TwoHosts::new("two", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let a = make_file(src.path(), "a.bin", 24 << 20, 1);
+    let b = make_file(src.path(), "b.bin", 16 << 20, 2);
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "2"],
+    );
+    let to = hosts.receiver_addr;
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| send(&hosts.sender, to, &[&a], &[]));
+        let tb = s.spawn(|| send(&hosts.sender, to, &[&b], &[]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert_sent(&ra.0, &ra.1, 1);
+    assert_sent(&rb.0, &rb.1, 1);
+    let summary = recv.wait_exit();
+    assert_eq!(summary["transfers_finished"], 2);
+    assert!(same_contents(&a, &out.path().join("a.bin")));
+    assert!(same_contents(&b, &out.path().join("b.bin")));
+}
+
+#[test]
+fn a_receiver_killed_mid_transfer_resumes_after_restart() {
+    let hosts = TwoHosts::new("rkill", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "r.bin", 48 << 20, 11);
+    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    // 48 MiB at 100 Mbit/s takes ~4 s: time to pull the plug in the middle.
+    let mut cmd = hosts.sender.command(&chunk_bin());
+    cmd.args([
+        "send",
+        "--json",
+        "--rate",
+        "100M",
+        "--timeout",
+        "30",
+        "--to",
+    ])
+    .arg(hosts.receiver_addr.to_string())
+    .arg(&file);
+    let sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    let started = recv.wait_event(Duration::from_secs(10), |v| v["event"] == "started");
+    let chunks = started["chunks"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    recv.daemon.signal(libc::SIGKILL);
+    drop(recv);
+    // The partial file and its record stay (and perhaps the record's temporary copy, if the
+    // kill came while it was being saved).
+    let parts = names_in(out.path());
+    assert!(
+        parts.starts_with(&[".r.bin.part".to_string(), ".r.bin.part.state".to_string()]),
+        "{parts:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let restarted = recv.wait_event(Duration::from_secs(20), |v| v["event"] == "started");
+    let resumed = restarted["resumed_chunks"].as_u64().unwrap();
+    assert!(
+        resumed > 0 && resumed < chunks,
+        "resumed {resumed} of {chunks}"
+    );
+    let fin = recv.wait_event(Duration::from_secs(30), |v| v["event"] == "finished");
+    assert_eq!(fin["verified"], true);
+    // Only the missing chunks travelled to the new receiver (plus what was in flight).
+    let received = fin["chunks_received"].as_u64().unwrap();
+    assert_eq!(received + resumed, chunks, "{fin}");
+    let status = sender.wait(Duration::from_secs(30)).unwrap();
+    assert!(
+        status.success(),
+        "the sender saw the verified end: {status}"
+    );
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("r.bin")));
+    assert_eq!(names_in(out.path()), ["r.bin"]);
+}
+
+#[test]
+fn a_sender_killed_mid_transfer_resumes_when_run_again() {
+    let hosts = TwoHosts::new("skill", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "s.bin", 48 << 20, 12);
+    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let mut cmd = hosts.sender.command(&chunk_bin());
+    cmd.args(["send", "--json", "--rate", "100M", "--to"])
+        .arg(hosts.receiver_addr.to_string())
+        .arg(&file);
+    let sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    let started = recv.wait_event(Duration::from_secs(10), |v| v["event"] == "started");
+    let chunks = started["chunks"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    sender.signal(libc::SIGKILL);
+    drop(sender);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&file], &[]);
+    assert_sent(&o, &json, 1);
+    let fin = recv.wait_event(Duration::from_secs(30), |v| {
+        event_is(v, "finished", "s.bin")
+    });
+    assert_eq!(fin["verified"], true);
+    let resumed = fin["resumed_chunks"].as_u64().unwrap();
+    let received = fin["chunks_received"].as_u64().unwrap();
+    assert!(resumed > 0 && resumed < chunks, "{fin}");
+    assert_eq!(resumed + received, chunks, "{fin}");
+    assert!(json["files"][0]["resumed"].as_u64().unwrap() > 0, "{json}");
+    recv.stop();
+    assert!(same_contents(&file, &out.path().join("s.bin")));
+}
+
+/// Sends a hand-made offer and returns the receiver's answer.
+fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
+    static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0xBAD0_0000);
+    let chunk_size = 1400u32;
+    let offer = Repr {
+        transfer_id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        seq: 0,
+        flags: 0,
+        message: Message::Offer(OfferRepr {
+            file_size: size,
+            chunk_size,
+            chunk_count: wire::chunk_count(size, chunk_size).unwrap_or(u32::MAX),
+            mode: 0o644,
+            mtime: 0,
+            hash_alg: wire::HashAlg::Blake3,
+            hash: [7; wire::HASH_LEN],
+            name,
+        }),
+    };
+    let mut buf = vec![0u8; offer.buffer_len()];
+    offer.emit(&mut buf).unwrap();
+    let to = hosts.receiver_addr;
+    let answer = hosts
+        .sender
+        .enter(|| {
+            let sock = chunk::net::raw::RawSocket::new(chunk_common::DEFAULT_IP_PROTOCOL).unwrap();
+            sock.send_to(&buf, to).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(sock.socket());
+            let mut rbuf = vec![0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                chunk::net::tx::wait_readable(fd, Some(Duration::from_millis(100))).unwrap();
+                if let Some(n) = chunk::net::tx::recv_nonblocking(fd, &mut rbuf).unwrap() {
+                    let (_, body) = chunk::net::tx::ipv4_payload(&rbuf[..n]).unwrap();
+                    return body.to_vec();
+                }
+            }
+            Vec::new()
+        })
+        .unwrap();
+    assert!(!answer.is_empty(), "no answer to the offer");
+    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
+    Repr::parse_bytes(answer).unwrap()
+}
+
+fn abort_reason(r: &Repr<'_>) -> AbortReason {
+    match r.message {
+        Message::Abort(a) => a.reason,
+        other => panic!("expected an abort, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_offers_are_refused_with_the_reason() {
+    let hosts = TwoHosts::new("hostile", 1500).unwrap();
+    let out_parent = tempfile::tempdir().unwrap();
+    let out = out_parent.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let mut recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        &out,
+        &["--max-size", "1000000"],
+    );
+    for name in [
+        &b""[..],
+        b"../escape",
+        b"/etc/passwd",
+        b"a/../../b",
+        b"nul\0x",
+    ] {
+        let r = offer_answer(&hosts, name, 10);
+        assert_eq!(abort_reason(&r), AbortReason::BadName, "{name:?}");
+    }
+    // 2 TiB in 1.5 G chunks: a consistent offer, far over --max-size.
+    let r = offer_answer(&hosts, b"huge", 1 << 41);
+    assert_eq!(abort_reason(&r), AbortReason::TooLarge);
+    recv.wait_event(Duration::from_secs(5), |v| {
+        v["event"] == "refused" && v["reason"] == "file too large"
+    });
+    // The sender reports the receiver's reason and fails.
+    let src = tempfile::tempdir().unwrap();
+    let big = make_file(src.path(), "big.bin", 2_000_000, 5);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&big], &[]);
+    assert!(!o.status.success());
+    let err = json["files"][0]["error"].as_str().unwrap();
+    assert!(err.contains("file too large"), "{err}");
+    recv.stop();
+    // Nothing was written anywhere: not in the output directory, not beside it.
+    assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
+    assert_eq!(names_in(out_parent.path()), ["out"]);
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "chunk-test"])
+            .arg(dir.path()))
+        .expect("mount a small tmpfs");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_the_offer_and_the_sender_says_so() {
+    let hosts = TwoHosts::new("full", 1500).unwrap();
+    let disk = SmallDisk::new("1m");
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, disk.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    let small = make_file(src.path(), "fits.bin", 100_000, 1);
+    let big = make_file(src.path(), "too-big.bin", 4 << 20, 2);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&small, &big], &[]);
+    assert!(!o.status.success());
+    assert_eq!(json["files"][0]["ok"], true, "{json}");
+    let err = json["files"][1]["error"].as_str().unwrap();
+    assert!(err.contains("not enough space"), "{err}");
+    recv.stop();
+    assert_eq!(names_in(disk.dir.path()), ["fits.bin"]);
+}
+
+#[test]
+fn stop_and_wait_still_works() {
+    let hosts = TwoHosts::new("saw", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "saw.bin", 200_000, 9);
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &[&file],
+        &["--window", "1"],
+    );
+    assert_sent(&o, &json, 1);
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("saw.bin")));
+}
