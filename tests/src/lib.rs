@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod impair;
 pub mod routed;
+pub use impair::{Bridged, Impairments};
 pub use routed::Routed;
 
 /// Every namespace this harness creates starts with this, then the creating process's pid.

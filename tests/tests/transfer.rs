@@ -10,7 +10,7 @@ use std::{
 };
 
 use chunk_common::wire::{self, AbortReason, Message, OfferRepr, Repr};
-use chunk_tests::{Daemon, Netns, Routed, TwoHosts, run, wait_for_line};
+use chunk_tests::{Bridged, Daemon, Impairments, Netns, Routed, TwoHosts, run, wait_for_line};
 use serde_json::Value;
 
 fn chunk_bin() -> String {
@@ -586,4 +586,45 @@ fn stop_and_wait_still_works() {
     assert_sent(&o, &json, 1);
     recv.wait_exit();
     assert!(same_contents(&file, &out.path().join("saw.bin")));
+}
+
+#[test]
+fn duplicated_reordered_and_corrupted_packets_still_give_the_exact_file() {
+    let net = Bridged::new(
+        "impair",
+        Impairments {
+            duplicate: 0.05,
+            reorder: 0.05,
+            corrupt: 0.01,
+            seed: 42,
+            protocol: chunk_common::DEFAULT_IP_PROTOCOL,
+        },
+    )
+    .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "m.bin", 16 << 20, 21);
+    let mut recv = Recv::start(&net.receiver, net.receiver_if, out.path(), &[]);
+    let (o, json) = send(
+        &net.sender,
+        net.receiver_addr,
+        &[&file],
+        &["--timeout", "60"],
+    );
+    assert_sent(&o, &json, 1);
+    let fin = recv.wait_event(Duration::from_secs(5), |v| event_is(v, "finished", "m.bin"));
+    let summary = recv.stop();
+    assert!(same_contents(&file, &out.path().join("m.bin")));
+    let s = &net.stats;
+    let (dup, reo, cor) = (
+        s.duplicated.load(std::sync::atomic::Ordering::Relaxed),
+        s.reordered.load(std::sync::atomic::Ordering::Relaxed),
+        s.corrupted.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(dup > 100 && reo > 100 && cor > 10, "{dup} {reo} {cor}");
+    // The receiver saw the duplicates and the disorder, and its kernel dropped corrupt chunks.
+    assert!(fin["duplicates"].as_u64().unwrap() > 0, "{fin}");
+    assert!(fin["out_of_order"].as_u64().unwrap() > 0, "{fin}");
+    assert!(counter(&summary, "bad_crc") > 0, "{summary}");
+    assert_eq!(summary["unparsable"], 0);
 }
