@@ -39,6 +39,9 @@ const STATE_MAGIC: &[u8; 8] = b"chunkst1";
 /// much progress (those chunks are sent again), never claims a chunk that is not on disk.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Bytes read back and hashed per written chunk while catching up after a filled hole.
+const HASH_STEP: u64 = 1 << 20;
+
 fn resolve() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -64,6 +67,10 @@ pub struct FsHandle {
     have: ChunkSet,
     unsaved: bool,
     last_save: Instant,
+    /// BLAKE3 of the file's prefix of `hashed` chunks: chunks are hashed as they complete an
+    /// in-order prefix, so most of the hashing is done when the last chunk arrives.
+    hasher: blake3::Hasher,
+    hashed: u32,
 }
 
 impl FsStorage {
@@ -234,25 +241,36 @@ impl FsHandle {
         }
     }
 
-    fn hash_part(&self) -> io::Result<[u8; HASH_LEN]> {
-        let mut hasher = blake3::Hasher::new();
-        let mut f = self.file.try_clone()?;
-        std::io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = self.offer.size;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = f.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "part file is shorter than the offer",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
+    /// Hashes, from the file, the chunks on disk that extend the hashed prefix (at most
+    /// `limit` bytes' worth, so a long run after a filled hole does not stall the caller).
+    fn hash_ahead(&mut self, limit: u64) -> io::Result<()> {
+        let cs = self.offer.chunk_size as u64;
+        let mut start = self.hashed as u64 * cs;
+        let mut end = start;
+        while self.hashed < self.offer.chunk_count
+            && self.have.contains(self.hashed)
+            && end - start < limit
+        {
+            self.hashed += 1;
+            end = (self.hashed as u64 * cs).min(self.offer.size);
         }
-        Ok(*hasher.finalize().as_bytes())
+        let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
+        while start < end {
+            let n = ((end - start) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], start)?;
+            self.hasher.update(&buf[..n]);
+            start += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The whole file's hash (every chunk is on disk).
+    fn hash_part(&mut self) -> io::Result<[u8; HASH_LEN]> {
+        self.hash_ahead(u64::MAX)?;
+        if self.hashed != self.offer.chunk_count {
+            return Err(io::Error::other("finishing with chunks missing"));
+        }
+        Ok(*self.hasher.finalize().as_bytes())
     }
 }
 
@@ -358,6 +376,8 @@ impl Storage for FsStorage {
             have: already_have.clone().unwrap_or_default(),
             unsaved: false,
             last_save: Instant::now(),
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
         };
         Ok(Opened {
             handle,
@@ -375,13 +395,22 @@ impl Storage for FsStorage {
         h.file.write_all_at(data, offset)?;
         h.have.insert(index);
         h.unsaved = true;
+        if index == h.hashed {
+            // The common case, chunks in order: hash straight from the packet.
+            h.hasher.update(data);
+            h.hashed += 1;
+        }
+        if h.have.contains(h.hashed) {
+            // A hole was filled: catch up on what arrived after it, a bounded step per chunk.
+            h.hash_ahead(HASH_STEP)?;
+        }
         if h.last_save.elapsed() >= STATE_SAVE_INTERVAL {
             h.save_state()?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+    fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
         self.in_use.remove(&h.name);
         let result = (|| {
             h.file.sync_all()?;

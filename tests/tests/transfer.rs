@@ -175,7 +175,12 @@ fn files_of_edge_sizes_arrive_exact_in_one_run() {
         &["--exit-after", "6"],
     );
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &refs, &[]);
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &refs,
+        &["--chunk-size", "1400"],
+    );
     assert_sent(&o, &json, sizes.len());
     for (name, size) in sizes {
         let fin = recv.wait_event(Duration::from_secs(10), |v| event_is(v, "finished", name));

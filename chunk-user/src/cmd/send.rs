@@ -42,9 +42,10 @@ pub struct SendArgs {
     /// the congestion controller finds the rate.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<u64>,
-    /// Payload bytes per chunk packet: at most the path MTU minus 40 (IPv4 and chunk headers).
-    #[arg(long, default_value_t = crate::proto::DEFAULT_CHUNK_SIZE)]
-    pub chunk_size: u32,
+    /// Payload bytes per chunk packet. Default: the route's MTU minus 40 (IPv4 and chunk
+    /// headers), at most the receiver's limit of 4060.
+    #[arg(long)]
+    pub chunk_size: Option<u32>,
     /// The IP protocol number chunk packets use.
     #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
     pub protocol: u8,
@@ -103,13 +104,48 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-pub fn run(args: SendArgs) -> Result<()> {
-    if args.chunk_size == 0 || args.chunk_size as usize > chunk_common::ring::MAX_PAYLOAD_LEN {
-        bail!(
-            "--chunk-size must be 1..={} (and fit the path MTU)",
-            chunk_common::ring::MAX_PAYLOAD_LEN
-        );
+/// The MTU of the route to `to`, as the kernel knows it (interface MTU, or a smaller path MTU
+/// learnt from ICMP).
+fn route_mtu(to: Ipv4Addr) -> std::io::Result<u32> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    sock.connect(&std::net::SocketAddrV4::new(to, 9).into())?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized option into an int.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(mtu as u32)
+}
+
+/// The chunk size to use: the user's, or the largest the route carries unfragmented.
+fn chunk_size(args: &SendArgs) -> Result<u32> {
+    let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32;
+    let overhead = 20 + wire::HEADER_LEN as u32;
+    match args.chunk_size {
+        Some(n) if n == 0 || n > max => {
+            bail!("--chunk-size must be 1..={max} (and fit the path MTU)")
+        }
+        Some(n) => Ok(n),
+        None => match route_mtu(args.to) {
+            Ok(mtu) if mtu > overhead + 64 => Ok((mtu - overhead).min(max)),
+            Ok(mtu) => bail!("the route to {} has an MTU of {mtu}: too small", args.to),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("no route to {}", args.to))),
+        },
+    }
+}
+
+pub fn run(args: SendArgs) -> Result<()> {
+    let chunk_size = chunk_size(&args)?;
     if args.window == 0 {
         bail!("--window must be at least 1");
     }
@@ -129,9 +165,9 @@ pub fn run(args: SendArgs) -> Result<()> {
             on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
         );
     }
-    let mut tx = BatchSender::new(sock, wire::HEADER_LEN + args.chunk_size as usize);
+    let mut tx = BatchSender::new(sock, wire::HEADER_LEN + chunk_size as usize);
     let cfg = SenderConfig {
-        chunk_size: args.chunk_size,
+        chunk_size,
         window: args.window,
         max_rate: args.rate,
         give_up: Duration::from_secs_f64(args.timeout.max(0.1)),

@@ -77,6 +77,23 @@ fn a_file_written_out_of_order_lands_under_its_name_with_mode_and_mtime() {
 }
 
 #[test]
+fn a_late_first_chunk_after_megabytes_of_others_still_hashes_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let d = data(6_000_500);
+    let o = offer("f", &d);
+    let mut h = st.open(&o).unwrap().handle;
+    let n = o.chunk_count;
+    // 1..n/2 arrive, then chunk 0 (a long catch-up), then the rest with a hole at 3000.
+    write_chunks(&mut st, &mut h, &d, 1..n / 2);
+    write_chunks(&mut st, &mut h, &d, 0..1);
+    write_chunks(&mut st, &mut h, &d, (n / 2..n).filter(|&i| i != 3000));
+    write_chunks(&mut st, &mut h, &d, 3000..3001);
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
+}
+
+#[test]
 fn an_empty_file_is_received() {
     let tmp = tempfile::tempdir().unwrap();
     let mut st = FsStorage::new(tmp.path(), false).unwrap();
