@@ -123,6 +123,9 @@ pub mod flags {
     pub const MORE_CHUNKS: u16 = 1 << 0;
     /// Data or offer: the sender asks for an acknowledgement right away (tail probe, keep-alive).
     pub const ACK_NOW: u16 = 1 << 1;
+    /// Any message: the payload ends with a pre-shared-key authentication trailer (timestamp and
+    /// tag; docs/PROTOCOL.md, "Authentication").
+    pub const AUTH: u16 = 1 << 2;
 }
 
 /// A read/write view of a chunk packet (header and payload) in a buffer.

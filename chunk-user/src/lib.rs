@@ -5,6 +5,7 @@
 //! - [`net`]: the XDP loader, the kernel's counters, the ring-buffer reader, raw sockets;
 //! - [`cmd`]: the `chunk` subcommands; the binary (`src/main.rs`) only parses and dispatches.
 
+pub mod auth;
 pub mod cmd;
 pub mod net;
 pub mod proto;

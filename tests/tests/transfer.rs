@@ -633,3 +633,77 @@ fn duplicated_reordered_and_corrupted_packets_still_give_the_exact_file() {
     assert!(counter(&summary, "bad_crc") > 0, "{summary}");
     assert_eq!(summary["unparsable"], 0);
 }
+
+fn write_key(dir: &Path, name: &str, fill: u8) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, [fill; 32]).unwrap();
+    p
+}
+
+#[test]
+fn with_a_pre_shared_key_only_authenticated_senders_write_files() {
+    let hosts = TwoHosts::new("psk", 1500).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let good = write_key(keys.path(), "good.key", 1);
+    let bad = write_key(keys.path(), "bad.key", 2);
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "secret.bin", 3 << 20, 31);
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--psk-file", good.to_str().unwrap()],
+    );
+    let to = hosts.receiver_addr;
+    // Without a key, and with the wrong one: refused, nothing written, the sender times out.
+    for extra in [vec![], vec!["--psk-file", bad.to_str().unwrap()]] {
+        let mut args = vec!["--timeout", "2"];
+        args.extend(extra);
+        let (o, json) = send(&hosts.sender, to, &[&file], &args);
+        assert!(!o.status.success(), "{json}");
+        assert!(names_in(out.path()).is_empty());
+    }
+    // A captured offer played again after the window: a sealed offer with an old timestamp.
+    let key = chunk::auth::Key::from_file(&good).unwrap();
+    let offer = Repr {
+        transfer_id: 0x5EA1_0001,
+        seq: 0,
+        flags: 0,
+        message: Message::Offer(OfferRepr {
+            file_size: 10,
+            chunk_size: 1000,
+            chunk_count: 1,
+            mode: 0o644,
+            mtime: 0,
+            hash_alg: wire::HashAlg::Blake3,
+            hash: [1; wire::HASH_LEN],
+            name: b"replayed",
+        }),
+    };
+    let mut buf = vec![0u8; offer.buffer_len() + chunk::auth::TRAILER_LEN];
+    let n = offer.emit(&mut buf).unwrap();
+    let old = chunk::auth::now_ms() - 120_000;
+    let n = key.seal(&mut buf, n, old).unwrap();
+    hosts
+        .sender
+        .enter(|| {
+            let sock = chunk::net::raw::RawSocket::new(chunk_common::DEFAULT_IP_PROTOCOL).unwrap();
+            sock.send_to(&buf[..n], to).unwrap();
+        })
+        .unwrap();
+    // With the key: verified.
+    let (o, json) = send(
+        &hosts.sender,
+        to,
+        &[&file],
+        &["--psk-file", good.to_str().unwrap()],
+    );
+    assert_sent(&o, &json, 1);
+    let summary = recv.stop();
+    assert!(same_contents(&file, &out.path().join("secret.bin")));
+    assert_eq!(names_in(out.path()), ["secret.bin"]);
+    assert!(summary["auth_rejected"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["stale_offers"], 1, "{summary}");
+    assert_eq!(summary["transfers_finished"], 1, "{summary}");
+}

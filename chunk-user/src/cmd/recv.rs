@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chunk_common::wire::{self, Repr};
+use chunk_common::wire::{self, Message, Packet, Repr, flags};
 use serde_json::json;
 
 use crate::{
+    auth::{self, Key},
     net::{
         raw::RawSocket,
         rx::{RxArgs, RxSource},
@@ -47,6 +48,10 @@ pub struct RecvArgs {
     /// Print events (ready, started, finished, refused, ...) as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Accept only packets authenticated with this pre-shared key (the same file as the
+    /// sender's `--psk-file`); see docs/SECURITY.md.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
 }
 
 /// With `--exit-after`, how long the receiver keeps answering after the last transfer ended.
@@ -81,6 +86,10 @@ async fn recv(args: RecvArgs) -> Result<()> {
         idle_timeout: Duration::from_secs_f64(args.idle_timeout.max(0.1)),
         ..ReceiverConfig::default()
     };
+    let key = match &args.psk_file {
+        Some(p) => Some(Key::from_file(p).context("reading the pre-shared key")?),
+        None => None,
+    };
     let mut core: Receiver<FsStorage> = Receiver::new(cfg);
     let mut rx = RxSource::open(&args.rx)?;
     let ready = json!({"event": "ready", "iface": rx.iface(), "mode": rx.mode(),
@@ -98,7 +107,10 @@ async fn recv(args: RecvArgs) -> Result<()> {
     tracing::info!(iface = rx.iface(), mode = rx.mode(), out = %args.out.display(), "ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut buf = vec![0u8; wire::HEADER_LEN + wire::MAX_ACK_BITMAP_LEN + 64];
+    let mut buf = vec![0u8; wire::HEADER_LEN + wire::MAX_ACK_BITMAP_LEN + 64 + auth::TRAILER_LEN];
+    let mut opened = vec![0u8; 1 << 16];
+    let mut auth_rejected = 0u64;
+    let mut stale_offers = 0u64;
     let mut ended = 0u64;
     let mut unparsable = 0u64;
     let mut packets = 0u64;
@@ -116,8 +128,35 @@ async fn recv(args: RecvArgs) -> Result<()> {
             r = rx.read_batch(512, |rec| {
                 let now = Instant::now();
                 packets += 1;
-                match Repr::parse_crc_checked(rec.packet) {
-                    Ok(repr) => core.handle_packet(rec.src, &repr, now, &mut storage),
+                let authed = rec.packet.len() >= wire::HEADER_LEN
+                    && Packet::new_unchecked(rec.packet).flags() & flags::AUTH != 0;
+                let (bytes, ts) = if key.is_none() && !authed {
+                    (rec.packet, 0)
+                } else {
+                    match auth::open_with(key.as_ref(), rec.packet, &mut opened) {
+                        Ok((n, ts)) => (&opened[..n], ts),
+                        Err(e) => {
+                            auth_rejected += 1;
+                            if auth_rejected.is_power_of_two() {
+                                tracing::warn!(src = %rec.src, error = %e, count = auth_rejected, "packet refused");
+                            }
+                            return;
+                        }
+                    }
+                };
+                match Repr::parse_crc_checked(bytes) {
+                    Ok(repr) => {
+                        if key.is_some()
+                            && matches!(repr.message, Message::Offer(_))
+                            && !auth::fresh(ts, auth::now_ms())
+                        {
+                            // A captured offer played again later: not a new file.
+                            stale_offers += 1;
+                            tracing::warn!(src = %rec.src, transfer_id = repr.transfer_id, "stale offer refused (replay, or clocks apart)");
+                            return;
+                        }
+                        core.handle_packet(rec.src, &repr, now, &mut storage)
+                    }
                     Err(_) => unparsable += 1,
                 }
             }) => Wake::Packets(r),
@@ -146,7 +185,12 @@ async fn recv(args: RecvArgs) -> Result<()> {
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now, &mut storage);
         }
-        while let Some((dst, n)) = core.poll_transmit(now, &mut buf) {
+        while let Some((dst, mut n)) = core.poll_transmit(now, &mut buf) {
+            if let Some(key) = &key {
+                n = key
+                    .seal(&mut buf, n, auth::now_ms())
+                    .expect("the buffer has room for the trailer");
+            }
             if let Err(e) = ack_sock.send_to(&buf[..n], dst) {
                 send_errors += 1;
                 if send_errors.is_power_of_two() {
@@ -177,10 +221,14 @@ async fn recv(args: RecvArgs) -> Result<()> {
                 "transfers_finished": stats.transfers_finished, "chunks_written": stats.chunks_written,
                 "duplicates": stats.duplicates, "unknown_transfer": stats.unknown_transfer,
                 "packets": packets, "unparsable": unparsable,
+                "auth_rejected": auth_rejected, "stale_offers": stale_offers,
                 "bad_records": rx.bad_records(), "ack_send_errors": send_errors})
         );
     } else {
         println!("stopped ({stop_reason}); receive-path counters:\n{counters}");
+        if key.is_some() || auth_rejected > 0 {
+            println!("refused by authentication: {auth_rejected}; stale offers: {stale_offers}");
+        }
     }
     if unparsable > 0 || rx.bad_records() > 0 {
         bail!(

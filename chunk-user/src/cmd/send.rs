@@ -15,11 +15,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chunk_common::wire::{self, Repr};
+use chunk_common::wire::{self, Packet, Repr};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::{
+    auth::{self, Key},
     net::{
         raw::RawSocket,
         tx::{self, BatchSender},
@@ -58,6 +59,9 @@ pub struct SendArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Authenticate every packet with this pre-shared key (the receiver's `--psk-file`).
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
 }
 
 /// `"200M"` → 200 000 000 (bits per second).
@@ -129,8 +133,14 @@ fn route_mtu(to: Ipv4Addr) -> std::io::Result<u32> {
 
 /// The chunk size to use: the user's, or the largest the route carries unfragmented.
 fn chunk_size(args: &SendArgs) -> Result<u32> {
-    let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32;
-    let overhead = 20 + wire::HEADER_LEN as u32;
+    // The authentication trailer rides in the payload too.
+    let trailer = if args.psk_file.is_some() {
+        auth::TRAILER_LEN as u32
+    } else {
+        0
+    };
+    let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32 - trailer;
+    let overhead = 20 + wire::HEADER_LEN as u32 + trailer;
     match args.chunk_size {
         Some(n) if n == 0 || n > max => {
             bail!("--chunk-size must be 1..={max} (and fit the path MTU)")
@@ -173,6 +183,10 @@ pub fn run(args: SendArgs) -> Result<()> {
         give_up: Duration::from_secs_f64(args.timeout.max(0.1)),
         ..SenderConfig::default()
     };
+    let key = match &args.psk_file {
+        Some(p) => Some(Key::from_file(p).context("reading the pre-shared key")?),
+        None => None,
+    };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
     for path in &args.files {
@@ -180,7 +194,16 @@ pub fn run(args: SendArgs) -> Result<()> {
             break;
         }
         let report = match prepare(path) {
-            Ok((file, meta)) => send_file(&mut tx, &args, &cfg, path, file, meta, show_progress),
+            Ok((file, meta)) => send_file(
+                &mut tx,
+                &args,
+                &cfg,
+                key.as_ref(),
+                path,
+                file,
+                meta,
+                show_progress,
+            ),
             Err(e) => failed_report(path, format!("{e:#}")),
         };
         match &report.error {
@@ -314,10 +337,12 @@ impl ChunkSource for FileSource {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn send_file(
     tx: &mut BatchSender,
     args: &SendArgs,
     cfg: &SenderConfig,
+    key: Option<&Key>,
     path: &Path,
     file: File,
     meta: FileMeta,
@@ -328,7 +353,7 @@ fn send_file(
     report.size = meta.size;
     report.hash = meta.hash.iter().map(|b| format!("{b:02x}")).collect();
     let start = Instant::now();
-    let result = drive(tx, args, cfg, file, meta, show_progress, start);
+    let result = drive(tx, args, cfg, key, file, meta, show_progress, start);
     report.seconds = start.elapsed().as_secs_f64();
     let (stats, outcome) = match result {
         Ok(x) => x,
@@ -370,10 +395,12 @@ fn explain(e: &SendError, to: Ipv4Addr, acked: u64) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     tx: &mut BatchSender,
     args: &SendArgs,
     cfg: &SenderConfig,
+    key: Option<&Key>,
     file: File,
     meta: FileMeta,
     show_progress: bool,
@@ -383,7 +410,8 @@ fn drive(
     let to = args.to;
     let tid: u32 = rand::random();
     let mut sender = Sender::new(tid, meta, cfg.clone(), start)?;
-    tx.ensure_packet_len(sender.max_packet_len());
+    tx.ensure_packet_len(sender.max_packet_len() + auth::TRAILER_LEN);
+    let mut opened = vec![0u8; 1 << 16];
     let mut source = FileSource {
         file,
         chunk_size: cfg.chunk_size as u64,
@@ -407,7 +435,17 @@ fn drive(
             if src != to {
                 continue;
             }
-            if let Ok(repr) = Repr::parse_bytes(body) {
+            // CRC first (as the kernel does for the receiver), then the tag.
+            if Packet::new_checked(body)
+                .and_then(|p| p.validate())
+                .is_err()
+            {
+                continue;
+            }
+            let Ok((n, _)) = auth::open_with(key, body, &mut opened) else {
+                continue;
+            };
+            if let Ok(repr) = Repr::parse_crc_checked(&opened[..n]) {
                 sender.handle_packet(&repr, now);
             }
         }
@@ -420,6 +458,7 @@ fn drive(
             let Some(n) = sender.poll_transmit(now, &mut source, buf) else {
                 break;
             };
+            let n = seal(key, buf, n);
             tx.commit(n, to);
             if tx.is_full() {
                 batch_full = true;
@@ -448,6 +487,7 @@ fn drive(
                 let Some(n) = sender.poll_transmit(now, &mut source, buf) else {
                     break;
                 };
+                let n = seal(key, buf, n);
                 tx.commit(n, to);
             }
             let _ = tx.flush();
@@ -463,6 +503,16 @@ fn drive(
                 .map(|t| t.saturating_duration_since(Instant::now()));
             tx::wait_readable(fd, timeout)?;
         }
+    }
+}
+
+/// Adds the authentication trailer when a key is set.
+fn seal(key: Option<&Key>, buf: &mut [u8], n: usize) -> usize {
+    match key {
+        Some(k) => k
+            .seal(buf, n, auth::now_ms())
+            .expect("packet buffers have room for the trailer"),
+        None => n,
     }
 }
 
