@@ -12,4 +12,8 @@ pub mod proto;
 pub mod store;
 
 /// The compiled XDP program, embedded so the binary needs no source tree at run time.
+#[cfg(feature = "xdp")]
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chunk-xdp"));
+/// Built without the `xdp` feature (fuzzing): there is no program to load.
+#[cfg(not(feature = "xdp"))]
+pub static XDP_OBJECT: &[u8] = &[];

@@ -7,6 +7,7 @@
 //! - `sim`: the protocol core's figures on the simulated network.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -34,11 +35,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run the unit tests, then the network-namespace integration tests (needs root).
+    /// Run the unit tests, a short fuzz of every target, then the network-namespace integration
+    /// tests (needs root).
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit_only: bool,
+        /// Seconds each fuzz target runs (0: skip fuzzing).
+        #[arg(long, default_value_t = 10)]
+        fuzz_seconds: u64,
         /// Extra arguments for the integration tests' test binary (a name filter, say).
         #[arg(last = true)]
         args: Vec<String>,
@@ -47,6 +52,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Print the protocol core's goodput figures on the simulated network.
     Sim,
+    /// Run the cargo-fuzz targets for a bounded time each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -59,11 +66,19 @@ fn main() -> Result<()> {
             eprintln!("built {}", bin.display());
             Ok(())
         }
-        Cmd::Test { unit_only, args } => test(unit_only, &args),
+        Cmd::Test {
+            unit_only,
+            fuzz_seconds,
+            args,
+        } => test(unit_only, fuzz_seconds, &args),
         Cmd::Demo(args) => {
             setup::setup(true)?;
             let bin = build(true)?;
             demo::run(&bin, &args)
+        }
+        Cmd::Fuzz(args) => {
+            setup::setup(true)?;
+            fuzz::run(&args)
         }
         Cmd::Sim => run_cmd(cargo().args([
             "test",
@@ -121,12 +136,18 @@ fn build(release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn test(unit_only: bool, args: &[String]) -> Result<()> {
+fn test(unit_only: bool, fuzz_seconds: u64, args: &[String]) -> Result<()> {
     setup::setup(true)?;
     eprintln!("xtask: unit and property tests");
     run_cmd(cargo().args(["test", "--workspace", "--exclude", "chunk-tests"]))?;
     if unit_only {
         return Ok(());
+    }
+    if fuzz_seconds > 0 {
+        fuzz::run(&fuzz::FuzzArgs {
+            seconds: fuzz_seconds,
+            targets: Vec::new(),
+        })?;
     }
     if unsafe { libc::geteuid() } != 0 {
         bail!(
