@@ -82,7 +82,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             Command::new("cargo")
                 .current_dir(&fuzz_dir)
                 .env("PATH", path_with(&cargo_fuzz))
-                .env("CHUNK_FUZZ_TMP", &new_inputs.with_extension("tmp"))
+                .env("CHUNK_FUZZ_TMP", new_inputs.with_extension("tmp"))
                 .args(["+nightly", "fuzz", "run", t])
                 .arg(&new_inputs)
                 .arg(fuzz_dir.join("corpus").join(t))
