@@ -2,152 +2,15 @@
 //! XDP receive path. Needs root (run through `cargo xtask test`).
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Output,
-    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
 use chunk_common::wire::{self, AbortReason, Message, OfferRepr, Repr};
-use chunk_tests::{Bridged, Daemon, Impairments, Netns, Routed, TwoHosts, run, wait_for_line};
-use serde_json::Value;
+use chunk_tests::{Bridged, Daemon, Impairments, Routed, TwoHosts, run};
+use common::*;
 
-fn chunk_bin() -> String {
-    std::env::var("CHUNK_BIN").unwrap_or_else(|_| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/chunk");
-        p.to_string_lossy().into_owned()
-    })
-}
-
-/// A file of `size` pseudo-random bytes (a different stream per `seed`).
-fn make_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut data = Vec::with_capacity(size);
-    while data.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(size);
-    let path = dir.join(name);
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
-fn same_contents(a: &Path, b: &Path) -> bool {
-    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
-}
-
-/// Names in `dir` (not recursive), sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// A running `chunk recv --json`.
-struct Recv {
-    daemon: Daemon,
-    lines: Receiver<String>,
-    seen: Vec<Value>,
-}
-
-impl Recv {
-    fn start(ns: &Netns, iface: &str, out: &Path, extra: &[&str]) -> Recv {
-        let mut cmd = ns.command(&chunk_bin());
-        cmd.args(["recv", "--iface", iface, "--json", "--out"])
-            .arg(out)
-            .args(extra);
-        let mut daemon = Daemon::spawn(cmd, "chunk recv").expect("start chunk recv");
-        let (_, lines) = wait_for_line(daemon.stdout().unwrap(), Duration::from_secs(30), |l| {
-            l.contains("\"ready\"")
-        })
-        .expect("chunk recv is ready");
-        Recv {
-            daemon,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for an event matching `pred`; returns it.
-    fn wait_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return v.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no such event within {timeout:?}; saw {:?}", self.seen)
-            });
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            self.seen.push(v.clone());
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-
-    /// Stops the receiver (SIGTERM) and returns its exit summary.
-    fn stop(self) -> Value {
-        self.daemon.signal(libc::SIGTERM);
-        self.wait_exit()
-    }
-
-    fn wait_exit(mut self) -> Value {
-        let summary = self.wait_event(Duration::from_secs(20), |v| v["event"] == "exit");
-        let status = self
-            .daemon
-            .wait(Duration::from_secs(10))
-            .expect("chunk recv exits");
-        assert!(status.success(), "chunk recv failed: {status}");
-        summary
-    }
-}
-
-fn event_is(v: &Value, event: &str, name: &str) -> bool {
-    v["event"] == event && v["name"] == name
-}
-
-/// Runs `chunk send --json` in `ns`; returns the process output and its JSON summary.
-fn send(ns: &Netns, to: Ipv4Addr, files: &[&Path], extra: &[&str]) -> (Output, Value) {
-    let mut cmd = ns.command(&chunk_bin());
-    cmd.args(["send", "--json", "--to", &to.to_string()])
-        .args(extra)
-        .args(files);
-    let out = cmd.output().expect("run chunk send");
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, json)
-}
-
-fn assert_sent(out: &Output, json: &Value, count: usize) {
-    assert!(
-        out.status.success(),
-        "chunk send failed: {json}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let files = json["files"].as_array().unwrap();
-    assert_eq!(files.len(), count, "{json}");
-    assert!(files.iter().all(|f| f["ok"] == true), "{json}");
-}
-
-fn counter(summary: &Value, name: &str) -> u64 {
-    summary["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {summary}"))
-}
+mod common;
 
 #[test]
 fn files_of_edge_sizes_arrive_exact_in_one_run() {

@@ -77,21 +77,48 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         std::fs::create_dir_all(&new_inputs)?;
         eprintln!("xtask: fuzzing {t} for {} s", args.seconds);
         // `cargo +nightly fuzz`: the rustup proxy picks the nightly (sanitizers need it) and
-        // finds cargo-fuzz on PATH.
-        run_cmd(
-            Command::new("cargo")
-                .current_dir(&fuzz_dir)
-                .env("PATH", path_with(&cargo_fuzz))
-                .env("CHUNK_FUZZ_TMP", new_inputs.with_extension("tmp"))
-                .args(["+nightly", "fuzz", "run", t])
-                .arg(&new_inputs)
-                .arg(fuzz_dir.join("corpus").join(t))
-                .arg("--")
-                .arg(format!("-max_total_time={}", args.seconds))
-                .arg("-rss_limit_mb=4096")
-                .arg("-print_final_stats=1"),
-        )
-        .with_context(|| format!("fuzz target {t} found a crash (see fuzz/artifacts/{t}/)"))?;
+        // finds cargo-fuzz on PATH. libFuzzer's running commentary goes to a log; a summary (or,
+        // on a crash, the log's end) is printed.
+        let log_path = scratch.join(format!("{t}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let status = Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            .env("PATH", path_with(&cargo_fuzz))
+            .env("CHUNK_FUZZ_TMP", new_inputs.with_extension("tmp"))
+            .args(["+nightly", "fuzz", "run", t])
+            .arg(&new_inputs)
+            .arg(fuzz_dir.join("corpus").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={}", args.seconds))
+            .arg("-rss_limit_mb=4096")
+            .arg("-print_final_stats=1")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("running cargo fuzz")?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+            bail!(
+                "fuzz target {t} failed ({status}); reproducer under fuzz/artifacts/{t}/, full log {}",
+                log_path.display()
+            );
+        }
+        let done = text
+            .lines()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("(no summary)");
+        let cov = text
+            .lines()
+            .rev()
+            .find(|l| l.contains(" cov: "))
+            .and_then(|l| l.split(" cov: ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
+        eprintln!("xtask: fuzz {t}: {done}, coverage {cov} edges, no crash");
         let _ = std::fs::remove_dir_all(new_inputs.with_extension("tmp"));
     }
     Ok(())

@@ -42,6 +42,8 @@ pub struct ReceiverConfig {
     pub max_file_size: u64,
     /// Transfers open at once (`too many transfers` beyond).
     pub max_transfers: usize,
+    /// Transfers open at once from one source address, so that one host cannot take every slot.
+    pub max_per_source: usize,
     /// Largest chunk size accepted (`unsupported` above): what the receive buffers hold.
     pub max_chunk_size: u32,
     /// Acknowledge at least every this many chunks...
@@ -61,6 +63,7 @@ impl Default for ReceiverConfig {
         Self {
             max_file_size: 1 << 40,
             max_transfers: 16,
+            max_per_source: 4,
             max_chunk_size: 65_535 - chunk_common::wire::HEADER_LEN as u32,
             ack_every: 16,
             ack_delay: Duration::from_millis(5),
@@ -430,6 +433,11 @@ impl<S: Storage> Receiver<S> {
             ))
         } else if self.open >= self.cfg.max_transfers {
             Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
+        } else if self.open_from(key.0) >= self.cfg.max_per_source {
+            Err((
+                AbortReason::TooManyTransfers,
+                format!("{} open from {}", self.cfg.max_per_source, key.0),
+            ))
         } else {
             Ok(())
         };
@@ -744,6 +752,14 @@ impl<S: Storage> Receiver<S> {
         self.send_abort(key, AbortReason::UnknownTransfer, String::new());
     }
 
+    /// Open transfers from `src` (at most `max_transfers` to look at).
+    fn open_from(&self, src: Ipv4Addr) -> usize {
+        self.transfers
+            .iter()
+            .filter(|(k, t)| k.0 == src && matches!(t.state, State::Open(_)))
+            .count()
+    }
+
     fn refuse(&mut self, key: Key, name: String, reason: AbortReason, message: String) {
         self.stats.offers_refused += 1;
         self.events.push_back(Event::Refused {
@@ -1043,6 +1059,61 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_slot() {
+        let cfg = ReceiverConfig {
+            max_transfers: 4,
+            max_per_source: 2,
+            ..ReceiverConfig::default()
+        };
+        let mut r = Receiver::new(cfg);
+        let mut st = MemStorage::new();
+        let now = Instant::now();
+        let data = file(100);
+        let offer_from = |r: &mut Receiver<MemStorage>, st: &mut MemStorage, src, id: u32| {
+            let name = format!("f{id}");
+            let o = OfferRepr {
+                file_size: data.len() as u64,
+                chunk_size: CHUNK,
+                chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+                mode: 0o644,
+                mtime: 0,
+                hash_alg: HashAlg::Blake3,
+                hash: *blake3::hash(&data).as_bytes(),
+                name: name.as_bytes(),
+            };
+            let repr = Repr {
+                transfer_id: id,
+                seq: 0,
+                flags: 0,
+                message: Message::Offer(o),
+            };
+            r.handle_packet(src, &repr, now, st);
+        };
+        let other = Ipv4Addr::new(192, 0, 2, 2);
+        for id in 0..3 {
+            offer_from(&mut r, &mut st, SRC, id);
+        }
+        offer_from(&mut r, &mut st, other, 10);
+        assert_eq!(
+            r.open_transfers(),
+            3,
+            "two from SRC, one from the other source"
+        );
+        let refused: Vec<_> = std::iter::from_fn(|| r.poll_event())
+            .filter_map(|e| match e {
+                Event::Refused {
+                    src,
+                    transfer_id,
+                    reason,
+                    ..
+                } => Some((src, transfer_id, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, [(SRC, 2, AbortReason::TooManyTransfers)]);
     }
 
     #[test]
