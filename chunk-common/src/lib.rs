@@ -1,5 +1,6 @@
 //! chunk's shared definitions: one source of truth for the kernel (XDP) and userspace sides.
 //!
+//! - [`classify`]: the receive path's checks, the same in the XDP program and the socket path;
 //! - [`wire`]: the chunk header and message bodies, as zero-copy views and `Repr` structs;
 //! - [`crc`]: the CRC32 both sides verify, in a form the eBPF verifier accepts;
 //! - [`counters`]: the per-reason counters the XDP program keeps, indexed by one enum;
@@ -8,6 +9,7 @@
 //! No std, no allocation: everything here must build for `bpfel-unknown-none`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+pub mod classify;
 pub mod counters;
 pub mod crc;
 pub mod ring;

@@ -1,12 +1,14 @@
 //! The record the XDP program hands to userspace through the BPF ring buffer.
 //!
-//! The ring buffer's reserve call needs a size the verifier knows as a constant, so every record
-//! is [`RECORD_LEN`] bytes: a [`RecordHeader`] followed by the chunk packet (chunk header and
-//! payload, exactly as on the wire, except that the CRC field has been zeroed by the check).
+//! The XDP program assembles a [`Record`] in per-CPU scratch memory (a size the verifier knows),
+//! checks the CRC there, and copies only the used part into the ring buffer: a record in the ring
+//! is a [`RecordHeader`] followed by the chunk packet (chunk header and payload, exactly as on
+//! the wire, except that the CRC field has been zeroed by the check), at most [`RECORD_LEN`]
+//! bytes, padded by the kernel to a multiple of 8.
 
 use crate::wire::HEADER_LEN;
 
-/// Bytes of one ring-buffer record.
+/// Bytes of the largest ring-buffer record (and of the scratch record).
 pub const RECORD_LEN: usize = 4096;
 
 /// Bytes of the [`RecordHeader`] at the start of a record.
@@ -37,7 +39,7 @@ pub struct RecordHeader {
 
 const _: () = assert!(RECORD_HEADER_LEN == 16);
 
-/// One ring-buffer record, as the XDP program reserves it.
+/// A ring-buffer record at its largest, as the XDP program builds it in scratch memory.
 #[repr(C)]
 pub struct Record {
     pub header: RecordHeader,

@@ -14,6 +14,9 @@ pub const GLOBAL_PROTOCOL: &str = "CHUNK_PROTOCOL";
 pub const GLOBAL_MAX_PAYLOAD: &str = "MAX_PAYLOAD";
 /// Load-time setting (`u8`): 1 if the allowlist is in force (an empty allowlist allows all).
 pub const GLOBAL_ALLOWLIST_ON: &str = "ALLOWLIST_ON";
+/// Load-time setting (`u8`): 1 to log every dropped chunk packet through aya-log. At 0 the
+/// verifier removes the logging code, so the per-packet path pays nothing for it.
+pub const GLOBAL_LOG_DROPS: &str = "LOG_DROPS";
 
 /// The program's name in the object file (and in `bpftool prog show`).
 pub const PROGRAM_NAME: &str = "chunk";

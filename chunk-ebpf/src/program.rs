@@ -2,22 +2,29 @@ use core::{hint::black_box, mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::bpf_xdp_load_bytes,
+    helpers::generated::{bpf_ringbuf_output, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use chunk_common::{
+    classify::{self, IPV4_MIN_HLEN, Verdict},
     counters::Counter,
     crc,
-    ring::{MAX_PACKET_LEN, Record, RecordHeader},
-    wire::{self, HEADER_LEN, MAGIC, VERSION, field},
+    ring::{MAX_PACKET_LEN, RECORD_HEADER_LEN, RECORD_LEN, Record, RecordHeader},
+    wire::{HEADER_LEN, field},
     xdp::{ALLOWLIST_MAX_ENTRIES, RING_DEFAULT_BYTES},
 };
 
 /// Per-reason frame counters, indexed by [`Counter`].
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// One record of scratch space per CPU, where a packet is copied and checked before it may go
+/// into the ring buffer.
+#[map]
+static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
 /// Valid chunk packets for userspace. The loader may resize it.
 #[map]
@@ -36,40 +43,31 @@ static CHUNK_PROTOCOL: u8 = chunk_common::DEFAULT_IP_PROTOCOL;
 static MAX_PAYLOAD: u16 = chunk_common::ring::MAX_PAYLOAD_LEN as u16;
 #[unsafe(no_mangle)]
 static ALLOWLIST_ON: u8 = 0;
+#[unsafe(no_mangle)]
+static LOG_DROPS: u8 = 0;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-const IPV4_MIN_HLEN: usize = 20;
-/// IPv4 flags/fragment-offset field: "more fragments" and the offset bits.
-const IP_MF_OR_OFFSET: u16 = 0x3FFF;
 
 #[xdp]
 pub fn chunk(ctx: XdpContext) -> u32 {
-    let (action, counter) = match classify(&ctx) {
+    let (action, counter) = match check(&ctx) {
         Ok(()) => (xdp_action::XDP_DROP, Counter::Accepted),
         Err(Verdict::Pass) => (xdp_action::XDP_PASS, Counter::Passed),
-        Err(Verdict::Drop(c)) => (xdp_action::XDP_DROP, c),
+        Err(Verdict::Drop(c)) => {
+            if unsafe { ptr::read_volatile(&LOG_DROPS) } != 0 {
+                debug!(&ctx, "chunk: dropped a chunk packet: {}", c.name());
+            }
+            (xdp_action::XDP_DROP, c)
+        }
     };
     if let Some(n) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU: no other writer, a plain add is enough.
         unsafe { *n += 1 };
     }
     action
-}
-
-enum Verdict {
-    /// Not a chunk packet: give it to the stack.
-    Pass,
-    /// A chunk packet that is dropped, and why.
-    Drop(Counter),
-}
-
-impl From<Counter> for Verdict {
-    fn from(c: Counter) -> Self {
-        Verdict::Drop(c)
-    }
 }
 
 /// A pointer to a `T` at `offset` into the frame, if the frame is long enough.
@@ -90,7 +88,7 @@ fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<(), Verdict> {
+fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     // Ethernet, with at most one VLAN tag.
     let Some(mut ethertype) = be16_at(ctx, 12) else {
         return Err(Verdict::Pass);
@@ -109,22 +107,10 @@ fn classify(ctx: &XdpContext) -> Result<(), Verdict> {
     let Some(ip) = ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, l3) else {
         return Err(Verdict::Pass);
     };
-    let ip = unsafe { *ip };
     let protocol = unsafe { ptr::read_volatile(&CHUNK_PROTOCOL) };
-    if ip[0] >> 4 != 4 || ip[9] != protocol {
-        return Err(Verdict::Pass);
-    }
-
-    // From here on the frame is ours, and it is consumed whatever happens to it.
-    if u16::from_be_bytes([ip[6], ip[7]]) & IP_MF_OR_OFFSET != 0 {
-        return Err(Counter::Fragment.into());
-    }
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ihl < IPV4_MIN_HLEN || total_len < ihl + HEADER_LEN {
-        return Err(Counter::Truncated.into());
-    }
-    let l4 = l3 + ihl;
+    // From here on (unless it passes) the frame is ours, and consumed whatever happens to it.
+    let ip = classify::ipv4(unsafe { &*ip }, protocol)?;
+    let l4 = l3 + ip.header_len;
     // Check the chunk header's bounds before the IP total length: the other way round, LLVM
     // deduces this check from that one and drops it, and the verifier, which cannot make that
     // deduction, then rejects the header read.
@@ -133,22 +119,13 @@ fn classify(ctx: &XdpContext) -> Result<(), Verdict> {
     };
     let hdr = unsafe { *hdr };
     // The frame may be longer than the IP packet (Ethernet padding) but never shorter.
-    if ctx.data() + l3 + total_len > ctx.data_end() {
+    if ctx.data() + l3 + ip.total_len > ctx.data_end() {
         return Err(Counter::Truncated.into());
     }
-    if u16::from_be_bytes([hdr[0], hdr[1]]) != MAGIC || hdr[field::VERSION] != VERSION {
-        return Err(Counter::BadMagic.into());
-    }
-    if wire::MessageType::from_u8(hdr[field::MSG_TYPE]).is_none() {
-        return Err(Counter::BadType.into());
-    }
-    let payload_len = u16::from_be_bytes([hdr[6], hdr[7]]) as usize;
     let max_payload = unsafe { ptr::read_volatile(&MAX_PAYLOAD) } as usize;
-    if HEADER_LEN + payload_len != total_len - ihl || payload_len > max_payload {
-        return Err(Counter::BadLength.into());
-    }
+    let payload_len = classify::header(&hdr, ip.total_len - ip.header_len, max_payload)?;
 
-    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let src = ip.src;
     if unsafe { ptr::read_volatile(&ALLOWLIST_ON) } != 0 {
         let key = Key::new(32, u32::from_ne_bytes(src));
         if ALLOWLIST.get(&key).is_none() {
@@ -156,37 +133,34 @@ fn classify(ctx: &XdpContext) -> Result<(), Verdict> {
         }
     }
 
-    // Copy into a ring-buffer record first and check the CRC there: reading packet memory byte
+    // Copy into this CPU's scratch record and check the CRC there: reading packet memory byte
     // by byte in a loop does not pass the verifier (LLVM drops the per-byte bounds checks it
-    // needs), while the record is plain memory of a size the verifier knows.
-    let Some(mut entry) = CHUNKS.reserve::<Record>(0) else {
-        return Err(Counter::RingFull.into());
+    // needs), while the record is plain memory of a size the verifier knows. Only a packet that
+    // passes goes into the ring buffer, so junk never takes ring space or wakes userspace.
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        // A one-entry array always has entry 0; this only satisfies the verifier.
+        return Err(Counter::Truncated.into());
     };
-    let rec = entry.as_mut_ptr();
     // The verifier must see 1 <= len <= MAX_PACKET_LEN at the helper call. LLVM tends to mask the
     // length (`&= 0xffff`), which erases the lower bound; laundering it through black_box as a
     // u64 and checking both ends right before the call makes the bounds stick.
     let len = black_box((HEADER_LEN + payload_len) as u64);
     if len > MAX_PACKET_LEN as u64 {
-        entry.discard(0);
         return Err(Counter::BadLength.into());
     }
     let len = black_box(len);
     if len == 0 {
-        entry.discard(0);
         return Err(Counter::Truncated.into());
     }
     let packet = unsafe { ptr::addr_of_mut!((*rec).packet) } as *mut u8;
     let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, l4 as u32, packet as *mut _, len as u32) };
     if copied != 0 {
-        entry.discard(0);
         return Err(Counter::Truncated.into());
     }
-    let expected = u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    let expected = classify::carried_crc(&hdr);
     // The CRC is defined with its own field as zero.
     unsafe { ptr::write_unaligned(packet.add(field::CRC.start) as *mut u32, 0) };
     if crc_of(unsafe { &(*rec).packet }, len as usize) != expected {
-        entry.discard(0);
         return Err(Counter::BadCrc.into());
     }
     unsafe {
@@ -194,14 +168,27 @@ fn classify(ctx: &XdpContext) -> Result<(), Verdict> {
             ptr::addr_of_mut!((*rec).header),
             RecordHeader {
                 src_addr: src,
-                dst_addr: [ip[16], ip[17], ip[18], ip[19]],
+                dst_addr: ip.dst,
                 packet_len: len as u16,
                 _reserved: 0,
                 rx_queue: ctx.rx_queue_index(),
             },
         );
     }
-    entry.submit(0);
+    // Into the ring, as long as the packet is: header and packet, not the whole 4 KiB record.
+    let total = black_box(RECORD_HEADER_LEN as u64 + len);
+    if total > RECORD_LEN as u64 {
+        return Err(Counter::BadLength.into());
+    }
+    let total = black_box(total);
+    if total == 0 {
+        return Err(Counter::Truncated.into());
+    }
+    let rc =
+        unsafe { bpf_ringbuf_output(ptr::addr_of!(CHUNKS) as *mut _, rec as *mut _, total, 0) };
+    if rc != 0 {
+        return Err(Counter::RingFull.into());
+    }
     Ok(())
 }
 
