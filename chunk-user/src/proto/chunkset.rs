@@ -15,6 +15,9 @@ const PAGE_WORDS: usize = (PAGE_BITS / 64) as usize;
 
 type Page = [u64; PAGE_WORDS];
 
+/// What one page costs in memory, roughly: its bits, its box and its B-tree slot.
+pub const PAGE_COST: usize = PAGE_BITS as usize / 8 + 64;
+
 /// A set of chunk indices (`0..u32::MAX`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkSet {
@@ -81,6 +84,21 @@ impl ChunkSet {
             self.advance();
         }
         true
+    }
+
+    /// Pages allocated now (see [`PAGE_COST`]).
+    pub fn pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether inserting `index` would allocate a page other than the one holding the
+    /// cumulative point. (That one never counts against a memory cap: filling it is what moves
+    /// the cumulative point on and frees pages.)
+    pub fn would_grow(&self, index: u32) -> bool {
+        let (i, page) = (index as u64, index as u64 / PAGE_BITS);
+        i >= self.cumulative
+            && page != self.cumulative / PAGE_BITS
+            && !self.pages.contains_key(&page)
     }
 
     /// Adds every index below `n`.

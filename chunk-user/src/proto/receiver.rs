@@ -26,7 +26,7 @@ use chunk_common::wire::{
     Message, OfferRepr, Repr, flags,
 };
 
-use super::chunkset::ChunkSet;
+use super::chunkset::{self, ChunkSet};
 use super::storage::{OfferInfo, Storage};
 use super::{NO_ECHO, chunk_len};
 
@@ -56,6 +56,11 @@ pub struct ReceiverConfig {
     pub verdict_linger: Duration,
     /// Aborts per second answering data for unknown transfers (a flood must not become one).
     pub unknown_aborts_per_sec: u32,
+    /// Memory one transfer's bookkeeping of received chunks may take, in bytes. A sender that
+    /// keeps to its window needs a few KiB; one that scatters chunks over a huge file to make
+    /// the receiver allocate has its chunks dropped (`state_limited`) once this is reached, and
+    /// resends them when the holes before them are filled.
+    pub max_transfer_state: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -70,6 +75,7 @@ impl Default for ReceiverConfig {
             idle_timeout: Duration::from_secs(60),
             verdict_linger: Duration::from_secs(60),
             unknown_aborts_per_sec: 20,
+            max_transfer_state: 4 << 20,
         }
     }
 }
@@ -149,7 +155,7 @@ pub enum Event {
 }
 
 /// Counters over the receiver's life.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReceiverStats {
     pub offers_accepted: u64,
     pub offers_refused: u64,
@@ -167,6 +173,8 @@ pub struct ReceiverStats {
     pub aborts_sent: u64,
     pub transfers_finished: u64,
     pub transfers_idle: u64,
+    /// Data chunks dropped because their transfer reached `max_transfer_state`.
+    pub state_limited: u64,
 }
 
 type Key = (Ipv4Addr, u32);
@@ -582,6 +590,12 @@ impl<S: Storage> Receiver<S> {
                 None => (index, index),
             });
             queue_ack(&mut self.ready, key, &mut open.ack);
+            return;
+        }
+        if open.received.would_grow(index)
+            && (open.received.pages() + 1) * chunkset::PAGE_COST > self.cfg.max_transfer_state
+        {
+            self.stats.state_limited += 1;
             return;
         }
         let offset = index as u64 * info.chunk_size as u64;
@@ -1222,6 +1236,31 @@ mod tests {
             out(&mut r, at)[0].2,
             AbortReason::UnknownTransfer.code() as u32
         );
+    }
+
+    #[test]
+    fn scattered_chunks_cannot_grow_the_state_past_its_cap() {
+        let cfg = ReceiverConfig {
+            max_transfer_state: 2 * chunkset::PAGE_COST,
+            ..ReceiverConfig::default()
+        };
+        let (mut r, mut st, t0) = (Receiver::new(cfg), MemStorage::new(), Instant::now());
+        // 5 pages' worth of chunks.
+        let data = file(5 * 4096 * CHUNK as usize);
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in [4096, 2 * 4096, 3 * 4096, 4 * 4096] {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        let s = r.stats();
+        assert_eq!((s.chunks_written, s.state_limited), (2, 2));
+        // In-order progress frees pages, and the refused chunks are then taken.
+        for i in 0..=2 * 4096 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        chunk(&mut r, &mut st, t0, 1, &data, 3 * 4096, 0);
+        let s = r.stats();
+        assert_eq!(s.state_limited, 2);
+        assert_eq!(s.chunks_written, 2 * 4096 + 2);
     }
 
     #[test]
