@@ -25,6 +25,8 @@ enum Command {
     /// Attach the XDP program to an interface, take valid chunk packets from the kernel, and
     /// print the kernel's counters on exit (Ctrl-C, SIGTERM, or --duration).
     Listen(cmd::listen::ListenArgs),
+    /// Show a running receiver's counters (kernel and userspace), rates and limits.
+    Stats(cmd::stats::StatsArgs),
     /// Send test chunk packets (valid and, on request, corrupt) to a host, to check the receive
     /// path.
     Probe(cmd::probe::ProbeArgs),
@@ -43,5 +45,6 @@ fn main() -> Result<()> {
         Command::Send(a) => cmd::send::run(a),
         Command::Listen(a) => cmd::listen::run(a),
         Command::Probe(a) => cmd::probe::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
     }
 }

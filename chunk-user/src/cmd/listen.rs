@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use chunk_common::wire::Repr;
 
-use crate::net::rx::{RxArgs, RxSource};
+use crate::net::rx::{RxArgs, RxSource, StateFile};
 
 #[derive(clap::Args)]
 pub struct ListenArgs {
@@ -36,6 +36,14 @@ pub fn run(args: ListenArgs) -> Result<()> {
 async fn listen(args: ListenArgs) -> Result<()> {
     let mut rx = RxSource::open(&args.rx)?;
     println!("attached iface={} mode={}", rx.iface(), rx.mode());
+    let state_file = StateFile::new(rx.iface());
+    let started = crate::auth::now_ms();
+    let write_state = |rx: &RxSource| {
+        state_file.write(&serde_json::json!({"pid": std::process::id(),
+            "started_unix_ms": started, "receive_path": rx.describe()}))
+    };
+    write_state(&rx);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     if args.stall_ms > 0 {
         tokio::time::sleep(Duration::from_millis(args.stall_ms)).await;
     }
@@ -70,6 +78,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
                     );
                 }
             }) => { r?; }
+            _ = tick.tick() => write_state(&rx),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,

@@ -4,3 +4,4 @@ pub mod listen;
 pub mod probe;
 pub mod recv;
 pub mod send;
+pub mod stats;

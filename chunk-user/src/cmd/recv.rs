@@ -15,7 +15,7 @@ use crate::{
     auth::{self, Key},
     net::{
         raw::RawSocket,
-        rx::{RxArgs, RxSource},
+        rx::{RxArgs, RxSource, StateFile},
         tx::drop_all_input,
     },
     proto::{Event, Receiver, ReceiverConfig},
@@ -41,6 +41,10 @@ pub struct RecvArgs {
     /// Replace existing files (otherwise an offer for an existing name is refused).
     #[arg(long)]
     pub overwrite: bool,
+    /// Memory one transfer's record of received chunks may take, in KiB (a sender scattering
+    /// chunks over a huge file to exhaust memory has them dropped beyond it).
+    #[arg(long, default_value_t = 4096)]
+    pub max_state_kib: usize,
     /// Close a transfer that is silent this many seconds (its progress is kept for a resume).
     #[arg(long, default_value_t = 60.0)]
     pub idle_timeout: f64,
@@ -56,6 +60,9 @@ pub struct RecvArgs {
     #[arg(long, value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
 }
+
+/// How often the state file for `chunk stats` is refreshed.
+const STATE_EVERY: Duration = Duration::from_secs(1);
 
 /// With `--exit-after`, how long the receiver keeps answering after the last transfer ended.
 const EXIT_QUIET: Duration = Duration::from_secs(2);
@@ -88,14 +95,26 @@ async fn recv(args: RecvArgs) -> Result<()> {
         max_per_source: args.max_per_source,
         max_chunk_size: args.rx.max_payload as u32,
         idle_timeout: Duration::from_secs_f64(args.idle_timeout.max(0.1)),
+        max_transfer_state: args.max_state_kib.saturating_mul(1024),
         ..ReceiverConfig::default()
     };
+    let limits = json!({
+        "max_size": args.max_size, "max_transfers": args.max_transfers,
+        "max_per_source": args.max_per_source, "max_state_kib": args.max_state_kib,
+        "idle_timeout_s": args.idle_timeout, "max_payload": args.rx.max_payload,
+        "ring_bytes": args.rx.ring_bytes,
+        "allow": args.rx.allow.iter().map(|p| format!("{}/{}", p.addr, p.len)).collect::<Vec<_>>(),
+        "psk": args.psk_file.is_some(), "overwrite": args.overwrite,
+    });
     let key = match &args.psk_file {
         Some(p) => Some(Key::from_file(p).context("reading the pre-shared key")?),
         None => None,
     };
     let mut core: Receiver<FsStorage> = Receiver::new(cfg);
     let mut rx = RxSource::open(&args.rx)?;
+    let state_file = StateFile::new(rx.iface());
+    let started_ms = auth::now_ms();
+    let mut next_state = Instant::now();
     let ready = json!({"event": "ready", "iface": rx.iface(), "mode": rx.mode(),
         "out": args.out.display().to_string()});
     if args.json {
@@ -127,7 +146,8 @@ async fn recv(args: RecvArgs) -> Result<()> {
         let deadline = match (core.poll_timeout(), quiet_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
+        }
+        .map_or(next_state, |d| d.min(next_state));
         let wake = tokio::select! {
             r = rx.read_batch(512, |rec| {
                 let now = Instant::now();
@@ -165,15 +185,17 @@ async fn recv(args: RecvArgs) -> Result<()> {
                     Err(_) => unparsable += 1,
                 }
             }) => Wake::Packets(r),
-            _ = sleep_until(deadline) => Wake::Timer,
+            _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             _ = tokio::signal::ctrl_c() => Wake::Stop("interrupt"),
             _ = sigterm.recv() => Wake::Stop("terminate"),
         };
         let now = Instant::now();
         match wake {
             Wake::Packets(r) => {
-                r.context("reading the receive path")?;
-                last_packet = now;
+                // The socket path can wake for a batch of junk only: that is not a sender.
+                if r.context("reading the receive path")? > 0 {
+                    last_packet = now;
+                }
             }
             Wake::Timer => {
                 if draining && now >= last_packet + EXIT_QUIET {
@@ -206,10 +228,24 @@ async fn recv(args: RecvArgs) -> Result<()> {
         while let Some(ev) = core.poll_event() {
             if report(&ev, args.json) {
                 ended += 1;
+                // Show the outcome in `chunk stats` at once.
+                next_state = now;
             }
         }
         if args.exit_after.is_some_and(|n| ended >= n) {
             draining = true;
+        }
+        if now >= next_state {
+            next_state = now + STATE_EVERY;
+            let stats = core.stats();
+            state_file.write(&json!({
+                "pid": std::process::id(), "started_unix_ms": started_ms,
+                "updated_unix_ms": auth::now_ms(), "out": args.out.display().to_string(),
+                "receive_path": rx.describe(), "limits": limits,
+                "transfers_open": core.open_transfers(), "receiver": stats,
+                "packets": packets, "unparsable": unparsable, "auth_rejected": auth_rejected,
+                "stale_offers": stale_offers, "ack_send_errors": send_errors,
+            }));
         }
     }
     // Open transfers keep their partial files and progress for a resume.
@@ -250,13 +286,6 @@ async fn recv(args: RecvArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Logs an event (and prints it as JSON); returns whether it ended a transfer.

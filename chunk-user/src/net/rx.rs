@@ -1,13 +1,30 @@
 //! Where a receiver gets its chunk packets from: the XDP program's ring buffer (the kernel has
-//! already validated them), whatever the attach mode. One interface for `chunk listen` and
-//! `chunk recv`.
+//! already validated them), or a raw socket that applies the same checks in userspace
+//! (`--mode socket`). One interface for `chunk listen` and `chunk recv`.
 
 use anyhow::{Context, Result};
+use serde_json::json;
 
 use super::{
+    place,
     ring::{ChunkReader, Received},
-    xdp::{AttachMode, Counters, Ipv4Prefix, XdpConfig, XdpReceiver},
+    sock::{SocketConfig, SocketRx},
+    xdp::{AttachMode, Counters, Ipv4Prefix, ProgInfo, XdpConfig, XdpReceiver},
 };
+
+/// How a receiver takes packets in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RxMode {
+    /// XDP in driver (native) mode, else in SKB (generic) mode.
+    #[default]
+    Auto,
+    /// XDP in driver (native) mode only.
+    Driver,
+    /// XDP in SKB (generic) mode only.
+    Skb,
+    /// No XDP: a raw socket, with the same checks done in userspace.
+    Socket,
+}
 
 /// The receive-path options shared by every command that receives.
 #[derive(clap::Args, Clone, Debug)]
@@ -15,9 +32,10 @@ pub struct RxArgs {
     /// The interface to receive on.
     #[arg(long)]
     pub iface: String,
-    /// XDP attach mode: driver (native), skb (generic), or auto (driver, else skb).
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub mode: AttachMode,
+    /// How packets come in: XDP in driver (native) or skb (generic) mode, auto (driver, else
+    /// skb), or socket (no XDP: a raw socket with the same checks in userspace).
+    #[arg(long, value_enum, default_value_t = RxMode::Auto)]
+    pub mode: RxMode,
     /// The IP protocol number chunk packets use.
     #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
     pub protocol: u8,
@@ -30,63 +48,198 @@ pub struct RxArgs {
     /// Drop payloads longer than this in the kernel.
     #[arg(long, default_value_t = chunk_common::ring::MAX_PAYLOAD_LEN as u16)]
     pub max_payload: u16,
+    /// Log every chunk packet the XDP program drops, with the reason (debugging: slow; shown
+    /// with RUST_LOG=debug). Off, it costs nothing: the verifier removes the code.
+    #[arg(long)]
+    pub xdp_log: bool,
 }
 
 impl RxArgs {
     pub fn xdp_config(&self) -> XdpConfig {
         XdpConfig {
-            mode: self.mode,
+            mode: match self.mode {
+                RxMode::Driver => AttachMode::Driver,
+                RxMode::Skb => AttachMode::Skb,
+                RxMode::Auto | RxMode::Socket => AttachMode::Auto,
+            },
             protocol: self.protocol,
             allow: self.allow.clone(),
             ring_bytes: self.ring_bytes,
             max_payload: self.max_payload,
+            log_drops: self.xdp_log,
             ..XdpConfig::new(&self.iface)
         }
     }
+}
+
+enum Path {
+    Xdp {
+        xdp: Box<XdpReceiver>,
+        reader: ChunkReader,
+    },
+    Socket(SocketRx),
 }
 
 /// An open receive path. Packets it yields have passed every check of the kernel path (header,
 /// lengths, allowlist, CRC) and have their CRC field zeroed: parse them with
 /// [`chunk_common::wire::Repr::parse_crc_checked`].
 pub struct RxSource {
-    xdp: XdpReceiver,
-    reader: ChunkReader,
+    path: Path,
+    iface: String,
 }
 
 impl RxSource {
-    /// Attaches to the interface (needs root).
+    /// Attaches to the interface (needs root). Must be called within a tokio runtime.
     pub fn open(args: &RxArgs) -> Result<RxSource> {
-        let mut xdp = XdpReceiver::attach(&args.xdp_config())
-            .with_context(|| format!("receiving on {}", args.iface))?;
-        let reader = ChunkReader::new(xdp.take_ring()?)?;
-        Ok(RxSource { xdp, reader })
+        let path = if args.mode == RxMode::Socket {
+            let cfg = SocketConfig {
+                iface: args.iface.clone(),
+                protocol: args.protocol,
+                max_payload: args.max_payload,
+                allow: args.allow.clone(),
+            };
+            Path::Socket(
+                SocketRx::open(&cfg).with_context(|| format!("receiving on {}", args.iface))?,
+            )
+        } else {
+            let mut xdp = XdpReceiver::attach(&args.xdp_config())
+                .with_context(|| format!("receiving on {}", args.iface))?;
+            if let Some(logger) = xdp.take_logger() {
+                spawn_logger(logger)?;
+            }
+            let info = xdp.info();
+            tracing::info!(
+                iface = %args.iface,
+                prog_id = info.prog_id,
+                verified_insns = info.verified_insns,
+                pinned = ?xdp.pinned(),
+                "XDP program attached"
+            );
+            let reader = ChunkReader::new(xdp.take_ring()?)?;
+            Path::Xdp {
+                xdp: Box::new(xdp),
+                reader,
+            }
+        };
+        Ok(RxSource {
+            path,
+            iface: args.iface.clone(),
+        })
     }
 
-    /// How packets arrive: "driver" or "skb" (XDP).
+    /// How packets arrive: "driver" or "skb" (XDP), or "socket".
     pub fn mode(&self) -> &'static str {
-        self.xdp.mode()
+        match &self.path {
+            Path::Xdp { xdp, .. } => xdp.mode(),
+            Path::Socket(_) => "socket",
+        }
     }
 
     pub fn iface(&self) -> &str {
-        self.xdp.iface()
+        &self.iface
     }
 
-    /// Waits for at least one packet, then hands every available one (up to `max`) to `f`.
+    /// The XDP program's ids and verifier figures (None for the socket path).
+    pub fn prog_info(&self) -> Option<ProgInfo> {
+        match &self.path {
+            Path::Xdp { xdp, .. } => Some(xdp.info()),
+            Path::Socket(_) => None,
+        }
+    }
+
+    /// Where the XDP maps are pinned, if they are.
+    pub fn pinned(&self) -> Option<&std::path::Path> {
+        match &self.path {
+            Path::Xdp { xdp, .. } => xdp.pinned(),
+            Path::Socket(_) => None,
+        }
+    }
+
+    /// Waits for packets, then hands every available valid one (up to `max`) to `f`. Returns how
+    /// many `f` saw; 0 is possible on the socket path, when a whole batch was junk.
     pub async fn read_batch(
         &mut self,
         max: usize,
         f: impl FnMut(Received<'_>),
     ) -> std::io::Result<usize> {
-        self.reader.read_batch(max, f).await
+        match &mut self.path {
+            Path::Xdp { reader, .. } => reader.read_batch(max, f).await,
+            Path::Socket(s) => s.read_batch(max, f).await,
+        }
     }
 
     /// The receive path's counters (the kernel's, for XDP).
     pub fn counters(&self) -> Result<Counters> {
-        Ok(self.xdp.counters()?)
+        match &self.path {
+            Path::Xdp { xdp, .. } => Ok(xdp.counters()?),
+            Path::Socket(s) => Ok(s.counters()),
+        }
     }
 
     /// Records the reader could not parse (a kernel/userspace disagreement; should stay 0).
     pub fn bad_records(&self) -> u64 {
-        self.reader.bad_records
+        match &self.path {
+            Path::Xdp { reader, .. } => reader.bad_records,
+            Path::Socket(_) => 0,
+        }
+    }
+
+    /// What `chunk stats` shows about this receive path: mode, program, pins, counters.
+    pub fn describe(&self) -> serde_json::Value {
+        let counters = self.counters().map(|c| c.to_json()).unwrap_or_default();
+        json!({
+            "iface": self.iface,
+            "mode": self.mode(),
+            "prog": self.prog_info(),
+            "pinned": self.pinned().map(|p| p.display().to_string()),
+            "counters": counters,
+        })
+    }
+}
+
+/// Forwards the XDP program's aya-log records to the `log` crate (and so to tracing).
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open until it is dropped, which
+    // happens only with this AsyncFd.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Keeps `/run/chunk/<key>.json` up to date for `chunk stats`, and removes it on drop.
+pub struct StateFile {
+    path: std::path::PathBuf,
+}
+
+impl StateFile {
+    pub fn new(iface: &str) -> Self {
+        StateFile {
+            path: place::state_file(iface),
+        }
+    }
+
+    /// Replaces the file's content; failures are logged once and otherwise ignored (the file is
+    /// a convenience for `chunk stats`).
+    pub fn write(&self, value: &serde_json::Value) {
+        if let Err(e) = place::write_json_atomic(&self.path, value) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file")
+            });
+        }
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,14 +1,20 @@
 //! Loads chunk's XDP program, configures it, attaches it to an interface, and reads its counters.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
+use aya_log::EbpfLogger;
 use chunk_common::{counters::Counter, ring::MAX_PAYLOAD_LEN, xdp as names};
 use serde::Serialize;
+
+use super::{link, place};
 use thiserror::Error;
 
 /// How to attach: native (driver) mode, generic (SKB) mode, or native with SKB as the fallback.
@@ -55,6 +61,10 @@ pub struct XdpConfig {
     pub allow: Vec<Ipv4Prefix>,
     /// Ring-buffer bytes: a power of two, at least a page.
     pub ring_bytes: u32,
+    /// Log every packet the program drops, with the reason, through aya-log (slow: debugging).
+    pub log_drops: bool,
+    /// Pin the maps under [`place::pin_dir`] for `bpftool`.
+    pub pin: bool,
 }
 
 impl XdpConfig {
@@ -66,6 +76,8 @@ impl XdpConfig {
             max_payload: MAX_PAYLOAD_LEN as u16,
             allow: Vec::new(),
             ring_bytes: names::RING_DEFAULT_BYTES,
+            log_drops: false,
+            pin: true,
         }
     }
 }
@@ -76,20 +88,33 @@ pub enum XdpError {
     NotRoot,
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
+    #[error(
+        "another XDP program (id {prog_id}, {name:?}, {mode} mode) is attached to {iface}; \
+         chunk will not replace it. If it is a leftover, `ip link set dev {iface} xdp off` \
+         removes it"
+    )]
+    Busy {
+        iface: String,
+        prog_id: u32,
+        name: String,
+        mode: &'static str,
+    },
+    #[error("asking the kernel about {iface}: {source}")]
+    Query {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("loading the XDP program failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the kernel's verifier rejected the XDP program:\n{0}")]
     Verifier(String),
-    #[error(
-        "cannot attach XDP to {iface} in {mode} mode: {source}{hint}",
-        hint = if *busy { format!(" (another XDP program is attached; `ip link set dev {iface} xdp off` removes it)") } else { String::new() }
-    )]
+    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
     Attach {
         iface: String,
         mode: &'static str,
-        busy: bool,
         #[source]
         source: ProgramError,
     },
@@ -151,6 +176,27 @@ pub struct XdpReceiver {
     counters: PerCpuArray<MapData, u64>,
     mode: &'static str,
     iface: String,
+    info: ProgInfo,
+    pinned: Option<PathBuf>,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// What the kernel says about the loaded program.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProgInfo {
+    pub prog_id: u32,
+    /// Instructions the verifier processed when it loaded the program.
+    pub verified_insns: Option<u32>,
+    pub counters_map_id: u32,
+}
+
+/// The name of loaded program `id`, or "?".
+fn prog_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn mode_name(m: XdpMode) -> &'static str {
@@ -168,10 +214,20 @@ impl XdpReceiver {
         if unsafe { libc::geteuid() } != 0 {
             return Err(XdpError::NotRoot);
         }
-        let cname = std::ffi::CString::new(cfg.iface.as_str())
-            .map_err(|_| XdpError::NoSuchInterface(cfg.iface.clone()))?;
-        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
-            return Err(XdpError::NoSuchInterface(cfg.iface.clone()));
+        let ifindex = link::ifindex(&cfg.iface)
+            .ok_or_else(|| XdpError::NoSuchInterface(cfg.iface.clone()))?;
+        // Ask first: aya would replace or fail obscurely, and the user deserves to know what
+        // holds the interface.
+        if let Some(a) = link::xdp_attached(ifindex).map_err(|source| XdpError::Query {
+            iface: cfg.iface.clone(),
+            source,
+        })? {
+            return Err(XdpError::Busy {
+                iface: cfg.iface.clone(),
+                prog_id: a.prog_id,
+                name: prog_name(a.prog_id),
+                mode: a.mode,
+            });
         }
         if cfg.max_payload as usize > MAX_PAYLOAD_LEN || cfg.max_payload == 0 {
             return Err(XdpError::Config(format!(
@@ -186,10 +242,12 @@ impl XdpReceiver {
             )));
         }
         let allow_on: u8 = (!cfg.allow.is_empty()).into();
+        let log_drops: u8 = cfg.log_drops.into();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_PROTOCOL, &cfg.protocol, true)
             .override_global(names::GLOBAL_MAX_PAYLOAD, &cfg.max_payload, true)
             .override_global(names::GLOBAL_ALLOWLIST_ON, &allow_on, true)
+            .override_global(names::GLOBAL_LOG_DROPS, &log_drops, true)
             .map_max_entries(names::MAP_CHUNKS, cfg.ring_bytes)
             .load(crate::XDP_OBJECT)
             .map_err(XdpError::Load)?;
@@ -244,15 +302,34 @@ impl XdpReceiver {
         }
         let Some(mode) = attached else {
             let (m, source) = last_err.expect("at least one mode was tried");
-            let busy = is_busy(&source);
             return Err(XdpError::Attach {
                 iface: cfg.iface.clone(),
                 mode: mode_name(m),
-                busy,
                 source,
             });
         };
+        let pinfo = prog.info().ok();
+        let logger = if cfg.log_drops {
+            match EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "XDP drop logging is unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pinned = if cfg.pin {
+            pin_maps(&ebpf, &cfg.iface)
+        } else {
+            None
+        };
 
+        let counters_map_id = match ebpf.map(names::MAP_COUNTERS) {
+            Some(aya::maps::Map::PerCpuArray(m)) => m.info().map_or(0, |i| i.id()),
+            _ => 0,
+        };
         let counters_map = ebpf
             .take_map(names::MAP_COUNTERS)
             .ok_or(XdpError::MissingMap(names::MAP_COUNTERS))?;
@@ -260,12 +337,35 @@ impl XdpReceiver {
             name: names::MAP_COUNTERS,
             source,
         })?;
+        let info = ProgInfo {
+            prog_id: pinfo.as_ref().map_or(0, |p| p.id()),
+            verified_insns: pinfo.as_ref().and_then(|p| p.verified_instruction_count()),
+            counters_map_id,
+        };
         Ok(XdpReceiver {
             ebpf,
             counters,
             mode: mode_name(mode),
             iface: cfg.iface.clone(),
+            info,
+            pinned,
+            logger,
         })
+    }
+
+    /// The kernel's ids for the program and its counters, and the verifier's instruction count.
+    pub fn info(&self) -> ProgInfo {
+        self.info
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn pinned(&self) -> Option<&Path> {
+        self.pinned.as_deref()
+    }
+
+    /// The aya-log reader, when drop logging is on: make its fd readable-driven and `flush` it.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// "driver" or "skb": how the program ended up attached.
@@ -297,11 +397,79 @@ impl XdpReceiver {
     }
 }
 
-/// Whether an attach error means another program holds the interface.
-fn is_busy(e: &ProgramError) -> bool {
-    let text = format!("{e:?}");
-    text.contains("EBUSY")
-        || text.contains("Device or resource busy")
-        || text.contains("code: 16")
-        || text.contains("File exists")
+impl Drop for XdpReceiver {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pinned {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // Dropping `ebpf` then detaches the program.
+    }
+}
+
+/// The maps `bpftool map dump pinned` is useful on.
+const PINNED_MAPS: [&str; 2] = [names::MAP_COUNTERS, names::MAP_ALLOWLIST];
+
+/// Pins the counters and the allowlist under [`place::pin_dir`], replacing a dead receiver's
+/// leftovers (no live one can hold this interface: the attach would have been refused). Pinning
+/// is a convenience: failure is reported and otherwise ignored.
+fn pin_maps(ebpf: &Ebpf, iface: &str) -> Option<PathBuf> {
+    let dir = place::pin_dir(iface);
+    let result = (|| -> anyhow::Result<()> {
+        use anyhow::Context;
+        place::ensure_bpffs().context("mounting bpffs")?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).context("removing leftover pins")?;
+        }
+        std::fs::create_dir_all(&dir).context("creating the pin directory")?;
+        for name in PINNED_MAPS {
+            let map = ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+            map.pin(dir.join(name.to_lowercase()))
+                .with_context(|| format!("pinning {name}"))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = format!("{e:#}"), "could not pin the XDP maps");
+            let _ = std::fs::remove_dir_all(&dir);
+            None
+        }
+    }
+}
+
+/// Reads the counters of the chunk program attached to `iface` (a running receiver's, seen
+/// from another process): finds the program through the kernel, then its counters map by name.
+pub fn attached_counters(iface: &str) -> anyhow::Result<Option<(ProgInfo, Counters)>> {
+    use anyhow::Context;
+    let ifindex = link::ifindex(iface).with_context(|| format!("no interface named {iface:?}"))?;
+    let Some(a) = link::xdp_attached(ifindex)? else {
+        return Ok(None);
+    };
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == a.prog_id)
+        .with_context(|| format!("XDP program {} is gone", a.prog_id))?;
+    if prog.name_as_str() != Some(names::PROGRAM_NAME) {
+        anyhow::bail!(
+            "the XDP program on {iface} is {:?} (id {}), not chunk's",
+            prog.name_as_str().unwrap_or("?"),
+            a.prog_id
+        );
+    }
+    let map_info = prog
+        .map_ids()?
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| aya::maps::MapInfo::from_id(id).ok())
+        .find(|m| m.name_as_str() == Some(names::MAP_COUNTERS))
+        .context("the chunk program has no counters map")?;
+    let map = MapData::from_id(map_info.id())?;
+    let counters = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
+    let info = ProgInfo {
+        prog_id: a.prog_id,
+        verified_insns: prog.verified_instruction_count(),
+        counters_map_id: map_info.id(),
+    };
+    Ok(Some((info, Counters::read(&counters)?)))
 }

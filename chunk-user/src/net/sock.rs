@@ -1,0 +1,261 @@
+//! The userspace receive path (`--mode socket`): a raw IP socket bound to chunk's protocol and
+//! to the interface, read in batches with `recvmmsg`, every packet put through the same checks
+//! as in the XDP program ([`chunk_common::classify`]) and counted by the same counters. For hosts
+//! without XDP, and as the baseline the benchmarks hold the XDP path against.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use chunk_common::{
+    classify::{self, Verdict},
+    counters::Counter,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{ring::Received, xdp::Counters, xdp::Ipv4Prefix};
+
+/// Packets one `recvmmsg` call can return.
+const BATCH: usize = 64;
+/// Bytes per receive buffer: the largest IPv4 packet a 9000-byte MTU carries. Anything longer
+/// is truncated by the kernel, and then fails the length checks.
+const BUF_LEN: usize = 9216;
+/// Socket receive buffer asked for: deep enough to ride out a few milliseconds of stall.
+const RCVBUF: libc::c_int = 64 << 20;
+
+/// The socket path's settings (those of the XDP path that apply).
+#[derive(Clone, Debug)]
+pub struct SocketConfig {
+    pub iface: String,
+    pub protocol: u8,
+    pub max_payload: u16,
+    pub allow: Vec<Ipv4Prefix>,
+}
+
+/// A raw socket receiving chunk packets, with the kernel path's counters kept here.
+pub struct SocketRx {
+    fd: AsyncFd<OwnedFd>,
+    cfg: SocketConfig,
+    counters: Counters,
+    bufs: Vec<[u8; BUF_LEN]>,
+    /// The socket's cumulative drop count (SO_RXQ_OVFL), last seen.
+    overflow: u32,
+}
+
+fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the pointer and length describe one c_int that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl SocketRx {
+    /// Opens the socket (root: CAP_NET_RAW) and binds it to the interface.
+    pub fn open(cfg: &SocketConfig) -> io::Result<Self> {
+        if super::link::ifindex(&cfg.iface).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface named {:?}", cfg.iface),
+            ));
+        }
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                cfg.protocol as i32,
+            )
+        };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "opening a raw socket for IP protocol {}: {e} (needs root)",
+                    cfg.protocol
+                ),
+            ));
+        }
+        // SAFETY: raw is a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = cfg.iface.as_bytes();
+        // SAFETY: name points at name.len() bytes.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                name.as_ptr().cast(),
+                name.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF)?;
+        }
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd and closed only when it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(SocketRx {
+            fd,
+            cfg: cfg.clone(),
+            counters: Counters::default(),
+            bufs: vec![[0u8; BUF_LEN]; BATCH],
+            overflow: 0,
+        })
+    }
+
+    /// The counters, as the XDP program would have kept them (`passed` stays 0: the socket only
+    /// ever sees chunk's protocol; `ring_full` counts packets the socket buffer had no room for).
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    fn allowed(allow: &[Ipv4Prefix], src: [u8; 4]) -> bool {
+        allow.is_empty()
+            || allow.iter().any(|p| {
+                let mask = if p.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - p.len as u32)
+                };
+                u32::from_be_bytes(src) & mask == u32::from(p.addr) & mask
+            })
+    }
+
+    /// Waits for packets, then checks every one of a batch; hands the accepted ones (up to
+    /// `max`) to `f`. Returns how many were accepted (0 when a whole batch was junk).
+    pub async fn read_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(Received<'_>),
+    ) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let n = max.clamp(1, BATCH);
+            let got = match guard.try_io(|fd| recv_batch(fd.get_ref(), &mut self.bufs[..n])) {
+                Ok(r) => r?,
+                Err(_would_block) => continue,
+            };
+            let mut accepted = 0;
+            for (i, (len, ovfl)) in got.into_iter().enumerate() {
+                if let Some(o) = ovfl {
+                    let lost = o.wrapping_sub(self.overflow);
+                    self.overflow = o;
+                    self.counters.0[Counter::RingFull as usize] += lost as u64;
+                }
+                let buf = &mut self.bufs[i][..len];
+                let allow = &self.cfg.allow;
+                let verdict = classify::packet(
+                    buf,
+                    self.cfg.protocol,
+                    self.cfg.max_payload as usize,
+                    |src| Self::allowed(allow, src),
+                );
+                let c = match verdict {
+                    Ok(a) => {
+                        f(Received {
+                            src: Ipv4Addr::from(a.ip.src),
+                            dst: Ipv4Addr::from(a.ip.dst),
+                            rx_queue: 0,
+                            packet: &self.bufs[i][a.chunk],
+                        });
+                        accepted += 1;
+                        Counter::Accepted
+                    }
+                    Err(Verdict::Drop(c)) => c,
+                    Err(Verdict::Pass) => Counter::Passed,
+                };
+                self.counters.0[c as usize] += 1;
+            }
+            return Ok(accepted);
+        }
+    }
+}
+
+/// One `recvmmsg` without blocking: for each packet, its length (capped at the buffer) and the
+/// socket's drop counter if the kernel attached it.
+fn recv_batch(fd: &OwnedFd, bufs: &mut [[u8; BUF_LEN]]) -> io::Result<Vec<(usize, Option<u32>)>> {
+    const CMSG_SPACE: usize = 64;
+    let n = bufs.len();
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut cmsgs = vec![[0u64; CMSG_SPACE / 8]; n];
+    // SAFETY: mmsghdr is plain data; every pointer set below outlives the call.
+    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for i in 0..n {
+        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+        msgs[i].msg_hdr.msg_controllen = CMSG_SPACE;
+    }
+    // SAFETY: msgs describes n valid buffers.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::with_capacity(rc as usize);
+    for m in &msgs[..rc as usize] {
+        let mut ovfl = None;
+        // SAFETY: the kernel filled msg_control; the CMSG macros walk it within controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
+                    ovfl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
+                }
+                c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
+            }
+        }
+        out.push(((m.msg_len as usize).min(BUF_LEN), ovfl));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_matches_prefixes() {
+        let allow: Vec<Ipv4Prefix> = ["198.18.0.0/15", "10.1.2.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(SocketRx::allowed(&allow, [198, 19, 255, 1]));
+        assert!(!SocketRx::allowed(&allow, [198, 20, 0, 1]));
+        assert!(SocketRx::allowed(&allow, [10, 1, 2, 3]));
+        assert!(!SocketRx::allowed(&allow, [10, 1, 2, 4]));
+        assert!(SocketRx::allowed(&[], [1, 2, 3, 4]));
+        let all: Vec<Ipv4Prefix> = vec!["0.0.0.0/0".parse().unwrap()];
+        assert!(SocketRx::allowed(&all, [1, 2, 3, 4]));
+    }
+}
