@@ -1,5 +1,6 @@
 //! End to end: the real `chunk send` and `chunk recv` binaries, real files, real namespaces, the
-//! XDP receive path. Needs root (run through `cargo xtask test`).
+//! XDP receive path (and, for the clean and lossy transfers, the `--mode socket` path too).
+//! Needs root (run through `cargo xtask test`).
 
 use std::{
     path::{Path, PathBuf},
@@ -12,9 +13,21 @@ use common::*;
 
 mod common;
 
+/// `chunk recv` arguments for the socket receive path.
+const SOCKET: &[&str] = &["--mode", "socket"];
+
 #[test]
 fn files_of_edge_sizes_arrive_exact_in_one_run() {
-    let hosts = TwoHosts::new("sizes", 1500).unwrap();
+    edge_sizes("sizes", &[]);
+}
+
+#[test]
+fn socket_mode_files_of_edge_sizes_arrive_exact_in_one_run() {
+    edge_sizes("ssizes", SOCKET);
+}
+
+fn edge_sizes(tag: &str, mode: &[&str]) {
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let chunk = 1400;
@@ -35,7 +48,7 @@ fn files_of_edge_sizes_arrive_exact_in_one_run() {
         &hosts.receiver,
         hosts.receiver_if,
         out.path(),
-        &["--exit-after", "6"],
+        &[&["--exit-after", "6"], mode].concat(),
     );
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let (o, json) = send(
@@ -65,7 +78,16 @@ fn files_of_edge_sizes_arrive_exact_in_one_run() {
 
 #[test]
 fn a_256_mib_file_crosses_a_clean_link() {
-    let hosts = TwoHosts::new("big", 1500).unwrap();
+    big("big", &[]);
+}
+
+#[test]
+fn socket_mode_a_256_mib_file_crosses_a_clean_link() {
+    big("sbig", SOCKET);
+}
+
+fn big(tag: &str, mode: &[&str]) {
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = make_file(src.path(), "big.bin", 256 << 20, 7);
@@ -73,7 +95,7 @@ fn a_256_mib_file_crosses_a_clean_link() {
         &hosts.receiver,
         hosts.receiver_if,
         out.path(),
-        &["--exit-after", "1"],
+        &[&["--exit-after", "1"], mode].concat(),
     );
     let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&file], &[]);
     assert_sent(&o, &json, 1);
@@ -81,21 +103,22 @@ fn a_256_mib_file_crosses_a_clean_link() {
     assert!(same_contents(&file, &out.path().join("big.bin")));
     assert_eq!(summary["transfers_finished"], 1);
     eprintln!(
-        "256 MiB: {:.1} MB/s, {} retransmitted, ring_full {}",
+        "256 MiB {mode:?}: {:.1} MB/s, {} retransmitted, ring_full {}",
         json["files"][0]["goodput_mb_s"].as_f64().unwrap(),
         json["files"][0]["retransmitted"],
         counter(&summary, "ring_full")
     );
 }
 
-fn lossy(percent: u32, size: usize) {
-    let net = Routed::new(&format!("loss{percent}")).unwrap();
+fn lossy(percent: u32, size: usize, mode: &[&str]) {
+    let tag = if mode.is_empty() { "loss" } else { "sloss" };
+    let net = Routed::new(&format!("{tag}{percent}")).unwrap();
     net.set_loss(chunk_common::DEFAULT_IP_PROTOCOL, percent)
         .unwrap();
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = make_file(src.path(), "lossy.bin", size, percent as u64);
-    let recv = Recv::start(&net.receiver, net.receiver_if, out.path(), &[]);
+    let recv = Recv::start(&net.receiver, net.receiver_if, out.path(), mode);
     let (o, json) = send(
         &net.sender,
         net.receiver_addr,
@@ -114,7 +137,7 @@ fn lossy(percent: u32, size: usize) {
     );
     assert!(json["files"][0]["retransmitted"].as_u64().unwrap() > 0);
     eprintln!(
-        "{percent}% loss each way: {:.1} MB/s, {} of {chunks} chunks retransmitted, {dropped} packets dropped",
+        "{percent}% loss each way {mode:?}: {:.1} MB/s, {} of {chunks} chunks retransmitted, {dropped} packets dropped",
         json["files"][0]["goodput_mb_s"].as_f64().unwrap(),
         json["files"][0]["retransmitted"],
     );
@@ -122,17 +145,32 @@ fn lossy(percent: u32, size: usize) {
 
 #[test]
 fn one_percent_loss_both_ways() {
-    lossy(1, 16 << 20);
+    lossy(1, 16 << 20, &[]);
 }
 
 #[test]
 fn five_percent_loss_both_ways() {
-    lossy(5, 8 << 20);
+    lossy(5, 8 << 20, &[]);
 }
 
 #[test]
 fn twenty_percent_loss_both_ways() {
-    lossy(20, 2 << 20);
+    lossy(20, 2 << 20, &[]);
+}
+
+#[test]
+fn socket_mode_one_percent_loss_both_ways() {
+    lossy(1, 16 << 20, SOCKET);
+}
+
+#[test]
+fn socket_mode_five_percent_loss_both_ways() {
+    lossy(5, 8 << 20, SOCKET);
+}
+
+#[test]
+fn socket_mode_twenty_percent_loss_both_ways() {
+    lossy(20, 2 << 20, SOCKET);
 }
 
 #[test]
