@@ -69,8 +69,46 @@ pub struct FsHandle {
     last_save: Instant,
     /// BLAKE3 of the file's prefix of `hashed` chunks: chunks are hashed as they complete an
     /// in-order prefix, so most of the hashing is done when the last chunk arrives.
-    hasher: blake3::Hasher,
+    hasher: StagedHasher,
     hashed: u32,
+}
+
+/// Bytes gathered before they are handed to BLAKE3: fed a packet at a time, BLAKE3 compresses
+/// one block after another on one SIMD lane; fed 64 KiB at once, it hashes 1 KiB chunks many
+/// lanes wide (the profile of a 256 MiB transfer showed per-packet hashing at 14 % of all CPU).
+const HASH_STAGE: usize = 64 << 10;
+
+/// A BLAKE3 hasher that gathers small updates into large ones. Same result, in order.
+#[derive(Debug, Default)]
+struct StagedHasher {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+impl StagedHasher {
+    fn update(&mut self, data: &[u8]) {
+        if self.pending.len() + data.len() > HASH_STAGE {
+            self.flush();
+        }
+        if data.len() >= HASH_STAGE {
+            self.hasher.update(data);
+        } else {
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(HASH_STAGE);
+            }
+            self.pending.extend_from_slice(data);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.pending);
+        self.pending.clear();
+    }
+
+    fn finalize(&mut self) -> blake3::Hash {
+        self.flush();
+        self.hasher.finalize()
+    }
 }
 
 impl FsStorage {
@@ -376,7 +414,7 @@ impl Storage for FsStorage {
             have: already_have.clone().unwrap_or_default(),
             unsaved: false,
             last_save: Instant::now(),
-            hasher: blake3::Hasher::new(),
+            hasher: StagedHasher::default(),
             hashed: 0,
         };
         Ok(Opened {

@@ -263,3 +263,24 @@ proptest! {
         prop_assert!(decode_state(&encode_state(&o, &set), &other).is_none());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+    #[test]
+    fn staged_hashing_equals_plain_blake3(
+        data in proptest::collection::vec(any::<u8>(), 0..300_000),
+        cuts in proptest::collection::vec(1usize..70_000, 1..20),
+    ) {
+        let mut staged = StagedHasher::default();
+        let mut rest = &data[..];
+        for c in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (a, b) = rest.split_at((*c).min(rest.len()));
+            staged.update(a);
+            rest = b;
+        }
+        prop_assert_eq!(staged.finalize(), blake3::hash(&data));
+    }
+}
