@@ -294,14 +294,20 @@ fn prepare(path: &Path) -> Result<(File, FileMeta)> {
         .with_context(|| format!("{}: the file name is not UTF-8", path.display()))?
         .to_owned();
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Large reads hashed on every core: the whole file is hashed before the offer goes out,
+    // so this is time the transfer waits for.
+    let mut buf = vec![0u8; 8 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = read_full(&mut file, &mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        if n >= 1 << 20 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
         size += n as u64;
     }
     if size != md.len() {
@@ -315,6 +321,20 @@ fn prepare(path: &Path) -> Result<(File, FileMeta)> {
         hash: *hasher.finalize().as_bytes(),
     };
     Ok((file, meta))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Chunks read from the file at their offsets.
