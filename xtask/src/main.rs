@@ -4,8 +4,10 @@
 //! - `build`: build the XDP program and the `chunk` binary that embeds it;
 //! - `test`: unit tests, then the network-namespace integration tests (root);
 //! - `demo`: the main job, end to end between two namespaces;
-//! - `sim`: the protocol core's figures on the simulated network.
+//! - `sim`: the protocol core's figures on the simulated network;
+//! - `bench`: chunk against TCP (`nc`) and UFTP on the same links, in one run.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod setup;
@@ -54,6 +56,9 @@ enum Cmd {
     Sim,
     /// Run the cargo-fuzz targets for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
+    /// Benchmark chunk (XDP and socket) against nc (TCP) and UFTP, clean, lossy and flooded;
+    /// writes target/bench/results.{md,json} and goodput.png (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -75,6 +80,11 @@ fn main() -> Result<()> {
             setup::setup(true)?;
             let bin = build(true)?;
             demo::run(&bin, &args)
+        }
+        Cmd::Bench(args) => {
+            setup::setup(true)?;
+            let bin = build(true)?;
+            bench::run(&bin, &args)
         }
         Cmd::Fuzz(args) => {
             setup::setup(true)?;

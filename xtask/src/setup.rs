@@ -158,6 +158,24 @@ fn system_packages(say: &dyn Fn(&str)) -> Result<()> {
         say("system packages: present");
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages that are not installed yet (as root, with apt-get).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let is_root = unsafe { libc::geteuid() } == 0;
     if !is_root || !on_path("apt-get") {
         bail!(

@@ -18,6 +18,9 @@ pub struct ProbeArgs {
     /// How many chunks with one flipped bit to send as well.
     #[arg(long, default_value_t = 0)]
     pub corrupt: u32,
+    /// How many foreign packets (chunk's IP protocol, not chunk's magic) to send as well.
+    #[arg(long, default_value_t = 0)]
+    pub foreign: u32,
     /// Payload bytes per chunk.
     #[arg(long, default_value_t = 1400)]
     pub size: usize,
@@ -32,7 +35,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     let transfer_id = std::process::id() ^ 0x5eed_0000;
     let payload: Vec<u8> = (0..args.size).map(|i| (i * 7 + 3) as u8).collect();
     let mut buf = vec![0u8; wire::HEADER_LEN + args.size];
-    let total = args.count + args.corrupt;
+    let total = args.count + args.corrupt + args.foreign;
     for seq in 0..total {
         let repr = Repr {
             transfer_id,
@@ -45,7 +48,16 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             message: Message::Data { payload: &payload },
         };
         let n = repr.emit(&mut buf)?;
-        if seq >= args.count {
+        // Valid chunks first, then corrupt and foreign ones interleaved.
+        let junk = seq.checked_sub(args.count);
+        let foreign = junk.is_some_and(|j| {
+            let (c, f) = (args.corrupt as u64, args.foreign as u64);
+            // The j-th junk packet is foreign if it raises the foreign share's integer part.
+            f > 0 && ((j as u64 + 1) * f / (c + f)) > (j as u64 * f / (c + f))
+        });
+        if foreign {
+            buf[wire::field::MAGIC].copy_from_slice(b"XX");
+        } else if junk.is_some() {
             // Flip one bit of the payload (of the CRC field for an empty payload), so that
             // only the CRC check can catch it.
             let at = if args.size > 0 {
@@ -67,8 +79,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         }
     }
     println!(
-        "sent {} valid and {} corrupt chunk packets to {} (transfer id {transfer_id:#x})",
-        args.count, args.corrupt, args.to
+        "sent {} valid, {} corrupt and {} foreign packets to {} (transfer id {transfer_id:#x})",
+        args.count, args.corrupt, args.foreign, args.to
     );
     Ok(())
 }
