@@ -71,6 +71,23 @@ pub struct FsHandle {
     /// in-order prefix, so most of the hashing is done when the last chunk arrives.
     hasher: StagedHasher,
     hashed: u32,
+    /// Chunks received back to back, not yet written: one `pwrite` for many (see
+    /// [`WRITE_BEHIND`]). They are not in `have` until written, so the state file never claims
+    /// them; a crash loses at most these, and a resume asks for them again.
+    pending: Pending,
+}
+
+/// Bytes of consecutive chunks gathered before one positioned write. A `pwrite` per 1.4 KB
+/// chunk meant 180k system calls a second, each taking the inode lock and updating times.
+const WRITE_BEHIND: usize = 256 << 10;
+
+/// Consecutive chunks waiting to be written.
+#[derive(Debug, Default)]
+struct Pending {
+    data: Vec<u8>,
+    offset: u64,
+    first: u32,
+    count: u32,
 }
 
 /// Bytes gathered before they are handed to BLAKE3: fed a packet at a time, BLAKE3 compresses
@@ -247,6 +264,40 @@ fn decode_state(bytes: &[u8], offer: &OfferInfo) -> Option<ChunkSet> {
 }
 
 impl FsHandle {
+    /// Writes the pending chunks with one `pwrite`, records them, hashes what extends the
+    /// hashed prefix, and saves the chunk record when it is due.
+    fn flush(&mut self) -> io::Result<()> {
+        let p = std::mem::take(&mut self.pending);
+        if p.count > 0 {
+            self.file.write_all_at(&p.data, p.offset)?;
+            let cs = self.offer.chunk_size as usize;
+            for k in 0..p.count {
+                let index = p.first + k;
+                self.have.insert(index);
+                if index == self.hashed {
+                    // The common case, chunks in order: hash straight from the buffer.
+                    let start = k as usize * cs;
+                    let end = (start + cs).min(p.data.len());
+                    self.hasher.update(&p.data[start..end]);
+                    self.hashed += 1;
+                }
+            }
+            self.unsaved = true;
+            if self.have.contains(self.hashed) {
+                // A hole was filled: catch up on what arrived after it, a bounded step.
+                self.hash_ahead(HASH_STEP)?;
+            }
+        }
+        // Keep the buffer (emptied) for the next run of chunks.
+        let mut data = p.data;
+        data.clear();
+        self.pending.data = data;
+        if self.unsaved && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
     /// Writes the chunk record (atomically: a temporary file renamed over the old one).
     fn save_state(&mut self) -> io::Result<()> {
         let tmp = state_tmp_name(&self.base);
@@ -416,6 +467,7 @@ impl Storage for FsStorage {
             last_save: Instant::now(),
             hasher: StagedHasher::default(),
             hashed: 0,
+            pending: Pending::default(),
         };
         Ok(Opened {
             handle,
@@ -430,20 +482,25 @@ impl Storage for FsStorage {
                 "write past the end",
             ));
         }
-        h.file.write_all_at(data, offset)?;
-        h.have.insert(index);
-        h.unsaved = true;
-        if index == h.hashed {
-            // The common case, chunks in order: hash straight from the packet.
-            h.hasher.update(data);
-            h.hashed += 1;
+        let p = &mut h.pending;
+        let follows = p.count > 0
+            && offset == p.offset + p.data.len() as u64
+            && index == p.first + p.count
+            && p.data.len() + data.len() <= WRITE_BEHIND;
+        if !follows {
+            h.flush()?;
+            let p = &mut h.pending;
+            if p.data.capacity() == 0 {
+                p.data.reserve_exact(WRITE_BEHIND);
+            }
+            p.offset = offset;
+            p.first = index;
         }
-        if h.have.contains(h.hashed) {
-            // A hole was filled: catch up on what arrived after it, a bounded step per chunk.
-            h.hash_ahead(HASH_STEP)?;
-        }
-        if h.last_save.elapsed() >= STATE_SAVE_INTERVAL {
-            h.save_state()?;
+        let p = &mut h.pending;
+        p.data.extend_from_slice(data);
+        p.count += 1;
+        if p.data.len() >= WRITE_BEHIND || h.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            h.flush()?;
         }
         Ok(())
     }
@@ -451,6 +508,7 @@ impl Storage for FsStorage {
     fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
         self.in_use.remove(&h.name);
         let result = (|| {
+            h.flush()?;
             h.file.sync_all()?;
             let hash = h.hash_part()?;
             if &hash != expected {
@@ -497,6 +555,9 @@ impl Storage for FsStorage {
     fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
         self.in_use.remove(&h.name);
         if keep_partial {
+            if let Err(e) = h.flush() {
+                tracing::warn!(name = %h.name, error = %e, "cannot write the last chunks received");
+            }
             if h.unsaved {
                 if let Err(e) = h.save_state() {
                     tracing::warn!(name = %h.name, error = %e, "cannot save the transfer's progress");

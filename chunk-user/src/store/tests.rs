@@ -144,6 +144,33 @@ fn an_interrupted_transfer_resumes_with_the_chunks_on_disk() {
     assert_eq!(listing(tmp.path()), ["f"]);
 }
 
+/// Consecutive chunks are gathered and written together; a receiver that dies before writing
+/// them must not have recorded them, so that the resume asks for them again.
+#[test]
+fn chunks_not_yet_written_are_not_claimed_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(20_000);
+    let o = offer("f", &d);
+    {
+        let mut st = FsStorage::new(tmp.path(), false).unwrap();
+        let mut h = st.open(&o).unwrap().handle;
+        // 0..5 in a run, then 9 (a jump: 0..5 are written), then 10 and 11 (pending).
+        write_chunks(&mut st, &mut h, &d, (0..5).chain([9, 10, 11]));
+        h.save_state().unwrap();
+        // The process dies here: no abandon, no flush.
+        std::mem::forget(h);
+    }
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let opened = st.open(&o).unwrap();
+    let have = opened.already_have.expect("resume");
+    let members: Vec<u32> = (0..20).filter(|&i| have.contains(i)).collect();
+    assert_eq!(members, [0, 1, 2, 3, 4]);
+    let mut h = opened.handle;
+    write_chunks(&mut st, &mut h, &d, 5..20);
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
+}
+
 #[test]
 fn a_different_file_under_the_same_name_starts_over() {
     let tmp = tempfile::tempdir().unwrap();
