@@ -319,6 +319,21 @@ impl TwoHosts {
         ])?;
         Ok(hosts)
     }
+
+    /// Packets the veth pair itself has dropped between the hosts so far: the sender side's
+    /// transmit drops (the receiving end's queue was full because its core, which runs the XDP
+    /// program, fell behind for a moment) plus the receiver side's receive drops.
+    pub fn link_drops(&self) -> Result<u64> {
+        let read = |ns: &Netns, ifname: &str, stat: &str| -> Result<u64> {
+            let path = format!("/sys/class/net/{ifname}/statistics/{stat}");
+            let text = ns.exec("cat", &[&path])?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("{path} in {}: {text:?}", ns.name()))
+        };
+        Ok(read(&self.sender, self.sender_if, "tx_dropped")?
+            + read(&self.receiver, self.receiver_if, "rx_dropped")?)
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
