@@ -1095,6 +1095,16 @@ fn rss_check(bin: &str, socket_mode: bool, dir: &Path, args: &BenchArgs) -> Vec<
     rows
 }
 
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether this chunk binary's `recv` accepts `--mode socket`.
 fn has_socket_mode(bin: &str) -> bool {
     Command::new(bin)
@@ -1155,6 +1165,8 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
         file,
         hash,
     };
+    // Another busy process would slow some runs: the load before and after tells.
+    let load_before = loadavg();
     let started = Instant::now();
     let deadline = Duration::from_secs(args.max_minutes * 60);
     let mut runs = Vec::new();
@@ -1209,13 +1221,20 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
         Vec::new()
     };
     let sums = summarize(&runs, size);
-    let md = markdown(args, &sums, &rss);
+    let load_after = loadavg();
+    let mut md = markdown(args, &sums, &rss);
+    md.push_str(&format!(
+        "\nRan in {:.1} min; load average before {load_before}, after {load_after} \
+         (other work on the machine skews every figure).\n",
+        started.elapsed().as_secs_f64() / 60.0
+    ));
     println!("{md}");
     std::fs::write(out.join("results.md"), &md)?;
     let json = json!({
         "size_mib": args.size_mib, "mtu": args.mtu, "rounds": args.rounds,
         "cases": args.cases, "tools": args.tools,
         "seconds": started.elapsed().as_secs_f64(),
+        "loadavg_before": load_before, "loadavg_after": load_after,
         "summary": sums.iter().map(|((c, t), s)| s.to_json(c, t)).collect::<Vec<_>>(),
         "ratios": ratios(&sums, &rss).into_iter().map(|r| json!({
             "ratio": r.name, "measured": r.value, "goal": r.goal, "met": r.met,
