@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// Size of the file every tool sends, in MiB.
     #[arg(long, default_value_t = 512)]
     size_mib: u64,
-    /// Rounds; each figure is the median over them.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; each figure is the median over them (veth on 2 cores is noisy: 5 by default).
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// Cases: clean, loss1, loss5 (percent lost each way), flood (junk packets at full rate
     /// from a second sender during the transfer).
