@@ -699,3 +699,144 @@ fn xdp_log_reports_each_drop_with_its_reason() {
         "the drop is logged with its reason: {err}"
     );
 }
+
+/// Sends packets from the sender namespace through a raw IP socket that lets the kernel
+/// fragment them (chunk's own sender never does: it sets "don't fragment").
+fn send_fragmenting(hosts: &TwoHosts, packets: &[Vec<u8>]) {
+    let dst = hosts.receiver_addr;
+    hosts
+        .sender
+        .enter(|| {
+            let sock = chunk::net::raw::RawSocket::new(PROTO).expect("raw socket");
+            let val: libc::c_int = libc::IP_PMTUDISC_DONT;
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(sock.socket()),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&val as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "IP_MTU_DISCOVER");
+            for p in packets {
+                sock.send_to(p, dst).expect("send");
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn packets_at_every_size_boundary_meet_the_right_rule() {
+    size_boundaries("sizes", &[]);
+}
+
+#[test]
+fn socket_mode_packets_at_every_size_boundary_meet_the_same_rule() {
+    size_boundaries("ssizes", &["--mode", "socket"]);
+}
+
+/// Chunk packets at every size that is a boundary for someone: the CRC's 8-byte steps, the
+/// link's MTU (exactly, and one byte over: the sender's kernel refuses, or fragments when
+/// allowed to), the receiver's `--max-payload`, and on a 9000-byte link the largest payload the
+/// receive path carries at all. Each one is accepted byte-exact or dropped under its reason.
+fn size_boundaries(tag: &str, mode: &[&str]) {
+    use chunk_common::ring::MAX_PAYLOAD_LEN;
+    let body = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 13 + n) as u8).collect() };
+    let mtu_payload = 1500 - 20 - wire::HEADER_LEN;
+
+    // A 1500-byte link, the receiver's default payload limit.
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
+    let listener = Listener::start(&hosts, mode);
+    let sizes = [0, 1, 7, 8, 9, 15, 16, 17, mtu_payload - 1, mtu_payload];
+    let packets: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| data_packet(0x512E, i as u32, &body(n)))
+        .collect();
+    send_raw(&hosts, &packets);
+    // One byte over the MTU: with "don't fragment" (what chunk send sets), the sending kernel
+    // refuses it; allowed to fragment, it sends two fragments, which the receiver drops.
+    let over = data_packet(0x512E, 99, &body(mtu_payload + 1));
+    let refused = hosts
+        .sender
+        .enter(|| {
+            chunk::net::raw::RawSocket::new(PROTO)
+                .unwrap()
+                .send_to(&over, hosts.receiver_addr)
+        })
+        .unwrap();
+    assert_eq!(
+        refused.unwrap_err().raw_os_error(),
+        Some(libc::EMSGSIZE),
+        "a chunk over the MTU is refused at the sender"
+    );
+    send_fragmenting(&hosts, &[over]);
+    let (dumps, summary) = listener.stop();
+    // XDP sees and counts each of the two fragments; a raw socket only gets the packet the
+    // kernel reassembled from them, and counts that one.
+    let fragments = if mode.is_empty() { 2 } else { 1 };
+    assert_counters(
+        &summary,
+        &[("accepted", sizes.len() as u64), ("fragment", fragments)],
+    );
+    assert_eq!(dumps.len(), sizes.len());
+    for (d, sent) in dumps.iter().zip(&packets) {
+        let mut expect = sent.clone();
+        expect[wire::field::CRC].fill(0);
+        let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(d["hex"], hex.as_str());
+    }
+    drop(hosts);
+
+    // A receiver that takes at most 1000 bytes of payload: 1000 passes, 1001 does not.
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
+    let mut args = mode.to_vec();
+    args.extend(["--max-payload", "1000"]);
+    let listener = Listener::start(&hosts, &args);
+    send_raw(
+        &hosts,
+        &[
+            data_packet(1, 0, &body(999)),
+            data_packet(1, 1, &body(1000)),
+            data_packet(1, 2, &body(1001)),
+            data_packet(1, 3, &body(mtu_payload)),
+        ],
+    );
+    let (dumps, summary) = listener.stop();
+    assert_counters(&summary, &[("accepted", 2), ("bad_length", 2)]);
+    let lens: Vec<u64> = dumps.iter().map(|d| d["len"].as_u64().unwrap()).collect();
+    assert_eq!(
+        lens,
+        [
+            wire::HEADER_LEN as u64 + 999,
+            wire::HEADER_LEN as u64 + 1000
+        ]
+    );
+    drop(hosts);
+
+    // A 9000-byte link (XDP on veth then runs in SKB mode): the largest payload the receive
+    // path carries arrives whole; one byte more, or a jumbo-sized one, is dropped as too long,
+    // never truncated into something that looks valid.
+    let hosts = TwoHosts::new(tag, 9000).unwrap();
+    let listener = Listener::start(&hosts, mode);
+    let big = [
+        data_packet(2, 0, &body(MAX_PAYLOAD_LEN)),
+        data_packet(2, 1, &body(MAX_PAYLOAD_LEN + 1)),
+        data_packet(2, 2, &body(9000 - 20 - wire::HEADER_LEN)),
+    ];
+    send_raw(&hosts, &big);
+    let (dumps, summary) = listener.stop();
+    assert_counters(&summary, &[("accepted", 1), ("bad_length", 2)]);
+    assert_eq!(dumps.len(), 1);
+    assert_eq!(
+        dumps[0]["len"].as_u64().unwrap(),
+        (wire::HEADER_LEN + MAX_PAYLOAD_LEN) as u64
+    );
+    if mode.is_empty() {
+        assert_eq!(
+            summary["mode"], "skb",
+            "driver mode is refused at MTU 9000 on veth"
+        );
+    }
+}

@@ -108,6 +108,10 @@ impl SocketRx {
             setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF)?;
         }
         setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        // The kernel reassembles fragments before a raw socket sees them; this makes it say so
+        // (a control message on every reassembled packet), so that fragments are dropped and
+        // counted here as the XDP program drops them.
+        setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
         // SAFETY: the OwnedFd is moved into the AsyncFd and closed only when it is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
@@ -121,7 +125,8 @@ impl SocketRx {
     }
 
     /// The counters, as the XDP program would have kept them (`passed` stays 0: the socket only
-    /// ever sees chunk's protocol; `ring_full` counts packets the socket buffer had no room for).
+    /// ever sees chunk's protocol; `ring_full` counts packets the socket buffer had no room for;
+    /// `fragment` counts each packet the kernel reassembled, where XDP counts each fragment).
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -153,7 +158,19 @@ impl SocketRx {
                 Err(_would_block) => continue,
             };
             let mut accepted = 0;
-            for (i, (len, ovfl)) in got.into_iter().enumerate() {
+            for (
+                i,
+                Got {
+                    len,
+                    ovfl,
+                    reassembled,
+                },
+            ) in got.into_iter().enumerate()
+            {
+                if reassembled {
+                    self.counters.0[Counter::Fragment as usize] += 1;
+                    continue;
+                }
                 if let Some(o) = ovfl {
                     let lost = o.wrapping_sub(self.overflow);
                     self.overflow = o;
@@ -188,9 +205,18 @@ impl SocketRx {
     }
 }
 
-/// One `recvmmsg` without blocking: for each packet, its length (capped at the buffer) and the
-/// socket's drop counter if the kernel attached it.
-fn recv_batch(fd: &OwnedFd, bufs: &mut [[u8; BUF_LEN]]) -> io::Result<Vec<(usize, Option<u32>)>> {
+/// What `recvmmsg` says about one packet.
+struct Got {
+    /// Its length, capped at the buffer.
+    len: usize,
+    /// The socket's drop counter, if the kernel attached it.
+    ovfl: Option<u32>,
+    /// The kernel reassembled it from fragments.
+    reassembled: bool,
+}
+
+/// One `recvmmsg` without blocking.
+fn recv_batch(fd: &OwnedFd, bufs: &mut [[u8; BUF_LEN]]) -> io::Result<Vec<Got>> {
     const CMSG_SPACE: usize = 64;
     let n = bufs.len();
     let mut iovs: Vec<libc::iovec> = bufs
@@ -225,6 +251,7 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [[u8; BUF_LEN]]) -> io::Result<Vec<(usize
     let mut out = Vec::with_capacity(rc as usize);
     for m in &msgs[..rc as usize] {
         let mut ovfl = None;
+        let mut reassembled = false;
         // SAFETY: the kernel filled msg_control; the CMSG macros walk it within controllen.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
@@ -232,10 +259,17 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [[u8; BUF_LEN]]) -> io::Result<Vec<(usize
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
                     ovfl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
                 }
+                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_RECVFRAGSIZE {
+                    reassembled = true;
+                }
                 c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
             }
         }
-        out.push(((m.msg_len as usize).min(BUF_LEN), ovfl));
+        out.push(Got {
+            len: (m.msg_len as usize).min(BUF_LEN),
+            ovfl,
+            reassembled,
+        });
     }
     Ok(out)
 }
