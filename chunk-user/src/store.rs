@@ -405,6 +405,25 @@ impl Storage for FsStorage {
         // A partial copy of the same file (size, chunk size, hash) resumes.
         let already_have = read_state(&dir, base).and_then(|b| decode_state(&b, offer));
         let part = part_name(base);
+        // Never open anything but a regular file as the part file: opening a device node or a
+        // FIFO that happens to carry its name could block or act on the device.
+        if let Ok(st) = rustix::fs::statat(&dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                rustix::fs::FileType::RegularFile => {}
+                rustix::fs::FileType::Symlink => {
+                    return Err(Refusal::new(
+                        AbortReason::BadName,
+                        format!("{name}: the part file is a symlink"),
+                    ));
+                }
+                _ => {
+                    return Err(Refusal::new(
+                        AbortReason::Exists,
+                        format!("{name}: its part file {part} exists and is not a regular file"),
+                    ));
+                }
+            }
+        }
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
         let open_part = |flags| {
             rustix::fs::openat2(

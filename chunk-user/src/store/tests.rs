@@ -256,6 +256,35 @@ fn names_of_work_files_and_non_files_are_refused() {
 }
 
 #[test]
+fn fifos_and_other_non_files_under_the_name_or_the_part_name_are_never_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mkfifo = |name: &str| {
+        let path =
+            std::ffi::CString::new(tmp.path().join(name).into_os_string().into_encoded_bytes())
+                .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    };
+    mkfifo("p");
+    mkfifo(".q.part");
+    let d = data(10);
+    // Even with --overwrite: opening either FIFO for writing would block the receiver.
+    let mut st = FsStorage::new(tmp.path(), true).unwrap();
+    for name in ["p", "q"] {
+        let r = st.open(&offer(name, &d)).unwrap_err();
+        assert_eq!(r.reason, AbortReason::Exists, "{name}: {}", r.message);
+        assert!(r.message.contains("not a regular file"), "{}", r.message);
+    }
+    let ty = |n: &str| {
+        std::fs::symlink_metadata(tmp.path().join(n))
+            .unwrap()
+            .file_type()
+    };
+    use std::os::unix::fs::FileTypeExt;
+    assert!(ty("p").is_fifo() && ty(".q.part").is_fifo());
+    assert_eq!(listing(tmp.path()), [".q.part", "p"]);
+}
+
+#[test]
 fn offers_larger_than_the_free_space_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut st = FsStorage::new(tmp.path(), false).unwrap();
