@@ -179,7 +179,11 @@ async fn recv(args: RecvArgs) -> Result<()> {
                             tracing::warn!(src = %rec.src, transfer_id = repr.transfer_id, "stale offer refused (replay, or clocks apart)");
                             return;
                         }
-                        core.handle_packet(rec.src, &repr, now, &mut storage)
+                        core.handle_packet(rec.src, &repr, now, &mut storage);
+                        // Acks go out as the core asks for them, not once per batch: a batch
+                        // can hold a whole window, and one ack for all of it, if lost, would
+                        // leave the sender waiting for its probe timer.
+                        send_acks(&mut core, now, &mut buf, key.as_ref(), &ack_sock, &mut send_errors);
                     }
                     // Header, lengths and CRC were fine (the kernel checked); the body is not.
                     Err(_) => unparsable += 1,
@@ -212,19 +216,14 @@ async fn recv(args: RecvArgs) -> Result<()> {
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now, &mut storage);
         }
-        while let Some((dst, mut n)) = core.poll_transmit(now, &mut buf) {
-            if let Some(key) = &key {
-                n = key
-                    .seal(&mut buf, n, auth::now_ms())
-                    .expect("the buffer has room for the trailer");
-            }
-            if let Err(e) = ack_sock.send_to(&buf[..n], dst) {
-                send_errors += 1;
-                if send_errors.is_power_of_two() {
-                    tracing::warn!(%dst, error = %e, count = send_errors, "cannot send to the sender");
-                }
-            }
-        }
+        send_acks(
+            &mut core,
+            now,
+            &mut buf,
+            key.as_ref(),
+            &ack_sock,
+            &mut send_errors,
+        );
         while let Some(ev) = core.poll_event() {
             if report(&ev, args.json) {
                 ended += 1;
@@ -289,6 +288,30 @@ async fn recv(args: RecvArgs) -> Result<()> {
 }
 
 /// Logs an event (and prints it as JSON); returns whether it ended a transfer.
+/// Sends every packet the core has ready (acks, completions, aborts), sealed when a key is set.
+fn send_acks(
+    core: &mut Receiver<FsStorage>,
+    now: Instant,
+    buf: &mut [u8],
+    key: Option<&Key>,
+    sock: &RawSocket,
+    send_errors: &mut u64,
+) {
+    while let Some((dst, mut n)) = core.poll_transmit(now, buf) {
+        if let Some(key) = key {
+            n = key
+                .seal(buf, n, auth::now_ms())
+                .expect("the buffer has room for the trailer");
+        }
+        if let Err(e) = sock.send_to(&buf[..n], dst) {
+            *send_errors += 1;
+            if send_errors.is_power_of_two() {
+                tracing::warn!(%dst, error = %e, count = *send_errors, "cannot send to the sender");
+            }
+        }
+    }
+}
+
 fn report(ev: &Event, as_json: bool) -> bool {
     let (line, ended) = match ev {
         Event::Started {
