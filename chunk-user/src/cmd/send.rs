@@ -382,6 +382,7 @@ fn send_file(
             return report;
         }
     };
+    tracing::debug!(file = %report.file, ?stats, "sender core at the end");
     report.chunks = stats.chunk_count;
     report.chunks_sent = stats.chunks_sent;
     report.retransmitted = stats.chunks_retransmitted;

@@ -27,6 +27,12 @@ use std::time::{Duration, Instant};
 
 /// Round trips the bandwidth maximum remembers.
 const BW_ROUNDS: usize = 10;
+/// Shortest span of one bandwidth-filter slot: on a LAN or veth a round trip is tens of
+/// microseconds, and ten of them are shorter than one hiccup of the host (a descheduled
+/// thread, a page-cache flush); a maximum that forgot the path's rate that fast would shrink
+/// the window to what the hiccup delivered. So a slot lasts a round trip or this, whichever is
+/// longer (ten slots: at least 25 ms of memory).
+const BW_SLOT_MIN: Duration = Duration::from_micros(2500);
 /// How long a minimum RTT stays valid before a newer (larger) sample replaces it.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// 2 / ln 2: the smallest gain that doubles the delivery rate each round in Startup.
@@ -82,8 +88,11 @@ pub struct Bbr {
     app_limited_until: u64,
     sample: Option<RateSample>,
 
-    /// Per-round maxima of delivery rate (bytes/s), indexed by `round % BW_ROUNDS`.
+    /// Per-slot maxima of delivery rate (bytes/s), indexed by `bw_slot % BW_ROUNDS`; a slot
+    /// is a round trip, at least [`BW_SLOT_MIN`].
     bw_rounds: [f64; BW_ROUNDS],
+    bw_slot: u64,
+    bw_slot_start: Instant,
     round: u64,
     next_round_delivered: u64,
     round_start: bool,
@@ -111,6 +120,8 @@ impl Bbr {
             app_limited_until: 0,
             sample: None,
             bw_rounds: [0.0; BW_ROUNDS],
+            bw_slot: 0,
+            bw_slot_start: now,
             round: 0,
             next_round_delivered: 0,
             round_start: false,
@@ -192,7 +203,11 @@ impl Bbr {
             self.round_start = false;
             self.round += 1;
             self.next_round_delivered = self.delivered;
-            self.bw_rounds[self.round as usize % BW_ROUNDS] = 0.0;
+            if now.saturating_duration_since(self.bw_slot_start) >= BW_SLOT_MIN {
+                self.bw_slot += 1;
+                self.bw_slot_start = now;
+                self.bw_rounds[self.bw_slot as usize % BW_ROUNDS] = 0.0;
+            }
             self.check_full_pipe();
         }
         if let Some(s) = self.sample.take() {
@@ -202,7 +217,7 @@ impl Bbr {
             if !s.interval.is_zero() && s.interval >= min_interval {
                 let rate = (self.delivered - s.prior_delivered) as f64 / s.interval.as_secs_f64();
                 if !s.app_limited || rate > self.bandwidth() {
-                    let slot = &mut self.bw_rounds[self.round as usize % BW_ROUNDS];
+                    let slot = &mut self.bw_rounds[self.bw_slot as usize % BW_ROUNDS];
                     *slot = slot.max(rate);
                 }
             }
@@ -311,11 +326,14 @@ impl Bbr {
         if let Some(in_flight) = self.after_rto {
             return in_flight + floor;
         }
-        // Headroom for the receiver's delayed acks: it may hold up to `ACK_EVERY` chunks before
-        // acknowledging, and a window smaller than that waits for its ack timer every round.
+        // Headroom for the receiver's acks: it may hold up to `ACK_EVERY` chunks before
+        // acknowledging, and when an ack is lost the next one comes `ACK_EVERY` chunks later,
+        // which the window must still let out. With one `ACK_EVERY` of headroom every lost ack
+        // stalled the sender until its probe timer (at 5 % loss each way over veth, ~120 stalls
+        // of 6 ms in a 256 MiB transfer); with three, acks keep flowing past one or two lost.
         match self.bdp(self.cwnd_gain()) {
             Some(target) => {
-                let target = target + ACK_EVERY * self.chunk;
+                let target = target + 3 * ACK_EVERY * self.chunk;
                 if self.mode == Mode::Startup {
                     target.max(self.initial_cwnd)
                 } else {
