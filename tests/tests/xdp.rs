@@ -86,6 +86,15 @@ fn assert_counters(summary: &Value, expected: &[(&str, u64)]) {
     }
 }
 
+/// A packet `chunk listen --dump` printed is byte for byte the one sent, except for the CRC
+/// field, which the kernel zeroes while checking it.
+fn assert_dump_is(dump: &Value, sent: &[u8]) {
+    let mut expect = sent.to_vec();
+    expect[wire::field::CRC].fill(0);
+    let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(dump["hex"], hex.as_str());
+}
+
 fn data_packet(tid: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
     let repr = Repr {
         transfer_id: tid,
@@ -224,11 +233,7 @@ fn valid_and_corrupt(tag: &str, mode: &[&str]) {
     assert_eq!(summary["unparsable"], 0);
     assert_eq!(dumps.len(), 200);
     for (d, sent) in dumps.iter().zip(&packets) {
-        // The kernel zeroes the CRC field while checking it; everything else is as sent.
-        let mut expect = sent.clone();
-        expect[wire::field::CRC].fill(0);
-        let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(d["hex"], hex.as_str());
+        assert_dump_is(d, sent);
         assert_eq!(d["src"], hosts.sender_addr.to_string());
         assert_eq!(d["dst"], hosts.receiver_addr.to_string());
         assert_eq!(d["type"], "data");
@@ -782,10 +787,7 @@ fn size_boundaries(tag: &str, mode: &[&str]) {
     );
     assert_eq!(dumps.len(), sizes.len());
     for (d, sent) in dumps.iter().zip(&packets) {
-        let mut expect = sent.clone();
-        expect[wire::field::CRC].fill(0);
-        let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(d["hex"], hex.as_str());
+        assert_dump_is(d, sent);
     }
     drop(hosts);
 

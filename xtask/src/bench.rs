@@ -14,7 +14,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -22,6 +21,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chunk_tests::{Daemon, Netns, Routed, wait_for_line};
+
+use crate::demo::{generate, hash_file};
 use serde_json::{Value, json};
 
 const TOOLS: [&str; 4] = ["chunk-xdp", "chunk-socket", "nc", "uftp"];
@@ -271,12 +272,6 @@ struct Bench<'a> {
 }
 
 const PORT: &str = "5001";
-
-fn hash_file(path: &Path) -> Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path)?)?;
-    Ok(*h.finalize().as_bytes())
-}
 
 /// Sends SIGTERM to the children of `pid` (the program `/usr/bin/time` runs), so that time
 /// itself lives to write its figures.
@@ -999,28 +994,6 @@ fn chart(path: &Path, args: &BenchArgs, sums: &Sums) -> Result<()> {
     }
     root.present()?;
     Ok(())
-}
-
-fn generate(path: &Path, size: u64) -> Result<[u8; 32]> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut h = blake3::Hasher::new();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n])?;
-        h.update(&block[..n]);
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(*h.finalize().as_bytes())
 }
 
 /// Receiver peak RSS for a small and a large chunk transfer: bounded memory means the same.

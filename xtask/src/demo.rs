@@ -31,7 +31,8 @@ impl Drop for Scratch {
     }
 }
 
-fn generate(path: &Path, size: u64) -> Result<[u8; 32]> {
+/// Writes `size` pseudo-random bytes to `path` and returns their BLAKE3 (also used by the bench).
+pub(crate) fn generate(path: &Path, size: u64) -> Result<[u8; 32]> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut hasher = blake3::Hasher::new();
     let mut x: u64 = 0x243F_6A88_85A3_08D3;
@@ -53,7 +54,7 @@ fn generate(path: &Path, size: u64) -> Result<[u8; 32]> {
     Ok(*hasher.finalize().as_bytes())
 }
 
-fn hash_file(path: &Path) -> Result<[u8; 32]> {
+pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(*hasher.finalize().as_bytes())
