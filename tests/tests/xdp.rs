@@ -109,11 +109,35 @@ fn data_packet(tid: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Sends chunk packets from the sender namespace through a raw IP socket.
 fn send_raw(hosts: &TwoHosts, packets: &[Vec<u8>]) {
+    send_raw_with(hosts, packets, false)
+}
+
+/// Sends packets from the sender namespace through a raw IP socket that lets the kernel
+/// fragment them (chunk's own sender never does: it sets "don't fragment").
+fn send_fragmenting(hosts: &TwoHosts, packets: &[Vec<u8>]) {
+    send_raw_with(hosts, packets, true)
+}
+
+fn send_raw_with(hosts: &TwoHosts, packets: &[Vec<u8>], fragment: bool) {
     let dst = hosts.receiver_addr;
     hosts
         .sender
         .enter(|| {
             let sock = chunk::net::raw::RawSocket::new(PROTO).expect("raw socket");
+            if fragment {
+                let val: libc::c_int = libc::IP_PMTUDISC_DONT;
+                // SAFETY: one c_int that lives across the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(sock.socket()),
+                        libc::IPPROTO_IP,
+                        libc::IP_MTU_DISCOVER,
+                        (&val as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "IP_MTU_DISCOVER");
+            }
             for p in packets {
                 sock.send_to(p, dst).expect("send");
             }
@@ -703,32 +727,6 @@ fn xdp_log_reports_each_drop_with_its_reason() {
         err.contains("dropped a chunk packet: bad_crc"),
         "the drop is logged with its reason: {err}"
     );
-}
-
-/// Sends packets from the sender namespace through a raw IP socket that lets the kernel
-/// fragment them (chunk's own sender never does: it sets "don't fragment").
-fn send_fragmenting(hosts: &TwoHosts, packets: &[Vec<u8>]) {
-    let dst = hosts.receiver_addr;
-    hosts
-        .sender
-        .enter(|| {
-            let sock = chunk::net::raw::RawSocket::new(PROTO).expect("raw socket");
-            let val: libc::c_int = libc::IP_PMTUDISC_DONT;
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(sock.socket()),
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    (&val as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "IP_MTU_DISCOVER");
-            for p in packets {
-                sock.send_to(p, dst).expect("send");
-            }
-        })
-        .unwrap();
 }
 
 #[test]

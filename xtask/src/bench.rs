@@ -726,6 +726,12 @@ fn ratios(sums: &Sums, rss: &[RssRow]) -> Vec<Ratio> {
         goal: text,
         met: value.map(|v| v >= goal),
     };
+    let report = |name: &str, value: Option<f64>| Ratio {
+        name: name.into(),
+        value,
+        goal: "report",
+        met: None,
+    };
     let g = |case, tool| goodput(sums, case, tool);
     let mut v = vec![
         at_least(
@@ -734,12 +740,10 @@ fn ratios(sums: &Sums, rss: &[RssRow]) -> Vec<Ratio> {
             1.0,
             "≥ 1.0",
         ),
-        Ratio {
-            name: "clean: chunk-socket / nc goodput".into(),
-            value: div(g("clean", "chunk-socket"), g("clean", "nc")),
-            goal: "report",
-            met: None,
-        },
+        report(
+            "clean: chunk-socket / nc goodput",
+            div(g("clean", "chunk-socket"), g("clean", "nc")),
+        ),
         at_least(
             "5 % loss: chunk-xdp / nc goodput",
             div(g("loss5", "chunk-xdp"), g("loss5", "nc")),
@@ -758,12 +762,10 @@ fn ratios(sums: &Sums, rss: &[RssRow]) -> Vec<Ratio> {
             0.8,
             "≥ 0.8",
         ),
-        Ratio {
-            name: "flood: chunk-socket goodput / its clean goodput".into(),
-            value: div(g("flood", "chunk-socket"), g("clean", "chunk-socket")),
-            goal: "report",
-            met: None,
-        },
+        report(
+            "flood: chunk-socket goodput / its clean goodput",
+            div(g("flood", "chunk-socket"), g("clean", "chunk-socket")),
+        ),
     ];
     for tool in ["chunk-xdp", "chunk-socket"] {
         let rss_of = |mib| {
