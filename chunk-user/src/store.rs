@@ -13,7 +13,14 @@
 //! planted inside DIR can lead a write outside it, whatever the core's name check let through.
 //! Space: an offer is refused unless the file system has room, and the part file is allocated to
 //! its full size up front (`fallocate`), so a disk that fills up refuses the offer instead of
-//! failing it half-way.
+//! failing it half-way. The chunk record is small and rewritten as chunks arrive; when the disk is
+//! full it cannot be saved, and the transfer goes on with the last record saved (which only ever
+//! claims fewer chunks than are on disk, so a resume after a crash is still right).
+//!
+//! Several receivers may share one directory (one per interface, say): a part file is locked
+//! (`flock`, exclusive) by the receiver writing it for as long as its transfer is open, so a
+//! second receiver refuses an offer for the same name instead of writing into the same part file.
+//! The lock goes with the process, so a receiver killed with -9 leaves nothing locked.
 
 use std::{
     collections::HashSet,
@@ -67,6 +74,8 @@ pub struct FsHandle {
     have: ChunkSet,
     unsaved: bool,
     last_save: Instant,
+    /// State saves failed in a row (see [`FsHandle::save_state`]).
+    save_failures: u32,
     /// BLAKE3 of the file's prefix of `hashed` chunks: chunks are hashed as they complete an
     /// in-order prefix, so most of the hashing is done when the last chunk arrives.
     hasher: StagedHasher,
@@ -293,13 +302,37 @@ impl FsHandle {
         data.clear();
         self.pending.data = data;
         if self.unsaved && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
-            self.save_state()?;
+            self.save_state();
         }
         Ok(())
     }
 
+    /// Saves the chunk record, or says why not. A record that cannot be written (the disk is
+    /// full: the part file is preallocated, the record is not) does not stop the transfer: the
+    /// chunks are on disk, and the record on disk is older, which a resume only takes as fewer
+    /// chunks than there are. It is tried again at the next interval.
+    fn save_state(&mut self) {
+        self.last_save = Instant::now();
+        match self.write_state() {
+            Ok(()) => {
+                self.unsaved = false;
+                self.save_failures = 0;
+            }
+            Err(e) => {
+                let tmp = state_tmp_name(&self.base);
+                let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
+                self.save_failures += 1;
+                if self.save_failures.is_power_of_two() {
+                    tracing::warn!(name = %self.name, error = %e, failures = self.save_failures,
+                        "cannot save the transfer's progress record; receiving goes on, a resume \
+                         after a crash would ask again for the chunks since the last record");
+                }
+            }
+        }
+    }
+
     /// Writes the chunk record (atomically: a temporary file renamed over the old one).
-    fn save_state(&mut self) -> io::Result<()> {
+    fn write_state(&self) -> io::Result<()> {
         let tmp = state_tmp_name(&self.base);
         let fd = rustix::fs::openat2(
             &self.dir,
@@ -315,8 +348,6 @@ impl FsHandle {
             &self.dir,
             state_name(&self.base).as_str(),
         )?;
-        self.unsaved = false;
-        self.last_save = Instant::now();
         Ok(())
     }
 
@@ -441,17 +472,19 @@ impl Storage for FsStorage {
                 e => io_refusal(e),
             })
         };
-        let (fd, already_have) = match already_have {
-            Some(have) => match open_part(flags) {
-                Ok(fd)
-                    if rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok()
-                        == Some(offer.size) =>
-                {
-                    (fd, Some(have))
-                }
-                _ => (open_part(flags | OFlags::TRUNC)?, None),
-            },
-            None => (open_part(flags | OFlags::TRUNC)?, None),
+        // Never truncate before the lock is held: another receiver may be writing this part.
+        let fd = open_part(flags)?;
+        lock_part(&dir, part.as_str(), &fd, name)?;
+        let already_have = match already_have {
+            Some(have)
+                if rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok() == Some(offer.size) =>
+            {
+                Some(have)
+            }
+            _ => {
+                rustix::fs::ftruncate(&fd, 0).map_err(io_refusal)?;
+                None
+            }
         };
         if already_have.is_none() {
             let _ = rustix::fs::unlinkat(&dir, state_name(base).as_str(), AtFlags::empty());
@@ -484,6 +517,7 @@ impl Storage for FsStorage {
             have: already_have.clone().unwrap_or_default(),
             unsaved: false,
             last_save: Instant::now(),
+            save_failures: 0,
             hasher: StagedHasher::default(),
             hashed: 0,
             pending: Pending::default(),
@@ -573,18 +607,42 @@ impl Storage for FsStorage {
 
     fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
         self.in_use.remove(&h.name);
-        if keep_partial {
+        // A part file that never got a chunk is worth nothing to a resume: leave no trace.
+        let nothing = h.have.is_empty() && h.pending.count == 0;
+        if keep_partial && !nothing {
             if let Err(e) = h.flush() {
                 tracing::warn!(name = %h.name, error = %e, "cannot write the last chunks received");
             }
             if h.unsaved {
-                if let Err(e) = h.save_state() {
-                    tracing::warn!(name = %h.name, error = %e, "cannot save the transfer's progress");
-                }
+                h.save_state();
             }
         } else {
             h.remove_work_files();
         }
+    }
+}
+
+/// Takes the part file's lock without waiting, and makes sure the file locked is still the one
+/// under the part name (a receiver that just finished renames its part file to the final name,
+/// and that file must not be taken for a new part).
+fn lock_part(dir: &impl AsFd, part: &str, fd: &OwnedFd, name: &str) -> Result<(), Refusal> {
+    match rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(Refusal::new(
+                AbortReason::Exists,
+                format!("{name} is being received by another receiver sharing this directory"),
+            ));
+        }
+        Err(e) => return Err(io_refusal(e)),
+    }
+    let locked = rustix::fs::fstat(fd).map_err(io_refusal)?;
+    match rustix::fs::statat(dir, part, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_dev == locked.st_dev && st.st_ino == locked.st_ino => Ok(()),
+        _ => Err(Refusal::new(
+            AbortReason::Exists,
+            format!("{name} was just received by another receiver sharing this directory"),
+        )),
     }
 }
 

@@ -156,9 +156,10 @@ fn chunks_not_yet_written_are_not_claimed_after_a_crash() {
         let mut h = st.open(&o).unwrap().handle;
         // 0..5 in a run, then 9 (a jump: 0..5 are written), then 10 and 11 (pending).
         write_chunks(&mut st, &mut h, &d, (0..5).chain([9, 10, 11]));
-        h.save_state().unwrap();
-        // The process dies here: no abandon, no flush.
-        std::mem::forget(h);
+        h.save_state();
+        assert!(!h.unsaved, "the record was saved");
+        // The process dies here: no abandon, no flush (the handle has no Drop of its own).
+        drop(h);
     }
     let mut st = FsStorage::new(tmp.path(), false).unwrap();
     let opened = st.open(&o).unwrap();
@@ -215,6 +216,53 @@ fn a_name_being_received_is_refused_to_a_second_offer() {
         st.open(&offer("f", &d)).unwrap_err().reason,
         AbortReason::Exists
     );
+}
+
+/// Two receivers sharing one directory (one per interface, say), two senders offering different
+/// files under one name: the second receiver must not write into the first one's part file.
+#[test]
+fn a_second_receiver_on_the_same_directory_is_refused_the_name_being_received() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = data(10_000);
+    let mut b = data(10_000);
+    b[0] ^= 1;
+    let (oa, ob) = (offer("f", &a), offer("f", &b));
+    let mut st1 = FsStorage::new(tmp.path(), false).unwrap();
+    let mut st2 = FsStorage::new(tmp.path(), false).unwrap();
+    let mut h1 = st1.open(&oa).unwrap().handle;
+    write_chunks(&mut st1, &mut h1, &a, 0..3);
+    let refusal = st2.open(&ob).unwrap_err();
+    assert_eq!(refusal.reason, AbortReason::Exists);
+    assert!(
+        refusal.message.contains("another receiver"),
+        "{}",
+        refusal.message
+    );
+    write_chunks(&mut st1, &mut h1, &a, 3..10);
+    assert!(st1.finish(h1, &oa.hash).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
+    // Now the name exists: the second receiver refuses as for any existing file.
+    let refusal = st2.open(&ob).unwrap_err();
+    assert!(refusal.message.contains("exists"), "{}", refusal.message);
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
+}
+
+/// A transfer closed before any chunk arrived (the sender failed, or went silent) leaves no
+/// part file behind; one that got chunks keeps them for a resume.
+#[test]
+fn a_transfer_that_got_no_chunk_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(10_000);
+    let o = offer("f", &d);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let h = st.open(&o).unwrap().handle;
+    assert_eq!(listing(tmp.path()), [".f.part"]);
+    st.abandon(h, true);
+    assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..2);
+    st.abandon(h, true);
+    assert_eq!(listing(tmp.path()), [".f.part", ".f.part.state"]);
 }
 
 #[test]
