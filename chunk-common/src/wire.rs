@@ -289,11 +289,31 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// The bytes of a hash carried in offers and completions (BLAKE3 or SHA-256: both 32 bytes).
 pub const HASH_LEN: usize = 32;
 
-/// Which whole-file hash an offer carries.
-#[repr(u8)]
+/// Which whole-file hash an offer carries. An algorithm this side does not know still parses
+/// (as [`HashAlg::Other`]), so that a receiver can refuse the offer with `unsupported` instead of
+/// leaving the sender to time out on a packet it dropped as malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlg {
-    Blake3 = 1,
+    /// 1: BLAKE3, 32-byte digest.
+    Blake3,
+    /// Any other code.
+    Other(u8),
+}
+
+impl HashAlg {
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            1 => HashAlg::Blake3,
+            c => HashAlg::Other(c),
+        }
+    }
+
+    pub const fn code(self) -> u8 {
+        match self {
+            HashAlg::Blake3 => 1,
+            HashAlg::Other(c) => c,
+        }
+    }
 }
 
 /// The offer body: a file's metadata. Fixed part, then `name_len` bytes of name.
@@ -351,10 +371,7 @@ impl<'a> OfferRepr<'a> {
         if body.len() != offer::NAME + name_len {
             return Err(Error::BadLength);
         }
-        let hash_alg = match body[offer::HASH_ALG] {
-            1 => HashAlg::Blake3,
-            _ => return Err(Error::Malformed),
-        };
+        let hash_alg = HashAlg::from_code(body[offer::HASH_ALG]);
         let mut hash = [0u8; HASH_LEN];
         hash.copy_from_slice(&body[offer::HASH]);
         let mut size = [0u8; 8];
@@ -387,7 +404,7 @@ impl<'a> OfferRepr<'a> {
         body[offer::CHUNK_COUNT].copy_from_slice(&self.chunk_count.to_be_bytes());
         body[offer::MODE].copy_from_slice(&self.mode.to_be_bytes());
         body[offer::MTIME].copy_from_slice(&self.mtime.to_be_bytes());
-        body[offer::HASH_ALG] = self.hash_alg as u8;
+        body[offer::HASH_ALG] = self.hash_alg.code();
         body[offer::RESERVED] = 0;
         body[offer::NAME_LEN].copy_from_slice(&(self.name.len() as u16).to_be_bytes());
         body[offer::HASH].copy_from_slice(&self.hash);

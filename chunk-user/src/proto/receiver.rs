@@ -22,8 +22,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
-    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, MAX_ACK_BITMAP_LEN,
-    Message, OfferRepr, Repr, flags,
+    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg,
+    MAX_ACK_BITMAP_LEN, Message, OfferRepr, Repr, flags,
 };
 
 use super::chunkset::{self, ChunkSet};
@@ -61,6 +61,10 @@ pub struct ReceiverConfig {
     /// the receiver allocate has its chunks dropped (`state_limited`) once this is reached, and
     /// resends them when the holes before them are filled.
     pub max_transfer_state: usize,
+    /// An open transfer silent this long is replaced by an offer for the same name from the
+    /// same address under another transfer id: that sender crashed and its user runs it again,
+    /// perhaps with a corrected file. A transfer that still hears its sender is never replaced.
+    pub supersede_after: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -76,6 +80,7 @@ impl Default for ReceiverConfig {
             verdict_linger: Duration::from_secs(60),
             unknown_aborts_per_sec: 20,
             max_transfer_state: 4 << 20,
+            supersede_after: Duration::from_secs(1),
         }
     }
 }
@@ -238,6 +243,14 @@ enum Outgoing {
         transfer_id: u32,
         chunk_count: u32,
         verdict: CompleteRepr,
+    },
+    /// An ack of every chunk: the answer to an offer whose file is already all here (an empty
+    /// file, or a resume that had it all), sent before the complete message, so that a sender
+    /// waiting for an ack to its offer hears one.
+    AckAll {
+        dst: Ipv4Addr,
+        transfer_id: u32,
+        chunk_count: u32,
     },
 }
 
@@ -415,7 +428,16 @@ impl<S: Storage> Receiver<S> {
                     open.ack.echo = NO_ECHO;
                     queue_ack(&mut self.ready, key, &mut open.ack);
                 }
-                State::Finished { .. } => self.repeat_verdict(key, now, true),
+                State::Finished { .. } => {
+                    // The sender may not have heard our first answer: say "all acknowledged"
+                    // again, then the verdict.
+                    self.out.push_back(Outgoing::AckAll {
+                        dst: key.0,
+                        transfer_id: key.1,
+                        chunk_count: t.info.chunk_count,
+                    });
+                    self.repeat_verdict(key, now, true)
+                }
             }
             return;
         }
@@ -428,8 +450,13 @@ impl<S: Storage> Receiver<S> {
                 return;
             }
         };
-        self.supersede(key, &name, offer, storage);
-        let check = if offer.chunk_size > self.cfg.max_chunk_size {
+        self.supersede(key, &name, offer, now, storage);
+        let check = if let HashAlg::Other(code) = offer.hash_alg {
+            Err((
+                AbortReason::Unsupported,
+                format!("hash algorithm {code} (this receiver knows 1, BLAKE3)"),
+            ))
+        } else if offer.chunk_size > self.cfg.max_chunk_size {
             Err((
                 AbortReason::Unsupported,
                 format!("chunk size above {}", self.cfg.max_chunk_size),
@@ -488,6 +515,7 @@ impl<S: Storage> Receiver<S> {
             resumed_chunks: resumed,
         });
         let complete = resumed == info.chunk_count as u64;
+        let info_count = info.chunk_count;
         let mut open = Open {
             handle: opened.handle,
             received,
@@ -517,21 +545,39 @@ impl<S: Storage> Receiver<S> {
             },
         );
         if complete {
-            // Nothing to receive (an empty file, or a resume that had it all): the verdict now.
+            // Nothing to receive (an empty file, or a resume that had it all): an ack of
+            // everything answers the offer, then the verdict follows at once.
+            self.out.push_back(Outgoing::AckAll {
+                dst: key.0,
+                transfer_id: key.1,
+                chunk_count: info_count,
+            });
             self.finish(key, now, storage);
         }
     }
 
-    /// Closes an open transfer of the same file from the same sender under another id (the
-    /// sender restarted and lost the id), so the new offer can resume from its data.
-    fn supersede(&mut self, key: Key, name: &str, offer: &OfferRepr<'_>, storage: &mut S) {
+    /// Closes an open transfer for the same name from the same sender under another id, so the
+    /// new offer can go ahead: at once when it is the same file (the sender restarted and lost
+    /// the id; the new transfer resumes from the old one's data), and for another file once
+    /// the old transfer has been silent for `supersede_after` (its sender died, and the user
+    /// sends a corrected file). A live transfer for another file keeps its name.
+    fn supersede(
+        &mut self,
+        key: Key,
+        name: &str,
+        offer: &OfferRepr<'_>,
+        now: Instant,
+        storage: &mut S,
+    ) {
+        let after = self.cfg.supersede_after;
         let old = self.transfers.iter().find_map(|(&k, t)| {
-            let same = k.0 == key.0
+            let same_file = t.info.size == offer.file_size && t.info.hash == offer.hash;
+            let silent = now.saturating_duration_since(t.last_activity) >= after;
+            let replace = k.0 == key.0
                 && matches!(t.state, State::Open(_))
                 && t.info.name == name
-                && t.info.size == offer.file_size
-                && t.info.hash == offer.hash;
-            same.then_some(k)
+                && (same_file || silent);
+            replace.then_some(k)
         });
         let Some(old) = old else {
             return;
@@ -837,6 +883,26 @@ impl<S: Storage> Receiver<S> {
                 };
                 (*dst, repr)
             }
+            Outgoing::AckAll {
+                dst,
+                transfer_id,
+                chunk_count,
+            } => {
+                self.stats.acks_sent += 1;
+                let repr = Repr {
+                    transfer_id: *transfer_id,
+                    seq: *chunk_count,
+                    flags: 0,
+                    message: Message::Ack(AckRepr {
+                        cumulative: *chunk_count,
+                        echo: NO_ECHO,
+                        delay_us: 0,
+                        base: *chunk_count,
+                        bitmap: &[],
+                    }),
+                };
+                (*dst, repr)
+            }
             Outgoing::Complete {
                 dst,
                 transfer_id,
@@ -996,13 +1062,24 @@ mod tests {
         id: u32,
         data: &[u8],
     ) {
+        offer_with(r, st, now, id, data, HashAlg::Blake3);
+    }
+
+    fn offer_with(
+        r: &mut Receiver<MemStorage>,
+        st: &mut MemStorage,
+        now: Instant,
+        id: u32,
+        data: &[u8],
+        hash_alg: HashAlg,
+    ) {
         let o = OfferRepr {
             file_size: data.len() as u64,
             chunk_size: CHUNK,
             chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
             mode: 0o644,
             mtime: 0,
-            hash_alg: HashAlg::Blake3,
+            hash_alg,
             hash: *blake3::hash(data).as_bytes(),
             name: b"f",
         };
@@ -1204,6 +1281,87 @@ mod tests {
         assert_eq!((stats.chunks_written, stats.duplicates), (19, 1));
     }
 
+    /// An empty file has no chunk: the offer is answered with an ack of everything (what a
+    /// sender waits for after its offer), then the verdict.
+    #[test]
+    fn an_empty_file_is_answered_with_an_ack_then_the_verdict() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        offer(&mut r, &mut st, t0, 1, &[]);
+        let sent = out(&mut r, t0);
+        assert_eq!(
+            sent,
+            [
+                (MessageType::Ack, 0, NO_ECHO, 0, vec![]),
+                (
+                    MessageType::Complete,
+                    0,
+                    CompleteStatus::Verified as u32,
+                    0,
+                    vec![]
+                )
+            ]
+        );
+        assert_eq!(st.file("f").unwrap().data, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn an_unknown_hash_algorithm_is_refused_as_unsupported() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        offer_with(&mut r, &mut st, t0, 1, &file(25), HashAlg::Other(2));
+        let sent = out(&mut r, t0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].0, sent[0].2),
+            (MessageType::Abort, AbortReason::Unsupported.code() as u32)
+        );
+        assert_eq!(r.stats().offers_refused, 1);
+        assert!(st.file("f").is_none());
+    }
+
+    /// A sender killed mid-transfer and run again with a corrected file of the same name: the
+    /// dead transfer gives way once it has been silent for `supersede_after`, not only after
+    /// the idle timeout; a live one keeps the name.
+    #[test]
+    fn a_silent_transfer_gives_its_name_to_a_new_file_from_the_same_sender() {
+        let (mut r, mut st, t0) = (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        );
+        let old = file(50);
+        let mut new = file(50);
+        new[0] ^= 0xff;
+        offer(&mut r, &mut st, t0, 1, &old);
+        chunk(&mut r, &mut st, t0, 1, &old, 0, flags::MORE_CHUNKS);
+        out(&mut r, t0);
+        // While the old transfer is alive, the new file is refused.
+        offer(&mut r, &mut st, t0 + ms(100), 2, &new);
+        let sent = out(&mut r, t0 + ms(100));
+        assert_eq!(
+            (sent[0].0, sent[0].2),
+            (MessageType::Abort, AbortReason::Exists.code() as u32)
+        );
+        // Silent for a second: replaced.
+        let later = t0 + ms(100) + ReceiverConfig::default().supersede_after;
+        offer(&mut r, &mut st, later, 2, &new);
+        let sent = out(&mut r, later);
+        assert_eq!(sent[0].0, MessageType::Ack, "{sent:?}");
+        for i in 0..5 {
+            chunk(&mut r, &mut st, later, 2, &new, i, 0);
+        }
+        let sent = out(&mut r, later);
+        assert_eq!(sent.last().unwrap().0, MessageType::Complete);
+        assert_eq!(st.file("f").unwrap().data, new);
+    }
+
     #[test]
     fn the_last_chunk_brings_the_verdict_which_is_repeated() {
         let (mut r, mut st, t0) = (
@@ -1226,7 +1384,12 @@ mod tests {
         chunk(&mut r, &mut st, t0 + ms(21), 1, &data, 1, 0);
         assert_eq!(out(&mut r, t0 + ms(21)).len(), 1);
         offer(&mut r, &mut st, t0 + ms(22), 1, &data);
-        assert_eq!(out(&mut r, t0 + ms(22))[0].0, MessageType::Complete);
+        let again = out(&mut r, t0 + ms(22));
+        assert_eq!(
+            again.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+            [(MessageType::Ack, 3), (MessageType::Complete, 3)],
+            "a repeated offer hears 'all acknowledged', then the verdict"
+        );
         // Forgotten after the linger time.
         let at = r.poll_timeout().unwrap();
         assert_eq!(at, t0 + ReceiverConfig::default().verdict_linger);
