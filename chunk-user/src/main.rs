@@ -1,6 +1,5 @@
 //! The `chunk` command line: parses arguments and hands over to [`chunk::cmd`].
 
-use anyhow::Result;
 use chunk::cmd;
 use clap::{Parser, Subcommand};
 
@@ -32,7 +31,9 @@ enum Command {
     Probe(cmd::probe::ProbeArgs),
 }
 
-fn main() -> Result<()> {
+/// Errors reach the user as one message with its causes (`chunk: opening …: reason`), never as a
+/// `Debug` dump: anyhow's `Debug` would print a stack trace whenever `RUST_BACKTRACE` is set.
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -40,11 +41,18 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Recv(a) => cmd::recv::run(a),
         Command::Send(a) => cmd::send::run(a),
         Command::Listen(a) => cmd::listen::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chunk: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -71,7 +71,7 @@ fn run(data: &[u8]) -> Option<()> {
                     }),
                 };
                 offered[s][t] = Some(Offered { size, chunk_size });
-                rx.handle_packet(src, &repr, now, &mut st);
+                rx.handle_packet(src, None, &repr, now, &mut st);
             }
             2 | 3 => {
                 let index = u16::from_le_bytes([it.next()?, it.next()?]) as u32;
@@ -97,14 +97,14 @@ fn run(data: &[u8]) -> Option<()> {
                     },
                     message: Message::Data { payload: &payload },
                 };
-                rx.handle_packet(src, &repr, now, &mut st);
+                rx.handle_packet(src, None, &repr, now, &mut st);
             }
             4 => {
                 let len = it.next()? as usize;
                 let bytes: Vec<u8> = (&mut it).take(len).collect();
                 scratch[..bytes.len()].copy_from_slice(&bytes);
                 if let Ok(repr) = Repr::parse_crc_checked(&scratch[..bytes.len()]) {
-                    rx.handle_packet(src, &repr, now, &mut st);
+                    rx.handle_packet(src, None, &repr, now, &mut st);
                 }
             }
             5 => {
@@ -117,7 +117,7 @@ fn run(data: &[u8]) -> Option<()> {
                         message: b"fuzz",
                     }),
                 };
-                rx.handle_packet(src, &repr, now, &mut st);
+                rx.handle_packet(src, None, &repr, now, &mut st);
             }
             6 => now += Duration::from_millis(it.next()? as u64),
             7 => now += Duration::from_secs(it.next()? as u64),
@@ -127,7 +127,7 @@ fn run(data: &[u8]) -> Option<()> {
         if rx.poll_timeout().is_some_and(|d| d <= now) {
             rx.handle_timeout(now, &mut st);
         }
-        while let Some((_, n)) = rx.poll_transmit(now, &mut out) {
+        while let Some(chunk::proto::Transmit { len: n, .. }) = rx.poll_transmit(now, &mut out) {
             Repr::parse_bytes(&out[..n]).expect("the receiver sends valid packets");
         }
         while rx.poll_event().is_some() {}

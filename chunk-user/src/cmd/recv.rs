@@ -18,7 +18,7 @@ use crate::{
         rx::{RxArgs, RxSource, StateFile},
         tx::drop_all_input,
     },
-    proto::{Event, Receiver, ReceiverConfig},
+    proto::{Event, Receiver, ReceiverConfig, Transmit},
     store::FsStorage,
 };
 
@@ -82,8 +82,12 @@ enum Wake {
 }
 
 async fn recv(args: RecvArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    match std::fs::metadata(&args.out) {
+        Ok(md) if !md.is_dir() => bail!("--out {}: not a directory", args.out.display()),
+        Ok(_) => {}
+        Err(_) => std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?,
+    }
     let mut storage = FsStorage::new(&args.out, args.overwrite)
         .with_context(|| format!("opening {}", args.out.display()))?;
     let ack_sock = RawSocket::new(args.rx.protocol)
@@ -179,7 +183,7 @@ async fn recv(args: RecvArgs) -> Result<()> {
                             tracing::warn!(src = %rec.src, transfer_id = repr.transfer_id, "stale offer refused (replay, or clocks apart)");
                             return;
                         }
-                        core.handle_packet(rec.src, &repr, now, &mut storage);
+                        core.handle_packet(rec.src, Some(rec.dst), &repr, now, &mut storage);
                         // Acks go out as the core asks for them, not once per batch: a batch
                         // can hold a whole window, and one ack for all of it, if lost, would
                         // leave the sender waiting for its probe timer.
@@ -297,13 +301,14 @@ fn send_acks(
     sock: &RawSocket,
     send_errors: &mut u64,
 ) {
-    while let Some((dst, mut n)) = core.poll_transmit(now, buf) {
+    while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, buf) {
+        let mut n = len;
         if let Some(key) = key {
             n = key
                 .seal(buf, n, auth::now_ms())
                 .expect("the buffer has room for the trailer");
         }
-        if let Err(e) = sock.send_to(&buf[..n], dst) {
+        if let Err(e) = sock.send_from_to(&buf[..n], src, dst) {
             *send_errors += 1;
             if send_errors.is_power_of_two() {
                 tracing::warn!(%dst, error = %e, count = *send_errors, "cannot send to the sender");

@@ -7,7 +7,7 @@ use std::{
     net::Ipv4Addr,
     os::{
         fd::AsRawFd,
-        unix::fs::{FileExt, MetadataExt},
+        unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -131,26 +131,46 @@ fn route_mtu(to: Ipv4Addr) -> std::io::Result<u32> {
     Ok(mtu as u32)
 }
 
-/// The chunk size to use: the user's, or the largest the route carries unfragmented.
-fn chunk_size(args: &SendArgs) -> Result<u32> {
-    // The authentication trailer rides in the payload too.
-    let trailer = if args.psk_file.is_some() {
-        auth::TRAILER_LEN as u32
+/// Bytes a chunk packet carries besides its chunk: the IPv4 header (without options), the chunk
+/// header, and with a key the authentication trailer.
+fn packet_overhead(keyed: bool) -> u32 {
+    let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
+    20 + wire::HEADER_LEN as u32 + trailer
+}
+
+/// What [`packet_overhead`] is made of, for messages.
+fn overhead_words(keyed: bool) -> &'static str {
+    if keyed {
+        "20 for IPv4, 20 for the chunk header, 24 for the authentication trailer"
     } else {
-        0
-    };
+        "20 for IPv4, 20 for the chunk header"
+    }
+}
+
+/// The chunk size to use: the user's, checked against the route's MTU and the receiver's payload
+/// limit, or the largest the route carries unfragmented.
+fn chunk_size(args: &SendArgs) -> Result<u32> {
+    let keyed = args.psk_file.is_some();
+    // The receiver's default payload limit counts the trailer too (docs/PROTOCOL.md).
+    let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
     let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32 - trailer;
-    let overhead = 20 + wire::HEADER_LEN as u32 + trailer;
-    match args.chunk_size {
-        Some(n) if n == 0 || n > max => {
-            bail!("--chunk-size must be 1..={max} (and fit the path MTU)")
+    let overhead = packet_overhead(keyed);
+    let mtu = route_mtu(args.to);
+    match (args.chunk_size, mtu) {
+        (Some(n), _) if n == 0 || n > max => {
+            bail!("--chunk-size must be 1..={max} (the receiver's default payload limit)")
         }
-        Some(n) => Ok(n),
-        None => match route_mtu(args.to) {
-            Ok(mtu) if mtu > overhead + 64 => Ok((mtu - overhead).min(max)),
-            Ok(mtu) => bail!("the route to {} has an MTU of {mtu}: too small", args.to),
-            Err(e) => Err(anyhow::Error::new(e).context(format!("no route to {}", args.to))),
-        },
+        (Some(n), Ok(mtu)) if n + overhead > mtu => bail!(
+            "--chunk-size {n} does not fit the MTU of {mtu} on the route to {}: at most {} \
+             (the MTU minus {})",
+            args.to,
+            mtu.saturating_sub(overhead),
+            overhead_words(keyed)
+        ),
+        (Some(n), _) => Ok(n),
+        (None, Ok(mtu)) if mtu > overhead + 64 => Ok((mtu - overhead).min(max)),
+        (None, Ok(mtu)) => bail!("the route to {} has an MTU of {mtu}: too small", args.to),
+        (None, Err(e)) => Err(anyhow::Error::new(e).context(format!("no route to {}", args.to))),
     }
 }
 
@@ -283,7 +303,13 @@ fn failed_report(path: &Path, error: String) -> FileReport {
 
 /// Opens the file and describes it for the offer (hashing it whole first).
 fn prepare(path: &Path) -> Result<(File, FileMeta)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; what is not a
+    // regular file is refused right after, before anything is read from it.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let md = file.metadata()?;
     if !md.is_file() {
         bail!("{} is not a regular file", path.display());
@@ -386,26 +412,31 @@ fn send_file(
     report.chunks = stats.chunk_count;
     report.chunks_sent = stats.chunks_sent;
     report.retransmitted = stats.chunks_retransmitted;
-    // Chunks never transmitted: the receiver had them from an interrupted run.
-    report.resumed = (stats.chunk_count as u64)
-        .saturating_sub(stats.chunks_sent.saturating_sub(stats.chunks_retransmitted));
+    report.resumed = stats.chunks_resumed;
     match outcome {
         Ok(()) => {
             report.ok = true;
             report.error = None;
             report.goodput_mb_s = report.size as f64 / report.seconds.max(1e-9) / 1e6;
         }
-        Err(e) => report.error = Some(explain(&e, args.to, stats.chunks_acked)),
+        Err(e) => report.error = Some(explain(&e, args.to, &stats)),
     }
     report
 }
 
 /// The sender core's error, said for a user.
-fn explain(e: &SendError, to: Ipv4Addr, acked: u64) -> String {
+fn explain(e: &SendError, to: Ipv4Addr, stats: &SenderStats) -> String {
     match e {
-        SendError::Timeout(t) if acked == 0 => format!(
+        SendError::Timeout(t) if !stats.offer_accepted => format!(
             "no answer from {to} for {:.0} s: is `chunk recv` running there, and does IP protocol \
              traffic reach it (firewalls often drop unknown protocols)?",
+            t.as_secs_f64()
+        ),
+        SendError::Timeout(t) if stats.chunks_acked == stats.chunks_resumed => format!(
+            "{to} accepted the offer, then acknowledged none of the {} chunks sent in {:.0} s: \
+             something on the path drops the data packets (are they larger than the path MTU? \
+             try a smaller --chunk-size)",
+            stats.chunks_sent,
             t.as_secs_f64()
         ),
         SendError::Timeout(t) => format!(
@@ -487,11 +518,32 @@ fn drive(
             }
         }
         if let Err(e) = tx.flush() {
+            // Tell the receiver, so that it closes the transfer now (and keeps no part file)
+            // rather than at its idle timeout. The abort is small enough for any path.
+            tx.discard();
+            sender.abort();
+            while let Some(buf) = tx.next_buf() {
+                let Some(n) = sender.poll_transmit(now, &mut source, buf) else {
+                    break;
+                };
+                let n = seal(key, buf, n);
+                tx.commit(n, to);
+            }
+            let _ = tx.flush();
             if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                let keyed = key.is_some();
+                let packet = cfg.chunk_size + packet_overhead(keyed);
+                let limit = match route_mtu(to) {
+                    Ok(mtu) => format!(
+                        "at most {} on this path (its MTU of {mtu} minus {})",
+                        mtu.saturating_sub(packet_overhead(keyed)),
+                        overhead_words(keyed)
+                    ),
+                    Err(_) => format!("the path MTU minus {}", overhead_words(keyed)),
+                };
                 bail!(
-                    "chunk packets of {} bytes do not fit the path MTU to {to}: use a smaller \
-                     --chunk-size (at most the MTU minus 40)",
-                    wire::HEADER_LEN + cfg.chunk_size as usize + 20
+                    "chunk packets of {packet} bytes do not fit the path MTU to {to}: use a \
+                     smaller --chunk-size ({limit})"
                 );
             }
             return Err(anyhow::Error::new(e).context(format!("sending to {to}")));

@@ -85,6 +85,11 @@ impl BatchSender {
         Ok(())
     }
 
+    /// Drops the queued packets (after a flush failed: they would fail again).
+    pub fn discard(&mut self) {
+        self.queued = 0;
+    }
+
     fn send_from(&mut self, first: usize) -> io::Result<usize> {
         let count = self.queued - first;
         let mut addrs: [MaybeUninit<libc::sockaddr_in>; BATCH] = [MaybeUninit::uninit(); BATCH];

@@ -28,7 +28,7 @@ pub mod storage;
 mod tests;
 
 pub use chunkset::ChunkSet;
-pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, validate_name};
+pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, validate_name};
 pub use sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
 pub use storage::{MemStorage, OfferInfo, Opened, Refusal, Storage, Verdict};
 

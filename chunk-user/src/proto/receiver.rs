@@ -159,6 +159,16 @@ pub enum Event {
     },
 }
 
+/// A packet [`Receiver::poll_transmit`] wrote: where it goes, and from which local address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: Ipv4Addr,
+    /// The address the peer sent its packets to (`None`: the receive path did not say; let
+    /// the route choose).
+    pub src: Option<Ipv4Addr>,
+    pub len: usize,
+}
+
 /// Counters over the receiver's life.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReceiverStats {
@@ -220,6 +230,8 @@ enum State<H> {
 #[derive(Debug)]
 struct Transfer<H> {
     info: OfferInfo,
+    /// The local address the sender sends to: answers leave from it.
+    local: Option<Ipv4Addr>,
     started: Instant,
     last_activity: Instant,
     state: State<H>,
@@ -233,13 +245,11 @@ struct Transfer<H> {
 #[derive(Debug)]
 enum Outgoing {
     Abort {
-        dst: Ipv4Addr,
         transfer_id: u32,
         reason: AbortReason,
         message: String,
     },
     Complete {
-        dst: Ipv4Addr,
         transfer_id: u32,
         chunk_count: u32,
         verdict: CompleteRepr,
@@ -247,11 +257,7 @@ enum Outgoing {
     /// An ack of every chunk: the answer to an offer whose file is already all here (an empty
     /// file, or a resume that had it all), sent before the complete message, so that a sender
     /// waiting for an ack to its offer hears one.
-    AckAll {
-        dst: Ipv4Addr,
-        transfer_id: u32,
-        chunk_count: u32,
-    },
+    AckAll { transfer_id: u32, chunk_count: u32 },
 }
 
 /// The receiving side: all transfers to one receiver.
@@ -261,7 +267,9 @@ pub struct Receiver<S: Storage> {
     open: usize,
     /// Transfers with an ack to send now.
     ready: VecDeque<Key>,
-    out: VecDeque<Outgoing>,
+    out: VecDeque<(Transmit, Outgoing)>,
+    /// The local address of the packet being handled: where answers to it come from.
+    answering_local: Option<Ipv4Addr>,
     events: VecDeque<Event>,
     /// Token bucket for unknown-transfer aborts.
     abort_tokens: f64,
@@ -277,6 +285,7 @@ impl<S: Storage> Receiver<S> {
             open: 0,
             ready: VecDeque::new(),
             out: VecDeque::new(),
+            answering_local: None,
             events: VecDeque::new(),
             abort_tokens: 0.0,
             abort_tokens_at: None,
@@ -298,9 +307,22 @@ impl<S: Storage> Receiver<S> {
         self.events.pop_front()
     }
 
-    /// Feeds one packet from `src` (already CRC-checked and parsed).
-    pub fn handle_packet(&mut self, src: Ipv4Addr, repr: &Repr<'_>, now: Instant, storage: &mut S) {
+    /// Feeds one packet from `src`, sent to the local address `local` when the receive path
+    /// knows it (already CRC-checked and parsed). Answers leave from `local`.
+    pub fn handle_packet(
+        &mut self,
+        src: Ipv4Addr,
+        local: Option<Ipv4Addr>,
+        repr: &Repr<'_>,
+        now: Instant,
+        storage: &mut S,
+    ) {
         let key = (src, repr.transfer_id);
+        self.answering_local = local;
+        if let Some(t) = self.transfers.get_mut(&key) {
+            // The sender's latest choice of our address is where it listens for us.
+            t.local = local;
+        }
         match repr.message {
             Message::Offer(offer) => self.on_offer(key, &offer, now, storage),
             Message::Data { payload } => {
@@ -311,11 +333,12 @@ impl<S: Storage> Receiver<S> {
         }
     }
 
-    /// The next packet to send: its destination and length in `buf` (at least
-    /// `HEADER_LEN + 12 + 1024` bytes, the largest ack).
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Ipv4Addr, usize)> {
-        if let Some(out) = self.out.pop_front() {
-            return Some(self.emit_outgoing(out, buf));
+    /// The next packet to send, written into `buf` (at least `HEADER_LEN + 12 + 1024` bytes, the
+    /// largest ack): where it goes, the local address it must leave from, and its length.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((mut t, out)) = self.out.pop_front() {
+            t.len = self.emit_outgoing(out, buf);
+            return Some(t);
         }
         while let Some(key) = self.ready.pop_front() {
             let Some(t) = self.transfers.get_mut(&key) else {
@@ -332,7 +355,11 @@ impl<S: Storage> Receiver<S> {
                 self.ready.push_back(key);
             }
             self.stats.acks_sent += 1;
-            return Some((key.0, len));
+            return Some(Transmit {
+                dst: key.0,
+                src: t.local,
+                len,
+            });
         }
         None
     }
@@ -431,11 +458,14 @@ impl<S: Storage> Receiver<S> {
                 State::Finished { .. } => {
                     // The sender may not have heard our first answer: say "all acknowledged"
                     // again, then the verdict.
-                    self.out.push_back(Outgoing::AckAll {
-                        dst: key.0,
-                        transfer_id: key.1,
-                        chunk_count: t.info.chunk_count,
-                    });
+                    let chunk_count = t.info.chunk_count;
+                    self.push_out(
+                        key,
+                        Outgoing::AckAll {
+                            transfer_id: key.1,
+                            chunk_count,
+                        },
+                    );
                     self.repeat_verdict(key, now, true)
                 }
             }
@@ -535,6 +565,7 @@ impl<S: Storage> Receiver<S> {
             key,
             Transfer {
                 info,
+                local: self.answering_local,
                 started: now,
                 last_activity: now,
                 state: State::Open(open),
@@ -547,11 +578,13 @@ impl<S: Storage> Receiver<S> {
         if complete {
             // Nothing to receive (an empty file, or a resume that had it all): an ack of
             // everything answers the offer, then the verdict follows at once.
-            self.out.push_back(Outgoing::AckAll {
-                dst: key.0,
-                transfer_id: key.1,
-                chunk_count: info_count,
-            });
+            self.push_out(
+                key,
+                Outgoing::AckAll {
+                    transfer_id: key.1,
+                    chunk_count: info_count,
+                },
+            );
             self.finish(key, now, storage);
         }
     }
@@ -763,12 +796,15 @@ impl<S: Storage> Receiver<S> {
             out_of_order: t.out_of_order,
             resumed_chunks: t.resumed,
         });
-        self.out.push_back(Outgoing::Complete {
-            dst: key.0,
-            transfer_id: key.1,
-            chunk_count: t.info.chunk_count,
-            verdict: complete,
-        });
+        let chunk_count = t.info.chunk_count;
+        self.push_out(
+            key,
+            Outgoing::Complete {
+                transfer_id: key.1,
+                chunk_count,
+                verdict: complete,
+            },
+        );
     }
 
     /// Sends a finished transfer's verdict again (rate-limited unless `force`).
@@ -788,12 +824,15 @@ impl<S: Storage> Receiver<S> {
             return;
         }
         *last_sent = Some(now);
-        self.out.push_back(Outgoing::Complete {
-            dst: key.0,
-            transfer_id: key.1,
-            chunk_count: t.info.chunk_count,
-            verdict: *verdict,
-        });
+        let (chunk_count, verdict) = (t.info.chunk_count, *verdict);
+        self.push_out(
+            key,
+            Outgoing::Complete {
+                transfer_id: key.1,
+                chunk_count,
+                verdict,
+            },
+        );
     }
 
     /// Data for a transfer we do not know: an abort, if the rate limit allows.
@@ -852,18 +891,19 @@ impl<S: Storage> Receiver<S> {
     }
 
     fn send_abort(&mut self, key: Key, reason: AbortReason, message: String) {
-        self.out.push_back(Outgoing::Abort {
-            dst: key.0,
-            transfer_id: key.1,
-            reason,
-            message,
-        });
+        self.push_out(
+            key,
+            Outgoing::Abort {
+                transfer_id: key.1,
+                reason,
+                message,
+            },
+        );
     }
 
-    fn emit_outgoing(&mut self, out: Outgoing, buf: &mut [u8]) -> (Ipv4Addr, usize) {
-        let (dst, repr) = match &out {
+    fn emit_outgoing(&mut self, out: Outgoing, buf: &mut [u8]) -> usize {
+        let repr = match &out {
             Outgoing::Abort {
-                dst,
                 transfer_id,
                 reason,
                 message,
@@ -881,10 +921,9 @@ impl<S: Storage> Receiver<S> {
                         message: text,
                     }),
                 };
-                (*dst, repr)
+                repr
             }
             Outgoing::AckAll {
-                dst,
                 transfer_id,
                 chunk_count,
             } => {
@@ -901,10 +940,9 @@ impl<S: Storage> Receiver<S> {
                         bitmap: &[],
                     }),
                 };
-                (*dst, repr)
+                repr
             }
             Outgoing::Complete {
-                dst,
                 transfer_id,
                 chunk_count,
                 verdict,
@@ -916,13 +954,28 @@ impl<S: Storage> Receiver<S> {
                     flags: 0,
                     message: Message::Complete(*verdict),
                 };
-                (*dst, repr)
+                repr
             }
         };
-        let len = repr
-            .emit(buf)
-            .expect("receiver buffer holds any control packet");
-        (dst, len)
+        repr.emit(buf)
+            .expect("receiver buffer holds any control packet")
+    }
+
+    /// Queues a control packet for the peer of `key`, from the local address its transfer (or
+    /// else the packet being answered) was sent to.
+    fn push_out(&mut self, key: Key, out: Outgoing) {
+        let src = self
+            .transfers
+            .get(&key)
+            .map_or(self.answering_local, |t| t.local);
+        self.out.push_back((
+            Transmit {
+                dst: key.0,
+                src,
+                len: 0,
+            },
+            out,
+        ));
     }
 }
 
@@ -1048,7 +1101,8 @@ mod tests {
     use crate::proto::storage::MemStorage;
     use chunk_common::wire::{HashAlg, MessageType};
 
-    const SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
     const CHUNK: u32 = 10;
 
     fn file(size: usize) -> Vec<u8> {
@@ -1089,7 +1143,7 @@ mod tests {
             flags: 0,
             message: Message::Offer(o),
         };
-        r.handle_packet(SRC, &repr, now, st);
+        r.handle_packet(SRC, Some(LOCAL), &repr, now, st);
     }
 
     fn chunk(
@@ -1111,7 +1165,7 @@ mod tests {
                 payload: &data[start..end],
             },
         };
-        r.handle_packet(SRC, &repr, now, st);
+        r.handle_packet(SRC, Some(LOCAL), &repr, now, st);
     }
 
     /// What the receiver sends now: (type, seq, echo or abort reason, base, bitmap).
@@ -1121,8 +1175,13 @@ mod tests {
     ) -> Vec<(MessageType, u32, u32, u32, Vec<u8>)> {
         let mut buf = [0u8; 2048];
         let mut v = Vec::new();
-        while let Some((dst, n)) = r.poll_transmit(now, &mut buf) {
+        while let Some(Transmit { dst, src, len: n }) = r.poll_transmit(now, &mut buf) {
             assert_eq!(dst, SRC);
+            assert_eq!(
+                src,
+                Some(LOCAL),
+                "answers leave from the address the sender used"
+            );
             let repr = Repr::parse_bytes(&buf[..n]).unwrap();
             v.push(match repr.message {
                 Message::Ack(a) => (
@@ -1181,9 +1240,9 @@ mod tests {
                 flags: 0,
                 message: Message::Offer(o),
             };
-            r.handle_packet(src, &repr, now, st);
+            r.handle_packet(src, Some(LOCAL), &repr, now, st);
         };
-        let other = Ipv4Addr::new(192, 0, 2, 2);
+        let other = Ipv4Addr::new(198, 18, 0, 2);
         for id in 0..3 {
             offer_from(&mut r, &mut st, SRC, id);
         }
@@ -1482,7 +1541,7 @@ mod tests {
                     payload: &data[..5],
                 },
             };
-            r.handle_packet(SRC, &repr, t0, &mut st);
+            r.handle_packet(SRC, Some(LOCAL), &repr, t0, &mut st);
         }
         assert_eq!(r.stats().malformed, 2);
         assert!(out(&mut r, t0).is_empty());

@@ -154,6 +154,11 @@ pub struct SenderStats {
     pub probes_sent: u64,
     /// Offers made again because the receiver had forgotten the transfer.
     pub reoffers: u32,
+    /// The receiver accepted the offer (an ack answered it).
+    pub offer_accepted: bool,
+    /// Chunks the ack that accepted the offer already acknowledged: the receiver had them from
+    /// an interrupted transfer (resume), so they were never sent.
+    pub chunks_resumed: u64,
     pub srtt: Option<Duration>,
     pub min_rtt: Option<Duration>,
     pub rto: Duration,
@@ -736,7 +741,12 @@ impl Sender {
         self.stale_aborts_until = now + self.rtt.smoothed().unwrap_or(self.rtt.rto());
         self.next_send_at = now;
         // It may already acknowledge chunks (resume).
+        let before = self.acked.len();
         self.on_ack(ack, now);
+        if !self.stats.offer_accepted {
+            self.stats.offer_accepted = true;
+            self.stats.chunks_resumed = self.acked.len() - before;
+        }
     }
 
     fn on_ack(&mut self, ack: &AckRepr<'_>, now: Instant) {

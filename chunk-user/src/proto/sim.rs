@@ -359,7 +359,9 @@ impl<S: Storage> Sim<S> {
             }
             self.note_progress(i);
         }
-        while let Some((dst, n)) = self.receiver.poll_transmit(now, &mut buf) {
+        while let Some(super::Transmit { dst, len: n, .. }) =
+            self.receiver.poll_transmit(now, &mut buf)
+        {
             let Some(i) = self.senders.iter().position(|s| s.addr == dst) else {
                 continue;
             };
@@ -463,7 +465,7 @@ impl<S: Storage> Sim<S> {
             match arrival.dest {
                 Dest::Receiver(src) => {
                     self.receiver
-                        .handle_packet(src, &repr, now, &mut self.storage);
+                        .handle_packet(src, None, &repr, now, &mut self.storage);
                     self.collect_events();
                 }
                 Dest::Sender(i) => {
