@@ -1,5 +1,6 @@
 //! Byte fixtures for every message type (the same bytes as the examples in docs/PROTOCOL.md),
-//! and properties of parse and emit.
+//! a sealed (pre-shared-key) packet whose tag is recomputed here, and properties of parse and
+//! emit.
 
 use super::*;
 use proptest::prelude::*;
@@ -24,6 +25,13 @@ static ACK_BYTES: [u8; 33] = [
     0x45, 0x2c, 0x67, 0xb9, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0xfa,
     0x0a,
 ];
+/// The ack the receiver sends when chunks 0..=4 and 7 have arrived: the bitmap starts at the
+/// cumulative index, so its bit 0 (chunk 5, the first missing one) is always clear.
+static ACK_FROM_CUMULATIVE_BYTES: [u8; 33] = [
+    0x43, 0x4b, 0x01, 0x02, 0x00, 0x00, 0x00, 0x0d, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x05,
+    0x33, 0x7c, 0xf2, 0x6a, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x78,
+    0x04,
+];
 static OFFER_BYTES: [u8; 89] = [
     0x43, 0x4b, 0x01, 0x03, 0x00, 0x00, 0x00, 0x45, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
     0x53, 0x92, 0xe1, 0xc4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0b, 0xb8, 0x00, 0x00, 0x05, 0x78,
@@ -41,6 +49,24 @@ static COMPLETE_BYTES: [u8; 56] = [
 static ABORT_BYTES: [u8; 28] = [
     0x43, 0x4b, 0x01, 0x05, 0x00, 0x00, 0x00, 0x08, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
     0x02, 0x7d, 0x1b, 0x78, 0x00, 0x05, 0x65, 0x78, 0x69, 0x73, 0x74, 0x73,
+];
+
+/// The pre-shared key file of the authentication example: the 32 bytes 0x00..=0x1f.
+const PSK_SECRET: [u8; 32] = HASH;
+/// BLAKE3 `derive_key("chunk psk v1", PSK_SECRET)`.
+static PSK_KEY_BYTES: [u8; 32] = [
+    0x3e, 0xfe, 0xc5, 0x7d, 0x56, 0xb8, 0x0b, 0x2f, 0x31, 0x4f, 0xd7, 0x20, 0xff, 0xb0, 0xea, 0x84,
+    0x8a, 0x54, 0x6e, 0x6b, 0x1c, 0xb3, 0x06, 0xd7, 0xc8, 0x9e, 0x67, 0xb5, 0x1c, 0x87, 0xc3, 0xd1,
+];
+/// Milliseconds since the Unix epoch in the sealed example's trailer.
+const SEALED_TIMESTAMP_MS: u64 = 1_700_000_000_123;
+/// The data fixture sealed with [`PSK_KEY_BYTES`] at [`SEALED_TIMESTAMP_MS`] (computed with
+/// chunk-user's `auth::Key::seal`; `sealed_fixture_is_the_data_fixture_sealed` recomputes it).
+static SEALED_BYTES: [u8; 49] = [
+    0x43, 0x4b, 0x01, 0x01, 0x00, 0x05, 0x00, 0x1d, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x07,
+    0xce, 0x57, 0x4a, 0x82, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68,
+    0x7b, 0xb2, 0xb2, 0x52, 0x3c, 0x54, 0x30, 0x22, 0x2c, 0x1c, 0xb8, 0x37, 0xbb, 0x98, 0x4c, 0xd9,
+    0xc9,
 ];
 
 fn data_repr() -> Repr<'static> {
@@ -63,6 +89,21 @@ fn ack_repr() -> Repr<'static> {
             delay_us: 250,
             base: 6,
             bitmap: &[0b0000_1010],
+        }),
+    }
+}
+
+fn ack_from_cumulative_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 5,
+        flags: 0,
+        message: Message::Ack(AckRepr {
+            cumulative: 5,
+            echo: 7,
+            delay_us: 120,
+            base: 5,
+            bitmap: &[0b0000_0100],
         }),
     }
 }
@@ -109,13 +150,33 @@ fn abort_repr() -> Repr<'static> {
     }
 }
 
-fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 5] {
+/// What the wire layer sees in a sealed packet: a data packet with `AUTH` set whose payload is
+/// the chunk followed by the 24-byte trailer.
+fn sealed_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 7,
+        flags: flags::MORE_CHUNKS | flags::AUTH,
+        message: Message::Data {
+            payload: &SEALED_BYTES[HEADER_LEN..],
+        },
+    }
+}
+
+/// Every packet example, in the order docs/PROTOCOL.md shows them.
+fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 7] {
     [
         ("data", &DATA_BYTES, data_repr()),
         ("ack", &ACK_BYTES, ack_repr()),
+        (
+            "ack-from-cumulative",
+            &ACK_FROM_CUMULATIVE_BYTES,
+            ack_from_cumulative_repr(),
+        ),
         ("offer", &OFFER_BYTES, offer_repr()),
         ("complete", &COMPLETE_BYTES, complete_repr()),
         ("abort", &ABORT_BYTES, abort_repr()),
+        ("sealed", &SEALED_BYTES, sealed_repr()),
     ]
 }
 
@@ -159,6 +220,12 @@ fn ack_membership() {
     let got: Vec<u32> = (0..20).filter(|&i| a.has(i)).collect();
     assert_eq!(got, [0, 1, 2, 3, 4, 7, 9]);
     assert_eq!(a.bitmap_indices().collect::<Vec<_>>(), [7, 9]);
+
+    let Message::Ack(a) = ack_from_cumulative_repr().message else {
+        unreachable!()
+    };
+    let got: Vec<u32> = (0..20).filter(|&i| a.has(i)).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 7]);
 }
 
 #[test]
@@ -244,9 +311,30 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn protocol_doc_examples_are_the_fixtures() {
-    let examples = doc_examples();
+    let mut examples = doc_examples();
     let names: Vec<&str> = examples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["data", "ack", "offer", "complete", "abort"]);
+    assert_eq!(
+        names,
+        [
+            "data",
+            "ack",
+            "ack-from-cumulative",
+            "offer",
+            "complete",
+            "abort",
+            "psk-key",
+            "sealed"
+        ]
+    );
+    // The derived key is not a packet: it is checked against BLAKE3 here, the rest below.
+    let (_, key) = examples.remove(6);
+    assert_eq!(key, PSK_KEY_BYTES, "PROTOCOL.md example psk-key");
+    assert_eq!(
+        blake3::derive_key("chunk psk v1", &PSK_SECRET),
+        PSK_KEY_BYTES,
+        "psk-key is BLAKE3 derive_key of the example key file"
+    );
+    assert_eq!(examples.len(), fixtures().len());
     for ((name, bytes), (fname, fbytes, repr)) in examples.iter().zip(fixtures()) {
         assert_eq!(name, fname);
         assert_eq!(bytes.as_slice(), fbytes, "PROTOCOL.md example {name}");
@@ -256,6 +344,43 @@ fn protocol_doc_examples_are_the_fixtures() {
             "PROTOCOL.md example {name}"
         );
     }
+}
+
+/// The sealed example is the data example with the trailer of docs/PROTOCOL.md,
+/// "Authentication": `AUTH` set and the trailer counted in the payload length, the tag the first
+/// 16 bytes of keyed BLAKE3 over everything before it with the CRC field zeroed, and the CRC over
+/// the whole packet, tag included. Opening it gives back the data example.
+#[test]
+fn sealed_fixture_is_the_data_fixture_sealed() {
+    const TRAILER: usize = 24;
+    let sealed = &SEALED_BYTES[..];
+    let n = sealed.len();
+    assert_eq!(n, DATA_BYTES.len() + TRAILER);
+    let p = Packet::new_checked(sealed).unwrap();
+    assert!(
+        p.validate().is_ok(),
+        "a sealed packet passes the kernel's checks as it is"
+    );
+    assert_eq!(p.flags(), flags::MORE_CHUNKS | flags::AUTH);
+    assert_eq!(p.payload_len() as usize, 5 + TRAILER);
+    // Everything before the trailer but flags, length and CRC is the unsealed packet's.
+    assert_eq!(sealed[..4], DATA_BYTES[..4]);
+    assert_eq!(sealed[8..16], DATA_BYTES[8..16]);
+    assert_eq!(sealed[20..25], DATA_BYTES[20..25]);
+    assert_eq!(sealed[25..33], SEALED_TIMESTAMP_MS.to_be_bytes());
+
+    let mut tagged = sealed[..n - 16].to_vec();
+    tagged[field::CRC].fill(0);
+    let tag = *blake3::keyed_hash(&PSK_KEY_BYTES, &tagged).as_bytes();
+    assert_eq!(sealed[n - 16..], tag[..16], "tag");
+
+    // Opening: drop the trailer, clear AUTH, fix the length; the CRC is then the data example's.
+    let mut opened = sealed[..n - TRAILER].to_vec();
+    let mut q = Packet::new_unchecked(&mut opened[..]);
+    q.set_flags(q.flags() & !flags::AUTH);
+    q.set_payload_len(5);
+    q.fill_crc();
+    assert_eq!(opened, DATA_BYTES);
 }
 
 fn arb_message() -> impl Strategy<Value = (u32, u32, u16, u8, Vec<u8>, Vec<u8>, u64, u32)> {
