@@ -103,7 +103,7 @@ pub struct Accepted {
 /// Every step, for a whole IPv4 packet in memory (the socket path): IPv4 header, chunk header,
 /// `allowed(source)`, then the CRC, which it checks and zeroes in place so that the result is
 /// exactly what the XDP program hands over (parse it with
-/// [`Repr::parse_crc_checked`](crate::wire::Repr::parse_crc_checked)).
+/// [`Repr::parse_crc_already_checked`](crate::wire::Repr::parse_crc_already_checked)).
 pub fn packet(
     buf: &mut [u8],
     protocol: u8,
@@ -174,7 +174,7 @@ mod tests {
         let a = run(&mut p).unwrap();
         assert_eq!(a.chunk, 20..20 + chunk.len());
         assert_eq!(a.ip.src, [198, 18, 0, 1]);
-        let got = Repr::parse_crc_checked(&p[a.chunk]).unwrap();
+        let got = Repr::parse_crc_already_checked(&p[a.chunk]).unwrap();
         assert_eq!(got.message, Message::Data { payload: b"hello" });
     }
 

@@ -693,7 +693,7 @@ impl<'a> Repr<'a> {
 
     /// Like [`parse_bytes`](Self::parse_bytes) but without the CRC check, for packets whose CRC
     /// the XDP program has already verified (it zeroes the CRC field while checking it).
-    pub fn parse_crc_checked(bytes: &'a [u8]) -> Result<Self> {
+    pub fn parse_crc_already_checked(bytes: &'a [u8]) -> Result<Self> {
         Self::parse_inner(bytes, false)
     }
 

@@ -2,13 +2,21 @@
 //!
 //! - [`proto`]: the sans-IO sender and receiver state machines, and the simulated network that
 //!   tests them (no sockets, files or clocks: time and I/O are parameters);
+//! - [`intake`]: bytes off the wire → a checked, authenticated message, for both sides;
+//! - [`driver`]: the I/O loop around each core (receive path or socket in, core, packets out);
 //! - [`net`]: the XDP loader, the kernel's counters, the ring-buffer reader, raw sockets;
-//! - [`cmd`]: the `chunk` subcommands; the binary (`src/main.rs`) only parses and dispatches.
+//! - [`store`]: the receiver's files (confinement, part files, resume state);
+//! - [`report`]: the serde types other processes read (state file, `--json` output);
+//! - [`cmd`]: the `chunk` subcommands (arguments → config → driver → report); the binary
+//!   (`src/main.rs`) only parses and dispatches.
 
 pub mod auth;
 pub mod cmd;
+pub mod driver;
+pub mod intake;
 pub mod net;
 pub mod proto;
+pub mod report;
 pub mod store;
 
 /// The compiled XDP program, embedded so the binary needs no source tree at run time.

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chunk::net::{raw::RawSocket, tx};
+use chunk::{
+    intake::Intake,
+    net::{raw::RawSocket, tx},
+};
 use chunk_common::wire::{
     self, AbortReason, CompleteStatus, HashAlg, Message, MessageType, OfferRepr, Repr,
 };
@@ -30,26 +33,22 @@ type Answer = (Ipv4Addr, MessageType, u32, u32);
 fn exchange(ns: &Netns, to: Ipv4Addr, packet: &[u8], wait: Duration) -> Vec<Answer> {
     ns.enter(|| {
         let sock = RawSocket::new(PROTO).unwrap();
-        sock.socket()
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
         sock.send_to(packet, to).unwrap();
         let deadline = Instant::now() + wait;
         let mut answers = Vec::new();
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut buf = vec![0u8; 4096];
+        // The same intake `chunk send` uses: classify (CRC included), then parse.
+        let mut intake = Intake::new(None);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(sock.socket());
         while Instant::now() < deadline {
-            let Ok((n, _)) = sock.recv(&mut buf) else {
+            let Some(n) = tx::recv_nonblocking(fd, &mut buf).unwrap() else {
+                std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
-            // SAFETY: the kernel initialised the first n bytes.
-            let bytes: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
-            let Some((src, body)) = tx::ipv4_payload(&bytes) else {
+            let Some((src, _)) = tx::ipv4_payload(&buf[..n]) else {
                 continue;
             };
-            let Ok(repr) = Repr::parse_bytes(body) else {
+            let Ok(repr) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0) else {
                 continue;
             };
             let (ty, detail) = match repr.message {

@@ -368,20 +368,22 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
             sock.send_to(&buf, to).unwrap();
             let fd = std::os::fd::AsRawFd::as_raw_fd(sock.socket());
             let mut rbuf = vec![0u8; 2048];
+            // The same intake `chunk send` uses: classify, then (no key) parse.
+            let intake = Box::leak(Box::new(chunk::intake::Intake::new(None)));
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                chunk::net::tx::wait_readable(fd, Some(Duration::from_millis(100))).unwrap();
+                let fds = [std::os::fd::AsFd::as_fd(sock.socket())];
+                chunk::driver::wait::for_at_most(&fds, Some(Duration::from_millis(100))).unwrap();
                 if let Some(n) = chunk::net::tx::recv_nonblocking(fd, &mut rbuf).unwrap() {
-                    let (_, body) = chunk::net::tx::ipv4_payload(&rbuf[..n]).unwrap();
-                    return body.to_vec();
+                    let proto = chunk_common::DEFAULT_IP_PROTOCOL;
+                    let opened = intake.open_ip(&mut rbuf[..n], proto, |src| src == to.octets(), 0);
+                    return Some(opened.expect("a well-formed answer"));
                 }
             }
-            Vec::new()
+            None
         })
         .unwrap();
-    assert!(!answer.is_empty(), "no answer to the offer");
-    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
-    Repr::parse_bytes(answer).unwrap()
+    answer.expect("an answer to the offer")
 }
 
 fn abort_reason(r: &Repr<'_>) -> AbortReason {

@@ -2,7 +2,7 @@
 //! namespace, packets from another, and assertions on the kernel's counters and on what reached
 //! userspace. Needs root (run through `cargo xtask test`).
 
-use std::{net::Ipv4Addr, path::PathBuf, sync::mpsc::Receiver, time::Duration};
+use std::{net::Ipv4Addr, sync::mpsc::Receiver, time::Duration};
 
 use chunk_common::wire::{self, Message, Repr};
 use chunk_tests::{Daemon, FrameSender, TwoHosts, wait_for_line};
@@ -16,12 +16,8 @@ use serde_json::Value;
 
 const PROTO: u8 = chunk_common::DEFAULT_IP_PROTOCOL;
 
-fn chunk_bin() -> String {
-    std::env::var("CHUNK_BIN").unwrap_or_else(|_| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/chunk");
-        p.to_string_lossy().into_owned()
-    })
-}
+mod common;
+use common::chunk_bin;
 
 /// A running `chunk listen` in the receiver namespace.
 struct Listener {

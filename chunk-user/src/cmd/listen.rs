@@ -1,11 +1,15 @@
 //! `chunk listen`: attach the receive path, take valid chunk packets, print the counters.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chunk_common::wire::Repr;
 
-use crate::net::rx::{RxArgs, RxSource, StateFile};
+use crate::{
+    driver::wait::{self, Stop},
+    net::rx::{RxArgs, RxSource, StatePublisher},
+    report::StateFile,
+};
 
 #[derive(clap::Args)]
 pub struct ListenArgs {
@@ -27,68 +31,66 @@ pub struct ListenArgs {
 }
 
 pub fn run(args: ListenArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(listen(args))
-}
-
-async fn listen(args: ListenArgs) -> Result<()> {
+    let stop = Stop::install().context("installing signal handlers")?;
     let mut rx = RxSource::open(&args.rx)?;
     println!("attached iface={} mode={}", rx.iface(), rx.mode());
-    let state_file = StateFile::new(rx.iface());
+    let publisher = StatePublisher::new(rx.iface());
     let started = crate::auth::now_ms();
     let write_state = |rx: &RxSource| {
-        state_file.write(&serde_json::json!({"pid": std::process::id(),
-            "started_unix_ms": started, "receive_path": rx.describe()}))
+        publisher.write(&StateFile {
+            pid: std::process::id(),
+            started_unix_ms: started,
+            receive_path: rx.describe(),
+            receiver: None,
+        })
     };
     write_state(&rx);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     if args.stall_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(args.stall_ms)).await;
+        std::thread::sleep(Duration::from_millis(args.stall_ms));
     }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let deadline = async {
-        match args.duration {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
+    let end = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut next_state = Instant::now() + Duration::from_secs(1);
     let mut received = 0u64;
     let mut unparsable = 0u64;
-    loop {
-        tokio::select! {
-            r = rx.read_batch(256, |rec| {
-                received += 1;
-                let parsed = Repr::parse_crc_checked(rec.packet);
-                if parsed.is_err() {
-                    unparsable += 1;
-                }
-                if args.dump {
-                    let (ty, seq, tid) = match &parsed {
-                        Ok(r) => (format!("{:?}", r.msg_type()).to_lowercase(), r.seq, r.transfer_id),
-                        Err(_) => ("invalid".into(), 0, 0),
-                    };
-                    let hex: String = rec.packet.iter().map(|b| format!("{b:02x}")).collect();
-                    println!(
-                        "{}",
-                        serde_json::json!({"src": rec.src.to_string(), "dst": rec.dst.to_string(),
-                            "type": ty, "transfer_id": tid, "seq": seq, "len": rec.packet.len(), "hex": hex})
-                    );
-                }
-            }) => { r?; }
-            _ = tick.tick() => write_state(&rx),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut deadline => break,
+    while stop.requested().is_none() {
+        let now = Instant::now();
+        if end.is_some_and(|e| now >= e) {
+            break;
         }
+        if now >= next_state {
+            next_state = now + Duration::from_secs(1);
+            write_state(&rx);
+        }
+        let deadline = end.map_or(next_state, |e| e.min(next_state));
+        wait::until(&rx.fds(), Some(deadline)).context("waiting for packets")?;
+        rx.read_batch(256, |rec| {
+            received += 1;
+            let parsed = Repr::parse_crc_already_checked(rec.packet);
+            if parsed.is_err() {
+                unparsable += 1;
+            }
+            if args.dump {
+                let (ty, seq, tid) = match &parsed {
+                    Ok(r) => (format!("{:?}", r.msg_type()).to_lowercase(), r.seq, r.transfer_id),
+                    Err(_) => ("invalid".into(), 0, 0),
+                };
+                let hex: String = rec.packet.iter().map(|b| format!("{b:02x}")).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"src": rec.src.to_string(), "dst": rec.dst.to_string(),
+                        "type": ty, "transfer_id": tid, "seq": seq, "len": rec.packet.len(), "hex": hex})
+                );
+            }
+        })
+        .context("reading the receive path")?;
     }
     let counters = rx.counters()?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"counters": counters.to_json(), "received": received,
+            serde_json::json!({"counters": counters, "received": received,
                 "unparsable": unparsable, "mode": rx.mode()})
         );
     } else {

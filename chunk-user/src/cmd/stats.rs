@@ -4,6 +4,7 @@
 //! figures and limits come from its state file in /run/chunk, refreshed every second.
 
 use std::{
+    collections::BTreeMap,
     io::IsTerminal,
     path::PathBuf,
     time::{Duration, Instant},
@@ -11,11 +12,15 @@ use std::{
 
 use anyhow::{Result, bail};
 use chunk_common::counters::Counter;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::net::{
-    place,
-    xdp::{self, Counters},
+use crate::{
+    net::{
+        place,
+        xdp::{self, Counters},
+    },
+    proto::ReceiverStats,
+    report::{IntakeCounts, Limits, StateFile},
 };
 
 #[derive(clap::Args)]
@@ -43,7 +48,7 @@ struct Snapshot {
     counters: Counters,
     prog: Option<xdp::ProgInfo>,
     /// The receiver's state file, if a live receiver wrote one.
-    state: Option<Value>,
+    state: Option<StateFile>,
     state_path: PathBuf,
 }
 
@@ -51,16 +56,12 @@ fn snapshot(iface: &str) -> Result<Snapshot> {
     let state_path = place::state_file(iface);
     let state = std::fs::read_to_string(&state_path)
         .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .filter(|v| {
-            v["pid"]
-                .as_u64()
-                .is_some_and(|pid| place::pid_alive(pid as u32))
-        });
+        .and_then(|s| serde_json::from_str::<StateFile>(&s).ok())
+        .filter(|st| place::pid_alive(st.pid));
     let kernel = xdp::attached_counters(iface)?;
     let (prog, counters) = match (kernel, &state) {
         (Some((info, c)), _) => (Some(info), c),
-        (None, Some(st)) => (None, counters_from_json(&st["receive_path"]["counters"])),
+        (None, Some(st)) => (None, st.receive_path.counters),
         (None, None) => bail!(
             "no chunk receiver on {iface}: no chunk XDP program is attached to it and no live \
              receiver's state file is at {}",
@@ -76,72 +77,67 @@ fn snapshot(iface: &str) -> Result<Snapshot> {
     })
 }
 
-fn counters_from_json(v: &Value) -> Counters {
-    let mut c = Counters::default();
-    for k in Counter::ALL {
-        c.0[k as usize] = v[k.name()].as_u64().unwrap_or(0);
-    }
-    c
-}
-
-fn rates(prev: &Snapshot, cur: &Snapshot) -> Vec<f64> {
+fn rates(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<&'static str, f64> {
     let dt = cur.at.duration_since(prev.at).as_secs_f64().max(1e-3);
     Counter::ALL
         .iter()
-        .map(|&c| cur.counters.get(c).saturating_sub(prev.counters.get(c)) as f64 / dt)
+        .map(|&c| {
+            let r = cur.counters.get(c).saturating_sub(prev.counters.get(c)) as f64 / dt;
+            (c.name(), (r * 10.0).round() / 10.0)
+        })
         .collect()
 }
 
-fn to_json(iface: &str, s: &Snapshot, rates: Option<&[f64]>) -> Value {
-    let mut v = json!({
-        "iface": iface,
-        "counters": s.counters.to_json(),
-        "prog": s.prog,
-    });
-    if let Some(r) = rates {
-        v["rates"] = Counter::ALL
-            .iter()
-            .zip(r)
-            .map(|(c, r)| (c.name().to_string(), json!((r * 10.0).round() / 10.0)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-    }
-    if let Some(st) = &s.state {
-        for k in [
-            "pid",
-            "started_unix_ms",
-            "out",
-            "limits",
-            "transfers_open",
-            "receiver",
-            "packets",
-            "unparsable",
-            "auth_rejected",
-            "stale_offers",
-            "ack_send_errors",
-        ] {
-            v[k] = st[k].clone();
-        }
-        v["mode"] = st["receive_path"]["mode"].clone();
-        v["pinned"] = st["receive_path"]["pinned"].clone();
-    }
-    v
+/// `chunk stats --json`: the kernel's view, and the receiver's own from its state file.
+#[derive(Serialize)]
+struct StatsReport<'a> {
+    iface: &'a str,
+    counters: Counters,
+    prog: Option<xdp::ProgInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rates: Option<&'a BTreeMap<&'static str, f64>>,
+    pid: Option<u32>,
+    started_unix_ms: Option<u64>,
+    mode: Option<&'a str>,
+    pinned: Option<&'a str>,
+    out: Option<&'a str>,
+    limits: Option<&'a Limits>,
+    transfers_open: Option<usize>,
+    receiver: Option<&'a ReceiverStats>,
+    #[serde(flatten)]
+    intake: Option<&'a IntakeCounts>,
 }
 
-fn human(iface: &str, s: &Snapshot, rates: Option<&[f64]>) -> String {
+fn to_json(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>) -> String {
+    let st = s.state.as_ref();
+    let rs = st.and_then(|st| st.receiver.as_ref());
+    let report = StatsReport {
+        iface,
+        counters: s.counters,
+        prog: s.prog,
+        rates,
+        pid: st.map(|st| st.pid),
+        started_unix_ms: st.map(|st| st.started_unix_ms),
+        mode: st.map(|st| st.receive_path.mode.as_str()),
+        pinned: st.and_then(|st| st.receive_path.pinned.as_deref()),
+        out: rs.map(|r| r.out.as_str()),
+        limits: rs.map(|r| &r.limits),
+        transfers_open: rs.map(|r| r.transfers_open),
+        receiver: rs.map(|r| &r.core),
+        intake: rs.map(|r| &r.intake),
+    };
+    serde_json::to_string(&report).expect("plain data serializes")
+}
+
+fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let st = s.state.as_ref();
-    let mode = st
-        .and_then(|v| v["receive_path"]["mode"].as_str())
-        .unwrap_or("xdp");
+    let mode = st.map_or("xdp", |st| st.receive_path.mode.as_str());
     let _ = write!(o, "chunk receiver on {iface}, {mode} mode");
-    if let Some(pid) = st.and_then(|v| v["pid"].as_u64()) {
-        let _ = write!(o, ", pid {pid}");
-    }
-    if let Some(started) = st.and_then(|v| v["started_unix_ms"].as_u64()) {
-        let up = crate::auth::now_ms().saturating_sub(started) / 1000;
-        let _ = write!(o, ", up {up} s");
+    if let Some(st) = st {
+        let up = crate::auth::now_ms().saturating_sub(st.started_unix_ms) / 1000;
+        let _ = write!(o, ", pid {}, up {up} s", st.pid);
     }
     o.push('\n');
     if let Some(p) = &s.prog {
@@ -154,7 +150,7 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&[f64]>) -> String {
                 .map_or("an unknown number of".into(), |n| n.to_string())
         );
     }
-    if let Some(dir) = st.and_then(|v| v["receive_path"]["pinned"].as_str()) {
+    if let Some(dir) = st.and_then(|st| st.receive_path.pinned.as_deref()) {
         let _ = writeln!(o, "maps pinned under {dir}");
     }
     let _ = writeln!(
@@ -164,70 +160,57 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&[f64]>) -> String {
         "total",
         if rates.is_some() { "        per s" } else { "" }
     );
-    for (i, c) in Counter::ALL.iter().enumerate() {
-        let _ = write!(o, "{:<12} {:>14}", c.name(), s.counters.get(*c));
+    for c in Counter::ALL {
+        let _ = write!(o, "{:<12} {:>14}", c.name(), s.counters.get(c));
         if let Some(r) = rates {
-            let _ = write!(o, " {:>12.0}", r[i]);
+            let _ = write!(o, " {:>12.0}", r[c.name()]);
         }
         o.push('\n');
     }
-    let Some(st) = st else {
+    let Some(rs) = st.and_then(|st| st.receiver.as_ref()) else {
         let _ = writeln!(
             o,
-            "\n(no state file from the receiver at {}: only the kernel's counters are shown)",
+            "\n(no state file from a receiver at {}: only the kernel's counters are shown)",
             s.state_path.display()
         );
         return o;
     };
-    let r = &st["receiver"];
+    let r = &rs.core;
     let _ = writeln!(
         o,
         "\ntransfers: {} open, {} finished, {} offers refused, {} idle-closed",
-        st["transfers_open"], r["transfers_finished"], r["offers_refused"], r["transfers_idle"]
+        rs.transfers_open, r.transfers_finished, r.offers_refused, r.transfers_idle
     );
     let _ = writeln!(
         o,
         "chunks: {} written, {} duplicates, {} for unknown transfers, {} malformed, {} over the state cap",
-        r["chunks_written"],
-        r["duplicates"],
-        r["unknown_transfer"],
-        r["malformed"],
-        r["state_limited"]
+        r.chunks_written, r.duplicates, r.unknown_transfer, r.malformed, r.state_limited
     );
     let _ = writeln!(
         o,
         "refused in userspace: {} unauthenticated, {} stale offers, {} unparsable bodies",
-        st["auth_rejected"], st["stale_offers"], st["unparsable"]
+        rs.intake.auth_rejected, rs.intake.stale_offers, rs.intake.unparsable
     );
-    let l = &st["limits"];
-    let allow = l["allow"]
-        .as_array()
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_else(|| "any source".into());
+    let l = &rs.limits;
+    let allow = if l.allow.is_empty() {
+        "any source".to_string()
+    } else {
+        l.allow.join(", ")
+    };
     let _ = writeln!(
         o,
         "limits: files up to {} bytes; {} transfers ({} per source); {} KiB of state per \
          transfer; idle after {} s; payload up to {} bytes; ring buffer {} bytes; allow {}; \
          pre-shared key {}",
-        l["max_size"],
-        l["max_transfers"],
-        l["max_per_source"],
-        l["max_state_kib"],
-        l["idle_timeout_s"],
-        l["max_payload"],
-        l["ring_bytes"],
+        l.max_size,
+        l.max_transfers,
+        l.max_per_source,
+        l.max_state_kib,
+        l.idle_timeout_s,
+        l.max_payload,
+        l.ring_bytes,
         allow,
-        if l["psk"].as_bool() == Some(true) {
-            "required"
-        } else {
-            "not required"
-        }
+        if l.psk { "required" } else { "not required" }
     );
     o
 }

@@ -65,7 +65,7 @@ pub fn ensure_bpffs() -> io::Result<()> {
 
 /// Writes `value` to `path` atomically (a temporary file renamed over it), so that a reader
 /// never sees half a file.
-pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> io::Result<()> {
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -2,8 +2,9 @@
 //! already validated them), or a raw socket that applies the same checks in userspace
 //! (`--mode socket`). One interface for `chunk listen` and `chunk recv`.
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use super::{
     place,
@@ -76,20 +77,31 @@ enum Path {
     Xdp {
         xdp: Box<XdpReceiver>,
         reader: ChunkReader,
+        /// The XDP program's drop log (`--xdp-log`), read when its fd is ready.
+        logger: Option<Box<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     },
     Socket(SocketRx),
 }
 
+/// What one [`RxSource::read_batch`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Packets (or records) taken from the kernel; 0: nothing was waiting.
+    pub read: usize,
+    /// Of those, the valid chunk packets handed on (the socket path also reads junk).
+    pub accepted: usize,
+}
+
 /// An open receive path. Packets it yields have passed every check of the kernel path (header,
 /// lengths, allowlist, CRC) and have their CRC field zeroed: parse them with
-/// [`chunk_common::wire::Repr::parse_crc_checked`].
+/// [`chunk_common::wire::Repr::parse_crc_already_checked`].
 pub struct RxSource {
     path: Path,
     iface: String,
 }
 
 impl RxSource {
-    /// Attaches to the interface (needs root). Must be called within a tokio runtime.
+    /// Attaches to the interface (needs root).
     pub fn open(args: &RxArgs) -> Result<RxSource> {
         let path = if args.mode == RxMode::Socket {
             let cfg = SocketConfig {
@@ -104,9 +116,7 @@ impl RxSource {
         } else {
             let mut xdp = XdpReceiver::attach(&args.xdp_config())
                 .with_context(|| format!("receiving on {}", args.iface))?;
-            if let Some(logger) = xdp.take_logger() {
-                spawn_logger(logger)?;
-            }
+            let logger = xdp.take_logger().map(Box::new);
             let info = xdp.info();
             tracing::info!(
                 iface = %args.iface,
@@ -115,10 +125,11 @@ impl RxSource {
                 pinned = ?xdp.pinned(),
                 "XDP program attached"
             );
-            let reader = ChunkReader::new(xdp.take_ring()?)?;
+            let reader = ChunkReader::new(xdp.take_ring()?);
             Path::Xdp {
                 xdp: Box::new(xdp),
                 reader,
+                logger,
             }
         };
         Ok(RxSource {
@@ -155,16 +166,39 @@ impl RxSource {
         }
     }
 
-    /// Waits for packets, then hands every available valid one (up to `max`) to `f`. Returns how
-    /// many `f` saw; 0 is possible on the socket path, when a whole batch was junk.
-    pub async fn read_batch(
+    /// The fds to wait on for packets (and for the XDP drop log, with `--xdp-log`).
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match &self.path {
+            Path::Xdp { reader, logger, .. } => {
+                let mut v = vec![reader.fd()];
+                v.extend(logger.as_ref().map(|l| l.as_fd()));
+                v
+            }
+            Path::Socket(s) => vec![s.fd()],
+        }
+    }
+
+    /// Hands every valid packet already waiting (up to `max`) to `f`, without blocking.
+    pub fn read_batch(
         &mut self,
         max: usize,
         f: impl FnMut(Received<'_>),
-    ) -> std::io::Result<usize> {
+    ) -> std::io::Result<Batch> {
         match &mut self.path {
-            Path::Xdp { reader, .. } => reader.read_batch(max, f).await,
-            Path::Socket(s) => s.read_batch(max, f).await,
+            Path::Xdp { reader, logger, .. } => {
+                if let Some(l) = logger {
+                    l.flush();
+                }
+                let n = reader.read_batch(max, f);
+                Ok(Batch {
+                    read: n,
+                    accepted: n,
+                })
+            }
+            Path::Socket(s) => {
+                let (read, accepted) = s.read_batch(max, f)?;
+                Ok(Batch { read, accepted })
+            }
         }
     }
 
@@ -185,51 +219,40 @@ impl RxSource {
     }
 
     /// What `chunk stats` shows about this receive path: mode, program, pins, counters.
-    pub fn describe(&self) -> serde_json::Value {
-        let counters = self.counters().map(|c| c.to_json()).unwrap_or_default();
-        json!({
-            "iface": self.iface,
-            "mode": self.mode(),
-            "prog": self.prog_info(),
-            "pinned": self.pinned().map(|p| p.display().to_string()),
-            "counters": counters,
-        })
-    }
-}
-
-/// Forwards the XDP program's aya-log records to the `log` crate (and so to tracing).
-fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open until it is dropped, which
-    // happens only with this AsyncFd.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)?;
-    tokio::spawn(async move {
-        while let Ok(mut guard) = fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
+    pub fn describe(&self) -> crate::report::ReceivePath {
+        crate::report::ReceivePath {
+            iface: self.iface.clone(),
+            mode: self.mode().into(),
+            prog: self.prog_info(),
+            pinned: self.pinned().map(|p| p.display().to_string()),
+            counters: self.counters().unwrap_or_default(),
         }
-    });
-    Ok(())
+    }
+
+    /// Whether records arrive through the XDP ring buffer, whose reader naps between batches
+    /// (see the receive driver).
+    pub fn is_ring(&self) -> bool {
+        matches!(self.path, Path::Xdp { .. })
+    }
 }
 
-/// Keeps `/run/chunk/<key>.json` up to date for `chunk stats`, and removes it on drop.
-pub struct StateFile {
+/// Keeps `/run/chunk/<key>.json` ([`crate::report::StateFile`]) up to date for `chunk stats`,
+/// and removes it on drop.
+pub struct StatePublisher {
     path: std::path::PathBuf,
 }
 
-impl StateFile {
+impl StatePublisher {
     pub fn new(iface: &str) -> Self {
-        StateFile {
+        StatePublisher {
             path: place::state_file(iface),
         }
     }
 
     /// Replaces the file's content; failures are logged once and otherwise ignored (the file is
     /// a convenience for `chunk stats`).
-    pub fn write(&self, value: &serde_json::Value) {
-        if let Err(e) = place::write_json_atomic(&self.path, value) {
+    pub fn write(&self, state: &crate::report::StateFile) {
+        if let Err(e) = place::write_json_atomic(&self.path, state) {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file")
@@ -238,7 +261,7 @@ impl StateFile {
     }
 }
 
-impl Drop for StateFile {
+impl Drop for StatePublisher {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }

@@ -6,14 +6,13 @@
 use std::{
     io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 use chunk_common::{
     classify::{self, Verdict},
     counters::Counter,
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{ring::Received, xdp::Counters, xdp::Ipv4Prefix};
 
@@ -36,7 +35,7 @@ pub struct SocketConfig {
 
 /// A raw socket receiving chunk packets, with the kernel path's counters kept here.
 pub struct SocketRx {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
     cfg: SocketConfig,
     counters: Counters,
     bufs: Vec<[u8; BUF_LEN]>,
@@ -112,9 +111,6 @@ impl SocketRx {
         // (a control message on every reassembled packet), so that fragments are dropped and
         // counted here as the XDP program drops them.
         setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
-        // SAFETY: the OwnedFd is moved into the AsyncFd and closed only when it is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
         Ok(SocketRx {
             fd,
             cfg: cfg.clone(),
@@ -143,65 +139,77 @@ impl SocketRx {
             })
     }
 
-    /// Waits for packets, then checks every one of a batch; hands the accepted ones (up to
-    /// `max`) to `f`. Returns how many were accepted (0 when a whole batch was junk).
-    pub async fn read_batch(
+    /// The socket's fd, for the driver to wait on.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Checks every packet of one batch already queued (without waiting); hands the accepted
+    /// ones (up to `max`) to `f`. Returns how many packets were read, and how many of them
+    /// were accepted (0 read: nothing was queued).
+    pub fn read_batch(
         &mut self,
         max: usize,
         mut f: impl FnMut(Received<'_>),
-    ) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let n = max.clamp(1, BATCH);
-            let got = match guard.try_io(|fd| recv_batch(fd.get_ref(), &mut self.bufs[..n])) {
-                Ok(r) => r?,
-                Err(_would_block) => continue,
-            };
-            let mut accepted = 0;
-            for (
-                i,
-                Got {
-                    len,
-                    ovfl,
-                    reassembled,
-                },
-            ) in got.into_iter().enumerate()
+    ) -> io::Result<(usize, usize)> {
+        let n = max.clamp(1, BATCH);
+        let got = match recv_batch(&self.fd, &mut self.bufs[..n]) {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
             {
-                if reassembled {
-                    self.counters.0[Counter::Fragment as usize] += 1;
-                    continue;
-                }
-                if let Some(o) = ovfl {
-                    let lost = o.wrapping_sub(self.overflow);
-                    self.overflow = o;
-                    self.counters.0[Counter::RingFull as usize] += lost as u64;
-                }
-                let buf = &mut self.bufs[i][..len];
-                let allow = &self.cfg.allow;
-                let verdict = classify::packet(
-                    buf,
-                    self.cfg.protocol,
-                    self.cfg.max_payload as usize,
-                    |src| Self::allowed(allow, src),
-                );
-                let c = match verdict {
-                    Ok(a) => {
-                        f(Received {
-                            src: Ipv4Addr::from(a.ip.src),
-                            dst: Ipv4Addr::from(a.ip.dst),
-                            rx_queue: 0,
-                            packet: &self.bufs[i][a.chunk],
-                        });
-                        accepted += 1;
-                        Counter::Accepted
-                    }
-                    Err(Verdict::Drop(c)) => c,
-                    Err(Verdict::Pass) => Counter::Passed,
-                };
-                self.counters.0[c as usize] += 1;
+                return Ok((0, 0));
             }
-            return Ok(accepted);
+            Err(e) => return Err(e),
+        };
+        let read = got.len();
+        let mut accepted = 0;
+        for (
+            i,
+            Got {
+                len,
+                ovfl,
+                reassembled,
+            },
+        ) in got.into_iter().enumerate()
+        {
+            if reassembled {
+                self.counters.0[Counter::Fragment as usize] += 1;
+                continue;
+            }
+            if let Some(o) = ovfl {
+                let lost = o.wrapping_sub(self.overflow);
+                self.overflow = o;
+                self.counters.0[Counter::RingFull as usize] += lost as u64;
+            }
+            let buf = &mut self.bufs[i][..len];
+            let allow = &self.cfg.allow;
+            let verdict = classify::packet(
+                buf,
+                self.cfg.protocol,
+                self.cfg.max_payload as usize,
+                |src| Self::allowed(allow, src),
+            );
+            let c = match verdict {
+                Ok(a) => {
+                    f(Received {
+                        src: Ipv4Addr::from(a.ip.src),
+                        dst: Ipv4Addr::from(a.ip.dst),
+                        rx_queue: 0,
+                        packet: &self.bufs[i][a.chunk],
+                    });
+                    accepted += 1;
+                    Counter::Accepted
+                }
+                Err(Verdict::Drop(c)) => c,
+                Err(Verdict::Pass) => Counter::Passed,
+            };
+            self.counters.0[c as usize] += 1;
         }
+        Ok((read, accepted))
     }
 }
 

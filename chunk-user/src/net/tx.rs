@@ -175,33 +175,6 @@ pub fn drop_all_input(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `fd` is readable or `timeout` passes (`None`: forever). Returns whether it is
-/// readable. Nanosecond timeouts, so a paced sender wakes on time.
-pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let tsp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: pfd and ts live across the call; no signal mask is changed.
-    let rc = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINTR) {
-            return Ok(false);
-        }
-        return Err(err);
-    }
-    Ok(rc > 0)
-}
-
 /// Receives one IPv4 packet without blocking; `None` when none is queued.
 pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: buf is valid for writes of its length.

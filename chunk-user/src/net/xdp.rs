@@ -182,7 +182,7 @@ pub struct XdpReceiver {
 }
 
 /// What the kernel says about the loaded program.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProgInfo {
     pub prog_id: u32,
     /// Instructions the verifier processed when it loaded the program.

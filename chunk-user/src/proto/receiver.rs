@@ -32,6 +32,8 @@ use super::{NO_ECHO, chunk_len};
 
 /// Chunks one ack bitmap can describe.
 const BITMAP_SPAN: u64 = MAX_ACK_BITMAP_LEN as u64 * 8;
+/// The longest abort message the receiver sends, in bytes (docs/PROTOCOL.md, Abort).
+const MAX_ABORT_MESSAGE: usize = 512;
 /// A finished transfer repeats its verdict at most this often, however many late packets come.
 const VERDICT_REPEAT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -61,9 +63,11 @@ pub struct ReceiverConfig {
     /// the receiver allocate has its chunks dropped (`state_limited`) once this is reached, and
     /// resends them when the holes before them are filled.
     pub max_transfer_state: usize,
-    /// An open transfer silent this long is replaced by an offer for the same name from the
-    /// same address under another transfer id: that sender crashed and its user runs it again,
-    /// perhaps with a corrected file. A transfer that still hears its sender is never replaced.
+    /// An open transfer silent this long is replaced by an offer for the same name, but another
+    /// file, from the same address under another transfer id: that sender crashed and its user
+    /// runs it again with a corrected file. A transfer of another file that still hears its
+    /// sender is never replaced. (An offer for the same file replaces it at once: that is the
+    /// same sender restarted, and the new transfer resumes from the old one's data.)
     pub supersede_after: Duration,
 }
 
@@ -170,7 +174,7 @@ pub struct Transmit {
 }
 
 /// Counters over the receiver's life.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReceiverStats {
     pub offers_accepted: u64,
     pub offers_refused: u64,
@@ -438,7 +442,6 @@ impl<S: Storage> Receiver<S> {
 
     fn on_offer(&mut self, key: Key, offer: &OfferRepr<'_>, now: Instant, storage: &mut S) {
         if let Some(t) = self.transfers.get_mut(&key) {
-            t.last_activity = now;
             let same = t.info.size == offer.file_size
                 && t.info.chunk_size == offer.chunk_size
                 && t.info.hash == offer.hash
@@ -449,6 +452,7 @@ impl<S: Storage> Receiver<S> {
                 self.refuse(key, name, AbortReason::Unsupported, message.into());
                 return;
             }
+            t.last_activity = now;
             match &mut t.state {
                 State::Open(open) => {
                     // The sender has not heard our ack: a fresh one.
@@ -480,7 +484,8 @@ impl<S: Storage> Receiver<S> {
                 return;
             }
         };
-        self.supersede(key, &name, offer, now, storage);
+        // What the offer itself gets wrong is refused before anything else is touched; then an
+        // older transfer of this name may give way (it frees a slot); then the slots.
         let check = if let HashAlg::Other(code) = offer.hash_alg {
             Err((
                 AbortReason::Unsupported,
@@ -496,7 +501,15 @@ impl<S: Storage> Receiver<S> {
                 AbortReason::TooLarge,
                 format!("limit is {} bytes", self.cfg.max_file_size),
             ))
-        } else if self.open >= self.cfg.max_transfers {
+        } else {
+            Ok(())
+        };
+        if let Err((reason, message)) = check {
+            self.refuse(key, name, reason, message);
+            return;
+        }
+        self.supersede(key, &name, offer, now, storage);
+        let check = if self.open >= self.cfg.max_transfers {
             Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
         } else if self.open_from(key.0) >= self.cfg.max_per_source {
             Err((
@@ -645,7 +658,6 @@ impl<S: Storage> Receiver<S> {
             self.unknown_transfer(key, now);
             return;
         };
-        t.last_activity = now;
         let State::Open(open) = &mut t.state else {
             self.repeat_verdict(key, now, false);
             return;
@@ -654,9 +666,11 @@ impl<S: Storage> Receiver<S> {
         if index >= info.chunk_count
             || payload.len() != chunk_len(info.size, info.chunk_size, index)
         {
+            // Not a sign of life: a malformed packet does not keep a transfer open.
             self.stats.malformed += 1;
             return;
         }
+        t.last_activity = now;
         let ack_now = packet_flags & flags::ACK_NOW != 0;
         if open.received.contains(index) {
             // The sender resent it, so it has not seen our ack: answer at once.
@@ -909,10 +923,14 @@ impl<S: Storage> Receiver<S> {
                 message,
             } => {
                 self.stats.aborts_sent += 1;
-                // Keep the message within one packet whatever storage wrote in it.
-                let mut text = message.as_bytes();
-                text = &text[..text.len().min(512)];
-                let repr = Repr {
+                // Keep the message within one packet whatever storage wrote in it, cut
+                // between characters.
+                let mut end = message.len().min(MAX_ABORT_MESSAGE);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let text = &message.as_bytes()[..end];
+                Repr {
                     transfer_id: *transfer_id,
                     seq: 0,
                     flags: 0,
@@ -920,15 +938,14 @@ impl<S: Storage> Receiver<S> {
                         reason: *reason,
                         message: text,
                     }),
-                };
-                repr
+                }
             }
             Outgoing::AckAll {
                 transfer_id,
                 chunk_count,
             } => {
                 self.stats.acks_sent += 1;
-                let repr = Repr {
+                Repr {
                     transfer_id: *transfer_id,
                     seq: *chunk_count,
                     flags: 0,
@@ -939,8 +956,7 @@ impl<S: Storage> Receiver<S> {
                         base: *chunk_count,
                         bitmap: &[],
                     }),
-                };
-                repr
+                }
             }
             Outgoing::Complete {
                 transfer_id,
@@ -948,13 +964,12 @@ impl<S: Storage> Receiver<S> {
                 verdict,
             } => {
                 self.stats.completes_sent += 1;
-                let repr = Repr {
+                Repr {
                     transfer_id: *transfer_id,
                     seq: *chunk_count,
                     flags: 0,
                     message: Message::Complete(*verdict),
-                };
-                repr
+                }
             }
         };
         repr.emit(buf)

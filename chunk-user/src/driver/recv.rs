@@ -1,0 +1,235 @@
+//! The receive driver: one receive path (XDP ring buffer or raw socket) feeding the receiver
+//! core through [`Intake`], files written by [`FsStorage`], answers sent back through a raw
+//! socket from the address each was sent to, the state file for `chunk stats` kept fresh.
+//!
+//! The loop: wait for the receive path's fd (or the core's next timer), take every packet
+//! waiting, hand each to the core and send what it answers at once (a batch can hold a whole
+//! window, and one ack for all of it, if lost, would leave the sender waiting for its probe
+//! timer), then timers, events and the state file.
+
+use std::{
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::wait::{self, Stop};
+use crate::{
+    auth,
+    intake::{Intake, Rejected},
+    net::{
+        raw::RawSocket,
+        rx::{RxSource, StatePublisher},
+        tx::drop_all_input,
+    },
+    proto::{Receiver, ReceiverConfig, Transmit},
+    report::{IntakeCounts, Limits, ReceiverState, RecvEvent, StateFile},
+    store::FsStorage,
+};
+
+/// How often the state file for `chunk stats` is refreshed.
+const STATE_EVERY: Duration = Duration::from_secs(1);
+
+/// With `exit_after`, how long the receiver keeps answering after the last transfer ended (late
+/// senders whose verdict was lost still get it again).
+const EXIT_QUIET: Duration = Duration::from_secs(2);
+
+/// Records taken from the receive path per round.
+const BATCH: usize = 512;
+
+/// How long the ring reader lets records gather after a batch before it reads again. The kernel
+/// interrupts (wakes) the reader only for a record that finds it caught up; a reader that reads
+/// each record as it comes is caught up every time, and each record then costs an interrupt (a
+/// self-IPI through irq_work, on the core that runs XDP: 10 % of all CPU time in a profile of
+/// a 256 MiB transfer on veth). Napping this long between batches makes it one interrupt per
+/// batch, for at most this much extra latency.
+const NAP: Duration = Duration::from_micros(50);
+
+/// What the receive driver needs besides the receive path.
+pub struct RecvConfig {
+    pub core: ReceiverConfig,
+    pub key: Option<auth::Key>,
+    /// The IP protocol answers are sent with.
+    pub protocol: u8,
+    /// Stop after this many transfers ended (then [`EXIT_QUIET`] without packets).
+    pub exit_after: Option<u64>,
+    /// As published in the state file.
+    pub out: String,
+    pub limits: Limits,
+}
+
+/// Runs until a signal (or `exit_after`), handing every event to `on_event`; returns the exit
+/// event with the totals. Open transfers keep their partial files for a resume.
+pub fn run(
+    cfg: RecvConfig,
+    mut rx: RxSource,
+    mut storage: FsStorage,
+    stop: &Stop,
+    mut on_event: impl FnMut(&RecvEvent),
+) -> Result<RecvEvent> {
+    let ack_sock = RawSocket::new(cfg.protocol)
+        .context("opening a raw IP socket for acks (needs root or CAP_NET_RAW)")?;
+    drop_all_input(ack_sock.socket().as_raw_fd()).context("making the ack socket send-only")?;
+    let mut core: Receiver<FsStorage> = Receiver::new(cfg.core.clone());
+    let mut intake = Intake::new(cfg.key.clone());
+    let publisher = StatePublisher::new(rx.iface());
+    let started_ms = auth::now_ms();
+    on_event(&RecvEvent::Ready {
+        iface: rx.iface().into(),
+        mode: rx.mode().into(),
+        out: cfg.out.clone(),
+    });
+
+    let mut buf = vec![0u8; auth::TRAILER_LEN + (1 << 12)];
+    let mut counts = IntakeCounts::default();
+    let mut ended = 0u64;
+    let mut next_state = Instant::now();
+    let mut last_packet = Instant::now();
+    let mut draining = false;
+    let mut napping = false;
+    let reason = loop {
+        if let Some(why) = stop.requested() {
+            break why;
+        }
+        let quiet_end = draining.then(|| last_packet + EXIT_QUIET);
+        let deadline = [core.poll_timeout(), quiet_end, Some(next_state)]
+            .into_iter()
+            .flatten()
+            .min();
+        if napping {
+            let nap_end = Instant::now() + NAP;
+            std::thread::sleep(deadline.map_or(NAP, |d| {
+                d.min(nap_end).saturating_duration_since(Instant::now())
+            }));
+        } else {
+            wait::until(&rx.fds(), deadline).context("waiting for packets")?;
+        }
+        let batch = rx
+            .read_batch(BATCH, |rec| {
+                let now = Instant::now();
+                counts.packets += 1;
+                match intake.open_checked(rec.packet, auth::now_ms()) {
+                    Ok(repr) => {
+                        core.handle_packet(rec.src, Some(rec.dst), &repr, now, &mut storage);
+                        send_answers(&mut core, now, &mut buf, &intake, &ack_sock, &mut counts);
+                    }
+                    Err(why) => count_rejected(&mut counts, why, rec.src),
+                }
+            })
+            .context("reading the receive path")?;
+        napping = rx.is_ring() && batch.read > 0;
+        let now = Instant::now();
+        // The socket path can wake for a batch of junk only: that is not a sender.
+        if batch.accepted > 0 {
+            last_packet = now;
+        }
+        if draining && now >= last_packet + EXIT_QUIET {
+            break "done";
+        }
+        if core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now, &mut storage);
+        }
+        send_answers(&mut core, now, &mut buf, &intake, &ack_sock, &mut counts);
+        while let Some(ev) = core.poll_event() {
+            let ev = RecvEvent::from(&ev);
+            if ev.ends_a_transfer() {
+                ended += 1;
+                // Show the outcome in `chunk stats` at once.
+                next_state = now;
+            }
+            on_event(&ev);
+        }
+        if cfg.exit_after.is_some_and(|n| ended >= n) {
+            draining = true;
+        }
+        if now >= next_state {
+            next_state = now + STATE_EVERY;
+            publisher.write(&StateFile {
+                pid: std::process::id(),
+                started_unix_ms: started_ms,
+                receive_path: rx.describe(),
+                receiver: Some(ReceiverState {
+                    updated_unix_ms: auth::now_ms(),
+                    out: cfg.out.clone(),
+                    limits: cfg.limits.clone(),
+                    transfers_open: core.open_transfers(),
+                    core: core.stats(),
+                    intake: counts,
+                }),
+            });
+        }
+    };
+    core.close_all(&mut storage);
+    while let Some(ev) = core.poll_event() {
+        on_event(&RecvEvent::from(&ev));
+    }
+    if counts.unparsable > 0 {
+        // The kernel checks the header, lengths and CRC, not message bodies (an offer whose
+        // fields disagree, say): those are dropped here.
+        tracing::warn!(
+            count = counts.unparsable,
+            "packets with a malformed message body were dropped"
+        );
+    }
+    if rx.bad_records() > 0 {
+        bail!(
+            "{} ring-buffer records were inconsistent: a bug, please report it",
+            rx.bad_records()
+        );
+    }
+    let stats = core.stats();
+    Ok(RecvEvent::Exit {
+        reason: reason.into(),
+        counters: rx.counters()?,
+        transfers_finished: stats.transfers_finished,
+        chunks_written: stats.chunks_written,
+        duplicates: stats.duplicates,
+        unknown_transfer: stats.unknown_transfer,
+        intake: counts,
+        bad_records: rx.bad_records(),
+    })
+}
+
+fn count_rejected(counts: &mut IntakeCounts, why: Rejected, src: std::net::Ipv4Addr) {
+    match why {
+        Rejected::Auth(e) => {
+            counts.auth_rejected += 1;
+            if counts.auth_rejected.is_power_of_two() {
+                tracing::warn!(%src, error = %e, count = counts.auth_rejected, "packet refused");
+            }
+        }
+        Rejected::StaleOffer => {
+            counts.stale_offers += 1;
+            tracing::warn!(%src, "stale offer refused (replay, or clocks apart)");
+        }
+        // Header, lengths and CRC were fine (the receive path checked); the body is not.
+        Rejected::Body(_) | Rejected::Classify(_) | Rejected::NotChunk => counts.unparsable += 1,
+    }
+}
+
+/// Sends every packet the core has ready (acks, completions, aborts), sealed when a key is set,
+/// each from the local address its transfer's packets were sent to.
+fn send_answers(
+    core: &mut Receiver<FsStorage>,
+    now: Instant,
+    buf: &mut [u8],
+    intake: &Intake,
+    sock: &RawSocket,
+    counts: &mut IntakeCounts,
+) {
+    while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, buf) {
+        let n = match intake.key() {
+            Some(key) => key
+                .seal(buf, len, auth::now_ms())
+                .expect("the buffer has room for the trailer"),
+            None => len,
+        };
+        if let Err(e) = sock.send_from_to(&buf[..n], src, dst) {
+            counts.ack_send_errors += 1;
+            if counts.ack_send_errors.is_power_of_two() {
+                tracing::warn!(%dst, error = %e, count = counts.ack_send_errors, "cannot send to the sender");
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The send driver: one sender core at a time over a raw socket. Answers come in through
+//! [`Intake`] (the same checks the receive path applies, then the key, then the body), the core's
+//! packets go out a batch per `sendmmsg`, and the loop sleeps in `ppoll` until the core's next
+//! timer (the pacer's included, to the nanosecond) or an answer.
+//!
+//! Also here: what the sender needs to know about the path (the route's MTU, the bytes a packet
+//! carries besides its chunk) and about its file (opened without blocking, hashed, read by chunk).
+
+use std::{
+    fs::File,
+    io::Read,
+    net::Ipv4Addr,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
+    },
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use chunk_common::wire;
+
+use super::wait::{self, Stop};
+use crate::{
+    auth::{self, Key},
+    intake::Intake,
+    net::{
+        raw::RawSocket,
+        tx::{self, BatchSender},
+    },
+    proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
+};
+
+/// The MTU of the route to `to`, as the kernel knows it (interface MTU, or a smaller path MTU
+/// learnt from ICMP).
+pub fn route_mtu(to: Ipv4Addr) -> std::io::Result<u32> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    sock.connect(&std::net::SocketAddrV4::new(to, 9).into())?;
+    let mtu = rustix::net::sockopt::ip_mtu(&sock)?;
+    Ok(mtu)
+}
+
+/// Bytes a chunk packet carries besides its chunk: the IPv4 header (without options), the chunk
+/// header, and with a key the authentication trailer.
+pub fn packet_overhead(keyed: bool) -> u32 {
+    let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
+    20 + wire::HEADER_LEN as u32 + trailer
+}
+
+/// What [`packet_overhead`] is made of, for messages.
+pub fn overhead_words(keyed: bool) -> &'static str {
+    if keyed {
+        "20 for IPv4, 20 for the chunk header, 24 for the authentication trailer"
+    } else {
+        "20 for IPv4, 20 for the chunk header"
+    }
+}
+
+/// Opens a file to send and describes it for the offer (hashing it whole first). Opened with
+/// `O_NONBLOCK`: a FIFO (or a device) must not wait for a writer; what is not a regular file is
+/// refused right after, before anything is read from it.
+pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let md = file.metadata()?;
+    if !md.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let mut hasher = blake3::Hasher::new();
+    // Large reads hashed on every core: the whole file is hashed before the offer goes out,
+    // so this is time the transfer waits for.
+    let mut buf = vec![0u8; 8 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if n >= 1 << 20 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
+        size += n as u64;
+    }
+    if size != md.len() {
+        bail!("{} changed while it was being hashed", path.display());
+    }
+    let meta = FileMeta {
+        name,
+        size,
+        mode: md.mode() & 0o777,
+        mtime: md.mtime(),
+        hash: *hasher.finalize().as_bytes(),
+    };
+    Ok((file, meta))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Chunks read from the file at their offsets.
+struct FileSource {
+    file: File,
+    chunk_size: u64,
+}
+
+impl ChunkSource for FileSource {
+    fn read_chunk(&mut self, index: u32, buf: &mut [u8]) -> std::io::Result<usize> {
+        let offset = index as u64 * self.chunk_size;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// What the send driver needs.
+pub struct SendConfig {
+    pub to: Ipv4Addr,
+    pub protocol: u8,
+    pub core: SenderConfig,
+    pub key: Option<Key>,
+}
+
+/// The raw socket, its send batch and the intake of answers, kept across files.
+pub struct SendDriver {
+    cfg: SendConfig,
+    tx: BatchSender,
+    intake: Intake,
+}
+
+impl SendDriver {
+    pub fn new(cfg: SendConfig) -> Result<Self> {
+        let sock = RawSocket::new(cfg.protocol)
+            .context("opening a raw IP socket (chunk send needs root or CAP_NET_RAW)")?;
+        // Best effort: the defaults work, only less smoothly at high rates.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(sock.socket(), 4 << 20);
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(sock.socket(), 4 << 20);
+        let tx = BatchSender::new(sock, wire::HEADER_LEN + cfg.core.chunk_size as usize);
+        let intake = Intake::new(cfg.key.clone());
+        Ok(SendDriver { cfg, tx, intake })
+    }
+
+    pub fn config(&self) -> &SendConfig {
+        &self.cfg
+    }
+
+    /// Sends one file and waits for the receiver's verdict. `on_progress` is called about every
+    /// 100 ms and at the end. A stop request cancels the transfer (an abort goes out). Returns
+    /// the core's figures and its outcome; `Err` only for local I/O failures.
+    pub fn send_file(
+        &mut self,
+        file: File,
+        meta: FileMeta,
+        stop: &Stop,
+        on_progress: &mut dyn FnMut(&Sender),
+    ) -> Result<(SenderStats, Result<(), SendError>)> {
+        let to = self.cfg.to;
+        let start = Instant::now();
+        let tid: u32 = rand::random();
+        let mut sender = Sender::new(tid, meta, self.cfg.core.clone(), start)?;
+        self.tx
+            .ensure_packet_len(sender.max_packet_len() + auth::TRAILER_LEN);
+        let mut source = FileSource {
+            file,
+            chunk_size: self.cfg.core.chunk_size as u64,
+        };
+        let mut rbuf = vec![0u8; 65536];
+        let mut last_draw = start;
+        let mut cancelled = false;
+        loop {
+            let now = Instant::now();
+            if !cancelled && stop.requested().is_some() {
+                cancelled = true;
+                sender.abort();
+            }
+            // Everything the receiver said.
+            let fd = self.tx.socket().socket().as_raw_fd();
+            while let Some(n) = tx::recv_nonblocking(fd, &mut rbuf)? {
+                let protocol = self.cfg.protocol;
+                if let Ok(repr) = self.intake.open_ip(
+                    &mut rbuf[..n],
+                    protocol,
+                    |src| src == to.octets(),
+                    auth::now_ms(),
+                ) {
+                    sender.handle_packet(&repr, now);
+                }
+            }
+            if sender.poll_timeout().is_some_and(|t| t <= now) {
+                sender.handle_timeout(now);
+            }
+            // Everything the core wants sent now, a batch at a time.
+            let batch_full = self.queue_from(&mut sender, now, &mut source);
+            if let Err(e) = self.tx.flush() {
+                // Tell the receiver, so that it closes the transfer now rather than at its idle
+                // timeout (a part file that got no chunk is removed). The abort is small enough
+                // for any path.
+                self.tx.discard();
+                sender.abort();
+                self.queue_from(&mut sender, now, &mut source);
+                let _ = self.tx.flush();
+                return Err(self.explain_send_error(e));
+            }
+            if now.duration_since(last_draw) >= Duration::from_millis(100) {
+                last_draw = now;
+                on_progress(&sender);
+            }
+            if let Some(outcome) = sender.outcome() {
+                // A final abort may still be due.
+                self.queue_from(&mut sender, now, &mut source);
+                let _ = self.tx.flush();
+                on_progress(&sender);
+                return Ok((sender.stats(), outcome));
+            }
+            if !batch_full {
+                let fds = [self.tx.socket().socket().as_fd()];
+                wait::until(&fds, sender.poll_timeout())?;
+            }
+        }
+    }
+
+    /// Queues what the core has to send now, sealed; returns whether the batch filled up.
+    fn queue_from(&mut self, sender: &mut Sender, now: Instant, source: &mut FileSource) -> bool {
+        while let Some(buf) = self.tx.next_buf() {
+            let Some(n) = sender.poll_transmit(now, source, buf) else {
+                return false;
+            };
+            let n = match self.intake.key() {
+                Some(k) => k
+                    .seal(buf, n, auth::now_ms())
+                    .expect("packet buffers have room for the trailer"),
+                None => n,
+            };
+            self.tx.commit(n, self.cfg.to);
+            if self.tx.is_full() {
+                return true;
+            }
+        }
+        true
+    }
+
+    fn explain_send_error(&self, e: std::io::Error) -> anyhow::Error {
+        let to = self.cfg.to;
+        if e.raw_os_error() != Some(libc::EMSGSIZE) {
+            return anyhow::Error::new(e).context(format!("sending to {to}"));
+        }
+        let keyed = self.cfg.key.is_some();
+        let packet = self.cfg.core.chunk_size + packet_overhead(keyed);
+        let limit = match route_mtu(to) {
+            Ok(mtu) => format!(
+                "at most {} on this path (its MTU of {mtu} minus {})",
+                mtu.saturating_sub(packet_overhead(keyed)),
+                overhead_words(keyed)
+            ),
+            Err(_) => format!("the path MTU minus {}", overhead_words(keyed)),
+        };
+        anyhow::anyhow!(
+            "chunk packets of {packet} bytes do not fit the path MTU to {to}: use a smaller \
+             --chunk-size ({limit})"
+        )
+    }
+}

@@ -1,0 +1,210 @@
+//! Packet intake, the one way bytes become a message for a core, on both sides and in the tests:
+//! the receive path's checks ([`chunk_common::classify`]: IPv4 header, chunk header, lengths,
+//! source, CRC), then the pre-shared key's tag ([`crate::auth`]), then the body
+//! ([`Repr::parse_crc_already_checked`]), then the offer-freshness rule of sealed offers.
+//!
+//! The receiver's packets come out of a receive path that has already run the classify step
+//! (the XDP program, or the socket path in userspace): [`Intake::open_checked`]. The sender reads
+//! whole IPv4 packets off its raw socket: [`Intake::open_ip`] runs the same classify step first.
+
+use chunk_common::{
+    classify::{self, Verdict},
+    counters::Counter,
+    wire::{self, Message, Repr},
+};
+
+use crate::auth::{self, AuthError, Key};
+
+/// Why a packet did not reach the core. Each is counted by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// Not a chunk packet at all (another protocol on the socket): not worth counting.
+    #[error("not a chunk packet")]
+    NotChunk,
+    /// The receive-path checks refused it, for this counter's reason.
+    #[error("refused by the receive-path checks: {}", .0.name())]
+    Classify(Counter),
+    /// The key's tag is missing, unexpected or wrong.
+    #[error("{0}")]
+    Auth(AuthError),
+    /// Header, lengths and CRC are fine, the body is not what its type says.
+    #[error("malformed message body: {0}")]
+    Body(wire::Error),
+    /// A sealed offer whose timestamp is outside the window (docs/PROTOCOL.md, Authentication):
+    /// a captured offer played again cannot start a new file.
+    #[error("stale offer (replayed, or the clocks are apart)")]
+    StaleOffer,
+}
+
+/// Opens packets for one side, with its key (if any) and a buffer to strip trailers into.
+pub struct Intake {
+    key: Option<Key>,
+    scratch: Vec<u8>,
+}
+
+impl Intake {
+    pub fn new(key: Option<Key>) -> Self {
+        Intake {
+            key,
+            scratch: vec![0; 1 << 16],
+        }
+    }
+
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// A whole IPv4 packet of chunk's `protocol` (as a raw socket delivers it): classified as
+    /// the receive path would (`allowed` says which sources count), then opened. The buffer is
+    /// changed (its CRC field is zeroed by the check).
+    pub fn open_ip<'s>(
+        &'s mut self,
+        ip_packet: &mut [u8],
+        protocol: u8,
+        allowed: impl FnOnce([u8; 4]) -> bool,
+        now_ms: u64,
+    ) -> Result<Repr<'s>, Rejected> {
+        let accepted = classify::packet(ip_packet, protocol, u16::MAX as usize, allowed).map_err(
+            |v| match v {
+                Verdict::Pass => Rejected::NotChunk,
+                Verdict::Drop(c) => Rejected::Classify(c),
+            },
+        )?;
+        self.open_checked(&ip_packet[accepted.chunk], now_ms)
+    }
+
+    /// A chunk packet (chunk header and body) that the receive path has already classified:
+    /// its CRC was checked and its CRC field zeroed.
+    pub fn open_checked<'s>(
+        &'s mut self,
+        packet: &[u8],
+        now_ms: u64,
+    ) -> Result<Repr<'s>, Rejected> {
+        let (n, sealed_at) = auth::open_with(self.key.as_ref(), packet, &mut self.scratch)
+            .map_err(Rejected::Auth)?;
+        let repr = Repr::parse_crc_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
+        if self.key.is_some()
+            && matches!(repr.message, Message::Offer(_))
+            && !auth::fresh(sealed_at, now_ms)
+        {
+            return Err(Rejected::StaleOffer);
+        }
+        Ok(repr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chunk_common::wire::{AbortReason, AbortRepr, HashAlg, OfferRepr};
+
+    fn ip(chunk: &[u8]) -> Vec<u8> {
+        let total = (20 + chunk.len()) as u16;
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 253, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1,
+        ];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(chunk);
+        p
+    }
+
+    fn emit(repr: &Repr<'_>, key: Option<&Key>, sealed_at: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; repr.buffer_len() + auth::TRAILER_LEN];
+        let mut n = repr.emit(&mut buf).unwrap();
+        if let Some(k) = key {
+            n = k.seal(&mut buf, n, sealed_at).unwrap();
+        }
+        buf.truncate(n);
+        buf
+    }
+
+    fn abort() -> Repr<'static> {
+        Repr {
+            transfer_id: 9,
+            seq: 0,
+            flags: 0,
+            message: Message::Abort(AbortRepr {
+                reason: AbortReason::Exists,
+                message: b"exists",
+            }),
+        }
+    }
+
+    fn offer() -> Repr<'static> {
+        Repr {
+            transfer_id: 9,
+            seq: 0,
+            flags: 0,
+            message: Message::Offer(OfferRepr {
+                file_size: 0,
+                chunk_size: 1400,
+                chunk_count: 0,
+                mode: 0o644,
+                mtime: 0,
+                hash_alg: HashAlg::Blake3,
+                hash: [0; 32],
+                name: b"a",
+            }),
+        }
+    }
+
+    #[test]
+    fn a_sender_checks_source_crc_key_and_body_in_turn() {
+        let key = Key::from_secret(b"0123456789abcdef").unwrap();
+        let mut intake = Intake::new(Some(key.clone()));
+        let to = [198, 18, 0, 2];
+        let good = ip(&emit(&abort(), Some(&key), 1));
+        let mut p = good.clone();
+        let repr = intake.open_ip(&mut p, 253, |s| s == to, 1).unwrap();
+        assert_eq!(repr.message, abort().message);
+        // Another source, a flipped bit, no tag, another protocol.
+        let mut p = good.clone();
+        assert_eq!(
+            intake.open_ip(&mut p, 253, |_| false, 1),
+            Err(Rejected::Classify(Counter::NotAllowed))
+        );
+        let mut p = good.clone();
+        p[30] ^= 1;
+        assert_eq!(
+            intake.open_ip(&mut p, 253, |_| true, 1),
+            Err(Rejected::Classify(Counter::BadCrc))
+        );
+        let mut p = ip(&emit(&abort(), None, 0));
+        assert_eq!(
+            intake.open_ip(&mut p, 253, |_| true, 1),
+            Err(Rejected::Auth(AuthError::Unauthenticated))
+        );
+        let mut p = good.clone();
+        p[9] = 17;
+        assert_eq!(
+            intake.open_ip(&mut p, 253, |_| true, 1),
+            Err(Rejected::NotChunk)
+        );
+    }
+
+    #[test]
+    fn sealed_offers_must_be_fresh_other_messages_need_not() {
+        let key = Key::from_secret(b"0123456789abcdef").unwrap();
+        let mut intake = Intake::new(Some(key.clone()));
+        let now = 1_700_000_000_000u64;
+        let window = auth::OFFER_WINDOW.as_millis() as u64;
+        let check = |intake: &mut Intake, repr: &Repr<'_>, at: u64| {
+            let mut p = ip(&emit(repr, Some(&key), at));
+            intake.open_ip(&mut p, 253, |_| true, now).map(|_| ())
+        };
+        assert_eq!(check(&mut intake, &offer(), now - window), Ok(()));
+        assert_eq!(
+            check(&mut intake, &offer(), now - window - 1),
+            Err(Rejected::StaleOffer)
+        );
+        assert_eq!(
+            check(&mut intake, &offer(), now + window + 1),
+            Err(Rejected::StaleOffer)
+        );
+        assert_eq!(check(&mut intake, &abort(), now - 10 * window), Ok(()));
+        // Without a key there is no timestamp to check.
+        let mut open = Intake::new(None);
+        let mut p = ip(&emit(&offer(), None, 0));
+        assert!(open.open_ip(&mut p, 253, |_| true, now).is_ok());
+    }
+}
