@@ -39,6 +39,26 @@ pub struct RecordHeader {
 
 const _: () = assert!(RECORD_HEADER_LEN == 16);
 
+impl RecordHeader {
+    /// Reads the header at the start of a ring-buffer record, as the XDP program wrote it (its
+    /// integers in the host's byte order); `None` if the record is shorter than a header.
+    pub fn read(rec: &[u8]) -> Option<Self> {
+        use core::mem::offset_of;
+        let rec = rec.get(..RECORD_HEADER_LEN)?;
+        let at = |o: usize, n: usize| &rec[o..o + n];
+        let mut h = RecordHeader::default();
+        h.src_addr
+            .copy_from_slice(at(offset_of!(RecordHeader, src_addr), 4));
+        h.dst_addr
+            .copy_from_slice(at(offset_of!(RecordHeader, dst_addr), 4));
+        let len = at(offset_of!(RecordHeader, packet_len), 2);
+        h.packet_len = u16::from_ne_bytes([len[0], len[1]]);
+        let q = at(offset_of!(RecordHeader, rx_queue), 4);
+        h.rx_queue = u32::from_ne_bytes([q[0], q[1], q[2], q[3]]);
+        Some(h)
+    }
+}
+
 /// A ring-buffer record at its largest, as the XDP program builds it in scratch memory.
 #[repr(C)]
 pub struct Record {

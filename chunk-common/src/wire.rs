@@ -348,6 +348,19 @@ pub struct OfferRepr<'a> {
     pub name: &'a [u8],
 }
 
+/// Bytes of chunk `index` in a file of `file_size` bytes cut into `chunk_size`-byte chunks (the
+/// last chunk may be shorter; a data packet's payload must be exactly this long). The caller
+/// makes sure `index` is below the chunk count.
+pub const fn chunk_len(file_size: u64, chunk_size: u32, index: u32) -> usize {
+    let start = index as u64 * chunk_size as u64;
+    let left = file_size.saturating_sub(start);
+    if left < chunk_size as u64 {
+        left as usize
+    } else {
+        chunk_size as usize
+    }
+}
+
 /// How many chunks a file of `file_size` bytes needs at `chunk_size` bytes each (an empty file
 /// has none), or `None` if that is more than a `u32` can count or `chunk_size` is zero.
 pub const fn chunk_count(file_size: u64, chunk_size: u32) -> Option<u32> {
@@ -428,6 +441,9 @@ pub mod ack {
 
 /// The largest ack bitmap: 8192 chunks beyond `base` per ack.
 pub const MAX_ACK_BITMAP_LEN: usize = 1024;
+
+/// The ack `echo` value that names no data packet (an answer to an offer, a repeated ack).
+pub const NO_ECHO: u32 = u32::MAX;
 
 /// An acknowledgement. Chunk `i` has arrived if `i < cumulative`, or if bit `i - base` of the
 /// bitmap is set (bit `k` is bit `k % 8`, least significant first, of byte `k / 8`).

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use chunk_common::counters::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::net::xdp::{Counters, ProgInfo};
+use crate::net::{rx::Counters, xdp::ProgInfo};
 use crate::proto::{Event, ReceiverStats};
 
 impl Serialize for Counters {

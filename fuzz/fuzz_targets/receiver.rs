@@ -103,7 +103,7 @@ fn run(data: &[u8]) -> Option<()> {
                 let len = it.next()? as usize;
                 let bytes: Vec<u8> = (&mut it).take(len).collect();
                 scratch[..bytes.len()].copy_from_slice(&bytes);
-                if let Ok(repr) = Repr::parse_crc_checked(&scratch[..bytes.len()]) {
+                if let Ok(repr) = Repr::parse_crc_already_checked(&scratch[..bytes.len()]) {
                     rx.handle_packet(src, None, &repr, now, &mut st);
                 }
             }

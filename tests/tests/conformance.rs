@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chunk::{
-    intake::Intake,
-    net::{raw::RawSocket, tx},
-};
+use chunk::{intake::Intake, net::raw::RawSocket};
 use chunk_common::wire::{
     self, AbortReason, CompleteStatus, HashAlg, Message, MessageType, OfferRepr, Repr,
 };
@@ -39,15 +36,15 @@ fn exchange(ns: &Netns, to: Ipv4Addr, packet: &[u8], wait: Duration) -> Vec<Answ
         let mut buf = vec![0u8; 4096];
         // The same intake `chunk send` uses: classify (CRC included), then parse.
         let mut intake = Intake::new(None);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(sock.socket());
         while Instant::now() < deadline {
-            let Some(n) = tx::recv_nonblocking(fd, &mut buf).unwrap() else {
+            let Some(n) = sock.recv_nonblocking(&mut buf).unwrap() else {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
-            let Some((src, _)) = tx::ipv4_payload(&buf[..n]) else {
+            if n < 20 {
                 continue;
-            };
+            }
+            let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
             let Ok(repr) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0) else {
                 continue;
             };

@@ -366,7 +366,6 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
         .enter(|| {
             let sock = chunk::net::raw::RawSocket::new(chunk_common::DEFAULT_IP_PROTOCOL).unwrap();
             sock.send_to(&buf, to).unwrap();
-            let fd = std::os::fd::AsRawFd::as_raw_fd(sock.socket());
             let mut rbuf = vec![0u8; 2048];
             // The same intake `chunk send` uses: classify, then (no key) parse.
             let intake = Box::leak(Box::new(chunk::intake::Intake::new(None)));
@@ -374,7 +373,7 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
             while Instant::now() < deadline {
                 let fds = [std::os::fd::AsFd::as_fd(sock.socket())];
                 chunk::driver::wait::for_at_most(&fds, Some(Duration::from_millis(100))).unwrap();
-                if let Some(n) = chunk::net::tx::recv_nonblocking(fd, &mut rbuf).unwrap() {
+                if let Some(n) = sock.recv_nonblocking(&mut rbuf).unwrap() {
                     let proto = chunk_common::DEFAULT_IP_PROTOCOL;
                     let opened = intake.open_ip(&mut rbuf[..n], proto, |src| src == to.octets(), 0);
                     return Some(opened.expect("a well-formed answer"));

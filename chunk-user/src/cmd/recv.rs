@@ -97,12 +97,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
             idle_timeout_s: args.idle_timeout,
             max_payload: args.rx.max_payload,
             ring_bytes: args.rx.ring_bytes,
-            allow: args
-                .rx
-                .allow
-                .iter()
-                .map(|p| format!("{}/{}", p.addr, p.len))
-                .collect(),
+            allow: args.rx.allow.iter().map(|p| p.to_string()).collect(),
             psk: args.psk_file.is_some(),
             overwrite: args.overwrite,
         },

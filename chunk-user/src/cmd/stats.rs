@@ -15,10 +15,7 @@ use chunk_common::counters::Counter;
 use serde::Serialize;
 
 use crate::{
-    net::{
-        place,
-        xdp::{self, Counters},
-    },
+    net::{paths, rx::Counters, xdp},
     proto::ReceiverStats,
     report::{IntakeCounts, Limits, StateFile},
 };
@@ -53,11 +50,11 @@ struct Snapshot {
 }
 
 fn snapshot(iface: &str) -> Result<Snapshot> {
-    let state_path = place::state_file(iface);
+    let state_path = paths::state_file(iface);
     let state = std::fs::read_to_string(&state_path)
         .ok()
         .and_then(|s| serde_json::from_str::<StateFile>(&s).ok())
-        .filter(|st| place::pid_alive(st.pid));
+        .filter(|st| pid_alive(st.pid));
     let kernel = xdp::attached_counters(iface)?;
     let (prog, counters) = match (kernel, &state) {
         (Some((info, c)), _) => (Some(info), c),
@@ -247,4 +244,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Whether process `pid` is alive.
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

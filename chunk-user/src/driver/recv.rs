@@ -7,10 +7,7 @@
 //! window, and one ack for all of it, if lost, would leave the sender waiting for its probe
 //! timer), then timers, events and the state file.
 
-use std::{
-    os::fd::AsRawFd,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -21,7 +18,6 @@ use crate::{
     net::{
         raw::RawSocket,
         rx::{RxSource, StatePublisher},
-        tx::drop_all_input,
     },
     proto::{Receiver, ReceiverConfig, Transmit},
     report::{IntakeCounts, Limits, ReceiverState, RecvEvent, StateFile},
@@ -70,7 +66,9 @@ pub fn run(
 ) -> Result<RecvEvent> {
     let ack_sock = RawSocket::new(cfg.protocol)
         .context("opening a raw IP socket for acks (needs root or CAP_NET_RAW)")?;
-    drop_all_input(ack_sock.socket().as_raw_fd()).context("making the ack socket send-only")?;
+    ack_sock
+        .make_deaf()
+        .context("making the ack socket send-only")?;
     let mut core: Receiver<FsStorage> = Receiver::new(cfg.core.clone());
     let mut intake = Intake::new(cfg.key.clone());
     let publisher = StatePublisher::new(rx.iface());

@@ -11,7 +11,7 @@ use std::{
     io::Read,
     net::Ipv4Addr,
     os::{
-        fd::{AsFd, AsRawFd},
+        fd::AsFd,
         unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
     },
     path::Path,
@@ -25,10 +25,7 @@ use super::wait::{self, Stop};
 use crate::{
     auth::{self, Key},
     intake::Intake,
-    net::{
-        raw::RawSocket,
-        tx::{self, BatchSender},
-    },
+    net::{batch::BatchSender, raw::RawSocket},
     proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
 };
 
@@ -195,8 +192,7 @@ impl SendDriver {
                 sender.abort();
             }
             // Everything the receiver said.
-            let fd = self.tx.socket().socket().as_raw_fd();
-            while let Some(n) = tx::recv_nonblocking(fd, &mut rbuf)? {
+            while let Some(n) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
                 let protocol = self.cfg.protocol;
                 if let Ok(repr) = self.intake.open_ip(
                     &mut rbuf[..n],

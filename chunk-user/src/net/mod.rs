@@ -1,12 +1,19 @@
-//! Everything in chunk that touches the network or the kernel: the XDP loader and its maps
-//! ([`xdp`]), the ring-buffer reader ([`ring`]), the receive path as one interface ([`rx`]), raw IP
-//! sockets ([`raw`]) and batched sending ([`tx`]).
+//! Everything in chunk that touches the network or the kernel.
+//!
+//! - [`rx`]: the receive path as one interface (XDP or socket), and what both kinds share: the
+//!   packets they hand over, their counters, the source allowlist, the state file they publish;
+//! - [`xdp`]: the XDP program's loader, its maps and pins; [`ring`]: its ring-buffer reader;
+//! - [`socket_rx`]: the receive path without XDP (a raw socket, the same checks in userspace);
+//! - [`raw`]: raw IP sockets for sending and for answers; [`batch`]: sending in `sendmmsg`
+//!   batches;
+//! - [`link`]: interfaces and the XDP programs attached to them; [`paths`]: where a receiver
+//!   leaves its pins and its state file.
 
+pub mod batch;
 pub mod link;
-pub mod place;
+pub mod paths;
 pub mod raw;
 pub mod ring;
 pub mod rx;
-pub mod sock;
-pub mod tx;
+pub mod socket_rx;
 pub mod xdp;

@@ -6,6 +6,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
+use rustix::net::sockopt::Ipv4PathMtuDiscovery;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// A raw socket that sends (and can receive) packets of one IP protocol.
@@ -22,20 +23,30 @@ impl RawSocket {
             Type::RAW,
             Some(Protocol::from(protocol as i32)),
         )?;
-        let val: libc::c_int = libc::IP_PMTUDISC_DO;
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        rustix::net::sockopt::set_ip_mtu_discover(&socket, Ipv4PathMtuDiscovery::DO)?;
         Ok(RawSocket { socket })
+    }
+
+    /// Makes the socket deaf: it keeps sending, but the kernel no longer queues every incoming
+    /// packet of its protocol on it (a socket that never reads would otherwise fill up with
+    /// copies). A one-instruction socket filter that accepts nothing.
+    pub fn make_deaf(&self) -> std::io::Result<()> {
+        let reject_all = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        self.socket.attach_filter(&reject_all)
+    }
+
+    /// Receives one IPv4 packet (header included) without blocking; `None` when none is queued.
+    pub fn recv_nonblocking(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match rustix::net::recv(&self.socket, buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn socket(&self) -> &Socket {
@@ -120,4 +131,29 @@ impl RawSocket {
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         Ok((n, src))
     }
+}
+
+/// Sets an int socket option that neither socket2 nor rustix wraps (`SO_RXQ_OVFL`,
+/// `IP_RECVFRAGSIZE`).
+pub(crate) fn set_int_option(
+    fd: impl std::os::fd::AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the pointer and length describe one c_int that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

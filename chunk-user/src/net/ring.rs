@@ -9,27 +9,12 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader};
 
-/// A chunk packet as the kernel handed it over. Its CRC has been checked (and zeroed) in the
-/// kernel: parse it with [`chunk_common::wire::Repr::parse_crc_already_checked`].
-#[derive(Debug)]
-pub struct Received<'a> {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub rx_queue: u32,
-    pub packet: &'a [u8],
-}
+use super::rx::Received;
 
 /// Splits a ring-buffer record into its header and packet; `None` if it is inconsistent (which
 /// would be a kernel-side bug, so it is logged and skipped rather than trusted).
 pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
-    if rec.len() < RECORD_HEADER_LEN {
-        return None;
-    }
-    let mut h = RecordHeader::default();
-    h.src_addr.copy_from_slice(&rec[0..4]);
-    h.dst_addr.copy_from_slice(&rec[4..8]);
-    h.packet_len = u16::from_ne_bytes([rec[8], rec[9]]);
-    h.rx_queue = u32::from_ne_bytes([rec[12], rec[13], rec[14], rec[15]]);
+    let h = RecordHeader::read(rec)?;
     let end = RECORD_HEADER_LEN + h.packet_len as usize;
     let packet = rec.get(RECORD_HEADER_LEN..end)?;
     Some(Received {

@@ -2,16 +2,69 @@
 //! already validated them), or a raw socket that applies the same checks in userspace
 //! (`--mode socket`). One interface for `chunk listen` and `chunk recv`.
 
-use std::os::fd::{AsFd, BorrowedFd};
-
 use anyhow::{Context, Result};
 
-use super::{
-    place,
-    ring::{ChunkReader, Received},
-    sock::{SocketConfig, SocketRx},
-    xdp::{AttachMode, Counters, Ipv4Prefix, ProgInfo, XdpConfig, XdpReceiver},
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
 };
+
+use chunk_common::counters::Counter;
+
+use super::{
+    paths,
+    ring::ChunkReader,
+    socket_rx::{SocketConfig, SocketRx},
+    xdp::{AttachMode, ProgInfo, XdpConfig, XdpReceiver},
+};
+
+/// A chunk packet as a receive path hands it over. Its CRC has been checked (and zeroed) by the
+/// receive path: parse it with [`chunk_common::wire::Repr::parse_crc_already_checked`].
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub src: Ipv4Addr,
+    /// The local address the sender sent it to: answers leave from it.
+    pub dst: Ipv4Addr,
+    pub rx_queue: u32,
+    pub packet: &'a [u8],
+}
+
+/// The per-reason counters of a receive path ([`Counter`]): the kernel's, summed over CPUs, or
+/// the socket path's own, kept the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Packets the receive path saw in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in Counter::ALL {
+            writeln!(f, "{:<12} {:>14}", c.name(), self.get(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// A source prefix of the allowlist.
+pub type Ipv4Prefix = ipnet::Ipv4Net;
+
+/// `198.18.0.0/15`, or a bare address for a /32.
+pub fn parse_prefix(s: &str) -> Result<Ipv4Prefix, String> {
+    s.parse::<Ipv4Prefix>()
+        .or_else(|_| s.parse::<Ipv4Addr>().map(Ipv4Prefix::from))
+        .map_err(|_| format!("bad prefix {s:?}: expected an IPv4 address or ADDR/LEN"))
+}
 
 /// How a receiver takes packets in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -41,7 +94,7 @@ pub struct RxArgs {
     #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
     pub protocol: u8,
     /// Accept chunk packets only from these sources (CIDR; repeatable). None: accept all.
-    #[arg(long = "allow", value_name = "CIDR")]
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_prefix)]
     pub allow: Vec<Ipv4Prefix>,
     /// Ring-buffer size in bytes (a power of two).
     #[arg(long, default_value_t = chunk_common::xdp::RING_DEFAULT_BYTES)]
@@ -73,7 +126,7 @@ impl RxArgs {
     }
 }
 
-enum Path {
+enum Kind {
     Xdp {
         xdp: Box<XdpReceiver>,
         reader: ChunkReader,
@@ -96,21 +149,21 @@ pub struct Batch {
 /// lengths, allowlist, CRC) and have their CRC field zeroed: parse them with
 /// [`chunk_common::wire::Repr::parse_crc_already_checked`].
 pub struct RxSource {
-    path: Path,
+    kind: Kind,
     iface: String,
 }
 
 impl RxSource {
     /// Attaches to the interface (needs root).
     pub fn open(args: &RxArgs) -> Result<RxSource> {
-        let path = if args.mode == RxMode::Socket {
+        let kind = if args.mode == RxMode::Socket {
             let cfg = SocketConfig {
                 iface: args.iface.clone(),
                 protocol: args.protocol,
                 max_payload: args.max_payload,
                 allow: args.allow.clone(),
             };
-            Path::Socket(
+            Kind::Socket(
                 SocketRx::open(&cfg).with_context(|| format!("receiving on {}", args.iface))?,
             )
         } else {
@@ -126,23 +179,23 @@ impl RxSource {
                 "XDP program attached"
             );
             let reader = ChunkReader::new(xdp.take_ring()?);
-            Path::Xdp {
+            Kind::Xdp {
                 xdp: Box::new(xdp),
                 reader,
                 logger,
             }
         };
         Ok(RxSource {
-            path,
+            kind,
             iface: args.iface.clone(),
         })
     }
 
     /// How packets arrive: "driver" or "skb" (XDP), or "socket".
     pub fn mode(&self) -> &'static str {
-        match &self.path {
-            Path::Xdp { xdp, .. } => xdp.mode(),
-            Path::Socket(_) => "socket",
+        match &self.kind {
+            Kind::Xdp { xdp, .. } => xdp.mode(),
+            Kind::Socket(_) => "socket",
         }
     }
 
@@ -152,29 +205,29 @@ impl RxSource {
 
     /// The XDP program's ids and verifier figures (None for the socket path).
     pub fn prog_info(&self) -> Option<ProgInfo> {
-        match &self.path {
-            Path::Xdp { xdp, .. } => Some(xdp.info()),
-            Path::Socket(_) => None,
+        match &self.kind {
+            Kind::Xdp { xdp, .. } => Some(xdp.info()),
+            Kind::Socket(_) => None,
         }
     }
 
     /// Where the XDP maps are pinned, if they are.
-    pub fn pinned(&self) -> Option<&std::path::Path> {
-        match &self.path {
-            Path::Xdp { xdp, .. } => xdp.pinned(),
-            Path::Socket(_) => None,
+    pub fn pinned(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Xdp { xdp, .. } => xdp.pinned(),
+            Kind::Socket(_) => None,
         }
     }
 
     /// The fds to wait on for packets (and for the XDP drop log, with `--xdp-log`).
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        match &self.path {
-            Path::Xdp { reader, logger, .. } => {
+        match &self.kind {
+            Kind::Xdp { reader, logger, .. } => {
                 let mut v = vec![reader.fd()];
                 v.extend(logger.as_ref().map(|l| l.as_fd()));
                 v
             }
-            Path::Socket(s) => vec![s.fd()],
+            Kind::Socket(s) => vec![s.fd()],
         }
     }
 
@@ -184,8 +237,8 @@ impl RxSource {
         max: usize,
         f: impl FnMut(Received<'_>),
     ) -> std::io::Result<Batch> {
-        match &mut self.path {
-            Path::Xdp { reader, logger, .. } => {
+        match &mut self.kind {
+            Kind::Xdp { reader, logger, .. } => {
                 if let Some(l) = logger {
                     l.flush();
                 }
@@ -195,7 +248,7 @@ impl RxSource {
                     accepted: n,
                 })
             }
-            Path::Socket(s) => {
+            Kind::Socket(s) => {
                 let (read, accepted) = s.read_batch(max, f)?;
                 Ok(Batch { read, accepted })
             }
@@ -204,17 +257,17 @@ impl RxSource {
 
     /// The receive path's counters (the kernel's, for XDP).
     pub fn counters(&self) -> Result<Counters> {
-        match &self.path {
-            Path::Xdp { xdp, .. } => Ok(xdp.counters()?),
-            Path::Socket(s) => Ok(s.counters()),
+        match &self.kind {
+            Kind::Xdp { xdp, .. } => Ok(xdp.counters()?),
+            Kind::Socket(s) => Ok(s.counters()),
         }
     }
 
     /// Records the reader could not parse (a kernel/userspace disagreement; should stay 0).
     pub fn bad_records(&self) -> u64 {
-        match &self.path {
-            Path::Xdp { reader, .. } => reader.bad_records,
-            Path::Socket(_) => 0,
+        match &self.kind {
+            Kind::Xdp { reader, .. } => reader.bad_records,
+            Kind::Socket(_) => 0,
         }
     }
 
@@ -232,7 +285,7 @@ impl RxSource {
     /// Whether records arrive through the XDP ring buffer, whose reader naps between batches
     /// (see the receive driver).
     pub fn is_ring(&self) -> bool {
-        matches!(self.path, Path::Xdp { .. })
+        matches!(self.kind, Kind::Xdp { .. })
     }
 }
 
@@ -245,14 +298,14 @@ pub struct StatePublisher {
 impl StatePublisher {
     pub fn new(iface: &str) -> Self {
         StatePublisher {
-            path: place::state_file(iface),
+            path: paths::state_file(iface),
         }
     }
 
     /// Replaces the file's content; failures are logged once and otherwise ignored (the file is
     /// a convenience for `chunk stats`).
     pub fn write(&self, state: &crate::report::StateFile) {
-        if let Err(e) = place::write_json_atomic(&self.path, state) {
+        if let Err(e) = write_json_atomic(&self.path, state) {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file")
@@ -264,5 +317,47 @@ impl StatePublisher {
 impl Drop for StatePublisher {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes `value` to `path` atomically (a temporary file renamed over it), so that a reader
+/// never sees half a file.
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut f, value)?;
+    f.write_all(b"\n")?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub").join("x.json");
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn prefixes_parse_with_or_without_a_length() {
+        assert_eq!(parse_prefix("198.18.0.0/15").unwrap().prefix_len(), 15);
+        assert_eq!(parse_prefix("198.18.0.7").unwrap().prefix_len(), 32);
+        assert!(parse_prefix("198.18.0.0/33").is_err());
+        assert!(parse_prefix("nonsense").is_err());
     }
 }

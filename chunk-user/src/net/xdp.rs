@@ -1,9 +1,6 @@
 //! Loads chunk's XDP program, configures it, attaches it to an interface, and reads its counters.
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +11,10 @@ use aya_log::EbpfLogger;
 use chunk_common::{counters::Counter, ring::MAX_PAYLOAD_LEN, xdp as names};
 use serde::Serialize;
 
-use super::{link, place};
+use super::{
+    link, paths,
+    rx::{Counters, Ipv4Prefix},
+};
 use thiserror::Error;
 
 /// How to attach: native (driver) mode, generic (SKB) mode, or native with SKB as the fallback.
@@ -25,28 +25,6 @@ pub enum AttachMode {
     Auto,
     Driver,
     Skb,
-}
-
-/// An IPv4 prefix for the source allowlist, parsed from `198.18.0.0/15` or a bare address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl std::str::FromStr for Ipv4Prefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a.parse().map_err(|e| format!("bad address {a:?}: {e}"))?;
-        let len: u8 = l
-            .parse()
-            .map_err(|e| format!("bad prefix length {l:?}: {e}"))?;
-        if len > 32 {
-            return Err(format!("prefix length {len} is over 32"));
-        }
-        Ok(Ipv4Prefix { addr, len })
-    }
 }
 
 /// What to load and how.
@@ -63,7 +41,7 @@ pub struct XdpConfig {
     pub ring_bytes: u32,
     /// Log every packet the program drops, with the reason, through aya-log (slow: debugging).
     pub log_drops: bool,
-    /// Pin the maps under [`place::pin_dir`] for `bpftool`.
+    /// Pin the maps under [`paths::pin_dir`] for `bpftool`.
     pub pin: bool,
 }
 
@@ -128,46 +106,13 @@ pub enum XdpError {
     },
 }
 
-/// The kernel's per-reason counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters(pub [u64; Counter::COUNT as usize]);
-
-impl Counters {
-    pub fn get(&self, c: Counter) -> u64 {
-        self.0[c as usize]
+/// Reads the program's per-CPU counter map, summed over CPUs.
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, aya::maps::MapError> {
+    let mut out = Counters::default();
+    for c in Counter::ALL {
+        out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
     }
-
-    /// Frames the program saw in all.
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// `{"passed": 3, "accepted": 10, ...}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let map: serde_json::Map<_, _> = Counter::ALL
-            .iter()
-            .map(|c| (c.name().to_string(), self.get(*c).into()))
-            .collect();
-        serde_json::Value::Object(map)
-    }
-
-    /// Reads a per-CPU counter map.
-    pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self, aya::maps::MapError> {
-        let mut out = Counters::default();
-        for c in Counter::ALL {
-            out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
-        }
-        Ok(out)
-    }
-}
-
-impl std::fmt::Display for Counters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in Counter::ALL {
-            writeln!(f, "{:<12} {:>14}", c.name(), self.get(c))?;
-        }
-        Ok(())
-    }
+    Ok(out)
 }
 
 /// The XDP program, loaded and attached. Dropping it detaches the program.
@@ -262,7 +207,7 @@ impl XdpReceiver {
                     source,
                 })?;
             for p in &cfg.allow {
-                let key = Key::new(p.len as u32, u32::from_ne_bytes(p.addr.octets()));
+                let key = Key::new(p.prefix_len() as u32, u32::from_ne_bytes(p.addr().octets()));
                 trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
                     name: names::MAP_ALLOWLIST,
                     source,
@@ -378,7 +323,7 @@ impl XdpReceiver {
     }
 
     pub fn counters(&self) -> Result<Counters, XdpError> {
-        Counters::read(&self.counters).map_err(|source| XdpError::Map {
+        read_counters(&self.counters).map_err(|source| XdpError::Map {
             name: names::MAP_COUNTERS,
             source,
         })
@@ -409,14 +354,14 @@ impl Drop for XdpReceiver {
 /// The maps `bpftool map dump pinned` is useful on.
 const PINNED_MAPS: [&str; 2] = [names::MAP_COUNTERS, names::MAP_ALLOWLIST];
 
-/// Pins the counters and the allowlist under [`place::pin_dir`], replacing a dead receiver's
+/// Pins the counters and the allowlist under [`paths::pin_dir`], replacing a dead receiver's
 /// leftovers (no live one can hold this interface: the attach would have been refused). Pinning
 /// is a convenience: failure is reported and otherwise ignored.
 fn pin_maps(ebpf: &Ebpf, iface: &str) -> Option<PathBuf> {
-    let dir = place::pin_dir(iface);
+    let dir = paths::pin_dir(iface);
     let result = (|| -> anyhow::Result<()> {
         use anyhow::Context;
-        place::ensure_bpffs().context("mounting bpffs")?;
+        ensure_bpffs().context("mounting bpffs")?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).context("removing leftover pins")?;
         }
@@ -471,5 +416,30 @@ pub fn attached_counters(iface: &str) -> anyhow::Result<Option<(ProgInfo, Counte
         verified_insns: prog.verified_instruction_count(),
         counters_map_id: map_info.id(),
     };
-    Ok(Some((info, Counters::read(&counters)?)))
+    Ok(Some((info, read_counters(&counters)?)))
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure bpffs is mounted at [`paths::BPFFS`], mounting it if not (as systemd does at boot; inside
+/// `ip netns exec`, which remounts /sys, the mount is private to that command).
+pub fn ensure_bpffs() -> std::io::Result<()> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let path = c"/sys/fs/bpf";
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

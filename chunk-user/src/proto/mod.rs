@@ -32,16 +32,9 @@ pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, val
 pub use sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
 pub use storage::{MemStorage, OfferInfo, Opened, Refusal, Storage, Verdict};
 
-/// The ack `echo` value that names no data packet (an answer to an offer, a repeated ack).
-pub const NO_ECHO: u32 = u32::MAX;
+/// The wire's rules the cores use everywhere (defined with the format, in chunk-common).
+pub use chunk_common::wire::{NO_ECHO, chunk_len};
 
 /// The chunk size chunk uses unless told otherwise: a 1500-byte MTU minus the IPv4 header (20),
 /// the chunk header (20) and headroom for IP options and tunnels (60).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1400;
-
-/// Bytes of chunk `index` in a file of `file_size` bytes cut into `chunk_size`-byte chunks (the
-/// last chunk may be shorter). The caller makes sure `index` is below the chunk count.
-pub fn chunk_len(file_size: u64, chunk_size: u32, index: u32) -> usize {
-    let start = index as u64 * chunk_size as u64;
-    file_size.saturating_sub(start).min(chunk_size as u64) as usize
-}

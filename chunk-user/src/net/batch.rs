@@ -1,13 +1,7 @@
 //! Sending chunk packets in batches: one `sendmmsg` system call carries up to [`BATCH`] packets,
 //! which is what lets a raw socket go past the ~200k packets/s of a `sendto` loop.
 
-use std::{
-    io,
-    mem::MaybeUninit,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, RawFd},
-    time::Duration,
-};
+use std::{io, mem::MaybeUninit, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
 use super::raw::RawSocket;
 
@@ -143,85 +137,5 @@ impl BatchSender {
                 _ => return Err(err),
             }
         }
-    }
-}
-
-/// Makes a raw socket deaf: it keeps sending, but the kernel no longer queues every incoming
-/// packet of its protocol on it (a socket that never reads would otherwise fill up with copies).
-pub fn drop_all_input(fd: RawFd) -> io::Result<()> {
-    let mut code = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: code.as_mut_ptr(),
-    };
-    // SAFETY: prog points at a valid one-instruction filter for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Receives one IPv4 packet without blocking; `None` when none is queued.
-pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: buf is valid for writes of its length.
-    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    Ok(Some(rc as usize))
-}
-
-/// Splits a raw socket's IPv4 packet into its source address and IP payload; `None` if the IPv4
-/// header is inconsistent.
-pub fn ipv4_payload(packet: &[u8]) -> Option<(Ipv4Addr, &[u8])> {
-    let first = *packet.first()?;
-    let ihl = (first & 0x0f) as usize * 4;
-    if first >> 4 != 4 || ihl < 20 || packet.len() < ihl {
-        return None;
-    }
-    let total = u16::from_be_bytes([packet[2], packet[3]]) as usize;
-    let end = total.min(packet.len());
-    if end < ihl {
-        return None;
-    }
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    Some((src, &packet[ihl..end]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv4_payload_respects_ihl_and_total_length() {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x46; // IHL 6: 4 bytes of options
-        p[2..4].copy_from_slice(&30u16.to_be_bytes());
-        p[12..16].copy_from_slice(&[198, 18, 0, 2]);
-        p[24..30].copy_from_slice(b"chunk!");
-        let (src, body) = ipv4_payload(&p).unwrap();
-        assert_eq!(src, Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(body, b"chunk!");
-        p[0] = 0x44;
-        assert!(ipv4_payload(&p).is_none());
-        assert!(ipv4_payload(&[0x45; 10]).is_none());
     }
 }

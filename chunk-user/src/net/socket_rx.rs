@@ -6,7 +6,7 @@
 use std::{
     io,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
 };
 
 use chunk_common::{
@@ -14,7 +14,10 @@ use chunk_common::{
     counters::Counter,
 };
 
-use super::{ring::Received, xdp::Counters, xdp::Ipv4Prefix};
+use super::{
+    raw::set_int_option,
+    rx::{Counters, Ipv4Prefix, Received},
+};
 
 /// Packets one `recvmmsg` call can return.
 const BATCH: usize = 64;
@@ -22,7 +25,7 @@ const BATCH: usize = 64;
 /// is truncated by the kernel, and then fails the length checks.
 const BUF_LEN: usize = 9216;
 /// Socket receive buffer asked for: deep enough to ride out a few milliseconds of stall.
-const RCVBUF: libc::c_int = 64 << 20;
+const RCVBUF: usize = 64 << 20;
 
 /// The socket path's settings (those of the XDP path that apply).
 #[derive(Clone, Debug)]
@@ -43,23 +46,6 @@ pub struct SocketRx {
     overflow: u32,
 }
 
-fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the pointer and length describe one c_int that lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl SocketRx {
     /// Opens the socket (root: CAP_NET_RAW) and binds it to the interface.
     pub fn open(cfg: &SocketConfig) -> io::Result<Self> {
@@ -69,48 +55,30 @@ impl SocketRx {
                 format!("no interface named {:?}", cfg.iface),
             ));
         }
-        // SAFETY: plain socket(2); the fd is owned at once.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                cfg.protocol as i32,
-            )
-        };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW.nonblocking().cloexec(),
+            Some(socket2::Protocol::from(cfg.protocol as i32)),
+        )
+        .map_err(|e| {
+            io::Error::new(
                 e.kind(),
                 format!(
                     "opening a raw socket for IP protocol {}: {e} (needs root)",
                     cfg.protocol
                 ),
-            ));
-        }
-        // SAFETY: raw is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let name = cfg.iface.as_bytes();
-        // SAFETY: name points at name.len() bytes.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                name.as_ptr().cast(),
-                name.len() as libc::socklen_t,
             )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        })?;
+        socket.bind_device(Some(cfg.iface.as_bytes()))?;
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, RCVBUF).is_err() {
+            socket.set_recv_buffer_size(RCVBUF)?;
         }
-        if setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
-            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF)?;
-        }
-        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
         // The kernel reassembles fragments before a raw socket sees them; this makes it say so
         // (a control message on every reassembled packet), so that fragments are dropped and
         // counted here as the XDP program drops them.
-        setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
+        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
+        let fd = OwnedFd::from(socket);
         Ok(SocketRx {
             fd,
             cfg: cfg.clone(),
@@ -128,15 +96,7 @@ impl SocketRx {
     }
 
     fn allowed(allow: &[Ipv4Prefix], src: [u8; 4]) -> bool {
-        allow.is_empty()
-            || allow.iter().any(|p| {
-                let mask = if p.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - p.len as u32)
-                };
-                u32::from_be_bytes(src) & mask == u32::from(p.addr) & mask
-            })
+        allow.is_empty() || allow.iter().any(|p| p.contains(&Ipv4Addr::from(src)))
     }
 
     /// The socket's fd, for the driver to wait on.
@@ -290,7 +250,7 @@ mod tests {
     fn allowlist_matches_prefixes() {
         let allow: Vec<Ipv4Prefix> = ["198.18.0.0/15", "10.1.2.3"]
             .iter()
-            .map(|s| s.parse().unwrap())
+            .map(|s| super::super::rx::parse_prefix(s).unwrap())
             .collect();
         assert!(SocketRx::allowed(&allow, [198, 19, 255, 1]));
         assert!(!SocketRx::allowed(&allow, [198, 20, 0, 1]));
