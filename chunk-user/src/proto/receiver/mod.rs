@@ -10,28 +10,27 @@
 //! chunk is in, storage verifies and commits the file and the verdict goes back as a complete
 //! message, repeated to any later packet for `verdict_linger`.
 //!
-//! Ack bitmaps. An ack says "everything below `cumulative`" plus up to 8192 chunks from `base`.
-//! `base` is the cumulative index whenever that reaches the newest chunk. When it does not (a
-//! hole more than 8192 chunks behind the newest, as at 1 Gbit/s × 100 ms), the bitmap covers the
-//! chunks that arrived since the last ack — that is all the sender does not know yet, since acks
-//! never take anything back — and if those are themselves too far apart (a retransmission filling
-//! an old hole plus the newest run), two acks go out.
+//! How acks are kept and written is [`acks`].
+
+mod acks;
+mod transfer;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
-    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg,
-    MAX_ACK_BITMAP_LEN, Message, OfferRepr, Repr, flags,
+    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg, Message,
+    OfferRepr, Repr, flags,
 };
+
+use acks::AckState;
+use transfer::{Open, State, Transfer};
 
 use super::chunkset::{self, ChunkSet};
 use super::storage::{OfferInfo, Storage};
 use super::{NO_ECHO, chunk_len};
 
-/// Chunks one ack bitmap can describe.
-const BITMAP_SPAN: u64 = MAX_ACK_BITMAP_LEN as u64 * 8;
 /// The longest abort message the receiver sends, in bytes (docs/PROTOCOL.md, Abort).
 const MAX_ABORT_MESSAGE: usize = 512;
 /// A finished transfer repeats its verdict at most this often, however many late packets come.
@@ -196,54 +195,8 @@ pub struct ReceiverStats {
     pub state_limited: u64,
 }
 
+/// A transfer is named by its sender's address and its transfer id.
 type Key = (Ipv4Addr, u32);
-
-/// What the next ack must say.
-#[derive(Debug)]
-struct AckState {
-    /// Chunks received since the last ack.
-    unacked: u32,
-    /// When the delayed ack is due.
-    due: Option<Instant>,
-    /// In the ready queue already.
-    queued: bool,
-    /// The data packet to echo, and when it arrived.
-    echo: u32,
-    echo_at: Instant,
-    /// Lowest and highest index received since the last ack: what the sender does not know yet.
-    unreported: Option<(u32, u32)>,
-}
-
-#[derive(Debug)]
-struct Open<H> {
-    handle: H,
-    received: ChunkSet,
-    ack: AckState,
-}
-
-#[derive(Debug)]
-enum State<H> {
-    Open(Open<H>),
-    Finished {
-        verdict: CompleteRepr,
-        until: Instant,
-        last_sent: Option<Instant>,
-    },
-}
-
-#[derive(Debug)]
-struct Transfer<H> {
-    info: OfferInfo,
-    /// The local address the sender sends to: answers leave from it.
-    local: Option<Ipv4Addr>,
-    started: Instant,
-    last_activity: Instant,
-    state: State<H>,
-    chunks_received: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    resumed: u64,
-}
 
 /// A message that is not an ack, waiting for `poll_transmit`.
 #[derive(Debug)]
@@ -351,13 +304,14 @@ impl<S: Storage> Receiver<S> {
             let State::Open(open) = &mut t.state else {
                 continue;
             };
-            open.ack.queued = false;
-            let len = emit_ack(key.1, t.info.chunk_count, open, now, buf);
-            if open.ack.unreported.is_some() {
-                // The arrivals since the last ack did not fit one bitmap: another ack follows.
-                open.ack.queued = true;
-                self.ready.push_back(key);
-            }
+            let len = open.ack.emit(
+                key,
+                t.info.chunk_count,
+                &open.received,
+                now,
+                buf,
+                &mut self.ready,
+            );
             self.stats.acks_sent += 1;
             return Some(Transmit {
                 dst: key.0,
@@ -375,7 +329,7 @@ impl<S: Storage> Receiver<S> {
             .map(|t| match &t.state {
                 State::Open(o) => {
                     let idle = t.last_activity + self.cfg.idle_timeout;
-                    o.ack.due.map_or(idle, |d| d.min(idle))
+                    o.ack.due().map_or(idle, |d| d.min(idle))
                 }
                 State::Finished { until, .. } => *until,
             })
@@ -391,12 +345,8 @@ impl<S: Storage> Receiver<S> {
                 State::Open(o) => {
                     if now >= t.last_activity + self.cfg.idle_timeout {
                         idle.push(key);
-                    } else if o.ack.due.is_some_and(|d| now >= d) {
-                        o.ack.due = None;
-                        if !o.ack.queued {
-                            o.ack.queued = true;
-                            self.ready.push_back(key);
-                        }
+                    } else {
+                        o.ack.on_timer(now, key, &mut self.ready);
                     }
                 }
                 State::Finished { until, .. } => {
@@ -410,23 +360,32 @@ impl<S: Storage> Receiver<S> {
             self.transfers.remove(&key);
         }
         for key in idle {
-            let Some(t) = self.transfers.remove(&key) else {
+            let Some((info, chunks_have)) = self.close(key, storage) else {
                 continue;
             };
-            let State::Open(open) = t.state else {
-                continue;
-            };
-            self.open -= 1;
             self.stats.transfers_idle += 1;
             self.events.push_back(Event::Idle {
                 src: key.0,
                 transfer_id: key.1,
-                name: t.info.name.clone(),
-                chunks_have: open.received.len(),
-                chunk_count: t.info.chunk_count,
+                name: info.name,
+                chunks_have,
+                chunk_count: info.chunk_count,
             });
-            storage.abandon(open.handle, true);
         }
+    }
+
+    /// Removes transfer `key`; if it was open, frees its slot and hands its file back to
+    /// storage, partial data kept for a resume. Returns its offer and the chunks it held if it
+    /// was open (`None` for a finished or unknown transfer, which is only forgotten).
+    fn close(&mut self, key: Key, storage: &mut S) -> Option<(OfferInfo, u64)> {
+        let t = self.transfers.remove(&key)?;
+        let State::Open(open) = t.state else {
+            return None;
+        };
+        self.open -= 1;
+        let have = open.received.len();
+        storage.abandon(open.handle, true);
+        Some((t.info, have))
     }
 
     /// Closes every open transfer, keeping partial data (for a clean shutdown).
@@ -456,8 +415,7 @@ impl<S: Storage> Receiver<S> {
             match &mut t.state {
                 State::Open(open) => {
                     // The sender has not heard our ack: a fresh one.
-                    open.ack.echo = NO_ECHO;
-                    queue_ack(&mut self.ready, key, &mut open.ack);
+                    open.ack.on_repeated_offer(key, &mut self.ready);
                 }
                 State::Finished { .. } => {
                     // The sender may not have heard our first answer: say "all acknowledged"
@@ -562,17 +520,10 @@ impl<S: Storage> Receiver<S> {
         let mut open = Open {
             handle: opened.handle,
             received,
-            ack: AckState {
-                unacked: 0,
-                due: None,
-                queued: false,
-                echo: NO_ECHO,
-                echo_at: now,
-                unreported: None,
-            },
+            ack: AckState::new(now),
         };
         if !complete {
-            queue_ack(&mut self.ready, key, &mut open.ack);
+            open.ack.queue(key, &mut self.ready);
         }
         self.transfers.insert(
             key,
@@ -625,21 +576,14 @@ impl<S: Storage> Receiver<S> {
                 && (same_file || silent);
             replace.then_some(k)
         });
-        let Some(old) = old else {
+        let Some((info, _)) = old.and_then(|old| self.close(old, storage)) else {
             return;
         };
-        let Some(t) = self.transfers.remove(&old) else {
-            return;
-        };
-        if let State::Open(open) = t.state {
-            self.open -= 1;
-            storage.abandon(open.handle, true);
-        }
         self.events.push_back(Event::Superseded {
             src: key.0,
-            old_transfer_id: old.1,
+            old_transfer_id: info.transfer_id,
             transfer_id: key.1,
-            name: t.info.name,
+            name: info.name,
         });
     }
 
@@ -676,13 +620,8 @@ impl<S: Storage> Receiver<S> {
             // The sender resent it, so it has not seen our ack: answer at once.
             t.duplicates += 1;
             self.stats.duplicates += 1;
-            open.ack.echo = index;
-            open.ack.echo_at = now;
-            open.ack.unreported = Some(match open.ack.unreported {
-                Some((lo, hi)) => (lo.min(index), hi.max(index)),
-                None => (index, index),
-            });
-            queue_ack(&mut self.ready, key, &mut open.ack);
+            open.ack.on_arrival(index, now);
+            open.ack.queue(key, &mut self.ready);
             return;
         }
         if open.received.would_grow(index)
@@ -711,43 +650,35 @@ impl<S: Storage> Receiver<S> {
         if !in_order {
             t.out_of_order += 1;
         }
-        open.ack.echo = index;
-        open.ack.echo_at = now;
-        open.ack.unreported = Some(match open.ack.unreported {
-            Some((lo, hi)) => (lo.min(index), hi.max(index)),
-            None => (index, index),
-        });
+        open.ack.on_arrival(index, now);
         if open.received.len() == info.chunk_count as u64 {
             self.finish(key, now, storage);
             return;
         }
-        open.ack.unacked += 1;
-        if !in_order || ack_now || open.ack.unacked >= self.cfg.ack_every {
-            queue_ack(&mut self.ready, key, &mut open.ack);
-        } else if open.ack.due.is_none() {
-            open.ack.due = Some(now + self.cfg.ack_delay);
+        let enough = open.ack.count_in_order(self.cfg.ack_every);
+        if !in_order || ack_now || enough {
+            open.ack.queue(key, &mut self.ready);
+        } else {
+            open.ack.arm(now + self.cfg.ack_delay);
         }
     }
 
     fn on_abort(&mut self, key: Key, abort: &AbortRepr<'_>, storage: &mut S) {
-        let Some(t) = self.transfers.get(&key) else {
-            return;
-        };
-        if !matches!(t.state, State::Open(_)) {
+        // A finished transfer keeps its verdict for late packets; only an open one is closed.
+        if !self
+            .transfers
+            .get(&key)
+            .is_some_and(|t| matches!(t.state, State::Open(_)))
+        {
             return;
         }
-        let Some(t) = self.transfers.remove(&key) else {
+        let Some((info, _)) = self.close(key, storage) else {
             return;
         };
-        let State::Open(open) = t.state else {
-            return;
-        };
-        self.open -= 1;
-        storage.abandon(open.handle, true);
         self.events.push_back(Event::Cancelled {
             src: key.0,
             transfer_id: key.1,
-            name: t.info.name,
+            name: info.name,
             reason: abort.reason,
             message: String::from_utf8_lossy(abort.message).into_owned(),
         });
@@ -887,17 +818,13 @@ impl<S: Storage> Receiver<S> {
 
     /// Ends an open transfer on a local error, keeping its partial data.
     fn fail(&mut self, key: Key, reason: AbortReason, message: String, storage: &mut S) {
-        let Some(t) = self.transfers.remove(&key) else {
+        let Some((info, _)) = self.close(key, storage) else {
             return;
         };
-        if let State::Open(open) = t.state {
-            self.open -= 1;
-            storage.abandon(open.handle, true);
-        }
         self.events.push_back(Event::Failed {
             src: key.0,
             transfer_id: key.1,
-            name: t.info.name,
+            name: info.name,
             reason,
             message: message.clone(),
         });
@@ -992,99 +919,6 @@ impl<S: Storage> Receiver<S> {
             out,
         ));
     }
-}
-
-fn queue_ack(ready: &mut VecDeque<Key>, key: Key, ack: &mut AckState) {
-    ack.due = None;
-    if !ack.queued {
-        ack.queued = true;
-        ready.push_back(key);
-    }
-}
-
-/// Where the next ack's bitmap starts, and what it leaves unreported (see the module comment).
-fn choose_base(
-    cumulative: u32,
-    highest: Option<u32>,
-    unreported: Option<(u32, u32)>,
-) -> (u32, Option<(u32, u32)>) {
-    let cum = cumulative as u64;
-    let reaches = highest.is_none_or(|h| (h as u64) < cum + BITMAP_SPAN);
-    let unreported = unreported.filter(|&(_, hi)| hi as u64 >= cum);
-    match unreported {
-        _ if reaches => (cumulative, None),
-        None => (cumulative, None),
-        Some((lo, hi)) => {
-            let lo = lo.max(cumulative);
-            if (hi as u64) < cum + BITMAP_SPAN {
-                (cumulative, None)
-            } else if (lo as u64) + BITMAP_SPAN > hi as u64 {
-                ((hi as u64 + 1 - BITMAP_SPAN) as u32, None)
-            } else {
-                // Two acks: this one from `lo`, the next one ending at `hi`. Arrivals between
-                // the two spans (rare: several holes filled between two acks) are reported by a
-                // later cumulative index, or by the ack to their retransmission.
-                let next_lo = (lo as u64 + BITMAP_SPAN).max(hi as u64 + 1 - BITMAP_SPAN);
-                (lo, Some((next_lo as u32, hi)))
-            }
-        }
-    }
-}
-
-/// Writes the ack `open` owes into `buf`, and resets what it owes.
-fn emit_ack<H>(
-    transfer_id: u32,
-    chunk_count: u32,
-    open: &mut Open<H>,
-    now: Instant,
-    buf: &mut [u8],
-) -> usize {
-    let cumulative = open.received.cumulative().min(chunk_count);
-    let highest = open.received.last();
-    let (base, rest) = choose_base(cumulative, highest, open.ack.unreported);
-    let mut bitmap = [0u8; MAX_ACK_BITMAP_LEN];
-    let mut len = 0;
-    if let Some(h) = highest.filter(|&h| h >= base) {
-        let bits = (h as u64 - base as u64 + 1).min(BITMAP_SPAN);
-        let bytes = bits.div_ceil(8) as usize;
-        for (j, out) in bitmap[..bytes].chunks_mut(8).enumerate() {
-            let word = open.received.word_at(base as u64 + 64 * j as u64);
-            out.copy_from_slice(&word.to_le_bytes()[..out.len()]);
-        }
-        len = bytes;
-        while len > 0 && bitmap[len - 1] == 0 {
-            len -= 1;
-        }
-    }
-    let delay_us = if open.ack.echo == NO_ECHO {
-        0
-    } else {
-        now.saturating_duration_since(open.ack.echo_at)
-            .as_micros()
-            .min(u32::MAX as u128) as u32
-    };
-    let repr = Repr {
-        transfer_id,
-        seq: cumulative,
-        flags: 0,
-        message: Message::Ack(AckRepr {
-            cumulative,
-            echo: open.ack.echo,
-            delay_us,
-            base,
-            bitmap: &bitmap[..len],
-        }),
-    };
-    let n = repr
-        .emit(buf)
-        .expect("receiver buffer holds the largest ack");
-    open.ack.unacked = 0;
-    open.ack.due = None;
-    open.ack.unreported = rest;
-    if rest.is_none() {
-        open.ack.echo = NO_ECHO;
-    }
-    n
 }
 
 /// Checks an offered name: UTF-8, relative, `/`-separated, no empty, `.` or `..` component, no
@@ -1581,31 +1415,5 @@ mod tests {
             assert!(validate_name(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(validate_name(&[0xff, 0x61]).is_err());
-    }
-
-    #[test]
-    fn base_is_cumulative_when_the_bitmap_reaches() {
-        assert_eq!(choose_base(10, Some(100), Some((50, 100))), (10, None));
-        assert_eq!(choose_base(10, None, None), (10, None));
-        assert_eq!(choose_base(10, Some(8201), Some((8201, 8201))), (10, None));
-    }
-
-    #[test]
-    fn base_rotates_to_cover_what_the_sender_does_not_know() {
-        // The newest run is far ahead of the hole: cover the newest.
-        assert_eq!(
-            choose_base(0, Some(20_000), Some((19_990, 20_000))),
-            (20_000 - 8191, None)
-        );
-        // A retransmission far back and the newest run: two acks.
-        let (base, rest) = choose_base(0, Some(20_000), Some((5, 20_000)));
-        assert_eq!((base, rest), (5, Some((20_000 - 8191, 20_000))));
-        assert_eq!(choose_base(0, Some(20_000), rest), (20_000 - 8191, None));
-        // Near the top of the index space nothing overflows.
-        let top = u32::MAX - 1;
-        assert_eq!(
-            choose_base(top - 9000, Some(top), Some((top, top))),
-            (top - 8191, None)
-        );
     }
 }
