@@ -111,23 +111,69 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// Chunks read from the file at their offsets.
+/// Bytes the sender reads from its file at once, ahead of the chunks it sends.
+const READ_AHEAD: usize = 1 << 20;
+
+/// Chunks read from the file. Chunks go out mostly in index order, so the file is read ahead in
+/// [`READ_AHEAD`] blocks (one `pread` for some 700 chunks of 1400 bytes, where it was one per
+/// chunk); a chunk outside the block (a retransmission of an older one) is read on its own.
 struct FileSource {
     file: File,
     chunk_size: u64,
+    /// The block read ahead, and the file offset of its first byte.
+    block: Vec<u8>,
+    block_at: u64,
+}
+
+impl FileSource {
+    fn new(file: File, chunk_size: u32) -> Self {
+        FileSource {
+            file,
+            chunk_size: chunk_size as u64,
+            block: Vec::new(),
+            block_at: 0,
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
 }
 
 impl ChunkSource for FileSource {
     fn read_chunk(&mut self, index: u32, buf: &mut [u8]) -> std::io::Result<usize> {
         let offset = index as u64 * self.chunk_size;
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64)? {
-                0 => break,
-                n => done += n,
-            }
+        let end = offset + buf.len() as u64;
+        let block_end = self.block_at + self.block.len() as u64;
+        if offset >= self.block_at && end <= block_end {
+            let at = (offset - self.block_at) as usize;
+            buf.copy_from_slice(&self.block[at..at + buf.len()]);
+            return Ok(buf.len());
         }
-        Ok(done)
+        if offset < self.block_at || buf.len() > READ_AHEAD {
+            // Behind the block: a retransmission; read just this chunk.
+            return self.read_at(buf, offset);
+        }
+        // Ahead: the next block starts at this chunk (whole chunks, so none straddles two).
+        let per_block = (READ_AHEAD as u64 / self.chunk_size).max(1);
+        let mut block = std::mem::take(&mut self.block);
+        block.resize((per_block * self.chunk_size) as usize, 0);
+        let n = self.read_at(&mut block, offset)?;
+        block.truncate(n);
+        self.block = block;
+        self.block_at = offset;
+        let n = buf.len().min(self.block.len());
+        buf[..n].copy_from_slice(&self.block[..n]);
+        Ok(n)
     }
 }
 
@@ -178,10 +224,7 @@ impl SendDriver {
         let mut sender = Sender::new(tid, meta, self.cfg.core.clone(), start)?;
         self.tx
             .ensure_packet_len(sender.max_packet_len() + auth::TRAILER_LEN);
-        let mut source = FileSource {
-            file,
-            chunk_size: self.cfg.core.chunk_size as u64,
-        };
+        let mut source = FileSource::new(file, self.cfg.core.chunk_size);
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
         let mut cancelled = false;
@@ -275,5 +318,37 @@ impl SendDriver {
             "chunk packets of {packet} bytes do not fit the path MTU to {to}: use a smaller \
              --chunk-size ({limit})"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever order chunks are asked in (in order, retransmissions behind, jumps ahead, the
+    /// short last one), each comes back with the file's bytes at its offset.
+    #[test]
+    fn read_ahead_serves_every_chunk_exact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..3_000_017u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let chunk = 1400u32;
+        let count = data.len().div_ceil(chunk as usize) as u32;
+        let mut src = FileSource::new(File::open(&path).unwrap(), chunk);
+        let order = (0..count)
+            .chain([3, 0, count - 1, 700, 1500, 2, count - 1])
+            .chain((0..count).rev());
+        for index in order {
+            let len = wire::chunk_len(data.len() as u64, chunk, index);
+            let mut buf = vec![0u8; len];
+            assert_eq!(
+                src.read_chunk(index, &mut buf).unwrap(),
+                len,
+                "chunk {index}"
+            );
+            let start = index as usize * chunk as usize;
+            assert_eq!(buf, data[start..start + len], "chunk {index}");
+        }
     }
 }
