@@ -231,6 +231,13 @@ impl Bbr {
         self.after_rto = Some(bytes_in_flight);
     }
 
+    /// The last RTO was spurious (an ack showed its chunks were still on their way): the path
+    /// did not go dark, so the post-RTO window goes. The model itself (bandwidth, min RTT) is
+    /// never reset by an RTO in the first place.
+    pub fn on_spurious_rto(&mut self) {
+        self.after_rto = None;
+    }
+
     /// Seeds the RTT model before any ack (the offer's round trip).
     pub fn on_rtt(&mut self, now: Instant, rtt: Duration) {
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;

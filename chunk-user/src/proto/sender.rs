@@ -1,6 +1,7 @@
 //! The sender's state machine for one file (docs/PROTOCOL.md, "Sender").
 //!
-//! Phases: **Offering** (the offer, resent at 200 ms doubling to 2 s until an ack or abort),
+//! Phases: **Offering** (the offer, resent at 200 ms — or the RTO, once the path is known —
+//! doubling to 2 s until an ack or abort),
 //! **Sending** (chunks the receiver lacks, in index order, within the configured window and the
 //! congestion window, paced), **Closing** (everything acknowledged: wait for the complete message,
 //! probing with the last chunk flagged `ACK_NOW` on each RTO), then done with an outcome.
@@ -9,13 +10,22 @@
 //! when three transmissions sent after it have been acknowledged: that is exactly "its number is
 //! below the third-highest acknowledged number", so three integers replace any per-chunk counting
 //! (this also catches a lost retransmission, which a per-chunk duplicate count would not). A chunk
-//! is also lost when it has been out for a whole RTO; the RTO (RFC 6298, see [`rtt`]) runs from
-//! the oldest transmission still out and doubles on each expiry until a fresh RTT sample (Karn).
+//! is also lost when it has been out for a whole RTO; the RTO (RFC 6298 with a margin for the ack
+//! delay and queueing, see [`rtt`]) runs from the oldest transmission still out and doubles on
+//! each expiry until a fresh RTT sample (Karn).
 //! An ack names chunks, not transmissions, so for a resent chunk the sender cannot tell which
 //! copy arrived; loss detection credits the first copy, which can only make it slower to declare
-//! a loss, never declare a false one. When the chunks in flight are followed by nothing (window
-//! full, end of file) and their acks are lost, a tail probe (RFC 9002's PTO) resends the newest
-//! one with `ACK_NOW` about a round trip later instead of waiting for a 200 ms RTO.
+//! a loss, never declare a false one. One case is certain, though: an ack that comes back sooner
+//! after the retransmission than the shortest round trip ever measured answers an earlier copy,
+//! so the retransmission was spurious; the earlier copy's send then makes the rate sample. When
+//! that ack was sent for the arrival of the chunk's only earlier copy (its echo names the chunk:
+//! the echo stands in for the timestamp of Eifel's detection, RFC 3522) and an RTO had given up on
+//! that copy, the RTO was spurious and is undone (RFC 4015's response): the chunks it gave up on
+//! and has not resent yet are in flight again, the timer is widened to what the copy took, and the
+//! backoff and the controller's post-RTO window are reset.
+//! When the chunks in flight are followed by nothing (window full, end of file) and their acks
+//! are lost, a tail probe (RFC 9002's PTO) resends the newest one with `ACK_NOW` about a round
+//! trip later instead of waiting for a 200 ms RTO.
 //! Rate and window come from [`cc`] (a BBR-like model, see there why not Reno).
 //!
 //! If the receiver forgets the transfer (it restarted, or closed it as idle) it answers data with
@@ -72,10 +82,12 @@ pub struct SenderConfig {
     pub max_rate: Option<u64>,
     /// Peer silence after which the transfer fails.
     pub give_up: Duration,
-    /// First offer retransmission interval; doubles up to `offer_max_interval`.
+    /// First offer retransmission interval; doubles up to `offer_max_interval`. A re-offer, with
+    /// the path known, starts from the RTO if that is longer (and may reach it).
     pub offer_interval: Duration,
     pub offer_max_interval: Duration,
-    /// RTO before any RTT sample, and its bounds.
+    /// RTO before any RTT sample, and its bounds (the minimum is absolute; above it the RTO keeps
+    /// its own margin over SRTT, see [`rtt`](super::rtt)).
     pub initial_rto: Duration,
     pub min_rto: Duration,
     pub max_rto: Duration,
@@ -148,6 +160,11 @@ pub struct SenderStats {
     /// Chunks declared lost by acks (three later transmissions acknowledged).
     pub losses_by_ack: u64,
     pub rto_expiries: u64,
+    /// RTO expiries found spurious afterwards (an ack for a chunk they declared lost came back too
+    /// soon to answer its retransmission) and undone.
+    pub spurious_rtos: u64,
+    /// Retransmissions found unneeded the same way (after an RTO or a reordering).
+    pub spurious_retransmits: u64,
     /// Tail probes (a chunk in flight resent with `ACK_NOW` after a silent round trip).
     pub tail_probes: u64,
     /// `ACK_NOW` probes while waiting for the complete message.
@@ -190,6 +207,29 @@ struct InFlight {
     /// Packet bytes, as the congestion controller counts them.
     bytes: u64,
     snapshot: SendSnapshot,
+    /// For a retransmission: the transmission it repeats, in case that one is what gets acked.
+    prev: Option<Earlier>,
+}
+
+/// The transmission a retransmission repeats (see the module comment on spurious retransmissions).
+#[derive(Clone, Copy, Debug)]
+struct Earlier {
+    sent_at: Instant,
+    snapshot: SendSnapshot,
+    /// It was the chunk's only copy (no tail probe, no earlier retransmission): when it is the one
+    /// acknowledged, its round trip is a valid sample.
+    only: bool,
+    /// It was declared lost by an RTO (not by later acks).
+    by_rto: bool,
+}
+
+/// A chunk declared lost and not yet resent.
+#[derive(Clone, Copy, Debug)]
+struct Lost {
+    /// Its last transmission.
+    last: InFlight,
+    /// Declared by an RTO, which a spurious-RTO undo puts back in flight.
+    by_rto: bool,
 }
 
 /// Bytes of IPv4 header the pacer adds to each packet (the link carries them too).
@@ -198,6 +238,7 @@ const IP_HEADER: u64 = 20;
 /// timer that wakes it a millisecond late without letting an idle period become a huge burst.
 const PACING_BURST: Duration = Duration::from_millis(2);
 /// The longest the receiver holds an ack (docs/PROTOCOL.md, Receiver 2: at least every 5 ms).
+/// Samples have the hold subtracted; every timer adds it back (see [`rtt`](super::rtt)).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The sending side of one transfer.
@@ -217,6 +258,8 @@ pub struct Sender {
     offer_next: Instant,
     offer_interval: Duration,
     offer_sends: u32,
+    /// When the first and the latest copy of the offer went out.
+    offer_first_sent_at: Instant,
     offer_sent_at: Instant,
     /// `unknown transfer` aborts before this are answers to data sent before a re-offer.
     stale_aborts_until: Instant,
@@ -231,7 +274,7 @@ pub struct Sender {
     by_tx: BTreeMap<u64, (u32, Instant)>,
     /// Chunks declared lost and not yet resent, with their last transmission: an ack for it
     /// may still come (the loss was only reordering), and it still makes a rate sample.
-    lost: BTreeMap<u32, InFlight>,
+    lost: BTreeMap<u32, Lost>,
     next_tx: u64,
     /// The three highest acknowledged transmission numbers, highest first (0: none).
     top_acked: [u64; 3],
@@ -245,6 +288,8 @@ pub struct Sender {
     last_sent_at: Instant,
     tail_probes: u32,
     tail_probe_due: bool,
+    /// When the last tail probe went and which chunk it resent, until an ack or an RTO.
+    tail_probe_at: Option<(Instant, u32)>,
     cc: Bbr,
     next_send_at: Instant,
 
@@ -276,7 +321,7 @@ impl Sender {
             return Err(SendError::NameTooLong(meta.name.len()));
         }
         let chunk_bytes = (HEADER_LEN as u64) + cfg.chunk_size as u64;
-        let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto);
+        let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto, MAX_ACK_DELAY);
         Ok(Self {
             id: transfer_id,
             count,
@@ -288,6 +333,7 @@ impl Sender {
             offer_next: now,
             offer_interval: cfg.offer_interval,
             offer_sends: 0,
+            offer_first_sent_at: now,
             offer_sent_at: now,
             stale_aborts_until: now,
             acked: ChunkSet::new(),
@@ -304,6 +350,7 @@ impl Sender {
             last_sent_at: now,
             tail_probes: 0,
             tail_probe_due: false,
+            tail_probe_at: None,
             cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
             next_send_at: now,
             probe_due: false,
@@ -474,10 +521,14 @@ impl Sender {
                     return None;
                 }
                 self.offer_due = false;
+                if self.offer_sends == 0 {
+                    self.offer_first_sent_at = now;
+                }
                 self.offer_sends += 1;
                 self.offer_sent_at = now;
                 self.offer_next = now + self.offer_interval;
-                self.offer_interval = (self.offer_interval * 2).min(self.cfg.offer_max_interval);
+                let cap = self.cfg.offer_max_interval.max(self.first_offer_interval());
+                self.offer_interval = (self.offer_interval * 2).min(cap);
                 self.stats.offers_sent += 1;
                 self.emit_offer(buf, 0)
             }
@@ -567,8 +618,8 @@ impl Sender {
 
     /// The next chunk to send: the lowest lost one, else the lowest never sent and not acked.
     fn next_chunk(&self) -> Option<(u32, u32)> {
-        if let Some((&index, f)) = self.lost.first_key_value() {
-            return Some((index, f.sends));
+        if let Some((&index, l)) = self.lost.first_key_value() {
+            return Some((index, l.last.sends));
         }
         let index = self.acked.next_missing(self.next_new, self.count as u64)?;
         Some((index as u32, 0))
@@ -656,7 +707,14 @@ impl Sender {
         self.last_sent_at = now;
         let tx = self.next_tx;
         self.next_tx += 1;
-        let first_tx = self.lost.get(&index).map_or(tx, |f| f.first_tx);
+        let lost = self.lost.get(&index);
+        let first_tx = lost.map_or(tx, |l| l.last.first_tx);
+        let prev = lost.map(|l| Earlier {
+            sent_at: l.last.sent_at,
+            snapshot: l.last.snapshot,
+            only: l.last.sends == 1,
+            by_rto: l.by_rto,
+        });
         let snapshot = self.cc.on_send(now, self.bytes_in_flight);
         self.in_flight.insert(
             index,
@@ -667,6 +725,7 @@ impl Sender {
                 sends: sends + 1,
                 bytes,
                 snapshot,
+                prev,
             },
         );
         self.by_tx.insert(tx, (index, now));
@@ -697,8 +756,7 @@ impl Sender {
         if self.in_flight.is_empty() {
             return None;
         }
-        let pto =
-            (self.rtt.pto_base() + MAX_ACK_DELAY).saturating_mul(1 << self.tail_probes.min(16));
+        let pto = self.rtt.pto().saturating_mul(1 << self.tail_probes.min(16));
         Some(self.last_sent_at + pto)
     }
 
@@ -720,6 +778,7 @@ impl Sender {
             f.sends += 1;
         }
         self.last_sent_at = now;
+        self.tail_probe_at = Some((now, index));
         self.stats.chunks_sent += 1;
         self.stats.chunks_retransmitted += 1;
         Some(len)
@@ -727,14 +786,25 @@ impl Sender {
 
     fn on_offer_accepted(&mut self, ack: &AckRepr<'_>, now: Instant) {
         // The offer's round trip is a fine first sample, if there was only one offer (Karn).
-        if self.offer_sends == 1 && ack.echo == NO_ECHO {
+        // Otherwise (the path is longer than the offer interval, or an offer was lost) the time
+        // since the first copy is still an upper bound, which sizes the first RTO: without it the
+        // first chunks would run on the 1 s initial RTO, shorter than a long path's round trip.
+        // The controller gets nothing: its minimum RTT must be a sample, not a bound.
+        if ack.echo == NO_ECHO {
             let delay = Duration::from_micros(ack.delay_us as u64);
-            if let Some(rtt) = now
-                .saturating_duration_since(self.offer_sent_at)
+            if self.offer_sends == 1 {
+                if let Some(rtt) = now
+                    .saturating_duration_since(self.offer_sent_at)
+                    .checked_sub(delay)
+                {
+                    self.rtt.on_sample(rtt);
+                    self.cc.on_rtt(now, rtt);
+                }
+            } else if let Some(bound) = now
+                .saturating_duration_since(self.offer_first_sent_at)
                 .checked_sub(delay)
             {
-                self.rtt.on_sample(rtt);
-                self.cc.on_rtt(now, rtt);
+                self.rtt.on_upper_bound(bound);
             }
         }
         self.phase = Phase::Sending;
@@ -752,11 +822,27 @@ impl Sender {
     fn on_ack(&mut self, ack: &AckRepr<'_>, now: Instant) {
         let count = self.count as u64;
         // Karn's rule: only a chunk sent once, and acknowledged by this very ack, times the path.
+        // Two more cases are just as unambiguous: a resent chunk whose retransmission cannot have
+        // been answered yet (the ack is for its only earlier copy), and a chunk declared lost but
+        // not resent (its only copy is what arrived). Either way, if an RTO had given up on that
+        // copy, the copy's round trip is what the RTO missed: the RTO was spurious.
         let mut rtt_sample = None;
+        let mut spurious_rto = None;
         if ack.echo != NO_ECHO && ack.has(ack.echo) {
-            if let Some(f) = self.in_flight.get(&ack.echo).filter(|f| f.sends == 1) {
+            let only_copy = match (self.in_flight.get(&ack.echo), self.lost.get(&ack.echo)) {
+                (Some(f), _) if f.sends == 1 => Some((f.sent_at, false)),
+                (Some(f), _) => f
+                    .prev
+                    .filter(|e| e.only && self.answers_earlier_copy(f, now))
+                    .map(|e| (e.sent_at, e.by_rto)),
+                (None, Some(l)) if l.last.sends == 1 => Some((l.last.sent_at, l.by_rto)),
+                (None, _) => None,
+            };
+            if let Some((sent_at, by_rto)) = only_copy {
+                let age = now.saturating_duration_since(sent_at);
                 let delay = Duration::from_micros(ack.delay_us as u64);
-                rtt_sample = now.saturating_duration_since(f.sent_at).checked_sub(delay);
+                rtt_sample = age.checked_sub(delay);
+                spurious_rto = by_rto.then_some(age);
             }
         }
 
@@ -805,12 +891,16 @@ impl Sender {
             self.rtt.on_sample(rtt);
             self.rto_backoff = 0;
         }
+        if let Some(age) = spurious_rto {
+            self.undo_spurious_rto(age);
+        }
         if self.acked.len() > acked_before {
             // New chunks acknowledged: the path works, whether or not Karn allowed a sample
             // (as Linux does; RFC 6298 §5.7 permits it).
             self.rto_backoff = 0;
         }
         self.tail_probes = 0;
+        self.tail_probe_at = None;
         self.detect_losses();
         self.cc.on_ack_end(now, rtt_sample, self.bytes_in_flight);
 
@@ -828,7 +918,16 @@ impl Sender {
         };
         self.by_tx.remove(&f.tx);
         self.bytes_in_flight -= f.bytes;
-        self.cc.on_acked(now, &f.snapshot, f.bytes);
+        let mut snapshot = f.snapshot;
+        if let Some(e) = f.prev.filter(|_| self.answers_earlier_copy(&f, now)) {
+            // The earlier copy arrived: its send is what this delivery measures. The
+            // retransmission's would give an interval of a few ms, which the controller rejects
+            // as ack compression; when every ack carried one (an RTO firing before each ack),
+            // the bandwidth estimate starved to zero.
+            snapshot = e.snapshot;
+            self.stats.spurious_retransmits += 1;
+        }
+        self.cc.on_acked(now, &snapshot, f.bytes);
         // An ack names chunks, not transmissions: for a chunk sent more than once it may be the
         // first copy that arrived (the loss was spurious). Crediting the latest copy would then
         // make everything sent before it look lost, so the earliest one is credited.
@@ -845,8 +944,54 @@ impl Sender {
 
     /// A chunk declared lost was acknowledged after all, before it was resent.
     fn on_lost_chunk_acked(&mut self, index: u32, now: Instant) {
-        if let Some(f) = self.lost.remove(&index) {
-            self.cc.on_acked(now, &f.snapshot, f.bytes);
+        if let Some(l) = self.lost.remove(&index) {
+            self.cc.on_acked(now, &l.last.snapshot, l.last.bytes);
+        }
+    }
+
+    /// Whether an ack for resent chunk `f` arriving at `now` must be for an earlier copy: the
+    /// retransmission has been out for less than the shortest round trip ever measured.
+    fn answers_earlier_copy(&self, f: &InFlight, now: Instant) -> bool {
+        f.prev.is_some()
+            && self
+                .rtt
+                .min()
+                .is_some_and(|min| now.saturating_duration_since(f.sent_at) < min)
+    }
+
+    /// An RTO turned out spurious (its chunks were still on their way: one it gave up on arrived
+    /// and was answered `age` after it was sent): as F-RTO and Eifel do (RFC 5682, RFC 4015), take
+    /// back what it did. The chunks it declared lost and that have not gone again are in flight
+    /// once more, with their own send times (the timer is widened to cover `age`, so they are not
+    /// timed out again at once; the ack rule re-declares any that later acks show lost), the
+    /// backoff is reset, and the controller's post-RTO window is lifted. The controller's
+    /// bandwidth estimate is never touched by an RTO.
+    ///
+    /// Only an ack sent for that copy's arrival (its echo) counts as proof. An ack that merely
+    /// lists the chunk may come after an outage that also swallowed the chunk's first ack: that
+    /// RTO was not spurious, and `age` would include the outage.
+    fn undo_spurious_rto(&mut self, age: Duration) {
+        self.stats.spurious_rtos += 1;
+        self.rtt.on_spurious_timeout(age);
+        self.rto_backoff = 0;
+        self.cc.on_spurious_rto();
+        let gave_up: Vec<u32> = self
+            .lost
+            .iter()
+            .filter(|(_, l)| l.by_rto)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in gave_up {
+            let Some(l) = self.lost.remove(&index) else {
+                continue;
+            };
+            let f = l.last;
+            self.by_tx.insert(f.tx, (index, f.sent_at));
+            self.bytes_in_flight += f.bytes;
+            self.in_flight.insert(index, f);
+        }
+        if self.lost.is_empty() {
+            self.ack_now = false;
         }
     }
 
@@ -858,16 +1003,16 @@ impl Sender {
             if tx >= threshold {
                 break;
             }
-            self.declare_lost(tx, index);
+            self.declare_lost(tx, index, false);
             self.stats.losses_by_ack += 1;
         }
     }
 
-    fn declare_lost(&mut self, tx: u64, index: u32) {
+    fn declare_lost(&mut self, tx: u64, index: u32, by_rto: bool) {
         self.by_tx.remove(&tx);
         if let Some(f) = self.in_flight.remove(&index) {
             self.bytes_in_flight -= f.bytes;
-            self.lost.insert(index, f);
+            self.lost.insert(index, Lost { last: f, by_rto });
         }
     }
 
@@ -882,8 +1027,24 @@ impl Sender {
 
     /// When the oldest transmission still out times out.
     fn rto_deadline(&self) -> Option<Instant> {
-        let (_, &(_, sent_at)) = self.by_tx.first_key_value()?;
-        Some(sent_at + self.rto(self.rto_backoff))
+        let (_, &(index, sent_at)) = self.by_tx.first_key_value()?;
+        let deadline = sent_at + self.rto(self.rto_backoff);
+        // After a tail probe the RTO waits for the probe's answer, a round trip, when that answer
+        // settles the chunk the RTO would resend first: the probed chunk itself, or one sent once
+        // (the receiver answers a probe with everything it has, or with its verdict: the end of
+        // the file, whose last acks or complete were lost). On a short path this changes nothing
+        // (the 200 ms minimum is longer); on a long one the RTO, 1.25 round trips after the
+        // chunk, would fire a quarter round trip after the probe and resend for nothing. A lost
+        // retransmission keeps its time: the answer cannot show it lost (acks of resent chunks
+        // credit their first copies), only the RTO can.
+        let settles = |probed: u32| {
+            probed == index || self.in_flight.get(&index).is_some_and(|f| f.sends == 1)
+        };
+        let answer = self
+            .tail_probe_at
+            .filter(|&(_, probed)| settles(probed))
+            .map(|(at, _)| at + self.rtt.pto());
+        Some(answer.map_or(deadline, |a| a.max(deadline)))
     }
 
     /// The oldest transmission went unanswered for a whole RTO: it, and every other chunk out
@@ -897,10 +1058,11 @@ impl Sender {
             if sent_at + rto > now {
                 break;
             }
-            self.declare_lost(tx, index);
+            self.declare_lost(tx, index, true);
         }
         self.rto_backoff += 1;
         self.stats.rto_expiries += 1;
+        self.tail_probe_at = None;
         self.ack_now = true;
         self.cc.on_rto(self.bytes_in_flight);
         self.next_send_at = self.next_send_at.min(now);
@@ -955,7 +1117,7 @@ impl Sender {
         self.phase = Phase::Offering;
         self.offer_due = true;
         self.offer_sends = 0;
-        self.offer_interval = self.cfg.offer_interval;
+        self.offer_interval = self.first_offer_interval();
         self.acked = ChunkSet::new();
         self.next_new = 0;
         self.in_flight.clear();
@@ -964,6 +1126,18 @@ impl Sender {
         self.top_acked = [0; 3];
         self.bytes_in_flight = 0;
         self.ack_now = false;
+        self.tail_probes = 0;
+        self.tail_probe_at = None;
+    }
+
+    /// The first offer retransmission interval: the configured 200 ms, or the RTO once the path
+    /// is known (a re-offer), so that a path longer than 200 ms is not offered to twice a round
+    /// trip — which also costs the offer's RTT sample (Karn).
+    fn first_offer_interval(&self) -> Duration {
+        match self.rtt.smoothed() {
+            Some(_) => self.cfg.offer_interval.max(self.rtt.rto()),
+            None => self.cfg.offer_interval,
+        }
     }
 
     fn finish(&mut self, result: Result<(), SendError>) {
@@ -1181,6 +1355,104 @@ mod tests {
             Some((MessageType::Data, 0, flags::MORE_CHUNKS | flags::ACK_NOW))
         );
         assert_eq!(s.stats().rto, ms(400), "doubled");
+    }
+
+    #[test]
+    fn an_offer_answered_after_two_copies_bounds_the_first_rto() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        s.handle_timeout(t0 + ms(200));
+        assert_eq!(
+            poll(&mut s, t0 + ms(200)).map(|p| p.0),
+            Some(MessageType::Offer)
+        );
+        // A 300 ms path: the ack answers the first copy, but which one is unknown (Karn).
+        ack(&mut s, t0 + ms(300), 0, NO_ECHO, 0, &[]);
+        let st = s.stats();
+        assert_eq!(st.srtt, None, "not a sample");
+        // The time since the first copy, as a first sample: 300 + 4 × 150 + 5 ms (not the 1 s
+        // initial RTO, which a path longer than 1 s would exceed).
+        assert_eq!(st.rto, ms(905));
+    }
+
+    #[test]
+    fn a_reoffer_waits_an_rto_before_offering_again() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        poll(&mut s, t0);
+        ack(&mut s, t0 + ms(300), 0, NO_ECHO, 0, &[]);
+        assert_eq!(s.stats().srtt, Some(ms(300)));
+        let forgot = AbortRepr {
+            reason: AbortReason::UnknownTransfer,
+            message: b"",
+        };
+        let at = t0 + ms(1000);
+        feed(&mut s, at, 0, Message::Abort(forgot));
+        assert_eq!(s.stats().reoffers, 1);
+        assert_eq!(poll(&mut s, at).map(|p| p.0), Some(MessageType::Offer));
+        // Not 200 ms: on this path that would send a second copy before the first is answered.
+        assert_eq!(s.poll_timeout(), Some(at + s.stats().rto));
+        assert!(s.stats().rto > ms(300));
+    }
+
+    /// A 100 ms path with ten chunks out, all declared lost by one RTO (fired late on purpose),
+    /// and chunk 0 resent; returns when that was.
+    fn ten_chunks_given_up_by_an_rto(s: &mut Sender, t0: Instant) -> Instant {
+        poll(s, t0);
+        ack(s, t0 + ms(100), 0, NO_ECHO, 0, &[]);
+        let mut now = t0 + ms(100);
+        let mut sent = 0;
+        while sent < 10 {
+            if poll(s, now).is_some() {
+                sent += 1;
+            } else {
+                now += ms(1);
+            }
+        }
+        let fire = s.poll_timeout().unwrap() + ms(50);
+        s.handle_timeout(fire);
+        assert_eq!(s.stats().rto_expiries, 1);
+        assert_eq!(s.stats().bytes_in_flight, 0);
+        assert_eq!(poll(s, fire).map(|p| p.1), Some(0), "oldest first");
+        assert_eq!(s.stats().chunks_retransmitted, 1);
+        fire
+    }
+
+    #[test]
+    fn a_spurious_rto_is_detected_and_undone() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        let fire = ten_chunks_given_up_by_an_rto(&mut s, t0);
+        // The path's queue grew: the ack for the first copy of chunk 0 (echo 0) comes 1 ms after
+        // its retransmission, far sooner than the 100 ms the path takes, so it cannot answer it.
+        ack(&mut s, fire + ms(1), 1, 0, 1, &[]);
+        let st = s.stats();
+        assert_eq!((st.spurious_rtos, st.spurious_retransmits), (1, 1));
+        assert_eq!(st.rto, s.rtt.rto(), "backoff reset");
+        // The late round trip (about 356 ms) is a sample, and the RTO is widened past it.
+        assert!(st.srtt.unwrap() > ms(100));
+        assert!(st.rto > ms(400), "{:?}", st.rto);
+        // Chunks 1..10 are in flight again, not resent.
+        assert_eq!(st.bytes_in_flight, 9 * 120);
+        assert_eq!(poll(&mut s, fire + ms(2)), None);
+        assert_eq!(s.stats().chunks_retransmitted, 1);
+        ack(&mut s, fire + ms(3), 10, 9, 10, &[]);
+        assert_eq!(s.progress(), (10, 10));
+    }
+
+    #[test]
+    fn an_ack_that_only_lists_a_chunk_does_not_undo_the_rto() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        let fire = ten_chunks_given_up_by_an_rto(&mut s, t0);
+        // Chunk 0 is reported, but not by an ack sent for its arrival: after an outage that
+        // swallowed its first ack, say. The retransmission was not needed, but the RTO stands.
+        ack(&mut s, fire + ms(1), 1, NO_ECHO, 1, &[]);
+        let st = s.stats();
+        assert_eq!((st.spurious_rtos, st.spurious_retransmits), (0, 1));
+        assert_eq!(st.bytes_in_flight, 0, "the others stay lost");
+        assert_eq!(poll(&mut s, fire + ms(1)).map(|p| p.1), Some(1));
     }
 
     #[test]

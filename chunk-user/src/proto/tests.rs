@@ -493,6 +493,90 @@ fn large_window_on_a_long_fat_path() {
     );
 }
 
+/// One file over a 50 Mbit/s path with round trip `rtt_ms`, `loss` each way and a queue of one
+/// BDP (the figures' path). The sink compares every byte with the generator, so the hash in the
+/// offer need not be the file's (the sink echoes it back when the bytes matched).
+fn long_path(rtt_ms: u64, loss: f64, size: u64) -> sim::Report {
+    let s = sim::figure_scenario(50_000_000, Duration::from_millis(rtt_ms), loss, size, 7);
+    sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN])
+}
+
+/// Above 200 ms of round trip neither the 200 ms RTO minimum nor the 200 ms offer interval
+/// covers the path any more: the RTO has to keep its own margin (the receiver's ack delay,
+/// queueing), or every chunk times out just before its ack and is sent twice, which also starved
+/// the bandwidth estimate. The transfer must complete, and resend only what was lost.
+fn assert_long_path_is_clean(rtt_ms: u64, loss: f64, size: u64) {
+    let r = long_path(rtt_ms, loss, size);
+    let st = &r.sender;
+    let what = format!(
+        "{rtt_ms} ms, {} % loss: {st:?}, up {:?}",
+        loss * 100.0,
+        r.up
+    );
+    assert_eq!(r.outcome, Some(Ok(())), "{what}");
+    assert!(r.verified, "{what}");
+    assert_eq!(st.chunks_acked, st.chunk_count as u64, "{what}");
+    let lost = r.up.lost + r.up.queue_drops;
+    assert!(
+        st.chunks_retransmitted as f64 <= 1.1 * lost as f64,
+        "more than 1.1 retransmissions per lost chunk: {what}"
+    );
+    if loss == 0.0 {
+        assert!(
+            st.chunks_retransmitted * 100 <= st.chunk_count as u64,
+            "more than 1 % of the chunks resent on a path that loses nothing: {what}"
+        );
+    }
+}
+
+#[test]
+fn long_path_300_ms() {
+    assert_long_path_is_clean(300, 0.0, 32 << 20);
+}
+
+#[test]
+fn long_path_300_ms_1_percent_loss() {
+    assert_long_path_is_clean(300, 0.01, 32 << 20);
+}
+
+#[test]
+fn long_path_600_ms() {
+    assert_long_path_is_clean(600, 0.0, 32 << 20);
+}
+
+#[test]
+fn long_path_600_ms_1_percent_loss() {
+    assert_long_path_is_clean(600, 0.01, 32 << 20);
+}
+
+#[test]
+fn a_lost_complete_on_a_long_path_is_probed_for_not_timed_out() {
+    // 300 ms: the offer goes twice (its 200 ms interval is shorter than the path), and the first
+    // complete is lost. The tail probe, a round trip after the last chunk, fetches the verdict
+    // again; the RTO, which would fire a quarter round trip after the probe and send the chunk
+    // a third time, waits for the probe's answer.
+    let file = VirtualFile::new(8, 100_000, 1000);
+    let path = LinkConfig::new(50_000_000, Duration::from_millis(150));
+    let mut sim = new_sim(8, path.clone(), path, ReceiverConfig::default());
+    add(&mut sim, 8, file, NAME, SenderConfig::default());
+    let completes = Rc::new(Cell::new(0));
+    let c = completes.clone();
+    sim.set_filter(Box::new(move |_, repr| {
+        let Message::Complete(_) = repr.message else {
+            return false;
+        };
+        c.set(c.get() + 1);
+        c.get() == 1
+    }));
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+    let st = sim.sender(0).sender.stats();
+    assert_eq!(st.offers_sent, 2, "{st:?}");
+    assert_eq!((st.rto_expiries, st.chunks_retransmitted), (0, 1), "{st:?}");
+    assert_eq!(st.tail_probes, 1, "{st:?}");
+}
+
 /// A path with everything that can go wrong, at rates drawn by proptest.
 fn hostile_link(loss: f64, dup: f64, reorder: f64, corrupt: f64, jitter_ms: u64) -> LinkConfig {
     let mut l = LinkConfig::new(20_000_000, Duration::from_millis(5));
