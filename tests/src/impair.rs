@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::Netns;
+use crate::{Netns, VethEnd, veth_pair};
 
 /// What the bridge does to chunk packets, each an independent probability in 0..=1.
 #[derive(Clone, Copy, Debug, Default)]
@@ -66,21 +66,11 @@ impl Bridged {
             (&sender, "veth-s", "198.18.3.1/24", "bx-s"),
             (&receiver, "veth-r", "198.18.3.2/24", "bx-r"),
         ] {
-            host.ip(&[
-                "link",
-                "add",
-                host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                br_if,
-                "netns",
-                bridge.name(),
-            ])?;
-            host.ip(&["addr", "add", addr, "dev", host_if])?;
-            host.ip(&["link", "set", host_if, "up"])?;
-            bridge.ip(&["link", "set", br_if, "up"])?;
+            veth_pair(
+                VethEnd::new(host, host_if).addr(addr),
+                VethEnd::new(&bridge, br_if),
+                None,
+            )?;
         }
         let stats = Arc::new(ImpairStats::default());
         let stop = Arc::new(AtomicBool::new(false));

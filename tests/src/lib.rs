@@ -1,9 +1,12 @@
 //! The network-namespace harness for chunk's end-to-end tests, demo and benchmarks.
 //!
 //! [`Netns`] creates a namespace and deletes it when dropped, also when a test fails or panics;
-//! [`TwoHosts`] joins two of them with a veth pair. Addresses are always in 198.18.0.0/15 (the
-//! benchmarking range), and traffic never leaves namespaces this harness made. [`Daemon`] kills
-//! and reaps a background process when dropped, so namespaces are never left busy.
+//! [`veth_pair`] joins two of them, and every topology is built with it: [`TwoHosts`] (one
+//! link), [`Routed`] (through a router), [`Bridged`] (through an impairing bridge). Addresses are
+//! always in 198.18.0.0/15 (the benchmarking range), and traffic never leaves namespaces this
+//! harness made. [`Daemon`] kills and reaps a background process when dropped, so namespaces are
+//! never left busy; [`spawn_recv`] is the one way to start `chunk recv` and wait until it is
+//! ready (the tests, `cargo xtask demo` and `cargo xtask bench` all use it).
 //!
 //! Everything here shells out to `ip` (iproute2): it is what an operator would type, and it keeps
 //! the harness free of netlink plumbing.
@@ -21,9 +24,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub mod impair;
+pub mod recv;
 pub mod routed;
+pub mod veth;
 pub use impair::{Bridged, Impairments};
+pub use recv::{READY_TIMEOUT, ReadyRecv, spawn_recv};
 pub use routed::Routed;
+pub use veth::{VethEnd, veth_pair};
 
 /// Every namespace this harness creates starts with this, then the creating process's pid.
 pub const NETNS_PREFIX: &str = "chunk-";
@@ -266,34 +273,19 @@ impl TwoHosts {
             sender_mac: [0x02, 0xc4, 0x6b, 0, 0, 1],
             receiver_mac: [0x02, 0xc4, 0x6b, 0, 0, 2],
         };
-        let mtu = mtu.to_string();
-        hosts.sender.ip(&[
-            "link",
-            "add",
-            hosts.sender_if,
-            "address",
-            &mac(&hosts.sender_mac),
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            hosts.receiver_if,
-            "address",
-            &mac(&hosts.receiver_mac),
-            "mtu",
-            &mtu,
-            "netns",
-            hosts.receiver.name(),
-        ])?;
-        for (ns, ifname, addr) in [
-            (&hosts.sender, hosts.sender_if, hosts.sender_addr),
-            (&hosts.receiver, hosts.receiver_if, hosts.receiver_addr),
-        ] {
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname])?;
-            ns.ip(&["link", "set", ifname, "up"])?;
-        }
+        let (sender_addr, receiver_addr) = (
+            format!("{}/24", hosts.sender_addr),
+            format!("{}/24", hosts.receiver_addr),
+        );
+        veth_pair(
+            VethEnd::new(&hosts.sender, hosts.sender_if)
+                .addr(&sender_addr)
+                .mac(hosts.sender_mac),
+            VethEnd::new(&hosts.receiver, hosts.receiver_if)
+                .addr(&receiver_addr)
+                .mac(hosts.receiver_mac),
+            Some(mtu),
+        )?;
         // Static neighbours: no ARP round before the first packet, and no ARP noise in counters.
         hosts.sender.ip(&[
             "neigh",

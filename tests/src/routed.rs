@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
-use crate::{Netns, run};
+use crate::{Netns, VethEnd, run, veth_pair};
 
 /// `sender` 198.18.1.1 — `router` 198.18.1.254 / 198.18.2.254 — `receiver` 198.18.2.1.
 #[derive(Debug)]
@@ -22,6 +22,11 @@ pub struct Routed {
 
 impl Routed {
     pub fn new(tag: &str) -> Result<Self> {
+        Self::with_mtu(tag, None)
+    }
+
+    /// As [`Routed::new`], with `mtu` on every link (the kernel's 1500 if none).
+    pub fn with_mtu(tag: &str, mtu: Option<u32>) -> Result<Self> {
         let t = Routed {
             sender: Netns::new(&format!("{tag}-s"))?,
             router: Netns::new(&format!("{tag}-x"))?,
@@ -48,23 +53,11 @@ impl Routed {
             ),
         ];
         for (host, host_if, host_addr, router_if, router_addr) in links {
-            host.ip(&[
-                "link",
-                "add",
-                host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                router_if,
-                "netns",
-                t.router.name(),
-            ])?;
-            host.ip(&["addr", "add", host_addr, "dev", host_if])?;
-            host.ip(&["link", "set", host_if, "up"])?;
-            t.router
-                .ip(&["addr", "add", router_addr, "dev", router_if])?;
-            t.router.ip(&["link", "set", router_if, "up"])?;
+            veth_pair(
+                VethEnd::new(host, host_if).addr(host_addr),
+                VethEnd::new(&t.router, router_if).addr(router_addr),
+                mtu,
+            )?;
             let gw = router_addr.split('/').next().expect("an address");
             host.ip(&["route", "add", "198.18.0.0/15", "via", gw])?;
         }

@@ -611,14 +611,12 @@ fn stats(hosts: &TwoHosts) -> Result<Value, String> {
 fn stats_and_bpftool_show_a_running_receiver() {
     let hosts = TwoHosts::new("stats", 1500).unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let mut cmd = hosts.receiver.command(&chunk_bin());
-    cmd.args(["recv", "--iface", hosts.receiver_if, "--json", "--out"])
-        .arg(out_dir.path())
-        .args(["--max-per-source", "3", "--max-state-kib", "512"]);
-    let mut daemon = Daemon::spawn(cmd, "chunk recv").unwrap();
-    let (_, _lines) = wait_for_line(daemon.stdout().unwrap(), Duration::from_secs(30), |l| {
-        l.contains("\"ready\"")
-    })
+    let chunk_tests::ReadyRecv { daemon, .. } = chunk_tests::spawn_recv(
+        hosts.receiver.command(&chunk_bin()),
+        hosts.receiver_if,
+        out_dir.path(),
+        &["--max-per-source", "3", "--max-state-kib", "512"],
+    )
     .expect("chunk recv is ready");
     // Data for a transfer the receiver does not know, and corrupt chunks.
     probe(&hosts, 30, 7).join().unwrap();

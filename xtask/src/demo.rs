@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chunk_tests::{Daemon, TwoHosts, wait_for_line};
+use chunk_tests::{ReadyRecv, TwoHosts, spawn_recv};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -87,22 +87,15 @@ pub fn run(bin: &Path, args: &DemoArgs) -> Result<()> {
         hosts.receiver_addr
     );
     let bin = bin.to_str().context("binary path is not UTF-8")?;
-    let mut cmd = hosts.receiver.command(bin);
-    cmd.args([
-        "recv",
-        "--iface",
+    let ReadyRecv {
+        daemon: receiver,
+        ready: line,
+        lines,
+    } = spawn_recv(
+        hosts.receiver.command(bin),
         hosts.receiver_if,
-        "--json",
-        "--exit-after",
-        "1",
-    ])
-    .arg("--out")
-    .arg(&out_dir);
-    let mut receiver = Daemon::spawn(cmd, "chunk recv")?;
-    let (line, lines) = wait_for_line(
-        receiver.stdout().context("receiver stdout")?,
-        Duration::from_secs(20),
-        |l| l.contains("\"ready\""),
+        &out_dir,
+        &["--exit-after", "1"],
     )?;
     eprintln!("demo: receiver {line}");
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chunk_tests::{Daemon, Netns, wait_for_line};
+use chunk_tests::{Daemon, Netns, ReadyRecv, spawn_recv};
 use serde_json::Value;
 
 pub fn chunk_bin() -> String {
@@ -49,7 +49,8 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     v
 }
 
-/// A running `chunk recv --json`.
+/// A running `chunk recv --json` (started by the harness's [`spawn_recv`]), with panicking
+/// helpers for the tests: events are JSON values, failures are test failures.
 pub struct Recv {
     pub daemon: Daemon,
     lines: Receiver<String>,
@@ -58,15 +59,8 @@ pub struct Recv {
 
 impl Recv {
     pub fn start(ns: &Netns, iface: &str, out: &Path, extra: &[&str]) -> Recv {
-        let mut cmd = ns.command(&chunk_bin());
-        cmd.args(["recv", "--iface", iface, "--json", "--out"])
-            .arg(out)
-            .args(extra);
-        let mut daemon = Daemon::spawn(cmd, "chunk recv").expect("start chunk recv");
-        let (_, lines) = wait_for_line(daemon.stdout().unwrap(), Duration::from_secs(30), |l| {
-            l.contains("\"ready\"")
-        })
-        .expect("chunk recv is ready");
+        let ReadyRecv { daemon, lines, .. } =
+            spawn_recv(ns.command(&chunk_bin()), iface, out, extra).expect("chunk recv is ready");
         Recv {
             daemon,
             lines,

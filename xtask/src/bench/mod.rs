@@ -1,0 +1,446 @@
+//! `cargo xtask bench`: chunk against TCP (`nc`) and UFTP on the same file, the same veth links
+//! and the same loss, in one run.
+//!
+//! Three namespaces in a line (sender — router — receiver, `chunk_tests::Routed`) and a fourth,
+//! the junk sender, also behind the router ([`topology`]). The router drops a share of every
+//! forwarded IPv4 packet, each direction, with nftables, so every tool sees the same loss, and
+//! counts what it forwards (the junk flood's rate, UFTP's data packets). Rounds alternate tools
+//! and cases (a slow minute of the machine then hits every tool alike; the tools' order rotates
+//! each round) and each figure is the median of the rounds ([`stats`]). Every received file's
+//! BLAKE3 is checked. Each process runs under `/usr/bin/time`, which gives its CPU seconds and
+//! peak RSS; `/proc/stat` gives the whole machine's CPU, which also holds the kernel's receive
+//! work that veth does in softirq context on whichever CPU is at hand ([`accounting`]). Results
+//! go to `target/bench/` as markdown, JSON ([`report`]) and a PNG chart ([`chart`]);
+//! docs/PERFORMANCE.md says how to read them.
+//!
+//! This module holds the command line and the orchestration: the rounds, one run (flood, driver,
+//! hash check), the optional RSS check ([`rss`]), and writing the results.
+
+mod accounting;
+mod chart;
+mod goals;
+mod report;
+mod rss;
+mod run;
+mod stats;
+mod tools;
+mod topology;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::demo::{generate, hash_file};
+use run::{Outcome, Run};
+use tools::{Tool, Transfer};
+use topology::Net;
+
+/// A condition on the link during a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Case {
+    /// No loss, no flood.
+    Clean,
+    /// 1 % of every forwarded packet lost, each way.
+    Loss1,
+    /// 5 % of every forwarded packet lost, each way.
+    Loss5,
+    /// Junk packets at full rate from a second sender during the transfer.
+    Flood,
+}
+
+impl Case {
+    /// The name on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Clean => "clean",
+            Case::Loss1 => "loss1",
+            Case::Loss5 => "loss5",
+            Case::Flood => "flood",
+        }
+    }
+
+    /// The share of forwarded packets the router drops, each way, in percent.
+    fn loss_percent(self) -> u32 {
+        match self {
+            Case::Loss1 => 1,
+            Case::Loss5 => 5,
+            Case::Clean | Case::Flood => 0,
+        }
+    }
+
+    /// The chart's label.
+    fn label(self) -> &'static str {
+        match self {
+            Case::Clean => "clean",
+            Case::Loss1 => "1 % loss each way",
+            Case::Loss5 => "5 % loss each way",
+            Case::Flood => "junk flood",
+        }
+    }
+}
+
+impl Serialize for Case {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Size of the file every tool sends, in MiB.
+    #[arg(long, default_value_t = 512)]
+    size_mib: u64,
+    /// Rounds; each figure is the median over them (veth on 2 cores is noisy: 5 by default).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Cases: clean, loss1, loss5 (percent lost each way), flood (junk packets at full rate
+    /// from a second sender during the transfer).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "clean,loss1,loss5,flood",
+        hide_possible_values = true
+    )]
+    cases: Vec<Case>,
+    /// Tools: chunk-xdp, chunk-socket, nc, uftp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chunk-xdp,chunk-socket,nc,uftp",
+        hide_possible_values = true
+    )]
+    tools: Vec<Tool>,
+    /// MTU of every link, for every tool (native XDP on veth works up to 3400).
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// Also receive a 64 MiB and a 4 GiB file with chunk and compare the receiver's peak RSS.
+    #[arg(long)]
+    rss_check: bool,
+    /// Where the --rss-check files live (default: target/bench/work, on disk; /dev/shm for tmpfs).
+    #[arg(long)]
+    rss_dir: Option<PathBuf>,
+    /// Give up on one transfer after this many seconds (it is then reported as failed).
+    #[arg(long, default_value_t = 240)]
+    timeout_s: u64,
+    /// Stop starting new runs after this many minutes (what ran is reported).
+    #[arg(long, default_value_t = 25)]
+    max_minutes: u64,
+}
+
+/// Everything one run needs that stays the same across runs: the hosts, the binary, the file.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    bin: String,
+    /// Whether this `chunk recv` has `--mode socket` (else that tool is reported as n/a).
+    socket_mode: bool,
+    net: Net,
+    work: PathBuf,
+    file: PathBuf,
+    hash: [u8; 32],
+}
+
+impl Bench<'_> {
+    /// One transfer of `tool` in `case`: its figures and how it ended.
+    fn run(&self, tool: Tool, case: Case, round: u32) -> Run {
+        let mut run = Run::new(tool, case, round);
+        run.outcome = if tool == Tool::ChunkSocket && !self.socket_mode {
+            Outcome::NotAvailable("this chunk recv has no --mode socket".into())
+        } else {
+            match self.transfer(tool, case, &mut run) {
+                Ok(()) => Outcome::Measured,
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            }
+        };
+        run
+    }
+
+    /// Runs the transfer in a fresh receive directory, removed afterwards.
+    fn transfer(&self, tool: Tool, case: Case, run: &mut Run) -> Result<()> {
+        let out_dir = self.work.join("recv");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        std::fs::create_dir_all(&out_dir)?;
+        let result = self.transfer_into(&out_dir, tool, case, run);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        result
+    }
+
+    /// Runs the transfer into `out_dir` (with the flood, if the case has one) and checks the
+    /// received file's hash.
+    fn transfer_into(&self, out_dir: &Path, tool: Tool, case: Case, run: &mut Run) -> Result<()> {
+        let flood = if case == Case::Flood {
+            Some(self.net.flood(&self.bin, self.args.mtu).context("flood")?)
+        } else {
+            None
+        };
+        let t = Transfer {
+            net: &self.net,
+            bin: &self.bin,
+            work: &self.work,
+            file: &self.file,
+            out_dir,
+            mtu: self.args.mtu,
+            timeout: Duration::from_secs(self.args.timeout_s),
+        };
+        let result = tools::run(tool, &t, run);
+        drop(flood);
+        result?;
+        let name = self.file.file_name().expect("a file name");
+        let got = hash_file(&out_dir.join(name)).context("the received file")?;
+        if got != self.hash {
+            bail!("the received file differs from the one sent");
+        }
+        Ok(())
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether this chunk binary's `recv` accepts `--mode socket`.
+fn has_socket_mode(bin: &str) -> bool {
+    Command::new(bin)
+        .args(["recv", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("socket"))
+}
+
+/// Prints one run's figures (or why there are none) as it ends.
+fn log_run(r: &Run, size: u64) {
+    let (round, case, tool) = (r.round, r.case.name(), r.tool.name());
+    match &r.outcome {
+        Outcome::Measured => eprintln!(
+            "bench: round {round} {case:<5} {tool:<12} {:>7.1} MB/s  cpu send {:.2} s recv {:.2} s machine {:.2} s  rss recv {} KiB  retx {:?}  junk {:?} pps, {:?} dropped by chunk",
+            r.goodput(size),
+            r.send_cpu,
+            r.recv_cpu,
+            r.machine_cpu,
+            r.recv_rss_kib,
+            r.retransmissions,
+            r.junk_pps.map(|p| p.round()),
+            r.junk_dropped
+        ),
+        Outcome::NotAvailable(why) => {
+            eprintln!("bench: round {round} {case:<5} {tool:<12} n/a: {why}")
+        }
+        Outcome::Failed(e) => eprintln!("bench: round {round} {case:<5} {tool:<12} FAILED: {e}"),
+    }
+}
+
+pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
+    if !chunk_tests::is_root() {
+        bail!("the benchmark creates network namespaces and attaches XDP: run it as root");
+    }
+    crate::setup::apt_install(&["uftp", "netcat-openbsd", "time"])?;
+    let removed = chunk_tests::sweep_stale_namespaces()?;
+    if !removed.is_empty() {
+        eprintln!("bench: removed stale namespaces: {}", removed.join(", "));
+    }
+    if !(576..=9000).contains(&args.mtu) {
+        bail!("--mtu {} is outside 576..=9000", args.mtu);
+    }
+    let bin = bin.to_str().context("binary path")?.to_string();
+    let socket_mode = has_socket_mode(&bin);
+    if !socket_mode {
+        eprintln!("bench: this chunk recv has no --mode socket: chunk-socket is reported n/a");
+    }
+    let out = crate::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    // Files live in memory, so that no tool waits for the disk.
+    let work = PathBuf::from(format!("/dev/shm/chunk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(work.clone());
+    let file = work.join("bench.bin");
+    let size = args.size_mib << 20;
+    eprintln!("bench: generating {} MiB", args.size_mib);
+    let hash = generate(&file, size)?;
+    let bench = Bench {
+        args,
+        bin: bin.clone(),
+        socket_mode,
+        net: Net::new(args.mtu)?,
+        work: work.clone(),
+        file,
+        hash,
+    };
+    // Another busy process would slow some runs: the load before and after tells.
+    let load_before = loadavg();
+    let started = Instant::now();
+    let deadline = Duration::from_secs(args.max_minutes * 60);
+    let mut runs = Vec::new();
+    'rounds: for round in 0..args.rounds {
+        for &case in &args.cases {
+            bench.net.set_loss(case.loss_percent())?;
+            // Rotate the tools' order each round: no tool always runs first after a change.
+            let n = args.tools.len();
+            for i in 0..n {
+                let tool = args.tools[(i + round as usize) % n];
+                if started.elapsed() > deadline {
+                    eprintln!(
+                        "bench: time is up ({} min); reporting what ran",
+                        args.max_minutes
+                    );
+                    break 'rounds;
+                }
+                let r = bench.run(tool, case, round);
+                log_run(&r, size);
+                runs.push(r);
+            }
+        }
+    }
+    bench.net.set_loss(0)?;
+    drop(bench);
+    let rss = if args.rss_check {
+        let dir = args
+            .rss_dir
+            .clone()
+            .unwrap_or_else(|| out.join("work"))
+            .join(format!("rss-{}", std::process::id()));
+        rss::check(&bin, socket_mode, &dir, args)
+    } else {
+        Vec::new()
+    };
+    let sums = stats::summarize(&runs, size);
+    let load_after = loadavg();
+    let mut md = report::markdown(args, &sums, &rss);
+    md.push_str(&format!(
+        "\nRan in {:.1} min; load average before {load_before}, after {load_after} \
+         (other work on the machine skews every figure).\n",
+        started.elapsed().as_secs_f64() / 60.0
+    ));
+    println!("{md}");
+    std::fs::write(out.join("results.md"), &md)?;
+    let results = report::Results::new(
+        args,
+        started.elapsed().as_secs_f64(),
+        (load_before, load_after),
+        &sums,
+        &rss,
+        &runs,
+    );
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    if let Err(e) = chart::draw(&out.join("goodput.png"), args, &sums) {
+        eprintln!("bench: no chart: {e:#}");
+    }
+    eprintln!(
+        "bench: wrote {}/results.md, results.json, goodput.png",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Made-up inputs for the tests of the statistics, the report and the chart.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+    use clap::ValueEnum;
+
+    pub fn args() -> BenchArgs {
+        BenchArgs {
+            size_mib: 64,
+            rounds: 3,
+            cases: Case::value_variants().to_vec(),
+            tools: Tool::value_variants().to_vec(),
+            mtu: 1500,
+            rss_check: false,
+            rss_dir: None,
+            timeout_s: 1,
+            max_minutes: 1,
+        }
+    }
+
+    /// Made-up runs: three rounds of every tool in every case, chunk-socket missing.
+    pub fn runs() -> Vec<Run> {
+        let mut v = Vec::new();
+        for (ci, &case) in Case::value_variants().iter().enumerate() {
+            for (ti, &tool) in Tool::value_variants().iter().enumerate() {
+                for round in 0..3 {
+                    v.push(Run {
+                        tool,
+                        case,
+                        round,
+                        outcome: if tool == Tool::ChunkSocket {
+                            Outcome::NotAvailable("test".into())
+                        } else {
+                            Outcome::Measured
+                        },
+                        seconds: 0.2 + 0.1 * (ci + ti) as f64 + 0.01 * round as f64,
+                        send_cpu: 0.1,
+                        recv_cpu: 0.2,
+                        machine_cpu: 0.3,
+                        send_rss_kib: 1024,
+                        recv_rss_kib: 2048,
+                        retransmissions: Some(round as u64),
+                        junk_pps: (case == Case::Flood).then_some(4e5),
+                        junk_dropped: None,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Parser, ValueEnum};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn the_command_line_takes_the_same_names_as_before() {
+        let all = parse(&[]).unwrap();
+        assert_eq!(all.cases, Case::value_variants());
+        assert_eq!(all.tools, Tool::value_variants());
+        let some = parse(&[
+            "--cases",
+            "clean,loss5,flood",
+            "--tools",
+            "uftp,chunk-xdp,nc,chunk-socket",
+        ])
+        .unwrap();
+        assert_eq!(some.cases, [Case::Clean, Case::Loss5, Case::Flood]);
+        assert_eq!(
+            some.tools,
+            [Tool::Uftp, Tool::ChunkXdp, Tool::Nc, Tool::ChunkSocket]
+        );
+        assert!(parse(&["--cases", "loss2"]).is_err());
+        assert!(parse(&["--tools", "tcp"]).is_err());
+        // The spelling on the command line is the one in the results.
+        for c in Case::value_variants() {
+            assert_eq!(c.to_possible_value().unwrap().get_name(), c.name());
+        }
+        for t in Tool::value_variants() {
+            assert_eq!(t.to_possible_value().unwrap().get_name(), t.name());
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The benchmark's hosts and the router's nftables rules: `chunk_tests::Routed` (sender —
+//! router — receiver) plus the junk sender behind the router (198.18.3.1, link `veth-j` — `xj`),
+//! so that the router can count the flood by interface; the loss rule every tool sees; the
+//! counters of junk and UDP packets forwarded; and the flood itself.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chunk_tests::{Daemon, Netns, Routed, VethEnd, veth_pair};
+
+pub struct Net {
+    pub routed: Routed,
+    pub junk: Netns,
+}
+
+impl Net {
+    /// The four namespaces, every link with `mtu`, and the router's counters.
+    pub fn new(mtu: u32) -> Result<Net> {
+        let routed = Routed::with_mtu("bench", Some(mtu))?;
+        let junk = Netns::new("bench-j")?;
+        veth_pair(
+            VethEnd::new(&junk, "veth-j").addr("198.18.3.1/24"),
+            VethEnd::new(&routed.router, "xj").addr("198.18.3.254/24"),
+            Some(mtu),
+        )?;
+        junk.ip(&["route", "add", "198.18.0.0/15", "via", "198.18.3.254"])?;
+        let net = Net { routed, junk };
+        net.nft(
+            "count",
+            "table ip bench_count {\n  chain forward {\n    \
+             type filter hook forward priority -10; policy accept;\n    \
+             iifname \"xj\" counter comment \"junk\"\n    \
+             iifname \"xs\" meta l4proto udp counter comment \"udp_to_receiver\"\n  }\n}\n",
+        )?;
+        Ok(net)
+    }
+
+    /// Loads an nftables script into the router.
+    fn nft(&self, name: &str, script: &str) -> Result<()> {
+        let path =
+            std::env::temp_dir().join(format!("chunk-bench-{}-{name}.nft", std::process::id()));
+        std::fs::write(&path, script)?;
+        let r = chunk_tests::run(self.routed.router.command("nft").arg("-f").arg(&path));
+        let _ = std::fs::remove_file(&path);
+        r.map(|_| ())
+    }
+
+    /// Drops `percent` % of every IPv4 packet the router forwards, each way, whatever its
+    /// protocol: the same loss for every tool.
+    pub fn set_loss(&self, percent: u32) -> Result<()> {
+        let _ = self
+            .routed
+            .router
+            .exec("nft", &["delete", "table", "ip", "bench_loss"]);
+        if percent == 0 {
+            return Ok(());
+        }
+        self.nft(
+            "loss",
+            &format!(
+                "table ip bench_loss {{\n  chain forward {{\n    \
+                 type filter hook forward priority 0; policy accept;\n    \
+                 numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+            ),
+        )
+    }
+
+    /// The router's counters (before the loss rule): junk packets forwarded, UDP packets from
+    /// the sender towards the receiver.
+    pub fn counters(&self) -> (u64, u64) {
+        let out = self
+            .routed
+            .router
+            .exec("nft", &["list", "table", "ip", "bench_count"])
+            .unwrap_or_default();
+        let get = |comment: &str| {
+            out.lines()
+                .find(|l| l.contains(&format!("comment \"{comment}\"")))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .skip_while(|w| *w != "packets")
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        (get("junk"), get("udp_to_receiver"))
+    }
+
+    /// A junk flood from the junk sender: corrupt chunks and foreign packets (chunk's IP
+    /// protocol, another magic) of full size, as fast as `chunk probe` sends, until dropped.
+    pub fn flood(&self, bin: &str, mtu: u32) -> Result<Daemon> {
+        let mut c = self.junk.command(bin);
+        c.args([
+            "probe",
+            "--to",
+            &self.routed.receiver_addr.to_string(),
+            "--count",
+            "0",
+            "--corrupt",
+            "2000000000",
+            "--foreign",
+            "2000000000",
+            "--size",
+            &(mtu - 40).to_string(),
+        ]);
+        let d = Daemon::spawn(c, "junk flood")?;
+        // Let it reach its full rate before the transfer starts.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(d)
+    }
+}
