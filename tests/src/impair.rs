@@ -3,10 +3,19 @@
 //! through AF_PACKET sockets and, for chunk packets only, duplicates, reorders and corrupts them
 //! at seeded random. `tc netem` does not exist on this kernel, so this is chunk's own netem.
 //!
+//! It is also a delay line, for every frame whatever its protocol, each direction on its own: a
+//! bottleneck of `rate_bps` with a drop-tail queue of `queue_bytes` (a frame that finds the queue
+//! full is dropped), then a one-way `delay` plus up to `jitter` (frames keep their order), and
+//! random loss, independent (`loss`) or in bursts (a Gilbert–Elliott chain: from the good state
+//! to the bad one with probability `burst.0` per frame, back with `burst.1`; every frame is lost
+//! in the bad state). Its ceiling is that of one userspace thread copying frames: a few hundred
+//! thousand frames per second, far above the rates the tests ask of it.
+//!
 //! Both hosts are in one subnet (198.18.3.0/24); the bridge has no addresses and forwards every
 //! frame (ARP included) verbatim, except for the impairments.
 
 use std::{
+    collections::VecDeque,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
@@ -14,6 +23,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
@@ -31,12 +41,30 @@ pub struct Impairments {
     pub seed: u64,
     /// The IP protocol chunk uses.
     pub protocol: u8,
+    /// The delay line, applied to every frame in each direction (see the module comment).
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// Bits per second of the bottleneck; 0: no rate limit and no queue.
+    pub rate_bps: u64,
+    /// Bytes the bottleneck's queue holds (0 with a rate: one bandwidth-delay product of the
+    /// round trip, at least 64 KiB).
+    pub queue_bytes: u64,
+    /// Probability that a frame is lost, in the good state of the burst chain.
+    pub loss: f64,
+    /// Gilbert–Elliott burst loss: (good → bad, bad → good) per frame.
+    pub burst: Option<(f64, f64)>,
 }
 
 /// What the bridge did, for assertions.
 #[derive(Debug, Default)]
 pub struct ImpairStats {
     pub forwarded: AtomicU64,
+    /// Lost at random or in a burst.
+    pub lost: AtomicU64,
+    /// Dropped because the bottleneck's queue was full.
+    pub queue_drops: AtomicU64,
+    /// The deepest the bottleneck's queue got, bytes.
+    pub peak_queue_bytes: AtomicU64,
     pub duplicated: AtomicU64,
     pub reordered: AtomicU64,
     pub corrupted: AtomicU64,
@@ -253,6 +281,34 @@ fn chunk_payload(frame: &[u8], protocol: u8) -> Option<usize> {
     (frame.len() > 14 + ihl).then_some(14 + ihl)
 }
 
+/// One direction of the delay line.
+#[derive(Default)]
+struct Line {
+    /// Frames on their way, in order: when each leaves the line, and the frame.
+    frames: VecDeque<(Instant, Vec<u8>)>,
+    /// Frames still in the bottleneck's queue: when each has been sent, and its bytes.
+    queue: VecDeque<(Instant, u64)>,
+    queued: u64,
+    /// When the bottleneck is free again.
+    busy_until: Option<Instant>,
+    /// The burst chain is in its bad state.
+    bad: bool,
+}
+
+impl Line {
+    /// Bytes still waiting in the bottleneck's queue at `now`.
+    fn queued_bytes(&mut self, now: Instant) -> u64 {
+        while let Some(&(done, len)) = self.queue.front() {
+            if done > now {
+                break;
+            }
+            self.queue.pop_front();
+            self.queued -= len;
+        }
+        self.queued
+    }
+}
+
 fn run_bridge(
     ends: &[Port; 2],
     imp: Impairments,
@@ -263,7 +319,31 @@ fn run_bridge(
     let mut buf = vec![0u8; 65536];
     // Per direction: a held-back frame and how many frames to let pass before it.
     let mut held: [Option<(Vec<u8>, u32)>; 2] = [None, None];
+    let delays = !imp.delay.is_zero() || !imp.jitter.is_zero() || imp.rate_bps > 0;
+    let queue_limit = match (imp.rate_bps, imp.queue_bytes) {
+        (0, _) => u64::MAX,
+        (rate, 0) => ((rate as f64 / 8.0 * 2.0 * imp.delay.as_secs_f64()) as u64).max(64 << 10),
+        (_, q) => q,
+    };
+    let mut lines = [Line::default(), Line::default()];
     while !stop.load(Ordering::Relaxed) {
+        // Frames due now leave; the wait is until the next one is due (or 5 ms).
+        let now = Instant::now();
+        let mut next_due = now + Duration::from_millis(5);
+        for (dir, line) in lines.iter_mut().enumerate() {
+            while line.frames.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, f) = line.frames.pop_front().expect("a frame is due");
+                ends[1 - dir].send(&f);
+            }
+            if let Some((at, _)) = line.frames.front() {
+                next_due = next_due.min(*at);
+            }
+        }
+        let wait = next_due.saturating_duration_since(now);
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
         let mut fds = [
             libc::pollfd {
                 fd: ends[0].fd.as_raw_fd(),
@@ -276,7 +356,7 @@ fn run_bridge(
                 revents: 0,
             },
         ];
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, 5) };
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
         if rc == 0 {
             // Quiet: release what was held, as a late packet.
             for (dir, h) in held.iter_mut().enumerate() {
@@ -287,11 +367,12 @@ fn run_bridge(
             continue;
         }
         for dir in 0..2 {
-            let (from, to) = (&ends[dir], &ends[1 - dir]);
+            let from = &ends[dir];
             for _ in 0..256 {
                 let Some(n) = from.recv(&mut buf) else { break };
-                let frame = &mut buf[..n];
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let mut out: Vec<Vec<u8>> = Vec::with_capacity(2);
+                let frame = &mut buf[..n];
                 if let Some(off) = chunk_payload(frame, imp.protocol) {
                     if rng.chance(imp.corrupt) {
                         let bit = rng.next() as usize % ((n - off) * 8);
@@ -303,23 +384,94 @@ fn run_bridge(
                         stats.reordered.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    to.send(frame);
+                    out.push(frame.to_vec());
                     if rng.chance(imp.duplicate) {
-                        to.send(frame);
+                        out.push(frame.to_vec());
                         stats.duplicated.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
-                    to.send(frame);
+                    out.push(frame.to_vec());
                 }
                 if let Some((f, left)) = &mut held[dir] {
                     *left -= 1;
                     if *left == 0 {
-                        to.send(f);
+                        out.push(std::mem::take(f));
                         held[dir] = None;
                     }
+                }
+                for f in out {
+                    line_in(
+                        &mut lines[dir],
+                        f,
+                        &imp,
+                        queue_limit,
+                        &mut rng,
+                        stats,
+                        delays,
+                        |f| ends[1 - dir].send(f),
+                    );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// One frame into a direction's delay line: lost, dropped by a full queue, sent at once (no
+/// delay line configured), or queued to leave when the bottleneck and the delay let it.
+#[allow(clippy::too_many_arguments)]
+fn line_in(
+    line: &mut Line,
+    frame: Vec<u8>,
+    imp: &Impairments,
+    queue_limit: u64,
+    rng: &mut Rng,
+    stats: &ImpairStats,
+    delays: bool,
+    send_now: impl FnOnce(&[u8]),
+) {
+    if let Some((to_bad, to_good)) = imp.burst {
+        line.bad = if line.bad {
+            !rng.chance(to_good)
+        } else {
+            rng.chance(to_bad)
+        };
+    }
+    if line.bad || rng.chance(imp.loss) {
+        stats.lost.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if !delays {
+        send_now(&frame);
+        return;
+    }
+    let now = Instant::now();
+    let done = if imp.rate_bps > 0 {
+        let queued = line.queued_bytes(now);
+        if queued + frame.len() as u64 > queue_limit {
+            stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats
+            .peak_queue_bytes
+            .fetch_max(queued + frame.len() as u64, Ordering::Relaxed);
+        // On the wire: the frame and 24 bytes of preamble, gap and FCS.
+        let bits = (frame.len() as u64 + 24) * 8;
+        let start = line.busy_until.map_or(now, |b| b.max(now));
+        let done = start + Duration::from_secs_f64(bits as f64 / imp.rate_bps as f64);
+        line.busy_until = Some(done);
+        line.queue.push_back((done, frame.len() as u64));
+        line.queued += frame.len() as u64;
+        done
+    } else {
+        now
+    };
+    let jitter = if imp.jitter.is_zero() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(rng.next() % imp.jitter.as_nanos() as u64)
+    };
+    // Frames keep their order through the line: jitter never lets one overtake another.
+    let at = (done + imp.delay + jitter).max(line.frames.back().map_or(now, |(a, _)| *a));
+    line.frames.push_back((at, frame));
 }

@@ -507,6 +507,7 @@ fn duplicated_reordered_and_corrupted_packets_still_give_the_exact_file() {
             corrupt: 0.01,
             seed: 42,
             protocol: chunk_common::DEFAULT_IP_PROTOCOL,
+            ..Impairments::default()
         },
     )
     .unwrap();

@@ -1,0 +1,132 @@
+//! Long links for real: the impairment bridge as a delay line (rate, drop-tail queue, one-way
+//! delay, random loss) between two namespaces, real kernels at both ends, the real binaries.
+//! Behaviour only — exact files, retransmission counts, the RTT the sender measured — never a
+//! time. Needs root (run through `cargo xtask test`).
+
+use std::time::Duration;
+
+use chunk_tests::{Bridged, Daemon, Impairments};
+use common::*;
+
+mod common;
+
+fn link(rtt_ms: u64, loss: f64, seed: u64) -> Impairments {
+    Impairments {
+        seed,
+        protocol: chunk_common::DEFAULT_IP_PROTOCOL,
+        delay: Duration::from_millis(rtt_ms / 2),
+        rate_bps: 50_000_000,
+        loss,
+        ..Impairments::default()
+    }
+}
+
+/// 300 ms of round trip and no loss, where the sender used to resend nearly every chunk before
+/// its ack could arrive: the file arrives exact, retransmissions stay under 1 % of its chunks,
+/// and the sender's smoothed RTT is the link's within 25 %.
+#[test]
+fn a_300_ms_link_without_loss_needs_almost_no_retransmission() {
+    let net = Bridged::new("wan300", link(300, 0.0, 1)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "far.bin", 8 << 20, 30);
+    let recv = Recv::start(
+        &net.receiver,
+        net.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let (o, json) = send(
+        &net.sender,
+        net.receiver_addr,
+        &[&file],
+        &["--timeout", "60"],
+    );
+    assert_sent(&o, &json, 1);
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("far.bin")));
+    let f = &json["files"][0];
+    let chunks = f["chunks"].as_u64().unwrap();
+    let retx = f["retransmitted"].as_u64().unwrap();
+    let lost = net
+        .stats
+        .queue_drops
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Only what the bottleneck's queue dropped needs resending (the startup may overfill it).
+    assert!(
+        retx <= chunks / 100 + lost,
+        "{retx} retransmitted for {chunks} chunks, {lost} dropped by the queue"
+    );
+    let srtt = f["srtt_ms"].as_f64().unwrap();
+    assert!(
+        (225.0..=375.0).contains(&srtt),
+        "smoothed RTT {srtt} ms on a 300 ms link"
+    );
+    eprintln!(
+        "300 ms, 50 Mbit/s: {:.2} MB/s, {retx} of {chunks} retransmitted, srtt {srtt:.1} ms, {lost} queue drops",
+        f["goodput_mb_s"].as_f64().unwrap()
+    );
+}
+
+/// 50 ms of round trip and 5 % loss each way: exact, and about one retransmission per loss.
+#[test]
+fn a_50_ms_link_with_5_percent_loss_gives_the_exact_file() {
+    let net = Bridged::new("wan50", link(50, 0.05, 2)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "lossy.bin", 8 << 20, 31);
+    let recv = Recv::start(
+        &net.receiver,
+        net.receiver_if,
+        out.path(),
+        &["--exit-after", "1"],
+    );
+    let (o, json) = send(
+        &net.sender,
+        net.receiver_addr,
+        &[&file],
+        &["--timeout", "60"],
+    );
+    assert_sent(&o, &json, 1);
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("lossy.bin")));
+    let f = &json["files"][0];
+    let retx = f["retransmitted"].as_u64().unwrap();
+    let lost = net.stats.lost.load(std::sync::atomic::Ordering::Relaxed)
+        + net
+            .stats
+            .queue_drops
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lost > 0, "the loss was real");
+    // Losses of acks count too (both directions): a retransmission per lost frame at most,
+    // with room for the few a lost ack or a tail probe makes.
+    assert!(
+        retx as f64 <= lost as f64 * 1.2 + 10.0,
+        "{retx} retransmitted for {lost} frames lost"
+    );
+}
+
+/// The receiver vanishes in the middle of a transfer on a long link: the sender ends with the
+/// timeout message, not a hang.
+#[test]
+fn a_receiver_that_vanishes_on_a_long_link_ends_the_send_with_a_timeout() {
+    let net = Bridged::new("wangone", link(300, 0.0, 3)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "gone.bin", 32 << 20, 32);
+    let mut recv = Recv::start(&net.receiver, net.receiver_if, out.path(), &[]);
+    let mut cmd = net.sender.command(&chunk_bin());
+    cmd.args(["send", "--json", "--timeout", "3", "--to"])
+        .arg(net.receiver_addr.to_string())
+        .arg(&file);
+    let sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    recv.wait_event(Duration::from_secs(10), |v| {
+        event_is(v, "started", "gone.bin")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    recv.daemon.signal(libc::SIGKILL);
+    let status = sender
+        .wait(Duration::from_secs(30))
+        .expect("chunk send ends by itself");
+    assert!(!status.success());
+}
