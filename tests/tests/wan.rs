@@ -119,7 +119,8 @@ fn a_receiver_that_vanishes_on_a_long_link_ends_the_send_with_a_timeout() {
     cmd.args(["send", "--json", "--timeout", "3", "--to"])
         .arg(net.receiver_addr.to_string())
         .arg(&file);
-    let sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    let mut sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    let mut stdout = sender.stdout().expect("chunk send's stdout");
     recv.wait_event(Duration::from_secs(10), |v| {
         event_is(v, "started", "gone.bin")
     });
@@ -129,4 +130,10 @@ fn a_receiver_that_vanishes_on_a_long_link_ends_the_send_with_a_timeout() {
         .wait(Duration::from_secs(30))
         .expect("chunk send ends by itself");
     assert!(!status.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let why = json["files"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("stopped answering"), "{json}");
 }
