@@ -119,7 +119,7 @@ pub fn run(args: SendArgs) -> Result<()> {
             chunk_size,
             window: args.window,
             max_rate: args.rate,
-            give_up: Duration::from_secs_f64(args.timeout.max(0.1)),
+            timeout: Duration::from_secs_f64(args.timeout.max(0.1)),
             ..SenderConfig::default()
         },
         key,

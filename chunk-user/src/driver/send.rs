@@ -232,7 +232,7 @@ impl SendDriver {
             let now = Instant::now();
             if !cancelled && stop.requested().is_some() {
                 cancelled = true;
-                sender.abort();
+                sender.cancel();
             }
             // Everything the receiver said.
             while let Some(n) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
@@ -256,7 +256,7 @@ impl SendDriver {
                 // timeout (a part file that got no chunk is removed). The abort is small enough
                 // for any path.
                 self.tx.discard();
-                sender.abort();
+                sender.cancel();
                 self.queue_from(&mut sender, now, &mut source);
                 let _ = self.tx.flush();
                 return Err(self.explain_send_error(e));

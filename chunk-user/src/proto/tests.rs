@@ -301,14 +301,14 @@ fn receiver_io_error_aborts_the_sender() {
 }
 
 #[test]
-fn sender_abort_cancels_and_keeps_the_partial() {
+fn a_cancelled_sender_keeps_the_partial() {
     let file = VirtualFile::new(16, 2_000_000, 1000);
     let mut sim = new_sim(16, wan(0.0), wan(0.0), ReceiverConfig::default());
     add(&mut sim, 16, file, NAME, SenderConfig::default());
     assert!(!sim.run_until(Duration::from_millis(150)));
-    sim.sender_mut(0).sender.abort();
+    sim.sender_mut(0).sender.cancel();
     assert!(sim.run_until(Duration::from_secs(1)));
-    assert_eq!(outcome(&sim, 0), Err(SendError::Aborted));
+    assert_eq!(outcome(&sim, 0), Err(SendError::Cancelled));
     // Let the abort arrive.
     sim.run_to(Duration::from_secs(2));
     assert!(sim.events().iter().any(|(_, e)| matches!(
@@ -621,7 +621,7 @@ proptest! {
             None => prop_assert!(result.is_err(), "success without the file"),
         }
         if let Err(e) = &result {
-            // Only a give-up is acceptable on these paths (30 % loss each way can starve it).
+            // Only a timeout is acceptable on these paths (30 % loss each way can starve it).
             prop_assert!(matches!(e, SendError::Timeout(_)), "{e}");
         }
     }

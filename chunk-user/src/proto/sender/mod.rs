@@ -28,6 +28,10 @@
 //! trip later instead of waiting for a 200 ms RTO.
 //! Rate and window come from [`cc`] (a BBR-like model, see there why not Reno).
 //!
+//! The transmissions and their losses, the RTO and the tail probes are `recovery`'s; the send
+//! times and the window check are `pacing`'s; each phase's own timers and counters travel in
+//! its `Phase`.
+//!
 //! If the receiver forgets the transfer (it restarted, or closed it as idle) it answers data with
 //! an `unknown transfer` abort; the sender then offers again under the same id, and the receiver's
 //! storage says which chunks it kept (resume).
@@ -35,7 +39,9 @@
 //! [`rtt`]: super::rtt
 //! [`cc`]: super::cc
 
-use std::collections::BTreeMap;
+mod pacing;
+mod recovery;
+
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
@@ -43,7 +49,10 @@ use chunk_common::wire::{
     HashAlg, Message, OfferRepr, Repr, flags,
 };
 
-use super::cc::{Bbr, SendSnapshot};
+use pacing::{Full, Pacer};
+use recovery::Recovery;
+
+use super::cc::Bbr;
 use super::chunkset::ChunkSet;
 use super::rtt::RttEstimator;
 use super::{NO_ECHO, chunk_len};
@@ -80,8 +89,8 @@ pub struct SenderConfig {
     /// A cap on the sending rate, bits per second of chunk packets plus their IPv4 header
     /// (`--rate`). `None`: the congestion controller alone decides.
     pub max_rate: Option<u64>,
-    /// Peer silence after which the transfer fails.
-    pub give_up: Duration,
+    /// Peer silence after which the transfer fails (`--timeout`).
+    pub timeout: Duration,
     /// First offer retransmission interval; doubles up to `offer_max_interval`. A re-offer, with
     /// the path known, starts from the RTO if that is longer (and may reach it).
     pub offer_interval: Duration,
@@ -103,7 +112,7 @@ impl Default for SenderConfig {
             chunk_size: super::DEFAULT_CHUNK_SIZE,
             window: 1 << 16,
             max_rate: None,
-            give_up: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
             offer_interval: Duration::from_millis(200),
             offer_max_interval: Duration::from_secs(2),
             initial_rto: Duration::from_secs(1),
@@ -124,7 +133,7 @@ pub enum SendError {
     /// The receiver aborted the transfer after accepting it.
     #[error("receiver aborted the transfer: {reason} ({message})", reason = .0.as_str(), message = .1)]
     PeerAborted(AbortReason, String),
-    /// Nothing heard from the receiver for the give-up time.
+    /// Nothing heard from the receiver for the configured timeout.
     #[error("no answer from the receiver for {0:?}; giving up")]
     Timeout(Duration),
     /// The receiver's whole-file hash differs from the sender's; no file was left in place.
@@ -133,16 +142,16 @@ pub enum SendError {
         expected: [u8; HASH_LEN],
         received: [u8; HASH_LEN],
     },
-    /// [`Sender::abort`] was called.
+    /// [`Sender::cancel`] was called.
     #[error("transfer cancelled")]
-    Aborted,
+    Cancelled,
     /// The chunk source failed.
     #[error("reading chunk {index}: {message}")]
     Io { index: u32, message: String },
     /// The file needs more chunks than a `u32` counts at this chunk size (or the size is 0).
     #[error("file of {size} bytes needs too many chunks of {chunk_size} bytes")]
     TooManyChunks { size: u64, chunk_size: u32 },
-    /// The name does not fit in an offer packet.
+    /// The name does not fit in an offer packet: more than `max(chunk_size, 1024) - 64` bytes.
     #[error("file name too long for an offer ({0} bytes)")]
     NameTooLong(usize),
 }
@@ -187,56 +196,86 @@ pub struct SenderStats {
     pub pacing_rate_bps: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the transfer is, with what only that phase keeps.
+#[derive(Debug)]
 enum Phase {
-    Offering,
-    Sending,
-    Closing,
-    Done,
+    /// The offer goes out until an ack (or an abort) answers it.
+    Offering(Offering),
+    /// Chunks go out until every one is acknowledged.
+    Sending(Accepted),
+    /// Everything is acknowledged: waiting for the complete message, probing for it.
+    Closing(Accepted, Probe),
+    /// Over, with the outcome.
+    Done(Result<(), SendError>),
 }
 
-/// A transmission not yet acknowledged.
+/// The offer's copies and its retransmission timer.
 #[derive(Clone, Copy, Debug)]
-struct InFlight {
-    tx: u64,
-    /// The number of the chunk's first transmission.
-    first_tx: u64,
-    sent_at: Instant,
-    /// Transmissions of this chunk so far, this one included (Karn's rule needs 1).
+struct Offering {
+    /// A copy is due now (none has gone yet, or the timer fired).
+    due: bool,
+    /// When the next copy is due, once the last one has gone.
+    next: Instant,
+    /// The wait after the next copy; doubles up to `offer_max_interval` (or the RTO).
+    interval: Duration,
+    /// Copies sent so far.
     sends: u32,
-    /// Packet bytes, as the congestion controller counts them.
-    bytes: u64,
-    snapshot: SendSnapshot,
-    /// For a retransmission: the transmission it repeats, in case that one is what gets acked.
-    prev: Option<Earlier>,
-}
-
-/// The transmission a retransmission repeats (see the module comment on spurious retransmissions).
-#[derive(Clone, Copy, Debug)]
-struct Earlier {
+    /// When the first copy went out; until one has, when the previous offer's first copy did
+    /// (or the sender was made), so that an answer to anything sent before still gives an
+    /// upper bound on the round trip.
+    first_sent_at: Instant,
+    /// When the latest copy went out.
     sent_at: Instant,
-    snapshot: SendSnapshot,
-    /// It was the chunk's only copy (no tail probe, no earlier retransmission): when it is the one
-    /// acknowledged, its round trip is a valid sample.
-    only: bool,
-    /// It was declared lost by an RTO (not by later acks).
-    by_rto: bool,
 }
 
-/// A chunk declared lost and not yet resent.
+impl Offering {
+    /// An offer whose first copy is due at once, `interval` before the second.
+    fn new(interval: Duration, since: Instant) -> Self {
+        Self {
+            due: true,
+            next: since,
+            interval,
+            sends: 0,
+            first_sent_at: since,
+            sent_at: since,
+        }
+    }
+
+    /// A copy goes out at `now`: the next one is due after the interval, which then doubles up
+    /// to `cap`.
+    fn on_sent(&mut self, now: Instant, cap: Duration) {
+        self.due = false;
+        if self.sends == 0 {
+            self.first_sent_at = now;
+        }
+        self.sends += 1;
+        self.sent_at = now;
+        self.next = now + self.interval;
+        self.interval = (self.interval * 2).min(cap);
+    }
+}
+
+/// What the receiver's acceptance of the offer leaves for the phases after it.
 #[derive(Clone, Copy, Debug)]
-struct Lost {
-    /// Its last transmission.
-    last: InFlight,
-    /// Declared by an RTO, which a spurious-RTO undo puts back in flight.
-    by_rto: bool,
+struct Accepted {
+    /// When the accepted offer's first copy went out (a re-offer starts from it, see
+    /// [`Offering::first_sent_at`]).
+    offered_at: Instant,
+    /// `unknown transfer` aborts before this are answers to data sent before a re-offer.
+    stale_aborts_until: Instant,
 }
 
-/// Bytes of IPv4 header the pacer adds to each packet (the link carries them too).
-const IP_HEADER: u64 = 20;
-/// Pacing credit: after a pause the sender may catch up this much at once, which absorbs a
-/// timer that wakes it a millisecond late without letting an idle period become a huge burst.
-const PACING_BURST: Duration = Duration::from_millis(2);
+/// Closing's timer: on each (backed-off) RTO without the verdict, a probe goes.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    /// A probe is due now (the timer fired).
+    due: bool,
+    /// When the next probe is due (already set while one is due).
+    at: Instant,
+    /// Probes so far, each doubling the wait.
+    backoff: u32,
+}
+
 /// The longest the receiver holds an ack (docs/PROTOCOL.md, Receiver 2: at least every 5 ms).
 /// Samples have the hold subtracted; every timer adds it back (see [`rtt`](super::rtt)).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
@@ -248,56 +287,16 @@ pub struct Sender {
     cfg: SenderConfig,
     count: u32,
     phase: Phase,
-    outcome: Option<Result<(), SendError>>,
-    /// An abort to send once (cancel, give-up, local error), then nothing more.
+    /// An abort to send once (cancel, timeout, local error), then nothing more.
     pending_abort: Option<(AbortReason, &'static str)>,
     last_heard: Instant,
-
-    // Offering.
-    offer_due: bool,
-    offer_next: Instant,
-    offer_interval: Duration,
-    offer_sends: u32,
-    /// When the first and the latest copy of the offer went out.
-    offer_first_sent_at: Instant,
-    offer_sent_at: Instant,
-    /// `unknown transfer` aborts before this are answers to data sent before a re-offer.
-    stale_aborts_until: Instant,
-
-    // Sending.
     acked: ChunkSet,
     /// Chunks at or above this were never sent (unless acknowledged: resume).
     next_new: u64,
-    in_flight: BTreeMap<u32, InFlight>,
-    /// The same transmissions by number (= send order): loss detection and the RTO look at the
-    /// oldest first.
-    by_tx: BTreeMap<u64, (u32, Instant)>,
-    /// Chunks declared lost and not yet resent, with their last transmission: an ack for it
-    /// may still come (the loss was only reordering), and it still makes a rate sample.
-    lost: BTreeMap<u32, Lost>,
-    next_tx: u64,
-    /// The three highest acknowledged transmission numbers, highest first (0: none).
-    top_acked: [u64; 3],
-    bytes_in_flight: u64,
+    recovery: Recovery,
     rtt: RttEstimator,
-    rto_backoff: u32,
-    /// Set by an RTO: the next chunks ask for an immediate ack.
-    ack_now: bool,
-    /// When the last data packet went out, and probes sent since the last ack (see
-    /// [`Sender::probe_deadline`]).
-    last_sent_at: Instant,
-    tail_probes: u32,
-    tail_probe_due: bool,
-    /// When the last tail probe went and which chunk it resent, until an ack or an RTO.
-    tail_probe_at: Option<(Instant, u32)>,
     cc: Bbr,
-    next_send_at: Instant,
-
-    // Closing.
-    probe_due: bool,
-    probe_at: Instant,
-    probe_backoff: u32,
-
+    pacer: Pacer,
     scratch: Vec<u8>,
     stats: SenderStats,
 }
@@ -315,8 +314,10 @@ impl Sender {
                 size: meta.size,
                 chunk_size: cfg.chunk_size,
             })?;
-        // The offer must fit in one packet of no more than a chunk's size, and at least 1024.
-        let name_limit = (cfg.chunk_size as usize).max(1024);
+        // The offer must fit in a packet no larger than a data packet, or than one with a
+        // 1024-byte payload for small chunks: a larger one may exceed the path MTU that the
+        // chunk size was chosen for, and be dropped. Its body is the fixed fields, then the name.
+        let name_limit = (cfg.chunk_size as usize).max(1024) - wire::offer::NAME;
         if meta.name.len() > name_limit {
             return Err(SendError::NameTooLong(meta.name.len()));
         }
@@ -325,37 +326,15 @@ impl Sender {
         Ok(Self {
             id: transfer_id,
             count,
-            phase: Phase::Offering,
-            outcome: None,
+            phase: Phase::Offering(Offering::new(cfg.offer_interval, now)),
             pending_abort: None,
             last_heard: now,
-            offer_due: true,
-            offer_next: now,
-            offer_interval: cfg.offer_interval,
-            offer_sends: 0,
-            offer_first_sent_at: now,
-            offer_sent_at: now,
-            stale_aborts_until: now,
             acked: ChunkSet::new(),
             next_new: 0,
-            in_flight: BTreeMap::new(),
-            by_tx: BTreeMap::new(),
-            lost: BTreeMap::new(),
-            next_tx: 1,
-            top_acked: [0; 3],
-            bytes_in_flight: 0,
+            recovery: Recovery::new(now),
             rtt,
-            rto_backoff: 0,
-            ack_now: false,
-            last_sent_at: now,
-            tail_probes: 0,
-            tail_probe_due: false,
-            tail_probe_at: None,
             cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
-            next_send_at: now,
-            probe_due: false,
-            probe_at: now,
-            probe_backoff: 0,
+            pacer: Pacer::new(cfg.max_rate, now),
             scratch: vec![0; cfg.chunk_size as usize],
             stats: SenderStats {
                 chunk_count: count,
@@ -391,14 +370,17 @@ impl Sender {
     /// The result, once the transfer is over. After it is `Some`, call `poll_transmit` until it
     /// returns `None`: a final abort may still be waiting to go out.
     pub fn outcome(&self) -> Option<Result<(), SendError>> {
-        self.outcome.clone()
+        match &self.phase {
+            Phase::Done(result) => Some(result.clone()),
+            _ => None,
+        }
     }
 
     /// Cancels the transfer: one abort (reason cancelled) goes out, then nothing.
-    pub fn abort(&mut self) {
-        if self.phase != Phase::Done {
+    pub fn cancel(&mut self) {
+        if !self.is_done() {
             self.fail(
-                SendError::Aborted,
+                SendError::Cancelled,
                 Some((AbortReason::Cancelled, "cancelled by the sender")),
             );
         }
@@ -409,26 +391,26 @@ impl Sender {
         s.chunks_acked = self.acked.len();
         s.srtt = self.rtt.smoothed();
         s.min_rtt = self.cc.min_rtt();
-        s.rto = self.rto(self.rto_backoff);
+        s.rto = self.rto(self.recovery.backoff());
         s.cwnd_bytes = self.cc.cwnd();
-        s.bytes_in_flight = self.bytes_in_flight;
+        s.bytes_in_flight = self.recovery.bytes_in_flight();
         s.bandwidth_bps = (self.cc.bandwidth() * 8.0) as u64;
-        s.pacing_rate_bps = (self.pacing_rate() * 8.0) as u64;
+        s.pacing_rate_bps = (self.pacer.rate(&self.cc) * 8.0) as u64;
         s
     }
 
     /// Feeds one packet from the receiver (already CRC-checked and parsed).
     pub fn handle_packet(&mut self, repr: &Repr<'_>, now: Instant) {
-        if repr.transfer_id != self.id || self.phase == Phase::Done {
+        if repr.transfer_id != self.id || self.is_done() {
             return;
         }
         match repr.message {
             Message::Ack(ack) => {
                 self.last_heard = now;
                 match self.phase {
-                    Phase::Offering => self.on_offer_accepted(&ack, now),
-                    Phase::Sending => self.on_ack(&ack, now),
-                    Phase::Closing | Phase::Done => {}
+                    Phase::Offering(offering) => self.on_offer_accepted(offering, &ack, now),
+                    Phase::Sending(_) => self.on_ack(&ack, now),
+                    Phase::Closing(..) | Phase::Done(_) => {}
                 }
             }
             Message::Complete(complete) if repr.seq == self.count => {
@@ -447,59 +429,58 @@ impl Sender {
     /// When the sender next wants [`handle_timeout`](Self::handle_timeout), or to be polled for a
     /// paced chunk.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.phase == Phase::Done {
-            return None;
-        }
-        let give_up = self.last_heard + self.cfg.give_up;
-        let phase_timer = match self.phase {
-            Phase::Offering => (!self.offer_due).then_some(self.offer_next),
-            Phase::Sending => {
-                let pacing = self.can_send_data().then_some(self.next_send_at);
-                let probe = self.probe_deadline().filter(|_| !self.tail_probe_due);
+        let phase_timer = match &self.phase {
+            Phase::Done(_) => return None,
+            Phase::Offering(o) => (!o.due).then_some(o.next),
+            Phase::Sending(_) => {
+                let pacing = self.can_send_data().then_some(self.pacer.next_send_at());
+                let probe = self.recovery.tail_probe_timer(self.rtt.pto());
                 opt_min(opt_min(self.rto_deadline(), pacing), probe)
             }
-            Phase::Closing => (!self.probe_due).then_some(self.probe_at),
-            Phase::Done => None,
+            Phase::Closing(_, p) => (!p.due).then_some(p.at),
         };
-        opt_min(Some(give_up), phase_timer)
+        opt_min(Some(self.last_heard + self.cfg.timeout), phase_timer)
     }
 
     /// Fires whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase == Phase::Done {
+        if self.is_done() {
             return;
         }
-        if now >= self.last_heard + self.cfg.give_up {
-            let err = SendError::Timeout(self.cfg.give_up);
+        if now >= self.last_heard + self.cfg.timeout {
+            let err = SendError::Timeout(self.cfg.timeout);
             self.fail(
                 err,
                 Some((AbortReason::Timeout, "receiver silent; sender gave up")),
             );
             return;
         }
-        match self.phase {
-            Phase::Offering => {
-                if now >= self.offer_next {
-                    self.offer_due = true;
+        match &mut self.phase {
+            Phase::Offering(o) => {
+                if now >= o.next {
+                    o.due = true;
                 }
             }
-            Phase::Sending => {
+            Phase::Sending(_) => {
                 if self.rto_deadline().is_some_and(|d| now >= d) {
                     self.on_rto(now);
-                } else if self.probe_deadline().is_some_and(|d| now >= d) {
-                    self.tail_probe_due = true;
-                    self.tail_probes += 1;
+                } else if self
+                    .recovery
+                    .tail_probe_deadline(self.rtt.pto())
+                    .is_some_and(|d| now >= d)
+                {
+                    self.recovery.on_tail_probe_timeout();
                     self.stats.tail_probes += 1;
                 }
             }
-            Phase::Closing => {
-                if !self.probe_due && now >= self.probe_at {
-                    self.probe_due = true;
-                    self.probe_backoff += 1;
-                    self.probe_at = now + self.rto(self.probe_backoff);
+            Phase::Closing(_, p) => {
+                if !p.due && now >= p.at {
+                    p.due = true;
+                    p.backoff += 1;
+                    p.at = now + recovery::rto(&self.rtt, p.backoff, self.cfg.timeout);
                 }
             }
-            Phase::Done => {}
+            Phase::Done(_) => {}
         }
     }
 
@@ -514,29 +495,14 @@ impl Sender {
         if self.pending_abort.is_some() {
             return self.emit_pending_abort(buf);
         }
-        match self.phase {
-            Phase::Done => None,
-            Phase::Offering => {
-                if !self.offer_due {
+        match &mut self.phase {
+            Phase::Done(_) => None,
+            Phase::Offering(_) => self.send_offer(now, buf),
+            Phase::Closing(_, p) => {
+                if !p.due {
                     return None;
                 }
-                self.offer_due = false;
-                if self.offer_sends == 0 {
-                    self.offer_first_sent_at = now;
-                }
-                self.offer_sends += 1;
-                self.offer_sent_at = now;
-                self.offer_next = now + self.offer_interval;
-                let cap = self.cfg.offer_max_interval.max(self.first_offer_interval());
-                self.offer_interval = (self.offer_interval * 2).min(cap);
-                self.stats.offers_sent += 1;
-                self.emit_offer(buf, 0)
-            }
-            Phase::Closing => {
-                if !self.probe_due {
-                    return None;
-                }
-                self.probe_due = false;
+                p.due = false;
                 self.stats.probes_sent += 1;
                 match self.count.checked_sub(1) {
                     Some(last) => self.emit_chunk(last, flags::ACK_NOW, source, buf),
@@ -545,8 +511,26 @@ impl Sender {
                     None => self.emit_offer(buf, flags::ACK_NOW),
                 }
             }
-            Phase::Sending => self.send_data(now, source, buf),
+            Phase::Sending(_) => self.send_data(now, source, buf),
         }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done(_))
+    }
+
+    /// The next copy of the offer, if one is due.
+    fn send_offer(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let cap = self.cfg.offer_max_interval.max(self.first_offer_interval());
+        let Phase::Offering(o) = &mut self.phase else {
+            return None;
+        };
+        if !o.due {
+            return None;
+        }
+        o.on_sent(now, cap);
+        self.stats.offers_sent += 1;
+        self.emit_offer(buf, 0)
     }
 
     fn emit_offer(&self, buf: &mut [u8], flags: u16) -> Option<usize> {
@@ -616,10 +600,11 @@ impl Sender {
         repr.emit(buf).ok()
     }
 
-    /// The next chunk to send: the lowest lost one, else the lowest never sent and not acked.
+    /// The next chunk to send: the lowest lost one, else the lowest never sent and not acked;
+    /// with the number of times it was sent.
     fn next_chunk(&self) -> Option<(u32, u32)> {
-        if let Some((&index, l)) = self.lost.first_key_value() {
-            return Some((index, l.last.sends));
+        if let Some(lost) = self.recovery.first_lost() {
+            return Some(lost);
         }
         let index = self.acked.next_missing(self.next_new, self.count as u64)?;
         Some((index as u32, 0))
@@ -629,23 +614,27 @@ impl Sender {
         (HEADER_LEN + chunk_len(self.meta.size, self.cfg.chunk_size, index)) as u64
     }
 
+    /// Whether a packet of `bytes` fits in both windows beside `chunks_out` chunks and
+    /// `bytes_out` bytes in flight.
+    fn room(&self, chunks_out: usize, bytes_out: u64, bytes: u64) -> Result<(), Full> {
+        pacing::room(
+            self.cfg.window,
+            self.cc.cwnd(),
+            chunks_out,
+            bytes_out,
+            bytes,
+        )
+    }
+
     /// Something to send, and room for it in both windows (pacing aside).
     fn can_send_data(&self) -> bool {
         let Some((index, _)) = self.next_chunk() else {
             return false;
         };
-        self.in_flight.len() < self.cfg.window.max(1) as usize
-            && self.bytes_in_flight + self.chunk_bytes(index)
-                <= self.cc.cwnd().max(self.chunk_bytes(index))
-    }
-
-    /// Bytes per second to pace at: the controller's rate under the configured cap.
-    fn pacing_rate(&self) -> f64 {
-        let rate = self.cc.pacing_rate();
-        match self.cfg.max_rate {
-            Some(cap) => rate.min(cap as f64 / 8.0),
-            None => rate,
-        }
+        let bytes = self.chunk_bytes(index);
+        let r = &self.recovery;
+        self.room(r.chunks_in_flight(), r.bytes_in_flight(), bytes)
+            .is_ok()
     }
 
     fn send_data<C: ChunkSource + ?Sized>(
@@ -654,36 +643,38 @@ impl Sender {
         source: &mut C,
         buf: &mut [u8],
     ) -> Option<usize> {
-        if self.tail_probe_due {
-            self.tail_probe_due = false;
+        if self.recovery.take_tail_probe() {
             if let Some(len) = self.send_tail_probe(now, source, buf) {
                 return Some(len);
             }
         }
-        if now < self.next_send_at {
+        if now < self.pacer.next_send_at() {
             return None;
         }
+        let chunks_out = self.recovery.chunks_in_flight();
+        let bytes_out = self.recovery.bytes_in_flight();
         let Some((index, sends)) = self.next_chunk() else {
             // Everything is out: what gets acked now says nothing about the path's capacity.
-            self.cc.on_app_limited(self.bytes_in_flight);
+            self.cc.on_app_limited(bytes_out);
             return None;
         };
-        if self.in_flight.len() >= self.cfg.window.max(1) as usize {
-            // The user's window, not the path, is the limit: same as running out of data.
-            self.cc.on_app_limited(self.bytes_in_flight);
-            return None;
-        }
         let bytes = self.chunk_bytes(index);
-        if self.bytes_in_flight + bytes > self.cc.cwnd().max(bytes) {
-            return None;
+        match self.room(chunks_out, bytes_out, bytes) {
+            Ok(()) => {}
+            // The user's window, not the path, is the limit: same as running out of data.
+            Err(Full::Window) => {
+                self.cc.on_app_limited(bytes_out);
+                return None;
+            }
+            Err(Full::Congestion) => return None,
         }
         let retransmit = sends > 0;
-        // Ask for an ack at once when this is the last chunk we can send for now, so a sender
-        // that has to wait (window full, or nothing left) does not also wait for a delayed ack.
-        let window_full = self.in_flight.len() + 1 >= self.cfg.window.max(1) as usize
-            || self.bytes_in_flight + 2 * bytes > self.cc.cwnd();
+        // Ask for an ack at once when this is the last chunk we can send for now (no room for
+        // another after it, or nothing left), so a sender that has to wait does not also wait for
+        // a delayed ack.
+        let window_full = self.room(chunks_out + 1, bytes_out + bytes, bytes).is_err();
         let last_for_now = if retransmit {
-            self.lost.len() == 1
+            self.recovery.lost_len() == 1
                 && self
                     .acked
                     .next_missing(self.next_new, self.count as u64)
@@ -693,98 +684,50 @@ impl Sender {
                 .next_missing(index as u64 + 1, self.count as u64)
                 .is_none()
         };
-        let ack_now = if self.ack_now || window_full || last_for_now {
+        let ack_now = if self.recovery.ack_now() || window_full || last_for_now {
             flags::ACK_NOW
         } else {
             0
         };
         let len = self.emit_chunk(index, ack_now, source, buf)?;
-        if self.phase == Phase::Done {
+        if self.is_done() {
             // The read failed; `len` is the abort.
             return Some(len);
         }
 
-        self.last_sent_at = now;
-        let tx = self.next_tx;
-        self.next_tx += 1;
-        let lost = self.lost.get(&index);
-        let first_tx = lost.map_or(tx, |l| l.last.first_tx);
-        let prev = lost.map(|l| Earlier {
-            sent_at: l.last.sent_at,
-            snapshot: l.last.snapshot,
-            only: l.last.sends == 1,
-            by_rto: l.by_rto,
-        });
-        let snapshot = self.cc.on_send(now, self.bytes_in_flight);
-        self.in_flight.insert(
-            index,
-            InFlight {
-                tx,
-                first_tx,
-                sent_at: now,
-                sends: sends + 1,
-                bytes,
-                snapshot,
-                prev,
-            },
-        );
-        self.by_tx.insert(tx, (index, now));
-        self.bytes_in_flight += bytes;
+        let snapshot = self.cc.on_send(now, bytes_out);
+        self.recovery.on_sent(index, bytes, snapshot, now);
         self.stats.chunks_sent += 1;
         if retransmit {
-            self.lost.remove(&index);
             self.stats.chunks_retransmitted += 1;
         } else {
             self.next_new = index as u64 + 1;
         }
-        if self.lost.is_empty() {
-            self.ack_now = false;
-        }
-
-        let gap = Duration::from_secs_f64((bytes + IP_HEADER) as f64 / self.pacing_rate());
-        let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
-        self.next_send_at = self.next_send_at.max(earliest) + gap;
+        let rate = self.pacer.rate(&self.cc);
+        self.pacer.on_sent(now, bytes, rate);
         Some(len)
     }
 
-    /// When to probe a silent tail (RFC 9002's PTO): if the chunks in flight are followed by
-    /// nothing (the window is full, or the file ends) and the ack for them is lost, no later
-    /// chunk will show the loss, and the RTO is at least 200 ms. So a round trip (plus the
-    /// receiver's 5 ms ack delay) after the last transmission, doubling per probe, one chunk goes
-    /// again with `ACK_NOW`: a duplicate makes the receiver answer with everything it has.
-    fn probe_deadline(&self) -> Option<Instant> {
-        if self.in_flight.is_empty() {
-            return None;
-        }
-        let pto = self.rtt.pto().saturating_mul(1 << self.tail_probes.min(16));
-        Some(self.last_sent_at + pto)
-    }
-
-    /// Sends the most recently sent chunk still in flight again with `ACK_NOW`, outside the
-    /// congestion window (it is one packet, and it is what unblocks the window).
+    /// Sends the most recently sent chunk still in flight again with `ACK_NOW` (see
+    /// [`Recovery::tail_probe_deadline`]), outside the congestion window.
     fn send_tail_probe<C: ChunkSource + ?Sized>(
         &mut self,
         now: Instant,
         source: &mut C,
         buf: &mut [u8],
     ) -> Option<usize> {
-        let (_, &(index, _)) = self.by_tx.last_key_value()?;
+        let index = self.recovery.newest_in_flight()?;
         let len = self.emit_chunk(index, flags::ACK_NOW, source, buf)?;
-        if self.phase == Phase::Done {
+        if self.is_done() {
             return Some(len);
         }
-        if let Some(f) = self.in_flight.get_mut(&index) {
-            // Two copies out: an ack echoing it can no longer time either (Karn).
-            f.sends += 1;
-        }
-        self.last_sent_at = now;
-        self.tail_probe_at = Some((now, index));
+        self.recovery.on_tail_probe_sent(index, now);
         self.stats.chunks_sent += 1;
         self.stats.chunks_retransmitted += 1;
         Some(len)
     }
 
-    fn on_offer_accepted(&mut self, ack: &AckRepr<'_>, now: Instant) {
+    fn on_offer_accepted(&mut self, offering: Offering, ack: &AckRepr<'_>, now: Instant) {
         // The offer's round trip is a fine first sample, if there was only one offer (Karn).
         // Otherwise (the path is longer than the offer interval, or an offer was lost) the time
         // since the first copy is still an upper bound, which sizes the first RTO: without it the
@@ -792,24 +735,26 @@ impl Sender {
         // The controller gets nothing: its minimum RTT must be a sample, not a bound.
         if ack.echo == NO_ECHO {
             let delay = Duration::from_micros(ack.delay_us as u64);
-            if self.offer_sends == 1 {
+            if offering.sends == 1 {
                 if let Some(rtt) = now
-                    .saturating_duration_since(self.offer_sent_at)
+                    .saturating_duration_since(offering.sent_at)
                     .checked_sub(delay)
                 {
                     self.rtt.on_sample(rtt);
                     self.cc.on_rtt(now, rtt);
                 }
             } else if let Some(bound) = now
-                .saturating_duration_since(self.offer_first_sent_at)
+                .saturating_duration_since(offering.first_sent_at)
                 .checked_sub(delay)
             {
                 self.rtt.on_upper_bound(bound);
             }
         }
-        self.phase = Phase::Sending;
-        self.stale_aborts_until = now + self.rtt.smoothed().unwrap_or(self.rtt.rto());
-        self.next_send_at = now;
+        self.phase = Phase::Sending(Accepted {
+            offered_at: offering.first_sent_at,
+            stale_aborts_until: now + self.rtt.smoothed().unwrap_or(self.rtt.rto()),
+        });
+        self.pacer.start(now);
         // It may already acknowledge chunks (resume).
         let before = self.acked.len();
         self.on_ack(ack, now);
@@ -821,45 +766,24 @@ impl Sender {
 
     fn on_ack(&mut self, ack: &AckRepr<'_>, now: Instant) {
         let count = self.count as u64;
-        // Karn's rule: only a chunk sent once, and acknowledged by this very ack, times the path.
-        // Two more cases are just as unambiguous: a resent chunk whose retransmission cannot have
-        // been answered yet (the ack is for its only earlier copy), and a chunk declared lost but
-        // not resent (its only copy is what arrived). Either way, if an RTO had given up on that
-        // copy, the copy's round trip is what the RTO missed: the RTO was spurious.
+        // A round trip, if the ack was sent for a copy it certainly answers (see
+        // [`Recovery::only_copy_acked`]); and if an RTO had given up on that copy, how long it took.
         let mut rtt_sample = None;
         let mut spurious_rto = None;
         if ack.echo != NO_ECHO && ack.has(ack.echo) {
-            let only_copy = match (self.in_flight.get(&ack.echo), self.lost.get(&ack.echo)) {
-                (Some(f), _) if f.sends == 1 => Some((f.sent_at, false)),
-                (Some(f), _) => f
-                    .prev
-                    .filter(|e| e.only && self.answers_earlier_copy(f, now))
-                    .map(|e| (e.sent_at, e.by_rto)),
-                (None, Some(l)) if l.last.sends == 1 => Some((l.last.sent_at, l.by_rto)),
-                (None, _) => None,
-            };
-            if let Some((sent_at, by_rto)) = only_copy {
-                let age = now.saturating_duration_since(sent_at);
+            if let Some(copy) = self.recovery.only_copy_acked(ack.echo, now, &self.rtt) {
+                let age = now.saturating_duration_since(copy.sent_at);
                 let delay = Duration::from_micros(ack.delay_us as u64);
                 rtt_sample = age.checked_sub(delay);
-                spurious_rto = by_rto.then_some(age);
+                spurious_rto = copy.by_rto.then_some(age);
             }
         }
 
         let acked_before = self.acked.len();
         let cumulative = (ack.cumulative as u64).min(count) as u32;
-        while let Some((&index, _)) = self.in_flight.first_key_value() {
-            if index >= cumulative {
-                break;
-            }
-            self.on_chunk_acked(index, now);
-        }
-        while let Some((&index, _)) = self.lost.first_key_value() {
-            if index >= cumulative {
-                break;
-            }
-            self.on_lost_chunk_acked(index, now);
-        }
+        let mut spurious = self
+            .recovery
+            .on_acked_below(cumulative, now, &self.rtt, &mut self.cc);
         self.acked.insert_below(cumulative);
 
         // The bitmap, 64 chunks at a time, looking only at bits not already known.
@@ -879,17 +803,14 @@ impl Sender {
                 let index = (start + new.trailing_zeros() as u64) as u32;
                 new &= new - 1;
                 self.acked.insert(index);
-                if self.in_flight.contains_key(&index) {
-                    self.on_chunk_acked(index, now);
-                } else {
-                    self.on_lost_chunk_acked(index, now);
-                }
+                spurious += self.recovery.on_acked(index, now, &self.rtt, &mut self.cc) as u64;
             }
         }
+        self.stats.spurious_retransmits += spurious;
 
         if let Some(rtt) = rtt_sample {
             self.rtt.on_sample(rtt);
-            self.rto_backoff = 0;
+            self.recovery.reset_backoff();
         }
         if let Some(age) = spurious_rto {
             self.undo_spurious_rto(age);
@@ -897,66 +818,22 @@ impl Sender {
         if self.acked.len() > acked_before {
             // New chunks acknowledged: the path works, whether or not Karn allowed a sample
             // (as Linux does; RFC 6298 §5.7 permits it).
-            self.rto_backoff = 0;
+            self.recovery.reset_backoff();
         }
-        self.tail_probes = 0;
-        self.tail_probe_at = None;
-        self.detect_losses();
-        self.cc.on_ack_end(now, rtt_sample, self.bytes_in_flight);
+        self.stats.losses_by_ack += self.recovery.on_ack_end();
+        self.cc
+            .on_ack_end(now, rtt_sample, self.recovery.bytes_in_flight());
 
         if self.acked.len() == count {
-            self.phase = Phase::Closing;
-            self.probe_due = false;
-            self.probe_backoff = 0;
-            self.probe_at = now + self.rtt.rto();
+            if let Phase::Sending(accepted) = self.phase {
+                let probe = Probe {
+                    due: false,
+                    at: now + self.rtt.rto(),
+                    backoff: 0,
+                };
+                self.phase = Phase::Closing(accepted, probe);
+            }
         }
-    }
-
-    fn on_chunk_acked(&mut self, index: u32, now: Instant) {
-        let Some(f) = self.in_flight.remove(&index) else {
-            return;
-        };
-        self.by_tx.remove(&f.tx);
-        self.bytes_in_flight -= f.bytes;
-        let mut snapshot = f.snapshot;
-        if let Some(e) = f.prev.filter(|_| self.answers_earlier_copy(&f, now)) {
-            // The earlier copy arrived: its send is what this delivery measures. The
-            // retransmission's would give an interval of a few ms, which the controller rejects
-            // as ack compression; when every ack carried one (an RTO firing before each ack),
-            // the bandwidth estimate starved to zero.
-            snapshot = e.snapshot;
-            self.stats.spurious_retransmits += 1;
-        }
-        self.cc.on_acked(now, &snapshot, f.bytes);
-        // An ack names chunks, not transmissions: for a chunk sent more than once it may be the
-        // first copy that arrived (the loss was spurious). Crediting the latest copy would then
-        // make everything sent before it look lost, so the earliest one is credited.
-        let tx = if f.sends == 1 { f.tx } else { f.first_tx };
-        let top = &mut self.top_acked;
-        if tx > top[0] {
-            *top = [tx, top[0], top[1]];
-        } else if tx > top[1] {
-            *top = [top[0], tx, top[1]];
-        } else if tx > top[2] {
-            top[2] = tx;
-        }
-    }
-
-    /// A chunk declared lost was acknowledged after all, before it was resent.
-    fn on_lost_chunk_acked(&mut self, index: u32, now: Instant) {
-        if let Some(l) = self.lost.remove(&index) {
-            self.cc.on_acked(now, &l.last.snapshot, l.last.bytes);
-        }
-    }
-
-    /// Whether an ack for resent chunk `f` arriving at `now` must be for an earlier copy: the
-    /// retransmission has been out for less than the shortest round trip ever measured.
-    fn answers_earlier_copy(&self, f: &InFlight, now: Instant) -> bool {
-        f.prev.is_some()
-            && self
-                .rtt
-                .min()
-                .is_some_and(|min| now.saturating_duration_since(f.sent_at) < min)
     }
 
     /// An RTO turned out spurious (its chunks were still on their way: one it gave up on arrived
@@ -973,99 +850,30 @@ impl Sender {
     fn undo_spurious_rto(&mut self, age: Duration) {
         self.stats.spurious_rtos += 1;
         self.rtt.on_spurious_timeout(age);
-        self.rto_backoff = 0;
         self.cc.on_spurious_rto();
-        let gave_up: Vec<u32> = self
-            .lost
-            .iter()
-            .filter(|(_, l)| l.by_rto)
-            .map(|(&index, _)| index)
-            .collect();
-        for index in gave_up {
-            let Some(l) = self.lost.remove(&index) else {
-                continue;
-            };
-            let f = l.last;
-            self.by_tx.insert(f.tx, (index, f.sent_at));
-            self.bytes_in_flight += f.bytes;
-            self.in_flight.insert(index, f);
-        }
-        if self.lost.is_empty() {
-            self.ack_now = false;
-        }
+        self.recovery.undo_rto();
     }
 
-    /// Fast retransmit: a transmission numbered below the third-highest acknowledged one has
-    /// three later transmissions acknowledged.
-    fn detect_losses(&mut self) {
-        let threshold = self.top_acked[2];
-        while let Some((&tx, &(index, _))) = self.by_tx.first_key_value() {
-            if tx >= threshold {
-                break;
-            }
-            self.declare_lost(tx, index, false);
-            self.stats.losses_by_ack += 1;
-        }
-    }
-
-    fn declare_lost(&mut self, tx: u64, index: u32, by_rto: bool) {
-        self.by_tx.remove(&tx);
-        if let Some(f) = self.in_flight.remove(&index) {
-            self.bytes_in_flight -= f.bytes;
-            self.lost.insert(index, Lost { last: f, by_rto });
-        }
-    }
-
-    /// The RTO after `backoff` expiries in a row. Doubling stops at a sixth of the give-up time,
-    /// so that a sender that has heard nothing still tries several times before it gives up.
+    /// The RTO after `backoff` expiries in a row (see [`recovery::rto`]).
     fn rto(&self, backoff: u32) -> Duration {
-        let base = self.rtt.rto();
-        self.rtt
-            .backed_off(backoff)
-            .min((self.cfg.give_up / 6).max(base))
+        recovery::rto(&self.rtt, backoff, self.cfg.timeout)
     }
 
     /// When the oldest transmission still out times out.
     fn rto_deadline(&self) -> Option<Instant> {
-        let (_, &(index, sent_at)) = self.by_tx.first_key_value()?;
-        let deadline = sent_at + self.rto(self.rto_backoff);
-        // After a tail probe the RTO waits for the probe's answer, a round trip, when that answer
-        // settles the chunk the RTO would resend first: the probed chunk itself, or one sent once
-        // (the receiver answers a probe with everything it has, or with its verdict: the end of
-        // the file, whose last acks or complete were lost). On a short path this changes nothing
-        // (the 200 ms minimum is longer); on a long one the RTO, 1.25 round trips after the
-        // chunk, would fire a quarter round trip after the probe and resend for nothing. A lost
-        // retransmission keeps its time: the answer cannot show it lost (acks of resent chunks
-        // credit their first copies), only the RTO can.
-        let settles = |probed: u32| {
-            probed == index || self.in_flight.get(&index).is_some_and(|f| f.sends == 1)
-        };
-        let answer = self
-            .tail_probe_at
-            .filter(|&(_, probed)| settles(probed))
-            .map(|(at, _)| at + self.rtt.pto());
-        Some(answer.map_or(deadline, |a| a.max(deadline)))
+        let rto = self.rto(self.recovery.backoff());
+        self.recovery.rto_deadline(rto, self.rtt.pto())
     }
 
-    /// The oldest transmission went unanswered for a whole RTO: it, and every other chunk out
-    /// for as long, is lost and goes again, lowest index first. Chunks sent more recently keep
-    /// their own timers: when an RTO is spurious (the queue grew faster than the RTT estimate)
-    /// this resends only the oldest, not the whole window. The congestion window allows what is
-    /// still out plus a few chunks, so the retransmissions can leave at once.
+    /// The oldest transmission went unanswered for a whole RTO (see [`Recovery::on_rto`]). The
+    /// congestion window allows what is still out plus a few chunks, so the retransmissions can
+    /// leave at once.
     fn on_rto(&mut self, now: Instant) {
-        let rto = self.rto(self.rto_backoff);
-        while let Some((&tx, &(index, sent_at))) = self.by_tx.first_key_value() {
-            if sent_at + rto > now {
-                break;
-            }
-            self.declare_lost(tx, index, true);
-        }
-        self.rto_backoff += 1;
+        let rto = self.rto(self.recovery.backoff());
+        self.recovery.on_rto(now, rto);
         self.stats.rto_expiries += 1;
-        self.tail_probe_at = None;
-        self.ack_now = true;
-        self.cc.on_rto(self.bytes_in_flight);
-        self.next_send_at = self.next_send_at.min(now);
+        self.cc.on_rto(self.recovery.bytes_in_flight());
+        self.pacer.wake(now);
     }
 
     fn on_complete(&mut self, complete: &CompleteRepr) {
@@ -1090,44 +898,34 @@ impl Sender {
         match self.phase {
             // The receiver never answers an offer with "unknown transfer": this one is about data
             // sent before the offer (we are re-offering), so it is stale.
-            Phase::Offering if unknown => {}
-            Phase::Offering => self.finish(Err(SendError::Refused(abort.reason, message))),
-            Phase::Sending | Phase::Closing if unknown => {
-                if now < self.stale_aborts_until {
+            Phase::Offering(_) if unknown => {}
+            Phase::Offering(_) => self.finish(Err(SendError::Refused(abort.reason, message))),
+            Phase::Sending(accepted) | Phase::Closing(accepted, _) if unknown => {
+                if now < accepted.stale_aborts_until {
                     return;
                 }
                 if self.stats.reoffers >= self.cfg.max_reoffers {
                     self.finish(Err(SendError::PeerAborted(abort.reason, message)));
                 } else {
-                    self.reoffer();
+                    self.reoffer(accepted.offered_at);
                 }
             }
-            Phase::Sending | Phase::Closing => {
+            Phase::Sending(_) | Phase::Closing(..) => {
                 self.finish(Err(SendError::PeerAborted(abort.reason, message)))
             }
-            Phase::Done => {}
+            Phase::Done(_) => {}
         }
     }
 
     /// The receiver forgot the transfer: start over with an offer. Nothing it acknowledged before
     /// is trusted (a restarted receiver may have lost unsynced writes); its answer says what it
     /// has now. The path estimates stay.
-    fn reoffer(&mut self) {
+    fn reoffer(&mut self, offered_at: Instant) {
         self.stats.reoffers += 1;
-        self.phase = Phase::Offering;
-        self.offer_due = true;
-        self.offer_sends = 0;
-        self.offer_interval = self.first_offer_interval();
+        self.phase = Phase::Offering(Offering::new(self.first_offer_interval(), offered_at));
         self.acked = ChunkSet::new();
         self.next_new = 0;
-        self.in_flight.clear();
-        self.by_tx.clear();
-        self.lost.clear();
-        self.top_acked = [0; 3];
-        self.bytes_in_flight = 0;
-        self.ack_now = false;
-        self.tail_probes = 0;
-        self.tail_probe_at = None;
+        self.recovery.forget();
     }
 
     /// The first offer retransmission interval: the configured 200 ms, or the RTO once the path
@@ -1141,8 +939,7 @@ impl Sender {
     }
 
     fn finish(&mut self, result: Result<(), SendError>) {
-        self.phase = Phase::Done;
-        self.outcome = Some(result);
+        self.phase = Phase::Done(result);
     }
 
     fn fail(&mut self, err: SendError, abort: Option<(AbortReason, &'static str)>) {
@@ -1504,8 +1301,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sender(1000, SenderConfig::default(), t0);
         poll(&mut s, t0);
-        s.abort();
-        assert_eq!(s.outcome(), Some(Err(SendError::Aborted)));
+        s.cancel();
+        assert_eq!(s.outcome(), Some(Err(SendError::Cancelled)));
         assert_eq!(poll(&mut s, t0).map(|p| p.0), Some(MessageType::Abort));
         assert_eq!(poll(&mut s, t0), None);
         assert_eq!(s.poll_timeout(), None);
@@ -1526,5 +1323,32 @@ mod tests {
         };
         let err = Sender::new(1, meta, cfg, Instant::now()).err();
         assert!(matches!(err, Some(SendError::TooManyChunks { .. })));
+    }
+
+    #[test]
+    fn an_offer_is_no_larger_than_a_data_packet_or_a_1024_byte_payload() {
+        let meta = |name_len| FileMeta {
+            name: "n".repeat(name_len),
+            size: 1 << 20,
+            mode: 0,
+            mtime: 0,
+            hash: [0; HASH_LEN],
+        };
+        let now = Instant::now();
+        // The offer's body is 64 bytes and the name.
+        for (chunk_size, longest) in [(1400, 1336), (100, 960)] {
+            let cfg = SenderConfig {
+                chunk_size,
+                ..SenderConfig::default()
+            };
+            let mut s = Sender::new(1, meta(longest), cfg.clone(), now).unwrap();
+            let payload = (chunk_size as usize).max(1024);
+            assert_eq!(s.max_packet_len(), HEADER_LEN + payload);
+            let mut buf = [0u8; 2048];
+            let len = s.poll_transmit(now, &mut Sevens, &mut buf);
+            assert_eq!(len, Some(HEADER_LEN + payload), "chunk size {chunk_size}");
+            let err = Sender::new(1, meta(longest + 1), cfg, now).err();
+            assert_eq!(err, Some(SendError::NameTooLong(longest + 1)));
+        }
     }
 }
