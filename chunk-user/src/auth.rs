@@ -29,11 +29,11 @@ const CONTEXT: &str = "chunk psk v1";
 
 /// The key both sides derive from the shared file.
 #[derive(Clone)]
-pub struct Key([u8; 32]);
+pub struct Psk([u8; 32]);
 
-impl std::fmt::Debug for Key {
+impl std::fmt::Debug for Psk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(..)")
+        f.write_str("Psk(..)")
     }
 }
 
@@ -50,12 +50,12 @@ pub enum AuthError {
     Truncated,
 }
 
-impl Key {
+impl Psk {
     /// Derives the key from a file's contents (at least 16 bytes; use e.g. 32 random bytes).
-    pub fn from_file(path: &Path) -> io::Result<Key> {
+    pub fn from_file(path: &Path) -> io::Result<Psk> {
         let secret = std::fs::read(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Key::from_secret(&secret).ok_or_else(|| {
+        Psk::from_secret(&secret).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -66,8 +66,8 @@ impl Key {
         })
     }
 
-    pub fn from_secret(secret: &[u8]) -> Option<Key> {
-        (secret.len() >= 16).then(|| Key(blake3::derive_key(CONTEXT, secret)))
+    pub fn from_secret(secret: &[u8]) -> Option<Psk> {
+        (secret.len() >= 16).then(|| Psk(blake3::derive_key(CONTEXT, secret)))
     }
 
     fn tag(&self, data: &[u8]) -> [u8; TAG_LEN] {
@@ -107,10 +107,10 @@ impl Key {
     }
 }
 
-/// [`Key::open`] for a side that may have no key: then an authenticated packet is refused
+/// [`Psk::open`] for a side that may have no key: then an authenticated packet is refused
 /// ([`AuthError::NoKey`]) and others pass through unchanged (copied, CRC zeroed).
 pub fn open_with(
-    key: Option<&Key>,
+    key: Option<&Psk>,
     packet: &[u8],
     out: &mut [u8],
 ) -> Result<(usize, u64), AuthError> {
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn the_protocol_doc_sealed_example_is_what_seal_writes() {
         let secret: Vec<u8> = (0u8..32).collect();
-        let key = Key::from_secret(&secret).unwrap();
+        let key = Psk::from_secret(&secret).unwrap();
         assert_eq!(key.0.as_slice(), doc_fixture("psk-key"));
         let data = doc_fixture("data");
         let sealed = doc_fixture("sealed");
@@ -227,7 +227,7 @@ mod tests {
         buf
     }
 
-    fn sealed(key: &Key, payload: &[u8]) -> Vec<u8> {
+    fn sealed(key: &Psk, payload: &[u8]) -> Vec<u8> {
         let mut buf = packet(payload);
         let n = buf.len();
         buf.resize(n + TRAILER_LEN, 0);
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_sealed_packet_passes_the_crc_and_opens_to_the_original() {
-        let key = Key::from_secret(b"sixteen bytes at least").unwrap();
+        let key = Psk::from_secret(b"sixteen bytes at least").unwrap();
         let s = sealed(&key, b"hello");
         // A valid chunk packet in its own right: the kernel's checks pass.
         assert!(Packet::new_checked(&s[..]).unwrap().validate().is_ok());
@@ -252,15 +252,15 @@ mod tests {
 
     #[test]
     fn wrong_key_missing_key_and_missing_tag_are_refused() {
-        let key = Key::from_secret(b"sixteen bytes at least").unwrap();
-        let other = Key::from_secret(b"another sixteen bytes").unwrap();
+        let key = Psk::from_secret(b"sixteen bytes at least").unwrap();
+        let other = Psk::from_secret(b"another sixteen bytes").unwrap();
         let s = sealed(&key, b"hello");
         let mut out = vec![0u8; s.len()];
         assert_eq!(other.open(&s, &mut out), Err(AuthError::BadTag));
         assert_eq!(open_with(None, &s, &mut out), Err(AuthError::NoKey));
         let plain = packet(b"hello");
         assert_eq!(key.open(&plain, &mut out), Err(AuthError::Unauthenticated));
-        assert!(Key::from_secret(b"short").is_none());
+        assert!(Psk::from_secret(b"short").is_none());
     }
 
     proptest! {
@@ -270,7 +270,7 @@ mod tests {
             at in any::<prop::sample::Index>(),
             bit in 0u8..8,
         ) {
-            let key = Key::from_secret(&[7; 32]).unwrap();
+            let key = Psk::from_secret(&[7; 32]).unwrap();
             let mut s = sealed(&key, &payload);
             let i = at.index(s.len());
             prop_assume!(!field::CRC.contains(&i));

@@ -13,7 +13,7 @@ use chunk_common::{
     wire::{self, Message, Repr},
 };
 
-use crate::auth::{self, AuthError, Key};
+use crate::auth::{self, AuthError, Psk};
 
 /// Why a packet did not reach the core. Each is counted by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,19 +38,19 @@ pub enum Rejected {
 
 /// Opens packets for one side, with its key (if any) and a buffer to strip trailers into.
 pub struct Intake {
-    key: Option<Key>,
+    key: Option<Psk>,
     scratch: Vec<u8>,
 }
 
 impl Intake {
-    pub fn new(key: Option<Key>) -> Self {
+    pub fn new(key: Option<Psk>) -> Self {
         Intake {
             key,
             scratch: vec![0; 1 << 16],
         }
     }
 
-    pub fn key(&self) -> Option<&Key> {
+    pub fn key(&self) -> Option<&Psk> {
         self.key.as_ref()
     }
 
@@ -108,7 +108,7 @@ mod tests {
         p
     }
 
-    fn emit(repr: &Repr<'_>, key: Option<&Key>, sealed_at: u64) -> Vec<u8> {
+    fn emit(repr: &Repr<'_>, key: Option<&Psk>, sealed_at: u64) -> Vec<u8> {
         let mut buf = vec![0u8; repr.buffer_len() + auth::TRAILER_LEN];
         let mut n = repr.emit(&mut buf).unwrap();
         if let Some(k) = key {
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_sender_checks_source_crc_key_and_body_in_turn() {
-        let key = Key::from_secret(b"0123456789abcdef").unwrap();
+        let key = Psk::from_secret(b"0123456789abcdef").unwrap();
         let mut intake = Intake::new(Some(key.clone()));
         let to = [198, 18, 0, 2];
         let good = ip(&emit(&abort(), Some(&key), 1));
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn sealed_offers_must_be_fresh_other_messages_need_not() {
-        let key = Key::from_secret(b"0123456789abcdef").unwrap();
+        let key = Psk::from_secret(b"0123456789abcdef").unwrap();
         let mut intake = Intake::new(Some(key.clone()));
         let now = 1_700_000_000_000u64;
         let window = auth::OFFER_WINDOW.as_millis() as u64;

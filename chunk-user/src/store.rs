@@ -37,7 +37,7 @@ use std::{
 use chunk_common::wire::{AbortReason, HASH_LEN};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
-use crate::proto::{ChunkSet, OfferInfo, Opened, Refusal, Storage, Verdict};
+use crate::proto::{ChunkSet, HashCheck, OfferInfo, Opened, Refusal, Storage};
 
 const PART_SUFFIX: &str = ".part";
 const STATE_SUFFIX: &str = ".part.state";
@@ -558,14 +558,14 @@ impl Storage for FsStorage {
         Ok(())
     }
 
-    fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+    fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
         self.in_use.remove(&h.name);
         let result = (|| {
             h.flush()?;
             h.file.sync_all()?;
             let hash = h.hash_part()?;
             if &hash != expected {
-                return Ok(Verdict {
+                return Ok(HashCheck {
                     verified: false,
                     hash,
                 });
@@ -592,14 +592,14 @@ impl Storage for FsStorage {
                 let _ = rustix::fs::unlinkat(&h.dir, n.as_str(), AtFlags::empty());
             }
             rustix::fs::fsync(&h.dir)?;
-            Ok(Verdict {
+            Ok(HashCheck {
                 verified: true,
                 hash,
             })
         })();
         // A file that did not verify (or could not be checked) never stays, not even as a part:
         // resuming from chunks that hash wrong would fail again.
-        if !matches!(result, Ok(Verdict { verified: true, .. })) {
+        if !matches!(result, Ok(HashCheck { verified: true, .. })) {
             h.remove_work_files();
         }
         result

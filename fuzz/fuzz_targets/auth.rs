@@ -2,12 +2,12 @@
 //! refused cleanly; sealing then opening any valid packet gives it back.
 #![no_main]
 
-use chunk::auth::{Key, TRAILER_LEN, open_with};
+use chunk::auth::{Psk, TRAILER_LEN, open_with};
 use chunk_common::wire::Repr;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let key = Key::from_secret(b"fuzzing key, sixteen bytes or more").unwrap();
+    let key = Psk::from_secret(b"fuzzing key, sixteen bytes or more").unwrap();
     let mut out = vec![0u8; data.len().max(64)];
     if let Ok((n, _)) = open_with(Some(&key), data, &mut out) {
         let _ = Repr::parse_crc_already_checked(&out[..n]);

@@ -27,7 +27,7 @@ struct Offered {
 fn run(data: &[u8]) -> Option<()> {
     let cfg = ReceiverConfig {
         max_transfers: 3,
-        max_file_size: 1 << 20,
+        max_size: 1 << 20,
         ..ReceiverConfig::default()
     };
     let mut rx: Receiver<MemStorage> = Receiver::new(cfg);

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use chunk::{auth::Key, net::raw::RawSocket};
+use chunk::{auth::Psk, net::raw::RawSocket};
 use chunk_common::wire::{self, AckRepr, HashAlg, Message, OfferRepr, Repr, flags};
 use chunk_tests::{Daemon, Netns, TwoHosts};
 use common::*;
@@ -188,7 +188,7 @@ fn with_a_key_forged_chunks_and_ack_storms_change_nothing() {
     let keys = tempfile::tempdir().unwrap();
     let key_path = keys.path().join("k");
     std::fs::write(&key_path, [4u8; 32]).unwrap();
-    let wrong = Key::from_secret(&[5u8; 32]).unwrap();
+    let wrong = Psk::from_secret(&[5u8; 32]).unwrap();
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = make_file(src.path(), "real.bin", 24 << 20, 6);

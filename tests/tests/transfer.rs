@@ -570,7 +570,7 @@ fn with_a_pre_shared_key_only_authenticated_senders_write_files() {
         assert!(names_in(out.path()).is_empty());
     }
     // A captured offer played again after the window: a sealed offer with an old timestamp.
-    let key = chunk::auth::Key::from_file(&good).unwrap();
+    let key = chunk::auth::Psk::from_file(&good).unwrap();
     let offer = Repr {
         transfer_id: 0x5EA1_0001,
         seq: 0,

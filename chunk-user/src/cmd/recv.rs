@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    auth::Key,
+    auth::Psk,
     driver::{
         recv::{self, RecvConfig},
         wait::Stop,
@@ -66,12 +66,12 @@ pub fn run(args: RecvArgs) -> Result<()> {
     let storage = FsStorage::new(&args.out, args.overwrite)
         .with_context(|| format!("opening {}", args.out.display()))?;
     let key = match &args.psk_file {
-        Some(p) => Some(Key::from_file(p).context("reading the pre-shared key")?),
+        Some(p) => Some(Psk::from_file(p).context("reading the pre-shared key")?),
         None => None,
     };
     let cfg = RecvConfig {
         core: ReceiverConfig {
-            max_file_size: args.max_size,
+            max_size: args.max_size,
             max_transfers: args.max_transfers,
             max_per_source: args.max_per_source,
             // The payload limit counts the authentication trailer (docs/PROTOCOL.md).

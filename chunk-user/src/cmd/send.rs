@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
-    auth::{self, Key},
+    auth::{self, Psk},
     driver::{
         send::{self, SendConfig, SendDriver},
         wait::Stop,
@@ -108,7 +108,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         bail!("--window must be at least 1");
     }
     let key = match &args.psk_file {
-        Some(p) => Some(Key::from_file(p).context("reading the pre-shared key")?),
+        Some(p) => Some(Psk::from_file(p).context("reading the pre-shared key")?),
         None => None,
     };
     let stop = Stop::install().context("installing signal handlers")?;

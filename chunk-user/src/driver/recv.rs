@@ -45,7 +45,7 @@ const NAP: Duration = Duration::from_micros(50);
 /// What the receive driver needs besides the receive path.
 pub struct RecvConfig {
     pub core: ReceiverConfig,
-    pub key: Option<auth::Key>,
+    pub key: Option<auth::Psk>,
     /// The IP protocol answers are sent with.
     pub protocol: u8,
     /// Stop after this many transfers ended (then [`EXIT_QUIET`] without packets).

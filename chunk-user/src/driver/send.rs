@@ -23,7 +23,7 @@ use chunk_common::wire;
 
 use super::wait::{self, Stop};
 use crate::{
-    auth::{self, Key},
+    auth::{self, Psk},
     intake::Intake,
     net::{batch::BatchSender, raw::RawSocket},
     proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
@@ -182,7 +182,7 @@ pub struct SendConfig {
     pub to: Ipv4Addr,
     pub protocol: u8,
     pub core: SenderConfig,
-    pub key: Option<Key>,
+    pub key: Option<Psk>,
 }
 
 /// The raw socket, its send batch and the intake of answers, kept across files.

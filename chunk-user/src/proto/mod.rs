@@ -30,7 +30,7 @@ mod tests;
 pub use chunkset::ChunkSet;
 pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, validate_name};
 pub use sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
-pub use storage::{MemStorage, OfferInfo, Opened, Refusal, Storage, Verdict};
+pub use storage::{HashCheck, MemStorage, OfferInfo, Opened, Refusal, Storage};
 
 /// The wire's rules the cores use everywhere (defined with the format, in chunk-common).
 pub use chunk_common::wire::{NO_ECHO, chunk_len};

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use super::chunkset::ChunkSet;
 use super::receiver::{Event, Receiver, ReceiverConfig, ReceiverStats};
 use super::sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
-use super::storage::{OfferInfo, Opened, Refusal, Storage, Verdict};
+use super::storage::{HashCheck, OfferInfo, Opened, Refusal, Storage};
 
 /// Bytes of IPv4 header each packet carries on a link (counted against the link's rate).
 const IP_HEADER: usize = 20;
@@ -661,9 +661,9 @@ impl Storage for GeneratorSink {
         Ok(())
     }
 
-    fn finish(&mut self, h: SinkHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+    fn finish(&mut self, h: SinkHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
         self.finished.push((h.name, h.ok));
-        Ok(Verdict {
+        Ok(HashCheck {
             verified: h.ok,
             hash: if h.ok { *expected } else { [0; HASH_LEN] },
         })

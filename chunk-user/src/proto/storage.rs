@@ -58,7 +58,7 @@ impl Refusal {
 
 /// What `finish` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verdict {
+pub struct HashCheck {
     /// The hash matched and the file is in place under its final name.
     pub verified: bool,
     /// The hash of what was written.
@@ -85,7 +85,7 @@ pub trait Storage {
 
     /// Every chunk is written: flush, hash, and move the file to its name if the hash is
     /// `expected`, or remove it if not.
-    fn finish(&mut self, handle: Self::Handle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict>;
+    fn finish(&mut self, handle: Self::Handle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck>;
 
     /// The transfer ends unfinished (idle, cancelled, error). With `keep_partial`, what was
     /// written stays for a later resume.
@@ -246,7 +246,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn finish(&mut self, h: MemHandle, expected: &[u8; HASH_LEN]) -> io::Result<Verdict> {
+    fn finish(&mut self, h: MemHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
         self.in_use.remove(&h.name);
         let p = self
             .partials
@@ -262,7 +262,7 @@ impl Storage for MemStorage {
             };
             self.files.insert(h.name, file);
         }
-        Ok(Verdict { verified, hash })
+        Ok(HashCheck { verified, hash })
     }
 
     fn abandon(&mut self, h: MemHandle, keep_partial: bool) {

@@ -198,7 +198,7 @@ fn refusals_carry_the_reason() {
     // Too large.
     let file = VirtualFile::new(8, 5_000, 1000);
     let rcfg = ReceiverConfig {
-        max_file_size: 4_000,
+        max_size: 4_000,
         ..ReceiverConfig::default()
     };
     let mut sim = new_sim(8, lan(), lan(), rcfg);

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use chunk_common::wire::{AckRepr, MAX_ACK_BITMAP_LEN, Message, NO_ECHO, Repr};
 
-use super::Key;
+use super::TransferKey;
 use crate::proto::chunkset::ChunkSet;
 
 /// Chunks one ack bitmap can describe.
@@ -60,7 +60,7 @@ impl AckState {
 
     /// The offer came again: the sender has not heard our answer. A fresh ack goes out at once,
     /// naming no data packet.
-    pub fn on_repeated_offer(&mut self, key: Key, ready: &mut VecDeque<Key>) {
+    pub fn on_repeated_offer(&mut self, key: TransferKey, ready: &mut VecDeque<TransferKey>) {
         self.echo = NO_ECHO;
         self.queue(key, ready);
     }
@@ -81,7 +81,7 @@ impl AckState {
     }
 
     /// An ack goes out at once: `key` joins the ready queue (once).
-    pub fn queue(&mut self, key: Key, ready: &mut VecDeque<Key>) {
+    pub fn queue(&mut self, key: TransferKey, ready: &mut VecDeque<TransferKey>) {
         self.due = None;
         if !self.queued {
             self.queued = true;
@@ -90,7 +90,7 @@ impl AckState {
     }
 
     /// The delayed ack, if it is due at `now`.
-    pub fn on_timer(&mut self, now: Instant, key: Key, ready: &mut VecDeque<Key>) {
+    pub fn on_timer(&mut self, now: Instant, key: TransferKey, ready: &mut VecDeque<TransferKey>) {
         if self.due.is_some_and(|d| now >= d) {
             self.queue(key, ready);
         }
@@ -101,12 +101,12 @@ impl AckState {
     /// rest. Returns the packet's length.
     pub fn emit(
         &mut self,
-        key: Key,
+        key: TransferKey,
         chunk_count: u32,
         received: &ChunkSet,
         now: Instant,
         buf: &mut [u8],
-        ready: &mut VecDeque<Key>,
+        ready: &mut VecDeque<TransferKey>,
     ) -> usize {
         self.queued = false;
         let cumulative = received.cumulative().min(chunk_count);

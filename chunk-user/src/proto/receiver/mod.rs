@@ -40,7 +40,7 @@ const VERDICT_REPEAT_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug)]
 pub struct ReceiverConfig {
     /// Largest file accepted (`too large` above).
-    pub max_file_size: u64,
+    pub max_size: u64,
     /// Transfers open at once (`too many transfers` beyond).
     pub max_transfers: usize,
     /// Transfers open at once from one source address, so that one host cannot take every slot.
@@ -73,7 +73,7 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
-            max_file_size: 1 << 40,
+            max_size: 1 << 40,
             max_transfers: 16,
             max_per_source: 4,
             max_chunk_size: 65_535 - chunk_common::wire::HEADER_LEN as u32,
@@ -196,7 +196,7 @@ pub struct ReceiverStats {
 }
 
 /// A transfer is named by its sender's address and its transfer id.
-type Key = (Ipv4Addr, u32);
+type TransferKey = (Ipv4Addr, u32);
 
 /// A message that is not an ack, waiting for `poll_transmit`.
 #[derive(Debug)]
@@ -220,10 +220,10 @@ enum Outgoing {
 /// The receiving side: all transfers to one receiver.
 pub struct Receiver<S: Storage> {
     cfg: ReceiverConfig,
-    transfers: HashMap<Key, Transfer<S::Handle>>,
+    transfers: HashMap<TransferKey, Transfer<S::Handle>>,
     open: usize,
     /// Transfers with an ack to send now.
-    ready: VecDeque<Key>,
+    ready: VecDeque<TransferKey>,
     out: VecDeque<(Transmit, Outgoing)>,
     /// The local address of the packet being handled: where answers to it come from.
     answering_local: Option<Ipv4Addr>,
@@ -377,7 +377,7 @@ impl<S: Storage> Receiver<S> {
     /// Removes transfer `key`; if it was open, frees its slot and hands its file back to
     /// storage, partial data kept for a resume. Returns its offer and the chunks it held if it
     /// was open (`None` for a finished or unknown transfer, which is only forgotten).
-    fn close(&mut self, key: Key, storage: &mut S) -> Option<(OfferInfo, u64)> {
+    fn close(&mut self, key: TransferKey, storage: &mut S) -> Option<(OfferInfo, u64)> {
         let t = self.transfers.remove(&key)?;
         let State::Open(open) = t.state else {
             return None;
@@ -399,7 +399,7 @@ impl<S: Storage> Receiver<S> {
         self.ready.clear();
     }
 
-    fn on_offer(&mut self, key: Key, offer: &OfferRepr<'_>, now: Instant, storage: &mut S) {
+    fn on_offer(&mut self, key: TransferKey, offer: &OfferRepr<'_>, now: Instant, storage: &mut S) {
         if let Some(t) = self.transfers.get_mut(&key) {
             let same = t.info.size == offer.file_size
                 && t.info.chunk_size == offer.chunk_size
@@ -454,10 +454,10 @@ impl<S: Storage> Receiver<S> {
                 AbortReason::Unsupported,
                 format!("chunk size above {}", self.cfg.max_chunk_size),
             ))
-        } else if offer.file_size > self.cfg.max_file_size {
+        } else if offer.file_size > self.cfg.max_size {
             Err((
                 AbortReason::TooLarge,
-                format!("limit is {} bytes", self.cfg.max_file_size),
+                format!("limit is {} bytes", self.cfg.max_size),
             ))
         } else {
             Ok(())
@@ -560,7 +560,7 @@ impl<S: Storage> Receiver<S> {
     /// sends a corrected file). A live transfer for another file keeps its name.
     fn supersede(
         &mut self,
-        key: Key,
+        key: TransferKey,
         name: &str,
         offer: &OfferRepr<'_>,
         now: Instant,
@@ -589,7 +589,7 @@ impl<S: Storage> Receiver<S> {
 
     fn on_data(
         &mut self,
-        key: Key,
+        key: TransferKey,
         index: u32,
         packet_flags: u16,
         payload: &[u8],
@@ -663,7 +663,7 @@ impl<S: Storage> Receiver<S> {
         }
     }
 
-    fn on_abort(&mut self, key: Key, abort: &AbortRepr<'_>, storage: &mut S) {
+    fn on_abort(&mut self, key: TransferKey, abort: &AbortRepr<'_>, storage: &mut S) {
         // A finished transfer keeps its verdict for late packets; only an open one is closed.
         if !self
             .transfers
@@ -685,7 +685,7 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Every chunk is in: storage checks and commits, and the verdict goes to the sender.
-    fn finish(&mut self, key: Key, now: Instant, storage: &mut S) {
+    fn finish(&mut self, key: TransferKey, now: Instant, storage: &mut S) {
         let Some(t) = self.transfers.get_mut(&key) else {
             return;
         };
@@ -753,7 +753,7 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Sends a finished transfer's verdict again (rate-limited unless `force`).
-    fn repeat_verdict(&mut self, key: Key, now: Instant, force: bool) {
+    fn repeat_verdict(&mut self, key: TransferKey, now: Instant, force: bool) {
         let Some(t) = self.transfers.get_mut(&key) else {
             return;
         };
@@ -781,7 +781,7 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Data for a transfer we do not know: an abort, if the rate limit allows.
-    fn unknown_transfer(&mut self, key: Key, now: Instant) {
+    fn unknown_transfer(&mut self, key: TransferKey, now: Instant) {
         let rate = self.cfg.unknown_aborts_per_sec.max(1) as f64;
         let elapsed = self.abort_tokens_at.map_or(rate, |t| {
             now.saturating_duration_since(t).as_secs_f64() * rate
@@ -804,7 +804,7 @@ impl<S: Storage> Receiver<S> {
             .count()
     }
 
-    fn refuse(&mut self, key: Key, name: String, reason: AbortReason, message: String) {
+    fn refuse(&mut self, key: TransferKey, name: String, reason: AbortReason, message: String) {
         self.stats.offers_refused += 1;
         self.events.push_back(Event::Refused {
             src: key.0,
@@ -817,7 +817,7 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Ends an open transfer on a local error, keeping its partial data.
-    fn fail(&mut self, key: Key, reason: AbortReason, message: String, storage: &mut S) {
+    fn fail(&mut self, key: TransferKey, reason: AbortReason, message: String, storage: &mut S) {
         let Some((info, _)) = self.close(key, storage) else {
             return;
         };
@@ -831,7 +831,7 @@ impl<S: Storage> Receiver<S> {
         self.send_abort(key, reason, message);
     }
 
-    fn send_abort(&mut self, key: Key, reason: AbortReason, message: String) {
+    fn send_abort(&mut self, key: TransferKey, reason: AbortReason, message: String) {
         self.push_out(
             key,
             Outgoing::Abort {
@@ -905,7 +905,7 @@ impl<S: Storage> Receiver<S> {
 
     /// Queues a control packet for the peer of `key`, from the local address its transfer (or
     /// else the packet being answered) was sent to.
-    fn push_out(&mut self, key: Key, out: Outgoing) {
+    fn push_out(&mut self, key: TransferKey, out: Outgoing) {
         let src = self
             .transfers
             .get(&key)
