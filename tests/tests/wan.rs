@@ -36,25 +36,15 @@ fn a_300_ms_link_without_loss_needs_almost_no_retransmission() {
         },
     )
     .unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let file = make_file(src.path(), "far.bin", 8 << 20, 30);
-    let recv = Recv::start(
+    let f = &one_file_across(
+        &net.sender,
         &net.receiver,
         net.receiver_if,
-        out.path(),
-        &["--exit-after", "1"],
-    );
-    let (o, json) = send(
-        &net.sender,
         net.receiver_addr,
-        &[&file],
+        8 << 20,
+        30,
         &["--timeout", "60"],
     );
-    assert_sent(&o, &json, 1);
-    recv.wait_exit();
-    assert!(same_contents(&file, &out.path().join("far.bin")));
-    let f = &json["files"][0];
     let chunks = f["chunks"].as_u64().unwrap();
     let retx = f["retransmitted"].as_u64().unwrap();
     let lost = net
@@ -81,25 +71,15 @@ fn a_300_ms_link_without_loss_needs_almost_no_retransmission() {
 #[test]
 fn a_50_ms_link_with_5_percent_loss_gives_the_exact_file() {
     let net = Bridged::new("wan50", link(50, 0.05, 2)).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let file = make_file(src.path(), "lossy.bin", 8 << 20, 31);
-    let recv = Recv::start(
+    let f = &one_file_across(
+        &net.sender,
         &net.receiver,
         net.receiver_if,
-        out.path(),
-        &["--exit-after", "1"],
-    );
-    let (o, json) = send(
-        &net.sender,
         net.receiver_addr,
-        &[&file],
+        8 << 20,
+        31,
         &["--timeout", "60"],
     );
-    assert_sent(&o, &json, 1);
-    recv.wait_exit();
-    assert!(same_contents(&file, &out.path().join("lossy.bin")));
-    let f = &json["files"][0];
     let retx = f["retransmitted"].as_u64().unwrap();
     let lost = net.stats.lost.load(std::sync::atomic::Ordering::Relaxed)
         + net

@@ -165,3 +165,26 @@ pub fn counter(summary: &Value, name: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {summary}"))
 }
+
+/// The usual end-to-end check: a file of `size` pseudo-random bytes from `sender` to a fresh
+/// `chunk recv` on `receiver`'s `receiver_if`, which must arrive exact. Returns the sender's
+/// JSON report of the file.
+pub fn one_file_across(
+    sender: &chunk_tests::Netns,
+    receiver: &chunk_tests::Netns,
+    receiver_if: &str,
+    to: Ipv4Addr,
+    size: usize,
+    seed: u64,
+    send_extra: &[&str],
+) -> Value {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "across.bin", size, seed);
+    let recv = Recv::start(receiver, receiver_if, out.path(), &["--exit-after", "1"]);
+    let (o, json) = send(sender, to, &[&file], send_extra);
+    assert_sent(&o, &json, 1);
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("across.bin")));
+    json["files"][0].clone()
+}
