@@ -158,20 +158,26 @@ impl FsStorage {
         &self.root_path
     }
 
-    /// Opens (creating as needed) the directories of `name` under DIR; returns the innermost
-    /// and the last component.
-    fn open_parent<'n>(&self, name: &'n str) -> Result<(OwnedFd, &'n str), Refusal> {
+    /// Opens (creating as needed) the directories of `name` under DIR; returns the innermost,
+    /// the last component, and the directories it created (each with its parent), so that a
+    /// refused offer can take them away again.
+    fn open_parent<'n>(&self, name: &'n str) -> Result<(OwnedFd, &'n str, Created), Refusal> {
         let (dirs, base) = match name.rsplit_once('/') {
             Some((d, b)) => (Some(d), b),
             None => (None, name),
         };
+        let mut created = Created::default();
         let mut dir = rustix::io::dup(&self.root).map_err(io_refusal)?;
         for comp in dirs.into_iter().flat_map(|d| d.split('/')) {
-            match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(io_refusal(e)),
-            }
-            dir = rustix::fs::openat2(
+            let made = match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
+                Ok(()) => true,
+                Err(rustix::io::Errno::EXIST) => false,
+                Err(e) => {
+                    created.remove();
+                    return Err(io_refusal(e));
+                }
+            };
+            let next = rustix::fs::openat2(
                 &dir,
                 comp,
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -186,9 +192,34 @@ impl FsStorage {
                     )
                 }
                 e => io_refusal(e),
-            })?;
+            });
+            if made {
+                created
+                    .0
+                    .push((rustix::io::dup(&dir).map_err(io_refusal)?, comp.to_owned()));
+            }
+            match next {
+                Ok(next) => dir = next,
+                Err(refusal) => {
+                    created.remove();
+                    return Err(refusal);
+                }
+            }
         }
-        Ok((dir, base))
+        Ok((dir, base, created))
+    }
+}
+
+/// Directories made for an offer, innermost last, each with the directory it is in.
+#[derive(Default)]
+struct Created(Vec<(OwnedFd, String)>);
+
+impl Created {
+    /// Removes them again, innermost first (each only if still empty).
+    fn remove(self) {
+        for (parent, comp) in self.0.into_iter().rev() {
+            let _ = rustix::fs::unlinkat(&parent, comp.as_str(), AtFlags::REMOVEDIR);
+        }
     }
 }
 
@@ -394,12 +425,15 @@ impl FsHandle {
     }
 }
 
-impl Storage for FsStorage {
-    type Handle = FsHandle;
-
-    fn open(&mut self, offer: &OfferInfo) -> Result<Opened<FsHandle>, Refusal> {
+impl FsStorage {
+    /// [`Storage::open`] once the directory the file goes in is open.
+    fn open_in(
+        &mut self,
+        offer: &OfferInfo,
+        dir: OwnedFd,
+        base: &str,
+    ) -> Result<Opened<FsHandle>, Refusal> {
         let name = offer.name.as_str();
-        let (dir, base) = self.open_parent(name)?;
         if is_work_file(base) {
             return Err(Refusal::new(
                 AbortReason::BadName,
@@ -526,6 +560,21 @@ impl Storage for FsStorage {
             handle,
             already_have,
         })
+    }
+}
+
+impl Storage for FsStorage {
+    type Handle = FsHandle;
+
+    fn open(&mut self, offer: &OfferInfo) -> Result<Opened<FsHandle>, Refusal> {
+        let (dir, base, created) = self.open_parent(offer.name.as_str())?;
+        let base = base.to_owned();
+        let opened = self.open_in(offer, dir, &base);
+        if opened.is_err() {
+            // A refused offer leaves nothing behind, not even the directories made for it.
+            created.remove();
+        }
+        opened
     }
 
     fn write(&mut self, h: &mut FsHandle, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -344,6 +344,31 @@ fn offers_larger_than_the_free_space_are_refused() {
     assert!(listing(tmp.path()).is_empty());
 }
 
+/// A refused offer leaves nothing, not even the directories made for its name; directories
+/// that were there before stay.
+#[test]
+fn a_refused_offer_takes_away_the_directories_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("kept")).unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let mut o = offer("kept/new/deeper/huge", &[]);
+    o.size = 1 << 60;
+    o.chunk_count = u32::MAX - 1;
+    let r = st.open(&o).unwrap_err();
+    assert_eq!(r.reason, AbortReason::NoSpace, "{r:?}");
+    assert_eq!(listing(tmp.path()), ["kept"]);
+    // The same name accepted: the directories are made, and stay with the file.
+    let d = data(3000);
+    let o = offer("kept/new/deeper/f", &d);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..3);
+    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert_eq!(
+        std::fs::read(tmp.path().join("kept/new/deeper/f")).unwrap(),
+        d
+    );
+}
+
 proptest! {
     #[test]
     fn the_state_record_round_trips(
