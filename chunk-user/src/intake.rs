@@ -57,29 +57,37 @@ impl Intake {
     /// A whole IPv4 packet of chunk's `protocol` (as a raw socket delivers it): classified as
     /// the receive path would (`allowed` says which sources count), then opened. The buffer is
     /// changed (its CRC field is zeroed by the check).
-    pub fn open_ip<'s>(
-        &'s mut self,
-        ip_packet: &mut [u8],
+    pub fn open_ip<'a>(
+        &'a mut self,
+        ip_packet: &'a mut [u8],
         protocol: u8,
         allowed: impl FnOnce([u8; 4]) -> bool,
         now_ms: u64,
-    ) -> Result<Repr<'s>, Rejected> {
+    ) -> Result<Repr<'a>, Rejected> {
         let accepted = classify::packet(ip_packet, protocol, u16::MAX as usize, allowed).map_err(
             |v| match v {
                 Verdict::Pass => Rejected::NotChunk,
                 Verdict::Drop(c) => Rejected::Classify(c),
             },
         )?;
+        let ip_packet: &'a [u8] = ip_packet;
         self.open_checked(&ip_packet[accepted.chunk], now_ms)
     }
 
     /// A chunk packet (chunk header and body) that the receive path has already classified:
-    /// its CRC was checked and its CRC field zeroed.
-    pub fn open_checked<'s>(
-        &'s mut self,
-        packet: &[u8],
+    /// its CRC was checked and its CRC field zeroed. Without a key, an unsealed packet is parsed
+    /// where it lies (in the ring buffer's record): no copy on the hot path. A sealed one is
+    /// copied once, into the scratch buffer, to strip its trailer.
+    pub fn open_checked<'a>(
+        &'a mut self,
+        packet: &'a [u8],
         now_ms: u64,
-    ) -> Result<Repr<'s>, Rejected> {
+    ) -> Result<Repr<'a>, Rejected> {
+        let sealed = packet.len() >= wire::HEADER_LEN
+            && wire::Packet::new_unchecked(packet).flags() & wire::flags::AUTH != 0;
+        if self.key.is_none() && !sealed {
+            return Repr::parse_crc_already_checked(packet).map_err(Rejected::Body);
+        }
         let (n, sealed_at) = auth::open_with(self.key.as_ref(), packet, &mut self.scratch)
             .map_err(Rejected::Auth)?;
         let repr = Repr::parse_crc_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
@@ -180,6 +188,26 @@ mod tests {
             intake.open_ip(&mut p, 253, |_| true, 1),
             Err(Rejected::NotChunk)
         );
+    }
+
+    /// Without a key, a receiver's data packet is parsed in place: its payload is the ring
+    /// record's bytes, not a copy.
+    #[test]
+    fn unsealed_packets_are_not_copied() {
+        let repr = Repr {
+            transfer_id: 1,
+            seq: 0,
+            flags: 0,
+            message: Message::Data { payload: b"hello" },
+        };
+        let mut packet = emit(&repr, None, 0);
+        packet[16..20].fill(0);
+        let mut intake = Intake::new(None);
+        let opened = intake.open_checked(&packet, 0).unwrap();
+        let Message::Data { payload } = opened.message else {
+            panic!("data")
+        };
+        assert!(packet.as_ptr_range().contains(&payload.as_ptr()));
     }
 
     #[test]

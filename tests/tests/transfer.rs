@@ -375,7 +375,9 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
                 chunk::driver::wait::for_at_most(&fds, Some(Duration::from_millis(100))).unwrap();
                 if let Some(n) = sock.recv_nonblocking(&mut rbuf).unwrap() {
                     let proto = chunk_common::DEFAULT_IP_PROTOCOL;
-                    let opened = intake.open_ip(&mut rbuf[..n], proto, |src| src == to.octets(), 0);
+                    // The answer outlives this closure: it borrows a buffer of its own.
+                    let answer = Box::leak(rbuf[..n].to_vec().into_boxed_slice());
+                    let opened = intake.open_ip(answer, proto, |src| src == to.octets(), 0);
                     return Some(opened.expect("a well-formed answer"));
                 }
             }

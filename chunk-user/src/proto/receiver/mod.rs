@@ -954,6 +954,15 @@ mod tests {
     const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
     const CHUNK: u32 = 10;
 
+    /// A receiver with the default configuration, empty storage, and the time it starts at.
+    fn fresh() -> (Receiver<MemStorage>, MemStorage, Instant) {
+        (
+            Receiver::new(ReceiverConfig::default()),
+            MemStorage::new(),
+            Instant::now(),
+        )
+    }
+
     fn file(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i * 7 % 251) as u8).collect()
     }
@@ -1117,11 +1126,7 @@ mod tests {
 
     #[test]
     fn offer_is_accepted_with_an_ack_echoing_nothing() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         let data = file(95);
         offer(&mut r, &mut st, t0, 1, &data);
         assert_eq!(
@@ -1193,11 +1198,7 @@ mod tests {
     /// sender waits for after its offer), then the verdict.
     #[test]
     fn an_empty_file_is_answered_with_an_ack_then_the_verdict() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         offer(&mut r, &mut st, t0, 1, &[]);
         let sent = out(&mut r, t0);
         assert_eq!(
@@ -1218,11 +1219,7 @@ mod tests {
 
     #[test]
     fn an_unknown_hash_algorithm_is_refused_as_unsupported() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         offer_with(&mut r, &mut st, t0, 1, &file(25), HashAlg::Other(2));
         let sent = out(&mut r, t0);
         assert_eq!(sent.len(), 1);
@@ -1239,11 +1236,7 @@ mod tests {
     /// the idle timeout; a live one keeps the name.
     #[test]
     fn a_silent_transfer_gives_its_name_to_a_new_file_from_the_same_sender() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         let old = file(50);
         let mut new = file(50);
         new[0] ^= 0xff;
@@ -1272,11 +1265,7 @@ mod tests {
 
     #[test]
     fn the_last_chunk_brings_the_verdict_which_is_repeated() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         let data = file(25);
         offer(&mut r, &mut st, t0, 1, &data);
         out(&mut r, t0);
@@ -1372,11 +1361,7 @@ mod tests {
 
     #[test]
     fn malformed_data_is_dropped() {
-        let (mut r, mut st, t0) = (
-            Receiver::new(ReceiverConfig::default()),
-            MemStorage::new(),
-            Instant::now(),
-        );
+        let (mut r, mut st, t0) = fresh();
         let data = file(25);
         offer(&mut r, &mut st, t0, 1, &data);
         out(&mut r, t0);
