@@ -29,6 +29,9 @@ enum Command {
     /// Send test chunk packets (valid and, on request, corrupt) to a host, to check the receive
     /// path.
     Probe(cmd::probe::ProbeArgs),
+    /// Measure the XDP program's cost per packet in the kernel (BPF_PROG_TEST_RUN).
+    #[command(hide = true)]
+    XdpCost(cmd::xdp_cost::XdpCostArgs),
 }
 
 /// Errors reach the user as one message with its causes (`chunk: opening …: reason`), never as a
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Send(a) => cmd::send::run(a),
         Command::Listen(a) => cmd::listen::run(a),
         Command::Probe(a) => cmd::probe::run(a),
+        Command::XdpCost(a) => cmd::xdp_cost::run(a),
         Command::Stats(a) => cmd::stats::run(a),
     };
     match result {

@@ -5,3 +5,4 @@ pub mod probe;
 pub mod recv;
 pub mod send;
 pub mod stats;
+pub mod xdp_cost;

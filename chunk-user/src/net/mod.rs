@@ -17,3 +17,4 @@ pub mod ring;
 pub mod rx;
 pub mod socket_rx;
 pub mod xdp;
+pub mod xdp_cost;

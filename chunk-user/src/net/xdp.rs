@@ -107,7 +107,7 @@ pub enum XdpError {
 }
 
 /// Reads the program's per-CPU counter map, summed over CPUs.
-fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, aya::maps::MapError> {
+pub(crate) fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, aya::maps::MapError> {
     let mut out = Counters::default();
     for c in Counter::ALL {
         out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
@@ -174,58 +174,12 @@ impl XdpReceiver {
                 mode: a.mode,
             });
         }
-        if cfg.max_payload as usize > MAX_PAYLOAD_LEN || cfg.max_payload == 0 {
-            return Err(XdpError::Config(format!(
-                "max payload {} is outside 1..={MAX_PAYLOAD_LEN}",
-                cfg.max_payload
-            )));
-        }
-        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
-            return Err(XdpError::Config(format!(
-                "ring buffer size {} is not a power of two of at least 4096",
-                cfg.ring_bytes
-            )));
-        }
-        let allow_on: u8 = (!cfg.allow.is_empty()).into();
-        let log_drops: u8 = cfg.log_drops.into();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::GLOBAL_PROTOCOL, &cfg.protocol, true)
-            .override_global(names::GLOBAL_MAX_PAYLOAD, &cfg.max_payload, true)
-            .override_global(names::GLOBAL_ALLOWLIST_ON, &allow_on, true)
-            .override_global(names::GLOBAL_LOG_DROPS, &log_drops, true)
-            .map_max_entries(names::MAP_CHUNKS, cfg.ring_bytes)
-            .load(crate::XDP_OBJECT)
-            .map_err(XdpError::Load)?;
-
-        {
-            let map = ebpf
-                .map_mut(names::MAP_ALLOWLIST)
-                .ok_or(XdpError::MissingMap(names::MAP_ALLOWLIST))?;
-            let mut trie: LpmTrie<_, u32, u8> =
-                LpmTrie::try_from(map).map_err(|source| XdpError::Map {
-                    name: names::MAP_ALLOWLIST,
-                    source,
-                })?;
-            for p in &cfg.allow {
-                let key = Key::new(p.prefix_len() as u32, u32::from_ne_bytes(p.addr().octets()));
-                trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
-                    name: names::MAP_ALLOWLIST,
-                    source,
-                })?;
-            }
-        }
-
+        let mut ebpf = load(cfg)?;
         let prog: &mut Xdp = ebpf
             .program_mut(names::PROGRAM_NAME)
             .expect("the object has the chunk program")
             .try_into()
             .expect("the chunk program is XDP");
-        prog.load().map_err(|e| match e {
-            ProgramError::LoadError { verifier_log, .. } => {
-                XdpError::Verifier(verifier_log.to_string())
-            }
-            other => XdpError::Verifier(other.to_string()),
-        })?;
         let modes: &[XdpMode] = match cfg.mode {
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
             AttachMode::Driver => &[XdpMode::Driver],
@@ -340,6 +294,64 @@ impl XdpReceiver {
             source,
         })
     }
+}
+
+/// Loads the embedded program with `cfg`'s settings (globals, ring size, allowlist) and has the
+/// verifier check it, without attaching it anywhere.
+pub fn load(cfg: &XdpConfig) -> Result<Ebpf, XdpError> {
+    if cfg.max_payload as usize > MAX_PAYLOAD_LEN || cfg.max_payload == 0 {
+        return Err(XdpError::Config(format!(
+            "max payload {} is outside 1..={MAX_PAYLOAD_LEN}",
+            cfg.max_payload
+        )));
+    }
+    if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
+        return Err(XdpError::Config(format!(
+            "ring buffer size {} is not a power of two of at least 4096",
+            cfg.ring_bytes
+        )));
+    }
+    let allow_on: u8 = (!cfg.allow.is_empty()).into();
+    let log_drops: u8 = cfg.log_drops.into();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_PROTOCOL, &cfg.protocol, true)
+        .override_global(names::GLOBAL_MAX_PAYLOAD, &cfg.max_payload, true)
+        .override_global(names::GLOBAL_ALLOWLIST_ON, &allow_on, true)
+        .override_global(names::GLOBAL_LOG_DROPS, &log_drops, true)
+        .map_max_entries(names::MAP_CHUNKS, cfg.ring_bytes)
+        .load(crate::XDP_OBJECT)
+        .map_err(XdpError::Load)?;
+
+    {
+        let map = ebpf
+            .map_mut(names::MAP_ALLOWLIST)
+            .ok_or(XdpError::MissingMap(names::MAP_ALLOWLIST))?;
+        let mut trie: LpmTrie<_, u32, u8> =
+            LpmTrie::try_from(map).map_err(|source| XdpError::Map {
+                name: names::MAP_ALLOWLIST,
+                source,
+            })?;
+        for p in &cfg.allow {
+            let key = Key::new(p.prefix_len() as u32, u32::from_ne_bytes(p.addr().octets()));
+            trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
+                name: names::MAP_ALLOWLIST,
+                source,
+            })?;
+        }
+    }
+
+    let prog: &mut Xdp = ebpf
+        .program_mut(names::PROGRAM_NAME)
+        .expect("the object has the chunk program")
+        .try_into()
+        .expect("the chunk program is XDP");
+    prog.load().map_err(|e| match e {
+        ProgramError::LoadError { verifier_log, .. } => {
+            XdpError::Verifier(verifier_log.to_string())
+        }
+        other => XdpError::Verifier(other.to_string()),
+    })?;
+    Ok(ebpf)
 }
 
 impl Drop for XdpReceiver {
