@@ -5,11 +5,11 @@
 //! out of it.
 //!
 //! The order is: IPv4 header ([`ipv4`]), chunk header ([`header`]), source allowlist (the caller's,
-//! an LPM trie in the kernel), then the CRC.
+//! an LPM trie in the kernel), then the checksum.
 
 use crate::{
+    checksum,
     counters::Counter,
-    crc,
     wire::{HEADER_LEN, MAGIC, MessageType, VERSION, field},
 };
 
@@ -86,9 +86,9 @@ pub fn header(hdr: &[u8; HEADER_LEN], l4_len: usize, max_payload: usize) -> Resu
     Ok(payload_len)
 }
 
-/// The CRC the header carries.
+/// The checksum the header carries.
 #[inline(always)]
-pub fn carried_crc(hdr: &[u8; HEADER_LEN]) -> u32 {
+pub fn carried_checksum(hdr: &[u8; HEADER_LEN]) -> u32 {
     u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]])
 }
 
@@ -101,9 +101,9 @@ pub struct Accepted {
 }
 
 /// Every step, for a whole IPv4 packet in memory (the socket path): IPv4 header, chunk header,
-/// `allowed(source)`, then the CRC, which it checks and zeroes in place so that the result is
+/// `allowed(source)`, then the checksum, which it checks and zeroes in place so that the result is
 /// exactly what the XDP program hands over (parse it with
-/// [`Repr::parse_crc_already_checked`](crate::wire::Repr::parse_crc_already_checked)).
+/// [`Repr::parse_checksum_already_checked`](crate::wire::Repr::parse_checksum_already_checked)).
 pub fn packet(
     buf: &mut [u8],
     protocol: u8,
@@ -122,13 +122,13 @@ pub fn packet(
         return Err(Counter::Truncated.into());
     };
     header(hdr, chunk.len(), max_payload)?;
-    let expected = carried_crc(hdr);
+    let expected = carried_checksum(hdr);
     if !allowed(ip.src) {
         return Err(Counter::NotAllowed.into());
     }
-    buf[chunk.start + field::CRC.start..chunk.start + field::CRC.end].fill(0);
-    if crc::crc32(&buf[chunk.clone()]) != expected {
-        return Err(Counter::BadCrc.into());
+    buf[chunk.start + field::CHECKSUM.start..chunk.start + field::CHECKSUM.end].fill(0);
+    if checksum::checksum(&buf[chunk.clone()]) != expected {
+        return Err(Counter::BadChecksum.into());
     }
     Ok(Accepted { ip, chunk })
 }
@@ -168,13 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_valid_packet_and_zeroes_its_crc() {
+    fn accepts_a_valid_packet_and_zeroes_its_checksum() {
         let chunk = data_packet(b"hello");
         let mut p = ip_packet(&chunk);
         let a = run(&mut p).unwrap();
         assert_eq!(a.chunk, 20..20 + chunk.len());
         assert_eq!(a.ip.src, [198, 18, 0, 1]);
-        let got = Repr::parse_crc_already_checked(&p[a.chunk]).unwrap();
+        let got = Repr::parse_checksum_already_checked(&p[a.chunk]).unwrap();
         assert_eq!(got.message, Message::Data { payload: b"hello" });
     }
 
@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(case(&|p| p[27] += 1), Counter::BadLength.into());
         assert_eq!(
             case(&|p| *p.last_mut().unwrap() ^= 0x80),
-            Counter::BadCrc.into()
+            Counter::BadChecksum.into()
         );
         let mut p = good.clone();
         assert_eq!(

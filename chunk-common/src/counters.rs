@@ -20,8 +20,8 @@ pub enum Counter {
     BadType = 4,
     /// The chunk header's payload length disagrees with the IP total length, or is over the limit.
     BadLength = 5,
-    /// The CRC32 over header and payload does not match.
-    BadCrc = 6,
+    /// The checksum over header and payload does not match.
+    BadChecksum = 6,
     /// An IP fragment of the chunk protocol: chunks are never fragmented, so it is junk.
     Fragment = 7,
     /// The source address is not in the allowlist.
@@ -42,7 +42,7 @@ impl Counter {
         Counter::BadMagic,
         Counter::BadType,
         Counter::BadLength,
-        Counter::BadCrc,
+        Counter::BadChecksum,
         Counter::Fragment,
         Counter::NotAllowed,
         Counter::RingFull,
@@ -57,7 +57,7 @@ impl Counter {
             Counter::BadMagic => "bad_magic",
             Counter::BadType => "bad_type",
             Counter::BadLength => "bad_length",
-            Counter::BadCrc => "bad_crc",
+            Counter::BadChecksum => "bad_checksum",
             Counter::Fragment => "fragment",
             Counter::NotAllowed => "not_allowed",
             Counter::RingFull => "ring_full",

@@ -2,16 +2,17 @@
 //!
 //! - [`classify`]: the receive path's checks, the same in the XDP program and the socket path;
 //! - [`wire`]: the chunk header and message bodies, as zero-copy views and `Repr` structs;
-//! - [`crc`]: the CRC32 both sides verify, in a form the eBPF verifier accepts;
+//! - [`checksum`]: the packet checksum both sides verify (XXH64's low 32 bits), in steps the eBPF
+//!   verifier accepts;
 //! - [`counters`]: the per-reason counters the XDP program keeps, indexed by one enum;
 //! - [`ring`]: the record layout the XDP program hands to userspace through the ring buffer.
 //!
 //! No std, no allocation: everything here must build for `bpfel-unknown-none`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+pub mod checksum;
 pub mod classify;
 pub mod counters;
-pub mod crc;
 pub mod ring;
 pub mod wire;
 pub mod xdp;

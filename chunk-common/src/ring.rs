@@ -1,9 +1,9 @@
 //! The record the XDP program hands to userspace through the BPF ring buffer.
 //!
 //! The XDP program assembles a [`Record`] in per-CPU scratch memory (a size the verifier knows),
-//! checks the CRC there, and copies only the used part into the ring buffer: a record in the ring
+//! checks the checksum there, and copies only the used part into the ring buffer: a record in the ring
 //! is a [`RecordHeader`] followed by the chunk packet (chunk header and payload, exactly as on
-//! the wire, except that the CRC field has been zeroed by the check), at most [`RECORD_LEN`]
+//! the wire, except that the checksum field has been zeroed by the check), at most [`RECORD_LEN`]
 //! bytes, padded by the kernel to a multiple of 8.
 
 use crate::wire::HEADER_LEN;

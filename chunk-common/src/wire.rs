@@ -4,7 +4,7 @@
 //!  0               1               2               3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +-------------------------------+---------------+---------------+
-//! |        magic 0x43 0x4B        |   version 1   | message type  |
+//! |        magic 0x43 0x4B        |   version 2   | message type  |
 //! +-------------------------------+---------------+---------------+
 //! |             flags             |        payload length         |
 //! +-------------------------------+-------------------------------+
@@ -12,7 +12,7 @@
 //! +---------------------------------------------------------------+
 //! |                        sequence number                        |
 //! +---------------------------------------------------------------+
-//! |         CRC32 over header (this field zero) and payload       |
+//! |       checksum over header (this field zero) and payload      |
 //! +---------------------------------------------------------------+
 //! |                       payload ...                             |
 //! ```
@@ -25,7 +25,7 @@
 
 use core::ops::Range;
 
-use crate::crc;
+use crate::checksum;
 
 /// Byte ranges of the header fields.
 pub mod field {
@@ -39,7 +39,7 @@ pub mod field {
     pub const PAYLOAD_LEN: Field = 6..8;
     pub const TRANSFER_ID: Field = 8..12;
     pub const SEQ: Field = 12..16;
-    pub const CRC: Field = 16..20;
+    pub const CHECKSUM: Field = 16..20;
     pub const PAYLOAD: usize = 20;
 }
 
@@ -50,7 +50,7 @@ pub const HEADER_LEN: usize = field::PAYLOAD;
 pub const MAGIC: u16 = 0x434B;
 
 /// The protocol version this code speaks. A packet with another version is dropped.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Errors from parsing a chunk packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +64,8 @@ pub enum Error {
     /// A length disagrees with the buffer, or a body is inconsistent (e.g. an offer whose chunk
     /// count does not match its size).
     BadLength,
-    /// The CRC32 does not match.
-    BadCrc,
+    /// The checksum does not match.
+    BadChecksum,
     /// A body field holds a value the protocol does not allow.
     Malformed,
 }
@@ -77,7 +77,7 @@ impl core::fmt::Display for Error {
             Error::BadMagic => "not a chunk packet (bad magic or version)",
             Error::BadType => "unknown chunk message type",
             Error::BadLength => "chunk length fields disagree",
-            Error::BadCrc => "chunk CRC32 mismatch",
+            Error::BadChecksum => "chunk checksum mismatch",
             Error::Malformed => "malformed chunk message body",
         })
     }
@@ -194,8 +194,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn seq(&self) -> u32 {
         be32(self.buffer.as_ref(), field::SEQ)
     }
-    pub fn crc(&self) -> u32 {
-        be32(self.buffer.as_ref(), field::CRC)
+    pub fn checksum(&self) -> u32 {
+        be32(self.buffer.as_ref(), field::CHECKSUM)
     }
     /// The payload, as long as the header says.
     pub fn payload(&self) -> &[u8] {
@@ -203,28 +203,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.buffer.as_ref()[HEADER_LEN..end]
     }
 
-    /// The CRC32 of header and payload with the CRC field taken as zero.
-    pub fn compute_crc(&self) -> u32 {
+    /// The checksum of header and payload with the checksum field taken as zero.
+    pub fn compute_checksum(&self) -> u32 {
         let b = self.buffer.as_ref();
         let end = HEADER_LEN + self.payload_len() as usize;
-        let mut c = crc::Crc32::new();
-        c.update(&b[..field::CRC.start]);
-        c.update(&[0; 4]);
-        c.update(&b[field::CRC.end..end]);
-        c.finish()
+        checksum::packet_checksum(&b[..end])
     }
 
     /// Everything the XDP program checks, in the same order: length, magic and version, type,
-    /// the payload length against the buffer (`buffer` must end where the packet ends), CRC.
+    /// the payload length against the buffer (`buffer` must end where the packet ends), checksum.
     pub fn validate(&self) -> Result<()> {
         self.validate_structure()?;
-        if self.compute_crc() != self.crc() {
-            return Err(Error::BadCrc);
+        if self.compute_checksum() != self.checksum() {
+            return Err(Error::BadChecksum);
         }
         Ok(())
     }
 
-    /// [`validate`](Self::validate) without the CRC.
+    /// [`validate`](Self::validate) without the checksum.
     pub fn validate_structure(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -271,18 +267,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_seq(&mut self, v: u32) {
         self.put32(field::SEQ, v)
     }
-    pub fn set_crc(&mut self, v: u32) {
-        self.put32(field::CRC, v)
+    pub fn set_checksum(&mut self, v: u32) {
+        self.put32(field::CHECKSUM, v)
     }
     /// The payload, as long as the header says.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = HEADER_LEN + self.payload_len() as usize;
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
-    /// Computes and stores the CRC; call it last.
-    pub fn fill_crc(&mut self) {
-        let c = self.compute_crc();
-        self.set_crc(c)
+    /// Computes and stores the checksum; call it last.
+    pub fn fill_checksum(&mut self) {
+        let c = self.compute_checksum();
+        self.set_checksum(c)
     }
 }
 
@@ -707,17 +703,17 @@ impl<'a> Repr<'a> {
         Self::parse_inner(bytes, true)
     }
 
-    /// Like [`parse_bytes`](Self::parse_bytes) but without the CRC check, for packets whose CRC
-    /// the XDP program has already verified (it zeroes the CRC field while checking it).
-    pub fn parse_crc_already_checked(bytes: &'a [u8]) -> Result<Self> {
+    /// Like [`parse_bytes`](Self::parse_bytes) but without the checksum check, for packets whose checksum
+    /// the XDP program has already verified (it zeroes the checksum field while checking it).
+    pub fn parse_checksum_already_checked(bytes: &'a [u8]) -> Result<Self> {
         Self::parse_inner(bytes, false)
     }
 
-    fn parse_inner(bytes: &'a [u8], check_crc: bool) -> Result<Self> {
+    fn parse_inner(bytes: &'a [u8], check_checksum: bool) -> Result<Self> {
         let view = Packet::new_unchecked(bytes);
         view.validate_structure()?;
-        if check_crc && view.compute_crc() != view.crc() {
-            return Err(Error::BadCrc);
+        if check_checksum && view.compute_checksum() != view.checksum() {
+            return Err(Error::BadChecksum);
         }
         let body = packet_payload(bytes);
         let seq = view.seq();
@@ -763,7 +759,7 @@ impl<'a> Repr<'a> {
         HEADER_LEN + self.payload_len()
     }
 
-    /// Writes the packet, CRC included, at the start of `buf`; returns its length. Fails with
+    /// Writes the packet, checksum included, at the start of `buf`; returns its length. Fails with
     /// [`Error::Truncated`] if `buf` is too short and [`Error::BadLength`] if the body is longer
     /// than a header can describe.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize> {
@@ -783,7 +779,7 @@ impl<'a> Repr<'a> {
         p.set_payload_len(payload_len as u16);
         p.set_transfer_id(self.transfer_id);
         p.set_seq(self.seq);
-        p.set_crc(0);
+        p.set_checksum(0);
         let body = p.payload_mut();
         match &self.message {
             Message::Data { payload } => body.copy_from_slice(payload),
@@ -792,7 +788,7 @@ impl<'a> Repr<'a> {
             Message::Complete(c) => c.emit(body),
             Message::Abort(a) => a.emit(body),
         }
-        p.fill_crc();
+        p.fill_checksum();
         Ok(len)
     }
 }

@@ -4,7 +4,7 @@
 //! For every frame: Ethernet (one 802.1Q tag allowed), IPv4 (options allowed). A frame that is not
 //! IPv4 carrying the chunk protocol goes to the stack untouched (`XDP_PASS`). A chunk packet is
 //! checked (fragment, lengths, magic, version, type, source allowlist), copied into a ring-buffer
-//! record, CRC-checked *in the record*, and submitted or discarded. Every chunk packet is then
+//! record, checksum-checked *in the record*, and submitted or discarded. Every chunk packet is then
 //! consumed (`XDP_DROP`): the stack would only answer it with ICMP protocol-unreachable.
 //! Each frame increments exactly one counter in `COUNTERS`.
 #![cfg_attr(target_arch = "bpf", no_std)]

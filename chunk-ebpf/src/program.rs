@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chunk_common::{
+    checksum::{self, Lanes},
     classify::{self, IPV4_MIN_HLEN, Verdict},
     counters::Counter,
-    crc,
     ring::{MAX_PACKET_LEN, RECORD_HEADER_LEN, RECORD_LEN, Record, RecordHeader},
     wire::{HEADER_LEN, field},
     xdp::{ALLOWLIST_MAX_ENTRIES, RING_DEFAULT_BYTES},
@@ -133,7 +133,7 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
         }
     }
 
-    // Copy into this CPU's scratch record and check the CRC there: reading packet memory byte
+    // Copy into this CPU's scratch record and check the checksum there: reading packet memory byte
     // by byte in a loop does not pass the verifier (LLVM drops the per-byte bounds checks it
     // needs), while the record is plain memory of a size the verifier knows. Only a packet that
     // passes goes into the ring buffer, so junk never takes ring space or wakes userspace.
@@ -157,11 +157,11 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     if copied != 0 {
         return Err(Counter::Truncated.into());
     }
-    let expected = classify::carried_crc(&hdr);
-    // The CRC is defined with its own field as zero.
-    unsafe { ptr::write_unaligned(packet.add(field::CRC.start) as *mut u32, 0) };
-    if crc_of(unsafe { &(*rec).packet }, len as usize) != expected {
-        return Err(Counter::BadCrc.into());
+    let expected = classify::carried_checksum(&hdr);
+    // The checksum is defined with its own field as zero.
+    unsafe { ptr::write_unaligned(packet.add(field::CHECKSUM.start) as *mut u32, 0) };
+    if checksum_of(unsafe { &(*rec).packet }, len as usize) != expected {
+        return Err(Counter::BadChecksum.into());
     }
     unsafe {
         ptr::write(
@@ -192,23 +192,40 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// CRC32 of the first `len` bytes of a record's packet, eight bytes per step (slicing-by-8).
-/// The loop bounds are explicit so that the verifier can see them.
+/// The checksum (XXH64's low 32 bits, `chunk_common::checksum`) of the first `len` bytes of a
+/// record's packet: 32-byte stripes in four lanes, then the tail. Every loop bound is explicit,
+/// so that the verifier can see it; records are 8-byte aligned and so is the packet inside
+/// (after a 16-byte header), so every read is an aligned load.
 #[inline(always)]
-fn crc_of(data: &[u8; MAX_PACKET_LEN], len: usize) -> u32 {
-    let mut state = crc::INIT;
+fn checksum_of(data: &[u8; MAX_PACKET_LEN], len: usize) -> u32 {
+    let p = data.as_ptr();
+    let word = |i: usize| u64::from_le(unsafe { ptr::read(p.add(i) as *const u64) });
     let mut i = 0usize;
+    let mut h = if len >= 32 {
+        let mut lanes = Lanes::new();
+        while i + 32 <= len && i + 32 <= MAX_PACKET_LEN {
+            lanes.stripe([word(i), word(i + 8), word(i + 16), word(i + 24)]);
+            i += 32;
+        }
+        lanes.converge()
+    } else {
+        checksum::SHORT_START
+    };
+    h = checksum::add_len(h, len as u64);
     while i + 8 <= len && i + 8 <= MAX_PACKET_LEN {
-        // Records are 8-byte aligned and so is the packet inside (after a 16-byte header).
-        let word = unsafe { ptr::read(data.as_ptr().add(i) as *const u64) };
-        state = crc::step8(state, u64::from_le(word));
+        h = checksum::tail8(h, word(i));
         i += 8;
     }
+    if i + 4 <= len && i + 4 <= MAX_PACKET_LEN {
+        let w = u32::from_le(unsafe { ptr::read(p.add(i) as *const u32) });
+        h = checksum::tail4(h, w);
+        i += 4;
+    }
     while i < len && i < MAX_PACKET_LEN {
-        state = crc::step1(state, data[i]);
+        h = checksum::tail1(h, data[i]);
         i += 1;
     }
-    crc::finish(state)
+    checksum::finish(h)
 }
 
 #[panic_handler]

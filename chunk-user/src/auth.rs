@@ -1,14 +1,14 @@
 //! Pre-shared-key authentication (`--psk-file`): every packet carries a keyed-BLAKE3 tag.
 //!
 //! A sealed packet has the `AUTH` flag and ends with a 24-byte trailer inside its payload (the
-//! payload length counts it, so the kernel's length and CRC checks cover it unchanged):
+//! payload length counts it, so the kernel's length and checksum checks cover it unchanged):
 //!
 //! ```text
 //! | header (AUTH set) | message body | timestamp: u64 ms since the Unix epoch, BE | tag: 16 bytes |
 //! ```
 //!
-//! The tag is the first 16 bytes of `BLAKE3-keyed(key, packet without the tag, CRC field
-//! zeroed)`, the key `BLAKE3-derive_key("chunk psk v1", file contents)`. The CRC is then computed
+//! The tag is the first 16 bytes of `BLAKE3-keyed(key, packet without the tag, checksum field
+//! zeroed)`, the key `BLAKE3-derive_key("chunk psk v1", file contents)`. The checksum is then computed
 //! over everything, tag included, as for any packet. The timestamp makes an offer replayable only
 //! within [`OFFER_WINDOW`]; the receiver refuses older (or future) offers, and a transfer is
 //! bound to its offer by its transfer id. See docs/SECURITY.md for what this does and does not
@@ -78,7 +78,7 @@ impl Psk {
     }
 
     /// Seals the packet in `buf[..len]` (a complete chunk packet as `Repr::emit` wrote it):
-    /// appends the trailer, sets `AUTH`, fixes the length and the CRC. `buf` needs
+    /// appends the trailer, sets `AUTH`, fixes the length and the checksum. `buf` needs
     /// [`TRAILER_LEN`] bytes of room. Returns the new length.
     pub fn seal(&self, buf: &mut [u8], len: usize, now_ms: u64) -> wire::Result<usize> {
         let new_len = len + TRAILER_LEN;
@@ -91,16 +91,16 @@ impl Psk {
         let mut p = Packet::new_unchecked(&mut buf[..new_len]);
         p.set_flags(p.flags() | flags::AUTH);
         p.set_payload_len(payload_len);
-        p.set_crc(0);
+        p.set_checksum(0);
         let tag = self.tag(&buf[..len + 8]);
         buf[len + 8..new_len].copy_from_slice(&tag);
-        Packet::new_unchecked(&mut buf[..new_len]).fill_crc();
+        Packet::new_unchecked(&mut buf[..new_len]).fill_checksum();
         Ok(new_len)
     }
 
     /// Checks a packet's tag and copies it, trailer removed and `AUTH` cleared, into `out` with
-    /// its CRC field zeroed (parse it with `Repr::parse_crc_already_checked`). The packet's own CRC must
-    /// have been checked already (by the kernel, or by the caller); its CRC field may be zeroed.
+    /// its checksum field zeroed (parse it with `Repr::parse_checksum_already_checked`). The packet's own checksum must
+    /// have been checked already (by the kernel, or by the caller); its checksum field may be zeroed.
     /// Returns the stripped length and the timestamp.
     pub fn open(&self, packet: &[u8], out: &mut [u8]) -> Result<(usize, u64), AuthError> {
         open_with(Some(self), packet, out)
@@ -108,7 +108,7 @@ impl Psk {
 }
 
 /// [`Psk::open`] for a side that may have no key: then an authenticated packet is refused
-/// ([`AuthError::NoKey`]) and others pass through unchanged (copied, CRC zeroed).
+/// ([`AuthError::NoKey`]) and others pass through unchanged (copied, checksum zeroed).
 pub fn open_with(
     key: Option<&Psk>,
     packet: &[u8],
@@ -122,7 +122,7 @@ pub fn open_with(
     match (key, authed) {
         (None, false) => {
             out[..n].copy_from_slice(packet);
-            out[field::CRC].fill(0);
+            out[field::CHECKSUM].fill(0);
             Ok((n, 0))
         }
         (None, true) => Err(AuthError::NoKey),
@@ -132,7 +132,7 @@ pub fn open_with(
                 return Err(AuthError::Truncated);
             }
             out[..n].copy_from_slice(packet);
-            out[field::CRC].fill(0);
+            out[field::CHECKSUM].fill(0);
             let tag = key.tag(&out[..n - TAG_LEN]);
             // Constant time: every byte is compared whatever the first difference.
             let diff = tag
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_packet_passes_the_crc_and_opens_to_the_original() {
+    fn a_sealed_packet_passes_the_checksum_and_opens_to_the_original() {
         let key = Psk::from_secret(b"sixteen bytes at least").unwrap();
         let s = sealed(&key, b"hello");
         // A valid chunk packet in its own right: the kernel's checks pass.
@@ -245,7 +245,7 @@ mod tests {
         let mut out = vec![0u8; s.len()];
         let (n, ts) = key.open(&s, &mut out).unwrap();
         assert_eq!(ts, 1_700_000_000_123);
-        let r = Repr::parse_crc_already_checked(&out[..n]).unwrap();
+        let r = Repr::parse_checksum_already_checked(&out[..n]).unwrap();
         assert_eq!(r.message, Message::Data { payload: b"hello" });
         assert_eq!(r.flags, flags::MORE_CHUNKS);
     }
@@ -265,7 +265,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_change_but_the_crc_breaks_the_tag(
+        fn any_change_but_the_checksum_breaks_the_tag(
             payload in proptest::collection::vec(any::<u8>(), 0..200),
             at in any::<prop::sample::Index>(),
             bit in 0u8..8,
@@ -273,7 +273,7 @@ mod tests {
             let key = Psk::from_secret(&[7; 32]).unwrap();
             let mut s = sealed(&key, &payload);
             let i = at.index(s.len());
-            prop_assume!(!field::CRC.contains(&i));
+            prop_assume!(!field::CHECKSUM.contains(&i));
             s[i] ^= 1 << bit;
             let mut out = vec![0u8; s.len()];
             prop_assert!(key.open(&s, &mut out).is_err());

@@ -1,7 +1,7 @@
 //! Packet intake, the one way bytes become a message for a core, on both sides and in the tests:
 //! the receive path's checks ([`chunk_common::classify`]: IPv4 header, chunk header, lengths,
-//! source, CRC), then the pre-shared key's tag ([`crate::auth`]), then the body
-//! ([`Repr::parse_crc_already_checked`]), then the offer-freshness rule of sealed offers.
+//! source, checksum), then the pre-shared key's tag ([`crate::auth`]), then the body
+//! ([`Repr::parse_checksum_already_checked`]), then the offer-freshness rule of sealed offers.
 //!
 //! The receiver's packets come out of a receive path that has already run the classify step
 //! (the XDP program, or the socket path in userspace): [`Intake::open_checked`]. The sender reads
@@ -27,7 +27,7 @@ pub enum Rejected {
     /// The key's tag is missing, unexpected or wrong.
     #[error("{0}")]
     Auth(AuthError),
-    /// Header, lengths and CRC are fine, the body is not what its type says.
+    /// Header, lengths and checksum are fine, the body is not what its type says.
     #[error("malformed message body: {0}")]
     Body(wire::Error),
     /// A sealed offer whose timestamp is outside the window (docs/PROTOCOL.md, Authentication):
@@ -56,7 +56,7 @@ impl Intake {
 
     /// A whole IPv4 packet of chunk's `protocol` (as a raw socket delivers it): classified as
     /// the receive path would (`allowed` says which sources count), then opened. The buffer is
-    /// changed (its CRC field is zeroed by the check).
+    /// changed (its checksum field is zeroed by the check).
     pub fn open_ip<'a>(
         &'a mut self,
         ip_packet: &'a mut [u8],
@@ -75,7 +75,7 @@ impl Intake {
     }
 
     /// A chunk packet (chunk header and body) that the receive path has already classified:
-    /// its CRC was checked and its CRC field zeroed. Without a key, an unsealed packet is parsed
+    /// its checksum was checked and its checksum field zeroed. Without a key, an unsealed packet is parsed
     /// where it lies (in the ring buffer's record): no copy on the hot path. A sealed one is
     /// copied once, into the scratch buffer, to strip its trailer.
     pub fn open_checked<'a>(
@@ -86,11 +86,12 @@ impl Intake {
         let sealed = packet.len() >= wire::HEADER_LEN
             && wire::Packet::new_unchecked(packet).flags() & wire::flags::AUTH != 0;
         if self.key.is_none() && !sealed {
-            return Repr::parse_crc_already_checked(packet).map_err(Rejected::Body);
+            return Repr::parse_checksum_already_checked(packet).map_err(Rejected::Body);
         }
         let (n, sealed_at) = auth::open_with(self.key.as_ref(), packet, &mut self.scratch)
             .map_err(Rejected::Auth)?;
-        let repr = Repr::parse_crc_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
+        let repr =
+            Repr::parse_checksum_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
         if self.key.is_some()
             && matches!(repr.message, Message::Offer(_))
             && !auth::fresh(sealed_at, now_ms)
@@ -157,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sender_checks_source_crc_key_and_body_in_turn() {
+    fn a_sender_checks_source_checksum_key_and_body_in_turn() {
         let key = Psk::from_secret(b"0123456789abcdef").unwrap();
         let mut intake = Intake::new(Some(key.clone()));
         let to = [198, 18, 0, 2];
@@ -175,7 +176,7 @@ mod tests {
         p[30] ^= 1;
         assert_eq!(
             intake.open_ip(&mut p, 253, |_| true, 1),
-            Err(Rejected::Classify(Counter::BadCrc))
+            Err(Rejected::Classify(Counter::BadChecksum))
         );
         let mut p = ip(&emit(&abort(), None, 0));
         assert_eq!(

@@ -67,7 +67,7 @@ pub struct Limits {
 pub struct IntakeCounts {
     /// Chunk packets the receive path handed over.
     pub packets: u64,
-    /// Malformed bodies (header, lengths and CRC were fine).
+    /// Malformed bodies (header, lengths and checksum were fine).
     pub unparsable: u64,
     /// Refused by the pre-shared key's check.
     pub auth_rejected: u64,
@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn the_state_file_reads_back_as_written() {
         let mut counters = Counters::default();
-        counters.0[Counter::BadCrc as usize] = 7;
+        counters.0[Counter::BadChecksum as usize] = 7;
         let st = StateFile {
             pid: 42,
             started_unix_ms: 1,
@@ -376,7 +376,7 @@ mod tests {
             }),
         };
         let text = serde_json::to_string(&st).unwrap();
-        assert!(text.contains("\"bad_crc\":7"), "{text}");
+        assert!(text.contains("\"bad_checksum\":7"), "{text}");
         assert_eq!(serde_json::from_str::<StateFile>(&text).unwrap(), st);
         // `chunk listen` writes no receiver part.
         let listen = StateFile {

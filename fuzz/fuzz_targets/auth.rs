@@ -10,10 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let key = Psk::from_secret(b"fuzzing key, sixteen bytes or more").unwrap();
     let mut out = vec![0u8; data.len().max(64)];
     if let Ok((n, _)) = open_with(Some(&key), data, &mut out) {
-        let _ = Repr::parse_crc_already_checked(&out[..n]);
+        let _ = Repr::parse_checksum_already_checked(&out[..n]);
     }
     let _ = open_with(None, data, &mut out);
-    if let Ok(repr) = Repr::parse_crc_already_checked(data) {
+    if let Ok(repr) = Repr::parse_checksum_already_checked(data) {
         let mut buf = vec![0u8; repr.buffer_len() + TRAILER_LEN];
         let n = repr.emit(&mut buf).unwrap();
         if let Ok(m) = key.seal(&mut buf, n, 12345) {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                 .open(&buf[..m], &mut opened)
                 .expect("sealed packets open");
             assert_eq!(ts, 12345);
-            assert_eq!(Repr::parse_crc_already_checked(&opened[..k]).unwrap(), repr);
+            assert_eq!(Repr::parse_checksum_already_checked(&opened[..k]).unwrap(), repr);
         }
     }
 });

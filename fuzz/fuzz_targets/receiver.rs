@@ -84,7 +84,7 @@ fn run(data: &[u8]) -> Option<()> {
                     vec![0; (it.next()? % 8) as usize]
                 };
                 if op & 1 == 1 && !payload.is_empty() {
-                    // Wrong data that passed the CRC: only the whole-file hash can catch it.
+                    // Wrong data that passed the checksum: only the whole-file hash can catch it.
                     payload[0] ^= 0x55;
                 }
                 let repr = Repr {
@@ -103,7 +103,7 @@ fn run(data: &[u8]) -> Option<()> {
                 let len = it.next()? as usize;
                 let bytes: Vec<u8> = (&mut it).take(len).collect();
                 scratch[..bytes.len()].copy_from_slice(&bytes);
-                if let Ok(repr) = Repr::parse_crc_already_checked(&scratch[..bytes.len()]) {
+                if let Ok(repr) = Repr::parse_checksum_already_checked(&scratch[..bytes.len()]) {
                     rx.handle_packet(src, None, &repr, now, &mut st);
                 }
             }

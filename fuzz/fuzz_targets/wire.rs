@@ -6,7 +6,7 @@ use chunk_common::wire::{Packet, Repr};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for parsed in [Repr::parse_bytes(data), Repr::parse_crc_already_checked(data)] {
+    for parsed in [Repr::parse_bytes(data), Repr::parse_checksum_already_checked(data)] {
         if let Ok(repr) = parsed {
             let mut buf = vec![0u8; repr.buffer_len()];
             let n = repr.emit(&mut buf).expect("a parsed message emits");

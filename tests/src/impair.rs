@@ -36,7 +36,7 @@ pub struct Impairments {
     pub duplicate: f64,
     /// Hold a packet back and release it after the next few.
     pub reorder: f64,
-    /// Flip one bit of the chunk header or payload (the receiver's CRC check must catch it).
+    /// Flip one bit of the chunk header or payload (the receiver's checksum check must catch it).
     pub corrupt: f64,
     pub seed: u64,
     /// The IP protocol chunk uses.

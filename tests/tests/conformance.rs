@@ -34,7 +34,7 @@ fn exchange(ns: &Netns, to: Ipv4Addr, packet: &[u8], wait: Duration) -> Vec<Answ
         let deadline = Instant::now() + wait;
         let mut answers = Vec::new();
         let mut buf = vec![0u8; 4096];
-        // The same intake `chunk send` uses: classify (CRC included), then parse.
+        // The same intake `chunk send` uses: classify (checksum included), then parse.
         let mut intake = Intake::new(None);
         while Instant::now() < deadline {
             let Some(n) = sock.recv_nonblocking(&mut buf).unwrap() else {

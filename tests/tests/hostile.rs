@@ -204,7 +204,7 @@ fn with_a_key_forged_chunks_and_ack_storms_change_nothing() {
     let tid = started["transfer_id"].as_u64().unwrap() as u32;
     let chunks = started["chunks"].as_u64().unwrap() as u32;
 
-    // Right transfer id, right source, in-range chunks with valid CRCs: without the key, or
+    // Right transfer id, right source, in-range chunks with valid checksums: without the key, or
     // sealed with the wrong one. Without authentication these would corrupt the file.
     let mut forged: Vec<Vec<u8>> = (0..2000)
         .map(|i| data(tid, i % chunks, &[0x66; 1000]))

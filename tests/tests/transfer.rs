@@ -72,7 +72,7 @@ fn edge_sizes(tag: &str, mode: &[&str]) {
     let mut expect: Vec<String> = sizes.iter().map(|(n, _)| n.to_string()).collect();
     expect.sort();
     assert_eq!(names_in(out.path()), expect);
-    assert_eq!(counter(&summary, "bad_crc"), 0);
+    assert_eq!(counter(&summary, "bad_checksum"), 0);
     assert!(counter(&summary, "accepted") >= 1500 + 6);
 }
 
@@ -197,15 +197,15 @@ fn corrupt_packets_alongside_die_in_the_kernel_and_the_file_is_exact() {
     assert_sent(&o, &json, 1);
     let summary = recv.wait_exit();
     assert!(same_contents(&file, &out.path().join("f.bin")));
-    // Every corrupt packet died in the kernel: by its CRC, or, while userspace was behind and the
-    // ring buffer full, before its CRC was even computed (the program reserves the record
+    // Every corrupt packet died in the kernel: by its checksum, or, while userspace was behind and the
+    // ring buffer full, before its checksum was even computed (the program reserves the record
     // first), or in the veth pair when the program's core fell behind the two sending ones.
     // Either way none reached userspace, where anything unparsable is counted.
-    let bad_crc = counter(&summary, "bad_crc");
+    let bad_checksum = counter(&summary, "bad_checksum");
     let ring_full = counter(&summary, "ring_full");
     let dropped = hosts.link_drops().unwrap();
     assert!(
-        bad_crc <= 20_000 && bad_crc + ring_full + dropped >= 20_000,
+        bad_checksum <= 20_000 && bad_checksum + ring_full + dropped >= 20_000,
         "{dropped} dropped by the link: {summary}"
     );
     assert_eq!(summary["unparsable"], 0);
@@ -528,7 +528,7 @@ fn duplicated_reordered_and_corrupted_packets_still_give_the_exact_file() {
     // The receiver saw the duplicates and the disorder, and its kernel dropped corrupt chunks.
     assert!(fin["duplicates"].as_u64().unwrap() > 0, "{fin}");
     assert!(fin["out_of_order"].as_u64().unwrap() > 0, "{fin}");
-    assert!(counter(&summary, "bad_crc") > 0, "{summary}");
+    assert!(counter(&summary, "bad_checksum") > 0, "{summary}");
     assert_eq!(summary["unparsable"], 0);
 }
 

@@ -82,11 +82,11 @@ fn assert_counters(summary: &Value, expected: &[(&str, u64)]) {
     }
 }
 
-/// A packet `chunk listen --dump` printed is byte for byte the one sent, except for the CRC
+/// A packet `chunk listen --dump` printed is byte for byte the one sent, except for the checksum
 /// field, which the kernel zeroes while checking it.
 fn assert_dump_is(dump: &Value, sent: &[u8]) {
     let mut expect = sent.to_vec();
-    expect[wire::field::CRC].fill(0);
+    expect[wire::field::CHECKSUM].fill(0);
     let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(dump["hex"], hex.as_str());
 }
@@ -248,7 +248,7 @@ fn valid_and_corrupt(tag: &str, mode: &[&str]) {
     }
     send_raw(&hosts, &all);
     let (dumps, summary) = listener.stop();
-    assert_counters(&summary, &[("accepted", 200), ("bad_crc", 50)]);
+    assert_counters(&summary, &[("accepted", 200), ("bad_checksum", 50)]);
     assert_eq!(summary["received"], 200);
     assert_eq!(summary["unparsable"], 0);
     assert_eq!(dumps.len(), 200);
@@ -361,7 +361,7 @@ fn malformed(tag: &str, socket: bool) {
         &good,
     ));
 
-    // bad_crc (1 frame).
+    // bad_checksum (1 frame).
     let mut c = good.clone();
     *c.last_mut().unwrap() ^= 0x80;
     frames.push(frame(&hosts, Ip::default(), &c));
@@ -387,7 +387,7 @@ fn malformed(tag: &str, socket: bool) {
                 ("bad_magic", 2),
                 ("bad_type", 1),
                 ("bad_length", 3),
-                ("bad_crc", 1),
+                ("bad_checksum", 1),
                 ("passed", 0),
             ],
         );
@@ -403,7 +403,7 @@ fn malformed(tag: &str, socket: bool) {
             ("bad_type", 1),
             ("bad_length", 3),
             ("fragment", 2),
-            ("bad_crc", 1),
+            ("bad_checksum", 1),
         ],
     );
     assert!(
@@ -539,20 +539,23 @@ fn a_flood_of_a_million_corrupt_packets_dies_in_the_kernel_while_valid_chunks_ar
     let (dumps, summary) = listener.stop();
     // Two senders on two cores can outrun the one core that runs the program: the veth pair
     // then drops packets before any program sees them, and counts them. Every packet sent is
-    // accounted for: dropped by the link, accepted, or dropped for its CRC; nothing else.
+    // accounted for: dropped by the link, accepted, or dropped for its checksum; nothing else.
     let dropped = hosts.link_drops().unwrap();
     let accepted = counter(&summary, "accepted");
-    let bad_crc = counter(&summary, "bad_crc");
-    assert!(accepted <= VALID && bad_crc <= CORRUPT, "{summary}");
+    let bad_checksum = counter(&summary, "bad_checksum");
+    assert!(accepted <= VALID && bad_checksum <= CORRUPT, "{summary}");
     assert!(
-        accepted + bad_crc + dropped >= CORRUPT + VALID,
+        accepted + bad_checksum + dropped >= CORRUPT + VALID,
         "{dropped} dropped by the link: {summary}"
     );
     assert!(
-        bad_crc >= CORRUPT - dropped && accepted >= VALID.saturating_sub(dropped),
+        bad_checksum >= CORRUPT - dropped && accepted >= VALID.saturating_sub(dropped),
         "{dropped} dropped by the link: {summary}"
     );
-    assert_counters(&summary, &[("accepted", accepted), ("bad_crc", bad_crc)]);
+    assert_counters(
+        &summary,
+        &[("accepted", accepted), ("bad_checksum", bad_checksum)],
+    );
     // Userspace saw every accepted chunk, and not one of the corrupt ones: all it got carry the
     // valid probe's transfer id.
     assert_eq!(summary["received"], accepted);
@@ -623,7 +626,7 @@ fn stats_and_bpftool_show_a_running_receiver() {
     std::thread::sleep(Duration::from_millis(1500));
     let s = stats(&hosts).expect("stats of a running receiver");
     assert_eq!(s["counters"]["accepted"], 30, "{s}");
-    assert_eq!(s["counters"]["bad_crc"], 7, "{s}");
+    assert_eq!(s["counters"]["bad_checksum"], 7, "{s}");
     assert_eq!(s["pid"], daemon.id(), "{s}");
     assert_eq!(s["limits"]["max_per_source"], 3, "{s}");
     assert_eq!(s["limits"]["max_state_kib"], 512, "{s}");
@@ -718,7 +721,7 @@ fn xdp_log_reports_each_drop_with_its_reason() {
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("dropped a chunk packet: bad_crc"),
+        err.contains("dropped a chunk packet: bad_checksum"),
         "the drop is logged with its reason: {err}"
     );
 }
@@ -733,7 +736,7 @@ fn socket_mode_packets_at_every_size_boundary_meet_the_same_rule() {
     size_boundaries("ssizes", &["--mode", "socket"]);
 }
 
-/// Chunk packets at every size that is a boundary for someone: the CRC's 8-byte steps, the
+/// Chunk packets at every size that is a boundary for someone: the checksum's 8-byte steps, the
 /// link's MTU (exactly, and one byte over: the sender's kernel refuses, or fragments when
 /// allowed to), the receiver's `--max-payload`, and on a 9000-byte link the largest payload the
 /// receive path carries at all. Each one is accepted byte-exact or dropped under its reason.

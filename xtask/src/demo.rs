@@ -165,16 +165,16 @@ pub fn run(bin: &Path, args: &DemoArgs) -> Result<()> {
     if got != want {
         bail!("demo FAILED: the received file differs from the one sent");
     }
-    let bad_crc = exit["counters"]["bad_crc"].as_u64().unwrap_or(0);
+    let bad_checksum = exit["counters"]["bad_checksum"].as_u64().unwrap_or(0);
     let ring_full = exit["counters"]["ring_full"].as_u64().unwrap_or(0);
-    if exit["unknown_transfer"] != 0 || bad_crc + ring_full < args.corrupt as u64 {
+    if exit["unknown_transfer"] != 0 || bad_checksum + ring_full < args.corrupt as u64 {
         bail!(
-            "demo FAILED: {} corrupt packets sent, the kernel counted {bad_crc} bad CRC: {exit}",
+            "demo FAILED: {} corrupt packets sent, the kernel counted {bad_checksum} bad checksum: {exit}",
             args.corrupt
         );
     }
     println!(
-        "demo OK: the file arrived intact and verified; {bad_crc} corrupt packets died in the kernel"
+        "demo OK: the file arrived intact and verified; {bad_checksum} corrupt packets died in the kernel"
     );
     Ok(())
 }

@@ -67,7 +67,7 @@ pub fn run(args: ListenArgs) -> Result<()> {
         wait::until(&rx.fds(), Some(deadline)).context("waiting for packets")?;
         rx.read_batch(256, |rec| {
             received += 1;
-            let parsed = Repr::parse_crc_already_checked(rec.packet);
+            let parsed = Repr::parse_checksum_already_checked(rec.packet);
             if parsed.is_err() {
                 unparsable += 1;
             }

@@ -58,12 +58,12 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         if foreign {
             buf[wire::field::MAGIC].copy_from_slice(b"XX");
         } else if junk.is_some() {
-            // Flip one bit of the payload (of the CRC field for an empty payload), so that
-            // only the CRC check can catch it.
+            // Flip one bit of the payload (of the checksum field for an empty payload), so that
+            // only the checksum check can catch it.
             let at = if args.size > 0 {
                 wire::HEADER_LEN + (seq as usize * 131) % args.size
             } else {
-                wire::field::CRC.start
+                wire::field::CHECKSUM.start
             };
             buf[at] ^= 1 << (seq % 8);
         }

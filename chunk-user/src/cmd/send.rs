@@ -239,9 +239,12 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
 fn explain(e: &SendError, to: Ipv4Addr, stats: &SenderStats) -> String {
     match e {
         SendError::Timeout(t) if !stats.offer_accepted => format!(
-            "no answer from {to} for {:.0} s: is `chunk recv` running there, and does IP protocol \
-             traffic reach it (firewalls often drop unknown protocols)?",
-            t.as_secs_f64()
+            "no answer from {to} for {:.0} s: is `chunk recv` running there, does it speak chunk \
+             protocol version {} (as this chunk {} does), and does IP protocol traffic reach it \
+             (firewalls often drop unknown protocols)?",
+            t.as_secs_f64(),
+            chunk_common::wire::VERSION,
+            env!("CARGO_PKG_VERSION")
         ),
         SendError::Timeout(t) if stats.chunks_acked == stats.chunks_resumed => format!(
             "{to} accepted the offer, then acknowledged none of the {} chunks sent in {:.0} s: \

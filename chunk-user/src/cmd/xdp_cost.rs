@@ -8,7 +8,7 @@ use crate::net::xdp_cost;
 #[derive(clap::Args)]
 pub struct XdpCostArgs {
     /// Chunk payload sizes to run, in bytes (at least two).
-    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 512, 1436, 4036])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 512, 1436, 2900])]
     pub sizes: Vec<usize>,
     /// Runs per size and kind (valid, corrupt).
     #[arg(long, default_value_t = 20_000)]
@@ -24,7 +24,10 @@ pub fn run(args: XdpCostArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&cost)?);
         return Ok(());
     }
-    println!("{:>8} {:>8} {:>10} {:>10}", "payload", "bytes", "valid ns", "corrupt ns");
+    println!(
+        "{:>8} {:>8} {:>10} {:>10}",
+        "payload", "bytes", "valid ns", "corrupt ns"
+    );
     for r in &cost.rows {
         println!(
             "{:>8} {:>8} {:>10.0} {:>10.0}",

@@ -163,7 +163,7 @@ pub fn run(
         on_event(&RecvEvent::from(&ev));
     }
     if counts.unparsable > 0 {
-        // The kernel checks the header, lengths and CRC, not message bodies (an offer whose
+        // The kernel checks the header, lengths and checksum, not message bodies (an offer whose
         // fields disagree, say): those are dropped here.
         tracing::warn!(
             count = counts.unparsable,
@@ -201,7 +201,7 @@ fn count_rejected(counts: &mut IntakeCounts, why: Rejected, src: std::net::Ipv4A
             counts.stale_offers += 1;
             tracing::warn!(%src, "stale offer refused (replay, or clocks apart)");
         }
-        // Header, lengths and CRC were fine (the receive path checked); the body is not.
+        // Header, lengths and checksum were fine (the receive path checked); the body is not.
         Rejected::Body(_) | Rejected::Classify(_) | Rejected::NotChunk => counts.unparsable += 1,
     }
 }

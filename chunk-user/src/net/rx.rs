@@ -20,8 +20,8 @@ use super::{
     xdp::{AttachMode, ProgInfo, XdpConfig, XdpReceiver},
 };
 
-/// A chunk packet as a receive path hands it over. Its CRC has been checked (and zeroed) by the
-/// receive path: parse it with [`chunk_common::wire::Repr::parse_crc_already_checked`].
+/// A chunk packet as a receive path hands it over. Its checksum has been checked (and zeroed) by the
+/// receive path: parse it with [`chunk_common::wire::Repr::parse_checksum_already_checked`].
 #[derive(Debug)]
 pub struct Received<'a> {
     pub src: Ipv4Addr,
@@ -146,8 +146,8 @@ pub struct Batch {
 }
 
 /// An open receive path. Packets it yields have passed every check of the kernel path (header,
-/// lengths, allowlist, CRC) and have their CRC field zeroed: parse them with
-/// [`chunk_common::wire::Repr::parse_crc_already_checked`].
+/// lengths, allowlist, checksum) and have their checksum field zeroed: parse them with
+/// [`chunk_common::wire::Repr::parse_checksum_already_checked`].
 pub struct RxSource {
     kind: Kind,
     iface: String,

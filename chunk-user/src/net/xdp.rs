@@ -107,7 +107,9 @@ pub enum XdpError {
 }
 
 /// Reads the program's per-CPU counter map, summed over CPUs.
-pub(crate) fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, aya::maps::MapError> {
+pub(crate) fn read_counters(
+    map: &PerCpuArray<MapData, u64>,
+) -> Result<Counters, aya::maps::MapError> {
     let mut out = Counters::default();
     for c in Counter::ALL {
         out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();

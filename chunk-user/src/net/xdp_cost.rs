@@ -57,7 +57,10 @@ const RING_BYTES: u32 = 64 << 20;
 
 /// Measures the program on chunks of each payload size in `payloads`.
 pub fn measure(payloads: &[usize], repeat: u32) -> Result<Cost> {
-    ensure!(payloads.len() >= 2, "need at least two sizes to fit a slope");
+    ensure!(
+        payloads.len() >= 2,
+        "need at least two sizes to fit a slope"
+    );
     let max = payloads.iter().copied().max().unwrap_or(0);
     let mut cfg = XdpConfig::new("lo");
     cfg.ring_bytes = RING_BYTES;
@@ -75,10 +78,14 @@ pub fn measure(payloads: &[usize], repeat: u32) -> Result<Cost> {
         .program_mut(names::PROGRAM_NAME)
         .context("the object has no chunk program")?
         .try_into()?;
-    let verified_insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
+    let verified_insns = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
 
     // A record in the ring: its 8-byte header, the record header and the packet, 8-aligned.
-    let record = 8 + (chunk_common::ring::RECORD_HEADER_LEN + wire::HEADER_LEN + max).div_ceil(8) * 8;
+    let record =
+        8 + (chunk_common::ring::RECORD_HEADER_LEN + wire::HEADER_LEN + max).div_ceil(8) * 8;
     let repeat = repeat.clamp(1, (RING_BYTES as usize * 9 / 10 / record) as u32);
 
     let mut rows = Vec::new();
@@ -89,12 +96,12 @@ pub fn measure(payloads: &[usize], repeat: u32) -> Result<Cost> {
         let at = if payload > 0 {
             FRAME_HEADERS + wire::HEADER_LEN + payload / 2
         } else {
-            FRAME_HEADERS + wire::field::CRC.start
+            FRAME_HEADERS + wire::field::CHECKSUM.start
         };
         corrupt[at] ^= 0x10;
         let valid_ns = run(prog, &counters, &frame, repeat, Counter::Accepted)?;
         while ring.next().is_some() {}
-        let corrupt_ns = run(prog, &counters, &corrupt, repeat, Counter::BadCrc)?;
+        let corrupt_ns = run(prog, &counters, &corrupt, repeat, Counter::BadChecksum)?;
         rows.push(CostRow {
             payload,
             packet_bytes: wire::HEADER_LEN + payload,
@@ -153,7 +160,10 @@ fn fit(rows: &[CostRow], y: impl Fn(&CostRow) -> f64) -> (f64, f64) {
         .iter()
         .map(|r| (r.packet_bytes as f64 - mx) * (y(r) - my))
         .sum();
-    let sxx: f64 = rows.iter().map(|r| (r.packet_bytes as f64 - mx).powi(2)).sum();
+    let sxx: f64 = rows
+        .iter()
+        .map(|r| (r.packet_bytes as f64 - mx).powi(2))
+        .sum();
     let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
     (slope, my - slope * mx)
 }

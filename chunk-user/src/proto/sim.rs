@@ -3,7 +3,7 @@
 //! One or more [`Sender`]s talk to one [`Receiver`] through two one-way [`LinkConfig`] links (data
 //! up, control down). A link is a drop-tail queue drained at its rate, then a propagation delay
 //! with jitter; it can also drop, duplicate, delay (reorder) and corrupt packets at random. Corrupt
-//! packets are bit-flipped *after* they were emitted and go through [`Repr::parse_bytes`] (CRC
+//! packets are bit-flipped *after* they were emitted and go through [`Repr::parse_bytes`] (checksum
 //! included) before a core sees them, as the kernel and the socket layer would do.
 //!
 //! Time is virtual: nanoseconds since a base `Instant`, which is read once and only ever used as
@@ -447,7 +447,7 @@ impl<S: Storage> Sim<S> {
         }
     }
 
-    /// Hands every packet due by now to its core, after the CRC check.
+    /// Hands every packet due by now to its core, after the checksum check.
     fn deliver_due(&mut self) {
         let now = self.instant(self.now);
         while self.queue.peek().is_some_and(|Reverse(a)| a.at <= self.now) {

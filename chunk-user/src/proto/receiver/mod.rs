@@ -265,7 +265,7 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Feeds one packet from `src`, sent to the local address `local` when the receive path
-    /// knows it (already CRC-checked and parsed). Answers leave from `local`.
+    /// knows it (already checksum-checked and parsed). Answers leave from `local`.
     pub fn handle_packet(
         &mut self,
         src: Ipv4Addr,

@@ -399,7 +399,7 @@ impl Sender {
         s
     }
 
-    /// Feeds one packet from the receiver (already CRC-checked and parsed).
+    /// Feeds one packet from the receiver (already checksum-checked and parsed).
     pub fn handle_packet(&mut self, repr: &Repr<'_>, now: Instant) {
         if repr.transfer_id != self.id || self.is_done() {
             return;

@@ -73,7 +73,7 @@ pub fn run(t: &Transfer, mode: Mode, run: &mut Run) -> Result<()> {
     {
         let c = &exit["counters"];
         run.junk_dropped = Some(
-            ["bad_crc", "bad_magic", "ring_full"]
+            ["bad_checksum", "bad_magic", "ring_full"]
                 .iter()
                 .map(|k| c[k].as_u64().unwrap_or(0))
                 .sum(),
