@@ -1,7 +1,8 @@
 //! What a transfer cost: each process's CPU seconds and peak RSS (it runs under `/usr/bin/time`),
 //! the whole machine's busy CPU (`/proc/stat`: it also holds the kernel's receive work, which
-//! veth does in softirq context on whichever CPU is at hand), and the clock and router counters
-//! between the start and the end of a transfer.
+//! veth does in softirq context on whichever CPU is at hand), and the clock, the router's
+//! counters (packets forwarded each way) and the machine's wakeups between the start and the end
+//! of a transfer.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +12,7 @@ use std::{
 
 use chunk_tests::Netns;
 
-use super::{Case, run::Run, topology::Net};
+use super::{Case, run::Run, topology::Net, wakeups::Wakeups};
 
 /// `/usr/bin/time`'s figures for one process: user + system CPU, peak RSS.
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,29 +86,47 @@ pub struct Mark {
     at: Instant,
     junk: u64,
     udp: u64,
+    /// The router's veth counters: packets towards the receiver, towards the sender.
+    links: Option<(u64, u64)>,
     busy: f64,
+    wakeups: Option<Wakeups>,
 }
 
 impl Mark {
-    /// Starts a transfer's clock.
+    /// Starts a transfer's clock. The router's counters, which take a process each to read, come
+    /// first, the clock and the machine's own counters last.
     pub fn start(net: &Net) -> Mark {
         let (junk, udp) = net.counters();
+        let links = net.link_packets();
         Mark {
             at: Instant::now(),
             junk,
             udp,
+            links,
             busy: machine_busy(),
+            wakeups: Wakeups::read(),
         }
     }
 
-    /// Ends a transfer's clock: sets `run`'s seconds, machine CPU and (in a flood) the junk
-    /// rate; returns the UDP packets the sender sent meanwhile.
+    /// Ends a transfer's clock: sets `run`'s seconds, machine CPU, wakeups, the packets the
+    /// router forwarded each way and (in a flood) the junk rate; returns the UDP packets the
+    /// sender sent meanwhile. The clock and the machine's counters are read first, so that
+    /// reading the router's does not count.
     pub fn stop(&self, net: &Net, run: &mut Run) -> u64 {
         run.seconds = self.at.elapsed().as_secs_f64();
         run.machine_cpu = machine_busy() - self.busy;
+        run.wakeups = Wakeups::read()
+            .zip(self.wakeups)
+            .map(|(now, then)| now.since(&then));
         let (junk, udp) = net.counters();
+        let junk = junk.saturating_sub(self.junk);
         if run.case == Case::Flood {
-            run.junk_pps = Some(junk.saturating_sub(self.junk) as f64 / run.seconds.max(1e-9));
+            run.junk_pps = Some(junk as f64 / run.seconds.max(1e-9));
+        }
+        if let (Some((r0, s0)), Some((r1, s1))) = (self.links, net.link_packets()) {
+            // The junk leaves on the same veth as the data: what is left is the transfer's.
+            run.data_packets = Some(r1.saturating_sub(r0).saturating_sub(junk));
+            run.reverse_packets = Some(s1.saturating_sub(s0));
         }
         udp.saturating_sub(self.udp)
     }

@@ -6,10 +6,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{BenchArgs, Case, stats::Sums};
+use super::{BenchArgs, Case, machine::Machine, stats::Sums};
 
-/// Draws the goodput of every tool in every case as grouped bars into the PNG at `path`.
-pub fn draw(path: &Path, args: &BenchArgs, sums: &Sums) -> Result<()> {
+/// Draws the goodput of every tool in every case as grouped bars into the PNG at `path`; the
+/// legend names the tools as results.md does (`machine`'s labels).
+pub fn draw(path: &Path, args: &BenchArgs, machine: &Machine, sums: &Sums) -> Result<()> {
     use plotters::{
         prelude::*,
         style::text_anchor::{HPos, Pos, VPos},
@@ -106,7 +107,7 @@ pub fn draw(path: &Path, args: &BenchArgs, sums: &Sums) -> Result<()> {
             colors[ti % colors.len()].filled(),
         ))?;
         legend.draw(&Text::new(
-            tool.name().to_string(),
+            machine.label(*tool),
             (32, y + 1),
             ("sans-serif", 15).into_font(),
         ))?;
@@ -126,7 +127,7 @@ mod tests {
         let dir = crate::workspace_root().join("target/bench-test");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("goodput.png");
-        draw(&path, &fixtures::args(), &sums).unwrap();
+        draw(&path, &fixtures::args(), &fixtures::machine(), &sums).unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() > 1000);
     }
 }

@@ -1,17 +1,20 @@
-//! The ratios the benchmark exists for, each against its goal where it has one: chunk against
-//! TCP and UFTP in the same run, chunk under a flood against itself on a clean link, and the
-//! receiver's memory for a large file against a small one.
+//! The goals the benchmark exists for, each a figure against its goal where it has one: chunk
+//! against TCP and UFTP in the same run (goodput, and the machine's CPU for it), chunk's XDP
+//! receiver against its socket receiver in every case, chunk under a flood against itself on a
+//! clean link, the in-kernel check's cost per byte, and the receiver's memory for a large file
+//! against a small one.
 
 use serde::Serialize;
 
 use super::{
-    Case,
+    BenchArgs, Case,
     rss::RssRow,
     stats::{Sums, goodput},
     tools::Tool,
+    xdp_cost::XdpCost,
 };
 
-/// One ratio: what it compares, its value, the goal (if it has one) and whether it is met (the
+/// One figure: what it compares, its value, the goal (if it has one) and whether it is met (the
 /// field names are results.json's).
 #[derive(Clone, Debug, Serialize)]
 pub struct Ratio {
@@ -19,60 +22,115 @@ pub struct Ratio {
     pub name: String,
     #[serde(rename = "measured")]
     pub value: Option<f64>,
-    pub goal: &'static str,
+    pub goal: String,
     pub met: Option<bool>,
 }
 
-pub fn ratios(sums: &Sums, rss: &[RssRow]) -> Vec<Ratio> {
+impl Ratio {
+    /// A figure that should be `goal` or more.
+    fn at_least(name: impl Into<String>, value: Option<f64>, goal: f64) -> Ratio {
+        Ratio {
+            name: name.into(),
+            value,
+            goal: format!("≥ {goal:.1}"),
+            met: value.map(|v| v >= goal),
+        }
+    }
+
+    /// A figure that should be `goal` or less (a cost).
+    fn at_most(name: impl Into<String>, value: Option<f64>, goal: f64) -> Ratio {
+        Ratio {
+            name: name.into(),
+            value,
+            goal: format!("≤ {goal}"),
+            met: value.map(|v| v <= goal),
+        }
+    }
+
+    /// A figure with no goal, reported for comparison.
+    fn report(name: impl Into<String>, value: Option<f64>) -> Ratio {
+        Ratio {
+            name: name.into(),
+            value,
+            goal: "report".into(),
+            met: None,
+        }
+    }
+}
+
+/// How a goal's name says the case.
+fn prefix(case: Case) -> &'static str {
+    match case {
+        Case::Clean => "clean",
+        Case::Loss1 => "1 % loss",
+        Case::Loss5 => "5 % loss",
+        Case::Flood => "flood",
+    }
+}
+
+/// Jumbo frames from this MTU on: the goal that chunk gains more from them than TCP does.
+const JUMBO_MTU: u32 = 9000;
+
+pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost) -> Vec<Ratio> {
     let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
-    let at_least = |name: &str, value: Option<f64>, goal: f64, text: &'static str| Ratio {
-        name: name.into(),
-        value,
-        goal: text,
-        met: value.map(|v| v >= goal),
-    };
-    let report = |name: &str, value: Option<f64>| Ratio {
-        name: name.into(),
-        value,
-        goal: "report",
-        met: None,
-    };
     let g = |case, tool| goodput(sums, case, tool);
+    let machine_cpu = |case, tool| sums.get(&(case, tool)).and_then(|s| s.machine_cpu_per_gib);
     use {Case::*, Tool::*};
     let mut v = vec![
-        at_least(
+        Ratio::at_least(
             "clean: chunk-xdp / nc goodput",
             div(g(Clean, ChunkXdp), g(Clean, Nc)),
             1.0,
-            "≥ 1.0",
         ),
-        report(
+        Ratio::at_most(
+            "clean: chunk-xdp / nc machine CPU s/GiB",
+            div(machine_cpu(Clean, ChunkXdp), machine_cpu(Clean, Nc)),
+            1.5,
+        ),
+        Ratio::report(
             "clean: chunk-socket / nc goodput",
             div(g(Clean, ChunkSocket), g(Clean, Nc)),
         ),
-        at_least(
+        Ratio::at_least(
             "5 % loss: chunk-xdp / nc goodput",
             div(g(Loss5, ChunkXdp), g(Loss5, Nc)),
-            1.0,
-            "≥ 1.0",
+            5.0,
         ),
-        at_least(
+        Ratio::at_least(
             "5 % loss: chunk-xdp / uftp goodput",
             div(g(Loss5, ChunkXdp), g(Loss5, Uftp)),
             3.0,
-            "≥ 3.0",
         ),
-        at_least(
+        Ratio::at_least(
             "flood: chunk-xdp goodput / its clean goodput",
             div(g(Flood, ChunkXdp), g(Clean, ChunkXdp)),
             0.8,
-            "≥ 0.8",
         ),
-        report(
+        Ratio::report(
             "flood: chunk-socket goodput / its clean goodput",
             div(g(Flood, ChunkSocket), g(Clean, ChunkSocket)),
         ),
     ];
+    // The XDP receiver exists to be faster than the socket one: in every case, not on average.
+    for &case in &args.cases {
+        v.push(Ratio::at_least(
+            format!("{}: chunk-xdp / chunk-socket goodput", prefix(case)),
+            div(g(case, ChunkXdp), g(case, ChunkSocket)),
+            1.0,
+        ));
+    }
+    if args.mtu >= JUMBO_MTU {
+        v.push(Ratio::at_least(
+            format!("jumbo (MTU {}): clean: chunk-xdp / nc goodput", args.mtu),
+            div(g(Clean, ChunkXdp), g(Clean, Nc)),
+            1.5,
+        ));
+    }
+    v.push(Ratio::at_most(
+        "in-kernel check: valid chunk ns/byte (xdp-cost)",
+        xdp_cost.cost().map(|c| c.valid_ns_per_byte),
+        0.25,
+    ));
     for tool in [ChunkXdp, ChunkSocket] {
         let rss_of = |mib| {
             rss.iter()
@@ -80,14 +138,56 @@ pub fn ratios(sums: &Sums, rss: &[RssRow]) -> Vec<Ratio> {
                 .and_then(|r| r.recv_rss_mib)
         };
         if rss.iter().any(|r| r.tool == tool) {
-            let value = div(rss_of(4096), rss_of(64));
-            v.push(Ratio {
-                name: format!("{}: receiver peak RSS, 4 GiB / 64 MiB file", tool.name()),
-                value,
-                goal: "≤ 1.1",
-                met: value.map(|x| x <= 1.1),
-            });
+            v.push(Ratio::at_most(
+                format!("{}: receiver peak RSS, 4 GiB / 64 MiB file", tool.name()),
+                div(rss_of(4096), rss_of(64)),
+                1.1,
+            ));
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{fixtures, stats::summarize};
+
+    fn find<'a>(v: &'a [Ratio], name: &str) -> &'a Ratio {
+        v.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {v:?}"))
+    }
+
+    #[test]
+    fn goals_are_met_by_the_right_side_of_their_bound() {
+        let mut args = fixtures::args();
+        let sums = summarize(&fixtures::runs(), args.size_mib << 20);
+        let cost = fixtures::xdp_cost();
+        let v = ratios(&args, &sums, &[], &cost);
+        // One row per case for chunk-xdp against chunk-socket (missing in the fixtures).
+        for case in ["clean", "1 % loss", "5 % loss", "flood"] {
+            let r = find(&v, &format!("{case}: chunk-xdp / chunk-socket goodput"));
+            assert_eq!((r.value, r.met), (None, None));
+        }
+        // The fixtures' chunk-xdp is faster than their nc on a clean link: a ratio above 1.
+        let r = find(&v, "clean: chunk-xdp / nc goodput");
+        assert!(r.value.unwrap() > 1.0 && r.met == Some(true), "{r:?}");
+        // Same machine CPU for both: 1.0 ≤ 1.5.
+        let r = find(&v, "clean: chunk-xdp / nc machine CPU s/GiB");
+        assert_eq!(
+            (r.value, r.met, r.goal.as_str()),
+            (Some(1.0), Some(true), "≤ 1.5")
+        );
+        let r = find(&v, "in-kernel check: valid chunk ns/byte (xdp-cost)");
+        assert_eq!((r.value, r.met), (Some(0.25), Some(true)));
+        assert!(!v.iter().any(|r| r.name.starts_with("jumbo")));
+        args.mtu = 9000;
+        let failed = XdpCost::Failed { error: "x".into() };
+        let v = ratios(&args, &sums, &[], &failed);
+        let r = find(&v, "jumbo (MTU 9000): clean: chunk-xdp / nc goodput");
+        assert_eq!(r.goal, "≥ 1.5");
+        let r = find(&v, "in-kernel check: valid chunk ns/byte (xdp-cost)");
+        assert_eq!((r.value, r.met), (None, None));
+    }
 }

@@ -9,22 +9,29 @@
 //! each round) and each figure is the median of the rounds ([`stats`]). Every received file's
 //! BLAKE3 is checked. Each process runs under `/usr/bin/time`, which gives its CPU seconds and
 //! peak RSS; `/proc/stat` gives the whole machine's CPU, which also holds the kernel's receive
-//! work that veth does in softirq context on whichever CPU is at hand ([`accounting`]). Results
-//! go to `target/bench/` as markdown, JSON ([`report`]) and a PNG chart ([`chart`]);
-//! docs/PERFORMANCE.md says how to read them.
+//! work that veth does in softirq context on whichever CPU is at hand ([`accounting`]). The
+//! router's veth counters give the packets each way and `/proc` the machine's wakeups
+//! ([`wakeups`]), so that figures per packet compare across tools and machines; the XDP
+//! program's own cost is measured once in the kernel ([`xdp_cost`]), and the results start with
+//! what they ran on ([`machine`]). Results go to `target/bench/` as markdown, JSON ([`report`])
+//! and a PNG chart ([`chart`]), with the goals met or not ([`goals`]); docs/PERFORMANCE.md says
+//! how to read them.
 //!
 //! This module holds the command line and the orchestration: the rounds, one run (flood, driver,
-//! hash check), the optional RSS check ([`rss`]), and writing the results.
+//! hash check), the optional RSS check ([`rss`]), the in-kernel check, and writing the results.
 
 mod accounting;
 mod chart;
 mod goals;
+mod machine;
 mod report;
 mod rss;
 mod run;
 mod stats;
 mod tools;
 mod topology;
+mod wakeups;
+mod xdp_cost;
 
 use std::{
     path::{Path, PathBuf},
@@ -36,9 +43,11 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::demo::{generate, hash_file};
+use machine::Machine;
 use run::{Outcome, Run};
 use tools::{Tool, Transfer};
 use topology::Net;
+use xdp_cost::XdpCost;
 
 /// A condition on the link during a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -220,17 +229,27 @@ fn has_socket_mode(bin: &str) -> bool {
 fn log_run(r: &Run, size: u64) {
     let (round, case, tool) = (r.round, r.case.name(), r.tool.name());
     match &r.outcome {
-        Outcome::Measured => eprintln!(
-            "bench: round {round} {case:<5} {tool:<12} {:>7.1} MB/s  cpu send {:.2} s recv {:.2} s machine {:.2} s  rss recv {} KiB  retx {:?}  junk {:?} pps, {:?} dropped by chunk",
-            r.goodput(size),
-            r.send_cpu,
-            r.recv_cpu,
-            r.machine_cpu,
-            r.recv_rss_kib,
-            r.retransmissions,
-            r.junk_pps.map(|p| p.round()),
-            r.junk_dropped
-        ),
+        Outcome::Measured => {
+            eprintln!(
+                "bench: round {round} {case:<5} {tool:<12} {:>7.1} MB/s  cpu send {:.2} s recv {:.2} s machine {:.2} s  rss recv {} KiB  retx {:?}  junk {:?} pps, {:?} dropped by chunk",
+                r.goodput(size),
+                r.send_cpu,
+                r.recv_cpu,
+                r.machine_cpu,
+                r.recv_rss_kib,
+                r.retransmissions,
+                r.junk_pps.map(|p| p.round()),
+                r.junk_dropped
+            );
+            let rate = |n: Option<u64>| n.map_or("?".into(), |n| format!("{:.0}", r.per_second(n)));
+            eprintln!(
+                "bench:   packets/s {} data, {} reverse; context switches/s {}, interrupts/s {}",
+                rate(r.data_packets),
+                rate(r.reverse_packets),
+                rate(r.wakeups.map(|w| w.context_switches)),
+                rate(r.wakeups.map(|w| w.interrupts()))
+            );
+        }
         Outcome::NotAvailable(why) => {
             eprintln!("bench: round {round} {case:<5} {tool:<12} n/a: {why}")
         }
@@ -280,6 +299,8 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
         file,
         hash,
     };
+    let machine = Machine::read(&bench.net.routed.sender);
+    eprint!("bench: {}", machine.markdown());
     // Another busy process would slow some runs: the load before and after tells.
     let load_before = loadavg();
     let started = Instant::now();
@@ -307,6 +328,15 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     }
     bench.net.set_loss(0)?;
     drop(bench);
+    // Once, after the transfers (so that it slows none of them), outside the namespaces.
+    let xdp_cost = xdp_cost::measure(&bin);
+    match &xdp_cost {
+        XdpCost::Measured(c) => eprintln!(
+            "bench: in-kernel check: {:.3} ns/byte + {:.0} ns per valid chunk",
+            c.valid_ns_per_byte, c.valid_fixed_ns
+        ),
+        XdpCost::Failed { error } => eprintln!("bench: in-kernel check not measured: {error}"),
+    }
     let rss = if args.rss_check {
         let dir = args
             .rss_dir
@@ -319,7 +349,14 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     };
     let sums = stats::summarize(&runs, size);
     let load_after = loadavg();
-    let mut md = report::markdown(args, &sums, &rss);
+    let findings = report::Findings {
+        args,
+        machine: &machine,
+        sums: &sums,
+        rss: &rss,
+        xdp_cost: &xdp_cost,
+    };
+    let mut md = report::markdown(&findings);
     md.push_str(&format!(
         "\nRan in {:.1} min; load average before {load_before}, after {load_after} \
          (other work on the machine skews every figure).\n",
@@ -328,18 +365,16 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     println!("{md}");
     std::fs::write(out.join("results.md"), &md)?;
     let results = report::Results::new(
-        args,
+        &findings,
         started.elapsed().as_secs_f64(),
         (load_before, load_after),
-        &sums,
-        &rss,
         &runs,
     );
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    if let Err(e) = chart::draw(&out.join("goodput.png"), args, &sums) {
+    if let Err(e) = chart::draw(&out.join("goodput.png"), args, &machine, &sums) {
         eprintln!("bench: no chart: {e:#}");
     }
     eprintln!(
@@ -354,6 +389,9 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
 mod fixtures {
     use super::*;
     use clap::ValueEnum;
+    use machine::Machine;
+    use wakeups::Wakeups;
+    use xdp_cost::XdpCost;
 
     pub fn args() -> BenchArgs {
         BenchArgs {
@@ -367,6 +405,22 @@ mod fixtures {
             timeout_s: 1,
             max_minutes: 1,
         }
+    }
+
+    pub fn machine() -> Machine {
+        Machine {
+            cpu_model: "Test CPU".into(),
+            cpus: 2,
+            kernel: "6.18.0".into(),
+            commit: "abc1234".into(),
+            dirty: false,
+            date: "2026-01-01T00:00:00Z".into(),
+            tcp_congestion_control: Some("bbr".into()),
+        }
+    }
+
+    pub fn xdp_cost() -> XdpCost {
+        XdpCost::Measured(serde_json::from_str(xdp_cost::SAMPLE_OUTPUT).unwrap())
     }
 
     /// Made-up runs: three rounds of every tool in every case, chunk-socket missing.
@@ -393,6 +447,15 @@ mod fixtures {
                         retransmissions: Some(round as u64),
                         junk_pps: (case == Case::Flood).then_some(4e5),
                         junk_dropped: None,
+                        data_packets: Some(40_000),
+                        reverse_packets: Some(4_000),
+                        wakeups: Some(Wakeups {
+                            context_switches: 10_000,
+                            loc: 12_000,
+                            res: 4_000,
+                            cal: 3_000,
+                            iwi: 1_000,
+                        }),
                     });
                 }
             }

@@ -1,6 +1,6 @@
 //! A run: one transfer of one tool in one case, with the figures it produced and how it ended.
 
-use super::{Case, Tool};
+use super::{Case, Tool, wakeups::Wakeups};
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +48,12 @@ pub struct Run {
     pub junk_pps: Option<f64>,
     /// Junk packets chunk's receive path counted and dropped (its own counters).
     pub junk_dropped: Option<u64>,
+    /// Packets the router forwarded towards the receiver (the data; a flood's junk not counted).
+    pub data_packets: Option<u64>,
+    /// Packets the router forwarded towards the sender (acks, status).
+    pub reverse_packets: Option<u64>,
+    /// The whole machine's context switches and wakeup interrupts.
+    pub wakeups: Option<Wakeups>,
 }
 
 impl Run {
@@ -67,11 +73,24 @@ impl Run {
             retransmissions: None,
             junk_pps: None,
             junk_dropped: None,
+            data_packets: None,
+            reverse_packets: None,
+            wakeups: None,
         }
     }
 
     /// MB/s for a file of `size` bytes.
     pub fn goodput(&self, size: u64) -> f64 {
         size as f64 / self.seconds.max(1e-9) / 1e6
+    }
+
+    /// `n` per second of the transfer.
+    pub fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.seconds.max(1e-9)
+    }
+
+    /// `x` per data packet, if any were counted.
+    pub fn per_data_packet(&self, x: f64) -> Option<f64> {
+        self.data_packets.filter(|&n| n > 0).map(|n| x / n as f64)
     }
 }

@@ -1,12 +1,18 @@
 //! The benchmark's hosts and the router's nftables rules: `chunk_tests::Routed` (sender —
 //! router — receiver) plus the junk sender behind the router (198.18.3.1, link `veth-j` — `xj`),
 //! so that the router can count the flood by interface; the loss rule every tool sees; the
-//! counters of junk and UDP packets forwarded; and the flood itself.
+//! counters of junk and UDP packets forwarded and of the packets its veths sent each way; and
+//! the flood itself.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use chunk_tests::{Daemon, Netns, Routed, VethEnd, veth_pair};
+
+/// The router's ends of the links to the receiver and to the sender (`chunk_tests::Routed` names
+/// them so).
+const ROUTER_TO_RECEIVER: &str = "xr";
+const ROUTER_TO_SENDER: &str = "xs";
 
 pub struct Net {
     pub routed: Routed,
@@ -85,6 +91,19 @@ impl Net {
                 .unwrap_or(0)
         };
         (get("junk"), get("udp_to_receiver"))
+    }
+
+    /// Packets the router has sent on its veth towards the receiver (`xr`: the data, and in a
+    /// flood the junk too) and towards the sender (`xs`: the acks), from the interfaces' own
+    /// counters; `None` if they cannot be read. `ip netns exec` mounts the namespace's own
+    /// `/sys`, so one `cat` reads both.
+    pub fn link_packets(&self) -> Option<(u64, u64)> {
+        let r = &self.routed;
+        let path = |dev: &str| format!("/sys/class/net/{dev}/statistics/tx_packets");
+        let (to_receiver, to_sender) = (path(ROUTER_TO_RECEIVER), path(ROUTER_TO_SENDER));
+        let out = r.router.exec("cat", &[&to_receiver, &to_sender]).ok()?;
+        let mut n = out.split_whitespace().map(|w| w.parse::<u64>().ok());
+        Some((n.next()??, n.next()??))
     }
 
     /// A junk flood from the junk sender: corrupt chunks and foreign packets (chunk's IP

@@ -100,7 +100,7 @@ fn wait_listening(ns: &Netns, port: &str) -> Result<()> {
 }
 
 /// Runs `cmd` to completion, killing it after `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output> {
+pub(super) fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! TCP: `nc -l` on the receiver writes the stream to the file, `nc -N` on the sender sends it.
 //! The receiver has everything when its nc sees the end of the stream and exits.
-//! Retransmissions are the sender namespace's `TcpRetransSegs`.
+//! Retransmissions are the sender namespace's `TcpRetransSegs`. Which TCP it was (the sender
+//! namespace's congestion control) is in the machine header and nc's label.
 
 use anyhow::{Result, bail};
 
