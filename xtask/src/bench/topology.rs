@@ -53,11 +53,23 @@ impl Net {
 
     /// Drops `percent` % of every IPv4 packet the router forwards, each way, whatever its
     /// protocol: the same loss for every tool.
+    ///
+    /// Per packet on the wire: veth passes TCP's segmentation-offload packets (tens of kilobytes,
+    /// dozens of segments) through the router whole, so one drop there would be a burst of
+    /// dozens of lost segments, which no real link does to TCP (a NIC segments before the wire).
+    /// With loss on, the hosts' links carry one segment per packet (`gso_max_segs 1`).
     pub fn set_loss(&self, percent: u32) -> Result<()> {
         let _ = self
             .routed
             .router
             .exec("nft", &["delete", "table", "ip", "bench_loss"]);
+        let segs = if percent == 0 { "65535" } else { "1" };
+        for (host, dev) in [
+            (&self.routed.sender, self.routed.sender_if),
+            (&self.routed.receiver, self.routed.receiver_if),
+        ] {
+            host.ip(&["link", "set", "dev", dev, "gso_max_segs", segs])?;
+        }
         if percent == 0 {
             return Ok(());
         }
