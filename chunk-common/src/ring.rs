@@ -8,8 +8,9 @@
 
 use crate::wire::HEADER_LEN;
 
-/// Bytes of the largest ring-buffer record (and of the scratch record).
-pub const RECORD_LEN: usize = 4096;
+/// Bytes of the largest ring-buffer record (and of the scratch record): room for the chunk packet
+/// of a 9216-byte jumbo frame (the largest common jumbo MTU) after its 20-byte IPv4 header.
+pub const RECORD_LEN: usize = 9216;
 
 /// Bytes of the [`RecordHeader`] at the start of a record.
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
@@ -17,8 +18,7 @@ pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 /// The largest chunk packet (header and payload) a record can carry.
 pub const MAX_PACKET_LEN: usize = RECORD_LEN - RECORD_HEADER_LEN;
 
-/// The largest payload a chunk packet can carry through the XDP path. It also bounds what fits in
-/// a native-mode XDP frame on veth (MTU about 3400), with room to spare.
+/// The largest payload a chunk packet can carry through the XDP path (9180).
 pub const MAX_PAYLOAD_LEN: usize = MAX_PACKET_LEN - HEADER_LEN;
 
 /// What the kernel knows about a packet that userspace needs and the packet does not carry.

@@ -2,7 +2,7 @@ use core::{hint::black_box, mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_ringbuf_output, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -24,7 +24,19 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// One record of scratch space per CPU, where a packet is copied and checked before it may go
 /// into the ring buffer.
 #[map]
-static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A record and 32 bytes of slack after it: the checksum's tail reads words at offsets the
+/// verifier can only bound by "last stripe + up to 31", which may pass the packet's end; the
+/// slack keeps every such read inside the map value without a per-read bounds check (whatever
+/// lies past the packet's length is never folded in).
+#[repr(C)]
+struct Scratch {
+    rec: Record,
+    slack: [u8; TAIL_SLACK],
+}
+
+const TAIL_SLACK: usize = 32;
 
 /// Valid chunk packets for userspace. The loader may resize it.
 #[map]
@@ -51,7 +63,10 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-#[xdp]
+/// Declared multi-buffer (`frags`): a frame larger than a page (a jumbo frame on veth, or on a
+/// driver that splits it) arrives in fragments; the headers are in the first, and
+/// `bpf_xdp_load_bytes` copies across all of them.
+#[xdp(frags)]
 pub fn chunk(ctx: XdpContext) -> u32 {
     let (action, counter) = match check(&ctx) {
         Ok(()) => (xdp_action::XDP_DROP, Counter::Accepted),
@@ -118,8 +133,10 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
         return Err(Counter::Truncated.into());
     };
     let hdr = unsafe { *hdr };
-    // The frame may be longer than the IP packet (Ethernet padding) but never shorter.
-    if ctx.data() + l3 + ip.total_len > ctx.data_end() {
+    // The frame may be longer than the IP packet (Ethernet padding) but never shorter. Its
+    // length counts every fragment; `data_end` only ends the first.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    if l3 + ip.total_len > frame_len {
         return Err(Counter::Truncated.into());
     }
     let max_payload = unsafe { ptr::read_volatile(&MAX_PAYLOAD) } as usize;
@@ -137,10 +154,11 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     // by byte in a loop does not pass the verifier (LLVM drops the per-byte bounds checks it
     // needs), while the record is plain memory of a size the verifier knows. Only a packet that
     // passes goes into the ring buffer, so junk never takes ring space or wakes userspace.
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // A one-entry array always has entry 0; this only satisfies the verifier.
         return Err(Counter::Truncated.into());
     };
+    let rec = unsafe { ptr::addr_of_mut!((*scratch).rec) };
     // The verifier must see 1 <= len <= MAX_PACKET_LEN at the helper call. LLVM tends to mask the
     // length (`&= 0xffff`), which erases the lower bound; laundering it through black_box as a
     // u64 and checking both ends right before the call makes the bounds stick.
@@ -160,7 +178,8 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     let expected = classify::carried_checksum(&hdr);
     // The checksum is defined with its own field as zero.
     unsafe { ptr::write_unaligned(packet.add(field::CHECKSUM.start) as *mut u32, 0) };
-    if checksum_of(unsafe { &(*rec).packet }, len as usize) != expected {
+    let packet_start = unsafe { (scratch as *const u8).add(RECORD_HEADER_LEN) };
+    if checksum_of(packet_start, len as usize) != expected {
         return Err(Counter::BadChecksum.into());
     }
     unsafe {
@@ -193,17 +212,26 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
 }
 
 /// The checksum (XXH64's low 32 bits, `chunk_common::checksum`) of the first `len` bytes of a
-/// record's packet: 32-byte stripes in four lanes, then the tail. Every loop bound is explicit,
-/// so that the verifier can see it; records are 8-byte aligned and so is the packet inside
-/// (after a 16-byte header), so every read is an aligned load.
+/// record's packet: 32-byte stripes in four lanes, then the tail. Records are 8-byte aligned and
+/// so is the packet inside (after a 16-byte header), so every read is an aligned load.
+///
+/// Shaped for the verifier, which walks a bounded loop one iteration at a time: where the
+/// stripes end and how long the tail is are computed before the loop, and the loop runs on a
+/// laundered copy of its end. Leaving it, nothing the loop touched is still live, so the tail
+/// is verified once rather than once per possible exit (the byte-at-a-time CRC's layout cost
+/// 288 000 verified instructions at 4 KiB, too many for jumbo frames).
 #[inline(always)]
-fn checksum_of(data: &[u8; MAX_PACKET_LEN], len: usize) -> u32 {
-    let p = data.as_ptr();
+fn checksum_of(p: *const u8, len: usize) -> u32 {
     let word = |i: usize| u64::from_le(unsafe { ptr::read(p.add(i) as *const u64) });
-    let mut i = 0usize;
+    let stripes = len & !31;
+    let tail = len & 31;
     let mut h = if len >= 32 {
+        // A fresh value, not a copy of `stripes`: the verifier links copies and would narrow
+        // `stripes` along with the loop's bound at every exit.
+        let end = black_box(len) & !31;
         let mut lanes = Lanes::new();
-        while i + 32 <= len && i + 32 <= MAX_PACKET_LEN {
+        let mut i = 0usize;
+        while i < end && i + 32 <= MAX_PACKET_LEN {
             lanes.stripe([word(i), word(i + 8), word(i + 16), word(i + 24)]);
             i += 32;
         }
@@ -212,21 +240,31 @@ fn checksum_of(data: &[u8; MAX_PACKET_LEN], len: usize) -> u32 {
         checksum::SHORT_START
     };
     h = checksum::add_len(h, len as u64);
-    while i + 8 <= len && i + 8 <= MAX_PACKET_LEN {
-        h = checksum::tail8(h, word(i));
-        i += 8;
+    // `stripes` is at most MAX_PACKET_LEN and the tail under 32 bytes: inside the slack.
+    let t = unsafe { p.add(stripes) };
+    let mut j = 0usize;
+    while j + 8 <= tail {
+        h = checksum::tail8(
+            h,
+            u64::from_le(unsafe { ptr::read(t.add(j) as *const u64) }),
+        );
+        j += 8;
     }
-    if i + 4 <= len && i + 4 <= MAX_PACKET_LEN {
-        let w = u32::from_le(unsafe { ptr::read(p.add(i) as *const u32) });
-        h = checksum::tail4(h, w);
-        i += 4;
+    if j + 4 <= tail {
+        h = checksum::tail4(
+            h,
+            u32::from_le(unsafe { ptr::read(t.add(j) as *const u32) }),
+        );
+        j += 4;
     }
-    while i < len && i < MAX_PACKET_LEN {
-        h = checksum::tail1(h, data[i]);
-        i += 1;
+    while j < tail {
+        h = checksum::tail1(h, unsafe { *t.add(j) });
+        j += 1;
     }
     checksum::finish(h)
 }
+
+const _: () = assert!(MAX_PACKET_LEN + 31 <= RECORD_LEN - RECORD_HEADER_LEN + TAIL_SLACK);
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

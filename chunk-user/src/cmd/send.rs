@@ -37,7 +37,7 @@ pub struct SendArgs {
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<u64>,
     /// Payload bytes per chunk packet. Default: the route's MTU minus 40 (IPv4 and chunk
-    /// headers), at most the receiver's limit of 4060.
+    /// headers), at most the receiver's limit of 9180.
     #[arg(long)]
     pub chunk_size: Option<u32>,
     /// The IP protocol number chunk packets use.

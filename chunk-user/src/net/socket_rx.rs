@@ -21,9 +21,10 @@ use super::{
 
 /// Packets one `recvmmsg` call can return.
 const BATCH: usize = 64;
-/// Bytes per receive buffer: the largest IPv4 packet a 9000-byte MTU carries. Anything longer
-/// is truncated by the kernel, and then fails the length checks.
-const BUF_LEN: usize = 9216;
+/// Bytes per receive buffer: the largest IPv4 packet, so that a packet over the payload limit is
+/// seen whole and counted `bad_length`, as the XDP path counts it, not cut short (`truncated`).
+/// Only the bytes a packet fills are ever touched.
+const BUF_LEN: usize = 65535;
 /// Socket receive buffer asked for: deep enough to ride out a few milliseconds of stall.
 const RCVBUF: usize = 64 << 20;
 
