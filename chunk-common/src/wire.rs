@@ -102,6 +102,8 @@ pub enum MessageType {
     Complete = 4,
     /// Either way: the transfer is over, with a reason.
     Abort = 5,
+    /// Sender → receiver: the whole-file hash, once the sender has read the whole file.
+    Hash = 6,
 }
 
 impl MessageType {
@@ -112,6 +114,7 @@ impl MessageType {
             3 => Some(Self::Offer),
             4 => Some(Self::Complete),
             5 => Some(Self::Abort),
+            6 => Some(Self::Hash),
             _ => None,
         }
     }
@@ -323,7 +326,7 @@ pub mod offer {
     pub const HASH_ALG: usize = 28;
     pub const RESERVED: usize = 29;
     pub const NAME_LEN: Field = 30..32;
-    pub const HASH: Field = 32..64;
+    pub const TAG: Field = 32..64;
     pub const NAME: usize = 64;
 }
 
@@ -337,8 +340,12 @@ pub struct OfferRepr<'a> {
     pub mode: u32,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: i64,
+    /// The algorithm of the whole-file hash that the hash message will carry.
     pub hash_alg: HashAlg,
-    pub hash: [u8; HASH_LEN],
+    /// The sender's identity of this version of the file (not its hash, which the sender only
+    /// knows once it has read the file): equal tags let a receiver resume a partial copy; the
+    /// hash message decides whether the copy is the file.
+    pub tag: [u8; HASH_LEN],
     /// The file's name relative to the receiver's output directory, UTF-8, `/`-separated. The
     /// wire only carries bytes: the receiver decides what names it accepts.
     pub name: &'a [u8],
@@ -381,8 +388,8 @@ impl<'a> OfferRepr<'a> {
             return Err(Error::BadLength);
         }
         let hash_alg = HashAlg::from_code(body[offer::HASH_ALG]);
-        let mut hash = [0u8; HASH_LEN];
-        hash.copy_from_slice(&body[offer::HASH]);
+        let mut tag = [0u8; HASH_LEN];
+        tag.copy_from_slice(&body[offer::TAG]);
         let mut size = [0u8; 8];
         size.copy_from_slice(&body[offer::FILE_SIZE]);
         let mut mtime = [0u8; 8];
@@ -394,7 +401,7 @@ impl<'a> OfferRepr<'a> {
             mode: be32(body, offer::MODE),
             mtime: i64::from_be_bytes(mtime),
             hash_alg,
-            hash,
+            tag,
             name: &body[offer::NAME..],
         };
         if chunk_count(repr.file_size, repr.chunk_size) != Some(repr.chunk_count) {
@@ -416,7 +423,7 @@ impl<'a> OfferRepr<'a> {
         body[offer::HASH_ALG] = self.hash_alg.code();
         body[offer::RESERVED] = 0;
         body[offer::NAME_LEN].copy_from_slice(&(self.name.len() as u16).to_be_bytes());
-        body[offer::HASH].copy_from_slice(&self.hash);
+        body[offer::TAG].copy_from_slice(&self.tag);
         body[offer::NAME..offer::NAME + self.name.len()].copy_from_slice(self.name);
     }
 }
@@ -557,6 +564,42 @@ impl CompleteRepr {
     }
 }
 
+/// The hash body: the algorithm, then the whole-file hash. Its sequence number is the chunk count.
+pub mod hash_msg {
+    use super::field::Field;
+    pub const ALG: usize = 0;
+    pub const RESERVED: Field = 1..4;
+    pub const HASH: Field = 4..36;
+    pub const LEN: usize = 36;
+}
+
+/// The sender's whole-file hash, sent once it has read the whole file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashRepr {
+    pub alg: HashAlg,
+    pub hash: [u8; HASH_LEN],
+}
+
+impl HashRepr {
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        if body.len() != hash_msg::LEN {
+            return Err(Error::BadLength);
+        }
+        let mut hash = [0u8; HASH_LEN];
+        hash.copy_from_slice(&body[hash_msg::HASH]);
+        Ok(HashRepr {
+            alg: HashAlg::from_code(body[hash_msg::ALG]),
+            hash,
+        })
+    }
+
+    fn emit(&self, body: &mut [u8]) {
+        body[hash_msg::ALG] = self.alg.code();
+        body[hash_msg::RESERVED].fill(0);
+        body[hash_msg::HASH].copy_from_slice(&self.hash);
+    }
+}
+
 /// The abort body: a reason code, then a human-readable UTF-8 message.
 pub mod abort {
     use super::field::Field;
@@ -680,13 +723,15 @@ pub enum Message<'a> {
     Offer(OfferRepr<'a>),
     Complete(CompleteRepr),
     Abort(AbortRepr<'a>),
+    Hash(HashRepr),
 }
 
 /// A whole chunk packet, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr<'a> {
     pub transfer_id: u32,
-    /// Data: the chunk index. Ack: the cumulative index. Complete: the chunk count. Else zero.
+    /// Data: the chunk index. Ack: the cumulative index. Complete and hash: the chunk count.
+    /// Else zero.
     pub seq: u32,
     pub flags: u16,
     pub message: Message<'a>,
@@ -723,6 +768,7 @@ impl<'a> Repr<'a> {
             Some(MessageType::Offer) => Message::Offer(OfferRepr::parse(body)?),
             Some(MessageType::Complete) => Message::Complete(CompleteRepr::parse(body)?),
             Some(MessageType::Abort) => Message::Abort(AbortRepr::parse(body)?),
+            Some(MessageType::Hash) => Message::Hash(HashRepr::parse(body)?),
             None => return Err(Error::BadType),
         };
         Ok(Repr {
@@ -740,6 +786,7 @@ impl<'a> Repr<'a> {
             Message::Offer(_) => MessageType::Offer,
             Message::Complete(_) => MessageType::Complete,
             Message::Abort(_) => MessageType::Abort,
+            Message::Hash(_) => MessageType::Hash,
         }
     }
 
@@ -751,6 +798,7 @@ impl<'a> Repr<'a> {
             Message::Offer(o) => o.body_len(),
             Message::Complete(_) => complete::LEN,
             Message::Abort(a) => a.body_len(),
+            Message::Hash(_) => hash_msg::LEN,
         }
     }
 
@@ -787,6 +835,7 @@ impl<'a> Repr<'a> {
             Message::Offer(o) => o.emit(body),
             Message::Complete(c) => c.emit(body),
             Message::Abort(a) => a.emit(body),
+            Message::Hash(h) => h.emit(body),
         }
         p.fill_checksum();
         Ok(len)

@@ -151,7 +151,7 @@ mod tests {
                 mode: 0o644,
                 mtime: 0,
                 hash_alg: HashAlg::Blake3,
-                hash: [0; 32],
+                tag: [0; 32],
                 name: b"a",
             }),
         }

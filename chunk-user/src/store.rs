@@ -257,7 +257,7 @@ fn encode_state(offer: &OfferInfo, have: &ChunkSet) -> Vec<u8> {
     out.extend_from_slice(STATE_MAGIC);
     out.extend_from_slice(&offer.size.to_le_bytes());
     out.extend_from_slice(&offer.chunk_size.to_le_bytes());
-    out.extend_from_slice(&offer.hash);
+    out.extend_from_slice(&offer.tag);
     let cum = have.cumulative();
     out.extend_from_slice(&cum.to_le_bytes());
     let end = have.last().map_or(0, |l| l as u64 + 1);
@@ -276,7 +276,7 @@ fn decode_state(bytes: &[u8], offer: &OfferInfo) -> Option<ChunkSet> {
     let (hash, rest) = rest.split_at_checked(HASH_LEN)?;
     if u64::from_le_bytes(size.try_into().ok()?) != offer.size
         || u32::from_le_bytes(chunk_size.try_into().ok()?) != offer.chunk_size
-        || hash != offer.hash
+        || hash != offer.tag
     {
         return None;
     }

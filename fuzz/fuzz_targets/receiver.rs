@@ -1,5 +1,6 @@
 //! The receiver core fed an arbitrary script of packets from four sources: offers (good and
-//! bad), chunks (right, corrupt, out of range), raw bytes, aborts and the passing of time. It never
+//! bad), chunks (right, corrupt, out of range), hash messages (right, wrong, any count), raw
+//! bytes, aborts and the passing of time. It never
 //! panics, everything it sends parses, its open transfers stay within the limit, and every file it
 //! declares verified is exactly the content that was offered.
 #![no_main]
@@ -10,7 +11,9 @@ use std::{
 };
 
 use chunk::proto::{MemStorage, Receiver, ReceiverConfig, chunk_len};
-use chunk_common::wire::{self, AbortReason, AbortRepr, HashAlg, Message, OfferRepr, Repr, flags};
+use chunk_common::wire::{
+    self, AbortReason, AbortRepr, HashAlg, HashRepr, Message, OfferRepr, Repr, flags,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn content(len: usize) -> Vec<u8> {
@@ -50,11 +53,7 @@ fn run(data: &[u8]) -> Option<()> {
                 let chunk_size = 1 + it.next()? as u32 * 8;
                 let name = NAMES[it.next()? as usize % NAMES.len()];
                 let count = size.div_ceil(chunk_size as usize) as u32;
-                let hash = if op & 1 == 0 {
-                    *blake3::hash(&content(size)).as_bytes()
-                } else {
-                    [op; wire::HASH_LEN]
-                };
+                let tag = [op; wire::HASH_LEN];
                 let repr = Repr {
                     transfer_id: tid,
                     seq: 0,
@@ -66,7 +65,7 @@ fn run(data: &[u8]) -> Option<()> {
                         mode: 0o644,
                         mtime: 0,
                         hash_alg: HashAlg::Blake3,
-                        hash,
+                        tag,
                         name,
                     }),
                 };
@@ -122,6 +121,27 @@ fn run(data: &[u8]) -> Option<()> {
             6 => now += Duration::from_millis(it.next()? as u64),
             7 => now += Duration::from_secs(it.next()? as u64),
             8 => st.crash(),
+            9 | 10 => {
+                // The hash message: the offered content's (op 9) or another (op 10), with the
+                // right chunk count or any.
+                let Some(o) = &offered[s][t] else { continue };
+                let hash = if op & 0x0f == 9 {
+                    *blake3::hash(&content(o.size)).as_bytes()
+                } else {
+                    [it.next()?; wire::HASH_LEN]
+                };
+                let count = o.size.div_ceil(o.chunk_size as usize) as u32;
+                let repr = Repr {
+                    transfer_id: tid,
+                    seq: if op & 0x20 != 0 { it.next()? as u32 } else { count },
+                    flags: 0,
+                    message: Message::Hash(HashRepr {
+                        alg: HashAlg::Blake3,
+                        hash,
+                    }),
+                };
+                rx.handle_packet(src, None, &repr, now, &mut st);
+            }
             _ => {}
         }
         if rx.poll_timeout().is_some_and(|d| d <= now) {

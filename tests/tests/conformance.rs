@@ -74,8 +74,25 @@ fn offer_packet(tid: u32, name: &str, content: &[u8], hash_alg: HashAlg) -> Vec<
             mode: 0o644,
             mtime: 1_700_000_000,
             hash_alg,
-            hash: *blake3::hash(content).as_bytes(),
+            tag: [0x7a; wire::HASH_LEN],
             name: name.as_bytes(),
+        }),
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    let n = repr.emit(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The hash message for `content`, as a sender written from the spec sends it.
+fn hash_packet(tid: u32, content: &[u8]) -> Vec<u8> {
+    let repr = Repr {
+        transfer_id: tid,
+        seq: wire::chunk_count(content.len() as u64, 1400).unwrap(),
+        flags: 0,
+        message: Message::Hash(wire::HashRepr {
+            alg: HashAlg::Blake3,
+            hash: *blake3::hash(content).as_bytes(),
         }),
     };
     let mut buf = vec![0u8; repr.buffer_len()];
@@ -153,9 +170,9 @@ fn socket_mode_a_receiver_answers_from_the_address_the_sender_aimed_at() {
 }
 
 /// A sender written from the spec waits for an ack to its offer. For an empty file the receiver
-/// acknowledges everything (cumulative = chunk count = 0), then sends its verdict; an offer for
-/// an unknown hash algorithm is refused as `unsupported`, not left unanswered. Both from the
-/// address the offer was sent to.
+/// acknowledges everything (cumulative = chunk count = 0), and answers the hash message with its
+/// verdict; an offer for an unknown hash algorithm is refused as `unsupported`, not left
+/// unanswered. All from the address the offer was sent to.
 #[test]
 fn every_offer_is_answered_empty_files_and_unknown_hashes_too() {
     let hosts = TwoHosts::new("answer", 1500).unwrap();
@@ -169,17 +186,25 @@ fn every_offer_is_answered_empty_files_and_unknown_hashes_too() {
         &offer_packet(1, "empty", b"", HashAlg::Blake3),
         Duration::from_millis(500),
     );
+    assert_eq!(answers, [(second, MessageType::Ack, 0, 0)]);
+    assert!(
+        !out.path().join("empty").exists(),
+        "no verdict before the hash"
+    );
+    let answers = exchange(
+        &hosts.sender,
+        second,
+        &hash_packet(1, b""),
+        Duration::from_millis(500),
+    );
     assert_eq!(
         answers,
-        [
-            (second, MessageType::Ack, 0, 0),
-            (
-                second,
-                MessageType::Complete,
-                0,
-                CompleteStatus::Verified as u32
-            )
-        ]
+        [(
+            second,
+            MessageType::Complete,
+            0,
+            CompleteStatus::Verified as u32
+        )]
     );
     assert_eq!(std::fs::read(out.path().join("empty")).unwrap(), b"");
 

@@ -46,7 +46,7 @@ fn offer(tid: u32, name: &str, size: u64, chunk_size: u32) -> Vec<u8> {
             mode: 0o644,
             mtime: 0,
             hash_alg: HashAlg::Blake3,
-            hash: [9; wire::HASH_LEN],
+            tag: [9; wire::HASH_LEN],
             name: name.as_bytes(),
         }),
     })

@@ -339,6 +339,47 @@ fn a_sender_killed_mid_transfer_resumes_when_run_again() {
     assert!(same_contents(&file, &out.path().join("s.bin")));
 }
 
+/// The offer's tag is only the sender's word that a partial copy is of this file: the verdict
+/// rests on the hash, which covers resumed chunks too. A partial copy damaged on the receiver's
+/// disk resumes, fails the hash (and is removed), and the sender then sends the file whole: the
+/// file arrives exact and is reported verified once, by the second transfer.
+#[test]
+fn a_damaged_partial_copy_fails_the_hash_and_the_file_goes_again_whole() {
+    let hosts = TwoHosts::new("damage", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "d.bin", 24 << 20, 31);
+    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let mut cmd = hosts.sender.command(&chunk_bin());
+    cmd.args(["send", "--json", "--rate", "40M", "--to"])
+        .arg(hosts.receiver_addr.to_string())
+        .arg(&file);
+    let sender = Daemon::spawn(cmd, "chunk send").unwrap();
+    recv.wait_event(Duration::from_secs(10), |v| v["event"] == "started");
+    std::thread::sleep(Duration::from_millis(1500));
+    sender.signal(libc::SIGKILL);
+    drop(sender);
+    // Let the receiver record what it holds, then damage the first chunk on its disk.
+    std::thread::sleep(Duration::from_millis(1200));
+    let part = out.path().join(".d.bin.part");
+    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"damaged", 10).unwrap();
+    drop(f);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&file], &[]);
+    assert_sent(&o, &json, 1);
+    let first = recv.wait_event(Duration::from_secs(30), |v| {
+        event_is(v, "finished", "d.bin") && v["verified"] == false
+    });
+    assert!(first["resumed_chunks"].as_u64().unwrap() > 0, "{first}");
+    let second = recv.wait_event(Duration::from_secs(30), |v| {
+        event_is(v, "finished", "d.bin") && v["verified"] == true
+    });
+    assert_eq!(second["resumed_chunks"], 0, "{second}");
+    recv.stop();
+    assert!(same_contents(&file, &out.path().join("d.bin")));
+    assert_eq!(names_in(out.path()), ["d.bin"]);
+}
+
 /// Sends a hand-made offer and returns the receiver's answer.
 fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
     static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0xBAD0_0000);
@@ -354,7 +395,7 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
             mode: 0o644,
             mtime: 0,
             hash_alg: wire::HashAlg::Blake3,
-            hash: [7; wire::HASH_LEN],
+            tag: [7; wire::HASH_LEN],
             name,
         }),
     };
@@ -575,7 +616,7 @@ fn with_a_pre_shared_key_only_authenticated_senders_write_files() {
             mode: 0o644,
             mtime: 0,
             hash_alg: wire::HashAlg::Blake3,
-            hash: [1; wire::HASH_LEN],
+            tag: [1; wire::HASH_LEN],
             name: b"replayed",
         }),
     };

@@ -51,6 +51,13 @@ static ABORT_BYTES: [u8; 28] = [
     0x73, 0xdd, 0x39, 0x39, 0x00, 0x05, 0x65, 0x78, 0x69, 0x73, 0x74, 0x73,
 ];
 
+static HASH_BYTES: [u8; 56] = [
+    0x43, 0x4b, 0x02, 0x06, 0x00, 0x00, 0x00, 0x24, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x03,
+    0x89, 0x7d, 0xb7, 0x9c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
+    0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17,
+    0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+];
+
 /// The pre-shared key file of the authentication example: the 32 bytes 0x00..=0x1f.
 const PSK_SECRET: [u8; 32] = HASH;
 /// BLAKE3 `derive_key("chunk psk v1", PSK_SECRET)`.
@@ -120,7 +127,7 @@ fn offer_repr() -> Repr<'static> {
             mode: 0o644,
             mtime: 1_700_000_000,
             hash_alg: HashAlg::Blake3,
-            hash: HASH,
+            tag: HASH,
             name: b"a.txt",
         }),
     }
@@ -150,6 +157,18 @@ fn abort_repr() -> Repr<'static> {
     }
 }
 
+fn hash_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 3,
+        flags: 0,
+        message: Message::Hash(HashRepr {
+            alg: HashAlg::Blake3,
+            hash: HASH,
+        }),
+    }
+}
+
 /// What the wire layer sees in a sealed packet: a data packet with `AUTH` set whose payload is
 /// the chunk followed by the 24-byte trailer.
 fn sealed_repr() -> Repr<'static> {
@@ -164,7 +183,7 @@ fn sealed_repr() -> Repr<'static> {
 }
 
 /// Every packet example, in the order docs/PROTOCOL.md shows them.
-fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 7] {
+fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 8] {
     [
         ("data", &DATA_BYTES, data_repr()),
         ("ack", &ACK_BYTES, ack_repr()),
@@ -176,6 +195,7 @@ fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 7] {
         ("offer", &OFFER_BYTES, offer_repr()),
         ("complete", &COMPLETE_BYTES, complete_repr()),
         ("abort", &ABORT_BYTES, abort_repr()),
+        ("hash", &HASH_BYTES, hash_repr()),
         ("sealed", &SEALED_BYTES, sealed_repr()),
     ]
 }
@@ -325,12 +345,13 @@ fn protocol_doc_examples_are_the_fixtures() {
             "offer",
             "complete",
             "abort",
+            "hash",
             "psk-key",
             "sealed"
         ]
     );
     // The derived key is not a packet: it is checked against BLAKE3 here, the rest below.
-    let (_, key) = examples.remove(6);
+    let (_, key) = examples.remove(7);
     assert_eq!(key, PSK_KEY_BYTES, "PROTOCOL.md example psk-key");
     assert_eq!(
         blake3::derive_key("chunk psk v1", &PSK_SECRET),
@@ -391,7 +412,7 @@ fn arb_message() -> impl Strategy<Value = (u32, u32, u16, u8, Vec<u8>, Vec<u8>, 
         any::<u32>(),
         any::<u32>(),
         any::<u16>(),
-        1u8..=5,
+        1u8..=6,
         proptest::collection::vec(any::<u8>(), 0..1500),
         proptest::collection::vec(any::<u8>(), 0..MAX_ACK_BITMAP_LEN),
         any::<u64>(),
@@ -429,7 +450,7 @@ fn build<'a>(
             mode: 0o640,
             mtime: -5,
             hash_alg: HashAlg::Blake3,
-            hash: [seq.to_le_bytes()[0]; 32],
+            tag: [seq.to_le_bytes()[0]; 32],
             name: &bytes[..bytes.len().min(255)],
         }),
         4 => Message::Complete(CompleteRepr {
@@ -439,6 +460,10 @@ fn build<'a>(
                 CompleteStatus::HashMismatch
             },
             hash: [7; 32],
+        }),
+        6 => Message::Hash(HashRepr {
+            alg: HashAlg::from_code(fl.to_le_bytes()[0]),
+            hash: [seq.to_le_bytes()[1]; 32],
         }),
         _ => Message::Abort(AbortRepr {
             reason: AbortReason::from_code(*fl),

@@ -177,8 +177,31 @@ pub fn run(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens, hashes and sends one file; its report, success or not.
+/// Sends one file; its report, success or not. A resumed transfer whose verdict is a hash
+/// mismatch held a partial copy of other content under the same tag (the file was changed in a
+/// way its times do not show, or the copy was damaged); the receiver has removed it, so the
+/// file is sent once more, whole.
 fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bool) -> FileReport {
+    let (report, mismatch) = send_once(driver, path, stop, show_progress);
+    if !(mismatch && report.resumed > 0) || stop.requested().is_some() {
+        return report;
+    }
+    tracing::warn!(
+        file = %report.file,
+        resumed = report.resumed,
+        "the receiver's partial copy was not this file; sending it whole"
+    );
+    send_once(driver, path, stop, show_progress).0
+}
+
+/// Opens and sends one file; its report, success or not, and whether the verdict was a hash
+/// mismatch.
+fn send_once(
+    driver: &mut SendDriver,
+    path: &Path,
+    stop: &Stop,
+    show_progress: bool,
+) -> (FileReport, bool) {
     let mut report = FileReport {
         file: path.display().to_string(),
         ..FileReport::default()
@@ -193,12 +216,11 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
         Ok(x) => x,
         Err(e) => {
             report.error = Some(format!("{e:#}"));
-            return report;
+            return (report, false);
         }
     };
     report.name = meta.name.clone();
     report.size = meta.size;
-    report.hash = meta.hash.iter().map(|b| format!("{b:02x}")).collect();
     let chunk_size = driver.config().core.chunk_size as u64;
     let size = meta.size;
     let bar = show_progress.then(|| progress_bar(&meta.name, size));
@@ -216,7 +238,7 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
         Ok(x) => x,
         Err(e) => {
             report.error = Some(format!("{e:#}"));
-            return report;
+            return (report, false);
         }
     };
     tracing::debug!(file = %report.file, ?stats, "sender core at the end");
@@ -225,6 +247,10 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
     report.retransmitted = stats.chunks_retransmitted;
     report.resumed = stats.chunks_resumed;
     report.srtt_ms = stats.srtt.map(|d| d.as_secs_f64() * 1e3);
+    if let Some(h) = stats.hash {
+        report.hash = h.iter().map(|b| format!("{b:02x}")).collect();
+    }
+    let mismatch = matches!(outcome, Err(SendError::HashMismatch { .. }));
     match outcome {
         Ok(()) => {
             report.ok = true;
@@ -232,7 +258,7 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
         }
         Err(e) => report.error = Some(explain(&e, driver.config().to, &stats)),
     }
-    report
+    (report, mismatch)
 }
 
 /// The sender core's error, said for a user.

@@ -8,7 +8,6 @@
 
 use std::{
     fs::File,
-    io::Read,
     net::Ipv4Addr,
     os::{
         fd::AsFd,
@@ -54,11 +53,13 @@ pub fn overhead_words(keyed: bool) -> &'static str {
     }
 }
 
-/// Opens a file to send and describes it for the offer (hashing it whole first). Opened with
-/// `O_NONBLOCK`: a FIFO (or a device) must not wait for a writer; what is not a regular file is
-/// refused right after, before anything is read from it.
+/// Opens a file to send and describes it for the offer. Opened with `O_NONBLOCK`: a FIFO (or a
+/// device) must not wait for a writer; what is not a regular file is refused right after, before
+/// anything is read from it. Nothing is read here: the whole-file hash is computed as the file
+/// is read for sending ([`FileSource`]), so the first chunk leaves at once, however large the
+/// file.
 pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
@@ -67,41 +68,42 @@ pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
     if !md.is_file() {
         bail!("{} is not a regular file", path.display());
     }
-    let mut hasher = blake3::Hasher::new();
-    // Large reads hashed on every core: the whole file is hashed before the offer goes out,
-    // so this is time the transfer waits for.
-    let mut buf = vec![0u8; 8 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = read_full(&mut file, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if n >= 1 << 20 {
-            hasher.update_rayon(&buf[..n]);
-        } else {
-            hasher.update(&buf[..n]);
-        }
-        size += n as u64;
-    }
-    if size != md.len() {
-        bail!("{} changed while it was being hashed", path.display());
-    }
     let meta = FileMeta {
         name,
-        size,
+        size: md.len(),
         mode: md.mode() & 0o777,
         mtime: md.mtime(),
-        hash: *hasher.finalize().as_bytes(),
+        tag: file_tag(&md),
     };
     Ok((file, meta))
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// The offer's tag for this version of the file: BLAKE3 (keyed by purpose) of its device and
+/// inode, size, and modification and status-change times to the nanosecond. Any write changes
+/// the status-change time, so a file that changed since an interrupted transfer gets a new tag
+/// and the receiver does not resume from the old copy. A tag is only a claim: the verdict rests
+/// on the hash of what the receiver holds.
+pub fn file_tag(md: &std::fs::Metadata) -> [u8; wire::HASH_LEN] {
+    let mut h = blake3::Hasher::new_derive_key("chunk file tag v1");
+    for v in [
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime() as u64,
+        md.mtime_nsec() as u64,
+        md.ctime() as u64,
+        md.ctime_nsec() as u64,
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Reads `buf.len()` bytes at `offset`, or fewer at the end of the file; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read(&mut buf[done..]) {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -111,41 +113,143 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// Bytes the sender reads from its file at once, ahead of the chunks it sends.
+/// Bytes the reader reads from the file at once, ahead of the chunks being sent.
 const READ_AHEAD: usize = 1 << 20;
+/// Blocks the reader may be ahead of the sender.
+const BLOCKS_AHEAD: usize = 4;
 
-/// Chunks read from the file. Chunks go out mostly in index order, so the file is read ahead in
-/// [`READ_AHEAD`] blocks (one `pread` for some 700 chunks of 1400 bytes, where it was one per
-/// chunk); a chunk outside the block (a retransmission of an older one) is read on its own.
+/// A block of the file as the reader hands it over; the last one carries the file's hash.
+struct Block {
+    at: u64,
+    data: Vec<u8>,
+    hash: Option<[u8; wire::HASH_LEN]>,
+}
+
+/// Reads the file from start to end in blocks of whole chunks, hashes each block, and hands it
+/// to the sender through a bounded channel: reading and hashing run on their own thread (the
+/// other core), the sending loop only copies chunks out of memory. Ends when the file does or
+/// when the sender hangs up. The file must be exactly `size` bytes: shorter or longer is an
+/// error, since the offer promised `size`.
+fn spawn_reader(
+    file: File,
+    size: u64,
+    block_len: usize,
+) -> std::sync::mpsc::Receiver<std::io::Result<Block>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(BLOCKS_AHEAD);
+    std::thread::Builder::new()
+        .name("chunk-reader".into())
+        .spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            let mut at = 0u64;
+            loop {
+                let want = (size - at).min(block_len as u64) as usize;
+                let mut data = vec![0u8; want];
+                let block = match read_full_at(&file, &mut data, at) {
+                    Ok(n) if n < want => Err(std::io::Error::other(format!(
+                        "the file shrank while it was being sent: {} bytes, not {size}",
+                        at + n as u64
+                    ))),
+                    Ok(_) => {
+                        hasher.update(&data);
+                        let end = at + want as u64;
+                        if end < size {
+                            Ok(Block {
+                                at,
+                                data,
+                                hash: None,
+                            })
+                        } else if read_full_at(&file, &mut [0u8; 1], end).is_ok_and(|n| n > 0) {
+                            Err(std::io::Error::other(format!(
+                                "the file grew while it was being sent (beyond {size} bytes)"
+                            )))
+                        } else {
+                            let hash = Some(*hasher.finalize().as_bytes());
+                            Ok(Block { at, data, hash })
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let last = block.as_ref().map_or(true, |b| b.hash.is_some());
+                if tx.send(block).is_err() || last {
+                    return;
+                }
+                at += want as u64;
+            }
+        })
+        .expect("spawning the reader thread");
+    rx
+}
+
+/// Chunks read from the file. First copies come in index order out of the reader's blocks
+/// ([`spawn_reader`]: one thread reads and hashes the file once, ahead of the sender); a chunk
+/// behind them (a retransmission) is read on its own with `pread`.
 struct FileSource {
     file: File,
     chunk_size: u64,
-    /// The block read ahead, and the file offset of its first byte.
+    blocks: Option<std::sync::mpsc::Receiver<std::io::Result<Block>>>,
+    /// The block being served, and the file offset of its first byte.
     block: Vec<u8>,
     block_at: u64,
+    /// Where the next block from the reader starts.
+    next_at: u64,
+    /// The file's hash, once the last block has come (until the driver takes it).
+    hash: Option<[u8; wire::HASH_LEN]>,
 }
 
 impl FileSource {
-    fn new(file: File, chunk_size: u32) -> Self {
-        FileSource {
+    fn new(file: File, size: u64, chunk_size: u32) -> std::io::Result<Self> {
+        let per_block = (READ_AHEAD as u64 / chunk_size as u64).max(1);
+        let blocks = spawn_reader(
+            file.try_clone()?,
+            size,
+            (per_block * chunk_size as u64) as usize,
+        );
+        Ok(FileSource {
             file,
             chunk_size: chunk_size as u64,
+            blocks: Some(blocks),
             block: Vec::new(),
             block_at: 0,
-        }
+            next_at: 0,
+            hash: None,
+        })
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// The next block from the reader (it blocks while the reader is behind); `None` when the
+    /// reader is done.
+    fn next_block(&mut self) -> std::io::Result<bool> {
+        let Some(rx) = &self.blocks else {
+            return Ok(false);
+        };
+        let Ok(block) = rx.recv() else {
+            self.blocks = None;
+            return Ok(false);
+        };
+        let block = block?;
+        if block.hash.is_some() {
+            self.hash = block.hash;
+            self.blocks = None;
+        }
+        self.next_at = block.at + block.data.len() as u64;
+        self.block_at = block.at;
+        self.block = block.data;
+        Ok(true)
+    }
+
+    /// The file's hash, once (when the reader has reached the end).
+    fn take_hash(&mut self) -> Option<[u8; wire::HASH_LEN]> {
+        self.hash.take()
+    }
+
+    /// Reads the rest of the file (chunks the receiver already had need not be sent, but they
+    /// must be hashed) and returns its hash.
+    fn finish_hash(&mut self) -> std::io::Result<[u8; wire::HASH_LEN]> {
+        while self.hash.is_none() {
+            if !self.next_block()? {
+                return Err(std::io::Error::other("the file's reader stopped early"));
             }
         }
-        Ok(done)
+        Ok(self.take_hash().expect("just checked"))
     }
 }
 
@@ -153,27 +257,19 @@ impl ChunkSource for FileSource {
     fn read_chunk(&mut self, index: u32, buf: &mut [u8]) -> std::io::Result<usize> {
         let offset = index as u64 * self.chunk_size;
         let end = offset + buf.len() as u64;
-        let block_end = self.block_at + self.block.len() as u64;
-        if offset >= self.block_at && end <= block_end {
-            let at = (offset - self.block_at) as usize;
-            buf.copy_from_slice(&self.block[at..at + buf.len()]);
-            return Ok(buf.len());
+        loop {
+            let block_end = self.block_at + self.block.len() as u64;
+            if offset >= self.block_at && end <= block_end {
+                let at = (offset - self.block_at) as usize;
+                buf.copy_from_slice(&self.block[at..at + buf.len()]);
+                return Ok(buf.len());
+            }
+            // Behind the reader: a retransmission. Blocks are whole chunks, so a chunk not in
+            // the current block is wholly behind it or wholly ahead.
+            if offset < self.next_at || !self.next_block()? {
+                return read_full_at(&self.file, buf, offset);
+            }
         }
-        if offset < self.block_at || buf.len() > READ_AHEAD {
-            // Behind the block: a retransmission; read just this chunk.
-            return self.read_at(buf, offset);
-        }
-        // Ahead: the next block starts at this chunk (whole chunks, so none straddles two).
-        let per_block = (READ_AHEAD as u64 / self.chunk_size).max(1);
-        let mut block = std::mem::take(&mut self.block);
-        block.resize((per_block * self.chunk_size) as usize, 0);
-        let n = self.read_at(&mut block, offset)?;
-        block.truncate(n);
-        self.block = block;
-        self.block_at = offset;
-        let n = buf.len().min(self.block.len());
-        buf[..n].copy_from_slice(&self.block[..n]);
-        Ok(n)
     }
 }
 
@@ -221,10 +317,11 @@ impl SendDriver {
         let to = self.cfg.to;
         let start = Instant::now();
         let tid: u32 = rand::random();
+        let size = meta.size;
         let mut sender = Sender::new(tid, meta, self.cfg.core.clone(), start)?;
         self.tx
             .ensure_packet_len(sender.max_packet_len() + auth::TRAILER_LEN);
-        let mut source = FileSource::new(file, self.cfg.core.chunk_size);
+        let mut source = FileSource::new(file, size, self.cfg.core.chunk_size)?;
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
         let mut cancelled = false;
@@ -248,6 +345,17 @@ impl SendDriver {
             }
             if sender.poll_timeout().is_some_and(|t| t <= now) {
                 sender.handle_timeout(now);
+            }
+            // The hash, as soon as the reader has reached the end of the file; or at once when
+            // only the hash is missing (everything else was already at the receiver).
+            if sender.needs_hash() {
+                match source.finish_hash() {
+                    Ok(h) => sender.set_hash(h),
+                    Err(e) => sender.fail_io(format!("reading the file to hash it: {e}")),
+                }
+            }
+            if let Some(h) = source.take_hash() {
+                sender.set_hash(h);
             }
             // Everything the core wants sent now, a batch at a time.
             let batch_full = self.queue_from(&mut sender, now, &mut source);
@@ -326,19 +434,22 @@ mod tests {
     use super::*;
 
     /// Whatever order chunks are asked in (in order, retransmissions behind, jumps ahead, the
-    /// short last one), each comes back with the file's bytes at its offset.
+    /// short last one), each comes back with the file's bytes at its offset, and the hash the
+    /// reader hands over is the whole file's.
     #[test]
-    fn read_ahead_serves_every_chunk_exact() {
+    fn the_reader_serves_every_chunk_exact_and_hashes_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
         let data: Vec<u8> = (0..3_000_017u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let chunk = 1400u32;
         let count = data.len().div_ceil(chunk as usize) as u32;
-        let mut src = FileSource::new(File::open(&path).unwrap(), chunk);
+        let mut src =
+            FileSource::new(File::open(&path).unwrap(), data.len() as u64, chunk).unwrap();
         let order = (0..count)
             .chain([3, 0, count - 1, 700, 1500, 2, count - 1])
             .chain((0..count).rev());
+        let mut hash = None;
         for index in order {
             let len = wire::chunk_len(data.len() as u64, chunk, index);
             let mut buf = vec![0u8; len];
@@ -349,6 +460,43 @@ mod tests {
             );
             let start = index as usize * chunk as usize;
             assert_eq!(buf, data[start..start + len], "chunk {index}");
+            hash = hash.or(src.take_hash());
         }
+        assert_eq!(hash, Some(*blake3::hash(&data).as_bytes()));
+    }
+
+    /// A resume that skips chunks, or sends none at all, still gets the whole file's hash.
+    #[test]
+    fn the_hash_comes_whatever_was_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        for len in [0usize, 1, 1400, 5_000_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let mut src = FileSource::new(File::open(&path).unwrap(), len as u64, 1400).unwrap();
+            if len > 2_000_000 {
+                // One chunk near the end: the blocks before it are skipped, not lost.
+                let mut buf = vec![0u8; 1400];
+                src.read_chunk(3000, &mut buf).unwrap();
+                assert_eq!(buf, data[3000 * 1400..3001 * 1400]);
+            }
+            assert_eq!(
+                src.finish_hash().unwrap(),
+                *blake3::hash(&data).as_bytes(),
+                "{len} bytes"
+            );
+        }
+    }
+
+    /// A file that is not the size the offer said fails the read, never hashes as if whole.
+    #[test]
+    fn a_file_that_changed_size_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let mut shorter = FileSource::new(File::open(&path).unwrap(), 20_000, 1400).unwrap();
+        assert!(shorter.finish_hash().is_err());
+        let mut longer = FileSource::new(File::open(&path).unwrap(), 5_000, 1400).unwrap();
+        assert!(longer.finish_hash().is_err());
     }
 }

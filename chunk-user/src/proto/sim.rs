@@ -349,6 +349,15 @@ impl<S: Storage> Sim<S> {
         let now = self.instant(self.now);
         let mut buf = std::mem::take(&mut self.buf);
         for i in 0..self.senders.len() {
+            {
+                // What the real driver does: the hash once the file has been read to its end
+                // (every first copy is out), or at once when only the hash is missing.
+                let s = &mut self.senders[i];
+                if s.sender.needs_hash() || s.sender.all_sent_once() {
+                    let hash = s.sender.meta().tag;
+                    s.sender.set_hash(hash);
+                }
+            }
             loop {
                 let s = &mut self.senders[i];
                 let Some(n) = s.sender.poll_transmit(now, &mut *s.source, &mut buf) else {
@@ -574,13 +583,15 @@ impl VirtualFile {
         self.meta_with_hash(name, self.hash())
     }
 
+    /// In the simulation a file's tag is its hash: the simulated driver hands the tag over as
+    /// the file's hash once the real reader would have reached the end of the file.
     pub fn meta_with_hash(&self, name: &str, hash: [u8; HASH_LEN]) -> FileMeta {
         FileMeta {
             name: name.to_owned(),
             size: self.size,
             mode: 0o644,
             mtime: 1_700_000_000,
-            hash,
+            tag: hash,
         }
     }
 }

@@ -27,8 +27,10 @@ pub struct OfferInfo {
     pub chunk_count: u32,
     pub mode: u32,
     pub mtime: i64,
-    /// BLAKE3 of the whole file.
-    pub hash: [u8; HASH_LEN],
+    /// The sender's tag for this version of the file: a partial copy resumes only under the
+    /// same tag (and name, size, chunk size). The whole-file hash comes later, in the hash
+    /// message, and is what `finish` checks.
+    pub tag: [u8; HASH_LEN],
 }
 
 /// Storage's answer to an acceptable offer.
@@ -36,7 +38,7 @@ pub struct OfferInfo {
 pub struct Opened<H> {
     pub handle: H,
     /// Chunks already on disk from an interrupted transfer of the same name, size, chunk size and
-    /// hash (resume). The first ack acknowledges them.
+    /// tag (resume). The first ack acknowledges them.
     pub already_have: Option<ChunkSet>,
 }
 
@@ -104,7 +106,7 @@ pub struct MemFile {
 struct Partial {
     size: u64,
     chunk_size: u32,
-    hash: [u8; HASH_LEN],
+    tag: [u8; HASH_LEN],
     mode: u32,
     mtime: i64,
     data: Vec<u8>,
@@ -199,7 +201,7 @@ impl Storage for MemStorage {
             }
         }
         let same = self.partials.get(name).is_some_and(|p| {
-            p.size == offer.size && p.chunk_size == offer.chunk_size && p.hash == offer.hash
+            p.size == offer.size && p.chunk_size == offer.chunk_size && p.tag == offer.tag
         });
         let already_have = if same {
             self.partials.get(name).map(|p| p.have.clone())
@@ -209,7 +211,7 @@ impl Storage for MemStorage {
             let partial = Partial {
                 size: offer.size,
                 chunk_size: offer.chunk_size,
-                hash: offer.hash,
+                tag: offer.tag,
                 mode: offer.mode,
                 mtime: offer.mtime,
                 data: vec![0; size],

@@ -20,7 +20,7 @@ fn offer(name: &str, data: &[u8]) -> OfferInfo {
         chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
         mode: 0o640,
         mtime: 1_700_000_000,
-        hash: *blake3::hash(data).as_bytes(),
+        tag: *blake3::hash(data).as_bytes(),
     }
 }
 
@@ -66,7 +66,7 @@ fn a_file_written_out_of_order_lands_under_its_name_with_mode_and_mtime() {
         ["sub", "sub/dir", "sub/dir/.f.bin.part"]
     );
     write_chunks(&mut st, &mut h, &d, (0..11).rev());
-    let v = st.finish(h, &o.hash).unwrap();
+    let v = st.finish(h, &o.tag).unwrap();
     assert!(v.verified);
     let path = tmp.path().join("sub/dir/f.bin");
     assert_eq!(std::fs::read(&path).unwrap(), d);
@@ -89,7 +89,7 @@ fn a_late_first_chunk_after_megabytes_of_others_still_hashes_right() {
     write_chunks(&mut st, &mut h, &d, 0..1);
     write_chunks(&mut st, &mut h, &d, (n / 2..n).filter(|&i| i != 3000));
     write_chunks(&mut st, &mut h, &d, 3000..3001);
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
 }
 
@@ -99,7 +99,7 @@ fn an_empty_file_is_received() {
     let mut st = FsStorage::new(tmp.path(), false).unwrap();
     let o = offer("empty", &[]);
     let h = st.open(&o).unwrap().handle;
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("empty")).unwrap(), b"");
 }
 
@@ -113,7 +113,7 @@ fn a_wrong_hash_leaves_nothing_behind() {
     let mut wrong = d.clone();
     wrong[5] ^= 1;
     write_chunks(&mut st, &mut h, &wrong, 0..3);
-    let v = st.finish(h, &o.hash).unwrap();
+    let v = st.finish(h, &o.tag).unwrap();
     assert!(!v.verified);
     assert_eq!(v.hash, *blake3::hash(&wrong).as_bytes());
     assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
@@ -139,7 +139,7 @@ fn an_interrupted_transfer_resumes_with_the_chunks_on_disk() {
     assert_eq!(members, [0, 1, 2, 3, 4, 5, 6, 9, 15, 19]);
     let mut h = opened.handle;
     write_chunks(&mut st, &mut h, &d, (0..20).filter(|i| !have.contains(*i)));
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
     assert_eq!(listing(tmp.path()), ["f"]);
 }
@@ -168,7 +168,7 @@ fn chunks_not_yet_written_are_not_claimed_after_a_crash() {
     assert_eq!(members, [0, 1, 2, 3, 4]);
     let mut h = opened.handle;
     write_chunks(&mut st, &mut h, &d, 5..20);
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
 }
 
@@ -202,7 +202,7 @@ fn existing_files_are_kept_unless_overwrite() {
     let o = offer("f", &d);
     let mut h = st.open(&o).unwrap().handle;
     write_chunks(&mut st, &mut h, &d, 0..1);
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), d);
 }
 
@@ -239,7 +239,7 @@ fn a_second_receiver_on_the_same_directory_is_refused_the_name_being_received() 
         refusal.message
     );
     write_chunks(&mut st1, &mut h1, &a, 3..10);
-    assert!(st1.finish(h1, &oa.hash).unwrap().verified);
+    assert!(st1.finish(h1, &oa.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
     // Now the name exists: the second receiver refuses as for any existing file.
     let refusal = st2.open(&ob).unwrap_err();
@@ -362,7 +362,7 @@ fn a_refused_offer_takes_away_the_directories_it_made() {
     let o = offer("kept/new/deeper/f", &d);
     let mut h = st.open(&o).unwrap().handle;
     write_chunks(&mut st, &mut h, &d, 0..3);
-    assert!(st.finish(h, &o.hash).unwrap().verified);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(
         std::fs::read(tmp.path().join("kept/new/deeper/f")).unwrap(),
         d
@@ -388,7 +388,7 @@ proptest! {
         }
         // Another file's record does not apply.
         let mut other = o.clone();
-        other.hash[0] ^= 1;
+        other.tag[0] ^= 1;
         prop_assert!(decode_state(&encode_state(&o, &set), &other).is_none());
     }
 }

@@ -20,8 +20,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
-    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg, Message,
-    OfferRepr, Repr, flags,
+    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg, HashRepr,
+    Message, OfferRepr, Repr, flags,
 };
 
 use acks::AckState;
@@ -286,6 +286,7 @@ impl<S: Storage> Receiver<S> {
                 self.on_data(key, repr.seq, repr.flags, payload, now, storage)
             }
             Message::Abort(abort) => self.on_abort(key, &abort, storage),
+            Message::Hash(hash) => self.on_hash(key, repr.seq, &hash, now, storage),
             Message::Ack(_) | Message::Complete(_) => self.stats.malformed += 1,
         }
     }
@@ -403,7 +404,7 @@ impl<S: Storage> Receiver<S> {
         if let Some(t) = self.transfers.get_mut(&key) {
             let same = t.info.size == offer.file_size
                 && t.info.chunk_size == offer.chunk_size
-                && t.info.hash == offer.hash
+                && t.info.tag == offer.tag
                 && t.info.name.as_bytes() == offer.name;
             if !same {
                 let name = t.info.name.clone();
@@ -490,7 +491,7 @@ impl<S: Storage> Receiver<S> {
             chunk_count: offer.chunk_count,
             mode: offer.mode,
             mtime: offer.mtime,
-            hash: offer.hash,
+            tag: offer.tag,
         };
         let opened = match storage.open(&info) {
             Ok(opened) => opened,
@@ -521,6 +522,7 @@ impl<S: Storage> Receiver<S> {
             handle: opened.handle,
             received,
             ack: AckState::new(now),
+            expected: None,
         };
         if !complete {
             open.ack.queue(key, &mut self.ready);
@@ -541,7 +543,7 @@ impl<S: Storage> Receiver<S> {
         );
         if complete {
             // Nothing to receive (an empty file, or a resume that had it all): an ack of
-            // everything answers the offer, then the verdict follows at once.
+            // everything answers the offer; the verdict follows the sender's hash.
             self.push_out(
                 key,
                 Outgoing::AckAll {
@@ -549,7 +551,6 @@ impl<S: Storage> Receiver<S> {
                     chunk_count: info_count,
                 },
             );
-            self.finish(key, now, storage);
         }
     }
 
@@ -568,7 +569,7 @@ impl<S: Storage> Receiver<S> {
     ) {
         let after = self.cfg.supersede_after;
         let old = self.transfers.iter().find_map(|(&k, t)| {
-            let same_file = t.info.size == offer.file_size && t.info.hash == offer.hash;
+            let same_file = t.info.size == offer.file_size && t.info.tag == offer.tag;
             let silent = now.saturating_duration_since(t.last_activity) >= after;
             let replace = k.0 == key.0
                 && matches!(t.state, State::Open(_))
@@ -652,7 +653,12 @@ impl<S: Storage> Receiver<S> {
         }
         open.ack.on_arrival(index, now);
         if open.received.len() == info.chunk_count as u64 {
-            self.finish(key, now, storage);
+            if open.expected.is_some() {
+                self.finish(key, now, storage);
+            } else {
+                // Everything is here but the sender's hash: say so at once.
+                open.ack.queue(key, &mut self.ready);
+            }
             return;
         }
         let enough = open.ack.count_in_order(self.cfg.ack_every);
@@ -660,6 +666,37 @@ impl<S: Storage> Receiver<S> {
             open.ack.queue(key, &mut self.ready);
         } else {
             open.ack.arm(now + self.cfg.ack_delay);
+        }
+    }
+
+    /// The sender's whole-file hash: kept (the first one; the sender's hash of its file cannot
+    /// change), and the verdict follows as soon as every chunk is in too. A finished transfer
+    /// repeats its verdict; a hash for a transfer we do not know gets the same answer as data.
+    fn on_hash(
+        &mut self,
+        key: TransferKey,
+        seq: u32,
+        hash: &HashRepr,
+        now: Instant,
+        storage: &mut S,
+    ) {
+        let Some(t) = self.transfers.get_mut(&key) else {
+            self.stats.unknown_transfer += 1;
+            self.unknown_transfer(key, now);
+            return;
+        };
+        let State::Open(open) = &mut t.state else {
+            self.repeat_verdict(key, now, false);
+            return;
+        };
+        if seq != t.info.chunk_count || hash.alg != HashAlg::Blake3 {
+            self.stats.malformed += 1;
+            return;
+        }
+        t.last_activity = now;
+        open.expected.get_or_insert(hash.hash);
+        if open.received.len() == t.info.chunk_count as u64 {
+            self.finish(key, now, storage);
         }
     }
 
@@ -701,7 +738,10 @@ impl<S: Storage> Receiver<S> {
             return;
         };
         self.open -= 1;
-        let verdict = match storage.finish(open.handle, &t.info.hash) {
+        let expected = open
+            .expected
+            .expect("finish runs once the sender's hash is known");
+        let verdict = match storage.finish(open.handle, &expected) {
             Ok(v) => v,
             Err(e) => {
                 let message = format!("finishing the file: {e}");
@@ -967,6 +1007,11 @@ mod tests {
         (0..size).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// The tests' file tag: the file's hash (any 32 bytes would do).
+    fn tag_of(data: &[u8]) -> [u8; HASH_LEN] {
+        *blake3::hash(data).as_bytes()
+    }
+
     fn offer(
         r: &mut Receiver<MemStorage>,
         st: &mut MemStorage,
@@ -992,7 +1037,7 @@ mod tests {
             mode: 0o644,
             mtime: 0,
             hash_alg,
-            hash: *blake3::hash(data).as_bytes(),
+            tag: tag_of(data),
             name: b"f",
         };
         let repr = Repr {
@@ -1022,6 +1067,20 @@ mod tests {
             message: Message::Data {
                 payload: &data[start..end],
             },
+        };
+        r.handle_packet(SRC, Some(LOCAL), &repr, now, st);
+    }
+
+    /// The sender's hash message for `data` (its BLAKE3, as the real sender sends it).
+    fn hash(r: &mut Receiver<MemStorage>, st: &mut MemStorage, now: Instant, id: u32, data: &[u8]) {
+        let repr = Repr {
+            transfer_id: id,
+            seq: data.len().div_ceil(CHUNK as usize) as u32,
+            flags: 0,
+            message: Message::Hash(HashRepr {
+                alg: HashAlg::Blake3,
+                hash: *blake3::hash(data).as_bytes(),
+            }),
         };
         r.handle_packet(SRC, Some(LOCAL), &repr, now, st);
     }
@@ -1089,7 +1148,7 @@ mod tests {
                 mode: 0o644,
                 mtime: 0,
                 hash_alg: HashAlg::Blake3,
-                hash: *blake3::hash(&data).as_bytes(),
+                tag: tag_of(&data),
                 name: name.as_bytes(),
             };
             let repr = Repr {
@@ -1195,26 +1254,109 @@ mod tests {
     }
 
     /// An empty file has no chunk: the offer is answered with an ack of everything (what a
-    /// sender waits for after its offer), then the verdict.
+    /// sender waits for after its offer), and the hash message with the verdict.
     #[test]
     fn an_empty_file_is_answered_with_an_ack_then_the_verdict() {
         let (mut r, mut st, t0) = fresh();
         offer(&mut r, &mut st, t0, 1, &[]);
-        let sent = out(&mut r, t0);
+        assert_eq!(out(&mut r, t0), [(MessageType::Ack, 0, NO_ECHO, 0, vec![])]);
+        hash(&mut r, &mut st, t0, 1, &[]);
         assert_eq!(
-            sent,
-            [
-                (MessageType::Ack, 0, NO_ECHO, 0, vec![]),
-                (
-                    MessageType::Complete,
-                    0,
-                    CompleteStatus::Verified as u32,
-                    0,
-                    vec![]
-                )
-            ]
+            out(&mut r, t0),
+            [(
+                MessageType::Complete,
+                0,
+                CompleteStatus::Verified as u32,
+                0,
+                vec![]
+            )]
         );
         assert_eq!(st.file("f").unwrap().data, Vec::<u8>::new());
+    }
+
+    /// The verdict needs every chunk and the sender's hash, in either order; a hash message
+    /// with another chunk count is malformed, and one for a transfer nobody offered gets the
+    /// answer data gets.
+    #[test]
+    fn the_verdict_waits_for_both_the_chunks_and_the_hash() {
+        let (mut r, mut st, t0) = fresh();
+        let data = file(25);
+        // Chunks first: everything acknowledged, no verdict until the hash.
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in 0..3 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        let sent = out(&mut r, t0);
+        assert!(sent.iter().all(|m| m.0 == MessageType::Ack), "{sent:?}");
+        assert_eq!(sent.last().unwrap().1, 3, "all three acknowledged");
+        assert!(st.file("f").is_none());
+        let wrong_count = Repr {
+            transfer_id: 1,
+            seq: 2,
+            flags: 0,
+            message: Message::Hash(HashRepr {
+                alg: HashAlg::Blake3,
+                hash: *blake3::hash(&data).as_bytes(),
+            }),
+        };
+        r.handle_packet(SRC, Some(LOCAL), &wrong_count, t0, &mut st);
+        assert!(out(&mut r, t0).is_empty());
+        assert_eq!(r.stats().malformed, 1);
+        hash(&mut r, &mut st, t0, 1, &data);
+        assert_eq!(out(&mut r, t0)[0].0, MessageType::Complete);
+        assert_eq!(st.file("f").unwrap().data, data);
+
+        // The hash first: kept, and the last chunk brings the verdict.
+        let other = file(30);
+        let repr = |id| Repr {
+            transfer_id: id,
+            seq: 0,
+            flags: 0,
+            message: Message::Offer(OfferRepr {
+                file_size: other.len() as u64,
+                chunk_size: CHUNK,
+                chunk_count: 3,
+                mode: 0o644,
+                mtime: 0,
+                hash_alg: HashAlg::Blake3,
+                tag: tag_of(&other),
+                name: b"g",
+            }),
+        };
+        r.handle_packet(SRC, Some(LOCAL), &repr(2), t0, &mut st);
+        hash(&mut r, &mut st, t0, 2, &other);
+        for i in [2, 0] {
+            chunk(&mut r, &mut st, t0, 2, &other, i, 0);
+        }
+        assert!(out(&mut r, t0).iter().all(|m| m.0 == MessageType::Ack));
+        chunk(&mut r, &mut st, t0, 2, &other, 1, 0);
+        assert_eq!(out(&mut r, t0).last().unwrap().0, MessageType::Complete);
+        assert_eq!(st.file("g").unwrap().data, other);
+
+        // Nobody offered transfer 9: the answer data would get.
+        hash(&mut r, &mut st, t0 + ms(100), 9, &data);
+        assert_eq!((out(&mut r, t0 + ms(100))[0].0), MessageType::Abort);
+    }
+
+    /// A hash that is not the file's: the verdict says so and nothing is left under the name.
+    #[test]
+    fn a_hash_that_is_not_the_files_is_a_mismatch() {
+        let (mut r, mut st, t0) = fresh();
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in 0..3 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        let mut other = data.clone();
+        other[0] ^= 1;
+        hash(&mut r, &mut st, t0, 1, &other);
+        let sent = out(&mut r, t0);
+        let verdict = sent.last().unwrap();
+        assert_eq!(
+            (verdict.0, verdict.2),
+            (MessageType::Complete, CompleteStatus::HashMismatch as u32)
+        );
+        assert!(st.file("f").is_none());
     }
 
     #[test]
@@ -1258,6 +1400,7 @@ mod tests {
         for i in 0..5 {
             chunk(&mut r, &mut st, later, 2, &new, i, 0);
         }
+        hash(&mut r, &mut st, later, 2, &new);
         let sent = out(&mut r, later);
         assert_eq!(sent.last().unwrap().0, MessageType::Complete);
         assert_eq!(st.file("f").unwrap().data, new);
@@ -1269,6 +1412,7 @@ mod tests {
         let data = file(25);
         offer(&mut r, &mut st, t0, 1, &data);
         out(&mut r, t0);
+        hash(&mut r, &mut st, t0, 1, &data);
         for i in [2, 0, 1] {
             chunk(&mut r, &mut st, t0, 1, &data, i, 0);
         }

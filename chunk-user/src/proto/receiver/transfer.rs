@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use chunk_common::wire::CompleteRepr;
+use chunk_common::wire::{CompleteRepr, HASH_LEN};
 
 use super::acks::AckState;
 use crate::proto::{chunkset::ChunkSet, storage::OfferInfo};
@@ -15,6 +15,9 @@ pub(super) struct Open<H> {
     pub handle: H,
     pub received: ChunkSet,
     pub ack: AckState,
+    /// The sender's whole-file hash, once its hash message has arrived: the verdict needs it
+    /// and every chunk.
+    pub expected: Option<[u8; HASH_LEN]>,
 }
 
 #[derive(Debug)]

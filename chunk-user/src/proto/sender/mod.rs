@@ -4,7 +4,10 @@
 //! doubling to 2 s until an ack or abort),
 //! **Sending** (chunks the receiver lacks, in index order, within the configured window and the
 //! congestion window, paced), **Closing** (everything acknowledged: wait for the complete message,
-//! probing with the last chunk flagged `ACK_NOW` on each RTO), then done with an outcome.
+//! probing on each RTO), then done with an outcome. The whole-file hash is not in the offer: the
+//! driver hashes the file as it reads it for the first copies of its chunks and hands the hash
+//! over ([`Sender::set_hash`]) when it reaches the end; the hash message goes out then, and
+//! again as Closing's probe, until the verdict.
 //!
 //! Loss recovery. Every transmission gets a number from a counter that only grows. A chunk is lost
 //! when three transmissions sent after it have been acknowledged: that is exactly "its number is
@@ -46,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
     self, AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HEADER_LEN,
-    HashAlg, Message, OfferRepr, Repr, flags,
+    HashAlg, HashRepr, Message, OfferRepr, Repr, flags,
 };
 
 use pacing::{Full, Pacer};
@@ -75,8 +78,11 @@ pub struct FileMeta {
     pub mode: u32,
     /// Seconds since the Unix epoch.
     pub mtime: i64,
-    /// BLAKE3 of the whole file.
-    pub hash: [u8; HASH_LEN],
+    /// This version of the file, as the sender knows it before reading it (see
+    /// [`file_tag`](crate::driver::send::file_tag)): the offer carries it, so that a receiver
+    /// resumes a partial copy only of the same version. The whole-file hash comes later
+    /// ([`Sender::set_hash`]).
+    pub tag: [u8; HASH_LEN],
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -148,6 +154,9 @@ pub enum SendError {
     /// The chunk source failed.
     #[error("reading chunk {index}: {message}")]
     Io { index: u32, message: String },
+    /// The file could not be read to its end to hash it.
+    #[error("{0}")]
+    Hashing(String),
     /// The file needs more chunks than a `u32` counts at this chunk size (or the size is 0).
     #[error("file of {size} bytes needs too many chunks of {chunk_size} bytes")]
     TooManyChunks { size: u64, chunk_size: u32 },
@@ -176,8 +185,13 @@ pub struct SenderStats {
     pub spurious_retransmits: u64,
     /// Tail probes (a chunk in flight resent with `ACK_NOW` after a silent round trip).
     pub tail_probes: u64,
-    /// `ACK_NOW` probes while waiting for the complete message.
+    /// Probes while waiting for the complete message (the hash message once the hash is known,
+    /// else the last chunk with `ACK_NOW`).
     pub probes_sent: u64,
+    /// Copies of the hash message sent (the probes among them).
+    pub hashes_sent: u64,
+    /// The file's BLAKE3, once the driver has read it all ([`Sender::set_hash`]).
+    pub hash: Option<[u8; HASH_LEN]>,
     /// Offers made again because the receiver had forgotten the transfer.
     pub reoffers: u32,
     /// The receiver accepted the offer (an ack answered it).
@@ -298,6 +312,10 @@ pub struct Sender {
     cc: Bbr,
     pacer: Pacer,
     scratch: Vec<u8>,
+    /// The whole file's BLAKE3, once the driver has read the whole file.
+    hash: Option<[u8; HASH_LEN]>,
+    /// The hash message's first copy is due (later ones go as Closing's probes).
+    hash_due: bool,
     stats: SenderStats,
 }
 
@@ -336,6 +354,8 @@ impl Sender {
             cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
             pacer: Pacer::new(cfg.max_rate, now),
             scratch: vec![0; cfg.chunk_size as usize],
+            hash: None,
+            hash_due: false,
             stats: SenderStats {
                 chunk_count: count,
                 ..SenderStats::default()
@@ -396,6 +416,7 @@ impl Sender {
         s.bytes_in_flight = self.recovery.bytes_in_flight();
         s.bandwidth_bps = (self.cc.bandwidth() * 8.0) as u64;
         s.pacing_rate_bps = (self.pacer.rate(&self.cc) * 8.0) as u64;
+        s.hash = self.hash;
         s
     }
 
@@ -495,6 +516,10 @@ impl Sender {
         if self.pending_abort.is_some() {
             return self.emit_pending_abort(buf);
         }
+        if self.hash_due && matches!(self.phase, Phase::Sending(_) | Phase::Closing(..)) {
+            self.hash_due = false;
+            return self.emit_hash(buf);
+        }
         match &mut self.phase {
             Phase::Done(_) => None,
             Phase::Offering(_) => self.send_offer(now, buf),
@@ -504,6 +529,11 @@ impl Sender {
                 }
                 p.due = false;
                 self.stats.probes_sent += 1;
+                if self.hash.is_some() {
+                    // The hash message is the probe: the receiver answers it with the verdict
+                    // (or, lacking chunks, the acks say which).
+                    return self.emit_hash(buf);
+                }
                 match self.count.checked_sub(1) {
                     Some(last) => self.emit_chunk(last, flags::ACK_NOW, source, buf),
                     // An empty file has no chunk to probe with: offer again, which a receiver
@@ -517,6 +547,43 @@ impl Sender {
 
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done(_))
+    }
+
+    /// The whole file's hash, from the driver once it has read the file to its end. Its first
+    /// copy goes out with the next transmission (once the offer is accepted); Closing's probes
+    /// repeat it until the verdict. Only the first call counts: a file has one hash.
+    pub fn set_hash(&mut self, hash: [u8; HASH_LEN]) {
+        if self.hash.is_none() && !self.is_done() {
+            self.hash = Some(hash);
+            self.hash_due = true;
+        }
+    }
+
+    /// Whether the verdict now waits for the hash alone: every chunk is acknowledged (or was
+    /// already there, resume) and [`set_hash`](Self::set_hash) has not been called. The driver
+    /// then reads what it has not read of the file, to hash it.
+    pub fn needs_hash(&self) -> bool {
+        self.hash.is_none() && matches!(self.phase, Phase::Closing(..))
+    }
+
+    /// Whether every chunk has gone out at least once (or was acknowledged without: resume).
+    pub fn all_sent_once(&self) -> bool {
+        self.next_new >= self.count as u64 && !matches!(self.phase, Phase::Offering(_))
+    }
+
+    fn emit_hash(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let hash = self.hash?;
+        self.stats.hashes_sent += 1;
+        let repr = Repr {
+            transfer_id: self.id,
+            seq: self.count,
+            flags: 0,
+            message: Message::Hash(HashRepr {
+                alg: HashAlg::Blake3,
+                hash,
+            }),
+        };
+        repr.emit(buf).ok()
     }
 
     /// The next copy of the offer, if one is due.
@@ -545,7 +612,7 @@ impl Sender {
                 mode: self.meta.mode,
                 mtime: self.meta.mtime,
                 hash_alg: HashAlg::Blake3,
-                hash: self.meta.hash,
+                tag: self.meta.tag,
                 name: self.meta.name.as_bytes(),
             }),
         };
@@ -877,15 +944,19 @@ impl Sender {
     }
 
     fn on_complete(&mut self, complete: &CompleteRepr) {
+        // A verdict is on the hash we sent: before we have one, it is not an answer to us.
+        let Some(ours) = self.hash else {
+            return;
+        };
         let result = match complete.status {
-            CompleteStatus::Verified if complete.hash == self.meta.hash => {
+            CompleteStatus::Verified if complete.hash == ours => {
                 // The verdict implies every chunk arrived, even if their last acks were lost.
                 self.acked.insert_below(self.count);
                 Ok(())
             }
             // Verified against a hash that is not ours, or not verified: either way, not our file.
             _ => Err(SendError::HashMismatch {
-                expected: self.meta.hash,
+                expected: ours,
                 received: complete.hash,
             }),
         };
@@ -942,6 +1013,15 @@ impl Sender {
         self.phase = Phase::Done(result);
     }
 
+    /// The driver could not read the file to hash it: the transfer ends, and the receiver is
+    /// told (an I/O error abort).
+    pub fn fail_io(&mut self, message: String) {
+        if !self.is_done() {
+            let abort = (AbortReason::Io, "sender could not read the file");
+            self.fail(SendError::Hashing(message), Some(abort));
+        }
+    }
+
     fn fail(&mut self, err: SendError, abort: Option<(AbortReason, &'static str)>) {
         self.finish(Err(err));
         self.pending_abort = abort;
@@ -976,7 +1056,7 @@ mod tests {
             size,
             mode: 0o600,
             mtime: 0,
-            hash: [9; HASH_LEN],
+            tag: [9; HASH_LEN],
         };
         Sender::new(
             ID,
@@ -1252,8 +1332,11 @@ mod tests {
         assert_eq!(poll(&mut s, fire + ms(1)).map(|p| p.1), Some(1));
     }
 
+    /// All acknowledged before the file's hash is known: Closing probes with the last chunk;
+    /// once the hash is in, its message goes at once and is the probe from then on; a verdict
+    /// before the hash, or with another count, is not an answer.
     #[test]
-    fn closing_probes_with_the_last_chunk_until_the_verdict() {
+    fn closing_probes_with_the_last_chunk_then_the_hash_until_the_verdict() {
         let t0 = Instant::now();
         let mut s = sender(250, SenderConfig::default(), t0);
         poll(&mut s, t0);
@@ -1263,21 +1346,39 @@ mod tests {
             None,
             "all acked at once: nothing to send"
         );
+        assert!(s.needs_hash());
+        let verdict = CompleteRepr {
+            status: CompleteStatus::Verified,
+            hash: [9; HASH_LEN],
+        };
+        feed(&mut s, t0 + ms(10), 3, Message::Complete(verdict));
+        assert_eq!(
+            s.outcome(),
+            None,
+            "a verdict before our hash answers nothing of ours"
+        );
         let at = s.poll_timeout().unwrap();
         s.handle_timeout(at);
         assert_eq!(
             poll(&mut s, at),
             Some((MessageType::Data, 2, flags::ACK_NOW))
         );
-        // A verdict with another count is ignored; the right one ends it.
-        let verdict = CompleteRepr {
-            status: CompleteStatus::Verified,
-            hash: [9; HASH_LEN],
-        };
+        s.set_hash([9; HASH_LEN]);
+        assert!(!s.needs_hash());
+        assert_eq!(poll(&mut s, at), Some((MessageType::Hash, 3, 0)));
+        assert_eq!(poll(&mut s, at), None);
+        let at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        assert_eq!(
+            poll(&mut s, at),
+            Some((MessageType::Hash, 3, 0)),
+            "the probe"
+        );
         feed(&mut s, at, 2, Message::Complete(verdict));
         assert_eq!(s.outcome(), None);
         feed(&mut s, at, 3, Message::Complete(verdict));
         assert_eq!(s.outcome(), Some(Ok(())));
+        assert_eq!(s.stats().hash, Some([9; HASH_LEN]));
     }
 
     #[test]
@@ -1285,6 +1386,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sender(0, SenderConfig::default(), t0);
         poll(&mut s, t0);
+        s.set_hash([9; HASH_LEN]);
         let verdict = CompleteRepr {
             status: CompleteStatus::Verified,
             hash: [1; HASH_LEN],
@@ -1315,7 +1417,7 @@ mod tests {
             size: u32::MAX as u64 + 1,
             mode: 0,
             mtime: 0,
-            hash: [0; HASH_LEN],
+            tag: [0; HASH_LEN],
         };
         let cfg = SenderConfig {
             chunk_size: 1,
@@ -1332,7 +1434,7 @@ mod tests {
             size: 1 << 20,
             mode: 0,
             mtime: 0,
-            hash: [0; HASH_LEN],
+            tag: [0; HASH_LEN],
         };
         let now = Instant::now();
         // The offer's body is 64 bytes and the name.
