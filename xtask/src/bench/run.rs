@@ -54,6 +54,10 @@ pub struct Run {
     pub reverse_packets: Option<u64>,
     /// The whole machine's context switches and wakeup interrupts.
     pub wakeups: Option<Wakeups>,
+    /// A transfer cut off at the timeout (TCP at 5 % loss each way takes many minutes for
+    /// 512 MiB): the bytes that had arrived, all of them the file's, in `seconds`. Its goodput
+    /// is theirs, a figure for a tool too slow to finish rather than no figure at all.
+    pub partial_bytes: Option<u64>,
 }
 
 impl Run {
@@ -76,12 +80,13 @@ impl Run {
             data_packets: None,
             reverse_packets: None,
             wakeups: None,
+            partial_bytes: None,
         }
     }
 
-    /// MB/s for a file of `size` bytes.
+    /// MB/s for a file of `size` bytes (or for the bytes that arrived before a cut-off).
     pub fn goodput(&self, size: u64) -> f64 {
-        size as f64 / self.seconds.max(1e-9) / 1e6
+        self.partial_bytes.unwrap_or(size) as f64 / self.seconds.max(1e-9) / 1e6
     }
 
     /// `n` per second of the transfer.

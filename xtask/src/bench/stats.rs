@@ -91,7 +91,9 @@ impl PerPacket {
         PerPacket {
             data_kpps: m(&|r| r.data_packets.map(|n| r.per_second(n) / 1e3)),
             reverse_kpps: m(&|r| r.reverse_packets.map(|n| r.per_second(n) / 1e3)),
-            file_bytes_per_data_packet: m(&|r| r.per_data_packet(size as f64)),
+            file_bytes_per_data_packet: m(&|r| {
+                r.per_data_packet(r.partial_bytes.unwrap_or(size) as f64)
+            }),
             context_switches_per_s: m(&wake(|w| w.context_switches)),
             interrupts_per_s: m(&wake(Wakeups::interrupts)),
             loc_per_s: m(&wake(|w| w.loc)),
@@ -118,7 +120,8 @@ pub fn goodput(sums: &Sums, case: Case, tool: Tool) -> Option<f64> {
 /// Summarizes `runs` of a `size`-byte file: only measured runs count towards the figures.
 pub fn summarize(runs: &[Run], size: u64) -> Sums {
     let mut out = Sums::new();
-    let gib = size as f64 / (1u64 << 30) as f64;
+    // GiB a run moved: the file, or what arrived before a cut-off.
+    let gib = |r: &Run| r.partial_bytes.unwrap_or(size) as f64 / (1u64 << 30) as f64;
     let mut groups: BTreeMap<(Case, Tool), Vec<&Run>> = BTreeMap::new();
     for r in runs {
         groups.entry((r.case, r.tool)).or_default().push(r);
@@ -142,9 +145,9 @@ pub fn summarize(runs: &[Run], size: u64) -> Sums {
                 goodput: m(&|r| r.goodput(size)),
                 goodput_min: goodputs.clone().reduce(f64::min),
                 goodput_max: goodputs.reduce(f64::max),
-                send_cpu_per_gib: m(&|r| r.send_cpu / gib),
-                recv_cpu_per_gib: m(&|r| r.recv_cpu / gib),
-                machine_cpu_per_gib: m(&|r| r.machine_cpu / gib),
+                send_cpu_per_gib: m(&|r| r.send_cpu / gib(r)),
+                recv_cpu_per_gib: m(&|r| r.recv_cpu / gib(r)),
+                machine_cpu_per_gib: m(&|r| r.machine_cpu / gib(r)),
                 send_rss_mib: m(&|r| r.send_rss_kib as f64 / 1024.0),
                 recv_rss_mib: m(&|r| r.recv_rss_kib as f64 / 1024.0),
                 retransmissions: median(
