@@ -7,6 +7,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CHUNKS: &str = "CHUNKS";
 /// LPM trie of allowed IPv4 source prefixes.
 pub const MAP_ALLOWLIST: &str = "ALLOWLIST";
+/// Array of one `u32`: 1 while the ring's reader is draining it batch after batch (it naps
+/// between batches and needs no wakeup: the program then submits with `BPF_RB_NO_WAKEUP`),
+/// 0 (the default) when it may be asleep on the ring's fd.
+pub const MAP_READER_BUSY: &str = "READER_BUSY";
 
 /// Load-time setting (`u8`): the IP protocol number of chunk packets.
 pub const GLOBAL_PROTOCOL: &str = "CHUNK_PROTOCOL";

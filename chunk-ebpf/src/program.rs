@@ -1,10 +1,10 @@
 use core::{hint::black_box, mem::size_of, ptr};
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_RB_NO_WAKEUP, xdp_action},
     helpers::generated::{bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -41,6 +41,11 @@ const TAIL_SLACK: usize = 32;
 /// Valid chunk packets for userspace. The loader may resize it.
 #[map]
 static CHUNKS: RingBuf = RingBuf::with_byte_size(RING_DEFAULT_BYTES, 0);
+
+/// 1 while userspace drains the ring batch after batch, 0 when it may be asleep on the ring's fd
+/// (`chunk_common::xdp::MAP_READER_BUSY`).
+#[map]
+static READER_BUSY: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Source prefixes allowed to send chunk packets (IPv4, network byte order). Consulted only when
 /// `ALLOWLIST_ON` is set, so that an empty allowlist means "allow all".
@@ -203,8 +208,13 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     if total == 0 {
         return Err(Counter::Truncated.into());
     }
+    // A reader that drains batch after batch finds this record on its next round: waking it
+    // would cost an interrupt (irq_work, a self-IPI: in a VM an exit) on this CPU, on veth the
+    // sender's, for nothing. Otherwise the kernel decides (it wakes a reader that caught up).
+    let busy = READER_BUSY.get(0).is_some_and(|b| *b != 0);
+    let flags = if busy { BPF_RB_NO_WAKEUP as u64 } else { 0 };
     let rc =
-        unsafe { bpf_ringbuf_output(ptr::addr_of!(CHUNKS) as *mut _, rec as *mut _, total, 0) };
+        unsafe { bpf_ringbuf_output(ptr::addr_of!(CHUNKS) as *mut _, rec as *mut _, total, flags) };
     if rc != 0 {
         return Err(Counter::RingFull.into());
     }

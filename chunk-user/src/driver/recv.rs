@@ -41,6 +41,8 @@ const BATCH: usize = 512;
 /// a 256 MiB transfer on veth). Napping this long between batches makes it one interrupt per
 /// batch, for at most this much extra latency.
 const NAP: Duration = Duration::from_micros(50);
+/// The longest first wait on the ring's fd after napping (see the receive loop).
+const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// What the receive driver needs besides the receive path.
 pub struct RecvConfig {
@@ -86,6 +88,7 @@ pub fn run(
     let mut last_packet = Instant::now();
     let mut draining = false;
     let mut napping = false;
+    let mut just_idle = false;
     let reason = loop {
         if let Some(why) = stop.requested() {
             break why;
@@ -101,6 +104,14 @@ pub fn run(
                 d.min(nap_end).saturating_duration_since(Instant::now())
             }));
         } else {
+            // Just back from napping, the program may have read "busy" an instant before it
+            // was cleared, and submitted without a wakeup: the first wait is bounded.
+            let deadline = if just_idle {
+                let cap = Instant::now() + FIRST_IDLE_WAIT;
+                Some(deadline.map_or(cap, |d| d.min(cap)))
+            } else {
+                deadline
+            };
             wait::until(&rx.fds(), deadline).context("waiting for packets")?;
         }
         let batch = rx
@@ -116,7 +127,12 @@ pub fn run(
                 }
             })
             .context("reading the receive path")?;
+        let was_napping = napping;
         napping = rx.is_ring() && batch.read > 0;
+        // While it drains batch after batch the program need not wake it (BPF_RB_NO_WAKEUP:
+        // no irq_work interrupt on the CPU that runs the program, on veth the sender's).
+        rx.set_reader_busy(napping);
+        just_idle = was_napping && !napping;
         let now = Instant::now();
         // The socket path can wake for a batch of junk only: that is not a sender.
         if batch.accepted > 0 {

@@ -6,7 +6,7 @@ use std::{
     os::fd::{AsFd, BorrowedFd},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader};
 
 use super::rx::Received;
@@ -28,6 +28,8 @@ pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
 /// The reader over the ring buffer. It never blocks: the driver waits on [`ChunkReader::fd`].
 pub struct ChunkReader {
     ring: RingBuf<MapData>,
+    /// The program's reader-busy flag, when the reader drives it ([`set_busy`](Self::set_busy)).
+    busy: Option<(Array<MapData, u32>, bool)>,
     /// Records that did not parse (see [`parse_record`]).
     pub bad_records: u64,
 }
@@ -36,7 +38,27 @@ impl ChunkReader {
     pub fn new(ring: RingBuf<MapData>) -> Self {
         ChunkReader {
             ring,
+            busy: None,
             bad_records: 0,
+        }
+    }
+
+    /// A reader that tells the program when it drains batch after batch (and needs no wakeup).
+    pub fn with_busy_flag(ring: RingBuf<MapData>, flag: Array<MapData, u32>) -> Self {
+        ChunkReader {
+            busy: Some((flag, false)),
+            ..Self::new(ring)
+        }
+    }
+
+    /// Says whether the reader is busy (draining again soon without being woken) or may sleep on
+    /// the fd; a system call only when it changes. Failing to say so costs only wakeups (busy
+    /// not set) or one bounded wait (idle not set: the driver caps its first wait).
+    pub fn set_busy(&mut self, busy: bool) {
+        if let Some((flag, now)) = &mut self.busy {
+            if *now != busy && flag.set(0, u32::from(busy), 0).is_ok() {
+                *now = busy;
+            }
         }
     }
 

@@ -178,7 +178,7 @@ impl RxSource {
                 pinned = ?xdp.pinned(),
                 "XDP program attached"
             );
-            let reader = ChunkReader::new(xdp.take_ring()?);
+            let reader = ChunkReader::with_busy_flag(xdp.take_ring()?, xdp.take_reader_busy()?);
             Kind::Xdp {
                 xdp: Box::new(xdp),
                 reader,
@@ -279,6 +279,14 @@ impl RxSource {
             prog: self.prog_info(),
             pinned: self.pinned().map(|p| p.display().to_string()),
             counters: self.counters().unwrap_or_default(),
+        }
+    }
+
+    /// Tells the XDP program whether the reader drains the ring batch after batch (no wakeups
+    /// needed) or may sleep on its fd. Nothing for the socket path.
+    pub fn set_reader_busy(&mut self, busy: bool) {
+        if let Kind::Xdp { reader, .. } = &mut self.kind {
+            reader.set_busy(busy);
         }
     }
 

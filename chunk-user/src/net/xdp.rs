@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, Xdp, xdp::XdpMode},
 };
 use aya_log::EbpfLogger;
@@ -281,6 +281,18 @@ impl XdpReceiver {
     pub fn counters(&self) -> Result<Counters, XdpError> {
         read_counters(&self.counters).map_err(|source| XdpError::Map {
             name: names::MAP_COUNTERS,
+            source,
+        })
+    }
+
+    /// Takes the reader-busy flag (once; see `chunk_common::xdp::MAP_READER_BUSY`).
+    pub fn take_reader_busy(&mut self) -> Result<Array<MapData, u32>, XdpError> {
+        let map = self
+            .ebpf
+            .take_map(names::MAP_READER_BUSY)
+            .ok_or(XdpError::MissingMap(names::MAP_READER_BUSY))?;
+        Array::try_from(map).map_err(|source| XdpError::Map {
+            name: names::MAP_READER_BUSY,
             source,
         })
     }
