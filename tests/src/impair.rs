@@ -53,6 +53,8 @@ pub struct Impairments {
     pub loss: f64,
     /// Gilbert–Elliott burst loss: (good → bad, bad → good) per frame.
     pub burst: Option<(f64, f64)>,
+    /// Count the bytes each flow delivers towards the receiver ([`ImpairStats::flows`]).
+    pub count_flows: bool,
 }
 
 /// What the bridge did, for assertions.
@@ -68,6 +70,57 @@ pub struct ImpairStats {
     pub duplicated: AtomicU64,
     pub reordered: AtomicU64,
     pub corrupted: AtomicU64,
+    /// The same, and more, for each direction on its own: [`TO_RECEIVER`] and [`TO_SENDER`].
+    pub dirs: [DirStats; 2],
+    /// With [`Impairments::count_flows`]: the wire bytes each flow delivered towards the
+    /// receiver, by [`flow_key`].
+    pub flows: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+/// [`ImpairStats::dirs`]' index of the direction sender → receiver.
+pub const TO_RECEIVER: usize = 0;
+/// [`ImpairStats::dirs`]' index of the direction receiver → sender.
+pub const TO_SENDER: usize = 1;
+
+/// What one direction of the bridge did.
+#[derive(Debug, Default)]
+pub struct DirStats {
+    /// Frames that left the delay line at the far end.
+    pub delivered: AtomicU64,
+    /// Their bytes as the bottleneck counts them: the frame plus 24 bytes of preamble, gap and
+    /// FCS ([`WIRE_OVERHEAD`]).
+    pub delivered_wire_bytes: AtomicU64,
+    pub lost: AtomicU64,
+    pub queue_drops: AtomicU64,
+    pub peak_queue_bytes: AtomicU64,
+}
+
+/// Bytes a frame costs on the wire beyond its own: preamble and start delimiter (8),
+/// inter-frame gap (12) and FCS (4).
+pub const WIRE_OVERHEAD: u64 = 24;
+
+/// A flow's key for [`ImpairStats::flows`]: the IP protocol in the top byte and, below it,
+/// the TCP or UDP ports (source, destination), or a chunk packet's transfer id; 0 for a frame
+/// that is not IPv4.
+pub fn flow_key(frame: &[u8], chunk_protocol: u8) -> u64 {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return 0;
+    }
+    let proto = frame[14 + 9];
+    let l4 = 14 + (frame[14] & 0x0f) as usize * 4;
+    let word = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let id = if proto == chunk_protocol {
+        word(l4 + 8)
+    } else if proto == libc::IPPROTO_TCP as u8 || proto == libc::IPPROTO_UDP as u8 {
+        word(l4)
+    } else {
+        0
+    };
+    (u64::from(proto) << 56) | u64::from(id)
 }
 
 /// `sender` 198.18.3.1 — bridge — `receiver` 198.18.3.2.
@@ -99,6 +152,11 @@ impl Bridged {
                 VethEnd::new(&bridge, br_if),
                 None,
             )?;
+            // One segment per frame: the bridge forwards frames of the link's MTU, and TCP's
+            // segmentation-offload packets (tens of kilobytes) would not fit the far veth.
+            // And whole checksums: the bridge's copy of an offloaded one is a partial sum.
+            host.ip(&["link", "set", "dev", host_if, "gso_max_segs", "1"])?;
+            crate::veth::tx_checksum_off(host, host_if)?;
         }
         let stats = Arc::new(ImpairStats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -334,6 +392,7 @@ fn run_bridge(
             while line.frames.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, f) = line.frames.pop_front().expect("a frame is due");
                 ends[1 - dir].send(&f);
+                delivered(stats, dir, &f, &imp);
             }
             if let Some((at, _)) = line.frames.front() {
                 next_due = next_due.min(*at);
@@ -362,6 +421,7 @@ fn run_bridge(
             for (dir, h) in held.iter_mut().enumerate() {
                 if let Some((f, _)) = h.take() {
                     ends[1 - dir].send(&f);
+                    delivered(stats, dir, &f, &imp);
                 }
             }
             continue;
@@ -402,13 +462,17 @@ fn run_bridge(
                 for f in out {
                     line_in(
                         &mut lines[dir],
+                        dir,
                         f,
                         &imp,
                         queue_limit,
                         &mut rng,
                         stats,
                         delays,
-                        |f| ends[1 - dir].send(f),
+                        |f| {
+                            ends[1 - dir].send(f);
+                            delivered(stats, dir, f, &imp);
+                        },
                     );
                 }
             }
@@ -417,11 +481,24 @@ fn run_bridge(
     Ok(())
 }
 
+/// Counts a frame that left direction `dir` at the far end.
+fn delivered(stats: &ImpairStats, dir: usize, frame: &[u8], imp: &Impairments) {
+    let d = &stats.dirs[dir];
+    let wire = frame.len() as u64 + WIRE_OVERHEAD;
+    d.delivered.fetch_add(1, Ordering::Relaxed);
+    d.delivered_wire_bytes.fetch_add(wire, Ordering::Relaxed);
+    if imp.count_flows && dir == TO_RECEIVER {
+        let mut flows = stats.flows.lock().unwrap_or_else(|p| p.into_inner());
+        *flows.entry(flow_key(frame, imp.protocol)).or_default() += wire;
+    }
+}
+
 /// One frame into a direction's delay line: lost, dropped by a full queue, sent at once (no
 /// delay line configured), or queued to leave when the bottleneck and the delay let it.
 #[allow(clippy::too_many_arguments)]
 fn line_in(
     line: &mut Line,
+    dir: usize,
     frame: Vec<u8>,
     imp: &Impairments,
     queue_limit: u64,
@@ -439,6 +516,7 @@ fn line_in(
     }
     if line.bad || rng.chance(imp.loss) {
         stats.lost.fetch_add(1, Ordering::Relaxed);
+        stats.dirs[dir].lost.fetch_add(1, Ordering::Relaxed);
         return;
     }
     if !delays {
@@ -450,13 +528,15 @@ fn line_in(
         let queued = line.queued_bytes(now);
         if queued + frame.len() as u64 > queue_limit {
             stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            stats.dirs[dir].queue_drops.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        stats
+        let depth = queued + frame.len() as u64;
+        stats.peak_queue_bytes.fetch_max(depth, Ordering::Relaxed);
+        stats.dirs[dir]
             .peak_queue_bytes
-            .fetch_max(queued + frame.len() as u64, Ordering::Relaxed);
-        // On the wire: the frame and 24 bytes of preamble, gap and FCS.
-        let bits = (frame.len() as u64 + 24) * 8;
+            .fetch_max(depth, Ordering::Relaxed);
+        let bits = (frame.len() as u64 + WIRE_OVERHEAD) * 8;
         let start = line.busy_until.map_or(now, |b| b.max(now));
         let done = start + Duration::from_secs_f64(bits as f64 / imp.rate_bps as f64);
         line.busy_until = Some(done);

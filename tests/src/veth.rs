@@ -77,3 +77,43 @@ pub fn veth_pair(a: VethEnd, b: VethEnd, mtu: Option<u32>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Turns off transmit checksum offload on `ifname` in `ns` (the ethtool ioctl, as `ethtool -K
+/// IF tx off` does; the tool itself is not installed here), so the kernel fills in TCP and
+/// UDP checksums before the frame leaves. Needed where frames are copied through AF_PACKET
+/// (the impairment bridge): an offloaded checksum is still a partial sum when the copy is
+/// taken, and the far host would drop the frame as corrupt.
+pub fn tx_checksum_off(ns: &crate::Netns, ifname: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    /// `ETHTOOL_STXCSUM` from linux/ethtool.h.
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let name = ifname.to_string();
+    ns.enter(move || -> Result<()> {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        if name.len() >= ifr.ifr_name.len() {
+            anyhow::bail!("interface name {name} too long");
+        }
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+        if rc != 0 {
+            anyhow::bail!(
+                "ETHTOOL_STXCSUM off on {name}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })?
+}

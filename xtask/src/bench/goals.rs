@@ -65,6 +65,8 @@ fn prefix(case: Case) -> &'static str {
         Case::Loss1 => "1 % loss",
         Case::Loss5 => "5 % loss",
         Case::Flood => "flood",
+        Case::Wan => "WAN",
+        Case::Share => "sharing",
     }
 }
 

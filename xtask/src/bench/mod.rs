@@ -31,6 +31,7 @@ mod stats;
 mod tools;
 mod topology;
 mod wakeups;
+mod wan;
 mod xdp_cost;
 
 use std::{
@@ -60,6 +61,11 @@ pub enum Case {
     Loss5,
     /// Junk packets at full rate from a second sender during the transfer.
     Flood,
+    /// The WAN grid: a rate-limited delay line at every `--wan-rtts` × `--wan-loss`, and one
+    /// burst-loss case (see the `--wan-*` options).
+    Wan,
+    /// Two flows on one WAN bottleneck: chunk + chunk, chunk + TCP CUBIC, chunk + TCP BBR.
+    Share,
 }
 
 impl Case {
@@ -70,7 +76,14 @@ impl Case {
             Case::Loss1 => "loss1",
             Case::Loss5 => "loss5",
             Case::Flood => "flood",
+            Case::Wan => "wan",
+            Case::Share => "share",
         }
+    }
+
+    /// Whether the case runs on the LAN topology (router, nftables loss), not the delay line.
+    fn is_lan(self) -> bool {
+        !matches!(self, Case::Wan | Case::Share)
     }
 
     /// The share of forwarded packets the router drops, each way, in percent.
@@ -78,7 +91,7 @@ impl Case {
         match self {
             Case::Loss1 => 1,
             Case::Loss5 => 5,
-            Case::Clean | Case::Flood => 0,
+            Case::Clean | Case::Flood | Case::Wan | Case::Share => 0,
         }
     }
 
@@ -89,6 +102,8 @@ impl Case {
             Case::Loss1 => "1 % loss each way",
             Case::Loss5 => "5 % loss each way",
             Case::Flood => "junk flood",
+            Case::Wan => "WAN grid",
+            Case::Share => "WAN sharing",
         }
     }
 }
@@ -108,7 +123,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// Cases: clean, loss1, loss5 (percent lost each way), flood (junk packets at full rate
-    /// from a second sender during the transfer).
+    /// from a second sender during the transfer) on the LAN; wan (the delay-line grid of the
+    /// --wan-* options) and share (two flows on one WAN bottleneck).
     #[arg(
         long,
         value_delimiter = ',',
@@ -140,6 +156,8 @@ pub struct BenchArgs {
     /// Stop starting new runs after this many minutes (what ran is reported).
     #[arg(long, default_value_t = 25)]
     max_minutes: u64,
+    #[command(flatten)]
+    wan: wan::WanArgs,
 }
 
 /// Whether the first `n` bytes of `a` and `b` are the same.
@@ -308,6 +326,45 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
         bail!("--mtu {} is outside 576..=9000", args.mtu);
     }
     let bin = bin.to_str().context("binary path")?.to_string();
+    let lan_cases: Vec<Case> = args.cases.iter().copied().filter(|c| c.is_lan()).collect();
+    if !lan_cases.is_empty() {
+        let lan = BenchArgs {
+            cases: lan_cases,
+            ..args.clone()
+        };
+        run_lan(&bin, &lan)?;
+    }
+    let (grid, share) = (
+        args.cases.contains(&Case::Wan),
+        args.cases.contains(&Case::Share),
+    );
+    if grid || share {
+        let out = crate::workspace_root().join("target/bench");
+        std::fs::create_dir_all(&out)?;
+        let work = PathBuf::from(format!("/dev/shm/chunk-bench-wan-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let _cleanup = Cleanup(work.clone());
+        let ns = chunk_tests::Netns::new("bench-m")?;
+        let machine = Machine::read(&ns);
+        drop(ns);
+        eprint!("bench: {}", machine.markdown());
+        wan::run(&bin, &args.wan, grid, share, &work, &out, &machine)?;
+    }
+    Ok(())
+}
+
+/// Removes the benchmark's work directory.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The LAN cases: every tool in every case of `args.cases` through the router.
+fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
+    let bin = bin.to_string();
     let socket_mode = has_socket_mode(&bin);
     if !socket_mode {
         eprintln!("bench: this chunk recv has no --mode socket: chunk-socket is reported n/a");
@@ -317,12 +374,6 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     // Files live in memory, so that no tool waits for the disk.
     let work = PathBuf::from(format!("/dev/shm/chunk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _cleanup = Cleanup(work.clone());
     let file = work.join("bench.bin");
     let size = args.size_mib << 20;
@@ -457,14 +508,31 @@ mod fixtures {
         BenchArgs {
             size_mib: 64,
             rounds: 3,
-            cases: Case::value_variants().to_vec(),
+            cases: lan_cases(),
             tools: Tool::value_variants().to_vec(),
             mtu: 1500,
             rss_check: false,
             rss_dir: None,
             timeout_s: 1,
             max_minutes: 1,
+            wan: wan::WanArgs {
+                wan_rate_mbit: 200,
+                wan_rtts: vec![20, 100],
+                wan_loss: vec![0, 1],
+                wan_size_mib: 1,
+                wan_tools: vec![wan::WanTool::ChunkXdp, wan::WanTool::TcpCubic],
+                wan_cut_off_s: 1,
+            },
         }
+    }
+
+    /// The LAN cases, in their order.
+    pub fn lan_cases() -> Vec<Case> {
+        Case::value_variants()
+            .iter()
+            .copied()
+            .filter(|c| c.is_lan())
+            .collect()
     }
 
     pub fn machine() -> Machine {
@@ -486,7 +554,7 @@ mod fixtures {
     /// Made-up runs: three rounds of every tool in every case, chunk-socket missing.
     pub fn runs() -> Vec<Run> {
         let mut v = Vec::new();
-        for (ci, &case) in Case::value_variants().iter().enumerate() {
+        for (ci, &case) in lan_cases().iter().enumerate() {
             for (ti, &tool) in Tool::value_variants().iter().enumerate() {
                 for round in 0..3 {
                     v.push(Run {
@@ -543,7 +611,7 @@ mod tests {
     #[test]
     fn the_command_line_takes_the_same_names_as_before() {
         let all = parse(&[]).unwrap();
-        assert_eq!(all.cases, Case::value_variants());
+        assert_eq!(all.cases, fixtures::lan_cases());
         assert_eq!(all.tools, Tool::value_variants());
         let some = parse(&[
             "--cases",
@@ -558,6 +626,10 @@ mod tests {
             [Tool::Uftp, Tool::ChunkXdp, Tool::Nc, Tool::ChunkSocket]
         );
         assert!(parse(&["--cases", "loss2"]).is_err());
+        let wan = parse(&["--cases", "wan,share", "--wan-rtts", "50,200"]).unwrap();
+        assert_eq!(wan.cases, [Case::Wan, Case::Share]);
+        assert_eq!(wan.wan.wan_rtts, [50, 200]);
+        assert_eq!(wan.wan.wan_loss, [0, 1, 5]);
         assert!(parse(&["--tools", "tcp"]).is_err());
         // The spelling on the command line is the one in the results.
         for c in Case::value_variants() {

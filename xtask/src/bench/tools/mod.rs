@@ -77,14 +77,14 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
 
 /// Sends SIGTERM to the children of `pid` (the program `/usr/bin/time` runs), so that time
 /// itself lives to write its figures.
-fn term_children(pid: u32) {
+pub(super) fn term_children(pid: u32) {
     let _ = Command::new("pkill")
         .args(["-TERM", "-P", &pid.to_string()])
         .status();
 }
 
 /// Waits until something listens on `port` (TCP or UDP) in `ns`.
-fn wait_listening(ns: &Netns, port: &str) -> Result<()> {
+pub(super) fn wait_listening(ns: &Netns, port: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let out = ns.exec("ss", &["-lntuH"]).unwrap_or_default();

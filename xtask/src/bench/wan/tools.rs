@@ -1,0 +1,348 @@
+//! The WAN cases' tools, one driver each, on a [`Bridged`] link: chunk (its receiver on XDP),
+//! TCP with a congestion control chosen per socket, and UFTP given the link's rate. Each
+//! fills in what it knows of a [`WanRun`]; the caller checks the file and reads the bridge.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use chunk_tests::{Bridged, Daemon, Netns, ReadyRecv, spawn_recv};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::WanRun;
+use crate::bench::tools::output_within;
+
+/// A tool of the WAN cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum WanTool {
+    /// chunk, the receiver on XDP.
+    ChunkXdp,
+    /// TCP CUBIC (most distributions' default), chosen per socket with `TCP_CONGESTION`.
+    TcpCubic,
+    /// TCP BBR (this machine's default), chosen per socket with `TCP_CONGESTION`.
+    TcpBbr,
+    /// UFTP by unicast, given the link's rate (`-R`), as its users would.
+    Uftp,
+}
+
+impl WanTool {
+    pub fn name(self) -> &'static str {
+        match self {
+            WanTool::ChunkXdp => "chunk-xdp",
+            WanTool::TcpCubic => "tcp-cubic",
+            WanTool::TcpBbr => "tcp-bbr",
+            WanTool::Uftp => "uftp",
+        }
+    }
+}
+
+impl Serialize for WanTool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// What a driver needs for one transfer.
+pub struct Job<'a> {
+    pub net: &'a Bridged,
+    pub bin: &'a str,
+    pub file: &'a Path,
+    pub out_dir: &'a Path,
+    /// The link's rate, bits per second (UFTP is told it).
+    pub rate_bps: u64,
+    /// How long the transfer may take: TCP and UFTP are then measured by what arrived.
+    pub cut_off: Duration,
+}
+
+impl Job<'_> {
+    fn dest(&self) -> std::path::PathBuf {
+        self.out_dir
+            .join(self.file.file_name().expect("a file name"))
+    }
+}
+
+/// Moves the file with `tool`; `started` is called when the sender starts (the clock's zero).
+pub fn run(tool: WanTool, job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
+    match tool {
+        WanTool::ChunkXdp => chunk(job, run, started),
+        WanTool::TcpCubic => tcp(job, "cubic", run, started),
+        WanTool::TcpBbr => tcp(job, "bbr", run, started),
+        WanTool::Uftp => uftp(job, run, started),
+    }
+}
+
+/// `chunk recv --exit-after 1` on XDP, then `chunk send --json`, which returns once the
+/// receiver confirmed the file's hash.
+fn chunk(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
+    let receiver = chunk_receiver(job, 1)?;
+    let sent = chunk_sender(job, run, started);
+    let status = receiver.daemon.wait(Duration::from_secs(20));
+    sent?;
+    let status = status?;
+    if !status.success() {
+        bail!("chunk recv exited with {status}");
+    }
+    Ok(())
+}
+
+/// `chunk recv` on XDP into `job.out_dir`, exiting after `files` files.
+pub fn chunk_receiver(job: &Job, files: u32) -> Result<ReadyRecv> {
+    let net = job.net;
+    spawn_recv(
+        net.receiver.command(job.bin),
+        net.receiver_if,
+        job.out_dir,
+        &["--exit-after", &files.to_string()],
+    )
+}
+
+/// `chunk send --json` of `job.file`, which returns once the receiver confirmed its hash.
+pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
+    let net = job.net;
+    let mut sc = net.sender.command(job.bin);
+    sc.args([
+        "send",
+        "--json",
+        "--quiet",
+        "--to",
+        &net.receiver_addr.to_string(),
+        "--timeout",
+        "30",
+    ])
+    .arg(job.file);
+    started();
+    let t0 = Instant::now();
+    let out = output_within(sc, job.cut_off)?;
+    run.seconds = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "chunk send failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("chunk send's JSON")?;
+    let f = &v["files"][0];
+    run.retransmissions = f["retransmitted"].as_u64();
+    run.srtt_ms = f["srtt_ms"].as_f64();
+    run.chunks = f["chunks"].as_u64();
+    Ok(())
+}
+
+/// Sets the namespace's TCP buffer limits so that autotuning may grow a socket's buffers to
+/// 64 MiB, more than twice the largest bandwidth-delay product the cases make (200 Mbit/s ×
+/// 600 ms = 15 MB, as much again in the queue): TCP is limited by its congestion control,
+/// never by its window.
+fn tcp_buffers(ns: &Netns) -> Result<()> {
+    for (key, v) in [
+        ("net.ipv4.tcp_rmem", "4096 131072 67108864"),
+        ("net.ipv4.tcp_wmem", "4096 65536 67108864"),
+    ] {
+        ns.exec("sysctl", &["-qw", &format!("{key}={v}")])?;
+    }
+    Ok(())
+}
+
+/// TCP segments `ns` has retransmitted since it was made.
+fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
+    let out = ns.exec("nstat", &["-asz", "TcpRetransSegs"]).ok()?;
+    out.lines()
+        .find(|l| l.starts_with("TcpRetransSegs"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+const TCP_PORT: u16 = 5001;
+
+/// TCP with `cc` (set on the sender's socket with `TCP_CONGESTION`, so the namespace's default
+/// does not matter): the receiver writes the stream to the file, the sender sends the file and
+/// closes; done when the receiver has read the end of the stream. Cut off after `job.cut_off`
+/// and then measured by the bytes that arrived.
+fn tcp(job: &Job, cc: &str, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
+    let net = job.net;
+    tcp_buffers(&net.sender)?;
+    tcp_buffers(&net.receiver)?;
+    let listener = net.receiver.enter(|| {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, TCP_PORT))
+            .context("TCP listener")
+    })??;
+    let to = SocketAddr::V4(SocketAddrV4::new(net.receiver_addr, TCP_PORT));
+    let dest = job.dest();
+    let cut_off = job.cut_off;
+    let file = job.file;
+    started();
+    let t0 = Instant::now();
+    let deadline = t0 + cut_off;
+    let (received, sent) = std::thread::scope(|s| {
+        let rx = s.spawn(|| -> Result<(u64, Duration)> {
+            listener.set_nonblocking(true)?;
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            bail!("no TCP connection in {} s", cut_off.as_secs());
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            conn.set_nonblocking(false)?;
+            conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&dest)?);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        out.write_all(&buf[..n])?;
+                        got += n as u64;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if Instant::now() > deadline + Duration::from_secs(1) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let at = t0.elapsed();
+            out.flush()?;
+            Ok((got, at))
+        });
+        let tx = s.spawn(|| -> Result<bool> {
+            net.sender.enter(|| -> Result<bool> {
+                use socket2::{Domain, Protocol, Socket, Type};
+                let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                sock.set_tcp_congestion(cc.as_bytes())
+                    .with_context(|| format!("TCP_CONGESTION {cc}"))?;
+                sock.connect(&to.into())?;
+                sock.set_write_timeout(Some(Duration::from_millis(200)))?;
+                let mut conn: std::net::TcpStream = sock.into();
+                let mut f = std::fs::File::open(file)?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    let mut at = 0;
+                    while at < n {
+                        if Instant::now() > deadline {
+                            // Cut off: the receiver keeps what arrived.
+                            return Ok(false);
+                        }
+                        match conn.write(&buf[at..n]) {
+                            Ok(k) => at += k,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                conn.shutdown(std::net::Shutdown::Write)?;
+                // Wait for the receiver to close: it has read everything.
+                conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let mut one = [0u8; 1];
+                while Instant::now() < deadline + Duration::from_secs(1) {
+                    match conn.read(&mut one) {
+                        Ok(_) => break,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+                Ok(true)
+            })?
+        });
+        let sent = tx
+            .join()
+            .map_err(|_| anyhow::anyhow!("TCP sender panicked"));
+        let received = rx
+            .join()
+            .map_err(|_| anyhow::anyhow!("TCP receiver panicked"));
+        (received, sent)
+    });
+    // The sender's error first: it explains a receiver that saw no connection.
+    let whole = sent??;
+    let (got, at) = received??;
+    run.seconds = at.as_secs_f64();
+    run.retransmissions = tcp_retransmissions(&net.sender);
+    let size = std::fs::metadata(file)?.len();
+    if !whole || got < size {
+        if got == 0 {
+            bail!("TCP moved nothing in {} s", cut_off.as_secs());
+        }
+        run.partial_bytes = Some(got);
+    }
+    Ok(())
+}
+
+/// UFTP's block for a 1500-byte MTU (as the LAN cases' driver picks it).
+const UFTP_BLOCK: u64 = 1400;
+
+/// `uftpd` on the receiver; `uftp` to it by unicast at the link's rate (`-R`, in Kbit/s).
+fn uftp(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
+    let net = job.net;
+    let mut rc = net.receiver.command("uftpd");
+    rc.args(["-d", "-x", "0", "-D"]).arg(job.out_dir);
+    let receiver = Daemon::spawn(rc, "uftpd")?;
+    crate::bench::tools::wait_listening(&net.receiver, "1044")?;
+    let mut sc = net.sender.command("uftp");
+    sc.args([
+        "-M",
+        &net.receiver_addr.to_string(),
+        "-R",
+        &(job.rate_bps / 1000).to_string(),
+        "-Y",
+        "none",
+        "-x",
+        "0",
+        "-b",
+        &UFTP_BLOCK.to_string(),
+    ])
+    .arg(job.file);
+    started();
+    let t0 = Instant::now();
+    let out = output_within(sc, job.cut_off);
+    run.seconds = t0.elapsed().as_secs_f64();
+    crate::bench::tools::term_children(receiver.id());
+    receiver.signal(libc::SIGTERM);
+    let _ = receiver.wait(Duration::from_secs(10));
+    let out = out?;
+    if !out.status.success() {
+        bail!(
+            "uftp failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // UFTP does not count its retransmissions: the data packets the bridge took in beyond
+    // the file's blocks stand in for them (a handful are its announcements and status).
+    let size = std::fs::metadata(job.file)?.len();
+    let d = &net.stats.dirs[chunk_tests::impair::TO_RECEIVER];
+    let seen = [&d.delivered, &d.lost, &d.queue_drops]
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        .sum::<u64>();
+    run.retransmissions = Some(seen.saturating_sub(size.div_ceil(UFTP_BLOCK)));
+    Ok(())
+}
