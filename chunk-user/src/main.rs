@@ -32,6 +32,10 @@ enum Command {
     /// Measure the XDP program's cost per packet in the kernel (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     XdpCost(cmd::xdp_cost::XdpCostArgs),
+    /// Run one transfer on the protocol core's simulated network and print its figures as JSON
+    /// (for the benchmark, next to the real link's).
+    #[command(hide = true)]
+    Sim(cmd::sim::SimArgs),
 }
 
 /// Errors reach the user as one message with its causes (`chunk: opening …: reason`), never as a
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Listen(a) => cmd::listen::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::XdpCost(a) => cmd::xdp_cost::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
         Command::Stats(a) => cmd::stats::run(a),
     };
     match result {

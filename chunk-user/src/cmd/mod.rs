@@ -4,5 +4,6 @@ pub mod listen;
 pub mod probe;
 pub mod recv;
 pub mod send;
+pub mod sim;
 pub mod stats;
 pub mod xdp_cost;

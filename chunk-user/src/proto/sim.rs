@@ -2,7 +2,8 @@
 //!
 //! One or more [`Sender`]s talk to one [`Receiver`] through two one-way [`LinkConfig`] links (data
 //! up, control down). A link is a drop-tail queue drained at its rate, then a propagation delay
-//! with jitter; it can also drop, duplicate, delay (reorder) and corrupt packets at random. Corrupt
+//! with jitter; it can also drop (independently, or in bursts: a Gilbert–Elliott chain),
+//! duplicate, delay (reorder) and corrupt packets at random. Corrupt
 //! packets are bit-flipped *after* they were emitted and go through [`Repr::parse_bytes`] (checksum
 //! included) before a core sees them, as the kernel and the socket layer would do.
 //!
@@ -28,8 +29,8 @@ use super::receiver::{Event, Receiver, ReceiverConfig, ReceiverStats};
 use super::sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
 use super::storage::{HashCheck, OfferInfo, Opened, Refusal, Storage};
 
-/// Bytes of IPv4 header each packet carries on a link (counted against the link's rate).
-const IP_HEADER: usize = 20;
+/// Bytes of IPv4 header each packet carries on a link: [`LinkConfig::overhead`]'s default.
+const IP_HEADER: u32 = 20;
 
 /// One direction of the path.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,8 +43,16 @@ pub struct LinkConfig {
     pub delay: Duration,
     /// Extra delay, uniform in `0..jitter`, per packet (reorders packets closer than that).
     pub jitter: Duration,
-    /// Probability that a packet is lost.
+    /// Probability that a packet is lost (in the good state, when `burst` is set).
     pub loss: f64,
+    /// Burst loss, a Gilbert–Elliott chain: per packet offered, the link goes from the good state
+    /// to the bad one with probability `.0` and back with `.1`; in the bad state every packet is
+    /// lost. The state moves before the loss decision. `None`: independent losses only.
+    pub burst: Option<(f64, f64)>,
+    /// Bytes each packet costs on the link beyond the chunk packet itself, against the rate and
+    /// the queue: 20 (the IPv4 header) by default; an Ethernet link costs 58 (IPv4 20, Ethernet
+    /// header 14, preamble, inter-frame gap and FCS 24).
+    pub overhead: u32,
     /// Probability that a packet arrives twice.
     pub duplicate: f64,
     /// Probability that a packet is held back by `reorder_delay`.
@@ -64,6 +73,8 @@ impl LinkConfig {
             delay,
             jitter: Duration::ZERO,
             loss: 0.0,
+            burst: None,
+            overhead: IP_HEADER,
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::ZERO,
@@ -78,7 +89,7 @@ pub struct LinkStats {
     /// Packets offered to the link.
     pub packets: u64,
     pub bytes: u64,
-    /// Dropped at random.
+    /// Dropped at random (`loss`, or in a `burst`).
     pub lost: u64,
     /// Dropped because the queue was full.
     pub queue_drops: u64,
@@ -103,6 +114,8 @@ struct Link {
     cfg: LinkConfig,
     /// When the queue will have drained (virtual ns).
     busy_until: u64,
+    /// The burst-loss chain is in its bad state (every packet lost).
+    bad: bool,
     stats: LinkStats,
 }
 
@@ -181,6 +194,7 @@ impl<S: Storage> Sim<S> {
         let link = |cfg| Link {
             cfg,
             busy_until: 0,
+            bad: false,
             stats: LinkStats::default(),
         };
         Self {
@@ -397,11 +411,21 @@ impl<S: Storage> Sim<S> {
         let cfg = &link.cfg;
         link.stats.packets += 1;
         link.stats.bytes += bytes.len() as u64;
-        if cfg.loss > 0.0 && rng.r#gen::<f64>() < cfg.loss {
+        // The burst chain moves first, then the loss decision (as the real link emulator does);
+        // no draw for a zero probability, so a link without loss draws nothing here.
+        let mut chance = |p: f64| p > 0.0 && rng.r#gen::<f64>() < p;
+        if let Some((to_bad, to_good)) = cfg.burst {
+            link.bad = if link.bad {
+                !chance(to_good)
+            } else {
+                chance(to_bad)
+            };
+        }
+        if link.bad || chance(cfg.loss) {
             link.stats.lost += 1;
             return;
         }
-        let wire = (bytes.len() + IP_HEADER) as u64;
+        let wire = bytes.len() as u64 + cfg.overhead as u64;
         let departs = if cfg.rate_bps == 0 {
             now
         } else {
@@ -892,5 +916,126 @@ mod tests {
         // The last kept packet leaves after 45 × 1440 × 8 / 10 Mbit/s = 51.84 ms, plus 5 ms.
         let last = sim.queue.iter().map(|Reverse(a)| a.at).max().unwrap();
         assert_eq!(last, 51_840_000 + 5_000_000);
+    }
+
+    /// A sim whose links are `up` and a clean copy of it down, and a small data packet.
+    fn bare_sim(up: LinkConfig) -> (Sim<GeneratorSink>, Vec<u8>) {
+        let sim = Sim::new(
+            1,
+            up.clone(),
+            LinkConfig::new(up.rate_bps, up.delay),
+            Receiver::new(ReceiverConfig::default()),
+            GeneratorSink::new(1),
+        );
+        let pkt = Repr {
+            transfer_id: 1,
+            seq: 0,
+            flags: 0,
+            message: chunk_common::wire::Message::Data { payload: &[0; 16] },
+        };
+        let mut buf = vec![0; 100];
+        let n = pkt.emit(&mut buf).unwrap();
+        buf.truncate(n);
+        (sim, buf)
+    }
+
+    #[test]
+    fn burst_loss_follows_the_chain() {
+        // Good → bad with 1 %, bad → good with 25 %: the bad state's stationary share is
+        // 0.01 / 0.26 = 3.85 %, and a run of losses lasts 1 / 0.25 = 4 packets on average.
+        let (to_bad, to_good) = (0.01, 0.25);
+        let mut up = LinkConfig::new(0, Duration::from_millis(1));
+        up.burst = Some((to_bad, to_good));
+        let (mut sim, pkt) = bare_sim(up);
+        const N: u64 = 400_000;
+        let (mut runs, mut in_run) = (0u64, false);
+        for i in 0..N {
+            let before = sim.link_stats(Dir::Up).lost;
+            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+            let lost = sim.link_stats(Dir::Up).lost > before;
+            if lost && !in_run {
+                runs += 1;
+            }
+            in_run = lost;
+            if i % 10_000 == 0 {
+                sim.queue.clear();
+            }
+        }
+        let st = sim.link_stats(Dir::Up).clone();
+        assert_eq!(st.packets, N);
+        assert_eq!(st.queue_drops, 0);
+        let rate = st.lost as f64 / N as f64;
+        let stationary = to_bad / (to_bad + to_good);
+        assert!(
+            (rate / stationary - 1.0).abs() < 0.1,
+            "loss rate {rate}, stationary {stationary}"
+        );
+        let mean_run = st.lost as f64 / runs as f64;
+        assert!(
+            (mean_run * to_good - 1.0).abs() < 0.1,
+            "mean run {mean_run}, expected {}",
+            1.0 / to_good
+        );
+        // Independent losses at the same rate would come in runs of 1 / (1 - 0.0385) ≈ 1.04.
+        assert!(mean_run > 3.0);
+
+        // In the good state `loss` still applies: 3.85 % + 96.15 % × 2 % = 5.77 %.
+        let mut up = LinkConfig::new(0, Duration::from_millis(1));
+        up.burst = Some((to_bad, to_good));
+        up.loss = 0.02;
+        let (mut sim, pkt) = bare_sim(up);
+        for i in 0..N {
+            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+            if i % 10_000 == 0 {
+                sim.queue.clear();
+            }
+        }
+        let rate = sim.link_stats(Dir::Up).lost as f64 / N as f64;
+        let expected = stationary + (1.0 - stationary) * 0.02;
+        assert!(
+            (rate / expected - 1.0).abs() < 0.1,
+            "loss rate {rate}, expected {expected}"
+        );
+    }
+
+    #[test]
+    fn overhead_is_charged_against_the_rate() {
+        // 1000 packets of 36 bytes at 1 Mbit/s: the last leaves after 1000 × (36 + overhead) × 8 µs.
+        for overhead in [20u32, 58, 100] {
+            let mut up = LinkConfig::new(1_000_000, Duration::from_millis(5));
+            up.queue_bytes = u64::MAX / 2;
+            up.overhead = overhead;
+            let (mut sim, pkt) = bare_sim(up);
+            for _ in 0..1000 {
+                sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+            }
+            let last = sim.queue.iter().map(|Reverse(a)| a.at).max().unwrap();
+            let wire = (pkt.len() as u64 + overhead as u64) * 8_000;
+            assert_eq!(last, 1000 * wire + 5_000_000, "overhead {overhead}");
+        }
+
+        // A whole rate-limited transfer in 200-byte chunks (220-byte packets) takes longer in
+        // proportion to the bytes on the wire: (220 + 58) / (220 + 20) = 1.158.
+        let run = |overhead: u32| {
+            let mut s = figure_scenario(10_000_000, Duration::from_millis(10), 0.0, 2 << 20, 1);
+            s.sender.chunk_size = 200;
+            s.up.overhead = overhead;
+            s.down.overhead = overhead;
+            let r = run_scenario(&s, [0; HASH_LEN]);
+            assert!(matches!(r.outcome, Some(Ok(()))) && r.verified);
+            r
+        };
+        let (ip, eth) = (run(20), run(58));
+        let expected = (220.0 + 58.0) / (220.0 + 20.0);
+        let steady = ip.steady_goodput_bps / eth.steady_goodput_bps;
+        assert!(
+            (steady / expected - 1.0).abs() < 0.02,
+            "steady goodput ratio {steady}, expected {expected}"
+        );
+        let whole = eth.elapsed.as_secs_f64() / ip.elapsed.as_secs_f64();
+        assert!(
+            (whole / expected - 1.0).abs() < 0.05,
+            "time ratio {whole}, expected {expected}"
+        );
     }
 }
