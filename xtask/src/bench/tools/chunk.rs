@@ -21,6 +21,22 @@ pub enum Mode {
     Socket,
 }
 
+/// Appends `send --json --quiet --to TO --timeout SECS FILE` to `chunk` (a command that runs
+/// the chunk binary in the sender's namespace, possibly under `/usr/bin/time`).
+pub fn send_command(
+    mut chunk: std::process::Command,
+    to: std::net::Ipv4Addr,
+    file: &std::path::Path,
+    timeout_s: u32,
+) -> std::process::Command {
+    chunk
+        .args(["send", "--json", "--quiet", "--to"])
+        .arg(to.to_string())
+        .args(["--timeout", &timeout_s.to_string()])
+        .arg(file);
+    chunk
+}
+
 pub fn run(t: &Transfer, mode: Mode, run: &mut Run) -> Result<()> {
     let net = &t.net.routed;
     let times = TimeFiles::in_dir(t.work);
@@ -38,17 +54,12 @@ pub fn run(t: &Transfer, mode: Mode, run: &mut Run) -> Result<()> {
         t.out_dir,
         &extra,
     )?;
-    let mut sc = timed(&net.sender, &times.send, t.bin);
-    sc.args([
-        "send",
-        "--json",
-        "--quiet",
-        "--to",
-        &net.receiver_addr.to_string(),
-        "--timeout",
-        "60",
-    ])
-    .arg(t.file);
+    let sc = send_command(
+        timed(&net.sender, &times.send, t.bin),
+        net.receiver_addr,
+        t.file,
+        60,
+    );
     let mark = Mark::start(t.net);
     let out = output_within(sc, t.timeout)?;
     // chunk send exits only once the receiver confirmed the file's hash.

@@ -2,8 +2,8 @@
 //! namespace, start the clock, run the sender to completion, stop the clock, and fill in the
 //! run's figures (CPU, RSS, retransmissions). The caller checks the received file.
 
-mod chunk;
-mod nc;
+pub(super) mod chunk;
+pub(super) mod nc;
 mod uftp;
 
 use std::{

@@ -23,7 +23,7 @@ const PORT: &str = "5001";
 const CUT_OFF: Duration = Duration::from_secs(45);
 
 /// TCP segments `ns` has retransmitted since it was made.
-fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
+pub(in crate::bench) fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
     let out = ns.exec("nstat", &["-asz", "TcpRetransSegs"]).ok()?;
     out.lines()
         .find(|l| l.starts_with("TcpRetransSegs"))

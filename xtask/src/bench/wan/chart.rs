@@ -48,6 +48,8 @@ pub fn draw(path: &Path, f: &Findings) -> Result<()> {
         ch.configure_mesh()
             .x_desc("RTT, ms")
             .y_desc("% of link")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style(("sans-serif", 13))
             .draw()?;
         for (ti, &tool) in tools.iter().enumerate() {

@@ -104,17 +104,12 @@ pub fn chunk_receiver(job: &Job, files: u32) -> Result<ReadyRecv> {
 /// `chunk send --json` of `job.file`, which returns once the receiver confirmed its hash.
 pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
     let net = job.net;
-    let mut sc = net.sender.command(job.bin);
-    sc.args([
-        "send",
-        "--json",
-        "--quiet",
-        "--to",
-        &net.receiver_addr.to_string(),
-        "--timeout",
-        "30",
-    ])
-    .arg(job.file);
+    let sc = crate::bench::tools::chunk::send_command(
+        net.sender.command(job.bin),
+        net.receiver_addr,
+        job.file,
+        30,
+    );
     started();
     let t0 = Instant::now();
     let out = output_within(sc, job.cut_off)?;
@@ -145,15 +140,6 @@ fn tcp_buffers(ns: &Netns) -> Result<()> {
         ns.exec("sysctl", &["-qw", &format!("{key}={v}")])?;
     }
     Ok(())
-}
-
-/// TCP segments `ns` has retransmitted since it was made.
-fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
-    let out = ns.exec("nstat", &["-asz", "TcpRetransSegs"]).ok()?;
-    out.lines()
-        .find(|l| l.starts_with("TcpRetransSegs"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
 }
 
 const TCP_PORT: u16 = 5001;
@@ -285,7 +271,7 @@ fn tcp(job: &Job, cc: &str, run: &mut WanRun, started: &mut dyn FnMut()) -> Resu
     let whole = sent??;
     let (got, at) = received??;
     run.seconds = at.as_secs_f64();
-    run.retransmissions = tcp_retransmissions(&net.sender);
+    run.retransmissions = crate::bench::tools::nc::tcp_retransmissions(&net.sender);
     let size = std::fs::metadata(file)?.len();
     if !whole || got < size {
         if got == 0 {
