@@ -62,6 +62,8 @@ pub fn draw(path: &Path, args: &BenchArgs, machine: &Machine, sums: &Sums) -> Re
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
     ];
     let value_style = ("sans-serif", 12)
         .into_font()

@@ -28,6 +28,7 @@ mod report;
 mod rss;
 mod run;
 mod stats;
+mod tcp;
 mod tools;
 mod topology;
 mod wakeups;
@@ -132,7 +133,8 @@ pub struct BenchArgs {
         hide_possible_values = true
     )]
     cases: Vec<Case>,
-    /// Tools: chunk-xdp, chunk-socket, nc, uftp.
+    /// Tools: chunk-xdp, chunk-socket, nc (the namespace's TCP), tcp-cubic and tcp-bbr (TCP
+    /// with the congestion control set per socket), uftp.
     #[arg(
         long,
         value_delimiter = ',',
@@ -612,7 +614,12 @@ mod tests {
     fn the_command_line_takes_the_same_names_as_before() {
         let all = parse(&[]).unwrap();
         assert_eq!(all.cases, fixtures::lan_cases());
-        assert_eq!(all.tools, Tool::value_variants());
+        assert_eq!(
+            all.tools,
+            [Tool::ChunkXdp, Tool::ChunkSocket, Tool::Nc, Tool::Uftp]
+        );
+        let tcp = parse(&["--tools", "tcp-cubic,tcp-bbr"]).unwrap();
+        assert_eq!(tcp.tools, [Tool::TcpCubic, Tool::TcpBbr]);
         let some = parse(&[
             "--cases",
             "clean,loss5,flood",
@@ -630,7 +637,7 @@ mod tests {
         assert_eq!(wan.cases, [Case::Wan, Case::Share]);
         assert_eq!(wan.wan.wan_rtts, [50, 200]);
         assert_eq!(wan.wan.wan_loss, [0, 1, 5]);
-        assert!(parse(&["--tools", "tcp"]).is_err());
+        assert!(parse(&["--tools", "tcp-reno"]).is_err());
         // The spelling on the command line is the one in the results.
         for c in Case::value_variants() {
             assert_eq!(c.to_possible_value().unwrap().get_name(), c.name());

@@ -4,6 +4,7 @@
 
 pub(super) mod chunk;
 pub(super) mod nc;
+mod tcp;
 mod uftp;
 
 use std::{
@@ -25,8 +26,12 @@ pub enum Tool {
     ChunkXdp,
     /// chunk, the receiver on a raw socket (`chunk recv --mode socket`).
     ChunkSocket,
-    /// TCP: netcat (OpenBSD) on both sides.
+    /// TCP: netcat (OpenBSD) on both sides, the namespace's congestion control.
     Nc,
+    /// TCP CUBIC, chosen per socket (the bench's own sender and receiver).
+    TcpCubic,
+    /// TCP BBR, chosen per socket (the bench's own sender and receiver).
+    TcpBbr,
     /// UFTP, multicast-capable file transfer over UDP (unicast here, no encryption).
     Uftp,
 }
@@ -38,6 +43,8 @@ impl Tool {
             Tool::ChunkXdp => "chunk-xdp",
             Tool::ChunkSocket => "chunk-socket",
             Tool::Nc => "nc",
+            Tool::TcpCubic => "tcp-cubic",
+            Tool::TcpBbr => "tcp-bbr",
             Tool::Uftp => "uftp",
         }
     }
@@ -71,6 +78,8 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
         Tool::ChunkXdp => chunk::run(t, chunk::Mode::Xdp, run),
         Tool::ChunkSocket => chunk::run(t, chunk::Mode::Socket, run),
         Tool::Nc => nc::run(t, run),
+        Tool::TcpCubic => tcp::run(t, "cubic", run),
+        Tool::TcpBbr => tcp::run(t, "bbr", run),
         Tool::Uftp => uftp::run(t, run),
     }
 }

@@ -3,14 +3,12 @@
 //! fills in what it knows of a [`WanRun`]; the caller checks the file and reads the bridge.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use chunk_tests::{Bridged, Daemon, Netns, ReadyRecv, spawn_recv};
+use chunk_tests::{Bridged, Daemon, ReadyRecv, spawn_recv};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -128,157 +126,23 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     Ok(())
 }
 
-/// Sets the namespace's TCP buffer limits so that autotuning may grow a socket's buffers to
-/// 64 MiB, more than twice the largest bandwidth-delay product the cases make (200 Mbit/s ×
-/// 600 ms = 15 MB, as much again in the queue): TCP is limited by its congestion control,
-/// never by its window.
-fn tcp_buffers(ns: &Netns) -> Result<()> {
-    for (key, v) in [
-        ("net.ipv4.tcp_rmem", "4096 131072 67108864"),
-        ("net.ipv4.tcp_wmem", "4096 65536 67108864"),
-    ] {
-        ns.exec("sysctl", &["-qw", &format!("{key}={v}")])?;
-    }
-    Ok(())
-}
-
-const TCP_PORT: u16 = 5001;
-
-/// TCP with `cc` (set on the sender's socket with `TCP_CONGESTION`, so the namespace's default
-/// does not matter): the receiver writes the stream to the file, the sender sends the file and
-/// closes; done when the receiver has read the end of the stream. Cut off after `job.cut_off`
-/// and then measured by the bytes that arrived.
+/// TCP with `cc` chosen per socket ([`crate::bench::tcp`]), measured by the bytes that
+/// arrived if cut off.
 fn tcp(job: &Job, cc: &str, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
     let net = job.net;
-    tcp_buffers(&net.sender)?;
-    tcp_buffers(&net.receiver)?;
-    let listener = net.receiver.enter(|| {
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, TCP_PORT))
-            .context("TCP listener")
-    })??;
-    let to = SocketAddr::V4(SocketAddrV4::new(net.receiver_addr, TCP_PORT));
-    let dest = job.dest();
-    let cut_off = job.cut_off;
-    let file = job.file;
-    started();
-    let t0 = Instant::now();
-    let deadline = t0 + cut_off;
-    let (received, sent) = std::thread::scope(|s| {
-        let rx = s.spawn(|| -> Result<(u64, Duration)> {
-            listener.set_nonblocking(true)?;
-            let mut conn = loop {
-                match listener.accept() {
-                    Ok((c, _)) => break c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
-                            bail!("no TCP connection in {} s", cut_off.as_secs());
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            conn.set_nonblocking(false)?;
-            conn.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&dest)?);
-            let mut buf = vec![0u8; 1 << 20];
-            let mut got = 0u64;
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        out.write_all(&buf[..n])?;
-                        got += n as u64;
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if Instant::now() > deadline + Duration::from_secs(1) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let at = t0.elapsed();
-            out.flush()?;
-            Ok((got, at))
-        });
-        let tx = s.spawn(|| -> Result<bool> {
-            net.sender.enter(|| -> Result<bool> {
-                use socket2::{Domain, Protocol, Socket, Type};
-                let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                sock.set_tcp_congestion(cc.as_bytes())
-                    .with_context(|| format!("TCP_CONGESTION {cc}"))?;
-                sock.connect(&to.into())?;
-                sock.set_write_timeout(Some(Duration::from_millis(200)))?;
-                let mut conn: std::net::TcpStream = sock.into();
-                let mut f = std::fs::File::open(file)?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    let mut at = 0;
-                    while at < n {
-                        if Instant::now() > deadline {
-                            // Cut off: the receiver keeps what arrived.
-                            return Ok(false);
-                        }
-                        match conn.write(&buf[at..n]) {
-                            Ok(k) => at += k,
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                ) => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-                conn.shutdown(std::net::Shutdown::Write)?;
-                // Wait for the receiver to close: it has read everything.
-                conn.set_read_timeout(Some(Duration::from_millis(200)))?;
-                let mut one = [0u8; 1];
-                while Instant::now() < deadline + Duration::from_secs(1) {
-                    match conn.read(&mut one) {
-                        Ok(_) => break,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(_) => break,
-                    }
-                }
-                Ok(true)
-            })?
-        });
-        let sent = tx
-            .join()
-            .map_err(|_| anyhow::anyhow!("TCP sender panicked"));
-        let received = rx
-            .join()
-            .map_err(|_| anyhow::anyhow!("TCP receiver panicked"));
-        (received, sent)
-    });
-    // The sender's error first: it explains a receiver that saw no connection.
-    let whole = sent??;
-    let (got, at) = received??;
-    run.seconds = at.as_secs_f64();
-    run.retransmissions = crate::bench::tools::nc::tcp_retransmissions(&net.sender);
-    let size = std::fs::metadata(file)?.len();
-    if !whole || got < size {
-        if got == 0 {
-            bail!("TCP moved nothing in {} s", cut_off.as_secs());
-        }
-        run.partial_bytes = Some(got);
-    }
+    let t = crate::bench::tcp::transfer(
+        &net.sender,
+        &net.receiver,
+        net.receiver_addr,
+        cc,
+        job.file,
+        &job.dest(),
+        job.cut_off,
+        started,
+    )?;
+    run.seconds = t.seconds;
+    run.retransmissions = t.retransmissions;
+    run.partial_bytes = t.partial_bytes;
     Ok(())
 }
 
