@@ -286,7 +286,8 @@ impl Port {
         }
     }
 
-    fn send(&self, frame: &[u8]) {
+    /// Sends `frame` out of this interface; false when the kernel would not take it.
+    fn send(&self, frame: &[u8]) -> bool {
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = self.ifindex;
@@ -304,14 +305,15 @@ impl Port {
                 )
             };
             if rc >= 0 {
-                return;
+                return true;
             }
             let e = std::io::Error::last_os_error().raw_os_error();
             if e != Some(libc::ENOBUFS) && e != Some(libc::EAGAIN) {
-                return; // a real link would drop it too
+                return false; // a real link would drop it too
             }
             std::thread::sleep(std::time::Duration::from_micros(20));
         }
+        false
     }
 }
 
@@ -391,8 +393,9 @@ fn run_bridge(
         for (dir, line) in lines.iter_mut().enumerate() {
             while line.frames.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, f) = line.frames.pop_front().expect("a frame is due");
-                ends[1 - dir].send(&f);
-                delivered(stats, dir, &f, &imp);
+                if ends[1 - dir].send(&f) {
+                    delivered(stats, dir, &f, &imp);
+                }
             }
             if let Some((at, _)) = line.frames.front() {
                 next_due = next_due.min(*at);
@@ -419,8 +422,9 @@ fn run_bridge(
         if rc == 0 {
             // Quiet: release what was held, as a late packet.
             for (dir, h) in held.iter_mut().enumerate() {
-                if let Some((f, _)) = h.take() {
-                    ends[1 - dir].send(&f);
+                if let Some((f, _)) = h.take()
+                    && ends[1 - dir].send(&f)
+                {
                     delivered(stats, dir, &f, &imp);
                 }
             }
@@ -470,8 +474,9 @@ fn run_bridge(
                         stats,
                         delays,
                         |f| {
-                            ends[1 - dir].send(f);
-                            delivered(stats, dir, f, &imp);
+                            if ends[1 - dir].send(f) {
+                                delivered(stats, dir, f, &imp);
+                            }
                         },
                     );
                 }

@@ -804,8 +804,9 @@ pub fn figure_scenario(rate_bps: u64, rtt: Duration, loss: f64, size: u64, seed:
 /// The (link rate, RTT) pairs of [`figures_table`]: a LAN and a continent at 100 Mbit/s and
 /// 1 Gbit/s, then long paths (a satellite hop, the other side of the world) beyond both the
 /// 200 ms minimum RTO and the 200 ms offer interval, which a short path never exercises; and the
-/// WAN benchmark's delay line (200 Mbit/s at 20, 100, 300 and 600 ms), whose real runs
-/// `cargo xtask bench --cases wan` prints next to the same cases simulated.
+/// rates and RTTs of the WAN benchmark's delay line (200 Mbit/s at 20, 100, 300 and 600 ms; the
+/// benchmark simulates each of its cases itself, with the real run's chunk size and framing,
+/// through `chunk sim`).
 const FIGURE_PATHS: [(u64, u64); 12] = [
     (100_000_000, 1),
     (100_000_000, 100),

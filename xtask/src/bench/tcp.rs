@@ -39,14 +39,32 @@ fn thread_cpu() -> f64 {
 /// 64 MiB, more than twice the largest bandwidth-delay product the cases make (200 Mbit/s ×
 /// 600 ms = 15 MB, as much again in the queue): TCP is limited by its congestion control,
 /// never by its window.
-pub fn tcp_buffers(ns: &Netns) -> Result<()> {
+pub fn tcp_buffers(ns: &Netns) -> Result<Restore<'_>> {
+    let mut old = Vec::new();
     for (key, v) in [
         ("net.ipv4.tcp_rmem", "4096 131072 67108864"),
         ("net.ipv4.tcp_wmem", "4096 65536 67108864"),
     ] {
+        let was = ns.exec("sysctl", &["-n", key])?;
+        old.push((key, was.split_whitespace().collect::<Vec<_>>().join(" ")));
         ns.exec("sysctl", &["-qw", &format!("{key}={v}")])?;
     }
-    Ok(())
+    Ok(Restore { ns, old })
+}
+
+/// The namespace's TCP buffer limits as they were, put back on drop: the LAN cases' namespaces
+/// outlive one run, and nc must not run with the buffers another tool asked for.
+pub struct Restore<'a> {
+    ns: &'a Netns,
+    old: Vec<(&'static str, String)>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for (key, was) in &self.old {
+            let _ = self.ns.exec("sysctl", &["-qw", &format!("{key}={was}")]);
+        }
+    }
 }
 
 const TCP_PORT: u16 = 5001;
@@ -66,8 +84,11 @@ pub fn transfer(
     cut_off: Duration,
     started: &mut dyn FnMut(),
 ) -> Result<TcpOutcome> {
-    tcp_buffers(sender)?;
-    tcp_buffers(receiver)?;
+    let _sender_buffers = tcp_buffers(sender)?;
+    let _receiver_buffers = tcp_buffers(receiver)?;
+    // Set when the sender gives up, so that the receiver stops waiting for it.
+    let abort = std::sync::atomic::AtomicBool::new(false);
+    let aborted = || abort.load(std::sync::atomic::Ordering::Relaxed);
     let listener = receiver.enter(|| {
         TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, TCP_PORT))
             .context("TCP listener")
@@ -84,6 +105,9 @@ pub fn transfer(
                 match listener.accept() {
                     Ok((c, _)) => break c,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if aborted() {
+                            bail!("the TCP sender gave up");
+                        }
                         if Instant::now() > deadline {
                             bail!("no TCP connection in {} s", cut_off.as_secs());
                         }
@@ -129,7 +153,7 @@ pub fn transfer(
                 let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 sock.set_tcp_congestion(cc.as_bytes())
                     .with_context(|| format!("TCP_CONGESTION {cc}"))?;
-                sock.connect(&to.into())?;
+                sock.connect_timeout(&to.into(), cut_off)?;
                 sock.set_write_timeout(Some(Duration::from_millis(200)))?;
                 let mut conn: std::net::TcpStream = sock.into();
                 let mut f = std::fs::File::open(file)?;
@@ -177,6 +201,9 @@ pub fn transfer(
         let sent = tx
             .join()
             .map_err(|_| anyhow::anyhow!("TCP sender panicked"));
+        if !matches!(sent, Ok(Ok(_))) {
+            abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let received = rx
             .join()
             .map_err(|_| anyhow::anyhow!("TCP receiver panicked"));
