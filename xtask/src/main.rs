@@ -5,7 +5,8 @@
 //! - `test`: unit tests, then the network-namespace integration tests (root);
 //! - `demo`: the main job, end to end between two namespaces;
 //! - `sim`: the protocol core's figures on the simulated network;
-//! - `bench`: chunk against TCP (`nc`) and UFTP on the same links, in one run.
+//! - `bench`: chunk against TCP (`nc`, or CUBIC and BBR chosen per socket) and UFTP on the same
+//!   links, in one run; the WAN cases on a delay line.
 
 mod bench;
 mod demo;
@@ -57,7 +58,8 @@ enum Cmd {
     /// Run the cargo-fuzz targets for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
     /// Benchmark chunk (XDP and socket) against nc (TCP) and UFTP, clean, lossy and flooded;
-    /// writes target/bench/results.{md,json} and goodput.png (needs root).
+    /// writes target/bench/results.{md,json} and goodput.png; `--cases wan,share`: long links
+    /// on a delay line against TCP CUBIC, TCP BBR and UFTP, into wan.{md,json,png} (needs root).
     Bench(bench::BenchArgs),
 }
 
