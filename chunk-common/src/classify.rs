@@ -16,6 +16,11 @@ use crate::{
 /// The bytes of an IPv4 header without options.
 pub const IPV4_MIN_HLEN: usize = 20;
 
+/// The most IPv6 extension headers (hop-by-hop, routing, destination options) the XDP program
+/// walks before the upper-layer header; a packet with more is dropped as
+/// [`Counter::ExtHeaders`]. A bound, so that the verifier's walk of the loop is bounded too.
+pub const MAX_EXT_HEADERS: usize = 8;
+
 /// The IPv4 flags/fragment-offset bits that mark a fragment: "more fragments" and the offset.
 const IP_MF_OR_OFFSET: u16 = 0x3FFF;
 
@@ -133,6 +138,26 @@ pub fn packet(
     Ok(Accepted { ip, chunk })
 }
 
+/// The steps after the IP (and UDP) headers, for a bare chunk packet, as an IPv6 raw socket or a
+/// UDP socket delivers it (the kernel has taken the headers off): chunk header and lengths
+/// (`buf` is exactly the chunk packet), `allowed` (the caller's view of the source), then the
+/// checksum, checked and zeroed in place as [`packet`] does.
+pub fn chunk(buf: &mut [u8], max_payload: usize, allowed: bool) -> Result<(), Counter> {
+    let Some(hdr) = buf.first_chunk::<HEADER_LEN>() else {
+        return Err(Counter::Truncated);
+    };
+    header(hdr, buf.len(), max_payload)?;
+    let expected = carried_checksum(hdr);
+    if !allowed {
+        return Err(Counter::NotAllowed);
+    }
+    buf[field::CHECKSUM].fill(0);
+    if checksum::checksum(buf) != expected {
+        return Err(Counter::BadChecksum);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +236,26 @@ mod tests {
             packet(&mut p, PROTO, 4000, |src| src == [10, 0, 0, 1]).unwrap_err(),
             Counter::NotAllowed.into()
         );
+    }
+
+    #[test]
+    fn a_bare_chunk_packet_gets_the_same_checks() {
+        let good = data_packet(b"bare");
+        let mut p = good.clone();
+        assert_eq!(chunk(&mut p, 4000, true), Ok(()));
+        assert_eq!(p[field::CHECKSUM], [0; 4]);
+        let got = Repr::parse_checksum_already_checked(&p).unwrap();
+        assert_eq!(got.message, Message::Data { payload: b"bare" });
+        let case = |f: &dyn Fn(&mut Vec<u8>), allowed: bool| {
+            let mut p = good.clone();
+            f(&mut p);
+            chunk(&mut p, 4000, allowed).unwrap_err()
+        };
+        assert_eq!(case(&|p| p.truncate(19), true), Counter::Truncated);
+        assert_eq!(case(&|p| p[0] ^= 1, true), Counter::BadMagic);
+        assert_eq!(case(&|p| p.push(0), true), Counter::BadLength);
+        assert_eq!(case(&|_| {}, false), Counter::NotAllowed);
+        assert_eq!(case(&|p| p[21] ^= 4, true), Counter::BadChecksum);
     }
 
     #[test]

@@ -8,11 +8,13 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Counter {
-    /// Not a chunk packet (not IPv4, another IP protocol, ...): handed to the stack untouched.
+    /// Not a chunk packet (not IP, another IP protocol, UDP to another port, ...): handed to the
+    /// stack untouched.
     Passed = 0,
     /// A valid chunk packet, copied into the ring buffer for userspace.
     Accepted = 1,
-    /// Shorter than the headers it claims (Ethernet, VLAN, IPv4, or the chunk header).
+    /// Shorter than the headers it claims (Ethernet, VLAN, IPv4 or IPv6 and its extension
+    /// headers, UDP, or the chunk header).
     Truncated = 2,
     /// Wrong magic or an unsupported version: not ours, or from an incompatible release.
     BadMagic = 3,
@@ -22,17 +24,22 @@ pub enum Counter {
     BadLength = 5,
     /// The checksum over header and payload does not match.
     BadChecksum = 6,
-    /// An IP fragment of the chunk protocol: chunks are never fragmented, so it is junk.
+    /// An IP fragment of the chunk protocol (an IPv4 fragment, an IPv6 Fragment header, or the
+    /// first fragment of a UDP datagram to chunk's port): chunks are never fragmented, so it is
+    /// junk.
     Fragment = 7,
     /// The source address is not in the allowlist.
     NotAllowed = 8,
     /// Valid, but the ring buffer was full: userspace is falling behind.
     RingFull = 9,
+    /// An IPv6 packet with more extension headers before its upper-layer header than the
+    /// program walks ([`MAX_EXT_HEADERS`](crate::classify::MAX_EXT_HEADERS)): malformed, dropped.
+    ExtHeaders = 10,
 }
 
 impl Counter {
     /// How many counters there are: the size of the per-CPU array map.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -46,6 +53,7 @@ impl Counter {
         Counter::Fragment,
         Counter::NotAllowed,
         Counter::RingFull,
+        Counter::ExtHeaders,
     ];
 
     /// The name used in `chunk stats`, JSON output and logs.
@@ -61,6 +69,7 @@ impl Counter {
             Counter::Fragment => "fragment",
             Counter::NotAllowed => "not_allowed",
             Counter::RingFull => "ring_full",
+            Counter::ExtHeaders => "ext_headers",
         }
     }
 

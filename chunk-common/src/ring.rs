@@ -4,40 +4,64 @@
 //! checks the checksum there, and copies only the used part into the ring buffer: a record in the ring
 //! is a [`RecordHeader`] followed by the chunk packet (chunk header and payload, exactly as on
 //! the wire, except that the checksum field has been zeroed by the check), at most [`RECORD_LEN`]
-//! bytes, padded by the kernel to a multiple of 8.
+//! bytes, padded by the kernel to a multiple of 8. The header says which address family and
+//! which transport (straight over IP, or in UDP) the packet came by.
 
 use crate::wire::HEADER_LEN;
 
-/// Bytes of the largest ring-buffer record (and of the scratch record): room for the chunk packet
-/// of a 9216-byte jumbo frame (the largest common jumbo MTU) after its 20-byte IPv4 header.
-pub const RECORD_LEN: usize = 9216;
+/// The largest chunk packet (header and payload) a record can carry: protocol version 2's limit
+/// (docs/PROTOCOL.md), a multiple of 8, and room for the chunk packet of a 9216-byte jumbo MTU
+/// (the largest common one) after its IPv4 or IPv6 header.
+pub const MAX_PACKET_LEN: usize = 9200;
 
 /// Bytes of the [`RecordHeader`] at the start of a record.
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 
-/// The largest chunk packet (header and payload) a record can carry.
-pub const MAX_PACKET_LEN: usize = RECORD_LEN - RECORD_HEADER_LEN;
+/// Bytes of the largest ring-buffer record (and of the scratch record).
+pub const RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_PACKET_LEN;
 
 /// The largest payload a chunk packet can carry through the XDP path (9180).
 pub const MAX_PAYLOAD_LEN: usize = MAX_PACKET_LEN - HEADER_LEN;
+
+/// [`RecordHeader::family`] of an IPv4 packet.
+pub const FAMILY_IPV4: u8 = 4;
+/// [`RecordHeader::family`] of an IPv6 packet.
+pub const FAMILY_IPV6: u8 = 6;
+
+/// [`RecordHeader::transport`]: the chunk header follows the IP header (and, for IPv6, its
+/// extension headers) directly: IP protocol / next header = chunk's protocol number.
+pub const TRANSPORT_IP: u8 = 0;
+/// [`RecordHeader::transport`]: the chunk header follows a UDP header (`--udp PORT`).
+pub const TRANSPORT_UDP: u8 = 1;
 
 /// What the kernel knows about a packet that userspace needs and the packet does not carry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// IPv4 source address, in network byte order as in the IP header: where acks go.
-    pub src_addr: [u8; 4],
-    /// IPv4 destination address, in network byte order: the address the sender aimed at.
-    pub dst_addr: [u8; 4],
+    /// Source address, in network byte order as in the IP header: where acks go. IPv4 in the
+    /// first 4 bytes, the rest zero.
+    pub src_addr: [u8; 16],
+    /// Destination address, in network byte order: the address the sender aimed at (IPv4 in the
+    /// first 4 bytes).
+    pub dst_addr: [u8; 16],
     /// Length of the chunk packet that follows (header and payload).
     pub packet_len: u16,
-    /// Zero; keeps the packet 4-byte aligned in the record.
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// [`TRANSPORT_IP`] or [`TRANSPORT_UDP`].
+    pub transport: u8,
+    /// The UDP source port, in host byte order (0 for [`TRANSPORT_IP`]): where acks go.
+    pub src_port: u16,
+    /// Zero.
     pub _reserved: u16,
     /// The RX queue the frame arrived on (for spreading work over cores).
     pub rx_queue: u32,
+    /// Zero; keeps the packet 8-byte aligned in the record (the checksum reads it in words).
+    pub _pad: u32,
 }
 
-const _: () = assert!(RECORD_HEADER_LEN == 16);
+const _: () = assert!(RECORD_HEADER_LEN == 48);
+const _: () = assert!(RECORD_HEADER_LEN % 8 == 0 && MAX_PACKET_LEN % 8 == 0);
 
 impl RecordHeader {
     /// Reads the header at the start of a ring-buffer record, as the XDP program wrote it (its
@@ -46,16 +70,37 @@ impl RecordHeader {
         use core::mem::offset_of;
         let rec = rec.get(..RECORD_HEADER_LEN)?;
         let at = |o: usize, n: usize| &rec[o..o + n];
+        let u16_at = |o: usize| u16::from_ne_bytes([rec[o], rec[o + 1]]);
         let mut h = RecordHeader::default();
         h.src_addr
-            .copy_from_slice(at(offset_of!(RecordHeader, src_addr), 4));
+            .copy_from_slice(at(offset_of!(RecordHeader, src_addr), 16));
         h.dst_addr
-            .copy_from_slice(at(offset_of!(RecordHeader, dst_addr), 4));
-        let len = at(offset_of!(RecordHeader, packet_len), 2);
-        h.packet_len = u16::from_ne_bytes([len[0], len[1]]);
+            .copy_from_slice(at(offset_of!(RecordHeader, dst_addr), 16));
+        h.packet_len = u16_at(offset_of!(RecordHeader, packet_len));
+        h.family = rec[offset_of!(RecordHeader, family)];
+        h.transport = rec[offset_of!(RecordHeader, transport)];
+        h.src_port = u16_at(offset_of!(RecordHeader, src_port));
         let q = at(offset_of!(RecordHeader, rx_queue), 4);
         h.rx_queue = u32::from_ne_bytes([q[0], q[1], q[2], q[3]]);
         Some(h)
+    }
+
+    fn ip(&self, a: &[u8; 16]) -> Option<core::net::IpAddr> {
+        match self.family {
+            FAMILY_IPV4 => Some(core::net::IpAddr::from([a[0], a[1], a[2], a[3]])),
+            FAMILY_IPV6 => Some(core::net::IpAddr::from(*a)),
+            _ => None,
+        }
+    }
+
+    /// The source address; `None` for an unknown family (a kernel/userspace mismatch).
+    pub fn src_ip(&self) -> Option<core::net::IpAddr> {
+        self.ip(&self.src_addr)
+    }
+
+    /// The destination address; `None` for an unknown family.
+    pub fn dst_ip(&self) -> Option<core::net::IpAddr> {
+        self.ip(&self.dst_addr)
     }
 }
 
@@ -68,3 +113,34 @@ pub struct Record {
 }
 
 const _: () = assert!(core::mem::size_of::<Record>() == RECORD_LEN);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_reads_back_as_written() {
+        let h = RecordHeader {
+            src_addr: [0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            dst_addr: [0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            packet_len: 1234,
+            family: FAMILY_IPV6,
+            transport: TRANSPORT_UDP,
+            src_port: 40000,
+            _reserved: 0,
+            rx_queue: 3,
+            _pad: 0,
+        };
+        // SAFETY: RecordHeader is plain old data without padding.
+        let bytes: [u8; RECORD_HEADER_LEN] = unsafe { core::mem::transmute(h) };
+        let got = RecordHeader::read(&bytes).unwrap();
+        assert_eq!(got, h);
+        assert_eq!(got.src_ip(), Some("2001:2::1".parse().unwrap()));
+        let mut v4 = h;
+        v4.family = FAMILY_IPV4;
+        v4.src_addr = [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(v4.src_ip(), Some("198.18.0.1".parse().unwrap()));
+        v4.family = 5;
+        assert_eq!(v4.src_ip(), None);
+    }
+}

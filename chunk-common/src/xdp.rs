@@ -5,8 +5,10 @@
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Ring buffer of [`Record`](crate::ring::Record)s.
 pub const MAP_CHUNKS: &str = "CHUNKS";
-/// LPM trie of allowed IPv4 source prefixes.
+/// LPM trie of allowed IPv4 source prefixes ([`AllowKey`]).
 pub const MAP_ALLOWLIST: &str = "ALLOWLIST";
+/// LPM trie of allowed IPv6 source prefixes ([`AllowKey6`]).
+pub const MAP_ALLOWLIST6: &str = "ALLOWLIST6";
 /// Array of one `u32`: 1 while the ring's reader is draining it batch after batch (it naps
 /// between batches and needs no wakeup: the program then submits with `BPF_RB_NO_WAKEUP`),
 /// 0 (the default) when it may be asleep on the ring's fd.
@@ -16,7 +18,11 @@ pub const MAP_READER_BUSY: &str = "READER_BUSY";
 pub const GLOBAL_PROTOCOL: &str = "CHUNK_PROTOCOL";
 /// Load-time setting (`u16`): the largest payload accepted; longer ones count as `bad_length`.
 pub const GLOBAL_MAX_PAYLOAD: &str = "MAX_PAYLOAD";
-/// Load-time setting (`u8`): 1 if the allowlist is in force (an empty allowlist allows all).
+/// Load-time setting (`u16`): the UDP destination port chunk packets in UDP are sent to
+/// (`--udp PORT`); 0 (the default): UDP is not looked into, all of it passes.
+pub const GLOBAL_UDP_PORT: &str = "UDP_PORT";
+/// Load-time setting (`u8`): 1 if the allowlist is in force (an empty allowlist allows all);
+/// it covers both families: with prefixes of one family only, the other's sources are refused.
 pub const GLOBAL_ALLOWLIST_ON: &str = "ALLOWLIST_ON";
 /// Load-time setting (`u8`): 1 to log every dropped chunk packet through aya-log. At 0 the
 /// verifier removes the logging code, so the per-packet path pays nothing for it.
@@ -39,4 +45,12 @@ pub const ALLOWLIST_MAX_ENTRIES: u32 = 1024;
 pub struct AllowKey {
     pub prefix_len: u32,
     pub addr: [u8; 4],
+}
+
+/// The IPv6 allowlist's key: a prefix length, then the address in network byte order.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllowKey6 {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
 }

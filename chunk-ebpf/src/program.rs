@@ -12,7 +12,10 @@ use chunk_common::{
     checksum::{self, Lanes},
     classify::{self, IPV4_MIN_HLEN, Verdict},
     counters::Counter,
-    ring::{MAX_PACKET_LEN, RECORD_HEADER_LEN, RECORD_LEN, Record, RecordHeader},
+    ring::{
+        FAMILY_IPV4, MAX_PACKET_LEN, RECORD_HEADER_LEN, RECORD_LEN, Record, RecordHeader,
+        TRANSPORT_IP,
+    },
     wire::{HEADER_LEN, field},
     xdp::{ALLOWLIST_MAX_ENTRIES, RING_DEFAULT_BYTES},
 };
@@ -191,11 +194,15 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
         ptr::write(
             ptr::addr_of_mut!((*rec).header),
             RecordHeader {
-                src_addr: src,
-                dst_addr: ip.dst,
+                src_addr: v4_in_16(src),
+                dst_addr: v4_in_16(ip.dst),
                 packet_len: len as u16,
+                family: FAMILY_IPV4,
+                transport: TRANSPORT_IP,
+                src_port: 0,
                 _reserved: 0,
                 rx_queue: ctx.rx_queue_index(),
+                _pad: 0,
             },
         );
     }
@@ -219,6 +226,14 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
         return Err(Counter::RingFull.into());
     }
     Ok(())
+}
+
+/// An IPv4 address in a record's 16-byte address field.
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a);
+    out
 }
 
 /// The checksum (XXH64's low 32 bits, `chunk_common::checksum`) of the first `len` bytes of a

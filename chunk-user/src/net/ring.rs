@@ -1,10 +1,7 @@
 //! Reads the XDP program's ring buffer: the receive driver polls the ring's fd, then drains
 //! every record available, so that one wake-up serves a batch of chunks.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::{AsFd, BorrowedFd},
-};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, MapData, RingBuf};
 use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader};
@@ -17,9 +14,12 @@ pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
     let h = RecordHeader::read(rec)?;
     let end = RECORD_HEADER_LEN + h.packet_len as usize;
     let packet = rec.get(RECORD_HEADER_LEN..end)?;
+    let (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst)) = (h.src_ip()?, h.dst_ip()?) else {
+        return None;
+    };
     Some(Received {
-        src: Ipv4Addr::from(h.src_addr),
-        dst: Ipv4Addr::from(h.dst_addr),
+        src,
+        dst,
         rx_queue: h.rx_queue,
         packet,
     })

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use std::{
     io::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, BorrowedFd},
     path::Path,
 };
@@ -56,14 +56,21 @@ impl std::fmt::Display for Counters {
     }
 }
 
-/// A source prefix of the allowlist.
-pub type Ipv4Prefix = ipnet::Ipv4Net;
+/// A source prefix of the allowlist, IPv4 or IPv6.
+pub type Prefix = ipnet::IpNet;
 
-/// `198.18.0.0/15`, or a bare address for a /32.
-pub fn parse_prefix(s: &str) -> Result<Ipv4Prefix, String> {
-    s.parse::<Ipv4Prefix>()
-        .or_else(|_| s.parse::<Ipv4Addr>().map(Ipv4Prefix::from))
-        .map_err(|_| format!("bad prefix {s:?}: expected an IPv4 address or ADDR/LEN"))
+/// `198.18.0.0/15` or `2001:2::/48`, or a bare address for a /32 or /128.
+pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    s.parse::<Prefix>()
+        .or_else(|_| s.parse::<IpAddr>().map(Prefix::from))
+        .map_err(|_| format!("bad prefix {s:?}: expected an IPv4 or IPv6 address, or ADDR/LEN"))
+}
+
+/// Whether `src` may send, by the allowlist (empty: everyone). An IPv4-mapped IPv6 address is
+/// matched as the IPv4 address it is.
+pub fn allowed(allow: &[Prefix], src: IpAddr) -> bool {
+    let src = src.to_canonical();
+    allow.is_empty() || allow.iter().any(|p| p.contains(&src))
 }
 
 /// How a receiver takes packets in.
@@ -95,7 +102,7 @@ pub struct RxArgs {
     pub protocol: u8,
     /// Accept chunk packets only from these sources (CIDR; repeatable). None: accept all.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_prefix)]
-    pub allow: Vec<Ipv4Prefix>,
+    pub allow: Vec<Prefix>,
     /// Ring-buffer size in bytes (a power of two).
     #[arg(long, default_value_t = chunk_common::xdp::RING_DEFAULT_BYTES)]
     pub ring_bytes: u32,
@@ -367,5 +374,28 @@ mod tests {
         assert_eq!(parse_prefix("198.18.0.7").unwrap().prefix_len(), 32);
         assert!(parse_prefix("198.18.0.0/33").is_err());
         assert!(parse_prefix("nonsense").is_err());
+        assert_eq!(parse_prefix("2001:2::/48").unwrap().prefix_len(), 48);
+        assert_eq!(parse_prefix("2001:2::1").unwrap().prefix_len(), 128);
+        assert!(parse_prefix("2001:2::/129").is_err());
+    }
+
+    #[test]
+    fn allowlist_matches_prefixes_of_both_families() {
+        let allow: Vec<Prefix> = ["198.18.0.0/15", "10.1.2.3", "2001:2::/48"]
+            .iter()
+            .map(|s| parse_prefix(s).unwrap())
+            .collect();
+        let ok = |a: &str| allowed(&allow, a.parse().unwrap());
+        assert!(ok("198.19.255.1"));
+        assert!(!ok("198.20.0.1"));
+        assert!(ok("10.1.2.3"));
+        assert!(!ok("10.1.2.4"));
+        assert!(ok("2001:2:0:ffff::9"));
+        assert!(!ok("2001:3::1"));
+        assert!(ok("::ffff:198.18.0.1"));
+        assert!(allowed(&[], "1.2.3.4".parse().unwrap()));
+        let v4_all = vec![parse_prefix("0.0.0.0/0").unwrap()];
+        assert!(allowed(&v4_all, "1.2.3.4".parse().unwrap()));
+        assert!(!allowed(&v4_all, "2001:2::1".parse().unwrap()));
     }
 }

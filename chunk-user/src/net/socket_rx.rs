@@ -16,7 +16,7 @@ use chunk_common::{
 
 use super::{
     raw::set_int_option,
-    rx::{Counters, Ipv4Prefix, Received},
+    rx::{Counters, Prefix, Received},
 };
 
 /// Packets one `recvmmsg` call can return.
@@ -34,7 +34,7 @@ pub struct SocketConfig {
     pub iface: String,
     pub protocol: u8,
     pub max_payload: u16,
-    pub allow: Vec<Ipv4Prefix>,
+    pub allow: Vec<Prefix>,
 }
 
 /// A raw socket receiving chunk packets, with the kernel path's counters kept here.
@@ -99,10 +99,6 @@ impl SocketRx {
         self.counters
     }
 
-    fn allowed(allow: &[Ipv4Prefix], src: [u8; 4]) -> bool {
-        allow.is_empty() || allow.iter().any(|p| p.contains(&Ipv4Addr::from(src)))
-    }
-
     /// The socket's fd, for the driver to wait on.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -155,7 +151,7 @@ impl SocketRx {
                 buf,
                 self.cfg.protocol,
                 self.cfg.max_payload as usize,
-                |src| Self::allowed(allow, src),
+                |src| super::rx::allowed(allow, Ipv4Addr::from(src).into()),
             );
             let c = match verdict {
                 Ok(a) => {
@@ -244,24 +240,4 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
         });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allowlist_matches_prefixes() {
-        let allow: Vec<Ipv4Prefix> = ["198.18.0.0/15", "10.1.2.3"]
-            .iter()
-            .map(|s| super::super::rx::parse_prefix(s).unwrap())
-            .collect();
-        assert!(SocketRx::allowed(&allow, [198, 19, 255, 1]));
-        assert!(!SocketRx::allowed(&allow, [198, 20, 0, 1]));
-        assert!(SocketRx::allowed(&allow, [10, 1, 2, 3]));
-        assert!(!SocketRx::allowed(&allow, [10, 1, 2, 4]));
-        assert!(SocketRx::allowed(&[], [1, 2, 3, 4]));
-        let all: Vec<Ipv4Prefix> = vec!["0.0.0.0/0".parse().unwrap()];
-        assert!(SocketRx::allowed(&all, [1, 2, 3, 4]));
-    }
 }

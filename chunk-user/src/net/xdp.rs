@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     link, paths,
-    rx::{Counters, Ipv4Prefix},
+    rx::{Counters, Prefix},
 };
 use thiserror::Error;
 
@@ -35,8 +35,10 @@ pub struct XdpConfig {
     pub protocol: u8,
     /// Payloads longer than this are dropped (`bad_length`); at most [`MAX_PAYLOAD_LEN`].
     pub max_payload: u16,
-    /// Source prefixes allowed to send; empty allows every source.
-    pub allow: Vec<Ipv4Prefix>,
+    /// Source prefixes allowed to send (either family); empty allows every source.
+    pub allow: Vec<Prefix>,
+    /// The UDP port chunk packets in UDP arrive on (`--udp`); 0: none.
+    pub udp_port: u16,
     /// Ring-buffer bytes: a power of two, at least a page.
     pub ring_bytes: u32,
     /// Log every packet the program drops, with the reason, through aya-log (slow: debugging).
@@ -53,6 +55,7 @@ impl XdpConfig {
             protocol: chunk_common::DEFAULT_IP_PROTOCOL,
             max_payload: MAX_PAYLOAD_LEN as u16,
             allow: Vec::new(),
+            udp_port: 0,
             ring_bytes: names::RING_DEFAULT_BYTES,
             log_drops: false,
             pin: true,
@@ -345,7 +348,10 @@ pub fn load(cfg: &XdpConfig) -> Result<Ebpf, XdpError> {
                 name: names::MAP_ALLOWLIST,
                 source,
             })?;
-        for p in &cfg.allow {
+        for p in cfg.allow.iter().filter_map(|p| match p {
+            Prefix::V4(p) => Some(p),
+            Prefix::V6(_) => None,
+        }) {
             let key = Key::new(p.prefix_len() as u32, u32::from_ne_bytes(p.addr().octets()));
             trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
                 name: names::MAP_ALLOWLIST,
