@@ -61,7 +61,7 @@ pub struct RecordHeader {
 }
 
 const _: () = assert!(RECORD_HEADER_LEN == 48);
-const _: () = assert!(RECORD_HEADER_LEN % 8 == 0 && MAX_PACKET_LEN % 8 == 0);
+const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(8) && MAX_PACKET_LEN.is_multiple_of(8));
 
 impl RecordHeader {
     /// Reads the header at the start of a ring-buffer record, as the XDP program wrote it (its

@@ -74,6 +74,20 @@ impl Intake {
         self.open_checked(&ip_packet[accepted.chunk], now_ms)
     }
 
+    /// A bare chunk packet (chunk header and body), as an IPv6 raw socket or a UDP socket
+    /// delivers it: classified as the receive path would (`allowed`: whether its source
+    /// counts), then opened. The buffer is changed (its checksum field is zeroed by the check).
+    pub fn open_bare<'a>(
+        &'a mut self,
+        packet: &'a mut [u8],
+        allowed: bool,
+        now_ms: u64,
+    ) -> Result<Repr<'a>, Rejected> {
+        classify::chunk(packet, u16::MAX as usize, allowed).map_err(Rejected::Classify)?;
+        let packet: &'a [u8] = packet;
+        self.open_checked(packet, now_ms)
+    }
+
     /// A chunk packet (chunk header and body) that the receive path has already classified:
     /// its checksum was checked and its checksum field zeroed. Without a key, an unsealed packet is parsed
     /// where it lies (in the ring buffer's record): no copy on the hot path. A sealed one is
@@ -193,6 +207,29 @@ mod tests {
 
     /// Without a key, a receiver's data packet is parsed in place: its payload is the ring
     /// record's bytes, not a copy.
+    #[test]
+    fn a_bare_packet_gets_the_same_checks() {
+        let key = Psk::from_secret(b"0123456789abcdef").unwrap();
+        let mut intake = Intake::new(Some(key.clone()));
+        let good = emit(&abort(), Some(&key), 1);
+        let mut p = good.clone();
+        assert_eq!(
+            intake.open_bare(&mut p, true, 1).unwrap().message,
+            abort().message
+        );
+        let mut p = good.clone();
+        assert_eq!(
+            intake.open_bare(&mut p, false, 1),
+            Err(Rejected::Classify(Counter::NotAllowed))
+        );
+        let mut p = good.clone();
+        p[25] ^= 1;
+        assert_eq!(
+            intake.open_bare(&mut p, true, 1),
+            Err(Rejected::Classify(Counter::BadChecksum))
+        );
+    }
+
     #[test]
     fn unsealed_packets_are_not_copied() {
         let repr = Repr {

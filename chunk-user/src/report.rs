@@ -3,13 +3,11 @@
 //! `chunk recv --json`, and the summary of `chunk send --json`. A field renamed here is renamed
 //! for every reader; nothing is assembled by string keys.
 
-use std::net::Ipv4Addr;
-
 use chunk_common::counters::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::net::{rx::Counters, xdp::ProgInfo};
-use crate::proto::{Event, ReceiverStats};
+use crate::proto::{Event, Peer, ReceiverStats};
 
 impl Serialize for Counters {
     /// `{"passed": 3, "accepted": 10, ...}`, one entry per [`Counter`], by its name.
@@ -111,7 +109,7 @@ pub enum RecvEvent {
         out: String,
     },
     Started {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         size: u64,
@@ -119,7 +117,7 @@ pub enum RecvEvent {
         resumed_chunks: u64,
     },
     Finished {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         size: u64,
@@ -132,34 +130,34 @@ pub enum RecvEvent {
         resumed_chunks: u64,
     },
     Refused {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: String,
         message: String,
     },
     Failed {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: String,
         message: String,
     },
     Cancelled {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: String,
         message: String,
     },
     Superseded {
-        src: Ipv4Addr,
+        src: Peer,
         old_transfer_id: u32,
         transfer_id: u32,
         name: String,
     },
     Idle {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         chunks_have: u64,
@@ -391,7 +389,7 @@ mod tests {
     #[test]
     fn events_are_tagged_lines() {
         let ev = RecvEvent::Refused {
-            src: Ipv4Addr::new(198, 18, 0, 1),
+            src: std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
             transfer_id: 5,
             name: "a".into(),
             reason: "file exists".into(),

@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let (root, outside) = dirs();
     let mut st = FsStorage::new(root, false).unwrap();
     let offer = OfferInfo {
-        src: Ipv4Addr::new(198, 18, 0, 1),
+        src: Ipv4Addr::new(198, 18, 0, 1).into(),
         transfer_id: 1,
         name: name.to_owned(),
         size: 3,

@@ -44,7 +44,7 @@ fn run(data: &[u8]) -> Option<()> {
     loop {
         let op = it.next()?;
         let s = (op >> 6) as usize;
-        let src = Ipv4Addr::new(198, 18, 0, 1 + s as u8);
+        let src: chunk::proto::Peer = Ipv4Addr::new(198, 18, 0, 1 + s as u8).into();
         let t = (op >> 4 & 3) as usize;
         let tid = t as u32;
         match op & 0x0f {

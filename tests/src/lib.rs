@@ -14,7 +14,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     process::{Child, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -244,8 +244,9 @@ pub fn wait_for_line(
     }
 }
 
-/// Two hosts (namespaces) joined by one veth pair: `sender` 198.18.0.1, `receiver` 198.18.0.2,
-/// with fixed MAC addresses so tests can build Ethernet frames by hand.
+/// Two hosts (namespaces) joined by one veth pair: `sender` 198.18.0.1 and 2001:2::1, `receiver`
+/// 198.18.0.2 and 2001:2::2 (dual stack), with fixed MAC addresses so tests can build Ethernet
+/// frames by hand.
 #[derive(Debug)]
 pub struct TwoHosts {
     pub sender: Netns,
@@ -254,6 +255,8 @@ pub struct TwoHosts {
     pub receiver_if: &'static str,
     pub sender_addr: Ipv4Addr,
     pub receiver_addr: Ipv4Addr,
+    pub sender_addr6: Ipv6Addr,
+    pub receiver_addr6: Ipv6Addr,
     pub sender_mac: [u8; 6],
     pub receiver_mac: [u8; 6],
 }
@@ -270,6 +273,8 @@ impl TwoHosts {
             receiver_if: "veth-r",
             sender_addr: Ipv4Addr::new(198, 18, 0, 1),
             receiver_addr: Ipv4Addr::new(198, 18, 0, 2),
+            sender_addr6: Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1),
+            receiver_addr6: Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2),
             sender_mac: [0x02, 0xc4, 0x6b, 0, 0, 1],
             receiver_mac: [0x02, 0xc4, 0x6b, 0, 0, 2],
         };
@@ -277,38 +282,62 @@ impl TwoHosts {
             format!("{}/24", hosts.sender_addr),
             format!("{}/24", hosts.receiver_addr),
         );
+        let (sender_addr6, receiver_addr6) = (
+            format!("{}/64", hosts.sender_addr6),
+            format!("{}/64", hosts.receiver_addr6),
+        );
         veth_pair(
             VethEnd::new(&hosts.sender, hosts.sender_if)
                 .addr(&sender_addr)
+                .addr6(&sender_addr6)
                 .mac(hosts.sender_mac),
             VethEnd::new(&hosts.receiver, hosts.receiver_if)
                 .addr(&receiver_addr)
+                .addr6(&receiver_addr6)
                 .mac(hosts.receiver_mac),
             Some(mtu),
         )?;
-        // Static neighbours: no ARP round before the first packet, and no ARP noise in counters.
-        hosts.sender.ip(&[
-            "neigh",
-            "replace",
-            &hosts.receiver_addr.to_string(),
-            "lladdr",
-            &mac(&hosts.receiver_mac),
-            "dev",
-            hosts.sender_if,
-            "nud",
-            "permanent",
-        ])?;
-        hosts.receiver.ip(&[
-            "neigh",
-            "replace",
-            &hosts.sender_addr.to_string(),
-            "lladdr",
-            &mac(&hosts.sender_mac),
-            "dev",
-            hosts.receiver_if,
-            "nud",
-            "permanent",
-        ])?;
+        // Static neighbours: no ARP or neighbour-discovery round before the first packet, and
+        // no such noise in counters.
+        let pairs = [
+            (
+                &hosts.sender,
+                hosts.sender_if,
+                hosts.receiver_mac,
+                hosts.receiver_addr.to_string(),
+            ),
+            (
+                &hosts.sender,
+                hosts.sender_if,
+                hosts.receiver_mac,
+                hosts.receiver_addr6.to_string(),
+            ),
+            (
+                &hosts.receiver,
+                hosts.receiver_if,
+                hosts.sender_mac,
+                hosts.sender_addr.to_string(),
+            ),
+            (
+                &hosts.receiver,
+                hosts.receiver_if,
+                hosts.sender_mac,
+                hosts.sender_addr6.to_string(),
+            ),
+        ];
+        for (ns, ifname, peer_mac, addr) in pairs {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &mac(&peer_mac),
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            ])?;
+        }
         Ok(hosts)
     }
 

@@ -14,6 +14,9 @@ pub struct VethEnd<'a> {
     pub ifname: &'a str,
     /// `ADDRESS/PREFIX`; none for an end that only carries frames (a bridge port).
     pub addr: Option<&'a str>,
+    /// An IPv6 `ADDRESS/PREFIX` as well (in 2001:2::/48), added without duplicate address
+    /// detection so that it works at once.
+    pub addr6: Option<&'a str>,
     /// A fixed MAC address (tests that build Ethernet frames by hand need to know it); none
     /// lets the kernel pick one.
     pub mac: Option<[u8; 6]>,
@@ -26,7 +29,16 @@ impl<'a> VethEnd<'a> {
             ns,
             ifname,
             addr: None,
+            addr6: None,
             mac: None,
+        }
+    }
+
+    /// Gives the end an IPv6 address too, `ADDRESS/PREFIX`.
+    pub fn addr6(self, addr6: &'a str) -> Self {
+        VethEnd {
+            addr6: Some(addr6),
+            ..self
         }
     }
 
@@ -72,6 +84,10 @@ pub fn veth_pair(a: VethEnd, b: VethEnd, mtu: Option<u32>) -> Result<()> {
     for end in [a, b] {
         if let Some(addr) = end.addr {
             end.ns.ip(&["addr", "add", addr, "dev", end.ifname])?;
+        }
+        if let Some(addr) = end.addr6 {
+            end.ns
+                .ip(&["-6", "addr", "add", addr, "dev", end.ifname, "nodad"])?;
         }
         end.ns.ip(&["link", "set", end.ifname, "up"])?;
     }

@@ -30,14 +30,14 @@ type Answer = (Ipv4Addr, MessageType, u32, u32);
 fn exchange(ns: &Netns, to: Ipv4Addr, packet: &[u8], wait: Duration) -> Vec<Answer> {
     ns.enter(|| {
         let sock = RawSocket::new(PROTO).unwrap();
-        sock.send_to(packet, to).unwrap();
+        sock.send_to(packet, (to, 0).into()).unwrap();
         let deadline = Instant::now() + wait;
         let mut answers = Vec::new();
         let mut buf = vec![0u8; 4096];
         // The same intake `chunk send` uses: classify (checksum included), then parse.
         let mut intake = Intake::new(None);
         while Instant::now() < deadline {
-            let Some(n) = sock.recv_nonblocking(&mut buf).unwrap() else {
+            let Some((n, _)) = sock.recv_nonblocking(&mut buf).unwrap() else {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };

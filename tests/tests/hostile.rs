@@ -60,7 +60,7 @@ fn blast(ns: &Netns, from: Option<Ipv4Addr>, to: Ipv4Addr, packets: &[Vec<u8>]) 
             sock.socket().bind(&SocketAddrV4::new(a, 0).into()).unwrap();
         }
         for p in packets {
-            while let Err(e) = sock.send_to(p, to) {
+            while let Err(e) = sock.send_to(p, (to, 0).into()) {
                 assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "{e}");
                 std::thread::sleep(Duration::from_micros(50));
             }

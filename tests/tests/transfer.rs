@@ -406,7 +406,7 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
         .sender
         .enter(|| {
             let sock = chunk::net::raw::RawSocket::new(chunk_common::DEFAULT_IP_PROTOCOL).unwrap();
-            sock.send_to(&buf, to).unwrap();
+            sock.send_to(&buf, (to, 0).into()).unwrap();
             let mut rbuf = vec![0u8; 2048];
             // The same intake `chunk send` uses: classify, then (no key) parse.
             let intake = Box::leak(Box::new(chunk::intake::Intake::new(None)));
@@ -414,7 +414,7 @@ fn offer_answer(hosts: &TwoHosts, name: &[u8], size: u64) -> Repr<'static> {
             while Instant::now() < deadline {
                 let fds = [std::os::fd::AsFd::as_fd(sock.socket())];
                 chunk::driver::wait::for_at_most(&fds, Some(Duration::from_millis(100))).unwrap();
-                if let Some(n) = sock.recv_nonblocking(&mut rbuf).unwrap() {
+                if let Some((n, _)) = sock.recv_nonblocking(&mut rbuf).unwrap() {
                     let proto = chunk_common::DEFAULT_IP_PROTOCOL;
                     // The answer outlives this closure: it borrows a buffer of its own.
                     let answer = Box::leak(rbuf[..n].to_vec().into_boxed_slice());
@@ -628,7 +628,7 @@ fn with_a_pre_shared_key_only_authenticated_senders_write_files() {
         .sender
         .enter(|| {
             let sock = chunk::net::raw::RawSocket::new(chunk_common::DEFAULT_IP_PROTOCOL).unwrap();
-            sock.send_to(&buf[..n], to).unwrap();
+            sock.send_to(&buf[..n], (to, 0).into()).unwrap();
         })
         .unwrap();
     // With the key: verified.

@@ -135,7 +135,7 @@ fn send_raw_with(hosts: &TwoHosts, packets: &[Vec<u8>], fragment: bool) {
                 assert_eq!(rc, 0, "IP_MTU_DISCOVER");
             }
             for p in packets {
-                sock.send_to(p, dst).expect("send");
+                sock.send_to(p, (dst, 0).into()).expect("send");
             }
         })
         .unwrap();
@@ -763,7 +763,7 @@ fn size_boundaries(tag: &str, mode: &[&str]) {
         .enter(|| {
             chunk::net::raw::RawSocket::new(PROTO)
                 .unwrap()
-                .send_to(&over, hosts.receiver_addr)
+                .send_to(&over, (hosts.receiver_addr, 0).into())
         })
         .unwrap();
     assert_eq!(

@@ -1,17 +1,20 @@
 //! `chunk probe`: send test chunk packets (valid and, on request, corrupt) to a receiver.
 
-use std::net::Ipv4Addr;
-
 use anyhow::{Context, Result};
 use chunk_common::wire::{self, Message, Repr};
 
-use crate::net::raw::RawSocket;
+use crate::net::raw::{ChunkSocket, Transport};
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// The receiving host.
-    #[arg(long)]
-    pub to: Ipv4Addr,
+    /// The receiving host: an IPv4 or IPv6 address, or a host name.
+    #[arg(long, value_name = "HOST")]
+    pub to: String,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
+    /// Send in UDP datagrams to this port rather than straight over IP.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp: Option<u16>,
     /// How many valid data chunks to send.
     #[arg(long, default_value_t = 100)]
     pub count: u32,
@@ -30,8 +33,14 @@ pub struct ProbeArgs {
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
-    let sock = RawSocket::new(args.protocol)
-        .context("opening a raw IP socket (needs root or CAP_NET_RAW)")?;
+    let to = super::resolve(&args.to, args.family)?;
+    let transport = match args.udp {
+        Some(port) => Transport::Udp(port),
+        None => Transport::Ip(args.protocol),
+    };
+    let sock = ChunkSocket::open(to.is_ipv6(), transport, None)
+        .context("opening a socket (raw sockets need root or CAP_NET_RAW)")?;
+    let dst = std::net::SocketAddr::new(to, transport.port());
     let transfer_id = std::process::id() ^ 0x5eed_0000;
     let payload: Vec<u8> = (0..args.size).map(|i| (i * 7 + 3) as u8).collect();
     let mut buf = vec![0u8; wire::HEADER_LEN + args.size];
@@ -68,19 +77,25 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             buf[at] ^= 1 << (seq % 8);
         }
         loop {
-            match sock.send_to(&buf[..n], args.to) {
+            match sock.send_to(&buf[..n], dst) {
                 Ok(_) => break,
                 // The device queue is full for a moment: wait, as a real sender would.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     std::thread::sleep(std::time::Duration::from_micros(50))
                 }
-                Err(e) => return Err(e).with_context(|| format!("sending to {}", args.to)),
+                Err(e) => return Err(e).with_context(|| format!("sending to {dst}")),
             }
         }
     }
     println!(
         "sent {} valid, {} corrupt and {} foreign packets to {} (transfer id {transfer_id:#x})",
-        args.count, args.corrupt, args.foreign, args.to
+        args.count,
+        args.corrupt,
+        args.foreign,
+        match transport {
+            Transport::Ip(_) => crate::proto::Peer::ip(to),
+            Transport::Udp(_) => crate::proto::Peer::udp(dst),
+        }
     );
     Ok(())
 }

@@ -87,6 +87,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
         },
         key,
         protocol: args.rx.protocol,
+        udp_port: args.rx.udp,
         exit_after: args.exit_after,
         out: args.out.display().to_string(),
         limits: Limits {

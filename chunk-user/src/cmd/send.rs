@@ -3,7 +3,7 @@
 
 use std::{
     io::IsTerminal,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -17,6 +17,7 @@ use crate::{
         send::{self, SendConfig, SendDriver},
         wait::Stop,
     },
+    net::raw::Transport,
     proto::{SendError, Sender, SenderConfig, SenderStats},
     report::{FileReport, SendSummary},
 };
@@ -26,9 +27,16 @@ pub struct SendArgs {
     /// Files to send (each arrives under its file name in the receiver's directory).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// The receiving host (where `chunk recv` runs).
-    #[arg(long)]
-    pub to: Ipv4Addr,
+    /// The receiving host (where `chunk recv` runs): an IPv4 or IPv6 address, or a host name.
+    #[arg(long, value_name = "HOST")]
+    pub to: String,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
+    /// Send in UDP datagrams to this port of the receiver (which needs `--udp PORT` too),
+    /// rather than straight over IP: for paths through a NAT, or firewalls and cloud security
+    /// groups that pass only TCP, UDP and ICMP.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp: Option<u16>,
     /// Most chunks unacknowledged at once; 1 is the original tool's stop-and-wait.
     #[arg(long, default_value_t = 1 << 16)]
     pub window: u32,
@@ -36,11 +44,11 @@ pub struct SendArgs {
     /// the congestion controller finds the rate.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<u64>,
-    /// Payload bytes per chunk packet. Default: the route's MTU minus 40 (IPv4 and chunk
-    /// headers), at most the receiver's limit of 9180.
+    /// Payload bytes per chunk packet. Default: the route's MTU minus the headers (IPv4 20 or
+    /// IPv6 40, UDP 8 with --udp, chunk 20), at most the receiver's limit of 9180.
     #[arg(long)]
     pub chunk_size: Option<u32>,
-    /// The IP protocol number chunk packets use.
+    /// The IP protocol number (IPv6 next header) chunk packets use without --udp.
     #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
     pub protocol: u8,
     /// Give up on a file after this many seconds without an answer from the receiver.
@@ -77,33 +85,38 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// The chunk size to use: the user's, checked against the route's MTU and the receiver's payload
 /// limit, or the largest the route carries unfragmented.
-fn chunk_size(args: &SendArgs) -> Result<u32> {
+fn chunk_size(args: &SendArgs, to: IpAddr, transport: Transport) -> Result<u32> {
     let keyed = args.psk_file.is_some();
+    let v6 = to.is_ipv6();
     // The receiver's default payload limit counts the trailer too (docs/PROTOCOL.md).
     let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
     let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32 - trailer;
-    let overhead = send::packet_overhead(keyed);
-    let mtu = send::route_mtu(args.to);
+    let overhead = send::packet_overhead(keyed, transport, v6);
+    let mtu = send::route_mtu(to);
     match (args.chunk_size, mtu) {
         (Some(n), _) if n == 0 || n > max => {
             bail!("--chunk-size must be 1..={max} (the receiver's default payload limit)")
         }
         (Some(n), Ok(mtu)) if n + overhead > mtu => bail!(
-            "--chunk-size {n} does not fit the MTU of {mtu} on the route to {}: at most {} \
+            "--chunk-size {n} does not fit the MTU of {mtu} on the route to {to}: at most {} \
              (the MTU minus {})",
-            args.to,
             mtu.saturating_sub(overhead),
-            send::overhead_words(keyed)
+            send::overhead_words(keyed, transport, v6)
         ),
         (Some(n), _) => Ok(n),
         (None, Ok(mtu)) if mtu > overhead + 64 => Ok((mtu - overhead).min(max)),
-        (None, Ok(mtu)) => bail!("the route to {} has an MTU of {mtu}: too small", args.to),
-        (None, Err(e)) => Err(anyhow::Error::new(e).context(format!("no route to {}", args.to))),
+        (None, Ok(mtu)) => bail!("the route to {to} has an MTU of {mtu}: too small"),
+        (None, Err(e)) => Err(anyhow::Error::new(e).context(format!("no route to {to}"))),
     }
 }
 
 pub fn run(args: SendArgs) -> Result<()> {
-    let chunk_size = chunk_size(&args)?;
+    let to = super::resolve(&args.to, args.family)?;
+    let transport = match args.udp {
+        Some(port) => Transport::Udp(port),
+        None => Transport::Ip(args.protocol),
+    };
+    let chunk_size = chunk_size(&args, to, transport)?;
     if args.window == 0 {
         bail!("--window must be at least 1");
     }
@@ -113,8 +126,8 @@ pub fn run(args: SendArgs) -> Result<()> {
     };
     let stop = Stop::install().context("installing signal handlers")?;
     let mut driver = SendDriver::new(SendConfig {
-        to: args.to,
-        protocol: args.protocol,
+        to,
+        transport,
         core: SenderConfig {
             chunk_size,
             window: args.window,
@@ -144,7 +157,10 @@ pub fn run(args: SendArgs) -> Result<()> {
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
     let summary = SendSummary {
-        to: args.to.to_string(),
+        to: match transport {
+            Transport::Ip(_) => to.to_string(),
+            Transport::Udp(port) => std::net::SocketAddr::new(to, port).to_string(),
+        },
         skipped: args.files.len() - reports.len(),
         failed,
         files: reports,
@@ -256,21 +272,33 @@ fn send_once(
             report.ok = true;
             report.goodput_mb_s = report.size as f64 / report.seconds.max(1e-9) / 1e6;
         }
-        Err(e) => report.error = Some(explain(&e, driver.config().to, &stats)),
+        Err(e) => {
+            let cfg = driver.config();
+            report.error = Some(explain(&e, cfg.to, cfg.transport, &stats))
+        }
     }
     (report, mismatch)
 }
 
 /// The sender core's error, said for a user.
-fn explain(e: &SendError, to: Ipv4Addr, stats: &SenderStats) -> String {
+fn explain(e: &SendError, to: IpAddr, transport: Transport, stats: &SenderStats) -> String {
     match e {
         SendError::Timeout(t) if !stats.offer_accepted => format!(
             "no answer from {to} for {:.0} s: is `chunk recv` running there, does it speak chunk \
-             protocol version {} (as this chunk {} does), and does IP protocol traffic reach it \
-             (firewalls often drop unknown protocols)?",
+             protocol version {} (as this chunk {} does), and {}",
             t.as_secs_f64(),
             chunk_common::wire::VERSION,
-            env!("CARGO_PKG_VERSION")
+            env!("CARGO_PKG_VERSION"),
+            match transport {
+                Transport::Ip(p) => format!(
+                    "does IP protocol {p} traffic reach it? NATs, many firewalls and cloud \
+                     security groups drop protocols other than TCP, UDP and ICMP: then run both \
+                     ends with `--udp PORT`"
+                ),
+                Transport::Udp(port) => format!(
+                    "was it started with `--udp {port}`, and does UDP to port {port} reach it?"
+                ),
+            }
         ),
         SendError::Timeout(t) if stats.chunks_acked == stats.chunks_resumed => format!(
             "{to} accepted the offer, then acknowledged none of the {} chunks sent in {:.0} s: \

@@ -16,7 +16,7 @@ use crate::{
     auth,
     intake::{Intake, Rejected},
     net::{
-        raw::RawSocket,
+        answer::Answerer,
         rx::{RxSource, StatePublisher},
     },
     proto::{Receiver, ReceiverConfig, Transmit},
@@ -50,6 +50,8 @@ pub struct RecvConfig {
     pub key: Option<auth::Psk>,
     /// The IP protocol answers are sent with.
     pub protocol: u8,
+    /// The UDP port answers over UDP leave from (`--udp`).
+    pub udp_port: Option<u16>,
     /// Stop after this many transfers ended (then [`EXIT_QUIET`] without packets).
     pub exit_after: Option<u64>,
     /// As published in the state file.
@@ -66,11 +68,8 @@ pub fn run(
     stop: &Stop,
     mut on_event: impl FnMut(&RecvEvent),
 ) -> Result<RecvEvent> {
-    let ack_sock = RawSocket::new(cfg.protocol)
-        .context("opening a raw IP socket for acks (needs root or CAP_NET_RAW)")?;
-    ack_sock
-        .make_deaf()
-        .context("making the ack socket send-only")?;
+    let ack_sock = Answerer::open(cfg.protocol, cfg.udp_port, rx.udp_sockets())
+        .context("opening the sockets for answers (raw sockets need root or CAP_NET_RAW)")?;
     let mut core: Receiver<FsStorage> = Receiver::new(cfg.core.clone());
     let mut intake = Intake::new(cfg.key.clone());
     let publisher = StatePublisher::new(rx.iface());
@@ -205,7 +204,7 @@ pub fn run(
     })
 }
 
-fn count_rejected(counts: &mut IntakeCounts, why: Rejected, src: std::net::Ipv4Addr) {
+fn count_rejected(counts: &mut IntakeCounts, why: Rejected, src: crate::proto::Peer) {
     match why {
         Rejected::Auth(e) => {
             counts.auth_rejected += 1;
@@ -229,7 +228,7 @@ fn send_answers(
     now: Instant,
     buf: &mut [u8],
     intake: &Intake,
-    sock: &RawSocket,
+    sock: &Answerer,
     counts: &mut IntakeCounts,
 ) {
     while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, buf) {
@@ -239,7 +238,7 @@ fn send_answers(
                 .expect("the buffer has room for the trailer"),
             None => len,
         };
-        if let Err(e) = sock.send_from_to(&buf[..n], src, dst) {
+        if let Err(e) = sock.send(&buf[..n], src, dst) {
             counts.ack_send_errors += 1;
             if counts.ack_send_errors.is_power_of_two() {
                 tracing::warn!(%dst, error = %e, count = counts.ack_send_errors, "cannot send to the sender");

@@ -1,4 +1,5 @@
-//! The send driver: one sender core at a time over a raw socket. Answers come in through
+//! The send driver: one sender core at a time over a chunk socket (raw IP of either family, or
+//! UDP with `--udp`). Answers come in through
 //! [`Intake`] (the same checks the receive path applies, then the key, then the body), the core's
 //! packets go out a batch per `sendmmsg`, and the loop sleeps in `ppoll` until the core's next
 //! timer (the pacer's included, to the nanosecond) or an answer.
@@ -8,7 +9,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     os::{
         fd::AsFd,
         unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
@@ -24,32 +25,45 @@ use super::wait::{self, Stop};
 use crate::{
     auth::{self, Psk},
     intake::Intake,
-    net::{batch::BatchSender, raw::RawSocket},
+    net::{
+        batch::BatchSender,
+        raw::{ChunkSocket, Transport},
+    },
     proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
 };
 
 /// The MTU of the route to `to`, as the kernel knows it (interface MTU, or a smaller path MTU
-/// learnt from ICMP).
-pub fn route_mtu(to: Ipv4Addr) -> std::io::Result<u32> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    sock.connect(&std::net::SocketAddrV4::new(to, 9).into())?;
-    let mtu = rustix::net::sockopt::ip_mtu(&sock)?;
-    Ok(mtu)
+/// learnt from ICMP or ICMPv6).
+pub fn route_mtu(to: IpAddr) -> std::io::Result<u32> {
+    let domain = if to.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    sock.connect(&SocketAddr::new(to, 9).into())?;
+    if to.is_ipv6() {
+        Ok(rustix::net::sockopt::ipv6_mtu(&sock)?)
+    } else {
+        Ok(rustix::net::sockopt::ip_mtu(&sock)?)
+    }
 }
 
-/// Bytes a chunk packet carries besides its chunk: the IPv4 header (without options), the chunk
-/// header, and with a key the authentication trailer.
-pub fn packet_overhead(keyed: bool) -> u32 {
+/// Bytes a chunk packet carries besides its chunk: the IP header (without options or extension
+/// headers), the UDP header over UDP, the chunk header, and with a key the authentication
+/// trailer.
+pub fn packet_overhead(keyed: bool, transport: Transport, v6: bool) -> u32 {
     let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
-    20 + wire::HEADER_LEN as u32 + trailer
+    transport.header_len(v6) + wire::HEADER_LEN as u32 + trailer
 }
 
 /// What [`packet_overhead`] is made of, for messages.
-pub fn overhead_words(keyed: bool) -> &'static str {
+pub fn overhead_words(keyed: bool, transport: Transport, v6: bool) -> String {
+    let ip = transport.header_words(v6);
     if keyed {
-        "20 for IPv4, 20 for the chunk header, 24 for the authentication trailer"
+        format!("{ip}, 20 for the chunk header, 24 for the authentication trailer")
     } else {
-        "20 for IPv4, 20 for the chunk header"
+        format!("{ip}, 20 for the chunk header")
     }
 }
 
@@ -288,29 +302,51 @@ impl ChunkSource for FileSource {
 
 /// What the send driver needs.
 pub struct SendConfig {
-    pub to: Ipv4Addr,
-    pub protocol: u8,
+    pub to: IpAddr,
+    /// Straight over IP (with chunk's protocol number), or in UDP to the receiver's port.
+    pub transport: Transport,
     pub core: SenderConfig,
     pub key: Option<Psk>,
 }
 
-/// The raw socket, its send batch and the intake of answers, kept across files.
+/// The socket, its send batch and the intake of answers, kept across files.
 pub struct SendDriver {
     cfg: SendConfig,
+    /// Where packets go: the receiver's address, and its UDP port over UDP.
+    dst: SocketAddr,
     tx: BatchSender,
     intake: Intake,
 }
 
 impl SendDriver {
     pub fn new(cfg: SendConfig) -> Result<Self> {
-        let sock = RawSocket::new(cfg.protocol)
-            .context("opening a raw IP socket (chunk send needs root or CAP_NET_RAW)")?;
+        let dst = SocketAddr::new(cfg.to, cfg.transport.port());
+        let sock = ChunkSocket::open(cfg.to.is_ipv6(), cfg.transport, None).context(
+            match cfg.transport {
+                Transport::Ip(_) => {
+                    "opening a raw IP socket (chunk send needs root or CAP_NET_RAW)"
+                }
+                Transport::Udp(_) => "opening a UDP socket",
+            },
+        )?;
+        if let Transport::Udp(_) = cfg.transport {
+            // Connected: the kernel picks the source port once (answers come back to it, through
+            // a NAT too) and queues only the receiver's datagrams on the socket.
+            sock.socket()
+                .connect(&dst.into())
+                .with_context(|| format!("no route to {dst}"))?;
+        }
         // Best effort: the defaults work, only less smoothly at high rates.
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(sock.socket(), 4 << 20);
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(sock.socket(), 4 << 20);
         let tx = BatchSender::new(sock, wire::HEADER_LEN + cfg.core.chunk_size as usize);
         let intake = Intake::new(cfg.key.clone());
-        Ok(SendDriver { cfg, tx, intake })
+        Ok(SendDriver {
+            cfg,
+            dst,
+            tx,
+            intake,
+        })
     }
 
     pub fn config(&self) -> &SendConfig {
@@ -345,14 +381,25 @@ impl SendDriver {
                 sender.cancel();
             }
             // Everything the receiver said.
-            while let Some(n) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
-                let protocol = self.cfg.protocol;
-                if let Ok(repr) = self.intake.open_ip(
-                    &mut rbuf[..n],
-                    protocol,
-                    |src| src == to.octets(),
-                    auth::now_ms(),
-                ) {
+            while let Some((n, from)) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
+                let opened = if self.tx.socket().delivers_ip_header() {
+                    let Transport::Ip(protocol) = self.cfg.transport else {
+                        unreachable!("only raw IPv4 sockets deliver the IP header")
+                    };
+                    self.intake.open_ip(
+                        &mut rbuf[..n],
+                        protocol,
+                        |src| IpAddr::from(src) == to,
+                        auth::now_ms(),
+                    )
+                } else {
+                    // Answers come from the address (and UDP port) the packets went to.
+                    let from_receiver = from.ip().to_canonical() == to
+                        && (self.cfg.transport.port() == 0 || from.port() == self.dst.port());
+                    self.intake
+                        .open_bare(&mut rbuf[..n], from_receiver, auth::now_ms())
+                };
+                if let Ok(repr) = opened {
                     sender.handle_packet(&repr, now);
                 }
             }
@@ -412,7 +459,7 @@ impl SendDriver {
                     .expect("packet buffers have room for the trailer"),
                 None => n,
             };
-            self.tx.commit(n, self.cfg.to);
+            self.tx.commit(n, self.dst);
             if self.tx.is_full() {
                 return true;
             }
@@ -425,15 +472,16 @@ impl SendDriver {
         if e.raw_os_error() != Some(libc::EMSGSIZE) {
             return anyhow::Error::new(e).context(format!("sending to {to}"));
         }
-        let keyed = self.cfg.key.is_some();
-        let packet = self.cfg.core.chunk_size + packet_overhead(keyed);
+        let (keyed, transport, v6) = (self.cfg.key.is_some(), self.cfg.transport, to.is_ipv6());
+        let overhead = packet_overhead(keyed, transport, v6);
+        let packet = self.cfg.core.chunk_size + overhead;
+        let words = overhead_words(keyed, transport, v6);
         let limit = match route_mtu(to) {
             Ok(mtu) => format!(
-                "at most {} on this path (its MTU of {mtu} minus {})",
-                mtu.saturating_sub(packet_overhead(keyed)),
-                overhead_words(keyed)
+                "at most {} on this path (its MTU of {mtu} minus {words})",
+                mtu.saturating_sub(overhead),
             ),
-            Err(_) => format!("the path MTU minus {}", overhead_words(keyed)),
+            Err(_) => format!("the path MTU minus {words}"),
         };
         anyhow::anyhow!(
             "chunk packets of {packet} bytes do not fit the path MTU to {to}: use a smaller \

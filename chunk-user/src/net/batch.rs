@@ -1,19 +1,21 @@
 //! Sending chunk packets in batches: one `sendmmsg` system call carries up to [`BATCH`] packets,
 //! which is what lets a raw socket go past the ~200k packets/s of a `sendto` loop.
 
-use std::{io, mem::MaybeUninit, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
+use std::{io, mem::MaybeUninit, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
-use super::raw::RawSocket;
+use socket2::SockAddr;
+
+use super::raw::ChunkSocket;
 
 /// Packets per `sendmmsg`.
 pub const BATCH: usize = 64;
 
-/// A raw socket with a queue of packets that go out together on [`flush`](Self::flush).
+/// A chunk socket with a queue of packets that go out together on [`flush`](Self::flush).
 pub struct BatchSender {
-    sock: RawSocket,
+    sock: ChunkSocket,
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
-    dsts: Vec<Ipv4Addr>,
+    dsts: Vec<SockAddr>,
     queued: usize,
     /// Packets handed to the kernel.
     pub packets_sent: u64,
@@ -21,18 +23,19 @@ pub struct BatchSender {
 
 impl BatchSender {
     /// Queues packets of at most `max_packet` bytes for `sock`.
-    pub fn new(sock: RawSocket, max_packet: usize) -> Self {
+    pub fn new(sock: ChunkSocket, max_packet: usize) -> Self {
+        let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
         BatchSender {
             sock,
             bufs: (0..BATCH).map(|_| vec![0; max_packet]).collect(),
             lens: vec![0; BATCH],
-            dsts: vec![Ipv4Addr::UNSPECIFIED; BATCH],
+            dsts: vec![unspecified; BATCH],
             queued: 0,
             packets_sent: 0,
         }
     }
 
-    pub fn socket(&self) -> &RawSocket {
+    pub fn socket(&self) -> &ChunkSocket {
         &self.sock
     }
 
@@ -51,9 +54,9 @@ impl BatchSender {
     }
 
     /// Queues the first `len` bytes of the buffer [`next_buf`](Self::next_buf) gave, for `dst`.
-    pub fn commit(&mut self, len: usize, dst: Ipv4Addr) {
+    pub fn commit(&mut self, len: usize, dst: SocketAddr) {
         self.lens[self.queued] = len;
-        self.dsts[self.queued] = dst;
+        self.dsts[self.queued] = self.sock.sockaddr(dst);
         self.queued += 1;
     }
 
@@ -86,34 +89,24 @@ impl BatchSender {
 
     fn send_from(&mut self, first: usize) -> io::Result<usize> {
         let count = self.queued - first;
-        let mut addrs: [MaybeUninit<libc::sockaddr_in>; BATCH] = [MaybeUninit::uninit(); BATCH];
         let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
         let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
         for i in 0..count {
             let k = first + i;
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(self.dsts[k].octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            addrs[i].write(addr);
             iovs[i].write(libc::iovec {
                 iov_base: self.bufs[k].as_mut_ptr().cast(),
                 iov_len: self.lens[k],
             });
             // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = addrs[i].as_mut_ptr().cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_name = self.dsts[k].as_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = self.dsts[k].len();
             m.msg_hdr.msg_iov = iovs[i].as_mut_ptr();
             m.msg_hdr.msg_iovlen = 1;
             msgs[i].write(m);
         }
         loop {
-            // SAFETY: the first `count` entries of msgs, iovs and addrs are initialised and
+            // SAFETY: the first `count` entries of msgs and iovs are initialised and
             // point into buffers that outlive the call.
             let rc = unsafe {
                 libc::sendmmsg(

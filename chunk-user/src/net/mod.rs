@@ -4,11 +4,12 @@
 //!   packets they hand over, their counters, the source allowlist, the state file they publish;
 //! - [`xdp`]: the XDP program's loader, its maps and pins; [`ring`]: its ring-buffer reader;
 //! - [`socket_rx`]: the receive path without XDP (a raw socket, the same checks in userspace);
-//! - [`raw`]: raw IP sockets for sending and for answers; [`batch`]: sending in `sendmmsg`
-//!   batches;
+//! - [`raw`]: the sockets chunk packets travel on (raw IP of either family, or UDP);
+//!   [`batch`]: sending in `sendmmsg` batches; [`answer`]: the receiver's sockets for answers;
 //! - [`link`]: interfaces and the XDP programs attached to them; [`paths`]: where a receiver
 //!   leaves its pins and its state file.
 
+pub mod answer;
 pub mod batch;
 pub mod link;
 pub mod paths;

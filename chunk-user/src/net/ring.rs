@@ -4,7 +4,9 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, MapData, RingBuf};
-use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader};
+use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader, TRANSPORT_IP, TRANSPORT_UDP};
+
+use crate::proto::Peer;
 
 use super::rx::Received;
 
@@ -14,8 +16,12 @@ pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
     let h = RecordHeader::read(rec)?;
     let end = RECORD_HEADER_LEN + h.packet_len as usize;
     let packet = rec.get(RECORD_HEADER_LEN..end)?;
-    let (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst)) = (h.src_ip()?, h.dst_ip()?) else {
-        return None;
+    let (src, dst) = (h.src_ip()?, h.dst_ip()?);
+    let src = match h.transport {
+        TRANSPORT_IP => Peer::ip(src),
+        // The program drops UDP from port 0 (it could not be answered).
+        TRANSPORT_UDP if h.src_port != 0 => Peer::udp(std::net::SocketAddr::new(src, h.src_port)),
+        _ => return None,
     };
     Some(Received {
         src,

@@ -6,12 +6,14 @@ use anyhow::{Context, Result};
 
 use std::{
     io::Write,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     os::fd::{AsFd, BorrowedFd},
     path::Path,
 };
 
 use chunk_common::counters::Counter;
+
+use crate::proto::Peer;
 
 use super::{
     paths,
@@ -24,9 +26,10 @@ use super::{
 /// receive path: parse it with [`chunk_common::wire::Repr::parse_checksum_already_checked`].
 #[derive(Debug)]
 pub struct Received<'a> {
-    pub src: Ipv4Addr,
+    /// The sender: its address, and its UDP port when the packet came in UDP.
+    pub src: Peer,
     /// The local address the sender sent it to: answers leave from it.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub rx_queue: u32,
     pub packet: &'a [u8],
 }
@@ -100,7 +103,13 @@ pub struct RxArgs {
     /// The IP protocol number chunk packets use.
     #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
     pub protocol: u8,
-    /// Accept chunk packets only from these sources (CIDR; repeatable). None: accept all.
+    /// Also take chunk packets in UDP datagrams to this port, over IPv4 and IPv6, and answer
+    /// them from it (for senders behind a NAT or a firewall that passes only TCP and UDP; the
+    /// senders need `--udp PORT` too). Packets straight over IP are still taken.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp: Option<u16>,
+    /// Accept chunk packets only from these sources (IPv4 or IPv6 CIDR, or an address;
+    /// repeatable). None: accept all.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_prefix)]
     pub allow: Vec<Prefix>,
     /// Ring-buffer size in bytes (a power of two).
@@ -125,6 +134,7 @@ impl RxArgs {
             },
             protocol: self.protocol,
             allow: self.allow.clone(),
+            udp_port: self.udp.unwrap_or(0),
             ring_bytes: self.ring_bytes,
             max_payload: self.max_payload,
             log_drops: self.xdp_log,
@@ -169,6 +179,7 @@ impl RxSource {
                 protocol: args.protocol,
                 max_payload: args.max_payload,
                 allow: args.allow.clone(),
+                udp_port: args.udp,
             };
             Kind::Socket(
                 SocketRx::open(&cfg).with_context(|| format!("receiving on {}", args.iface))?,
@@ -234,7 +245,7 @@ impl RxSource {
                 v.extend(logger.as_ref().map(|l| l.as_fd()));
                 v
             }
-            Kind::Socket(s) => vec![s.fd()],
+            Kind::Socket(s) => s.fds(),
         }
     }
 
@@ -259,6 +270,15 @@ impl RxSource {
                 let (read, accepted) = s.read_batch(max, f)?;
                 Ok(Batch { read, accepted })
             }
+        }
+    }
+
+    /// The socket path's UDP sockets (new fds for the same sockets), to answer from; none for
+    /// XDP, whose answers need sockets of their own.
+    pub fn udp_sockets(&self) -> Vec<super::raw::ChunkSocket> {
+        match &self.kind {
+            Kind::Socket(s) => s.udp_sockets(),
+            Kind::Xdp { .. } => Vec::new(),
         }
     }
 

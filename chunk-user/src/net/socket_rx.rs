@@ -1,12 +1,18 @@
-//! The userspace receive path (`--mode socket`): a raw IP socket bound to chunk's protocol and
-//! to the interface, read in batches with `recvmmsg`, every packet put through the same checks
-//! as in the XDP program ([`chunk_common::classify`]) and counted by the same counters. For hosts
-//! without XDP, and as the baseline the benchmarks hold the XDP path against.
+//! The userspace receive path (`--mode socket`): raw IP sockets bound to chunk's protocol and to
+//! the interface, one per family (and with `--udp PORT` a UDP socket per family bound to that
+//! port), read in batches with `recvmmsg`, every packet put through the same checks as in the XDP
+//! program ([`chunk_common::classify`]) and counted by the same counters. For hosts without XDP,
+//! and as the baseline the benchmarks hold the XDP path against.
+//!
+//! An IPv4 raw socket delivers the IPv4 header, which gets the same header checks as in the
+//! kernel; IPv6 raw sockets and UDP sockets deliver the chunk packet alone (the kernel has walked
+//! the extension headers and checked the UDP header), with the addresses in the message's name
+//! and its `PKTINFO`.
 
 use std::{
     io,
-    net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
 use chunk_common::{
@@ -15,9 +21,10 @@ use chunk_common::{
 };
 
 use super::{
-    raw::set_int_option,
+    raw::{ChunkSocket, Transport, set_int_option},
     rx::{Counters, Prefix, Received},
 };
+use crate::proto::Peer;
 
 /// Packets one `recvmmsg` call can return.
 const BATCH: usize = 64;
@@ -35,23 +42,33 @@ pub struct SocketConfig {
     pub protocol: u8,
     pub max_payload: u16,
     pub allow: Vec<Prefix>,
+    /// Also take chunk packets in UDP to this port (`--udp`).
+    pub udp_port: Option<u16>,
 }
 
-/// A raw socket receiving chunk packets, with the kernel path's counters kept here.
+/// One socket of the path and its own drop count.
+struct Rx {
+    sock: ChunkSocket,
+    /// The socket's cumulative drop count (SO_RXQ_OVFL), last seen.
+    overflow: u32,
+}
+
+/// Raw (and UDP) sockets receiving chunk packets, with the kernel path's counters kept here.
 pub struct SocketRx {
-    fd: OwnedFd,
+    socks: Vec<Rx>,
     cfg: SocketConfig,
     counters: Counters,
     /// [`BATCH`] receive buffers of [`BUF_LEN`] bytes, back to back. Allocated zeroed, so only
     /// the pages packets land in are ever touched (64 × 64 KiB written out would be 4 MiB of
     /// resident memory for buffers that mostly hold 1.5 KB).
     bufs: Vec<u8>,
-    /// The socket's cumulative drop count (SO_RXQ_OVFL), last seen.
-    overflow: u32,
+    /// The socket read first in the next batch: the sockets take turns.
+    next: usize,
 }
 
 impl SocketRx {
-    /// Opens the socket (root: CAP_NET_RAW) and binds it to the interface.
+    /// Opens the sockets (root: CAP_NET_RAW) and binds them to the interface. IPv6 is skipped,
+    /// with a warning, on a host without it.
     pub fn open(cfg: &SocketConfig) -> io::Result<Self> {
         if super::link::ifindex(&cfg.iface).is_none() {
             return Err(io::Error::new(
@@ -59,49 +76,83 @@ impl SocketRx {
                 format!("no interface named {:?}", cfg.iface),
             ));
         }
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW.nonblocking().cloexec(),
-            Some(socket2::Protocol::from(cfg.protocol as i32)),
-        )
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "opening a raw socket for IP protocol {}: {e} (needs root)",
-                    cfg.protocol
-                ),
-            )
-        })?;
-        socket.bind_device(Some(cfg.iface.as_bytes()))?;
-        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, RCVBUF).is_err() {
-            socket.set_recv_buffer_size(RCVBUF)?;
+        let mut transports = vec![Transport::Ip(cfg.protocol)];
+        transports.extend(cfg.udp_port.map(Transport::Udp));
+        let mut socks = Vec::new();
+        for transport in transports {
+            for v6 in [false, true] {
+                match Self::open_one(cfg, v6, transport) {
+                    Ok(sock) => socks.push(Rx { sock, overflow: 0 }),
+                    Err(e) if v6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                        tracing::warn!("IPv6 is not available on this host: receiving IPv4 only");
+                    }
+                    Err(e) => {
+                        let what = match transport {
+                            Transport::Ip(p) => format!("a raw socket for IP protocol {p}"),
+                            Transport::Udp(p) => format!("a UDP socket on port {p}"),
+                        };
+                        let family = if v6 { "IPv6" } else { "IPv4" };
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("opening {what} ({family}): {e} (raw sockets need root)"),
+                        ));
+                    }
+                }
+            }
         }
-        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
-        // The kernel reassembles fragments before a raw socket sees them; this makes it say so
-        // (a control message on every reassembled packet), so that fragments are dropped and
-        // counted here as the XDP program drops them.
-        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
-        let fd = OwnedFd::from(socket);
         Ok(SocketRx {
-            fd,
+            socks,
             cfg: cfg.clone(),
             counters: Counters::default(),
             bufs: vec![0u8; BUF_LEN * BATCH],
-            overflow: 0,
+            next: 0,
         })
     }
 
-    /// The counters, as the XDP program would have kept them (`passed` stays 0: the socket only
-    /// ever sees chunk's protocol; `ring_full` counts packets the socket buffer had no room for;
-    /// `fragment` counts each packet the kernel reassembled, where XDP counts each fragment).
+    fn open_one(cfg: &SocketConfig, v6: bool, transport: Transport) -> io::Result<ChunkSocket> {
+        let sock = ChunkSocket::open(v6, transport, Some(transport.port()))?;
+        let s = sock.socket();
+        s.set_nonblocking(true)?;
+        s.bind_device(Some(cfg.iface.as_bytes()))?;
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, RCVBUF).is_err() {
+            s.set_recv_buffer_size(RCVBUF)?;
+        }
+        set_int_option(s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        // The kernel reassembles fragments before a socket sees them; this makes it say so (a
+        // control message on every reassembled packet), so that fragments are dropped and
+        // counted here as the XDP program drops them.
+        if v6 {
+            set_int_option(s, libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE, 1)?;
+            set_int_option(s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        } else {
+            set_int_option(s, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1)?;
+            set_int_option(s, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        }
+        Ok(sock)
+    }
+
+    /// The counters, as the XDP program would have kept them (`passed` stays 0: the sockets
+    /// only ever see chunk's protocol and port; `ring_full` counts packets the socket buffers
+    /// had no room for; `fragment` counts each packet the kernel reassembled, where XDP counts
+    /// each fragment; `ext_headers` stays 0, the kernel walks IPv6 extension headers itself).
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
-    /// The socket's fd, for the driver to wait on.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The sockets' fds, for the driver to wait on.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.socks.iter().map(|r| r.sock.socket().as_fd()).collect()
+    }
+
+    /// Copies of the UDP sockets (the same sockets, new fds), IPv4 then IPv6: the receiver's
+    /// answers over UDP leave from the port the senders send to, so that a NAT in between
+    /// recognises them.
+    pub fn udp_sockets(&self) -> Vec<ChunkSocket> {
+        self.socks
+            .iter()
+            .filter(|r| matches!(r.sock.transport(), Transport::Udp(_)))
+            .filter_map(|r| r.sock.try_clone().ok())
+            .collect()
     }
 
     /// Checks every packet of one batch already queued (without waiting); hands the accepted
@@ -112,8 +163,33 @@ impl SocketRx {
         max: usize,
         mut f: impl FnMut(Received<'_>),
     ) -> io::Result<(usize, usize)> {
+        let (mut read, mut accepted) = (0, 0);
+        let count = self.socks.len();
+        for k in 0..count {
+            let i = (self.next + k) % count;
+            let (r, a) = self.read_one(i, max.saturating_sub(read), &mut f)?;
+            read += r;
+            accepted += a;
+            if read >= max {
+                self.next = (i + 1) % count;
+                break;
+            }
+        }
+        Ok((read, accepted))
+    }
+
+    fn read_one(
+        &mut self,
+        i: usize,
+        max: usize,
+        f: &mut impl FnMut(Received<'_>),
+    ) -> io::Result<(usize, usize)> {
+        if max == 0 {
+            return Ok((0, 0));
+        }
         let n = max.clamp(1, BATCH);
-        let got = match recv_batch(&self.fd, &mut self.bufs[..n * BUF_LEN]) {
+        let rx = &mut self.socks[i];
+        let got = match recv_batch(rx.sock.socket(), &mut self.bufs[..n * BUF_LEN]) {
             Ok(got) => got,
             Err(e)
                 if matches!(
@@ -127,39 +203,52 @@ impl SocketRx {
         };
         let read = got.len();
         let mut accepted = 0;
-        for (
-            i,
-            Got {
-                len,
-                ovfl,
-                reassembled,
-            },
-        ) in got.into_iter().enumerate()
-        {
-            if reassembled {
+        let with_ip_header = rx.sock.delivers_ip_header();
+        let udp = matches!(rx.sock.transport(), Transport::Udp(_));
+        for (j, g) in got.into_iter().enumerate() {
+            if let Some(o) = g.ovfl {
+                let lost = o.wrapping_sub(rx.overflow);
+                rx.overflow = o;
+                self.counters.0[Counter::RingFull as usize] += lost as u64;
+            }
+            if g.reassembled {
                 self.counters.0[Counter::Fragment as usize] += 1;
                 continue;
             }
-            if let Some(o) = ovfl {
-                let lost = o.wrapping_sub(self.overflow);
-                self.overflow = o;
-                self.counters.0[Counter::RingFull as usize] += lost as u64;
-            }
-            let buf = &mut self.bufs[i * BUF_LEN..i * BUF_LEN + len];
+            let buf = &mut self.bufs[j * BUF_LEN..j * BUF_LEN + g.len];
             let allow = &self.cfg.allow;
-            let verdict = classify::packet(
-                buf,
-                self.cfg.protocol,
-                self.cfg.max_payload as usize,
-                |src| super::rx::allowed(allow, Ipv4Addr::from(src).into()),
-            );
+            let max_payload = self.cfg.max_payload as usize;
+            let verdict = if with_ip_header {
+                classify::packet(buf, self.cfg.protocol, max_payload, |src| {
+                    super::rx::allowed(allow, Ipv4Addr::from(src).into())
+                })
+                .map(|a| {
+                    let src = Peer::ip(Ipv4Addr::from(a.ip.src).into());
+                    (src, IpAddr::from(a.ip.dst), a.chunk)
+                })
+            } else {
+                // A UDP sender at port 0 cannot be answered: not a source chunk admits.
+                let answerable = !udp || g.from.port() != 0;
+                let ok = answerable && super::rx::allowed(allow, g.from.ip());
+                classify::chunk(buf, max_payload, ok)
+                    .map_err(Verdict::Drop)
+                    .map(|()| {
+                        let src = if udp {
+                            Peer::udp(g.from)
+                        } else {
+                            Peer::ip(g.from.ip())
+                        };
+                        let dst = g.to.unwrap_or(g.from.ip()).to_canonical();
+                        (src, dst, 0..g.len)
+                    })
+            };
             let c = match verdict {
-                Ok(a) => {
+                Ok((src, dst, chunk)) => {
                     f(Received {
-                        src: Ipv4Addr::from(a.ip.src),
-                        dst: Ipv4Addr::from(a.ip.dst),
+                        src,
+                        dst,
                         rx_queue: 0,
-                        packet: &self.bufs[i * BUF_LEN..][a.chunk],
+                        packet: &self.bufs[j * BUF_LEN..][chunk],
                     });
                     accepted += 1;
                     Counter::Accepted
@@ -181,11 +270,16 @@ struct Got {
     ovfl: Option<u32>,
     /// The kernel reassembled it from fragments.
     reassembled: bool,
+    /// Where it came from (address and, for UDP, port).
+    from: SocketAddr,
+    /// The local address it was sent to (PKTINFO), when the kernel said.
+    to: Option<IpAddr>,
 }
 
 /// One `recvmmsg` without blocking.
-fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
-    const CMSG_SPACE: usize = 64;
+fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
+    // Room for the drop count, the fragment size and an IPv6 PKTINFO (24 + 24 + 40).
+    const CMSG_SPACE: usize = 128;
     let n = bufs.len() / BUF_LEN;
     let mut iovs: Vec<libc::iovec> = bufs
         .chunks_exact_mut(BUF_LEN)
@@ -195,6 +289,9 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
         })
         .collect();
     let mut cmsgs = vec![[0u64; CMSG_SPACE / 8]; n];
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) address.
+    let mut names: Vec<libc::sockaddr_storage> =
+        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
     // SAFETY: mmsghdr is plain data; every pointer set below outlives the call.
     let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
     for i in 0..n {
@@ -202,6 +299,9 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
         msgs[i].msg_hdr.msg_controllen = CMSG_SPACE;
+        msgs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        msgs[i].msg_hdr.msg_namelen =
+            std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     }
     // SAFETY: msgs describes n valid buffers.
     let rc = unsafe {
@@ -217,9 +317,10 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
         return Err(io::Error::last_os_error());
     }
     let mut out = Vec::with_capacity(rc as usize);
-    for m in &msgs[..rc as usize] {
+    for (m, name) in msgs[..rc as usize].iter().zip(&names) {
         let mut ovfl = None;
         let mut reassembled = false;
+        let mut to = None;
         // SAFETY: the kernel filled msg_control; the CMSG macros walk it within controllen.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
@@ -227,16 +328,36 @@ fn recv_batch(fd: &OwnedFd, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
                     ovfl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
                 }
-                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_RECVFRAGSIZE {
-                    reassembled = true;
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE)
+                    | (libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE) => reassembled = true,
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info: libc::in_pktinfo =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        to = Some(IpAddr::from(Ipv4Addr::from(
+                            info.ipi_addr.s_addr.to_ne_bytes(),
+                        )));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info: libc::in6_pktinfo =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        to = Some(IpAddr::from(info.ipi6_addr.s6_addr));
+                    }
+                    _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
             }
         }
+        // SAFETY: the kernel wrote a socket address of msg_namelen bytes into `name`.
+        let from = unsafe { socket2::SockAddr::new(*name, m.msg_hdr.msg_namelen) }
+            .as_socket()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         out.push(Got {
             len: (m.msg_len as usize).min(BUF_LEN),
             ovfl,
             reassembled,
+            from,
+            to,
         });
     }
     Ok(out)

@@ -12,12 +12,14 @@
 //! - [`sender`]: one outgoing file: offer, windowed and paced data, selective acks, RTO, the end.
 //! - [`receiver`]: every incoming transfer of one receiver: offers, data, acks, completion.
 //! - [`storage`]: the receiver's file interface, and [`MemStorage`] for tests.
+//! - [`peer`]: who a packet came from (an address of either family, a UDP port or none).
 //! - [`chunkset`]: the sparse set of chunk indices both sides keep (acked / received).
 //! - [`cc`] and [`rtt`]: the sender's congestion controller and RTT estimator.
 //! - [`sim`]: the deterministic simulated network, and the figures it measures.
 
 pub mod cc;
 pub mod chunkset;
+pub mod peer;
 pub mod receiver;
 pub mod rtt;
 pub mod sender;
@@ -28,6 +30,7 @@ pub mod storage;
 mod tests;
 
 pub use chunkset::ChunkSet;
+pub use peer::Peer;
 pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, validate_name};
 pub use sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
 pub use storage::{HashCheck, MemStorage, OfferInfo, Opened, Refusal, Storage};

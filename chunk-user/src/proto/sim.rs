@@ -18,6 +18,8 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io;
 use std::net::Ipv4Addr;
+
+use super::Peer;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{HASH_LEN, Repr};
@@ -121,7 +123,7 @@ struct Link {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dest {
-    Receiver(Ipv4Addr),
+    Receiver(Peer),
     Sender(usize),
 }
 
@@ -154,7 +156,7 @@ impl Ord for Arrival {
 pub struct SimSender {
     pub sender: Sender,
     pub source: Box<dyn ChunkSource>,
-    pub addr: Ipv4Addr,
+    pub addr: Peer,
     /// Virtual time at which the sender's outcome was set.
     pub done_at: Option<Duration>,
     /// Virtual times at which the acknowledged share of the file first reached 50 % and 90 %
@@ -232,7 +234,7 @@ impl<S: Storage> Sim<S> {
         self.senders.push(SimSender {
             sender,
             source,
-            addr: Ipv4Addr::new(10, 0, 0, (i + 1) as u8),
+            addr: Ipv4Addr::new(10, 0, 0, (i + 1) as u8).into(),
             done_at: None,
             half_at: None,
             ninety_at: None,
@@ -916,7 +918,11 @@ mod tests {
         let mut buf = vec![0; 2000];
         let n = pkt.emit(&mut buf).unwrap();
         for _ in 0..100 {
-            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &buf[..n]);
+            sim.send(
+                Dir::Up,
+                Dest::Receiver(Ipv4Addr::LOCALHOST.into()),
+                &buf[..n],
+            );
         }
         let st = sim.link_stats(Dir::Up).clone();
         assert_eq!(st.queue_drops, 100 - 45);
@@ -958,7 +964,7 @@ mod tests {
         let (mut runs, mut in_run) = (0u64, false);
         for i in 0..N {
             let before = sim.link_stats(Dir::Up).lost;
-            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
             let lost = sim.link_stats(Dir::Up).lost > before;
             if lost && !in_run {
                 runs += 1;
@@ -992,7 +998,7 @@ mod tests {
         up.loss = 0.02;
         let (mut sim, pkt) = bare_sim(up);
         for i in 0..N {
-            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+            sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
             if i % 10_000 == 0 {
                 sim.queue.clear();
             }
@@ -1014,7 +1020,7 @@ mod tests {
             up.overhead = overhead;
             let (mut sim, pkt) = bare_sim(up);
             for _ in 0..1000 {
-                sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST), &pkt);
+                sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
             }
             let last = sim.queue.iter().map(|Reverse(a)| a.at).max().unwrap();
             let wire = (pkt.len() as u64 + overhead as u64) * 8_000;

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::Ipv4Addr;
 
 use chunk_common::wire::{AbortReason, HASH_LEN};
 
@@ -18,7 +17,7 @@ use super::chunkset::ChunkSet;
 /// storage for the checks only it can make (space, existing files, a partial copy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OfferInfo {
-    pub src: Ipv4Addr,
+    pub src: super::Peer,
     pub transfer_id: u32,
     /// A validated relative name (see [`validate_name`](super::validate_name)).
     pub name: String,

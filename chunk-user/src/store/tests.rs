@@ -12,7 +12,7 @@ fn data(size: usize) -> Vec<u8> {
 
 fn offer(name: &str, data: &[u8]) -> OfferInfo {
     OfferInfo {
-        src: std::net::Ipv4Addr::new(198, 18, 0, 1),
+        src: std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
         transfer_id: 1,
         name: name.into(),
         size: data.len() as u64,

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Output,
     sync::mpsc::Receiver,
@@ -133,7 +132,12 @@ pub fn event_is(v: &Value, event: &str, name: &str) -> bool {
 }
 
 /// Runs `chunk send --json` in `ns`; returns the process output and its JSON summary.
-pub fn send(ns: &Netns, to: Ipv4Addr, files: &[&Path], extra: &[&str]) -> (Output, Value) {
+pub fn send(
+    ns: &Netns,
+    to: impl std::fmt::Display,
+    files: &[&Path],
+    extra: &[&str],
+) -> (Output, Value) {
     let mut cmd = ns.command(&chunk_bin());
     cmd.args(["send", "--json", "--to", &to.to_string()])
         .args(extra)
@@ -173,7 +177,7 @@ pub fn one_file_across(
     sender: &chunk_tests::Netns,
     receiver: &chunk_tests::Netns,
     receiver_if: &str,
-    to: Ipv4Addr,
+    to: impl std::fmt::Display,
     size: usize,
     seed: u64,
     send_extra: &[&str],

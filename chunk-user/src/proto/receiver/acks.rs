@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn one_ack_at_a_time_however_many_reasons() {
         let t0 = Instant::now();
-        let key = (std::net::Ipv4Addr::new(198, 18, 0, 1), 7);
+        let key = (
+            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            7,
+        );
         let mut ready = VecDeque::new();
         let mut ack = AckState::new(t0);
         let mut received = ChunkSet::new();

@@ -16,7 +16,9 @@ mod acks;
 mod transfer;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+
+use super::Peer;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
@@ -93,7 +95,7 @@ impl Default for ReceiverConfig {
 pub enum Event {
     /// An offer was accepted.
     Started {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         size: u64,
@@ -103,7 +105,7 @@ pub enum Event {
     },
     /// Every chunk arrived and storage checked the file.
     Finished {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         size: u64,
@@ -121,7 +123,7 @@ pub enum Event {
     },
     /// An offer was refused.
     Refused {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: AbortReason,
@@ -129,7 +131,7 @@ pub enum Event {
     },
     /// The receiver ended a transfer on a local error (an abort went to the sender).
     Failed {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: AbortReason,
@@ -137,7 +139,7 @@ pub enum Event {
     },
     /// The sender aborted the transfer.
     Cancelled {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         reason: AbortReason,
@@ -147,14 +149,14 @@ pub enum Event {
     /// id replaced an open transfer: the sender restarted. The old one was closed, its data kept
     /// for the new one to resume from.
     Superseded {
-        src: Ipv4Addr,
+        src: Peer,
         old_transfer_id: u32,
         transfer_id: u32,
         name: String,
     },
     /// Nothing was heard for the idle time; the transfer was closed, its partial data kept.
     Idle {
-        src: Ipv4Addr,
+        src: Peer,
         transfer_id: u32,
         name: String,
         chunks_have: u64,
@@ -165,10 +167,10 @@ pub enum Event {
 /// A packet [`Receiver::poll_transmit`] wrote: where it goes, and from which local address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
-    pub dst: Ipv4Addr,
+    pub dst: Peer,
     /// The address the peer sent its packets to (`None`: the receive path did not say; let
     /// the route choose).
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     pub len: usize,
 }
 
@@ -196,7 +198,7 @@ pub struct ReceiverStats {
 }
 
 /// A transfer is named by its sender's address and its transfer id.
-type TransferKey = (Ipv4Addr, u32);
+type TransferKey = (Peer, u32);
 
 /// A message that is not an ack, waiting for `poll_transmit`.
 #[derive(Debug)]
@@ -226,7 +228,7 @@ pub struct Receiver<S: Storage> {
     ready: VecDeque<TransferKey>,
     out: VecDeque<(Transmit, Outgoing)>,
     /// The local address of the packet being handled: where answers to it come from.
-    answering_local: Option<Ipv4Addr>,
+    answering_local: Option<IpAddr>,
     events: VecDeque<Event>,
     /// Token bucket for unknown-transfer aborts.
     abort_tokens: f64,
@@ -268,8 +270,8 @@ impl<S: Storage> Receiver<S> {
     /// knows it (already checksum-checked and parsed). Answers leave from `local`.
     pub fn handle_packet(
         &mut self,
-        src: Ipv4Addr,
-        local: Option<Ipv4Addr>,
+        src: Peer,
+        local: Option<IpAddr>,
         repr: &Repr<'_>,
         now: Instant,
         storage: &mut S,
@@ -470,7 +472,7 @@ impl<S: Storage> Receiver<S> {
         self.supersede(key, &name, offer, now, storage);
         let check = if self.open >= self.cfg.max_transfers {
             Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
-        } else if self.open_from(key.0) >= self.cfg.max_per_source {
+        } else if self.open_from(key.0.addr()) >= self.cfg.max_per_source {
             Err((
                 AbortReason::TooManyTransfers,
                 format!("{} open from {}", self.cfg.max_per_source, key.0),
@@ -836,11 +838,12 @@ impl<S: Storage> Receiver<S> {
         self.send_abort(key, AbortReason::UnknownTransfer, String::new());
     }
 
-    /// Open transfers from `src` (at most `max_transfers` to look at).
-    fn open_from(&self, src: Ipv4Addr) -> usize {
+    /// Open transfers from the host `src` (at most `max_transfers` to look at): by address, so
+    /// that a host's UDP ports do not each get the per-source limit.
+    fn open_from(&self, src: IpAddr) -> usize {
         self.transfers
             .iter()
-            .filter(|(k, t)| k.0 == src && matches!(t.state, State::Open(_)))
+            .filter(|(k, t)| k.0.addr() == src && matches!(t.state, State::Open(_)))
             .count()
     }
 
@@ -990,8 +993,10 @@ mod tests {
     use crate::proto::storage::MemStorage;
     use chunk_common::wire::{HashAlg, MessageType};
 
-    const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+    use std::net::Ipv4Addr;
+
+    const SRC: Peer = Peer::ipv4(Ipv4Addr::new(198, 18, 0, 1));
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
     const CHUNK: u32 = 10;
 
     /// A receiver with the default configuration, empty storage, and the time it starts at.
@@ -1159,7 +1164,7 @@ mod tests {
             };
             r.handle_packet(src, Some(LOCAL), &repr, now, st);
         };
-        let other = Ipv4Addr::new(198, 18, 0, 2);
+        let other = Peer::ipv4(Ipv4Addr::new(198, 18, 0, 2));
         for id in 0..3 {
             offer_from(&mut r, &mut st, SRC, id);
         }

@@ -1,7 +1,7 @@
 //! One transfer as the receiver keeps it: what was offered, where answers go, and its state —
 //! open (its file, the chunks it holds, the acks it owes) or finished (the verdict it repeats).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use chunk_common::wire::{CompleteRepr, HASH_LEN};
@@ -37,7 +37,7 @@ pub(super) enum State<H> {
 pub(super) struct Transfer<H> {
     pub info: OfferInfo,
     /// The local address the sender sends to: answers leave from it.
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub started: Instant,
     /// The last valid packet from its sender (the idle timer and supersede start here).
     pub last_activity: Instant,
