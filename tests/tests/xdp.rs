@@ -2,10 +2,10 @@
 //! namespace, packets from another, and assertions on the kernel's counters and on what reached
 //! userspace. Needs root (run through `cargo xtask test`).
 
-use std::{net::Ipv4Addr, sync::mpsc::Receiver, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
-use chunk_common::wire::{self, Message, Repr};
-use chunk_tests::{Daemon, FrameSender, TwoHosts, wait_for_line};
+use chunk_common::wire;
+use chunk_tests::TwoHosts;
 use pnet_packet::{
     MutablePacket,
     ethernet::{EtherTypes, MutableEthernetPacket},
@@ -17,91 +17,10 @@ use serde_json::Value;
 const PROTO: u8 = chunk_common::DEFAULT_IP_PROTOCOL;
 
 mod common;
-use common::chunk_bin;
-
-/// A running `chunk listen` in the receiver namespace.
-struct Listener {
-    daemon: Daemon,
-    lines: Receiver<String>,
-}
-
-impl Listener {
-    fn start(hosts: &TwoHosts, extra: &[&str]) -> Listener {
-        let mut cmd = hosts.receiver.command(&chunk_bin());
-        cmd.args(["listen", "--iface", hosts.receiver_if, "--json", "--dump"])
-            .args(extra);
-        let mut daemon = Daemon::spawn(cmd, "chunk listen").expect("start chunk listen");
-        let (_, lines) = wait_for_line(daemon.stdout().unwrap(), Duration::from_secs(30), |l| {
-            l.starts_with("attached")
-        })
-        .expect("chunk listen attached");
-        Listener { daemon, lines }
-    }
-
-    /// Stops the listener; returns the dumped packets and the final summary.
-    fn stop(self) -> (Vec<Value>, Value) {
-        // Let the last packets cross the veth and the ring buffer.
-        std::thread::sleep(Duration::from_millis(300));
-        self.daemon.signal(libc::SIGTERM);
-        let status = self
-            .daemon
-            .wait(Duration::from_secs(10))
-            .expect("listener exits");
-        assert!(status.success(), "chunk listen failed: {status}");
-        let lines: Vec<Value> = self
-            .lines
-            .try_iter()
-            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect();
-        let (summary, dumps) = lines.split_last().expect("a summary line");
-        assert!(
-            summary.get("counters").is_some(),
-            "last line is the summary: {summary}"
-        );
-        (dumps.to_vec(), summary.clone())
-    }
-}
-
-fn counter(summary: &Value, name: &str) -> u64 {
-    summary["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {summary}"))
-}
-
-/// Asserts every counter: those named with their values, all others zero, except `passed`,
-/// which the stack's own chatter (IPv6 router solicitations, ...) may bump and is checked only
-/// when named.
-fn assert_counters(summary: &Value, expected: &[(&str, u64)]) {
-    for c in chunk_common::counters::Counter::ALL {
-        let got = counter(summary, c.name());
-        match expected.iter().find(|(n, _)| *n == c.name()) {
-            Some((_, want)) => assert_eq!(got, *want, "counter {}: {summary}", c.name()),
-            None if c.name() == "passed" => {}
-            None => assert_eq!(got, 0, "counter {}: {summary}", c.name()),
-        }
-    }
-}
-
-/// A packet `chunk listen --dump` printed is byte for byte the one sent, except for the checksum
-/// field, which the kernel zeroes while checking it.
-fn assert_dump_is(dump: &Value, sent: &[u8]) {
-    let mut expect = sent.to_vec();
-    expect[wire::field::CHECKSUM].fill(0);
-    let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(dump["hex"], hex.as_str());
-}
-
-fn data_packet(tid: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let repr = Repr {
-        transfer_id: tid,
-        seq,
-        flags: wire::flags::MORE_CHUNKS,
-        message: Message::Data { payload },
-    };
-    let mut buf = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut buf).unwrap();
-    buf
-}
+use common::{
+    chunk_bin,
+    listen::{Listener, assert_counters, assert_dump_is, counter, data_packet, send_frames},
+};
 
 /// Sends chunk packets from the sender namespace through a raw IP socket.
 fn send_raw(hosts: &TwoHosts, packets: &[Vec<u8>]) {
@@ -195,19 +114,6 @@ fn frame(hosts: &TwoHosts, ip: Ip, body: &[u8]) -> Vec<u8> {
         p.set_checksum(sum);
     }
     buf
-}
-
-fn send_frames(hosts: &TwoHosts, frames: &[Vec<u8>]) {
-    let ifname = hosts.sender_if;
-    hosts
-        .sender
-        .enter(|| {
-            let tx = FrameSender::new(ifname).expect("AF_PACKET socket");
-            for f in frames {
-                tx.send(f).expect("send frame");
-            }
-        })
-        .unwrap();
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod listen;
+
 use chunk_tests::{Daemon, Netns, ReadyRecv, spawn_recv};
 use serde_json::Value;
 
