@@ -58,6 +58,9 @@ pub struct Limits {
     pub allow: Vec<String>,
     pub psk: bool,
     pub overwrite: bool,
+    /// The UDP port chunk packets in UDP are taken on (`--udp`), if any.
+    #[serde(default)]
+    pub udp_port: Option<u16>,
 }
 
 /// Packets the receive driver saw and what became of those the core never saw.
@@ -364,9 +367,10 @@ mod tests {
                     idle_timeout_s: 5.0,
                     max_payload: 6,
                     ring_bytes: 7,
-                    allow: vec!["198.18.0.0/15".into()],
+                    allow: vec!["198.18.0.0/15".into(), "2001:2::/48".into()],
                     psk: true,
                     overwrite: false,
+                    udp_port: Some(47000),
                 },
                 transfers_open: 1,
                 core: ReceiverStats::default(),

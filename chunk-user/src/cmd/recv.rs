@@ -101,6 +101,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
             allow: args.rx.allow.iter().map(|p| p.to_string()).collect(),
             psk: args.psk_file.is_some(),
             overwrite: args.overwrite,
+            udp_port: args.rx.udp,
         },
     };
     let stop = Stop::install().context("installing signal handlers")?;

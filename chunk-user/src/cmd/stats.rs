@@ -198,7 +198,7 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
         o,
         "limits: files up to {} bytes; {} transfers ({} per source); {} KiB of state per \
          transfer; idle after {} s; payload up to {} bytes; ring buffer {} bytes; allow {}; \
-         pre-shared key {}",
+         pre-shared key {}; IPv4 and IPv6 straight over IP{}",
         l.max_size,
         l.max_transfers,
         l.max_per_source,
@@ -207,7 +207,11 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
         l.max_payload,
         l.ring_bytes,
         allow,
-        if l.psk { "required" } else { "not required" }
+        if l.psk { "required" } else { "not required" },
+        match l.udp_port {
+            Some(p) => format!(" and in UDP to port {p}"),
+            None => String::new(),
+        }
     );
     o
 }
