@@ -339,6 +339,8 @@ fn protocol_doc_examples_are_the_fixtures() {
     assert_eq!(
         names,
         [
+            "ipv6-data",
+            "udp4-data",
             "data",
             "ack",
             "ack-from-cumulative",
@@ -350,6 +352,8 @@ fn protocol_doc_examples_are_the_fixtures() {
             "sealed"
         ]
     );
+    // The transport examples are whole IP packets: `transport_examples_carry_the_data_fixture`.
+    examples.drain(..2);
     // The derived key is not a packet: it is checked against BLAKE3 here, the rest below.
     let (_, key) = examples.remove(7);
     assert_eq!(key, PSK_KEY_BYTES, "PROTOCOL.md example psk-key");
@@ -368,6 +372,51 @@ fn protocol_doc_examples_are_the_fixtures() {
             "PROTOCOL.md example {name}"
         );
     }
+}
+
+/// The Internet checksum (RFC 1071).
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The IPv6 and UDP examples of docs/PROTOCOL.md, "Transport", are the data example behind the
+/// headers they describe, and the UDP example's IPv4 and UDP checksums are right (a sender must
+/// send a valid UDP checksum).
+#[test]
+fn transport_examples_carry_the_data_fixture() {
+    let examples = doc_examples();
+    let get = |name: &str| {
+        examples
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap()
+    };
+    let v6 = get("ipv6-data");
+    assert_eq!(v6[0] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([v6[4], v6[5]]) as usize, v6.len() - 40);
+    assert_eq!((v6[6], v6[40]), (60, crate::DEFAULT_IP_PROTOCOL));
+    assert_eq!(v6[48..], DATA_BYTES);
+
+    let u4 = get("udp4-data");
+    assert_eq!(internet_checksum(&u4[..20]), 0, "IPv4 header checksum");
+    assert_eq!(u16::from_be_bytes([u4[2], u4[3]]) as usize, u4.len());
+    assert_eq!(u4[9], 17);
+    let udp = &u4[20..];
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]) as usize, udp.len());
+    let mut pseudo = u4[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(udp);
+    assert_eq!(internet_checksum(&pseudo), 0, "UDP checksum");
+    assert_eq!(udp[8..], DATA_BYTES);
 }
 
 /// The sealed example is the data example with the trailer of docs/PROTOCOL.md,
