@@ -417,6 +417,21 @@ fn transport_examples_carry_the_data_fixture() {
     pseudo.extend_from_slice(udp);
     assert_eq!(internet_checksum(&pseudo), 0, "UDP checksum");
     assert_eq!(udp[8..], DATA_BYTES);
+
+    // And the receive path's checks take them, with the addresses and port they say.
+    use crate::classify::{Transport, ip_packet};
+    let mut zeroed = DATA_BYTES.to_vec();
+    zeroed[field::CHECKSUM].fill(0);
+    let mut p = v6.clone();
+    let a = ip_packet(&mut p, crate::DEFAULT_IP_PROTOCOL, 0, 9180, |_| true).unwrap();
+    assert_eq!(a.src, "2001:2::1".parse::<core::net::IpAddr>().unwrap());
+    assert_eq!((a.transport, a.src_port), (Transport::Ip, 0));
+    assert_eq!(p[a.chunk], zeroed);
+    let mut p = u4.clone();
+    let a = ip_packet(&mut p, crate::DEFAULT_IP_PROTOCOL, 47000, 9180, |_| true).unwrap();
+    assert_eq!(a.src, "198.18.0.1".parse::<core::net::IpAddr>().unwrap());
+    assert_eq!((a.transport, a.src_port), (Transport::Udp, 40001));
+    assert_eq!(p[a.chunk], zeroed);
 }
 
 /// The sealed example is the data example with the trailer of docs/PROTOCOL.md,

@@ -333,32 +333,32 @@ pub fn load(cfg: &XdpConfig) -> Result<Ebpf, XdpError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_PROTOCOL, &cfg.protocol, true)
         .override_global(names::GLOBAL_MAX_PAYLOAD, &cfg.max_payload, true)
+        .override_global(names::GLOBAL_UDP_PORT, &cfg.udp_port, true)
         .override_global(names::GLOBAL_ALLOWLIST_ON, &allow_on, true)
         .override_global(names::GLOBAL_LOG_DROPS, &log_drops, true)
         .map_max_entries(names::MAP_CHUNKS, cfg.ring_bytes)
         .load(crate::XDP_OBJECT)
         .map_err(XdpError::Load)?;
 
-    {
-        let map = ebpf
-            .map_mut(names::MAP_ALLOWLIST)
-            .ok_or(XdpError::MissingMap(names::MAP_ALLOWLIST))?;
-        let mut trie: LpmTrie<_, u32, u8> =
-            LpmTrie::try_from(map).map_err(|source| XdpError::Map {
-                name: names::MAP_ALLOWLIST,
-                source,
-            })?;
-        for p in cfg.allow.iter().filter_map(|p| match p {
-            Prefix::V4(p) => Some(p),
+    // Each family's prefixes in its own trie. The kernel does not map an IPv4-mapped IPv6
+    // source (::ffff:a.b.c.d, which has no business on the wire) to IPv4: with the allowlist
+    // on, it is refused unless an IPv6 prefix covers it.
+    insert_prefixes(
+        &mut ebpf,
+        names::MAP_ALLOWLIST,
+        cfg.allow.iter().filter_map(|p| match p {
+            Prefix::V4(p) => Some((p.prefix_len(), u32::from_ne_bytes(p.addr().octets()))),
             Prefix::V6(_) => None,
-        }) {
-            let key = Key::new(p.prefix_len() as u32, u32::from_ne_bytes(p.addr().octets()));
-            trie.insert(&key, 1, 0).map_err(|source| XdpError::Map {
-                name: names::MAP_ALLOWLIST,
-                source,
-            })?;
-        }
-    }
+        }),
+    )?;
+    insert_prefixes(
+        &mut ebpf,
+        names::MAP_ALLOWLIST6,
+        cfg.allow.iter().filter_map(|p| match p {
+            Prefix::V4(_) => None,
+            Prefix::V6(p) => Some((p.prefix_len(), p.addr().octets())),
+        }),
+    )?;
 
     let prog: &mut Xdp = ebpf
         .program_mut(names::PROGRAM_NAME)
@@ -374,6 +374,23 @@ pub fn load(cfg: &XdpConfig) -> Result<Ebpf, XdpError> {
     Ok(ebpf)
 }
 
+/// Puts `(prefix length, address)` pairs into the LPM trie `name`, whose key data is a `K`
+/// (the address in network byte order).
+fn insert_prefixes<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    prefixes: impl Iterator<Item = (u8, K)>,
+) -> Result<(), XdpError> {
+    let map = ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+    let mut trie: LpmTrie<_, K, u8> =
+        LpmTrie::try_from(map).map_err(|source| XdpError::Map { name, source })?;
+    for (len, addr) in prefixes {
+        trie.insert(&Key::new(len.into(), addr), 1, 0)
+            .map_err(|source| XdpError::Map { name, source })?;
+    }
+    Ok(())
+}
+
 impl Drop for XdpReceiver {
     fn drop(&mut self) {
         if let Some(dir) = &self.pinned {
@@ -384,9 +401,13 @@ impl Drop for XdpReceiver {
 }
 
 /// The maps `bpftool map dump pinned` is useful on.
-const PINNED_MAPS: [&str; 2] = [names::MAP_COUNTERS, names::MAP_ALLOWLIST];
+const PINNED_MAPS: [&str; 3] = [
+    names::MAP_COUNTERS,
+    names::MAP_ALLOWLIST,
+    names::MAP_ALLOWLIST6,
+];
 
-/// Pins the counters and the allowlist under [`paths::pin_dir`], replacing a dead receiver's
+/// Pins the counters and the allowlists under [`paths::pin_dir`], replacing a dead receiver's
 /// leftovers (no live one can hold this interface: the attach would have been refused). Pinning
 /// is a convenience: failure is reported and otherwise ignored.
 fn pin_maps(ebpf: &Ebpf, iface: &str) -> Option<PathBuf> {
