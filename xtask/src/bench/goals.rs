@@ -121,6 +121,22 @@ pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost)
             1.0,
         ));
     }
+    // IPv6 (a 40-byte header) and UDP (8 more) cost their header bytes, no more: each variant
+    // within 5 % of the same receive path over plain IPv4, in every case.
+    for &case in &args.cases {
+        for &tool in args.tools.iter().filter(|t| t.plain() != **t) {
+            v.push(Ratio::at_least(
+                format!(
+                    "{}: {} / {} goodput",
+                    prefix(case),
+                    tool.name(),
+                    tool.plain().name()
+                ),
+                div(g(case, tool), g(case, tool.plain())),
+                0.95,
+            ));
+        }
+    }
     if args.mtu >= JUMBO_MTU {
         v.push(Ratio::at_least(
             format!("jumbo (MTU {}): clean: chunk-xdp / nc goodput", args.mtu),

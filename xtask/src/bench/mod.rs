@@ -142,6 +142,14 @@ pub struct BenchArgs {
         hide_possible_values = true
     )]
     tools: Vec<Tool>,
+    /// Also run chunk's tools over IPv6 (chunk-xdp-ipv6, chunk-socket-ipv6: the same routed
+    /// path, 2001:2::/48), and compare each with its IPv4 run in the same round.
+    #[arg(long)]
+    ipv6: bool,
+    /// Also run chunk's tools in UDP (chunk-xdp-udp, ...; with --ipv6 also in UDP over IPv6),
+    /// and compare each with its plain run in the same round.
+    #[arg(long)]
+    udp: bool,
     /// MTU of every link, for every tool (9000 for jumbo frames: the XDP program takes them in
     /// fragments, natively on veth).
     #[arg(long, default_value_t = 1500)]
@@ -208,7 +216,8 @@ impl Bench<'_> {
     /// One transfer of `tool` in `case`: its figures and how it ended.
     fn run(&self, tool: Tool, case: Case, round: u32) -> Run {
         let mut run = Run::new(tool, case, round);
-        run.outcome = if tool == Tool::ChunkSocket && !self.socket_mode {
+        let socket = matches!(tool.chunk(), Some((tools::chunk::Mode::Socket, _)));
+        run.outcome = if socket && !self.socket_mode {
             Outcome::NotAvailable("this chunk recv has no --mode socket".into())
         } else {
             match self.transfer(tool, case, &mut run) {
@@ -332,6 +341,7 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     if !lan_cases.is_empty() {
         let lan = BenchArgs {
             cases: lan_cases,
+            tools: with_transports(&args.tools, args.ipv6, args.udp),
             ..args.clone()
         };
         run_lan(&bin, &lan)?;
@@ -353,6 +363,47 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
         wan::run(&bin, &args.wan, grid, share, &work, &out, &machine)?;
     }
     Ok(())
+}
+
+/// `tools`, and after each of chunk's plain tools its variants over IPv6 and in UDP as asked
+/// (each once, in the order given).
+fn with_transports(tools: &[Tool], ipv6: bool, udp: bool) -> Vec<Tool> {
+    use tools::chunk::Transport;
+    let mut variants = Vec::new();
+    if ipv6 {
+        variants.push(Transport {
+            ipv6: true,
+            udp: false,
+        });
+    }
+    if udp {
+        variants.push(Transport {
+            ipv6: false,
+            udp: true,
+        });
+    }
+    if ipv6 && udp {
+        variants.push(Transport {
+            ipv6: true,
+            udp: true,
+        });
+    }
+    let mut out: Vec<Tool> = Vec::new();
+    for &tool in tools {
+        let more = match tool.chunk() {
+            Some((mode, t)) if t == Transport::default() => variants
+                .iter()
+                .map(|&v| Tool::chunk_variant(mode, v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for t in std::iter::once(tool).chain(more) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 /// Removes the benchmark's work directory.
@@ -512,6 +563,8 @@ mod fixtures {
             rounds: 3,
             cases: lan_cases(),
             tools: Tool::value_variants().to_vec(),
+            ipv6: false,
+            udp: false,
             mtu: 1500,
             rss_check: false,
             rss_dir: None,
@@ -638,6 +691,28 @@ mod tests {
         assert_eq!(wan.wan.wan_rtts, [50, 200]);
         assert_eq!(wan.wan.wan_loss, [0, 1, 5]);
         assert!(parse(&["--tools", "tcp-reno"]).is_err());
+        // --ipv6 and --udp add chunk's variants after each plain chunk tool, nothing else.
+        let v = parse(&["--ipv6", "--udp", "--tools", "chunk-xdp,nc"]).unwrap();
+        assert_eq!(
+            with_transports(&v.tools, v.ipv6, v.udp),
+            [
+                Tool::ChunkXdp,
+                Tool::ChunkXdpIpv6,
+                Tool::ChunkXdpUdp,
+                Tool::ChunkXdpIpv6Udp,
+                Tool::Nc
+            ]
+        );
+        assert_eq!(
+            with_transports(&[Tool::ChunkSocket, Tool::ChunkSocketIpv6], true, false),
+            [Tool::ChunkSocket, Tool::ChunkSocketIpv6]
+        );
+        for t in Tool::value_variants() {
+            assert_eq!(
+                t.plain().chunk().map(|(_, tr)| tr),
+                t.chunk().map(|_| Default::default())
+            );
+        }
         // The spelling on the command line is the one in the results.
         for c in Case::value_variants() {
             assert_eq!(c.to_possible_value().unwrap().get_name(), c.name());

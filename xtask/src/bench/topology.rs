@@ -51,8 +51,8 @@ impl Net {
         r.map(|_| ())
     }
 
-    /// Drops `percent` % of every IPv4 packet the router forwards, each way, whatever its
-    /// protocol: the same loss for every tool.
+    /// Drops `percent` % of every packet (IPv4 or IPv6) the router forwards, each way, whatever
+    /// its protocol: the same loss for every tool and transport.
     ///
     /// Per packet on the wire: veth passes TCP's segmentation-offload packets (tens of kilobytes,
     /// dozens of segments) through the router whole, so one drop there would be a burst of
@@ -62,7 +62,7 @@ impl Net {
         let _ = self
             .routed
             .router
-            .exec("nft", &["delete", "table", "ip", "bench_loss"]);
+            .exec("nft", &["delete", "table", "inet", "bench_loss"]);
         let segs = if percent == 0 { "65535" } else { "1" };
         for (host, dev) in [
             (&self.routed.sender, self.routed.sender_if),
@@ -76,7 +76,7 @@ impl Net {
         self.nft(
             "loss",
             &format!(
-                "table ip bench_loss {{\n  chain forward {{\n    \
+                "table inet bench_loss {{\n  chain forward {{\n    \
                  type filter hook forward priority 0; policy accept;\n    \
                  numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
             ),

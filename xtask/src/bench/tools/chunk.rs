@@ -15,17 +15,27 @@ use crate::bench::{
 };
 
 /// Which receive path `chunk recv` uses.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Xdp,
     Socket,
 }
 
+/// How the packets travel: IPv4 or IPv6, straight over IP or in UDP (`--ipv6`, `--udp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transport {
+    pub ipv6: bool,
+    pub udp: bool,
+}
+
+/// The UDP port the bench's chunk receivers take UDP on.
+pub const UDP_PORT: &str = "47000";
+
 /// Appends `send --json --quiet --to TO --timeout SECS FILE` to `chunk` (a command that runs
 /// the chunk binary in the sender's namespace, possibly under `/usr/bin/time`).
 pub fn send_command(
     mut chunk: std::process::Command,
-    to: std::net::Ipv4Addr,
+    to: std::net::IpAddr,
     file: &std::path::Path,
     timeout_s: u32,
 ) -> std::process::Command {
@@ -37,12 +47,15 @@ pub fn send_command(
     chunk
 }
 
-pub fn run(t: &Transfer, mode: Mode, run: &mut Run) -> Result<()> {
+pub fn run(t: &Transfer, mode: Mode, transport: Transport, run: &mut Run) -> Result<()> {
     let net = &t.net.routed;
     let times = TimeFiles::in_dir(t.work);
     let mut extra = vec!["--exit-after", "1"];
     if mode == Mode::Socket {
         extra.extend(["--mode", "socket"]);
+    }
+    if transport.udp {
+        extra.extend(["--udp", UDP_PORT]);
     }
     let ReadyRecv {
         daemon: receiver,
@@ -54,12 +67,15 @@ pub fn run(t: &Transfer, mode: Mode, run: &mut Run) -> Result<()> {
         t.out_dir,
         &extra,
     )?;
-    let sc = send_command(
-        timed(&net.sender, &times.send, t.bin),
-        net.receiver_addr,
-        t.file,
-        60,
-    );
+    let to = if transport.ipv6 {
+        net.receiver_addr6.into()
+    } else {
+        net.receiver_addr.into()
+    };
+    let mut sc = send_command(timed(&net.sender, &times.send, t.bin), to, t.file, 60);
+    if transport.udp {
+        sc.args(["--udp", UDP_PORT]);
+    }
     let mark = Mark::start(t.net);
     let out = output_within(sc, t.timeout)?;
     // chunk send exits only once the receiver confirmed the file's hash.

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chunk_tests::Netns;
+use clap::ValueEnum;
 use serde::Serialize;
 
 use super::{run::Run, topology::Net};
@@ -34,6 +35,18 @@ pub enum Tool {
     TcpBbr,
     /// UFTP, multicast-capable file transfer over UDP (unicast here, no encryption).
     Uftp,
+    /// chunk-xdp over IPv6 (`--ipv6`).
+    ChunkXdpIpv6,
+    /// chunk-socket over IPv6.
+    ChunkSocketIpv6,
+    /// chunk-xdp in UDP over IPv4 (`--udp`).
+    ChunkXdpUdp,
+    /// chunk-socket in UDP over IPv4.
+    ChunkSocketUdp,
+    /// chunk-xdp in UDP over IPv6 (`--ipv6 --udp`).
+    ChunkXdpIpv6Udp,
+    /// chunk-socket in UDP over IPv6.
+    ChunkSocketIpv6Udp,
 }
 
 impl Tool {
@@ -46,6 +59,58 @@ impl Tool {
             Tool::TcpCubic => "tcp-cubic",
             Tool::TcpBbr => "tcp-bbr",
             Tool::Uftp => "uftp",
+            Tool::ChunkXdpIpv6 => "chunk-xdp-ipv6",
+            Tool::ChunkSocketIpv6 => "chunk-socket-ipv6",
+            Tool::ChunkXdpUdp => "chunk-xdp-udp",
+            Tool::ChunkSocketUdp => "chunk-socket-udp",
+            Tool::ChunkXdpIpv6Udp => "chunk-xdp-ipv6-udp",
+            Tool::ChunkSocketIpv6Udp => "chunk-socket-ipv6-udp",
+        }
+    }
+
+    /// For chunk: the receive path and the transport (`None` for the other tools).
+    pub fn chunk(self) -> Option<(chunk::Mode, chunk::Transport)> {
+        use chunk::{Mode::*, Transport as T};
+        let plain = T::default();
+        let v6 = T {
+            ipv6: true,
+            udp: false,
+        };
+        let udp = T {
+            ipv6: false,
+            udp: true,
+        };
+        let both = T {
+            ipv6: true,
+            udp: true,
+        };
+        Some(match self {
+            Tool::ChunkXdp => (Xdp, plain),
+            Tool::ChunkSocket => (Socket, plain),
+            Tool::ChunkXdpIpv6 => (Xdp, v6),
+            Tool::ChunkSocketIpv6 => (Socket, v6),
+            Tool::ChunkXdpUdp => (Xdp, udp),
+            Tool::ChunkSocketUdp => (Socket, udp),
+            Tool::ChunkXdpIpv6Udp => (Xdp, both),
+            Tool::ChunkSocketIpv6Udp => (Socket, both),
+            Tool::Nc | Tool::TcpCubic | Tool::TcpBbr | Tool::Uftp => return None,
+        })
+    }
+
+    /// chunk's tool with this receive path and transport.
+    pub fn chunk_variant(mode: chunk::Mode, transport: chunk::Transport) -> Tool {
+        Tool::value_variants()
+            .iter()
+            .copied()
+            .find(|t| t.chunk() == Some((mode, transport)))
+            .expect("every receive path and transport has a tool")
+    }
+
+    /// The plain IPv4 tool this one is a transport variant of (itself for plain ones).
+    pub fn plain(self) -> Tool {
+        match self.chunk() {
+            Some((mode, _)) => Tool::chunk_variant(mode, chunk::Transport::default()),
+            None => self,
         }
     }
 }
@@ -74,13 +139,15 @@ pub struct Transfer<'a> {
 
 /// Moves the file with `tool`, filling in `run`'s figures (also those it has when it fails).
 pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
+    if let Some((mode, transport)) = tool.chunk() {
+        return chunk::run(t, mode, transport, run);
+    }
     match tool {
-        Tool::ChunkXdp => chunk::run(t, chunk::Mode::Xdp, run),
-        Tool::ChunkSocket => chunk::run(t, chunk::Mode::Socket, run),
         Tool::Nc => nc::run(t, run),
         Tool::TcpCubic => tcp::run(t, "cubic", run),
         Tool::TcpBbr => tcp::run(t, "bbr", run),
         Tool::Uftp => uftp::run(t, run),
+        _ => unreachable!("chunk's tools are run above"),
     }
 }
 

@@ -104,7 +104,7 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     let net = job.net;
     let sc = crate::bench::tools::chunk::send_command(
         net.sender.command(job.bin),
-        net.receiver_addr,
+        net.receiver_addr.into(),
         job.file,
         30,
     );
