@@ -390,3 +390,46 @@ fn socket_mode_takes_ipv6_and_udp_and_drops_the_same_junk() {
     want.sort();
     assert_eq!(srcs, want, "{dumps:?}");
 }
+
+/// `chunk probe` over IPv6 and in UDP: its valid chunks reach userspace, its corrupt and
+/// foreign ones die in the kernel under their counters, and `chunk stats` reads the receiver's
+/// counters while it runs.
+#[test]
+fn probe_over_ipv6_and_udp_is_counted_in_the_kernel() {
+    let hosts = TwoHosts::new("x6probe", 1500).unwrap();
+    let port = PORT.to_string();
+    let listener = Listener::start(&hosts, &["--udp", &port]);
+    let to = hosts.receiver_addr6.to_string();
+    for udp in [false, true] {
+        let mut cmd = hosts.sender.command(&common::chunk_bin());
+        cmd.args([
+            "probe",
+            "--to",
+            &to,
+            "--count",
+            "40",
+            "--corrupt",
+            "7",
+            "--foreign",
+            "3",
+        ]);
+        if udp {
+            cmd.args(["--udp", &port]);
+        }
+        let out = cmd.output().expect("run chunk probe");
+        assert!(out.status.success(), "chunk probe: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let want = if udp {
+            "[2001:2::2]:47000"
+        } else {
+            "2001:2::2 "
+        };
+        assert!(said.contains(want), "{said}");
+    }
+    let (dumps, summary) = listener.stop();
+    assert_counters(
+        &summary,
+        &[("accepted", 80), ("bad_checksum", 14), ("bad_magic", 6)],
+    );
+    assert_eq!(dumps.len(), 80);
+}
