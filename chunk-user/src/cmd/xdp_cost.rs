@@ -46,5 +46,15 @@ pub fn run(args: XdpCostArgs) -> Result<()> {
         cost.repeat,
         cost.verified_insns.map_or("?".into(), |n| n.to_string())
     );
+    println!(
+        "\n{:<20} {:>8} {:>14} {:>10} {:>16}",
+        "path", "headers", "valid ns/byte", "fixed ns", "corrupt ns/byte"
+    );
+    for p in &cost.paths {
+        println!(
+            "{:<20} {:>8} {:>14.3} {:>10.0} {:>16.3}",
+            p.path, p.header_bytes, p.valid_ns_per_byte, p.valid_fixed_ns, p.corrupt_ns_per_byte
+        );
+    }
     Ok(())
 }
