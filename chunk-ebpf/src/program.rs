@@ -196,10 +196,13 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     let payload_len = classify::header(&hdr, ip.end - l4, max_payload)?;
 
     classify::answerable(ip.transport, src_port)?;
+    let src = unsafe { (*header).src_addr };
+    if unsafe { (*header).family } != FAMILY_IPV4 {
+        classify::ipv6_source(&src)?;
+    }
     // Either family's allowlist: with it on, a source of a family without prefixes finds
     // nothing in its (empty) trie, and is refused.
     if unsafe { ptr::read_volatile(&ALLOWLIST_ON) } != 0 {
-        let src = unsafe { (*header).src_addr };
         let found = if unsafe { (*header).family } == FAMILY_IPV4 {
             let a = [src[0], src[1], src[2], src[3]];
             ALLOWLIST.get(Key::new(32, u32::from_ne_bytes(a))).is_some()
@@ -350,11 +353,19 @@ fn ipv6(
     // Each iteration's way out leaves `walked` a different range (see `forget`).
     let walked = forget(scratch, walked, MAX_EXT_BYTES)?;
     let Next::Upper(transport) = next else {
+        // The Fragment header, like any extension header, must lie within the payload length
+        // (Ethernet padding after the packet is not one).
+        if walked + IPV6_FRAG_HLEN > ip.payload_len {
+            return Err(Counter::Truncated.into());
+        }
         let Some(f) = ptr_at::<[u8; IPV6_FRAG_HLEN]>(ctx, base + walked) else {
             return Err(Counter::Truncated.into());
         };
         classify::fragment(unsafe { &*f }, protocol, udp_port)?;
         // A first fragment of UDP: chunk's if its port is.
+        if walked + IPV6_FRAG_HLEN + UDP_HLEN > ip.payload_len {
+            return Err(Verdict::Pass);
+        }
         let at = base + walked + IPV6_FRAG_HLEN;
         let Some(u) = ptr_at::<[u8; UDP_HLEN]>(ctx, at) else {
             return Err(Verdict::Pass);

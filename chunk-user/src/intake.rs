@@ -205,8 +205,6 @@ mod tests {
         );
     }
 
-    /// Without a key, a receiver's data packet is parsed in place: its payload is the ring
-    /// record's bytes, not a copy.
     #[test]
     fn a_bare_packet_gets_the_same_checks() {
         let key = Psk::from_secret(b"0123456789abcdef").unwrap();
@@ -230,6 +228,8 @@ mod tests {
         );
     }
 
+    /// Without a key, a receiver's data packet is parsed in place: its payload is the ring
+    /// record's bytes, not a copy.
     #[test]
     fn unsealed_packets_are_not_copied() {
         let repr = Repr {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "chunk",
     version,
-    about = "Reliable file transfer over a custom IPv4 protocol, received through XDP"
+    about = "Reliable file transfer over a custom IP protocol (IPv4, IPv6, or in UDP), received through XDP"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,7 +1,6 @@
 //! The receive path's checks on arbitrary IP packets of either family, straight over IP or in
 //! UDP: they never panic; what they accept is a chunk packet inside the buffer, its checksum
-//! field zeroed, that parses; and on IPv4 without UDP the raw socket path's `packet` says what
-//! the general `ip_packet` says.
+//! field zeroed, that parses, and nothing else in the buffer changed.
 #![no_main]
 
 use std::net::IpAddr;
@@ -43,17 +42,5 @@ fuzz_target!(|data: &[u8]| {
         let mut expect = packet.to_vec();
         expect[a.chunk.start..][field::CHECKSUM].fill(0);
         assert_eq!(buf, expect);
-    }
-
-    if udp_port == 0 && packet.first().is_some_and(|b| b >> 4 == 4) {
-        let mut raw = packet.to_vec();
-        let old = classify::packet(&mut raw, PROTOCOL, max_payload, |_| true);
-        let mut again = packet.to_vec();
-        let new = classify::ip_packet(&mut again, PROTOCOL, 0, max_payload, |_| true);
-        match (old, new) {
-            (Ok(o), Ok(n)) => assert_eq!(o.chunk, n.chunk),
-            (Err(o), Err(n)) => assert_eq!(o, n),
-            (o, n) => panic!("packet says {o:?}, ip_packet says {n:?}"),
-        }
     }
 });

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use chunk_tests::{Routed, TwoHosts};
 use common::*;
@@ -42,8 +42,6 @@ fn socket_mode_files_of_edge_sizes_arrive_exact_over_udp_and_ipv6() {
 /// carries over IPv6 (1440 bytes: 1500 − 40 − 20; 1432 over UDP) by default.
 fn edge_sizes(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
     let hosts = TwoHosts::new(tag, 1500).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
     let udp = send_extra.contains(&"--udp");
     let chunk = if udp { 1432 } else { 1440 };
     let sizes = [
@@ -53,28 +51,12 @@ fn edge_sizes(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
         ("three-chunks-and-one", 3 * chunk + 1),
         ("two-mib-and-seven", (2 << 20) + 7),
     ];
-    let files: Vec<_> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, (name, size))| make_file(src.path(), name, *size, i as u64 + 60))
-        .collect();
-    let mut recv = Recv::start(
-        &hosts.receiver,
-        hosts.receiver_if,
-        out.path(),
-        &[&["--exit-after", "5"], recv_extra].concat(),
-    );
-    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (o, json) = send(&hosts.sender, hosts.receiver_addr6, &refs, send_extra);
-    assert_sent(&o, &json, sizes.len());
+    let (json, finished, summary) =
+        edge_sizes_across(&hosts, hosts.receiver_addr6, &sizes, recv_extra, send_extra);
     // The default chunk size comes from the IPv6 path MTU, less the IPv6 (and UDP) header.
-    let first = &json["files"][3];
-    assert_eq!(first["chunks"], 4, "{json}");
-    for (name, size) in sizes {
-        let fin = recv.wait_event(Duration::from_secs(10), |v| event_is(v, "finished", name));
-        assert_eq!(fin["verified"], true);
-        assert_eq!(fin["size"], size);
-        // The receiver names the sender by its IPv6 address (and UDP port over UDP).
+    assert_eq!(json["files"][3]["chunks"], 4, "{json}");
+    // The receiver names the sender by its IPv6 address (and UDP port over UDP).
+    for fin in &finished {
         let from = fin["src"].as_str().unwrap();
         if udp {
             assert!(from.starts_with("[2001:2::1]:"), "{fin}");
@@ -82,15 +64,6 @@ fn edge_sizes(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
             assert_eq!(from, "2001:2::1", "{fin}");
         }
     }
-    let summary = recv.wait_exit();
-    for f in &files {
-        let name = f.file_name().unwrap();
-        assert!(same_contents(f, &out.path().join(name)), "{name:?} differs");
-    }
-    let mut expect: Vec<String> = sizes.iter().map(|(n, _)| n.to_string()).collect();
-    expect.sort();
-    assert_eq!(names_in(out.path()), expect);
-    assert_eq!(counter(&summary, "bad_checksum"), 0);
     assert!(
         counter(&summary, "accepted") >= (2 << 20) / chunk as u64,
         "{summary}"
@@ -293,9 +266,13 @@ fn a_nat_that_passes_only_tcp_and_udp_is_crossed_with_udp() {
         assert!(net.nat_dropped().unwrap() >= 1);
         assert!(names_in(out.path()).is_empty());
         // With it, over both families.
-        for (to, name) in [
-            (net.receiver_addr.to_string(), "natted.bin"),
-            (net.receiver_addr6.to_string(), "natted6.bin"),
+        for (to, name, nat) in [
+            (net.receiver_addr.to_string(), "natted.bin", "198.18.2.254:"),
+            (
+                net.receiver_addr6.to_string(),
+                "natted6.bin",
+                "[2001:2:0:2::fe]:",
+            ),
         ] {
             let file = if name == "natted.bin" {
                 file.clone()
@@ -308,11 +285,47 @@ fn a_nat_that_passes_only_tcp_and_udp_is_crossed_with_udp() {
             assert!(same_contents(&file, &out.path().join(name)));
             // The NAT rewrote the source: the receiver answered the router's address.
             let from = fin["src"].as_str().unwrap();
-            assert!(
-                from.starts_with("198.18.2.254:") || from.starts_with("[2001:2:0:2::fe]:"),
-                "{fin}"
-            );
+            assert!(from.starts_with(nat), "{fin}");
         }
         recv.stop();
     }
+}
+
+/// A sender in UDP whose receiver is not listening yet hears ICMP "port unreachable" on its
+/// connected socket: that is a lost packet, not the end; it times out with the hint to start the
+/// receiver with `--udp`, and a receiver started meanwhile gets the file.
+#[test]
+fn a_sender_in_udp_outlasts_a_receiver_that_is_not_there_yet() {
+    let hosts = TwoHosts::new("v6late", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "late.bin", 1 << 20, 85);
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr6,
+        &[&file],
+        &["--udp", PORT, "--timeout", "2"],
+    );
+    assert!(!o.status.success(), "{json}");
+    let error = json["files"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("--udp 47000"), "{json}");
+    // Started while a sender is already trying: the file arrives.
+    let sender = {
+        let mut cmd = hosts.sender.command(&chunk_bin());
+        cmd.args(["send", "--json", "--udp", PORT, "--to"])
+            .arg(hosts.receiver_addr6.to_string())
+            .arg(&file);
+        cmd.spawn().expect("chunk send")
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--udp", PORT, "--exit-after", "1"],
+    );
+    let status = sender.wait_with_output().expect("chunk send ends");
+    assert!(status.status.success(), "{status:?}");
+    recv.wait_exit();
+    assert!(same_contents(&file, &out.path().join("late.bin")));
 }

@@ -28,8 +28,6 @@ fn socket_mode_files_of_edge_sizes_arrive_exact_in_one_run() {
 
 fn edge_sizes(tag: &str, mode: &[&str]) {
     let hosts = TwoHosts::new(tag, 1500).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
     let chunk = 1400;
     let sizes = [
         ("empty", 0),
@@ -39,40 +37,13 @@ fn edge_sizes(tag: &str, mode: &[&str]) {
         ("three-chunks-and-one", 3 * chunk + 1),
         ("two-mib-and-seven", (2 << 20) + 7),
     ];
-    let files: Vec<PathBuf> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, (name, size))| make_file(src.path(), name, *size, i as u64))
-        .collect();
-    let mut recv = Recv::start(
-        &hosts.receiver,
-        hosts.receiver_if,
-        out.path(),
-        &[&["--exit-after", "6"], mode].concat(),
-    );
-    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (o, json) = send(
-        &hosts.sender,
+    let (_, _, summary) = edge_sizes_across(
+        &hosts,
         hosts.receiver_addr,
-        &refs,
+        &sizes,
+        mode,
         &["--chunk-size", "1400"],
     );
-    assert_sent(&o, &json, sizes.len());
-    for (name, size) in sizes {
-        let fin = recv.wait_event(Duration::from_secs(10), |v| event_is(v, "finished", name));
-        assert_eq!(fin["verified"], true);
-        assert_eq!(fin["size"], size);
-    }
-    let summary = recv.wait_exit();
-    for f in &files {
-        let name = f.file_name().unwrap();
-        assert!(same_contents(f, &out.path().join(name)), "{name:?} differs");
-    }
-    // No work files left, nothing else written.
-    let mut expect: Vec<String> = sizes.iter().map(|(n, _)| n.to_string()).collect();
-    expect.sort();
-    assert_eq!(names_in(out.path()), expect);
-    assert_eq!(counter(&summary, "bad_checksum"), 0);
     assert!(counter(&summary, "accepted") >= 1500 + 6);
 }
 

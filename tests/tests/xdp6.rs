@@ -392,8 +392,7 @@ fn socket_mode_takes_ipv6_and_udp_and_drops_the_same_junk() {
 }
 
 /// `chunk probe` over IPv6 and in UDP: its valid chunks reach userspace, its corrupt and
-/// foreign ones die in the kernel under their counters, and `chunk stats` reads the receiver's
-/// counters while it runs.
+/// foreign ones die in the kernel under their counters, and it names the receiver it sent to.
 #[test]
 fn probe_over_ipv6_and_udp_is_counted_in_the_kernel() {
     let hosts = TwoHosts::new("x6probe", 1500).unwrap();

@@ -10,6 +10,37 @@ pub mod xdp_cost;
 
 use std::net::{IpAddr, ToSocketAddrs};
 
+/// Where a sending command sends: `--to HOST`, the family it may resolve to, and the transport.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// The receiving host (where `chunk recv` runs): an IPv4 or IPv6 address, or a host name.
+    #[arg(long, value_name = "HOST")]
+    pub to: String,
+    #[command(flatten)]
+    pub family: FamilyArgs,
+    /// Send in UDP datagrams to this port of the receiver (which needs `--udp PORT` too),
+    /// rather than straight over IP: for paths through a NAT, or firewalls and cloud security
+    /// groups that pass only TCP, UDP and ICMP.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp: Option<u16>,
+    /// The IP protocol number (IPv6 next header) chunk packets use without --udp.
+    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL,
+          value_parser = crate::net::rx::parse_protocol)]
+    pub protocol: u8,
+}
+
+impl TargetArgs {
+    /// The receiver's address (resolved) and how to reach it.
+    pub fn resolve(&self) -> anyhow::Result<(IpAddr, crate::net::raw::Transport)> {
+        let to = resolve(&self.to, self.family)?;
+        let transport = match self.udp {
+            Some(port) => crate::net::raw::Transport::Udp(port),
+            None => crate::net::raw::Transport::Ip(self.protocol),
+        };
+        Ok((to, transport))
+    }
+}
+
 /// Which address family `--to` may resolve to.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct FamilyArgs {

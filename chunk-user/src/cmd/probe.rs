@@ -7,14 +7,8 @@ use crate::net::raw::{ChunkSocket, Transport};
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// The receiving host: an IPv4 or IPv6 address, or a host name.
-    #[arg(long, value_name = "HOST")]
-    pub to: String,
     #[command(flatten)]
-    pub family: super::FamilyArgs,
-    /// Send in UDP datagrams to this port rather than straight over IP.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub udp: Option<u16>,
+    pub target: super::TargetArgs,
     /// How many valid data chunks to send.
     #[arg(long, default_value_t = 100)]
     pub count: u32,
@@ -27,17 +21,10 @@ pub struct ProbeArgs {
     /// Payload bytes per chunk.
     #[arg(long, default_value_t = 1400)]
     pub size: usize,
-    /// The IP protocol number.
-    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
-    pub protocol: u8,
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
-    let to = super::resolve(&args.to, args.family)?;
-    let transport = match args.udp {
-        Some(port) => Transport::Udp(port),
-        None => Transport::Ip(args.protocol),
-    };
+    let (to, transport) = args.target.resolve()?;
     let sock = ChunkSocket::open(to.is_ipv6(), transport, None)
         .context("opening a socket (raw sockets need root or CAP_NET_RAW)")?;
     let dst = std::net::SocketAddr::new(to, transport.port());

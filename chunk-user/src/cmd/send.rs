@@ -27,16 +27,8 @@ pub struct SendArgs {
     /// Files to send (each arrives under its file name in the receiver's directory).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// The receiving host (where `chunk recv` runs): an IPv4 or IPv6 address, or a host name.
-    #[arg(long, value_name = "HOST")]
-    pub to: String,
     #[command(flatten)]
-    pub family: super::FamilyArgs,
-    /// Send in UDP datagrams to this port of the receiver (which needs `--udp PORT` too),
-    /// rather than straight over IP: for paths through a NAT, or firewalls and cloud security
-    /// groups that pass only TCP, UDP and ICMP.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub udp: Option<u16>,
+    pub target: super::TargetArgs,
     /// Most chunks unacknowledged at once; 1 is the original tool's stop-and-wait.
     #[arg(long, default_value_t = 1 << 16)]
     pub window: u32,
@@ -48,9 +40,6 @@ pub struct SendArgs {
     /// IPv6 40, UDP 8 with --udp, chunk 20), at most the receiver's limit of 9180.
     #[arg(long)]
     pub chunk_size: Option<u32>,
-    /// The IP protocol number (IPv6 next header) chunk packets use without --udp.
-    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
-    pub protocol: u8,
     /// Give up on a file after this many seconds without an answer from the receiver.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -111,11 +100,7 @@ fn chunk_size(args: &SendArgs, to: IpAddr, transport: Transport) -> Result<u32> 
 }
 
 pub fn run(args: SendArgs) -> Result<()> {
-    let to = super::resolve(&args.to, args.family)?;
-    let transport = match args.udp {
-        Some(port) => Transport::Udp(port),
-        None => Transport::Ip(args.protocol),
-    };
+    let (to, transport) = args.target.resolve()?;
     let chunk_size = chunk_size(&args, to, transport)?;
     if args.window == 0 {
         bail!("--window must be at least 1");

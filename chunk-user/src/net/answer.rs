@@ -76,6 +76,16 @@ impl Answerer {
         // A source of the other family (a mapped address seen on a dual-stack path) would be
         // refused: let the route choose.
         let src = src.filter(|s| s.is_ipv6() == dst.addr().is_ipv6());
+        // The socket path's UDP sockets are non-blocking (they are its receive sockets too): a
+        // full send buffer is waited out briefly, as a blocking socket would.
+        for _ in 0..100 {
+            match sock.send_from_to(packet, src, dst.socket_addr()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_micros(50))
+                }
+                r => return r,
+            }
+        }
         sock.send_from_to(packet, src, dst.socket_addr())
     }
 }

@@ -122,6 +122,9 @@ impl BatchSender {
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
+                // A connected UDP socket's pending ICMP error (the receiver's port was closed
+                // for a moment): reported by this call instead of sending, then cleared.
+                _ if super::raw::transient_icmp(&err) => continue,
                 // The device queue is momentarily full: give it a moment rather than fail.
                 Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
                     std::thread::sleep(Duration::from_micros(50));

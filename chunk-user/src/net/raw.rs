@@ -155,6 +155,11 @@ impl ChunkSocket {
             {
                 Ok(None)
             }
+            // An ICMP error the connected UDP socket was told of (port unreachable: the
+            // receiver is not listening yet, or is restarting; host or net unreachable for a
+            // moment): reported once, then cleared. Like a lost packet, it is for the sender's
+            // timers to outlast, not the end of the transfer.
+            Err(e) if transient_icmp(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -273,6 +278,15 @@ impl ChunkSocket {
             Ok(rc as usize)
         }
     }
+}
+
+/// Whether `e` is an ICMP error a connected UDP socket reports once and forgets
+/// (`ECONNREFUSED`, `EHOSTUNREACH`, `ENETUNREACH`): a packet lost, for the protocol.
+pub(crate) fn transient_icmp(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)
+    )
 }
 
 /// Sets an int socket option that neither socket2 nor rustix wraps (`SO_RXQ_OVFL`,

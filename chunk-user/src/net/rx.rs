@@ -62,6 +62,23 @@ impl std::fmt::Display for Counters {
 /// A source prefix of the allowlist, IPv4 or IPv6.
 pub type Prefix = ipnet::IpNet;
 
+/// `--protocol N`: any IP protocol number but those the receive path must tell apart from
+/// chunk's: UDP (17, for `--udp`) and the IPv6 extension headers it walks or stops at
+/// (hop-by-hop 0, routing 43, fragment 44, destination options 60).
+pub fn parse_protocol(s: &str) -> Result<u8, String> {
+    let n: u8 = s
+        .parse()
+        .map_err(|_| format!("bad protocol {s:?}: a number 1 to 255"))?;
+    match n {
+        0 | 17 | 43 | 44 | 60 => Err(format!(
+            "protocol {n} is UDP or an IPv6 extension header, which chunk's receive path must \
+             tell apart from chunk's own packets: pick another (253, the default, is reserved \
+             for experiments)"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// `198.18.0.0/15` or `2001:2::/48`, or a bare address for a /32 or /128.
 pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
     s.parse::<Prefix>()
@@ -100,8 +117,8 @@ pub struct RxArgs {
     /// skb), or socket (no XDP: a raw socket with the same checks in userspace).
     #[arg(long, value_enum, default_value_t = RxMode::Auto)]
     pub mode: RxMode,
-    /// The IP protocol number chunk packets use.
-    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL)]
+    /// The IP protocol number (IPv6 next header) chunk packets use.
+    #[arg(long, default_value_t = chunk_common::DEFAULT_IP_PROTOCOL, value_parser = parse_protocol)]
     pub protocol: u8,
     /// Also take chunk packets in UDP datagrams to this port, over IPv4 and IPv6, and answer
     /// them from it (for senders behind a NAT or a firewall that passes only TCP and UDP; the
@@ -397,6 +414,10 @@ mod tests {
         assert_eq!(parse_prefix("2001:2::/48").unwrap().prefix_len(), 48);
         assert_eq!(parse_prefix("2001:2::1").unwrap().prefix_len(), 128);
         assert!(parse_prefix("2001:2::/129").is_err());
+        assert_eq!(parse_protocol("253"), Ok(253));
+        for bad in ["0", "17", "43", "44", "60", "256", "x"] {
+            assert!(parse_protocol(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -121,6 +121,11 @@ impl SocketRx {
         // The kernel reassembles fragments before a socket sees them; this makes it say so (a
         // control message on every reassembled packet), so that fragments are dropped and
         // counted here as the XDP program drops them.
+        if v6 && matches!(transport, Transport::Udp(_)) {
+            // Take a zero UDP checksum over IPv6 too, as the XDP path does (docs/PROTOCOL.md,
+            // UDP); the kernel otherwise drops such datagrams before the socket sees them.
+            set_int_option(s, libc::SOL_UDP, libc::UDP_NO_CHECK6_RX, 1)?;
+        }
         if v6 {
             set_int_option(s, libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE, 1)?;
             set_int_option(s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
@@ -238,7 +243,15 @@ impl SocketRx {
                         } else {
                             Peer::ip(g.from.ip())
                         };
-                        let dst = g.to.unwrap_or(g.from.ip()).to_canonical();
+                        // Without PKTINFO, the unspecified address: the route picks the
+                        // answer's source.
+                        let dst = g.to.map_or_else(
+                            || match g.from {
+                                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                            },
+                            |a| a.to_canonical(),
+                        );
                         (src, dst, 0..g.len)
                     })
             };

@@ -194,3 +194,52 @@ pub fn one_file_across(
     assert!(same_contents(&file, &out.path().join("across.bin")));
     json["files"][0].clone()
 }
+
+/// Files of the given names and sizes from `hosts`' sender to a fresh `chunk recv` on its
+/// receiver (with `recv_extra`), sent to `to` in one `chunk send` (with `send_extra`): each must
+/// be reported finished and verified at its size, and arrive exact, with nothing else left in
+/// the receive directory. Returns the sender's JSON summary, the finished events in the order of
+/// `sizes`, and the receiver's exit summary.
+pub fn edge_sizes_across(
+    hosts: &chunk_tests::TwoHosts,
+    to: impl std::fmt::Display,
+    sizes: &[(&str, usize)],
+    recv_extra: &[&str],
+    send_extra: &[&str],
+) -> (Value, Vec<Value>, Value) {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, size))| make_file(src.path(), name, *size, i as u64))
+        .collect();
+    let count = sizes.len().to_string();
+    let mut recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &[&["--exit-after", count.as_str()], recv_extra].concat(),
+    );
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (o, json) = send(&hosts.sender, to, &refs, send_extra);
+    assert_sent(&o, &json, sizes.len());
+    let mut finished = Vec::new();
+    for (name, size) in sizes {
+        let fin = recv.wait_event(Duration::from_secs(10), |v| event_is(v, "finished", name));
+        assert_eq!(fin["verified"], true, "{fin}");
+        assert_eq!(fin["size"], *size, "{fin}");
+        finished.push(fin);
+    }
+    let summary = recv.wait_exit();
+    for f in &files {
+        let name = f.file_name().unwrap();
+        assert!(same_contents(f, &out.path().join(name)), "{name:?} differs");
+    }
+    // No work files left, nothing else written.
+    let mut expect: Vec<String> = sizes.iter().map(|(n, _)| n.to_string()).collect();
+    expect.sort();
+    assert_eq!(names_in(out.path()), expect);
+    assert_eq!(counter(&summary, "bad_checksum"), 0, "{summary}");
+    (json, finished, summary)
+}

@@ -32,7 +32,12 @@ impl Ratio {
         Ratio {
             name: name.into(),
             value,
-            goal: format!("≥ {goal:.1}"),
+            // One decimal at least (1.0, not 1), as many as the goal has (0.95).
+            goal: if goal.fract() == 0.0 {
+                format!("≥ {goal:.1}")
+            } else {
+                format!("≥ {goal}")
+            },
             met: value.map(|v| v >= goal),
         }
     }

@@ -573,7 +573,8 @@ impl<S: Storage> Receiver<S> {
         let old = self.transfers.iter().find_map(|(&k, t)| {
             let same_file = t.info.size == offer.file_size && t.info.tag == offer.tag;
             let silent = now.saturating_duration_since(t.last_activity) >= after;
-            let replace = k.0 == key.0
+            // By address: a restarted sender in UDP comes from a new port.
+            let replace = k.0.addr() == key.0.addr()
                 && matches!(t.state, State::Open(_))
                 && t.info.name == name
                 && (same_file || silent);
@@ -1409,6 +1410,59 @@ mod tests {
         let sent = out(&mut r, later);
         assert_eq!(sent.last().unwrap().0, MessageType::Complete);
         assert_eq!(st.file("f").unwrap().data, new);
+    }
+
+    /// A sender in UDP that is run again comes from a new port: its new offer of the same file
+    /// still takes over its old transfer (by address, as over IP), and the answers go to the
+    /// new port.
+    #[test]
+    fn a_sender_in_udp_restarted_from_a_new_port_supersedes_its_transfer() {
+        let (mut r, mut st, t0) = fresh();
+        let data = file(50);
+        let old = Peer::udp("198.18.0.1:40001".parse().unwrap());
+        let new = Peer::udp("198.18.0.1:40002".parse().unwrap());
+        let repr = |id| Repr {
+            transfer_id: id,
+            seq: 0,
+            flags: 0,
+            message: Message::Offer(OfferRepr {
+                file_size: data.len() as u64,
+                chunk_size: CHUNK,
+                chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+                mode: 0o644,
+                mtime: 0,
+                hash_alg: HashAlg::Blake3,
+                tag: tag_of(&data),
+                name: b"f",
+            }),
+        };
+        r.handle_packet(old, Some(LOCAL), &repr(1), t0, &mut st);
+        let mut buf = vec![0u8; 4096];
+        while r.poll_transmit(t0, &mut buf).is_some() {}
+        let later = t0 + ms(10);
+        r.handle_packet(new, Some(LOCAL), &repr(2), later, &mut st);
+        let mut to = Vec::new();
+        while let Some(t) = r.poll_transmit(later, &mut buf) {
+            to.push((t.dst, buf[3]));
+        }
+        assert_eq!(
+            to,
+            [(new, MessageType::Ack as u8)],
+            "answered at the new port"
+        );
+        let events: Vec<Event> = std::iter::from_fn(|| r.poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                Event::Superseded {
+                    old_transfer_id: 1,
+                    transfer_id: 2,
+                    ..
+                }
+            )),
+            "{events:?}"
+        );
+        assert_eq!(r.open_transfers(), 1);
     }
 
     #[test]
