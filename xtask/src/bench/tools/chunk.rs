@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use chunk_tests::{ReadyRecv, spawn_recv};
 use serde_json::Value;
 
-use super::{Transfer, output_within};
+use super::{Transfer, output_within, stop_timed};
 use crate::bench::{
     accounting::{Mark, TimeFiles, timed},
     run::Run,
@@ -77,10 +77,18 @@ pub fn run(t: &Transfer, mode: Mode, transport: Transport, run: &mut Run) -> Res
         sc.args(["--udp", UDP_PORT]);
     }
     let mark = Mark::start(t.net);
-    let out = output_within(sc, t.timeout)?;
+    let out = match output_within(sc, t.timeout) {
+        Ok(out) => out,
+        Err(e) => {
+            // The receiver waits for a transfer that will not come: stop it (not only the
+            // `time` it runs under, which would leave it holding the link's XDP program).
+            let _ = stop_timed(receiver, Duration::ZERO);
+            return Err(e);
+        }
+    };
     // chunk send exits only once the receiver confirmed the file's hash.
     mark.stop(t.net, run);
-    let status = receiver.wait(Duration::from_secs(20))?;
+    let status = stop_timed(receiver, Duration::from_secs(20))?;
     times.read_into(run);
     if !out.status.success() {
         bail!(

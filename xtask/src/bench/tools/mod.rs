@@ -5,7 +5,7 @@
 pub(super) mod chunk;
 pub(super) mod nc;
 mod tcp;
-mod uftp;
+pub(super) mod uftp;
 
 use std::{
     path::Path,
@@ -157,6 +157,32 @@ pub(super) fn term_children(pid: u32) {
     let _ = Command::new("pkill")
         .args(["-TERM", "-P", &pid.to_string()])
         .status();
+}
+
+/// Waits up to `limit` for the program that `/usr/bin/time` runs in `daemon` to exit, sends it
+/// SIGTERM if it has not, and reaps `time`. Killing `time` itself (as dropping a [`Daemon`]
+/// does) would leave its program running as an orphan: a `chunk recv` would then hold its XDP
+/// program on the receiver's link, and every later chunk-xdp run would fail to attach.
+pub(super) fn stop_timed(
+    daemon: chunk_tests::Daemon,
+    limit: Duration,
+) -> Result<std::process::ExitStatus> {
+    let pid = daemon.id();
+    let has_child = || {
+        Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let deadline = Instant::now() + limit;
+    while has_child() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if has_child() {
+        term_children(pid);
+    }
+    daemon.wait(Duration::from_secs(10))
 }
 
 /// Waits until something listens on `port` (TCP or UDP) in `ns`.

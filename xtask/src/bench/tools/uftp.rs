@@ -1,5 +1,6 @@
 //! UFTP: `uftpd` on the receiver, `uftp` to it by unicast, no encryption, blocks as large as
-//! the MTU allows. `uftp` returns once the client has confirmed the file. UFTP does not count
+//! the MTU allows. uftpd still joins a multicast group to listen on (its default is 230.4.4.1,
+//! outside the groups the bench may use): it is given one in 239.255.0.0/16, which no data uses. `uftp` returns once the client has confirmed the file. UFTP does not count
 //! its retransmissions, so the router's count of UDP packets stands in for them.
 
 use std::time::Duration;
@@ -13,6 +14,9 @@ use crate::bench::{
     run::Run,
 };
 
+/// The group uftpd listens on besides its unicast address (unused: the data is unicast).
+pub(in crate::bench) const UFTPD_GROUP: &str = "239.255.0.1";
+
 /// UFTP's block (payload) size: what fits one packet of the MTU after IPv4 (20), UDP (8)
 /// and UFTP's own headers (at most 72 with no encryption), rounded down to 100.
 fn block(mtu: u32) -> u32 {
@@ -23,7 +27,8 @@ pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
     let net = &t.net.routed;
     let times = TimeFiles::in_dir(t.work);
     let mut rc = timed(&net.receiver, &times.recv, "uftpd");
-    rc.args(["-d", "-x", "0", "-D"]).arg(t.out_dir);
+    rc.args(["-d", "-x", "0", "-M", UFTPD_GROUP, "-D"])
+        .arg(t.out_dir);
     let receiver = Daemon::spawn(rc, "uftpd")?;
     wait_listening(&net.receiver, "1044")?;
     let block = block(t.mtu);

@@ -153,7 +153,17 @@ const UFTP_BLOCK: u64 = 1400;
 fn uftp(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
     let net = job.net;
     let mut rc = net.receiver.command("uftpd");
-    rc.args(["-d", "-x", "0", "-D"]).arg(job.out_dir);
+    // A group in 239.255.0.0/16 to listen on, not uftpd's default 230.4.4.1 (the data is
+    // unicast).
+    rc.args([
+        "-d",
+        "-x",
+        "0",
+        "-M",
+        crate::bench::tools::uftp::UFTPD_GROUP,
+        "-D",
+    ])
+    .arg(job.out_dir);
     let receiver = Daemon::spawn(rc, "uftpd")?;
     crate::bench::tools::wait_listening(&net.receiver, "1044")?;
     let mut sc = net.sender.command("uftp");
