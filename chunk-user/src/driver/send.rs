@@ -32,9 +32,9 @@ use crate::{
     proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
 };
 
-/// The MTU of the route to `to`, as the kernel knows it (interface MTU, or a smaller path MTU
-/// learnt from ICMP or ICMPv6).
-pub fn route_mtu(to: IpAddr) -> std::io::Result<u32> {
+/// A datagram socket connected to `to` (nothing is sent): the kernel has looked up the route,
+/// and tells its MTU and source address.
+fn route_probe(to: IpAddr) -> std::io::Result<socket2::Socket> {
     let domain = if to.is_ipv6() {
         socket2::Domain::IPV6
     } else {
@@ -42,6 +42,13 @@ pub fn route_mtu(to: IpAddr) -> std::io::Result<u32> {
     };
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
     sock.connect(&SocketAddr::new(to, 9).into())?;
+    Ok(sock)
+}
+
+/// The MTU of the route to `to`, as the kernel knows it (interface MTU, or a smaller path MTU
+/// learnt from ICMP or ICMPv6).
+pub fn route_mtu(to: IpAddr) -> std::io::Result<u32> {
+    let sock = route_probe(to)?;
     if to.is_ipv6() {
         Ok(rustix::net::sockopt::ipv6_mtu(&sock)?)
     } else {
@@ -49,17 +56,10 @@ pub fn route_mtu(to: IpAddr) -> std::io::Result<u32> {
     }
 }
 
-/// The local address the kernel would send from to reach `to` (what a connected datagram socket
-/// is given).
+/// The local address the kernel would send from to reach `to`.
 pub fn route_source(to: IpAddr) -> std::io::Result<IpAddr> {
-    let domain = if to.is_ipv6() {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    };
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
-    sock.connect(&SocketAddr::new(to, 9).into())?;
-    sock.local_addr()?
+    route_probe(to)?
+        .local_addr()?
         .as_socket()
         .map(|a| a.ip())
         .ok_or_else(|| std::io::Error::other("no local address"))

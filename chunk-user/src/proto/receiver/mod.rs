@@ -1036,6 +1036,18 @@ mod tests {
         data: &[u8],
         hash_alg: HashAlg,
     ) {
+        offer_from(r, st, now, SRC, id, data, hash_alg);
+    }
+
+    fn offer_from(
+        r: &mut Receiver<MemStorage>,
+        st: &mut MemStorage,
+        now: Instant,
+        src: Peer,
+        id: u32,
+        data: &[u8],
+        hash_alg: HashAlg,
+    ) {
         let o = OfferRepr {
             file_size: data.len() as u64,
             chunk_size: CHUNK,
@@ -1052,7 +1064,7 @@ mod tests {
             flags: 0,
             message: Message::Offer(o),
         };
-        r.handle_packet(SRC, Some(LOCAL), &repr, now, st);
+        r.handle_packet(src, Some(LOCAL), &repr, now, st);
     }
 
     fn chunk(
@@ -1421,26 +1433,11 @@ mod tests {
         let data = file(50);
         let old = Peer::udp("198.18.0.1:40001".parse().unwrap());
         let new = Peer::udp("198.18.0.1:40002".parse().unwrap());
-        let repr = |id| Repr {
-            transfer_id: id,
-            seq: 0,
-            flags: 0,
-            message: Message::Offer(OfferRepr {
-                file_size: data.len() as u64,
-                chunk_size: CHUNK,
-                chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
-                mode: 0o644,
-                mtime: 0,
-                hash_alg: HashAlg::Blake3,
-                tag: tag_of(&data),
-                name: b"f",
-            }),
-        };
-        r.handle_packet(old, Some(LOCAL), &repr(1), t0, &mut st);
+        offer_from(&mut r, &mut st, t0, old, 1, &data, HashAlg::Blake3);
         let mut buf = vec![0u8; 4096];
         while r.poll_transmit(t0, &mut buf).is_some() {}
         let later = t0 + ms(10);
-        r.handle_packet(new, Some(LOCAL), &repr(2), later, &mut st);
+        offer_from(&mut r, &mut st, later, new, 2, &data, HashAlg::Blake3);
         let mut to = Vec::new();
         while let Some(t) = r.poll_transmit(later, &mut buf) {
             to.push((t.dst, buf[3]));
