@@ -87,6 +87,11 @@ impl Psk {
         }
         let payload_len =
             u16::try_from(new_len - HEADER_LEN).map_err(|_| wire::Error::BadLength)?;
+        // Already sealed (`AUTH` set, a trailer at its end): sealing it again would make a
+        // packet whose opening gives back neither it nor what it held.
+        if Packet::new_unchecked(&buf[..len]).flags() & flags::AUTH != 0 {
+            return Err(wire::Error::Malformed);
+        }
         buf[len..len + 8].copy_from_slice(&now_ms.to_be_bytes());
         let mut p = Packet::new_unchecked(&mut buf[..new_len]);
         p.set_flags(p.flags() | flags::AUTH);
@@ -167,6 +172,24 @@ pub fn fresh(ts_ms: u64, now_ms: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// A packet that already has `AUTH` is not sealed again (the fuzz target found that
+    /// seal-then-open gave such a packet back without its flag).
+    #[test]
+    fn a_packet_already_flagged_authenticated_is_not_sealed_again() {
+        use chunk_common::wire::{Message, Repr};
+        let key = Psk::from_secret(b"0123456789abcdef").unwrap();
+        let repr = Repr {
+            transfer_id: 1,
+            seq: 0,
+            flags: flags::AUTH,
+            message: Message::Data { payload: b"x" },
+        };
+        let mut buf = vec![0u8; repr.buffer_len() + TRAILER_LEN];
+        let n = repr.emit(&mut buf).unwrap();
+        assert_eq!(key.seal(&mut buf, n, 1), Err(wire::Error::Malformed));
+    }
+
     use chunk_common::wire::{Message, Repr};
     use proptest::prelude::*;
 
