@@ -49,11 +49,11 @@ pub const MAX_EXT_HEADERS: usize = 8;
 
 /// IPv6 extension headers that share the generic layout (RFC 8200 4.3, 4.4, 4.6: next header,
 /// then the length in 8-byte units beyond the first 8), which the walk steps over.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_DEST_OPTS: u8 = 60;
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_DEST_OPTS: u8 = 60;
 /// The Fragment header, whose next header names the fragmented packet's protocol.
-const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_FRAGMENT: u8 = 44;
 
 /// The IPv4 flags/fragment-offset bits that mark a fragment: "more fragments" and the offset.
 const IP_MF_OR_OFFSET: u16 = 0x3FFF;

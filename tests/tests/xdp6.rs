@@ -16,11 +16,10 @@ use common::listen::{
 const PROTO: u8 = chunk_common::DEFAULT_IP_PROTOCOL;
 const PORT: u16 = 47000;
 const SPORT: u16 = 40001;
-const HOP_BY_HOP: u8 = 0;
-const ROUTING: u8 = 43;
-const FRAGMENT: u8 = 44;
-const DEST_OPTS: u8 = 60;
-const UDP: u8 = 17;
+use chunk_common::classify::{
+    IPPROTO_UDP as UDP, IPV6_DEST_OPTS as DEST_OPTS, IPV6_FRAGMENT as FRAGMENT,
+    IPV6_HOP_BY_HOP as HOP_BY_HOP, IPV6_ROUTING as ROUTING,
+};
 
 /// An Ethernet frame from the sender to the receiver, with an optional 802.1Q tag.
 fn eth(hosts: &TwoHosts, ethertype: u16, vlan: Option<u16>, l3: &[u8]) -> Vec<u8> {

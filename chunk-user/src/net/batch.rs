@@ -16,6 +16,8 @@ pub struct BatchSender {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
     dsts: Vec<SockAddr>,
+    /// What each of `dsts` was built from.
+    dst_of: Vec<Option<SocketAddr>>,
     queued: usize,
     /// Packets handed to the kernel.
     pub packets_sent: u64,
@@ -30,6 +32,7 @@ impl BatchSender {
             bufs: (0..BATCH).map(|_| vec![0; max_packet]).collect(),
             lens: vec![0; BATCH],
             dsts: vec![unspecified; BATCH],
+            dst_of: vec![None; BATCH],
             queued: 0,
             packets_sent: 0,
         }
@@ -56,7 +59,12 @@ impl BatchSender {
     /// Queues the first `len` bytes of the buffer [`next_buf`](Self::next_buf) gave, for `dst`.
     pub fn commit(&mut self, len: usize, dst: SocketAddr) {
         self.lens[self.queued] = len;
-        self.dsts[self.queued] = self.sock.sockaddr(dst);
+        // Every packet of a transfer goes to one peer: its kernel address is built once per
+        // slot, not once per packet.
+        if self.dst_of[self.queued] != Some(dst) {
+            self.dsts[self.queued] = self.sock.sockaddr(dst);
+            self.dst_of[self.queued] = Some(dst);
+        }
         self.queued += 1;
     }
 

@@ -69,12 +69,17 @@ pub fn parse_protocol(s: &str) -> Result<u8, String> {
     let n: u8 = s
         .parse()
         .map_err(|_| format!("bad protocol {s:?}: a number 1 to 255"))?;
+    use chunk_common::classify::{
+        IPPROTO_UDP, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING,
+    };
     match n {
-        0 | 17 | 43 | 44 | 60 => Err(format!(
-            "protocol {n} is UDP or an IPv6 extension header, which chunk's receive path must \
+        IPV6_HOP_BY_HOP | IPPROTO_UDP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DEST_OPTS => {
+            Err(format!(
+                "protocol {n} is UDP or an IPv6 extension header, which chunk's receive path must \
              tell apart from chunk's own packets: pick another (253, the default, is reserved \
              for experiments)"
-        )),
+            ))
+        }
         n => Ok(n),
     }
 }
