@@ -327,7 +327,8 @@ pub fn header(hdr: &[u8; HEADER_LEN], l4_len: usize, max_payload: usize) -> Resu
     if u16::from_be_bytes([hdr[0], hdr[1]]) != MAGIC || hdr[field::VERSION] != VERSION {
         return Err(Counter::BadMagic);
     }
-    if MessageType::from_u8(hdr[field::MSG_TYPE]).is_none() {
+    let t = hdr[field::MSG_TYPE];
+    if MessageType::from_u8(t).is_none() && !crate::wire::envelope::is_envelope(t) {
         return Err(Counter::BadType);
     }
     let payload_len = u16::from_be_bytes([hdr[6], hdr[7]]) as usize;

@@ -35,11 +35,14 @@ pub enum Counter {
     /// An IPv6 packet with more extension headers before its upper-layer header than the
     /// program walks ([`MAX_EXT_HEADERS`](crate::classify::MAX_EXT_HEADERS)): malformed, dropped.
     ExtHeaders = 10,
+    /// A sealed packet (encrypted) whose session id is not one of the receiver's open sessions:
+    /// forged or stale, dropped before it costs an AEAD open.
+    UnknownSession = 11,
 }
 
 impl Counter {
     /// How many counters there are: the size of the per-CPU array map.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -54,6 +57,7 @@ impl Counter {
         Counter::NotAllowed,
         Counter::RingFull,
         Counter::ExtHeaders,
+        Counter::UnknownSession,
     ];
 
     /// The name used in `chunk stats`, JSON output and logs.
@@ -70,6 +74,7 @@ impl Counter {
             Counter::NotAllowed => "not_allowed",
             Counter::RingFull => "ring_full",
             Counter::ExtHeaders => "ext_headers",
+            Counter::UnknownSession => "unknown_session",
         }
     }
 

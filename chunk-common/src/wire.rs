@@ -120,6 +120,23 @@ impl MessageType {
     }
 }
 
+/// Envelope types: packets of the session layer (docs/PROTOCOL.md, "Encryption"), which carry
+/// no transfer message of their own. They share the header, its checksum and the receive path's
+/// checks with the [`MessageType`]s; the transfer id field holds a session id.
+pub mod envelope {
+    /// A sealed packet: a whole chunk packet (types 1 to 6), encrypted and authenticated under a
+    /// session's key. Its transfer id field is the session id.
+    pub const SEALED: u8 = 7;
+    /// A handshake message (Noise) that opens a session; its sequence number is the message's
+    /// place in the handshake (1, 2, 3).
+    pub const HANDSHAKE: u8 = 8;
+
+    /// Whether `t` is an envelope type.
+    pub const fn is_envelope(t: u8) -> bool {
+        t == SEALED || t == HANDSHAKE
+    }
+}
+
 /// Header flags. Bits not named here are sent as zero and ignored on receipt.
 pub mod flags {
     /// Data: more chunks follow this one (clear on the last chunk). The seed tool's `more_chunk`.
