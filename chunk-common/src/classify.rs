@@ -11,7 +11,10 @@
 //! 2. for UDP, the UDP header ([`udp`]);
 //! 3. the chunk header ([`header`]);
 //! 4. the source allowlist (the caller's: LPM tries in the kernel);
-//! 5. the checksum.
+//! 5. the checksum;
+//! 6. for a sealed packet, its session ([`session`]: the caller's set of open sessions, a hash
+//!    map in the kernel). [`packet`], [`ip_packet`] and [`chunk`] stop before this step: the
+//!    set is the receive path's, and a sender's intake has none.
 //!
 //! A frame that ends before a header whose owner is not known yet (the IP header itself, the
 //! UDP header that names the port) passes; one that ends inside what is known to be chunk's
@@ -24,7 +27,7 @@ use crate::{
     checksum,
     counters::Counter,
     ring::{TRANSPORT_IP, TRANSPORT_UDP},
-    wire::{HEADER_LEN, MAGIC, MessageType, VERSION, field},
+    wire::{HEADER_LEN, MAGIC, MessageType, VERSION, envelope, field},
 };
 
 /// The bytes of an IPv4 header without options.
@@ -342,6 +345,24 @@ pub fn header(hdr: &[u8; HEADER_LEN], l4_len: usize, max_payload: usize) -> Resu
 #[inline(always)]
 pub fn carried_checksum(hdr: &[u8; HEADER_LEN]) -> u32 {
     u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]])
+}
+
+/// Step 6, after the checksum: a sealed packet ([`envelope::SEALED`]) must name a session that
+/// `open` says the receiver has, or it is `unknown_session` (forged or stale: dropped before it
+/// costs an AEAD open). Any other type is not looked at. The session id is the transfer id
+/// field read big-endian, as [`session_id`] reads it.
+#[inline(always)]
+pub fn session(hdr: &[u8; HEADER_LEN], open: impl FnOnce(u32) -> bool) -> Result<(), Counter> {
+    if hdr[field::MSG_TYPE] == envelope::SEALED && !open(session_id(hdr)) {
+        return Err(Counter::UnknownSession);
+    }
+    Ok(())
+}
+
+/// The session id of a sealed packet: its transfer id field.
+#[inline(always)]
+pub fn session_id(hdr: &[u8; HEADER_LEN]) -> u32 {
+    u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]])
 }
 
 /// An IPv4 packet the checks accepted: where its chunk packet is in the buffer, and its
@@ -745,6 +766,23 @@ mod tests {
         assert_eq!(case(&|p| p.push(0), true), Counter::BadLength);
         assert_eq!(case(&|_| {}, false), Counter::NotAllowed);
         assert_eq!(case(&|p| p[21] ^= 4, true), Counter::BadChecksum);
+    }
+
+    #[test]
+    fn a_sealed_packet_must_name_an_open_session() {
+        // Magic, version, type 7 (sealed); session id 0x12345678 in the transfer id field.
+        let mut hdr: [u8; HEADER_LEN] = [
+            0x43, 0x4B, 2, 7, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 1, 0, 0, 0, 0,
+        ];
+        assert_eq!(header(&hdr, HEADER_LEN, 4000), Ok(0));
+        assert_eq!(session_id(&hdr), 0x1234_5678);
+        assert_eq!(session(&hdr, |sid| sid == 0x1234_5678), Ok(()));
+        assert_eq!(session(&hdr, |_| false), Err(Counter::UnknownSession));
+        // Handshakes open sessions, and the plain types have none: not looked at.
+        for t in [1, 2, 3, 4, 5, 6, envelope::HANDSHAKE] {
+            hdr[field::MSG_TYPE] = t;
+            assert_eq!(session(&hdr, |_| false), Ok(()), "type {t}");
+        }
     }
 
     #[test]

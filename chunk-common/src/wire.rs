@@ -647,6 +647,10 @@ pub enum AbortReason {
     Unsupported,
     /// The transfer id is not known to the receiver.
     UnknownTransfer,
+    /// The receiver does not admit the sender's key (encryption with key pairs).
+    Unauthorized,
+    /// The receiver takes only encrypted transfers (`--require-encryption`).
+    EncryptionRequired,
     /// A code this version does not know.
     Other(u16),
 }
@@ -664,6 +668,8 @@ impl AbortReason {
             AbortReason::Io => 8,
             AbortReason::Unsupported => 9,
             AbortReason::UnknownTransfer => 10,
+            AbortReason::Unauthorized => 11,
+            AbortReason::EncryptionRequired => 12,
             AbortReason::Other(c) => c,
         }
     }
@@ -680,6 +686,8 @@ impl AbortReason {
             8 => AbortReason::Io,
             9 => AbortReason::Unsupported,
             10 => AbortReason::UnknownTransfer,
+            11 => AbortReason::Unauthorized,
+            12 => AbortReason::EncryptionRequired,
             c => AbortReason::Other(c),
         }
     }
@@ -696,6 +704,8 @@ impl AbortReason {
             AbortReason::Io => "I/O error",
             AbortReason::Unsupported => "unsupported offer",
             AbortReason::UnknownTransfer => "unknown transfer",
+            AbortReason::Unauthorized => "sender key not authorized",
+            AbortReason::EncryptionRequired => "encryption required",
             AbortReason::Other(_) => "unknown reason",
         }
     }

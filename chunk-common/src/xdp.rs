@@ -13,6 +13,11 @@ pub const MAP_ALLOWLIST6: &str = "ALLOWLIST6";
 /// between batches and needs no wakeup: the program then submits with `BPF_RB_NO_WAKEUP`),
 /// 0 (the default) when it may be asleep on the ring's fd.
 pub const MAP_READER_BUSY: &str = "READER_BUSY";
+/// Hash map of the open sessions: key the session id (a sealed packet's transfer id field, read
+/// big-endian, stored as a native `u32`), value a reference count kept by userspace and not read
+/// by the program. A sealed packet whose session id is not a key is dropped as
+/// `unknown_session`.
+pub const MAP_SESSIONS: &str = "SESSIONS";
 
 /// Load-time setting (`u8`): the IP protocol number of chunk packets.
 pub const GLOBAL_PROTOCOL: &str = "CHUNK_PROTOCOL";
@@ -37,6 +42,10 @@ pub const RING_DEFAULT_BYTES: u32 = 16 << 20;
 
 /// How many prefixes the allowlist can hold.
 pub const ALLOWLIST_MAX_ENTRIES: u32 = 1024;
+
+/// How many sessions can be open at once (entries of [`MAP_SESSIONS`]): far more than a
+/// receiver's transfer slots, few enough that the preallocated map stays small (a few hundred KiB).
+pub const SESSIONS_MAX_ENTRIES: u32 = 4096;
 
 /// The allowlist's key: a prefix length, then the IPv4 address in network byte order, as the
 /// kernel's LPM trie wants it (`struct bpf_lpm_trie_key` with 4 bytes of data).

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_NO_WAKEUP, xdp_action},
     helpers::generated::{bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -20,7 +20,7 @@ use chunk_common::{
         RecordHeader,
     },
     wire::{HEADER_LEN, field},
-    xdp::{ALLOWLIST_MAX_ENTRIES, RING_DEFAULT_BYTES},
+    xdp::{ALLOWLIST_MAX_ENTRIES, RING_DEFAULT_BYTES, SESSIONS_MAX_ENTRIES},
 };
 
 /// Per-reason frame counters, indexed by [`Counter`].
@@ -63,6 +63,11 @@ static ALLOWLIST: LpmTrie<u32, u8> = LpmTrie::with_max_entries(ALLOWLIST_MAX_ENT
 /// The same for IPv6 sources.
 #[map]
 static ALLOWLIST6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_MAX_ENTRIES, 0);
+
+/// The receiver's open sessions, by session id (`chunk_common::xdp::MAP_SESSIONS`); the value is
+/// userspace's reference count, not read here. A sealed packet of any other session is dropped.
+#[map]
+static SESSIONS: HashMap<u32, u32> = HashMap::with_max_entries(SESSIONS_MAX_ENTRIES, 0);
 
 // Load-time configuration, in .rodata: the loader sets them, and the verifier then treats them
 // as constants. Read them with `read_volatile`, or LLVM folds the defaults in at compile time.
@@ -251,6 +256,12 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     if checksum_of(packet_start, len as usize) != expected {
         return Err(Counter::BadChecksum.into());
     }
+    // Last, the session of a sealed packet (a forged one costs userspace no AEAD open). Read
+    // from the header as copied into the record (plain memory, HEADER_LEN bytes always there):
+    // read from `hdr`, which then stays live through the checksum loop, the verifier walks
+    // about 100 more instructions.
+    let copied_hdr = unsafe { &*(packet as *const [u8; HEADER_LEN]) };
+    classify::session(copied_hdr, |sid| SESSIONS.get_ptr(sid).is_some())?;
     // Into the ring, as long as the packet is: header and packet, not the whole 4 KiB record.
     let total = black_box(RECORD_HEADER_LEN as u64 + len);
     if total > RECORD_LEN as u64 {

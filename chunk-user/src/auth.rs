@@ -26,10 +26,12 @@ pub const TRAILER_LEN: usize = 8 + TAG_LEN;
 pub const OFFER_WINDOW: Duration = Duration::from_secs(30);
 
 const CONTEXT: &str = "chunk psk v1";
+const NOISE_CONTEXT: &str = "chunk noise psk v1";
 
-/// The key both sides derive from the shared file.
+/// The keys both sides derive from the shared file: the tag key (`chunk psk v1`) and the
+/// handshake's Noise PSK (`chunk noise psk v1`).
 #[derive(Clone)]
-pub struct Psk([u8; 32]);
+pub struct Psk([u8; 32], [u8; 32]);
 
 impl std::fmt::Debug for Psk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +69,17 @@ impl Psk {
     }
 
     pub fn from_secret(secret: &[u8]) -> Option<Psk> {
-        (secret.len() >= 16).then(|| Psk(blake3::derive_key(CONTEXT, secret)))
+        (secret.len() >= 16).then(|| {
+            Psk(
+                blake3::derive_key(CONTEXT, secret),
+                blake3::derive_key(NOISE_CONTEXT, secret),
+            )
+        })
+    }
+
+    /// The PSK the handshake mixes in (docs/PROTOCOL.md, "Encryption").
+    pub fn noise_key(&self) -> [u8; 32] {
+        self.1
     }
 
     fn tag(&self, data: &[u8]) -> [u8; TAG_LEN] {

@@ -7,13 +7,19 @@
 //! (the XDP program, or the socket path in userspace): [`Intake::open_checked`]. The sender reads
 //! whole IPv4 packets off its raw socket: [`Intake::open_ip`] runs the same classify step first.
 
+use std::{ops::Range, time::Instant};
+
 use chunk_common::{
     classify::{self, Verdict},
     counters::Counter,
-    wire::{self, Message, Repr},
+    wire::{self, AbortReason, Message, Repr, envelope},
 };
 
-use crate::auth::{self, AuthError, Psk};
+use crate::{
+    auth::{self, AuthError, Psk},
+    crypto::session::{self, SessionError, Sessions},
+    proto::Peer,
+};
 
 /// Why a packet did not reach the core. Each is counted by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,19 +40,53 @@ pub enum Rejected {
     /// a captured offer played again cannot start a new file.
     #[error("stale offer (replayed, or the clocks are apart)")]
     StaleOffer,
+    /// Taken by the session layer, nothing for the core: a handshake message (its answers are
+    /// in the outbox), or a session's confirmation.
+    #[error("session layer")]
+    Envelope,
+    /// A sealed packet that did not open (counted in the sessions' counts).
+    #[error("{0}")]
+    Session(SessionError),
+    /// A clear packet for an encrypted transfer, or a clear offer to a receiver that requires
+    /// encryption (answered, from the outbox).
+    #[error("clear packet refused: encryption required")]
+    Clear,
 }
 
-/// Opens packets for one side, with its key (if any) and a buffer to strip trailers into.
+/// Opens packets for one side: its pre-shared key's tag (if any, for unencrypted but
+/// authenticated transfers), its sessions (encrypted transfers), a buffer to open into, and the
+/// packets the session layer answers with.
 pub struct Intake {
     key: Option<Psk>,
     scratch: Vec<u8>,
+    sessions: Sessions,
+    /// A receiver answers handshakes (a sender only makes them).
+    receiver: bool,
+    require_encryption: bool,
+    outbox: Vec<(Peer, Vec<u8>)>,
 }
 
 impl Intake {
+    /// An intake without sessions (a sender's, until its handshake; or a test's).
     pub fn new(key: Option<Psk>) -> Self {
         Intake {
             key,
             scratch: vec![0; 1 << 16],
+            sessions: Sessions::new(None),
+            receiver: false,
+            require_encryption: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// A receiver's intake: `sessions` answers handshakes when it has a responder;
+    /// `require_encryption` refuses clear offers.
+    pub fn receiver(key: Option<Psk>, sessions: Sessions, require_encryption: bool) -> Self {
+        Intake {
+            sessions,
+            receiver: true,
+            require_encryption,
+            ..Intake::new(key)
         }
     }
 
@@ -54,9 +94,44 @@ impl Intake {
         self.key.as_ref()
     }
 
-    /// A whole IPv4 packet of chunk's `protocol` (as a raw socket delivers it): classified as
-    /// the receive path would (`allowed` says which sources count), then opened. The buffer is
-    /// changed (its checksum field is zeroed by the check).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    pub fn sessions_mut(&mut self) -> &mut Sessions {
+        &mut self.sessions
+    }
+
+    /// Packets the session layer wants sent (handshake answers, refusals), with their peer.
+    pub fn take_outbox(&mut self) -> std::vec::Drain<'_, (Peer, Vec<u8>)> {
+        self.outbox.drain(..)
+    }
+
+    /// The receive path's checks on a whole IPv4 packet of chunk's `protocol` (as a raw socket
+    /// delivers it; `allowed` says which sources count): where the chunk packet lies, and its
+    /// source. The buffer is changed (its checksum field is zeroed by the check).
+    pub fn check_ip(
+        ip_packet: &mut [u8],
+        protocol: u8,
+        allowed: impl FnOnce([u8; 4]) -> bool,
+    ) -> Result<(Range<usize>, Peer), Rejected> {
+        let accepted = classify::packet(ip_packet, protocol, u16::MAX as usize, allowed).map_err(
+            |v| match v {
+                Verdict::Pass => Rejected::NotChunk,
+                Verdict::Drop(c) => Rejected::Classify(c),
+            },
+        )?;
+        let src = std::net::Ipv4Addr::from(accepted.ip.src);
+        Ok((accepted.chunk, Peer::from(src)))
+    }
+
+    /// The receive path's checks on a bare chunk packet (as an IPv6 raw socket or a UDP socket
+    /// delivers it; `allowed`: whether its source counts). Zeroes its checksum field.
+    pub fn check_bare(packet: &mut [u8], allowed: bool) -> Result<(), Rejected> {
+        classify::chunk(packet, u16::MAX as usize, allowed).map_err(Rejected::Classify)
+    }
+
+    /// A whole IPv4 packet of chunk's `protocol`: [`Intake::check_ip`], then opened.
     pub fn open_ip<'a>(
         &'a mut self,
         ip_packet: &'a mut [u8],
@@ -64,61 +139,130 @@ impl Intake {
         allowed: impl FnOnce([u8; 4]) -> bool,
         now_ms: u64,
     ) -> Result<Repr<'a>, Rejected> {
-        let accepted = classify::packet(ip_packet, protocol, u16::MAX as usize, allowed).map_err(
-            |v| match v {
-                Verdict::Pass => Rejected::NotChunk,
-                Verdict::Drop(c) => Rejected::Classify(c),
-            },
-        )?;
+        let (chunk, from) = Self::check_ip(ip_packet, protocol, allowed)?;
         let ip_packet: &'a [u8] = ip_packet;
-        self.open_checked(&ip_packet[accepted.chunk], now_ms)
+        self.open_checked(from, &ip_packet[chunk], now_ms)
     }
 
-    /// A bare chunk packet (chunk header and body), as an IPv6 raw socket or a UDP socket
-    /// delivers it: classified as the receive path would (`allowed`: whether its source
-    /// counts), then opened. The buffer is changed (its checksum field is zeroed by the check).
+    /// A bare chunk packet from `from`: [`Intake::check_bare`], then opened.
     pub fn open_bare<'a>(
         &'a mut self,
         packet: &'a mut [u8],
+        from: Peer,
         allowed: bool,
         now_ms: u64,
     ) -> Result<Repr<'a>, Rejected> {
-        classify::chunk(packet, u16::MAX as usize, allowed).map_err(Rejected::Classify)?;
+        Self::check_bare(packet, allowed)?;
         let packet: &'a [u8] = packet;
-        self.open_checked(packet, now_ms)
+        self.open_checked(from, packet, now_ms)
     }
 
-    /// A chunk packet (chunk header and body) that the receive path has already classified:
-    /// its checksum was checked and its checksum field zeroed. Without a key, an unsealed packet is parsed
-    /// where it lies (in the ring buffer's record): no copy on the hot path. A sealed one is
-    /// copied once, into the scratch buffer, to strip its trailer.
+    /// A chunk packet from `from` that the receive path has already classified: its checksum
+    /// was checked and its checksum field zeroed. Without a key or session, an unsealed packet
+    /// is parsed where it lies (in the ring buffer's record): no copy on the hot path. A packet
+    /// with a tag or a seal is opened into the scratch buffer, once.
     pub fn open_checked<'a>(
         &'a mut self,
+        from: Peer,
         packet: &'a [u8],
         now_ms: u64,
     ) -> Result<Repr<'a>, Rejected> {
-        let sealed = packet.len() >= wire::HEADER_LEN
-            && wire::Packet::new_unchecked(packet).flags() & wire::flags::AUTH != 0;
-        if self.key.is_none() && !sealed {
-            return Repr::parse_checksum_already_checked(packet).map_err(Rejected::Body);
+        if packet.len() < wire::HEADER_LEN {
+            return Err(Rejected::Body(wire::Error::Truncated));
         }
-        let (n, sealed_at) = auth::open_with(self.key.as_ref(), packet, &mut self.scratch)
-            .map_err(Rejected::Auth)?;
-        let repr =
-            Repr::parse_checksum_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
-        if self.key.is_some()
-            && matches!(repr.message, Message::Offer(_))
-            && !auth::fresh(sealed_at, now_ms)
-        {
-            return Err(Rejected::StaleOffer);
+        match packet[wire::field::MSG_TYPE] {
+            envelope::HANDSHAKE => {
+                if self.receiver {
+                    let answers = self
+                        .sessions
+                        .handshake(from, packet, now_ms, Instant::now());
+                    self.outbox.extend(answers.into_iter().map(|a| (from, a)));
+                }
+                return Err(Rejected::Envelope);
+            }
+            envelope::SEALED => {
+                let n = self
+                    .sessions
+                    .open(from, packet, &mut self.scratch, Instant::now())
+                    .map_err(Rejected::Session)?;
+                if n == 0 {
+                    return Err(Rejected::Envelope);
+                }
+                return Repr::parse_checksum_already_checked(&self.scratch[..n])
+                    .map_err(Rejected::Body);
+            }
+            _ => {}
+        }
+        let tid = wire::Packet::new_unchecked(packet).transfer_id();
+        if self.sessions.session_of(from, tid).is_some() {
+            self.sessions.counts.clear_refused += 1;
+            return Err(Rejected::Clear);
+        }
+        let sealed = wire::Packet::new_unchecked(packet).flags() & wire::flags::AUTH != 0;
+        let repr = if self.key.is_none() && !sealed {
+            Repr::parse_checksum_already_checked(packet).map_err(Rejected::Body)?
+        } else {
+            let (n, sealed_at) = auth::open_with(self.key.as_ref(), packet, &mut self.scratch)
+                .map_err(Rejected::Auth)?;
+            let repr =
+                Repr::parse_checksum_already_checked(&self.scratch[..n]).map_err(Rejected::Body)?;
+            if self.key.is_some()
+                && matches!(repr.message, Message::Offer(_))
+                && !auth::fresh(sealed_at, now_ms)
+            {
+                return Err(Rejected::StaleOffer);
+            }
+            repr
+        };
+        if self.receiver && self.require_encryption && matches!(repr.message, Message::Offer(_)) {
+            self.sessions.counts.clear_refused += 1;
+            let mut answer = session::clear_abort(
+                tid,
+                AbortReason::EncryptionRequired,
+                "this receiver takes encrypted transfers only (--require-encryption): send with \
+                 --key or --psk-file, without --no-encryption",
+            );
+            if let Some(key) = &self.key {
+                let n = answer.len();
+                answer.resize(n + auth::TRAILER_LEN, 0);
+                let m = key
+                    .seal(&mut answer, n, auth::now_ms())
+                    .expect("room for the trailer");
+                answer.truncate(m);
+            }
+            self.outbox.push((from, answer));
+            return Err(Rejected::Clear);
         }
         Ok(repr)
+    }
+
+    /// Makes the chunk packet at `buf[at..at + len]`, to `to`, ready to send: sealed under its
+    /// transfer's session (then `at` must be [`crate::crypto::transport::INNER_AT`]), else
+    /// tagged with the pre-shared key if there is one, else as it is. Returns where the packet
+    /// to send lies in `buf`.
+    pub fn seal_out(&mut self, to: Peer, buf: &mut [u8], at: usize, len: usize) -> Range<usize> {
+        if at == crate::crypto::transport::INNER_AT
+            && let Some(n) = self.sessions.seal(to, buf, len)
+        {
+            return 0..n;
+        }
+        match &self.key {
+            Some(key) => {
+                let n = key
+                    .seal(&mut buf[at..], len, auth::now_ms())
+                    .expect("the buffer has room for the trailer");
+                at..at + n
+            }
+            None => at..at + len,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PEER: Peer = Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1));
     use chunk_common::wire::{AbortReason, AbortRepr, HashAlg, OfferRepr};
 
     fn ip(chunk: &[u8]) -> Vec<u8> {
@@ -212,18 +356,18 @@ mod tests {
         let good = emit(&abort(), Some(&key), 1);
         let mut p = good.clone();
         assert_eq!(
-            intake.open_bare(&mut p, true, 1).unwrap().message,
+            intake.open_bare(&mut p, PEER, true, 1).unwrap().message,
             abort().message
         );
         let mut p = good.clone();
         assert_eq!(
-            intake.open_bare(&mut p, false, 1),
+            intake.open_bare(&mut p, PEER, false, 1),
             Err(Rejected::Classify(Counter::NotAllowed))
         );
         let mut p = good.clone();
         p[25] ^= 1;
         assert_eq!(
-            intake.open_bare(&mut p, true, 1),
+            intake.open_bare(&mut p, PEER, true, 1),
             Err(Rejected::Classify(Counter::BadChecksum))
         );
     }
@@ -241,7 +385,7 @@ mod tests {
         let mut packet = emit(&repr, None, 0);
         packet[16..20].fill(0);
         let mut intake = Intake::new(None);
-        let opened = intake.open_checked(&packet, 0).unwrap();
+        let opened = intake.open_checked(PEER, &packet, 0).unwrap();
         let Message::Data { payload } = opened.message else {
             panic!("data")
         };

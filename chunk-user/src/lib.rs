@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod cmd;
+pub mod crypto;
 pub mod driver;
 pub mod intake;
 pub mod net;

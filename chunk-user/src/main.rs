@@ -24,6 +24,9 @@ enum Command {
     /// Attach the XDP program to an interface, take valid chunk packets from the kernel, and
     /// print the kernel's counters on exit (Ctrl-C, SIGTERM, or --duration).
     Listen(cmd::listen::ListenArgs),
+    /// Write a new key pair for encrypted transfers (the private key mode 0600, the public key
+    /// beside it as FILE.pub).
+    Keygen(cmd::keygen::KeygenArgs),
     /// Show a running receiver's counters (kernel and userspace), rates and limits.
     Stats(cmd::stats::StatsArgs),
     /// Send test chunk packets (valid and, on request, corrupt) to a host, to check the receive
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::XdpCost(a) => cmd::xdp_cost::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

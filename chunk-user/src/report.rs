@@ -57,6 +57,11 @@ pub struct Limits {
     pub ring_bytes: u32,
     pub allow: Vec<String>,
     pub psk: bool,
+    /// Encrypted sessions are answered (`--key` or `--psk-file`).
+    #[serde(default)]
+    pub encryption: bool,
+    #[serde(default)]
+    pub require_encryption: bool,
     pub overwrite: bool,
     /// The UDP port chunk packets in UDP are taken on (`--udp`), if any.
     #[serde(default)]
@@ -76,6 +81,12 @@ pub struct IntakeCounts {
     pub stale_offers: u64,
     /// Answers the kernel would not send.
     pub ack_send_errors: u64,
+    /// Encrypted sessions open now.
+    #[serde(default)]
+    pub sessions_open: u64,
+    /// Handshakes and sealed packets.
+    #[serde(default)]
+    pub sessions: crate::crypto::session::SessionCounts,
 }
 
 /// `/run/chunk/<iface key>.json`: what a running receiver (`chunk recv`, or just `chunk listen`)
@@ -369,6 +380,8 @@ mod tests {
                     ring_bytes: 7,
                     allow: vec!["198.18.0.0/15".into(), "2001:2::/48".into()],
                     psk: true,
+                    encryption: true,
+                    require_encryption: false,
                     overwrite: false,
                     udp_port: Some(47000),
                 },

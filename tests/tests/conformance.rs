@@ -314,53 +314,62 @@ fn a_fifo_as_input_is_refused_at_once_and_the_rest_is_sent() {
     assert_eq!(names_in(out.path()), ["after.bin"]);
 }
 
-/// With a key, the authentication trailer rides in every packet: `--chunk-size` is checked
-/// against MTU − 64, the message says so, and a refused attempt leaves nothing on the receiver.
+/// With a key, the seal (encrypted, 44 bytes) or the authentication trailer (`--no-encryption`,
+/// 24 bytes) rides in every packet: `--chunk-size` is checked against MTU − 84 or − 64, the
+/// message says so, and a refused attempt leaves nothing on the receiver.
 #[test]
-fn with_a_key_the_chunk_size_limit_counts_the_trailer_and_a_refused_send_leaves_nothing() {
+fn with_a_key_the_chunk_size_limit_counts_the_seal_or_trailer_and_a_refused_send_leaves_nothing() {
     let hosts = TwoHosts::new("pskmtu", 1500).unwrap();
     let src = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
     let key = src.path().join("key");
     std::fs::write(&key, b"a shared secret of the test, 32+ bytes long").unwrap();
     let key_s = key.to_string_lossy().into_owned();
     let file = make_file(src.path(), "k.bin", 200_000, 9);
-    let recv = Recv::start(
-        &hosts.receiver,
-        hosts.receiver_if,
-        out.path(),
-        &["--psk-file", &key_s],
-    );
-    let o = hosts
-        .sender
-        .command(&chunk_bin())
-        .args(["send", "--to", &hosts.receiver_addr.to_string()])
-        .args(["--psk-file", &key_s, "--chunk-size", "1437"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains("at most 1436") && stderr.contains("authentication trailer"),
-        "{stderr}"
-    );
-    assert!(
-        names_in(out.path()).is_empty(),
-        "{:?}",
-        names_in(out.path())
-    );
-    // The largest size the message named works.
-    let (o, json) = send(
-        &hosts.sender,
-        hosts.receiver_addr,
-        &[&file],
-        &["--psk-file", &key_s, "--chunk-size", "1436"],
-    );
-    assert_sent(&o, &json, 1);
-    recv.stop();
-    assert!(same_contents(&file, &out.path().join("k.bin")));
-    assert_eq!(names_in(out.path()), ["k.bin"]);
+    for (extra, largest, words) in [
+        (&[][..], 1416, "the seal"),
+        (&["--no-encryption"][..], 1436, "authentication trailer"),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let recv = Recv::start(
+            &hosts.receiver,
+            hosts.receiver_if,
+            out.path(),
+            &["--psk-file", &key_s],
+        );
+        let too_big = (largest + 1).to_string();
+        let o = hosts
+            .sender
+            .command(&chunk_bin())
+            .args(["send", "--to", &hosts.receiver_addr.to_string()])
+            .args(["--psk-file", &key_s, "--chunk-size", &too_big])
+            .args(extra)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains(&format!("at most {largest}")) && stderr.contains(words),
+            "{stderr}"
+        );
+        assert!(
+            names_in(out.path()).is_empty(),
+            "{:?}",
+            names_in(out.path())
+        );
+        // The largest size the message named works.
+        let size = largest.to_string();
+        let (o, json) = send(
+            &hosts.sender,
+            hosts.receiver_addr,
+            &[&file],
+            &[&["--psk-file", &key_s, "--chunk-size", &size][..], extra].concat(),
+        );
+        assert_sent(&o, &json, 1);
+        recv.stop();
+        assert!(same_contents(&file, &out.path().join("k.bin")));
+        assert_eq!(names_in(out.path()), ["k.bin"]);
+    }
 }
 
 /// A tmpfs mounted for one test, unmounted however the test ends.

@@ -19,7 +19,10 @@ const PROTO: u8 = chunk_common::DEFAULT_IP_PROTOCOL;
 mod common;
 use common::{
     chunk_bin,
-    listen::{Listener, assert_counters, assert_dump_is, counter, data_packet, send_frames},
+    listen::{
+        Listener, assert_counters, assert_dump_is, counter, data_packet, envelope_packet,
+        send_frames,
+    },
 };
 
 /// Sends chunk packets from the sender namespace through a raw IP socket.
@@ -272,6 +275,13 @@ fn malformed(tag: &str, socket: bool) {
     *c.last_mut().unwrap() ^= 0x80;
     frames.push(frame(&hosts, Ip::default(), &c));
 
+    // unknown_session: a valid sealed packet, but no session is open (1 frame). A handshake
+    // opens sessions and needs none: accepted (1 frame).
+    let sealed = envelope_packet(wire::envelope::SEALED, 0x5e55_0001, &[0xA5; 48]);
+    frames.push(frame(&hosts, Ip::default(), &sealed));
+    let handshake = envelope_packet(wire::envelope::HANDSHAKE, 0x5e55_0001, &[0x3C; 32]);
+    frames.push(frame(&hosts, Ip::default(), &handshake));
+
     // passed: another IP protocol (UDP), even with a chunk-looking body (1 frame).
     frames.push(frame(
         &hosts,
@@ -288,35 +298,37 @@ fn malformed(tag: &str, socket: bool) {
         assert_counters(
             &summary,
             &[
-                ("accepted", 2),
+                ("accepted", 3),
                 ("truncated", 2),
                 ("bad_magic", 2),
                 ("bad_type", 1),
                 ("bad_length", 3),
                 ("bad_checksum", 1),
+                ("unknown_session", 1),
                 ("passed", 0),
             ],
         );
-        assert_eq!(dumps.len(), 2);
+        assert_eq!(dumps.len(), 3);
         return;
     }
     assert_counters(
         &summary,
         &[
-            ("accepted", 3),
+            ("accepted", 4),
             ("truncated", 3),
             ("bad_magic", 2),
             ("bad_type", 1),
             ("bad_length", 3),
             ("fragment", 2),
             ("bad_checksum", 1),
+            ("unknown_session", 1),
         ],
     );
     assert!(
         counter(&summary, "passed") >= 1,
         "the UDP frame passed: {summary}"
     );
-    assert_eq!(dumps.len(), 3);
+    assert_eq!(dumps.len(), 4);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The `chunk` subcommands, one module each. Each has an `Args` struct (clap) and a `run`.
 
+pub mod keygen;
 pub mod listen;
 pub mod probe;
 pub mod recv;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     auth::Psk,
+    crypto::{AuthorizedKeys, Credentials, SecretKey, session::ResponderConfig},
     driver::{
         recv::{self, RecvConfig},
         wait::Stop,
@@ -50,10 +51,22 @@ pub struct RecvArgs {
     /// Print events (ready, started, finished, refused, ...) as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Accept only packets authenticated with this pre-shared key (the same file as the
-    /// sender's `--psk-file`); see docs/SECURITY.md.
+    /// The pre-shared key (the same file as the sender's `--psk-file`): senders must know it,
+    /// to open an encrypted session (mixed into the handshake) or to authenticate clear
+    /// packets; nothing without it is taken. See docs/SECURITY.md.
     #[arg(long, value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
+    /// This receiver's private key (`chunk keygen`): senders open encrypted sessions with it,
+    /// and pin its public key.
+    #[arg(long, value_name = "FILE", requires = "authorized_keys")]
+    pub key: Option<PathBuf>,
+    /// The senders admitted with `--key`: their public keys, one `chunk-x25519 …` line each
+    /// (with a comment). Any other sender key is refused with a reason it prints.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub authorized_keys: Option<PathBuf>,
+    /// Refuse clear (unencrypted) offers, with a reason the sender prints.
+    #[arg(long)]
+    pub require_encryption: bool,
 }
 
 pub fn run(args: RecvArgs) -> Result<()> {
@@ -69,23 +82,57 @@ pub fn run(args: RecvArgs) -> Result<()> {
         Some(p) => Some(Psk::from_file(p).context("reading the pre-shared key")?),
         None => None,
     };
+    let secret = match &args.key {
+        Some(p) => Some(SecretKey::load(p).context("reading the private key")?),
+        None => None,
+    };
+    let authorized = match &args.authorized_keys {
+        Some(p) => {
+            let keys = AuthorizedKeys::load(p).context("reading the authorized keys")?;
+            if keys.is_empty() {
+                tracing::warn!(file = %p.display(), "no authorized keys: every sender key will be refused");
+            }
+            keys
+        }
+        None => AuthorizedKeys::default(),
+    };
+    if args.require_encryption && secret.is_none() && key.is_none() {
+        bail!(
+            "--require-encryption needs keys to encrypt with: --key (and --authorized-keys) or --psk-file"
+        );
+    }
+    let encrypts = secret.is_some() || key.is_some();
+    let responder = encrypts.then(|| ResponderConfig {
+        creds: Credentials {
+            psk: key.as_ref().map(Psk::noise_key),
+            key: secret.clone(),
+        },
+        authorized,
+    });
+    if let Some(k) = &secret {
+        tracing::info!(key = %k.public(), "encrypted sessions with this receiver key");
+    }
     let cfg = RecvConfig {
         core: ReceiverConfig {
             max_size: args.max_size,
             max_transfers: args.max_transfers,
             max_per_source: args.max_per_source,
-            // The payload limit counts the authentication trailer (docs/PROTOCOL.md).
-            max_chunk_size: args.rx.max_payload as u32
-                - if key.is_some() {
-                    crate::auth::TRAILER_LEN as u32
+            // The payload limit counts the seal, or the authentication trailer
+            // (docs/PROTOCOL.md): with keys, any chunk fits it sealed.
+            max_chunk_size: (args.rx.max_payload as u32)
+                .saturating_sub(if encrypts {
+                    crate::crypto::transport::OVERHEAD as u32
                 } else {
                     0
-                },
+                })
+                .max(1),
             idle_timeout: Duration::from_secs_f64(args.idle_timeout.max(0.1)),
             max_transfer_state: args.max_state_kib.saturating_mul(1024),
             ..ReceiverConfig::default()
         },
         key,
+        responder,
+        require_encryption: args.require_encryption,
         protocol: args.rx.protocol,
         udp_port: args.rx.udp,
         exit_after: args.exit_after,
@@ -100,6 +147,8 @@ pub fn run(args: RecvArgs) -> Result<()> {
             ring_bytes: args.rx.ring_bytes,
             allow: args.rx.allow.iter().map(|p| p.to_string()).collect(),
             psk: args.psk_file.is_some(),
+            encryption: encrypts,
+            require_encryption: args.require_encryption,
             overwrite: args.overwrite,
             udp_port: args.rx.udp,
         },

@@ -12,9 +12,10 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
-    auth::{self, Psk},
+    auth::Psk,
+    crypto::{Credentials, KnownHosts, SecretKey, keys::public_key_arg},
     driver::{
-        send::{self, SendConfig, SendDriver},
+        send::{self, Encryption, Protection, SendConfig, SendDriver},
         wait::Stop,
     },
     net::raw::Transport,
@@ -49,9 +50,27 @@ pub struct SendArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Authenticate every packet with this pre-shared key (the receiver's `--psk-file`).
+    /// Encrypt, with this private key as the sender's identity (`chunk keygen`; the receiver
+    /// lists its public key in `--authorized-keys`). The receiver's key is checked against
+    /// `--receiver-key`, or the known-hosts file (remembered there on first contact).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The receiver's public key (`chunk-x25519 …`), or a file holding it (its FILE.pub): the
+    /// transfer stops before anything is sent if the receiver's key is another.
+    #[arg(long, value_name = "KEY|FILE", requires = "key")]
+    pub receiver_key: Option<String>,
+    /// Where the receivers' keys are remembered. Default: $CHUNK_KNOWN_HOSTS, else
+    /// ~/.config/chunk/known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// The pre-shared key (the receiver's `--psk-file`): encrypts (mixed into the handshake,
+    /// with `--key` too if given), or with `--no-encryption` authenticates clear packets.
     #[arg(long, value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
+    /// Send in clear: no handshake, contents and names readable on the wire (authenticated
+    /// if `--psk-file` is given).
+    #[arg(long, conflicts_with_all = ["key", "receiver_key"])]
+    pub no_encryption: bool,
 }
 
 /// `"200M"` → 200 000 000 (bits per second).
@@ -74,12 +93,11 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// The chunk size to use: the user's, checked against the route's MTU and the receiver's payload
 /// limit, or the largest the route carries unfragmented.
-fn chunk_size(args: &SendArgs, to: IpAddr, transport: Transport) -> Result<u32> {
-    let keyed = args.psk_file.is_some();
+fn chunk_size(args: &SendArgs, to: IpAddr, transport: Transport, prot: Protection) -> Result<u32> {
+    let keyed = prot;
     let v6 = to.is_ipv6();
-    // The receiver's default payload limit counts the trailer too (docs/PROTOCOL.md).
-    let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
-    let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32 - trailer;
+    // The receiver's default payload limit counts the trailer or seal too (docs/PROTOCOL.md).
+    let max = chunk_common::ring::MAX_PAYLOAD_LEN as u32 - prot.bytes();
     let overhead = send::packet_overhead(keyed, transport, v6);
     let mtu = send::route_mtu(to);
     match (args.chunk_size, mtu) {
@@ -101,7 +119,6 @@ fn chunk_size(args: &SendArgs, to: IpAddr, transport: Transport) -> Result<u32> 
 
 pub fn run(args: SendArgs) -> Result<()> {
     let (to, transport) = args.target.resolve()?;
-    let chunk_size = chunk_size(&args, to, transport)?;
     if args.window == 0 {
         bail!("--window must be at least 1");
     }
@@ -109,6 +126,36 @@ pub fn run(args: SendArgs) -> Result<()> {
         Some(p) => Some(Psk::from_file(p).context("reading the pre-shared key")?),
         None => None,
     };
+    let encryption = if args.no_encryption || (args.key.is_none() && key.is_none()) {
+        None
+    } else {
+        let secret = match &args.key {
+            Some(p) => Some(SecretKey::load(p).context("reading the private key")?),
+            None => None,
+        };
+        let pin = match &args.receiver_key {
+            Some(k) => Some(public_key_arg(k).context("--receiver-key")?),
+            None => None,
+        };
+        Some(Encryption {
+            creds: Credentials {
+                psk: key.as_ref().map(Psk::noise_key),
+                key: secret,
+            },
+            pin,
+            known_hosts: Some(KnownHosts::new(
+                args.known_hosts
+                    .clone()
+                    .unwrap_or_else(KnownHosts::default_path),
+            )),
+        })
+    };
+    let protection = match (&encryption, &key) {
+        (Some(_), _) => Protection::Sealed,
+        (None, Some(_)) => Protection::Tagged,
+        (None, None) => Protection::Clear,
+    };
+    let chunk_size = chunk_size(&args, to, transport, protection)?;
     let stop = Stop::install().context("installing signal handlers")?;
     let mut driver = SendDriver::new(SendConfig {
         to,
@@ -120,8 +167,11 @@ pub fn run(args: SendArgs) -> Result<()> {
             timeout: Duration::from_secs_f64(args.timeout.max(0.1)),
             ..SenderConfig::default()
         },
-        key,
+        // With encryption the pre-shared key is in the handshake: no tags besides.
+        key: if encryption.is_some() { None } else { key },
+        encryption,
     })?;
+    driver.connect(&stop)?;
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
     for path in &args.files {

@@ -152,13 +152,13 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
     }
     let _ = writeln!(
         o,
-        "\n{:<12} {:>14}{}",
+        "\n{:<15} {:>14}{}",
         "packets",
         "total",
         if rates.is_some() { "        per s" } else { "" }
     );
     for c in Counter::ALL {
-        let _ = write!(o, "{:<12} {:>14}", c.name(), s.counters.get(c));
+        let _ = write!(o, "{:<15} {:>14}", c.name(), s.counters.get(c));
         if let Some(r) = rates {
             let _ = write!(o, " {:>12.0}", r[c.name()]);
         }

@@ -14,10 +14,15 @@ use anyhow::{Context, Result, bail};
 use super::wait::{self, Stop};
 use crate::{
     auth,
+    crypto::{
+        session::{FilterChange, ResponderConfig, Sessions},
+        transport::{INNER_AT, OVERHEAD},
+    },
     intake::{Intake, Rejected},
     net::{
         answer::Answerer,
         rx::{RxSource, StatePublisher},
+        session_filter::SessionFilter,
     },
     proto::{Receiver, ReceiverConfig, Transmit},
     report::{IntakeCounts, Limits, ReceiverState, RecvEvent, StateFile},
@@ -48,6 +53,10 @@ const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
 pub struct RecvConfig {
     pub core: ReceiverConfig,
     pub key: Option<auth::Psk>,
+    /// Encryption: the credentials handshakes are answered with, and the senders admitted.
+    pub responder: Option<ResponderConfig>,
+    /// Refuse clear offers (`--require-encryption`).
+    pub require_encryption: bool,
     /// The IP protocol answers are sent with.
     pub protocol: u8,
     /// The UDP port answers over UDP leave from (`--udp`).
@@ -71,7 +80,13 @@ pub fn run(
     let ack_sock = Answerer::open(cfg.protocol, cfg.udp_port, rx.udp_sockets())
         .context("opening the sockets for answers (raw sockets need root or CAP_NET_RAW)")?;
     let mut core: Receiver<FsStorage> = Receiver::new(cfg.core.clone());
-    let mut intake = Intake::new(cfg.key.clone());
+    let mut intake = Intake::receiver(
+        cfg.key.clone(),
+        Sessions::new(cfg.responder),
+        cfg.require_encryption,
+    );
+    let filter = rx.session_filter();
+    let idle = cfg.core.idle_timeout;
     let publisher = StatePublisher::new(rx.iface());
     let started_ms = auth::now_ms();
     on_event(&RecvEvent::Ready {
@@ -80,7 +95,7 @@ pub fn run(
         out: cfg.out.clone(),
     });
 
-    let mut buf = vec![0u8; auth::TRAILER_LEN + (1 << 12)];
+    let mut buf = vec![0u8; OVERHEAD + auth::TRAILER_LEN + (1 << 12)];
     let mut counts = IntakeCounts::default();
     let mut ended = 0u64;
     let mut next_state = Instant::now();
@@ -117,12 +132,28 @@ pub fn run(
             .read_batch(BATCH, |rec| {
                 let now = Instant::now();
                 counts.packets += 1;
-                match intake.open_checked(rec.packet, auth::now_ms()) {
+                match intake.open_checked(rec.src, rec.packet, auth::now_ms()) {
                     Ok(repr) => {
                         core.handle_packet(rec.src, Some(rec.dst), &repr, now, &mut storage);
-                        send_answers(&mut core, now, &mut buf, &intake, &ack_sock, &mut counts);
+                        send_answers(
+                            &mut core,
+                            now,
+                            &mut buf,
+                            &mut intake,
+                            &ack_sock,
+                            &mut counts,
+                        );
                     }
-                    Err(why) => count_rejected(&mut counts, why, rec.src),
+                    Err(why) => {
+                        counts.sessions = intake.sessions().counts;
+                        count_rejected(&mut counts, why, rec.src);
+                        // A session opened: the receive path lets its sealed packets through
+                        // before its sender hears the answer.
+                        apply_filter(&mut intake, &filter);
+                        for (to, p) in intake.take_outbox() {
+                            send_one(&ack_sock, &p, Some(rec.dst), to, &mut counts);
+                        }
+                    }
                 }
             })
             .context("reading the receive path")?;
@@ -143,7 +174,14 @@ pub fn run(
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now, &mut storage);
         }
-        send_answers(&mut core, now, &mut buf, &intake, &ack_sock, &mut counts);
+        send_answers(
+            &mut core,
+            now,
+            &mut buf,
+            &mut intake,
+            &ack_sock,
+            &mut counts,
+        );
         while let Some(ev) = core.poll_event() {
             let ev = RecvEvent::from(&ev);
             if ev.ends_a_transfer() {
@@ -158,6 +196,10 @@ pub fn run(
         }
         if now >= next_state {
             next_state = now + STATE_EVERY;
+            intake.sessions_mut().expire(now, idle);
+            apply_filter(&mut intake, &filter);
+            counts.sessions = intake.sessions().counts;
+            counts.sessions_open = intake.sessions().len() as u64;
             publisher.write(&StateFile {
                 pid: std::process::id(),
                 started_unix_ms: started_ms,
@@ -192,6 +234,8 @@ pub fn run(
         );
     }
     let stats = core.stats();
+    counts.sessions = intake.sessions().counts;
+    counts.sessions_open = intake.sessions().len() as u64;
     Ok(RecvEvent::Exit {
         reason: reason.into(),
         counters: rx.counters()?,
@@ -218,31 +262,59 @@ fn count_rejected(counts: &mut IntakeCounts, why: Rejected, src: crate::proto::P
         }
         // Header, lengths and checksum were fine (the receive path checked); the body is not.
         Rejected::Body(_) | Rejected::Classify(_) | Rejected::NotChunk => counts.unparsable += 1,
+        // Counted by the sessions.
+        Rejected::Envelope | Rejected::Clear => {}
+        Rejected::Session(e) => {
+            let c = counts.sessions;
+            let refused = c.seal_failures + c.replayed + c.unknown_session;
+            if refused.is_power_of_two() {
+                tracing::warn!(%src, error = %e, count = refused, "sealed packet refused");
+            }
+        }
     }
 }
 
-/// Sends every packet the core has ready (acks, completions, aborts), sealed when a key is set,
-/// each from the local address its transfer's packets were sent to.
+/// Tells the receive path which sessions are open now.
+fn apply_filter(intake: &mut Intake, filter: &SessionFilter) {
+    for change in intake.sessions_mut().take_changes() {
+        let r = match change {
+            FilterChange::Allow(sid) => filter.allow(sid),
+            FilterChange::Forget(sid) => filter.forget(sid),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot update the receive path's session map");
+        }
+    }
+}
+
+fn send_one(
+    sock: &Answerer,
+    packet: &[u8],
+    src: Option<std::net::IpAddr>,
+    dst: crate::proto::Peer,
+    counts: &mut IntakeCounts,
+) {
+    if let Err(e) = sock.send(packet, src, dst) {
+        counts.ack_send_errors += 1;
+        if counts.ack_send_errors.is_power_of_two() {
+            tracing::warn!(%dst, error = %e, count = counts.ack_send_errors, "cannot send to the sender");
+        }
+    }
+}
+
+/// Sends every packet the core has ready (acks, completions, aborts), sealed under their
+/// transfer's session or tagged with the key as their transfer came, each from the local
+/// address its transfer's packets were sent to.
 fn send_answers(
     core: &mut Receiver<FsStorage>,
     now: Instant,
     buf: &mut [u8],
-    intake: &Intake,
+    intake: &mut Intake,
     sock: &Answerer,
     counts: &mut IntakeCounts,
 ) {
-    while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, buf) {
-        let n = match intake.key() {
-            Some(key) => key
-                .seal(buf, len, auth::now_ms())
-                .expect("the buffer has room for the trailer"),
-            None => len,
-        };
-        if let Err(e) = sock.send(&buf[..n], src, dst) {
-            counts.ack_send_errors += 1;
-            if counts.ack_send_errors.is_power_of_two() {
-                tracing::warn!(%dst, error = %e, count = counts.ack_send_errors, "cannot send to the sender");
-            }
-        }
+    while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, &mut buf[INNER_AT..]) {
+        let range = intake.seal_out(dst, buf, INNER_AT, len);
+        send_one(sock, &buf[range], src, dst, counts);
     }
 }

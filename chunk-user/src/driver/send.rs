@@ -24,6 +24,12 @@ use chunk_common::wire;
 use super::wait::{self, Stop};
 use crate::{
     auth::{self, Psk},
+    crypto::{
+        Credentials, KnownHosts, PublicKey,
+        handshake::{HandshakeError, Initiator},
+        keys::Known,
+        transport::{INNER_AT, OVERHEAD},
+    },
     intake::Intake,
     net::{
         batch::BatchSender,
@@ -65,22 +71,47 @@ pub fn route_source(to: IpAddr) -> std::io::Result<IpAddr> {
         .ok_or_else(|| std::io::Error::other("no local address"))
 }
 
+/// How a sender's packets are protected, for their size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    Clear,
+    /// The pre-shared key's authentication trailer (`--no-encryption` with `--psk-file`).
+    Tagged,
+    /// Sealed under a session (encryption).
+    Sealed,
+}
+
+impl Protection {
+    /// Bytes it adds to a chunk packet.
+    pub fn bytes(self) -> u32 {
+        match self {
+            Protection::Clear => 0,
+            Protection::Tagged => auth::TRAILER_LEN as u32,
+            Protection::Sealed => OVERHEAD as u32,
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Protection::Clear => "",
+            Protection::Tagged => ", 24 for the authentication trailer",
+            Protection::Sealed => {
+                ", 44 for the seal (its header, counter and tag around the chunk packet)"
+            }
+        }
+    }
+}
+
 /// Bytes a chunk packet carries besides its chunk: the IP header (without options or extension
-/// headers), the UDP header over UDP, the chunk header, and with a key the authentication
-/// trailer.
-pub fn packet_overhead(keyed: bool, transport: Transport, v6: bool) -> u32 {
-    let trailer = if keyed { auth::TRAILER_LEN as u32 } else { 0 };
-    transport.header_len(v6) + wire::HEADER_LEN as u32 + trailer
+/// headers), the UDP header over UDP, the chunk header, and the protection's.
+pub fn packet_overhead(protection: Protection, transport: Transport, v6: bool) -> u32 {
+    transport.header_len(v6) + wire::HEADER_LEN as u32 + protection.bytes()
 }
 
 /// What [`packet_overhead`] is made of, for messages.
-pub fn overhead_words(keyed: bool, transport: Transport, v6: bool) -> String {
+pub fn overhead_words(protection: Protection, transport: Transport, v6: bool) -> String {
     let ip = transport.header_words(v6);
-    if keyed {
-        format!("{ip}, 20 for the chunk header, 24 for the authentication trailer")
-    } else {
-        format!("{ip}, 20 for the chunk header")
-    }
+    format!("{ip}, 20 for the chunk header{}", protection.words())
 }
 
 /// Opens a file to send and describes it for the offer. Opened with `O_NONBLOCK`: a FIFO (or a
@@ -322,7 +353,37 @@ pub struct SendConfig {
     /// Straight over IP (with chunk's protocol number), or in UDP to the receiver's port.
     pub transport: Transport,
     pub core: SenderConfig,
+    /// The pre-shared key: authenticates clear packets when there is no encryption.
     pub key: Option<Psk>,
+    /// Encryption: a session opened by a handshake before the first file.
+    pub encryption: Option<Encryption>,
+}
+
+/// What the sender's handshake brings and checks.
+#[derive(Clone, Debug)]
+pub struct Encryption {
+    pub creds: Credentials,
+    /// The receiver's key as given (`--receiver-key`), else what the known-hosts file says.
+    pub pin: Option<PublicKey>,
+    pub known_hosts: Option<KnownHosts>,
+}
+
+impl SendConfig {
+    pub fn protection(&self) -> Protection {
+        match (&self.encryption, &self.key) {
+            (Some(_), _) => Protection::Sealed,
+            (None, Some(_)) => Protection::Tagged,
+            (None, None) => Protection::Clear,
+        }
+    }
+
+    /// The receiver as a peer (how its answers are named).
+    fn peer(&self) -> crate::proto::Peer {
+        match self.transport {
+            Transport::Ip(_) => crate::proto::Peer::ip(self.to),
+            Transport::Udp(port) => crate::proto::Peer::udp(SocketAddr::new(self.to, port)),
+        }
+    }
 }
 
 /// The socket, its send batch and the intake of answers, kept across files.
@@ -332,6 +393,8 @@ pub struct SendDriver {
     dst: SocketAddr,
     tx: BatchSender,
     intake: Intake,
+    /// The session's id, once the handshake is done.
+    session: Option<u32>,
 }
 
 impl SendDriver {
@@ -373,7 +436,185 @@ impl SendDriver {
             dst,
             tx,
             intake,
+            session: None,
         })
+    }
+
+    /// Reads what waits on the socket: the next chunk packet from the receiver that passes the
+    /// receive path's checks, copied to the start of `buf`; its length.
+    fn next_checked(&self, buf: &mut [u8]) -> Result<Option<usize>> {
+        loop {
+            let Some((n, from)) = self.tx.socket().recv_nonblocking(buf)? else {
+                return Ok(None);
+            };
+            let to = self.cfg.to;
+            let checked = if self.tx.socket().delivers_ip_header() {
+                let Transport::Ip(protocol) = self.cfg.transport else {
+                    unreachable!("only raw IPv4 sockets deliver the IP header")
+                };
+                Intake::check_ip(&mut buf[..n], protocol, |src| IpAddr::from(src) == to)
+                    .map(|(r, _)| r)
+            } else {
+                let from_receiver = from.ip().to_canonical() == to
+                    && (self.cfg.transport.port() == 0 || from.port() == self.dst.port());
+                Intake::check_bare(&mut buf[..n], from_receiver).map(|_| 0..n)
+            };
+            if let Ok(r) = checked {
+                buf.copy_within(r.clone(), 0);
+                return Ok(Some(r.len()));
+            }
+        }
+    }
+
+    /// Opens the encrypted session (docs/PROTOCOL.md, "Encryption"), when there is encryption:
+    /// the handshake, sent again at growing intervals until answered or the timeout; the
+    /// receiver's key checked against the pinned one (or remembered, on first contact).
+    pub fn connect(&mut self, stop: &Stop) -> Result<()> {
+        let Some(enc) = self.cfg.encryption.clone() else {
+            return Ok(());
+        };
+        if self.session.is_some() {
+            return Ok(());
+        }
+        let to = self.cfg.to;
+        let peer = self.cfg.peer();
+        let sid: u32 = rand::random();
+        let mut init = Initiator::start(&enc.creds, sid, auth::now_ms())
+            .map_err(|e| anyhow::anyhow!("starting the handshake: {e}"))?;
+        let start = Instant::now();
+        let deadline = start + self.cfg.core.timeout;
+        let mut gap = Duration::from_millis(250);
+        let mut next_send = start;
+        let mut keys = None;
+        let mut remote = None;
+        let mut rbuf = vec![0u8; 65536];
+        let mut out = vec![0u8; 65536];
+        loop {
+            if stop.requested().is_some() {
+                bail!("interrupted during the handshake with {to}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no answer to the encryption handshake from {to} in {:.0} s: is `chunk recv` \
+                     running there with --key (or --psk-file, the same file as this side's), and \
+                     does chunk traffic reach it?",
+                    self.cfg.core.timeout.as_secs_f64()
+                );
+            }
+            if now >= next_send {
+                self.tx
+                    .socket()
+                    .send_to(init.packet(), self.dst)
+                    .with_context(|| format!("sending the handshake to {to}"))?;
+                next_send = now + gap;
+                gap = (gap * 2).min(Duration::from_secs(2));
+            }
+            let fds = [self.tx.socket().socket().as_fd()];
+            wait::until(&fds, Some(next_send.min(deadline)))?;
+            while let Some(n) = self.next_checked(&mut rbuf)? {
+                let p = &rbuf[..n];
+                match p[wire::field::MSG_TYPE] {
+                    wire::envelope::HANDSHAKE if keys.is_none() => {
+                        let r = match init.read_reply(p) {
+                            Ok(r) => r,
+                            Err(HandshakeError::WrongSuite(s)) => {
+                                tracing::debug!(suite = s, "handshake answer of another suite");
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "handshake answer dropped");
+                                continue;
+                            }
+                        };
+                        if let Some(r) = r {
+                            check_receiver_key(&enc, &peer, &r)?;
+                        }
+                        remote = r;
+                        let k = init
+                            .finish()
+                            .map_err(|e| anyhow::anyhow!("finishing the handshake: {e}"))?;
+                        if !init.needs_confirmation() {
+                            self.open_session(peer, k, &enc, remote)?;
+                            return Ok(());
+                        }
+                        keys = Some(k);
+                        // Message 3 at once, then again until the receiver confirms.
+                        gap = Duration::from_millis(250);
+                        next_send = Instant::now();
+                    }
+                    wire::envelope::SEALED if keys.is_some() => {
+                        let k = keys.as_mut().expect("checked");
+                        if wire::Packet::new_unchecked(p).transfer_id() != sid {
+                            continue;
+                        }
+                        let Ok(m) = k.opener.open(p, &mut out) else {
+                            continue;
+                        };
+                        if m == 0 {
+                            let k = keys.take().expect("checked");
+                            self.open_session(peer, k, &enc, remote)?;
+                            return Ok(());
+                        }
+                        if let Ok(wire::Repr {
+                            message: wire::Message::Abort(a),
+                            ..
+                        }) = wire::Repr::parse_checksum_already_checked(&out[..m])
+                        {
+                            bail!(
+                                "{to} refused this sender ({}): {}",
+                                a.reason.as_str(),
+                                String::from_utf8_lossy(a.message)
+                            );
+                        }
+                    }
+                    t if t == wire::MessageType::Abort as u8 => {
+                        // A receiver without keys, or of another suite, says so in clear.
+                        if wire::Packet::new_unchecked(p).transfer_id() != sid {
+                            continue;
+                        }
+                        if let Ok(wire::Repr {
+                            message: wire::Message::Abort(a),
+                            ..
+                        }) = wire::Repr::parse_checksum_already_checked(p)
+                        {
+                            bail!(
+                                "{to} cannot open an encrypted session ({}): {}",
+                                a.reason.as_str(),
+                                String::from_utf8_lossy(a.message)
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn open_session(
+        &mut self,
+        peer: crate::proto::Peer,
+        keys: crate::crypto::handshake::SessionKeys,
+        enc: &Encryption,
+        remote: Option<PublicKey>,
+    ) -> Result<()> {
+        let sid = keys.sealer.sid();
+        self.intake
+            .sessions_mut()
+            .insert(peer, keys, Instant::now());
+        self.session = Some(sid);
+        if let (Some(kh), Some(r), None) = (&enc.known_hosts, remote, enc.pin) {
+            let host = peer.to_string();
+            if kh.lookup(&host)? == Known::Unknown {
+                kh.remember(&host, &r)?;
+                eprintln!(
+                    "chunk send: first contact with {host}: its key {r} is now remembered in {}",
+                    kh.path().display()
+                );
+            }
+        }
+        tracing::debug!(%peer, sid, "encrypted session open");
+        Ok(())
     }
 
     pub fn config(&self) -> &SendConfig {
@@ -396,7 +637,13 @@ impl SendDriver {
         let size = meta.size;
         let mut sender = Sender::new(tid, meta, self.cfg.core.clone(), start)?;
         self.tx
-            .ensure_packet_len(sender.max_packet_len() + auth::TRAILER_LEN);
+            .ensure_packet_len(sender.max_packet_len() + OVERHEAD + auth::TRAILER_LEN);
+        let peer = self.cfg.peer();
+        if let Some(sid) = self.session {
+            self.intake.sessions_mut().bind(peer, tid, sid);
+        } else if self.cfg.encryption.is_some() {
+            bail!("no encrypted session: connect first");
+        }
         let mut source = FileSource::new(file, size, self.cfg.core.chunk_size)?;
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
@@ -424,7 +671,7 @@ impl SendDriver {
                     let from_receiver = from.ip().to_canonical() == to
                         && (self.cfg.transport.port() == 0 || from.port() == self.dst.port());
                     self.intake
-                        .open_bare(&mut rbuf[..n], from_receiver, auth::now_ms())
+                        .open_bare(&mut rbuf[..n], peer, from_receiver, auth::now_ms())
                 };
                 if let Ok(repr) = opened {
                     sender.handle_packet(&repr, now);
@@ -474,19 +721,19 @@ impl SendDriver {
         }
     }
 
-    /// Queues what the core has to send now, sealed; returns whether the batch filled up.
+    /// Queues what the core has to send now, sealed or tagged; returns whether the batch filled
+    /// up.
     fn queue_from(&mut self, sender: &mut Sender, now: Instant, source: &mut FileSource) -> bool {
+        // A sealed packet is built in place around the chunk packet.
+        let at = if self.session.is_some() { INNER_AT } else { 0 };
+        let peer = self.cfg.peer();
         while let Some(buf) = self.tx.next_buf() {
-            let Some(n) = sender.poll_transmit(now, source, buf) else {
+            let Some(n) = sender.poll_transmit(now, source, &mut buf[at..]) else {
                 return false;
             };
-            let n = match self.intake.key() {
-                Some(k) => k
-                    .seal(buf, n, auth::now_ms())
-                    .expect("packet buffers have room for the trailer"),
-                None => n,
-            };
-            self.tx.commit(n, self.dst);
+            let range = self.intake.seal_out(peer, buf, at, n);
+            debug_assert_eq!(range.start, 0);
+            self.tx.commit(range.end, self.dst);
             if self.tx.is_full() {
                 return true;
             }
@@ -499,10 +746,10 @@ impl SendDriver {
         if e.raw_os_error() != Some(libc::EMSGSIZE) {
             return anyhow::Error::new(e).context(format!("sending to {to}"));
         }
-        let (keyed, transport, v6) = (self.cfg.key.is_some(), self.cfg.transport, to.is_ipv6());
-        let overhead = packet_overhead(keyed, transport, v6);
+        let (prot, transport, v6) = (self.cfg.protection(), self.cfg.transport, to.is_ipv6());
+        let overhead = packet_overhead(prot, transport, v6);
         let packet = self.cfg.core.chunk_size + overhead;
-        let words = overhead_words(keyed, transport, v6);
+        let words = overhead_words(prot, transport, v6);
         let limit = match route_mtu(to) {
             Ok(mtu) => format!(
                 "at most {} on this path (its MTU of {mtu} minus {words})",
@@ -515,6 +762,34 @@ impl SendDriver {
              --chunk-size ({limit})"
         )
     }
+}
+
+/// Checks the receiver's key from the handshake against the pinned one, or the known-hosts
+/// file's.
+fn check_receiver_key(enc: &Encryption, peer: &crate::proto::Peer, key: &PublicKey) -> Result<()> {
+    if let Some(pin) = &enc.pin {
+        if pin != key {
+            bail!(
+                "the receiver at {peer} has the key {key}, not the one given with --receiver-key \
+                 ({pin}): someone may be intercepting, or the receiver's key was changed. \
+                 Nothing was sent."
+            );
+        }
+        return Ok(());
+    }
+    if let Some(kh) = &enc.known_hosts
+        && let Known::Key(known, line) = kh.lookup(&peer.to_string())?
+        && &known != key
+    {
+        bail!(
+            "THE RECEIVER'S KEY HAS CHANGED: {peer} answered with the key {key}, but {} (line \
+             {line}) remembers {known} for it. Someone may be intercepting (a man in the \
+             middle), or its key was replaced. Nothing was sent. If the change is expected, \
+             remove line {line} of that file, or give the new key with --receiver-key.",
+            kh.path().display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

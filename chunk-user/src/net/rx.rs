@@ -18,6 +18,7 @@ use crate::proto::Peer;
 use super::{
     paths,
     ring::ChunkReader,
+    session_filter::SessionFilter,
     socket_rx::{SocketConfig, SocketRx},
     xdp::{AttachMode, ProgInfo, XdpConfig, XdpReceiver},
 };
@@ -53,7 +54,7 @@ impl Counters {
 impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for c in Counter::ALL {
-            writeln!(f, "{:<12} {:>14}", c.name(), self.get(c))?;
+            writeln!(f, "{:<15} {:>14}", c.name(), self.get(c))?;
         }
         Ok(())
     }
@@ -171,6 +172,8 @@ enum Kind {
         reader: ChunkReader,
         /// The XDP program's drop log (`--xdp-log`), read when its fd is ready.
         logger: Option<Box<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+        /// The program's map of open sessions.
+        sessions: SessionFilter,
     },
     Socket(SocketRx),
 }
@@ -185,7 +188,7 @@ pub struct Batch {
 }
 
 /// An open receive path. Packets it yields have passed every check of the kernel path (header,
-/// lengths, allowlist, checksum) and have their checksum field zeroed: parse them with
+/// lengths, allowlist, checksum, a sealed packet's session) and have their checksum field zeroed: parse them with
 /// [`chunk_common::wire::Repr::parse_checksum_already_checked`].
 pub struct RxSource {
     kind: Kind,
@@ -219,10 +222,12 @@ impl RxSource {
                 "XDP program attached"
             );
             let reader = ChunkReader::with_busy_flag(xdp.take_ring()?, xdp.take_reader_busy()?);
+            let sessions = xdp.take_sessions()?;
             Kind::Xdp {
                 xdp: Box::new(xdp),
                 reader,
                 logger,
+                sessions,
             }
         };
         Ok(RxSource {
@@ -256,6 +261,16 @@ impl RxSource {
         match &self.kind {
             Kind::Xdp { xdp, .. } => xdp.pinned(),
             Kind::Socket(_) => None,
+        }
+    }
+
+    /// The sessions whose sealed packets get through (a handle to keep, and to use while
+    /// `self` is borrowed, in [`read_batch`](Self::read_batch)'s callback say): any other
+    /// session's are dropped and counted `unknown_session`, by the kernel or by the socket path.
+    pub fn session_filter(&self) -> SessionFilter {
+        match &self.kind {
+            Kind::Xdp { sessions, .. } => sessions.clone(),
+            Kind::Socket(s) => s.session_filter(),
         }
     }
 

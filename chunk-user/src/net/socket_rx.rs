@@ -23,6 +23,7 @@ use chunk_common::{
 use super::{
     raw::{ChunkSocket, Transport, set_int_option},
     rx::{Counters, Prefix, Received},
+    session_filter::SessionFilter,
 };
 use crate::proto::Peer;
 
@@ -58,6 +59,8 @@ pub struct SocketRx {
     socks: Vec<Rx>,
     cfg: SocketConfig,
     counters: Counters,
+    /// The open sessions: a sealed packet of any other is dropped, as the XDP program drops it.
+    sessions: SessionFilter,
     /// [`BATCH`] receive buffers of [`BUF_LEN`] bytes, back to back. Allocated zeroed, so only
     /// the pages packets land in are ever touched (64 × 64 KiB written out would be 4 MiB of
     /// resident memory for buffers that mostly hold 1.5 KB).
@@ -104,6 +107,7 @@ impl SocketRx {
             socks,
             cfg: cfg.clone(),
             counters: Counters::default(),
+            sessions: SessionFilter::userspace(),
             bufs: vec![0u8; BUF_LEN * BATCH],
             next: 0,
         })
@@ -142,6 +146,11 @@ impl SocketRx {
     /// each fragment; `ext_headers` stays 0, the kernel walks IPv6 extension headers itself).
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// The sessions sealed packets are let through for (a handle on the set this path checks).
+    pub fn session_filter(&self) -> SessionFilter {
+        self.sessions.clone()
     }
 
     /// The sockets' fds, for the driver to wait on.
@@ -255,6 +264,16 @@ impl SocketRx {
                         (src, dst, 0..g.len)
                     })
             };
+            // The last step, after the checksum, as in the kernel.
+            let sessions = &self.sessions;
+            let verdict = verdict.and_then(|(src, dst, chunk)| {
+                // Never short: classify accepted the whole header.
+                let Some(hdr) = buf[chunk.clone()].first_chunk() else {
+                    return Err(Counter::Truncated.into());
+                };
+                classify::session(hdr, |sid| sessions.allows(sid))?;
+                Ok((src, dst, chunk))
+            });
             let c = match verdict {
                 Ok((src, dst, chunk)) => {
                     f(Received {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::{
     link, paths,
     rx::{Counters, Prefix},
+    session_filter::SessionFilter,
 };
 use thiserror::Error;
 
@@ -300,6 +301,12 @@ impl XdpReceiver {
         })
     }
 
+    /// Takes the map of open sessions (once; see `chunk_common::xdp::MAP_SESSIONS`), as the
+    /// filter that keeps it.
+    pub fn take_sessions(&mut self) -> Result<SessionFilter, XdpError> {
+        take_sessions(&mut self.ebpf)
+    }
+
     /// Takes the ring buffer of accepted chunks (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, XdpError> {
         let map = self
@@ -372,6 +379,18 @@ pub fn load(cfg: &XdpConfig) -> Result<Ebpf, XdpError> {
         other => XdpError::Verifier(other.to_string()),
     })?;
     Ok(ebpf)
+}
+
+/// Takes the map of open sessions out of a loaded program (once), as the filter that keeps it.
+pub fn take_sessions(ebpf: &mut Ebpf) -> Result<SessionFilter, XdpError> {
+    let map = ebpf
+        .take_map(names::MAP_SESSIONS)
+        .ok_or(XdpError::MissingMap(names::MAP_SESSIONS))?;
+    let map = aya::maps::HashMap::try_from(map).map_err(|source| XdpError::Map {
+        name: names::MAP_SESSIONS,
+        source,
+    })?;
+    Ok(SessionFilter::kernel(map))
 }
 
 /// Puts `(prefix length, address)` pairs into the LPM trie `name`, whose key data is a `K`

@@ -400,7 +400,10 @@ mod kernel_tests {
     };
 
     use super::*;
-    use crate::net::rx::{Prefix, parse_prefix};
+    use crate::net::{
+        rx::{Prefix, parse_prefix},
+        session_filter::SessionFilter,
+    };
 
     fn can_load() -> bool {
         if unsafe { libc::geteuid() } != 0 || crate::XDP_OBJECT.is_empty() {
@@ -415,6 +418,8 @@ mod kernel_tests {
         counters: PerCpuArray<MapData, u64>,
         ring: RingBuf<MapData>,
         cfg: XdpConfig,
+        /// The program's open sessions (none unless a test allows some).
+        sessions: SessionFilter,
     }
 
     fn load(udp_port: u16, allow: &[&str]) -> Loaded {
@@ -425,6 +430,7 @@ mod kernel_tests {
         let mut ebpf = xdp::load(&cfg).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map(names::MAP_COUNTERS).unwrap()).unwrap();
         let ring = RingBuf::try_from(ebpf.take_map(names::MAP_CHUNKS).unwrap()).unwrap();
+        let sessions = xdp::take_sessions(&mut ebpf).unwrap();
         let insns = prog(&mut ebpf)
             .info()
             .ok()
@@ -438,6 +444,7 @@ mod kernel_tests {
             counters,
             ring,
             cfg,
+            sessions,
         }
     }
 
@@ -449,8 +456,10 @@ mod kernel_tests {
     }
 
     /// What the userspace steps say of an Ethernet frame, as the program should: the ethertype
-    /// (after at most one VLAN tag) must name the IP version the packet has.
-    fn expected(cfg: &XdpConfig, frame: &[u8]) -> (Result<AcceptedIp, Verdict>, Vec<u8>) {
+    /// (after at most one VLAN tag) must name the IP version the packet has; a sealed packet
+    /// must be of a session the program was told of.
+    fn expected(l: &Loaded, frame: &[u8]) -> (Result<AcceptedIp, Verdict>, Vec<u8>) {
+        let cfg = &l.cfg;
         let mut buf = frame.to_vec();
         let mut l3 = 14;
         let ethertype = |at: usize| {
@@ -483,6 +492,11 @@ mod kernel_tests {
         .map(|mut a| {
             a.chunk = a.chunk.start + l3..a.chunk.end + l3;
             a
+        })
+        .and_then(|a| {
+            let hdr = buf[a.chunk.clone()].first_chunk().unwrap();
+            classify::session(hdr, |sid| l.sessions.allows(sid))?;
+            Ok(a)
         });
         (v, buf)
     }
@@ -499,7 +513,7 @@ mod kernel_tests {
     fn check_all(l: &mut Loaded, frames: &[(String, Vec<u8>)]) -> BTreeSet<Counter> {
         let mut seen = BTreeSet::new();
         for (name, frame) in frames {
-            let (want, buf) = expected(&l.cfg, frame);
+            let (want, buf) = expected(l, frame);
             let before = xdp::read_counters(&l.counters).unwrap();
             let result = prog(&mut l.ebpf)
                 .test_run(TestRunOptions {
@@ -538,6 +552,22 @@ mod kernel_tests {
             }
         }
         seen
+    }
+
+    /// A valid packet of envelope type `msg_type` (sealed or handshake) with session id `sid`
+    /// and `body` (not looked into by the receive path).
+    fn envelope(msg_type: u8, sid: u32, body: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; wire::HEADER_LEN + body.len()];
+        buf[wire::field::MSG_TYPE] = msg_type;
+        let mut p = wire::Packet::new_unchecked(&mut buf[..]);
+        p.set_magic(wire::MAGIC);
+        p.set_version(wire::VERSION);
+        p.set_payload_len(body.len() as u16);
+        p.set_transfer_id(sid);
+        p.set_seq(1);
+        p.payload_mut().copy_from_slice(body);
+        p.fill_checksum();
+        buf
     }
 
     fn with_vlan(mut f: Vec<u8>) -> Vec<u8> {
@@ -681,6 +711,18 @@ mod kernel_tests {
             "v6 udp from port 0".into(),
             ipv6_frame(IPPROTO_UDP, &port0).unwrap(),
         ));
+        // Envelopes, on every way in: sealed of a session not open (none is), and handshakes,
+        // which name no open session and need none.
+        for encap in Encap::ALL {
+            let sealed = envelope(wire::envelope::SEALED, 0x5e55_0001, &[0xA5; 48]);
+            let handshake = envelope(wire::envelope::HANDSHAKE, 0x5e55_0001, &[0x3C; 32]);
+            let name = encap.name();
+            out.push((format!("{name} sealed"), frame(encap, &sealed).unwrap()));
+            out.push((
+                format!("{name} handshake"),
+                frame(encap, &handshake).unwrap(),
+            ));
+        }
         let mut jumbo = ipv6_frame(proto, &chunk).unwrap();
         jumbo[14 + 4..14 + 6].fill(0);
         out.push(("jumbogram".into(), jumbo));
@@ -714,7 +756,83 @@ mod kernel_tests {
         let seen = check_all(&mut l, &frames);
         assert!(!seen.contains(&Counter::NotAllowed));
         let udp = frame(Encap::Udp6, &chunk(10).unwrap()).unwrap();
-        assert_eq!(counter_of(&expected(&l.cfg, &udp).0), Counter::Passed);
+        assert_eq!(counter_of(&expected(&l, &udp).0), Counter::Passed);
+    }
+
+    #[test]
+    fn a_sealed_packet_gets_through_only_while_its_session_is_open() {
+        if !can_load() {
+            return;
+        }
+        let mut l = load(UDP_PORT, &[]);
+        let sid = 0x0102_0304;
+        let sealed = frame(
+            Encap::Ipv4,
+            &envelope(wire::envelope::SEALED, sid, &[0xA5; 64]),
+        )
+        .unwrap();
+        // The same session id byte-swapped: another session.
+        let swapped = frame(
+            Encap::Udp6,
+            &envelope(wire::envelope::SEALED, sid.swap_bytes(), &[0xA5; 64]),
+        )
+        .unwrap();
+        let handshake = frame(
+            Encap::Udp4,
+            &envelope(wire::envelope::HANDSHAKE, 0xdead_beef, &[0x3C; 32]),
+        )
+        .unwrap();
+        // One run: the action, the one counter that moved, whether a record reached the ring.
+        let run = |l: &mut Loaded, f: &[u8]| {
+            let before = xdp::read_counters(&l.counters).unwrap();
+            let action = prog(&mut l.ebpf)
+                .test_run(TestRunOptions {
+                    data_in: Some(f),
+                    repeat: 1,
+                    ..TestRunOptions::new()
+                })
+                .unwrap()
+                .return_value;
+            let after = xdp::read_counters(&l.counters).unwrap();
+            assert_eq!(after.total() - before.total(), 1, "one frame, one count");
+            let moved = Counter::ALL
+                .into_iter()
+                .find(|&c| after.get(c) != before.get(c))
+                .unwrap();
+            let record = l.ring.next().is_some();
+            (action, moved, record)
+        };
+        // XDP_DROP (linux/bpf.h): accepted packets are consumed too, once in the ring.
+        const DROP: u32 = 1;
+        let dropped = (DROP, Counter::UnknownSession, false);
+        let accepted = (DROP, Counter::Accepted, true);
+        assert_eq!(run(&mut l, &sealed), dropped, "no session is open");
+        assert_eq!(
+            run(&mut l, &handshake),
+            accepted,
+            "a handshake needs no session"
+        );
+
+        l.sessions.allow(sid).unwrap();
+        assert_eq!(run(&mut l, &sealed), accepted, "open");
+        assert_eq!(run(&mut l, &swapped), dropped, "another session");
+        // Twice allowed, once forgotten: still open.
+        l.sessions.allow(sid).unwrap();
+        l.sessions.forget(sid).unwrap();
+        assert_eq!(run(&mut l, &sealed), accepted, "still open");
+        l.sessions.forget(sid).unwrap();
+        assert_eq!(run(&mut l, &sealed), dropped, "closed");
+        assert_eq!(run(&mut l, &handshake), accepted);
+
+        // And the userspace steps agree on each.
+        l.sessions.allow(sid).unwrap();
+        let frames = [
+            ("sealed".to_string(), sealed),
+            ("swapped".to_string(), swapped),
+            ("handshake".to_string(), handshake),
+        ];
+        let seen = check_all(&mut l, &frames);
+        assert_eq!(seen, [Counter::Accepted, Counter::UnknownSession].into());
     }
 
     #[test]
@@ -731,7 +849,7 @@ mod kernel_tests {
             check_all(l, &frames);
             frames
                 .iter()
-                .map(|(_, f)| counter_of(&expected(&l.cfg, f).0))
+                .map(|(_, f)| counter_of(&expected(l, f).0))
                 .collect()
         };
         use Counter::{Accepted as A, NotAllowed as N};

@@ -81,6 +81,22 @@ pub fn assert_dump_is(dump: &Value, sent: &[u8]) {
     assert_eq!(dump["hex"], hex.as_str());
 }
 
+/// A valid packet of envelope type `msg_type` (`wire::envelope`) for session `sid`, with `body`
+/// as its payload (the receive path does not look into it).
+pub fn envelope_packet(msg_type: u8, sid: u32, body: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; wire::HEADER_LEN + body.len()];
+    buf[wire::field::MSG_TYPE] = msg_type;
+    let mut p = wire::Packet::new_unchecked(&mut buf[..]);
+    p.set_magic(wire::MAGIC);
+    p.set_version(wire::VERSION);
+    p.set_payload_len(body.len() as u16);
+    p.set_transfer_id(sid);
+    p.set_seq(1);
+    p.payload_mut().copy_from_slice(body);
+    p.fill_checksum();
+    buf
+}
+
 pub fn data_packet(tid: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
     let repr = Repr {
         transfer_id: tid,
