@@ -32,6 +32,9 @@ enum Command {
     /// Send test chunk packets (valid and, on request, corrupt) to a host, to check the receive
     /// path.
     Probe(cmd::probe::ProbeArgs),
+    /// Measure how fast this machine seals packets with AES-256-GCM and ChaCha20-Poly1305.
+    #[command(hide = true)]
+    AeadCost(cmd::aead_cost::AeadCostArgs),
     /// Measure the XDP program's cost per packet in the kernel (BPF_PROG_TEST_RUN).
     #[command(hide = true)]
     XdpCost(cmd::xdp_cost::XdpCostArgs),
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(a) => cmd::sim::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::AeadCost(a) => cmd::aead_cost::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

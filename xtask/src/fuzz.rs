@@ -12,7 +12,7 @@ use crate::{run_cmd, setup, workspace_root};
 /// Every target: the wire parser, the receive-path checks on whole frames of either family,
 /// authentication, offered names against real storage, and the receiver core fed arbitrary
 /// packet sequences.
-pub const TARGETS: &[&str] = &["wire", "classify", "auth", "names", "receiver"];
+pub const TARGETS: &[&str] = &["wire", "classify", "auth", "session", "names", "receiver"];
 
 /// The cargo-fuzz release setup installs.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

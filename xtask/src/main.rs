@@ -113,6 +113,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) if set, else `target/`.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// `cargo` as the one running us, in the workspace root, with setup's bin directory on PATH (the
 /// eBPF build needs bpf-linker there).
 pub fn cargo() -> Command {
@@ -138,8 +146,7 @@ fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run_cmd(&mut c)?;
-    let bin = workspace_root()
-        .join("target")
+    let bin = target_dir()
         .join(if release { "release" } else { "debug" })
         .join("chunk");
     if !bin.is_file() {

@@ -3,7 +3,8 @@
 //! - the nightly toolchain's `rust-src` (for `-Z build-std=core`);
 //! - `bpf-linker`, built against the nightly compiler's own libLLVM (no system LLVM of the right
 //!   version exists on our machines), installed in `$CARGO_HOME/bin`;
-//! - the Debian packages the tests and the demo use (iproute2, nftables, bpftool, ping).
+//! - the Debian packages the tests, the demo and the bench use (iproute2, nftables, bpftool,
+//!   ping; OpenSSH's server, for the bench's scp, with its system service left off).
 //!
 //! Each step checks first and says what it found, so a second run takes well under a second.
 
@@ -146,7 +147,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("bpftool", "bpftool"),
     ("ping", "iputils-ping"),
+    ("sshd", "openssh-server"),
 ];
+
+/// Debian's ssh service does not start while this file exists (its systemd unit and init
+/// script both check it).
+const SSHD_NOT_TO_BE_RUN: &str = "/etc/ssh/sshd_not_to_be_run";
 
 fn system_packages(say: &dyn Fn(&str)) -> Result<()> {
     let missing: Vec<&str> = PACKAGES
@@ -157,6 +163,18 @@ fn system_packages(say: &dyn Fn(&str)) -> Result<()> {
     if missing.is_empty() {
         say("system packages: present");
         return Ok(());
+    }
+    if missing.contains(&"openssh-server") && unsafe { libc::geteuid() } == 0 {
+        // The bench runs an sshd of its own in a namespace; the package alone would also start
+        // one on every interface of the host, and at every boot. Installed here, it does not.
+        std::fs::create_dir_all("/etc/ssh")?;
+        std::fs::write(
+            SSHD_NOT_TO_BE_RUN,
+            "Written by chunk's `cargo xtask setup`: the ssh service stays off (the bench \
+             starts sshd itself). Remove this file to run the service.\n",
+        )
+        .with_context(|| format!("writing {SSHD_NOT_TO_BE_RUN}"))?;
+        eprintln!("setup: {SSHD_NOT_TO_BE_RUN} keeps the ssh service off; remove it to run it");
     }
     apt_install(&missing)
 }

@@ -1,5 +1,6 @@
 //! The `chunk` subcommands, one module each. Each has an `Args` struct (clap) and a `run`.
 
+pub mod aead_cost;
 pub mod keygen;
 pub mod listen;
 pub mod probe;

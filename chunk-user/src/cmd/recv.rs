@@ -173,6 +173,14 @@ pub fn run(args: RecvArgs) -> Result<()> {
                 intake.auth_rejected, intake.stale_offers
             );
         }
+        let s = &intake.sessions;
+        if s.handshakes + s.handshakes_refused + s.seal_failures > 0 {
+            println!(
+                "encryption: {} sessions opened, {} handshakes refused, {} sealed packets \
+                 failed authentication, {} replayed, {} clear packets refused",
+                s.handshakes, s.handshakes_refused, s.seal_failures, s.replayed, s.clear_refused
+            );
+        }
     }
     Ok(())
 }

@@ -171,7 +171,28 @@ pub fn run(args: SendArgs) -> Result<()> {
         key: if encryption.is_some() { None } else { key },
         encryption,
     })?;
-    driver.connect(&stop)?;
+    if let Err(e) = driver.connect(&stop) {
+        // Nothing was sent: every file failed, for this reason (in the JSON summary too).
+        if args.json {
+            let files = args
+                .files
+                .iter()
+                .map(|p| FileReport {
+                    file: p.display().to_string(),
+                    error: Some(format!("{e:#}")),
+                    ..FileReport::default()
+                })
+                .collect::<Vec<_>>();
+            let summary = SendSummary {
+                to: summary_to(to, transport),
+                skipped: 0,
+                failed: files.len(),
+                files,
+            };
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        return Err(e);
+    }
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
     for path in &args.files {
@@ -192,10 +213,7 @@ pub fn run(args: SendArgs) -> Result<()> {
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
     let summary = SendSummary {
-        to: match transport {
-            Transport::Ip(_) => to.to_string(),
-            Transport::Udp(port) => std::net::SocketAddr::new(to, port).to_string(),
-        },
+        to: summary_to(to, transport),
         skipped: args.files.len() - reports.len(),
         failed,
         files: reports,
@@ -226,6 +244,13 @@ pub fn run(args: SendArgs) -> Result<()> {
         bail!("{failed} of {} files failed", args.files.len());
     }
     Ok(())
+}
+
+fn summary_to(to: IpAddr, transport: Transport) -> String {
+    match transport {
+        Transport::Ip(_) => to.to_string(),
+        Transport::Udp(port) => std::net::SocketAddr::new(to, port).to_string(),
+    }
 }
 
 /// Sends one file; its report, success or not. A resumed transfer whose verdict is a hash

@@ -188,6 +188,25 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
         "refused in userspace: {} unauthenticated, {} stale offers, {} unparsable bodies",
         rs.intake.auth_rejected, rs.intake.stale_offers, rs.intake.unparsable
     );
+    if rs.limits.encryption || rs.intake.sessions.handshakes > 0 {
+        let s = &rs.intake.sessions;
+        let _ = writeln!(
+            o,
+            "encryption: {} sessions open, {} opened, {} expired; handshakes {} refused, {} \
+             failed, {} rate-limited; sealed packets {} failed authentication, {} replayed, {} \
+             for no session; {} clear packets refused",
+            rs.intake.sessions_open,
+            s.handshakes,
+            s.sessions_expired,
+            s.handshakes_refused,
+            s.handshakes_failed,
+            s.handshakes_limited,
+            s.seal_failures,
+            s.replayed,
+            s.unknown_session,
+            s.clear_refused,
+        );
+    }
     let l = &rs.limits;
     let allow = if l.allow.is_empty() {
         "any source".to_string()
@@ -198,7 +217,7 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
         o,
         "limits: files up to {} bytes; {} transfers ({} per source); {} KiB of state per \
          transfer; idle after {} s; payload up to {} bytes; ring buffer {} bytes; allow {}; \
-         pre-shared key {}; IPv4 and IPv6 straight over IP{}",
+         pre-shared key {}; encryption {}; IPv4 and IPv6 straight over IP{}",
         l.max_size,
         l.max_transfers,
         l.max_per_source,
@@ -208,6 +227,11 @@ fn human(iface: &str, s: &Snapshot, rates: Option<&BTreeMap<&'static str, f64>>)
         l.ring_bytes,
         allow,
         if l.psk { "required" } else { "not required" },
+        match (l.encryption, l.require_encryption) {
+            (true, true) => "required",
+            (true, false) => "offered",
+            _ => "off (no keys)",
+        },
         match l.udp_port {
             Some(p) => format!(" and in UDP to port {p}"),
             None => String::new(),

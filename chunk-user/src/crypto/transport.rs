@@ -150,6 +150,11 @@ impl Sealer {
         if counter > MAX_COUNTER {
             return Err(wire::Error::Malformed);
         }
+        // What the opener would refuse inside is not sealed (a packet with `AUTH`, an envelope,
+        // a length that disagrees): see `Opener::open`.
+        if inner_len != 0 && !valid_inner(&buf[INNER_AT..INNER_AT + inner_len]) {
+            return Err(wire::Error::Malformed);
+        }
         if counter >> EPOCH_BITS != self.key.epoch {
             self.key = self.key.next();
         }
@@ -315,19 +320,20 @@ impl Opener {
         }
         self.window.accept(counter);
         self.opened += 1;
-        if inner_len != 0 {
-            // A chunk packet of types 1 to 6 with its own length, never another envelope.
-            let p = Packet::new_unchecked(&out[..inner_len]);
-            if inner_len < HEADER_LEN
-                || p.msg_type().is_none()
-                || HEADER_LEN + p.payload_len() as usize != inner_len
-                || p.flags() & wire::flags::AUTH != 0
-            {
-                return Err(OpenError::BadInner);
-            }
+        if inner_len != 0 && !valid_inner(&out[..inner_len]) {
+            return Err(OpenError::BadInner);
         }
         Ok(inner_len)
     }
+}
+
+/// A chunk packet of types 1 to 6 with its own length and no `AUTH`: never another envelope.
+fn valid_inner(inner: &[u8]) -> bool {
+    let p = Packet::new_unchecked(inner);
+    inner.len() >= HEADER_LEN
+        && p.msg_type().is_some()
+        && HEADER_LEN + p.payload_len() as usize == inner.len()
+        && p.flags() & wire::flags::AUTH == 0
 }
 
 #[cfg(test)]
@@ -433,10 +439,26 @@ mod tests {
         assert_eq!(o.open(&seal(&mut s, &[]), &mut out), Ok(0));
         let mut nested = inner(b"x");
         nested[field::MSG_TYPE] = envelope::SEALED;
-        assert_eq!(
-            o.open(&seal(&mut s, &nested), &mut out),
-            Err(OpenError::BadInner)
-        );
+        // Not sealed by this side; refused when another side seals it.
+        let mut buf = vec![0u8; OVERHEAD + nested.len()];
+        buf[INNER_AT..INNER_AT + nested.len()].copy_from_slice(&nested);
+        assert_eq!(s.seal(&mut buf, nested.len()), Err(wire::Error::Malformed));
+        let counter = 1u64;
+        let len = (buf.len() - HEADER_LEN) as u16;
+        write_header(&mut buf[..HEADER_LEN], envelope::SEALED, 1, 0, len);
+        buf[HEADER_LEN..INNER_AT].copy_from_slice(&counter.to_be_bytes());
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[3; 32]));
+        let (head, rest) = buf.split_at_mut(INNER_AT);
+        let tag = cipher
+            .encrypt_in_place_detached(
+                &nonce(counter),
+                &head[..HEADER_LEN],
+                &mut rest[..nested.len()],
+            )
+            .unwrap();
+        let n = INNER_AT + nested.len();
+        buf[n..].copy_from_slice(&tag);
+        assert_eq!(o.open(&buf, &mut out), Err(OpenError::BadInner));
     }
 
     proptest! {

@@ -26,6 +26,8 @@ pub struct Machine {
     pub date: String,
     /// `/proc/sys/net/ipv4/tcp_congestion_control` in the sender's namespace.
     pub tcp_congestion_control: Option<String>,
+    /// The cipher OpenSSH negotiated with its defaults (scp's runs, `scp -v`), once one ran.
+    pub ssh_cipher: Option<String>,
 }
 
 impl Machine {
@@ -75,13 +77,16 @@ impl Machine {
             dirty,
             date,
             tcp_congestion_control,
+            ssh_cipher: None,
         }
     }
 
-    /// The tool's name in results.md and the chart: nc's says which TCP it was.
+    /// The tool's name in results.md and the chart: nc's says which TCP it was, scp's which
+    /// cipher.
     pub fn label(&self, tool: Tool) -> String {
-        match (tool, &self.tcp_congestion_control) {
-            (Tool::Nc, Some(cc)) => format!("nc (TCP {cc})"),
+        match (tool, &self.tcp_congestion_control, &self.ssh_cipher) {
+            (Tool::Nc, Some(cc), _) => format!("nc (TCP {cc})"),
+            (Tool::Scp, _, Some(cipher)) => format!("scp ({cipher})"),
             _ => tool.name().to_string(),
         }
     }
@@ -97,7 +102,7 @@ impl Machine {
         };
         format!(
             "Machine: {}, {} CPUs, kernel {}; commit {}{}; {}; nc's TCP congestion control \
-             (sender namespace): {}.\n",
+             (sender namespace): {}{}.\n",
             or_unknown(&self.cpu_model),
             self.cpus,
             or_unknown(&self.kernel),
@@ -109,6 +114,10 @@ impl Machine {
             },
             or_unknown(&self.date),
             self.tcp_congestion_control.as_deref().unwrap_or("?"),
+            self.ssh_cipher
+                .as_deref()
+                .map(|c| format!("; scp's cipher (OpenSSH's default): {c}"))
+                .unwrap_or_default(),
         )
     }
 }

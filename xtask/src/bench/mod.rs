@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: chunk against TCP (`nc`) and UFTP on the same file, the same veth links
-//! and the same loss, in one run.
+//! and the same loss, in one run; encrypted chunk against itself and against scp.
 //!
 //! Three namespaces in a line (sender — router — receiver, `chunk_tests::Routed`) and a fourth,
 //! the junk sender, also behind the router ([`topology`]). The router drops a share of every
@@ -47,7 +47,7 @@ use serde::Serialize;
 use crate::demo::{generate, hash_file};
 use machine::Machine;
 use run::{Outcome, Run};
-use tools::{Tool, Transfer};
+use tools::{Tool, Transfer, chunk::Keys, scp::Ssh};
 use topology::Net;
 use xdp_cost::XdpCost;
 
@@ -133,12 +133,15 @@ pub struct BenchArgs {
         hide_possible_values = true
     )]
     cases: Vec<Case>,
-    /// Tools: chunk-xdp, chunk-socket, nc (the namespace's TCP), tcp-cubic and tcp-bbr (TCP
-    /// with the congestion control set per socket), uftp.
+    /// Tools: chunk-xdp, chunk-socket, chunk-xdp-enc (chunk-xdp encrypted, keys from `chunk
+    /// keygen`; n/a in a chunk without it), nc (the namespace's TCP), tcp-cubic and tcp-bbr
+    /// (TCP with the congestion control set per socket), uftp, scp (OpenSSH, its default
+    /// cipher, to an sshd of the bench's own; not by default: like nc it takes its 45 s
+    /// cut-off at 5 % loss every round, about 6 minutes more).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "chunk-xdp,chunk-socket,nc,uftp",
+        default_value = "chunk-xdp,chunk-socket,chunk-xdp-enc,nc,uftp",
         hide_possible_values = true
     )]
     tools: Vec<Tool>,
@@ -206,6 +209,10 @@ struct Bench<'a> {
     bin: String,
     /// Whether this `chunk recv` has `--mode socket` (else that tool is reported as n/a).
     socket_mode: bool,
+    /// chunk-xdp-enc's keys, or how its runs end without them (this chunk has no encryption).
+    keys: Result<Keys, Outcome>,
+    /// scp's sshd configuration and keys, or how its runs end without them (no sshd here).
+    ssh: Result<Ssh, Outcome>,
     net: Net,
     work: PathBuf,
     file: PathBuf,
@@ -216,16 +223,28 @@ impl Bench<'_> {
     /// One transfer of `tool` in `case`: its figures and how it ended.
     fn run(&self, tool: Tool, case: Case, round: u32) -> Run {
         let mut run = Run::new(tool, case, round);
-        let socket = matches!(tool.chunk(), Some((tools::chunk::Mode::Socket, _)));
-        run.outcome = if socket && !self.socket_mode {
-            Outcome::NotAvailable("this chunk recv has no --mode socket".into())
-        } else {
-            match self.transfer(tool, case, &mut run) {
+        run.outcome = match self.unavailable(tool) {
+            Some(outcome) => outcome,
+            None => match self.transfer(tool, case, &mut run) {
                 Ok(()) => Outcome::Measured,
                 Err(e) => Outcome::Failed(format!("{e:#}")),
-            }
+            },
         };
         run
+    }
+
+    /// How a run of `tool` ends when the tool cannot run here (what it needs is missing, or
+    /// could not be made); `None` when it can.
+    fn unavailable(&self, tool: Tool) -> Option<Outcome> {
+        let socket = matches!(tool.chunk(), Some((tools::chunk::Mode::Socket, _)));
+        match tool {
+            _ if socket && !self.socket_mode => Some(Outcome::NotAvailable(
+                "this chunk recv has no --mode socket".into(),
+            )),
+            Tool::ChunkXdpEnc => self.keys.as_ref().err().cloned(),
+            Tool::Scp => self.ssh.as_ref().err().cloned(),
+            _ => None,
+        }
     }
 
     /// Runs the transfer in a fresh receive directory, removed afterwards.
@@ -254,6 +273,8 @@ impl Bench<'_> {
             out_dir,
             mtu: self.args.mtu,
             timeout: Duration::from_secs(self.args.timeout_s),
+            keys: self.keys.as_ref().ok(),
+            ssh: self.ssh.as_ref().ok(),
         };
         let result = tools::run(tool, &t, run);
         drop(flood);
@@ -282,6 +303,40 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// chunk-xdp-enc's keys, made in `work` if `tools` has that tool and this chunk has `chunk
+/// keygen`; otherwise how its runs end (not available, with why; failed, if keygen failed).
+fn prepare_keys(bin: &str, work: &Path, tools: &[Tool]) -> Result<Keys, Outcome> {
+    if !tools.contains(&Tool::ChunkXdpEnc) {
+        return Err(Outcome::NotAvailable("not asked for".into()));
+    }
+    if !tools::chunk::has_keygen(bin) {
+        let why = "this chunk has no `chunk keygen` (no encryption yet)";
+        eprintln!("bench: {why}: chunk-xdp-enc is reported n/a");
+        return Err(Outcome::NotAvailable(why.into()));
+    }
+    Keys::generate(bin, &work.join("keys")).map_err(|e| {
+        eprintln!("bench: chunk-xdp-enc's keys: {e:#}");
+        Outcome::Failed(format!("chunk keygen: {e:#}"))
+    })
+}
+
+/// scp's sshd configuration and keys, made in `work` if `tools` has scp and OpenSSH's server is
+/// installed; otherwise how its runs end (not available, with how to install it; failed, if
+/// the configuration could not be made).
+fn prepare_ssh(work: &Path, tools: &[Tool], net: &Net) -> Result<Ssh, Outcome> {
+    if !tools.contains(&Tool::Scp) {
+        return Err(Outcome::NotAvailable("not asked for".into()));
+    }
+    if let Some(why) = Ssh::missing() {
+        eprintln!("bench: {why}: scp is reported n/a");
+        return Err(Outcome::NotAvailable(why));
+    }
+    Ssh::prepare(&work.join("ssh"), net.routed.receiver_addr).map_err(|e| {
+        eprintln!("bench: scp's sshd: {e:#}");
+        Outcome::Failed(format!("sshd: {e:#}"))
+    })
 }
 
 /// Whether this chunk binary's `recv` accepts `--mode socket`.
@@ -432,16 +487,19 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
     let size = args.size_mib << 20;
     eprintln!("bench: generating {} MiB", args.size_mib);
     let hash = generate(&file, size)?;
+    let net = Net::new(args.mtu)?;
     let bench = Bench {
         args,
         bin: bin.clone(),
         socket_mode,
-        net: Net::new(args.mtu)?,
+        keys: prepare_keys(&bin, &work, &args.tools),
+        ssh: prepare_ssh(&work, &args.tools, &net),
+        net,
         work: work.clone(),
         file,
         hash,
     };
-    let machine = Machine::read(&bench.net.routed.sender);
+    let mut machine = Machine::read(&bench.net.routed.sender);
     eprint!("bench: {}", machine.markdown());
     // Another busy process would slow some runs: the load before and after tells.
     let load_before = loadavg();
@@ -470,6 +528,10 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
     }
     bench.net.set_loss(0)?;
     drop(bench);
+    machine.ssh_cipher = runs.iter().find_map(|r| r.cipher.clone());
+    if let Some(c) = &machine.ssh_cipher {
+        eprintln!("bench: scp negotiated {c}");
+    }
     // Once, after the transfers (so that it slows none of them), outside the namespaces.
     let xdp_cost = xdp_cost::measure(&bin);
     match &xdp_cost {
@@ -599,6 +661,7 @@ mod fixtures {
             dirty: false,
             date: "2026-01-01T00:00:00Z".into(),
             tcp_congestion_control: Some("bbr".into()),
+            ssh_cipher: Some("chacha20-poly1305@openssh.com".into()),
         }
     }
 
@@ -633,6 +696,7 @@ mod fixtures {
                         data_packets: Some(40_000),
                         reverse_packets: Some(4_000),
                         partial_bytes: None,
+                        cipher: None,
                         wakeups: Some(Wakeups {
                             context_switches: 10_000,
                             loc: 12_000,
@@ -669,10 +733,23 @@ mod tests {
         assert_eq!(all.cases, fixtures::lan_cases());
         assert_eq!(
             all.tools,
-            [Tool::ChunkXdp, Tool::ChunkSocket, Tool::Nc, Tool::Uftp]
+            [
+                Tool::ChunkXdp,
+                Tool::ChunkSocket,
+                Tool::ChunkXdpEnc,
+                Tool::Nc,
+                Tool::Uftp
+            ]
         );
         let tcp = parse(&["--tools", "tcp-cubic,tcp-bbr"]).unwrap();
         assert_eq!(tcp.tools, [Tool::TcpCubic, Tool::TcpBbr]);
+        let enc = parse(&["--tools", "scp,chunk-xdp-enc"]).unwrap();
+        assert_eq!(enc.tools, [Tool::Scp, Tool::ChunkXdpEnc]);
+        // chunk-xdp-enc is no transport variant: --ipv6 adds nothing after it.
+        assert_eq!(
+            with_transports(&enc.tools, true, false),
+            [Tool::Scp, Tool::ChunkXdpEnc]
+        );
         let some = parse(&[
             "--cases",
             "clean,loss5,flood",

@@ -360,7 +360,7 @@ mod tests {
         );
         assert_eq!(
             keys(&v["machine"]),
-            "commit cpu_model cpus date dirty kernel tcp_congestion_control"
+            "commit cpu_model cpus date dirty kernel ssh_cipher tcp_congestion_control"
         );
         assert_eq!(
             keys(&v["summary"][0]),
@@ -421,6 +421,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| clean | nc (TCP bbr) | "), "{md}");
+        assert!(
+            md.contains("| loss5 | scp (chacha20-poly1305@openssh.com) | "),
+            "{md}"
+        );
         // Clean, nc, the median round: 64 MiB in 0.41 s over 40 000 data packets and 4 000
         // acks, with 10 000 context switches and 20 000 interrupts, and 0.1 s of sender CPU.
         assert!(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Bench, BenchArgs, Case, tools::Tool, topology::Net};
+use super::{Bench, BenchArgs, Case, run::Outcome, tools::Tool, topology::Net};
 use crate::demo::generate;
 
 /// The receiver's peak RSS with one chunk tool for one file size (the field names are
@@ -63,6 +63,8 @@ pub fn check(bin: &str, socket_mode: bool, dir: &Path, args: &BenchArgs) -> Vec<
             args,
             bin: bin.into(),
             socket_mode,
+            keys: Err(Outcome::NotAvailable("not made for the RSS check".into())),
+            ssh: Err(Outcome::NotAvailable("not made for the RSS check".into())),
             net,
             work: dir.to_path_buf(),
             file: file.clone(),

@@ -58,6 +58,8 @@ pub struct Run {
     /// 512 MiB): the bytes that had arrived, all of them the file's, in `seconds`. Its goodput
     /// is theirs, a figure for a tool too slow to finish rather than no figure at all.
     pub partial_bytes: Option<u64>,
+    /// The cipher the transfer used, where the tool negotiates one (scp: from `scp -v`).
+    pub cipher: Option<String>,
 }
 
 impl Run {
@@ -81,6 +83,7 @@ impl Run {
             reverse_packets: None,
             wakeups: None,
             partial_bytes: None,
+            cipher: None,
         }
     }
 

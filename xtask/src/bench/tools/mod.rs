@@ -4,6 +4,7 @@
 
 pub(super) mod chunk;
 pub(super) mod nc;
+pub(super) mod scp;
 mod tcp;
 pub(super) mod uftp;
 
@@ -35,6 +36,12 @@ pub enum Tool {
     TcpBbr,
     /// UFTP, multicast-capable file transfer over UDP (unicast here, no encryption).
     Uftp,
+    /// chunk-xdp with public-key encryption (`chunk keygen` keys, `--key`, `--authorized-keys`,
+    /// `--receiver-key`).
+    ChunkXdpEnc,
+    /// scp (OpenSSH, its default cipher) to an sshd of the bench's own in the receiver's
+    /// namespace.
+    Scp,
     /// chunk-xdp over IPv6 (`--ipv6`).
     ChunkXdpIpv6,
     /// chunk-socket over IPv6.
@@ -59,6 +66,8 @@ impl Tool {
             Tool::TcpCubic => "tcp-cubic",
             Tool::TcpBbr => "tcp-bbr",
             Tool::Uftp => "uftp",
+            Tool::ChunkXdpEnc => "chunk-xdp-enc",
+            Tool::Scp => "scp",
             Tool::ChunkXdpIpv6 => "chunk-xdp-ipv6",
             Tool::ChunkSocketIpv6 => "chunk-socket-ipv6",
             Tool::ChunkXdpUdp => "chunk-xdp-udp",
@@ -68,7 +77,9 @@ impl Tool {
         }
     }
 
-    /// For chunk: the receive path and the transport (`None` for the other tools).
+    /// For chunk: the receive path and the transport (`None` for the other tools, and for
+    /// chunk-xdp-enc, which is not a transport variant: it runs over plain IPv4 and is compared
+    /// with chunk-xdp by its own goal).
     pub fn chunk(self) -> Option<(chunk::Mode, chunk::Transport)> {
         use chunk::{Mode::*, Transport as T};
         let plain = T::default();
@@ -93,7 +104,12 @@ impl Tool {
             Tool::ChunkSocketUdp => (Socket, udp),
             Tool::ChunkXdpIpv6Udp => (Xdp, both),
             Tool::ChunkSocketIpv6Udp => (Socket, both),
-            Tool::Nc | Tool::TcpCubic | Tool::TcpBbr | Tool::Uftp => return None,
+            Tool::Nc
+            | Tool::TcpCubic
+            | Tool::TcpBbr
+            | Tool::Uftp
+            | Tool::ChunkXdpEnc
+            | Tool::Scp => return None,
         })
     }
 
@@ -135,18 +151,33 @@ pub struct Transfer<'a> {
     pub mtu: u32,
     /// How long the sender may take.
     pub timeout: Duration,
+    /// chunk-xdp-enc's keys, if they were made.
+    pub keys: Option<&'a chunk::Keys>,
+    /// scp's sshd configuration and keys, if they were made.
+    pub ssh: Option<&'a scp::Ssh>,
 }
 
 /// Moves the file with `tool`, filling in `run`'s figures (also those it has when it fails).
 pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
     if let Some((mode, transport)) = tool.chunk() {
-        return chunk::run(t, mode, transport, run);
+        return chunk::run(t, mode, transport, None, run);
     }
     match tool {
         Tool::Nc => nc::run(t, run),
         Tool::TcpCubic => tcp::run(t, "cubic", run),
         Tool::TcpBbr => tcp::run(t, "bbr", run),
         Tool::Uftp => uftp::run(t, run),
+        Tool::ChunkXdpEnc => {
+            let keys = t.keys.context("chunk-xdp-enc's keys were not made")?;
+            chunk::run(
+                t,
+                chunk::Mode::Xdp,
+                chunk::Transport::default(),
+                Some(keys),
+                run,
+            )
+        }
+        Tool::Scp => scp::run(t, t.ssh.context("scp's sshd was not prepared")?, run),
         _ => unreachable!("chunk's tools are run above"),
     }
 }

@@ -20,7 +20,7 @@ const PORT: &str = "5001";
 /// enough for tens of thousands of round trips here, so the figure is TCP's steady state, and
 /// short enough that TCP at 5 % loss each way (about 1.5 MB/s) does not take the bench's whole
 /// time.
-const CUT_OFF: Duration = Duration::from_secs(45);
+pub(in crate::bench) const CUT_OFF: Duration = Duration::from_secs(45);
 
 /// TCP segments `ns` has retransmitted since it was made.
 pub(in crate::bench) fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
