@@ -219,11 +219,39 @@ fn two_senders_at_once() {
 
 #[test]
 fn a_receiver_killed_mid_transfer_resumes_after_restart() {
-    let hosts = TwoHosts::new("rkill", 1500).unwrap();
+    receiver_killed("rkill", &[], &[]);
+}
+
+/// Encrypted, the restarted receiver has lost the session: the sender notices the silence,
+/// opens a new one, and the transfer resumes in it.
+#[test]
+fn an_encrypted_transfer_resumes_after_its_receiver_is_killed() {
+    let keys = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for name in ["receiver", "sender"] {
+        let p = keys.path().join(name);
+        let o = std::process::Command::new(chunk_bin())
+            .args(["keygen", "--out", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        paths.push(p.display().to_string());
+    }
+    let (r, s) = (&paths[0], &paths[1]);
+    let (rpub, spub) = (format!("{r}.pub"), format!("{s}.pub"));
+    receiver_killed(
+        "erkill",
+        &["--key", r, "--authorized-keys", &spub],
+        &["--key", s, "--receiver-key", &rpub],
+    );
+}
+
+fn receiver_killed(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = make_file(src.path(), "r.bin", 48 << 20, 11);
-    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), recv_extra);
     // 48 MiB at 100 Mbit/s takes ~4 s: time to pull the plug in the middle.
     let mut cmd = hosts.sender.command(&chunk_bin());
     cmd.args([
@@ -236,6 +264,7 @@ fn a_receiver_killed_mid_transfer_resumes_after_restart() {
         "--to",
     ])
     .arg(hosts.receiver_addr.to_string())
+    .args(send_extra)
     .arg(&file);
     let sender = Daemon::spawn(cmd, "chunk send").unwrap();
     let started = recv.wait_event(Duration::from_secs(10), |v| v["event"] == "started");
@@ -255,7 +284,7 @@ fn a_receiver_killed_mid_transfer_resumes_after_restart() {
         &hosts.receiver,
         hosts.receiver_if,
         out.path(),
-        &["--exit-after", "1"],
+        &[&["--exit-after", "1"][..], recv_extra].concat(),
     );
     let restarted = recv.wait_event(Duration::from_secs(20), |v| v["event"] == "started");
     let resumed = restarted["resumed_chunks"].as_u64().unwrap();

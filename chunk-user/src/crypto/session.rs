@@ -201,6 +201,18 @@ impl Sessions {
         self.changes.push(FilterChange::Allow(sid));
     }
 
+    /// Closes a session (a sender's old one, replaced by a new handshake).
+    pub fn remove(&mut self, peer: Peer, sid: u32) {
+        if let Some(s) = self.open.remove(&(peer, sid)) {
+            for tid in s.transfers {
+                if self.bindings.get(&(peer, tid)) == Some(&sid) {
+                    self.bindings.remove(&(peer, tid));
+                }
+            }
+            self.changes.push(FilterChange::Forget(sid));
+        }
+    }
+
     pub fn get(&self, peer: Peer, sid: u32) -> Option<&Session> {
         self.open.get(&(peer, sid))
     }
@@ -260,7 +272,19 @@ impl Sessions {
         }
         let tid = chunk_common::wire::Packet::new_unchecked(&out[..n]).transfer_id();
         match self.bindings.get(&(peer, tid)) {
-            Some(&other) if other != sid => Err(SessionError::WrongSession),
+            Some(&other) if other != sid => {
+                // A new session of the same sender (its peer, and with key pairs its key) takes
+                // its transfers over: it opened one after losing the old (a receiver restart, a
+                // long outage). Any other session may not touch them.
+                let remote = self.open.get(&(peer, sid)).map(|s| s.remote);
+                let owner = self.open.get(&(peer, other)).map(|s| s.remote);
+                if owner.is_some() && owner != remote {
+                    return Err(SessionError::WrongSession);
+                }
+                self.bindings.remove(&(peer, tid));
+                self.bind(peer, tid, sid);
+                Ok(n)
+            }
             Some(_) => Ok(n),
             None => {
                 self.bind(peer, tid, sid);

@@ -347,6 +347,10 @@ impl ChunkSource for FileSource {
     }
 }
 
+/// Silence from the receiver after which an encrypting sender opens a new session (at least 4
+/// smoothed round trips).
+const REHANDSHAKE_AFTER: Duration = Duration::from_secs(2);
+
 /// What the send driver needs.
 pub struct SendConfig {
     pub to: IpAddr,
@@ -470,19 +474,23 @@ impl SendDriver {
     /// the handshake, sent again at growing intervals until answered or the timeout; the
     /// receiver's key checked against the pinned one (or remembered, on first contact).
     pub fn connect(&mut self, stop: &Stop) -> Result<()> {
+        if self.cfg.encryption.is_none() || self.session.is_some() {
+            return Ok(());
+        }
+        self.handshake(stop, Instant::now() + self.cfg.core.timeout)
+    }
+
+    /// One handshake, until `deadline`; on success the new session replaces any old one.
+    fn handshake(&mut self, stop: &Stop, deadline: Instant) -> Result<()> {
         let Some(enc) = self.cfg.encryption.clone() else {
             return Ok(());
         };
-        if self.session.is_some() {
-            return Ok(());
-        }
         let to = self.cfg.to;
         let peer = self.cfg.peer();
         let sid: u32 = rand::random();
         let mut init = Initiator::start(&enc.creds, sid, auth::now_ms())
             .map_err(|e| anyhow::anyhow!("starting the handshake: {e}"))?;
         let start = Instant::now();
-        let deadline = start + self.cfg.core.timeout;
         let mut gap = Duration::from_millis(250);
         let mut next_send = start;
         let mut keys = None;
@@ -499,7 +507,7 @@ impl SendDriver {
                     "no answer to the encryption handshake from {to} in {:.0} s: is `chunk recv` \
                      running there with --key (or --psk-file, the same file as this side's), and \
                      does chunk traffic reach it?",
-                    self.cfg.core.timeout.as_secs_f64()
+                    now.duration_since(start).as_secs_f64()
                 );
             }
             if now >= next_send {
@@ -648,6 +656,8 @@ impl SendDriver {
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
         let mut cancelled = false;
+        let mut heard = start;
+        let mut next_rehandshake = start;
         loop {
             let now = Instant::now();
             if !cancelled && stop.requested().is_some() {
@@ -675,6 +685,34 @@ impl SendDriver {
                 };
                 if let Ok(repr) = opened {
                     sender.handle_packet(&repr, now);
+                    heard = now;
+                }
+            }
+            // Encrypted, a receiver that restarted has lost the session: its kernel drops our
+            // sealed packets unanswered. After a silence that no live receiver leaves, a new
+            // handshake (the transfer then goes on as after any receiver restart: `unknown
+            // transfer`, a new offer, a resume).
+            if self.session.is_some() && sender.outcome().is_none() && !cancelled {
+                let quiet = now.saturating_duration_since(heard);
+                if quiet >= REHANDSHAKE_AFTER && now >= next_rehandshake {
+                    let srtt = sender.stats().srtt.unwrap_or_default();
+                    if quiet >= srtt * 4 {
+                        tracing::info!(
+                            quiet_s = format!("{:.1}", quiet.as_secs_f64()),
+                            "no answer: opening a new session (has the receiver restarted?)"
+                        );
+                        match self.handshake(stop, heard + self.cfg.core.timeout) {
+                            Ok(()) => {
+                                let sid = self.session.expect("just opened");
+                                self.intake.sessions_mut().bind(peer, tid, sid);
+                                heard = Instant::now();
+                            }
+                            // The core gives up on its own, at its timeout.
+                            Err(e) => tracing::warn!(error = %e, "no new session"),
+                        }
+                        next_rehandshake = Instant::now() + REHANDSHAKE_AFTER.max(srtt * 4);
+                        continue;
+                    }
                 }
             }
             if sender.poll_timeout().is_some_and(|t| t <= now) {
