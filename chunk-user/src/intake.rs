@@ -194,7 +194,7 @@ impl Intake {
             _ => {}
         }
         let tid = wire::Packet::new_unchecked(packet).transfer_id();
-        if self.sessions.session_of(from, tid).is_some() {
+        if self.sessions.was_encrypted(from, tid) {
             self.sessions.counts.clear_refused += 1;
             return Err(Rejected::Clear);
         }
@@ -216,11 +216,14 @@ impl Intake {
         };
         if self.receiver && self.require_encryption && matches!(repr.message, Message::Offer(_)) {
             self.sessions.counts.clear_refused += 1;
+            // Answered at the handshake rate (a refusal is longer than the shortest offer).
+            if !self.sessions.answer_token(Instant::now()) {
+                return Err(Rejected::Clear);
+            }
             let mut answer = session::clear_abort(
                 tid,
                 AbortReason::EncryptionRequired,
-                "this receiver takes encrypted transfers only (--require-encryption): send with \
-                 --key or --psk-file, without --no-encryption",
+                "receiver takes encrypted transfers only",
             );
             if let Some(key) = &self.key {
                 let n = answer.len();
@@ -239,14 +242,25 @@ impl Intake {
     /// Makes the chunk packet at `buf[at..at + len]`, to `to`, ready to send: sealed under its
     /// transfer's session (then `at` must be [`crate::crypto::transport::INNER_AT`]), else
     /// tagged with the pre-shared key if there is one, else as it is. Returns where the packet
-    /// to send lies in `buf`.
-    pub fn seal_out(&mut self, to: Peer, buf: &mut [u8], at: usize, len: usize) -> Range<usize> {
+    /// to send lies in `buf`; `None` (send nothing) for a transfer that was encrypted and has no
+    /// session now: it never goes out in clear.
+    pub fn seal_out(
+        &mut self,
+        to: Peer,
+        buf: &mut [u8],
+        at: usize,
+        len: usize,
+    ) -> Option<Range<usize>> {
         if at == crate::crypto::transport::INNER_AT
             && let Some(n) = self.sessions.seal(to, buf, len)
         {
-            return 0..n;
+            return Some(0..n);
         }
-        match &self.key {
+        let tid = wire::Packet::new_unchecked(&buf[at..at + len]).transfer_id();
+        if self.sessions.was_encrypted(to, tid) {
+            return None;
+        }
+        Some(match &self.key {
             Some(key) => {
                 let n = key
                     .seal(&mut buf[at..], len, auth::now_ms())
@@ -254,7 +268,7 @@ impl Intake {
                 at..at + n
             }
             None => at..at + len,
-        }
+        })
     }
 }
 

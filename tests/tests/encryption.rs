@@ -283,6 +283,19 @@ fn an_unknown_sender_key_and_a_wrong_receiver_key_are_refused_with_the_reason() 
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("does not know the sender's key"), "{e}");
+    // Nor can it come in clear: a receiver with key pairs takes encrypted offers only.
+    let (o, json) = send_any(
+        &hosts.sender,
+        to,
+        &[&file],
+        &["--no-encryption", "--timeout", "5"],
+    );
+    assert!(!o.status.success());
+    let err = json.expect("a summary")["files"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("encrypted transfers only"), "{err}");
     // Pinned to another key (the stranger's public key stands for an impostor's).
     let (o, _) = send_any(
         &hosts.sender,

@@ -64,9 +64,15 @@ pub struct RecvArgs {
     /// (with a comment). Any other sender key is refused with a reason it prints.
     #[arg(long, value_name = "FILE", requires = "key")]
     pub authorized_keys: Option<PathBuf>,
-    /// Refuse clear (unencrypted) offers, with a reason the sender prints.
+    /// Refuse clear (unencrypted) offers, with a reason the sender prints. With `--key` this is
+    /// the default (else a sender whose key is refused could send in clear): see
+    /// `--allow-clear`.
     #[arg(long)]
     pub require_encryption: bool,
+    /// With `--key`, take clear offers too (from anyone, or with `--psk-file` from anyone who
+    /// holds the pre-shared key), besides encrypted ones from the authorized keys.
+    #[arg(long, requires = "key", conflicts_with = "require_encryption")]
+    pub allow_clear: bool,
 }
 
 pub fn run(args: RecvArgs) -> Result<()> {
@@ -102,6 +108,8 @@ pub fn run(args: RecvArgs) -> Result<()> {
         );
     }
     let encrypts = secret.is_some() || key.is_some();
+    // Key pairs admit senders by key: a clear offer would bypass that.
+    let require_encryption = args.require_encryption || (secret.is_some() && !args.allow_clear);
     let responder = encrypts.then(|| ResponderConfig {
         creds: Credentials {
             psk: key.as_ref().map(Psk::noise_key),
@@ -132,7 +140,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
         },
         key,
         responder,
-        require_encryption: args.require_encryption,
+        require_encryption,
         protocol: args.rx.protocol,
         udp_port: args.rx.udp,
         exit_after: args.exit_after,
@@ -148,7 +156,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
             allow: args.rx.allow.iter().map(|p| p.to_string()).collect(),
             psk: args.psk_file.is_some(),
             encryption: encrypts,
-            require_encryption: args.require_encryption,
+            require_encryption,
             overwrite: args.overwrite,
             udp_port: args.rx.udp,
         },

@@ -148,6 +148,12 @@ pub fn run(args: SendArgs) -> Result<()> {
                     .clone()
                     .unwrap_or_else(KnownHosts::default_path),
             )),
+            // The name the user gave, not the address it resolved to: a spoofed name lookup
+            // then meets the remembered key (as ssh keys known hosts by name).
+            host: match transport {
+                Transport::Ip(_) => args.target.to.clone(),
+                Transport::Udp(port) => format!("{}:{port}", args.target.to),
+            },
         })
     };
     let protection = match (&encryption, &key) {

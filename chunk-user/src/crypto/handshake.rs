@@ -398,8 +398,10 @@ impl PendingResponder {
         self.sid
     }
 
-    /// Takes message 3: the session's keys, with the initiator's static key (to authorize).
-    pub fn finish(mut self, packet: &[u8]) -> Result<SessionKeys, HandshakeError> {
+    /// Takes message 3: the session's keys, with the initiator's static key (to authorize). A
+    /// message that fails leaves the handshake as it was (snow restores its state), so a forged
+    /// message 3 cannot kill it.
+    pub fn finish(&mut self, packet: &[u8]) -> Result<SessionKeys, HandshakeError> {
         let (suite, sid, seq, noise) = parse(packet)?;
         if suite != self.suite as u8 || sid != self.sid || seq != 3 {
             return Err(HandshakeError::Malformed);
@@ -435,6 +437,7 @@ mod tests {
                 let remote = init.read_reply(&reply)?;
                 assert_eq!(remote, r.key.as_ref().map(|k| k.public()));
                 let ik = init.finish()?;
+                let mut state = state;
                 let rk = state.finish(init.packet())?;
                 Ok((ik, rk))
             }
@@ -598,6 +601,7 @@ mod fixtures {
         i.read_reply(&reply).unwrap();
         let mut ik = i.finish().unwrap();
         v.push(("xx-handshake-3", i.packet().to_vec()));
+        let mut state = state;
         let mut rk = state.finish(i.packet()).unwrap();
         v.push(("xx-confirmation", seal(&mut rk, &[])));
         v.push(("xx-sealed-data", seal(&mut ik, &data_packet())));

@@ -3,7 +3,7 @@
 //! each side holds.
 //!
 //! Nothing here is home-made cryptography: the handshake is a standard Noise pattern run by
-//! `snow`; sealed packets are AES-256-GCM (RustCrypto `aes-gcm`) under the keys of Noise's
+//! `snow`; sealed packets are AES-256-GCM (`ring`) under the keys of Noise's
 //! Split, with an explicit counter nonce and RFC 6479's replay window, as WireGuard frames its
 //! data; the key changes by Noise's own `REKEY`.
 

@@ -45,9 +45,15 @@ pub struct Session {
     /// The receiver refused the peer's key: nothing from it is taken.
     pub refused: bool,
     pub last_heard: Instant,
-    /// The handshake message that opened it and the answer it got, for repeats.
-    first: Vec<u8>,
-    reply: Vec<u8>,
+    /// When it opened: a newer session of the same sender takes over an older one's transfers,
+    /// never the other way.
+    pub opened: Instant,
+    /// The handshake's message 1 and the answer it got (message 2), and with key pairs message
+    /// 3 and, for a refused key, the refusal: repeats get the same answer again.
+    msg1: Vec<u8>,
+    msg2: Vec<u8>,
+    msg3: Vec<u8>,
+    refusal: Vec<u8>,
     transfers: VecDeque<u32>,
 }
 
@@ -92,8 +98,8 @@ pub struct ResponderConfig {
 
 struct Pending {
     state: PendingResponder,
-    first: Vec<u8>,
-    reply: Vec<u8>,
+    msg1: Vec<u8>,
+    msg2: Vec<u8>,
     at: Instant,
 }
 
@@ -120,10 +126,19 @@ impl Rate {
     }
 }
 
+/// Transfers remembered as encrypted after their session is gone (their packets are then
+/// dropped, never sent or taken in clear).
+const MAX_REMEMBERED: usize = 65_536;
+/// Handshakes waiting for message 3 from one source address.
+pub const MAX_PENDING_PER_SOURCE: usize = 8;
+
 /// The sessions of one side, and (on a receiver) the handshakes it answers.
 pub struct Sessions {
     open: HashMap<(Peer, u32), Session>,
     bindings: HashMap<(Peer, u32), u32>,
+    /// Every transfer ever bound (up to [`MAX_REMEMBERED`], oldest forgotten first).
+    encrypted: HashMap<(Peer, u32), Option<PublicKey>>,
+    encrypted_order: VecDeque<(Peer, u32)>,
     responder: Option<ResponderConfig>,
     pending: HashMap<(Peer, u32), Pending>,
     rate: Rate,
@@ -150,6 +165,8 @@ impl Sessions {
         Sessions {
             open: HashMap::new(),
             bindings: HashMap::new(),
+            encrypted: Default::default(),
+            encrypted_order: VecDeque::new(),
             responder,
             pending: HashMap::new(),
             rate: Rate {
@@ -163,6 +180,11 @@ impl Sessions {
 
     pub fn responds(&self) -> bool {
         self.responder.is_some()
+    }
+
+    /// A token of the handshake rate, for other clear answers (refusals of clear offers).
+    pub fn answer_token(&mut self, now: Instant) -> bool {
+        self.rate.take(now)
     }
 
     /// Open sessions.
@@ -193,12 +215,23 @@ impl Sessions {
                 confirmed: true,
                 refused: false,
                 last_heard: now,
-                first: Vec::new(),
-                reply: Vec::new(),
+                opened: now,
+                msg1: Vec::new(),
+                msg2: Vec::new(),
+                msg3: Vec::new(),
+                refusal: Vec::new(),
                 transfers: VecDeque::new(),
             },
         );
-        self.changes.push(FilterChange::Allow(sid));
+        // A sender has no receive path to tell.
+        if self.responds() {
+            self.changes.push(FilterChange::Allow(sid));
+        }
+    }
+
+    /// Whether `tid` from `peer` was ever an encrypted transfer (of a session open or gone).
+    pub fn was_encrypted(&self, peer: Peer, tid: u32) -> bool {
+        self.encrypted.contains_key(&(peer, tid))
     }
 
     /// Closes a session (a sender's old one, replaced by a new handshake).
@@ -209,7 +242,9 @@ impl Sessions {
                     self.bindings.remove(&(peer, tid));
                 }
             }
-            self.changes.push(FilterChange::Forget(sid));
+            if self.responds() && !s.refused {
+                self.changes.push(FilterChange::Forget(sid));
+            }
         }
     }
 
@@ -222,12 +257,21 @@ impl Sessions {
         let Some(s) = self.open.get_mut(&(peer, sid)) else {
             return;
         };
-        if self.bindings.insert((peer, tid), sid).is_none() {
+        if self.bindings.insert((peer, tid), sid) != Some(sid) {
             s.transfers.push_back(tid);
             if s.transfers.len() > MAX_TRANSFERS_PER_SESSION
                 && let Some(old) = s.transfers.pop_front()
+                && self.bindings.get(&(peer, old)) == Some(&sid)
             {
                 self.bindings.remove(&(peer, old));
+            }
+        }
+        if self.encrypted.insert((peer, tid), s.remote).is_none() {
+            self.encrypted_order.push_back((peer, tid));
+            if self.encrypted_order.len() > MAX_REMEMBERED
+                && let Some(old) = self.encrypted_order.pop_front()
+            {
+                self.encrypted.remove(&old);
             }
         }
     }
@@ -273,12 +317,19 @@ impl Sessions {
         let tid = chunk_common::wire::Packet::new_unchecked(&out[..n]).transfer_id();
         match self.bindings.get(&(peer, tid)) {
             Some(&other) if other != sid => {
-                // A new session of the same sender (its peer, and with key pairs its key) takes
-                // its transfers over: it opened one after losing the old (a receiver restart, a
-                // long outage). Any other session may not touch them.
-                let remote = self.open.get(&(peer, sid)).map(|s| s.remote);
-                let owner = self.open.get(&(peer, other)).map(|s| s.remote);
-                if owner.is_some() && owner != remote {
+                // A newer session of the same sender (its peer, and with key pairs its key)
+                // takes its transfers over: it opened one after losing the old (a receiver
+                // restart, a long outage). No other session may touch them, and an older one
+                // never takes them back.
+                let this = self.open.get(&(peer, sid)).map(|s| (s.remote, s.opened));
+                let owner = self.open.get(&(peer, other)).map(|s| (s.remote, s.opened));
+                let takes_over = match (this, owner) {
+                    (Some((r, at)), Some((owner_r, owner_at))) => r == owner_r && at > owner_at,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if !takes_over {
+                    self.counts.seal_failures += 1;
                     return Err(SessionError::WrongSession);
                 }
                 self.bindings.remove(&(peer, tid));
@@ -286,6 +337,17 @@ impl Sessions {
                 Ok(n)
             }
             Some(_) => Ok(n),
+            // A receiver binds the transfers a session names; a sender binds its own.
+            None if !self.responds() => Ok(n),
+            // Its session is gone: only the same sender may take it up again.
+            None if self
+                .encrypted
+                .get(&(peer, tid))
+                .is_some_and(|r| Some(*r) != self.open.get(&(peer, sid)).map(|s| s.remote)) =>
+            {
+                self.counts.seal_failures += 1;
+                Err(SessionError::WrongSession)
+            }
             None => {
                 self.bind(peer, tid, sid);
                 Ok(n)
@@ -342,13 +404,17 @@ impl Sessions {
         now_ms: u64,
         now: Instant,
     ) -> Vec<Vec<u8>> {
-        let Ok((code, sid, seq, _)) = handshake::parse(packet) else {
+        let Ok((_, sid, seq, _)) = handshake::parse(packet) else {
             self.counts.handshakes_failed += 1;
             return Vec::new();
         };
         let Some(cfg) = &self.responder else {
-            // A receiver without keys says so (in clear: there is nothing to seal with), at the
-            // handshake rate.
+            // A receiver without keys says so (in clear: there is nothing to seal with), to a
+            // message 1, at the handshake rate.
+            if seq != 1 {
+                self.counts.handshakes_failed += 1;
+                return Vec::new();
+            }
             if !self.rate.take(now) {
                 self.counts.handshakes_limited += 1;
                 return Vec::new();
@@ -357,35 +423,42 @@ impl Sessions {
             return vec![clear_abort(
                 sid,
                 AbortReason::Unsupported,
-                "this receiver has no keys (--key, --psk-file): it takes clear transfers only",
+                "receiver has no keys: clear transfers only",
             )];
         };
         match seq {
             1 => {
                 if let Some(s) = self.open.get(&(peer, sid)) {
-                    return if s.first == packet {
-                        vec![s.reply.clone()]
+                    return if s.msg1 == packet {
+                        vec![s.msg2.clone()]
                     } else {
                         self.counts.handshakes_failed += 1;
                         Vec::new()
                     };
                 }
                 if let Some(p) = self.pending.get(&(peer, sid)) {
-                    return if p.first == packet {
-                        vec![p.reply.clone()]
+                    return if p.msg1 == packet {
+                        vec![p.msg2.clone()]
                     } else {
                         self.counts.handshakes_failed += 1;
                         Vec::new()
                     };
                 }
+                // Refused sessions do not count: a refused key cannot crowd out another.
                 let from_source = self
                     .open
+                    .iter()
+                    .filter(|((p, _), s)| p.addr() == peer.addr() && !s.refused)
+                    .count();
+                let pending_from_source = self
+                    .pending
                     .keys()
                     .filter(|(p, _)| p.addr() == peer.addr())
                     .count();
                 if self.open.len() >= MAX_SESSIONS
                     || from_source >= MAX_SESSIONS_PER_SOURCE
                     || self.pending.len() >= MAX_PENDING
+                    || pending_from_source >= MAX_PENDING_PER_SOURCE
                     || !self.rate.take(now)
                 {
                     self.counts.handshakes_limited += 1;
@@ -405,8 +478,11 @@ impl Sessions {
                                 confirmed: false,
                                 refused: false,
                                 last_heard: now,
-                                first: packet.to_vec(),
-                                reply: reply.clone(),
+                                opened: now,
+                                msg1: packet.to_vec(),
+                                msg2: reply.clone(),
+                                msg3: Vec::new(),
+                                refusal: Vec::new(),
                                 transfers: VecDeque::new(),
                             },
                         );
@@ -418,8 +494,8 @@ impl Sessions {
                             (peer, sid),
                             Pending {
                                 state,
-                                first: packet.to_vec(),
-                                reply: reply.clone(),
+                                msg1: packet.to_vec(),
+                                msg2: reply.clone(),
                                 at: now,
                             },
                         );
@@ -430,14 +506,16 @@ impl Sessions {
                         let ours = cfg.creds.suite().expect("a responder has credentials");
                         let theirs = handshake::Suite::from_code(theirs)
                             .map_or("an unknown suite", |s| s.needs());
-                        vec![clear_abort(
+                        // Answered only as long as what asked (no amplification).
+                        let answer = clear_abort(
                             sid,
                             AbortReason::Unsupported,
-                            &format!(
-                                "this receiver's encryption needs {}; the sender has {theirs}",
-                                ours.needs()
-                            ),
-                        )]
+                            &format!("receiver needs {}; sender has {theirs}", ours.needs()),
+                        );
+                        if answer.len() > packet.len() {
+                            return Vec::new();
+                        }
+                        vec![answer]
                     }
                     Err(e) => {
                         self.counts.handshakes_failed += 1;
@@ -448,23 +526,22 @@ impl Sessions {
             }
             3 => {
                 if let Some(s) = self.open.get(&(peer, sid)) {
-                    if s.first != packet {
+                    if s.msg3 != packet {
                         self.counts.handshakes_failed += 1;
                         return Vec::new();
                     }
                     // Its answer was lost: say it again.
-                    let refused = s.refused;
-                    return if refused {
-                        let msg = s.reply.clone();
-                        vec![msg]
+                    return if s.refused {
+                        vec![s.refusal.clone()]
                     } else {
                         self.confirmation(peer, sid).into_iter().collect()
                     };
                 }
-                let Some(p) = self.pending.remove(&(peer, sid)) else {
+                let Some(p) = self.pending.get_mut(&(peer, sid)) else {
                     self.counts.handshakes_failed += 1;
                     return Vec::new();
                 };
+                // A message 3 that fails (forged) leaves the handshake waiting for the real one.
                 let keys = match p.state.finish(packet) {
                     Ok(k) => k,
                     Err(e) => {
@@ -473,6 +550,7 @@ impl Sessions {
                         return Vec::new();
                     }
                 };
+                let p = self.pending.remove(&(peer, sid)).expect("just used");
                 let remote = keys.remote.expect("suites 2 and 3 carry the sender's key");
                 let name = cfg.authorized.get(&remote).map(str::to_owned);
                 let refused = name.is_none();
@@ -487,12 +565,14 @@ impl Sessions {
                         confirmed: true,
                         refused,
                         last_heard: now,
-                        first: packet.to_vec(),
-                        reply: Vec::new(),
+                        opened: now,
+                        msg1: p.msg1,
+                        msg2: p.msg2,
+                        msg3: packet.to_vec(),
+                        refusal: Vec::new(),
                         transfers: VecDeque::new(),
                     },
                 );
-                let _ = code;
                 if refused {
                     self.counts.handshakes_refused += 1;
                     tracing::warn!(%peer, key = %remote, "sender key refused: not in the authorized keys");
@@ -504,7 +584,7 @@ impl Sessions {
                         .sealed_abort(peer, sid, AbortReason::Unauthorized, &msg)
                         .expect("just inserted");
                     if let Some(s) = self.open.get_mut(&(peer, sid)) {
-                        s.reply = a.clone();
+                        s.refusal = a.clone();
                     }
                     vec![a]
                 } else {
@@ -541,7 +621,10 @@ impl Sessions {
             if let Some(s) = self.open.remove(&key) {
                 self.counts.sessions_expired += 1;
                 for tid in s.transfers {
-                    self.bindings.remove(&(key.0, tid));
+                    // Only its own: a newer session may have taken the transfer over.
+                    if self.bindings.get(&(key.0, tid)) == Some(&key.1) {
+                        self.bindings.remove(&(key.0, tid));
+                    }
                 }
                 if !s.refused {
                     self.changes.push(FilterChange::Forget(key.1));
@@ -570,4 +653,201 @@ pub fn clear_abort(tid: u32, reason: AbortReason, msg: &str) -> Vec<u8> {
     let n = repr.emit(&mut buf).expect("room");
     buf.truncate(n);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{
+        SecretKey,
+        handshake::Initiator,
+        transport::{INNER_AT, OVERHEAD},
+    };
+    use chunk_common::wire::{Packet, envelope, field};
+
+    const PEER: Peer = Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1));
+
+    fn keys(k: u8) -> Credentials {
+        Credentials {
+            psk: None,
+            key: Some(SecretKey::from_bytes([k; 32])),
+        }
+    }
+
+    /// A receiver admitting the sender key 1.
+    fn receiver() -> Sessions {
+        let authorized =
+            AuthorizedKeys::parse(&SecretKey::from_bytes([1; 32]).public().to_string()).unwrap();
+        Sessions::new(Some(ResponderConfig {
+            creds: keys(9),
+            authorized,
+        }))
+    }
+
+    /// A whole XX handshake of sender key `k` with `r`; the sender's keys and the messages.
+    fn connect(r: &mut Sessions, k: u8, sid: u32, now: Instant) -> (SessionKeys, Vec<Vec<u8>>) {
+        let mut i = Initiator::start(&keys(k), sid, 0).unwrap();
+        let m1 = i.packet().to_vec();
+        let a = r.handshake(PEER, &m1, 0, now);
+        i.read_reply(&a[0]).unwrap();
+        let ik = i.finish().unwrap();
+        let m3 = i.packet().to_vec();
+        let b = r.handshake(PEER, &m3, 0, now);
+        (ik, vec![m1, a[0].clone(), m3, b[0].clone()])
+    }
+
+    fn data(tid: u32) -> Vec<u8> {
+        let r = Repr {
+            transfer_id: tid,
+            seq: 0,
+            flags: 0,
+            message: Message::Data { payload: b"x" },
+        };
+        let mut b = vec![0u8; r.buffer_len()];
+        r.emit(&mut b).unwrap();
+        b
+    }
+
+    fn seal(k: &mut SessionKeys, inner: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; OVERHEAD + inner.len()];
+        b[INNER_AT..INNER_AT + inner.len()].copy_from_slice(inner);
+        let n = k.sealer.seal(&mut b, inner.len()).unwrap();
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn repeats_of_messages_1_and_3_get_the_same_answers_and_no_new_session() {
+        let mut r = receiver();
+        let now = Instant::now();
+        let (mut ik, m) = connect(&mut r, 1, 5, now);
+        assert_eq!(r.counts.handshakes, 1);
+        assert_eq!(r.handshake(PEER, &m[0], 0, now), vec![m[1].clone()]);
+        // A repeated message 3 gets a new confirmation, which opens.
+        let c = r.handshake(PEER, &m[2], 0, now);
+        assert_eq!(c.len(), 1);
+        assert_eq!(ik.opener.open(&c[0], &mut [0u8; 64]), Ok(0));
+        assert_eq!(r.counts.handshakes, 1);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_key_gets_a_sealed_refusal_and_nothing_more() {
+        let mut r = receiver();
+        let now = Instant::now();
+        let (mut ik, m) = connect(&mut r, 2, 6, now);
+        let mut out = [0u8; 512];
+        let n = ik.opener.open(&m[3], &mut out).unwrap();
+        let abort = Repr::parse_checksum_already_checked(&out[..n]).unwrap();
+        assert!(
+            matches!(abort.message, Message::Abort(a) if a.reason == AbortReason::Unauthorized)
+        );
+        assert_eq!(r.handshake(PEER, &m[2], 0, now), vec![m[3].clone()]);
+        let p = seal(&mut ik, &data(77));
+        assert_eq!(r.open(PEER, &p, &mut out, now), Err(SessionError::Refused));
+        assert!(
+            r.take_changes().next().is_none(),
+            "a refused session is not let through"
+        );
+        assert_eq!(r.counts.handshakes_refused, 1);
+    }
+
+    #[test]
+    fn a_forged_message_3_does_not_kill_the_handshake() {
+        let mut r = receiver();
+        let now = Instant::now();
+        let mut i = Initiator::start(&keys(1), 8, 0).unwrap();
+        let a = r.handshake(PEER, i.packet(), 0, now);
+        i.read_reply(&a[0]).unwrap();
+        let _ = i.finish().unwrap();
+        let mut forged = i.packet().to_vec();
+        forged[40] ^= 1;
+        Packet::new_unchecked(&mut forged[..]).fill_checksum();
+        assert!(r.handshake(PEER, &forged, 0, now).is_empty());
+        assert_eq!(r.handshake(PEER, i.packet(), 0, now).len(), 1);
+        assert_eq!(r.counts.handshakes, 1);
+    }
+
+    /// A transfer is its session's: another sender's session cannot touch it, a newer session
+    /// of the same sender takes it over (and the older does not take it back), and when the
+    /// older expires the newer keeps it.
+    #[test]
+    fn transfers_stay_with_their_session_or_a_newer_one_of_the_same_sender() {
+        let mut r = receiver();
+        let t0 = Instant::now();
+        let mut out = [0u8; 512];
+        let (mut a, _) = connect(&mut r, 1, 10, t0);
+        assert!(r.open(PEER, &seal(&mut a, &data(77)), &mut out, t0).is_ok());
+        assert_eq!(r.session_of(PEER, 77), Some(10));
+        // Another authorized-key sender would need another key: a PSK-less other key is
+        // refused anyway, so take the same key, a newer session.
+        let t1 = t0 + Duration::from_millis(10);
+        let (mut b, _) = connect(&mut r, 1, 11, t1);
+        assert!(r.open(PEER, &seal(&mut b, &data(77)), &mut out, t1).is_ok());
+        assert_eq!(r.session_of(PEER, 77), Some(11));
+        assert_eq!(
+            r.open(PEER, &seal(&mut a, &data(77)), &mut out, t1),
+            Err(SessionError::WrongSession)
+        );
+        assert_eq!(r.session_of(PEER, 77), Some(11));
+        // Session 10 falls silent and expires; 11 keeps the transfer.
+        let t2 = t0 + Duration::from_secs(30);
+        assert!(r.open(PEER, &seal(&mut b, &data(77)), &mut out, t2).is_ok());
+        r.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
+        assert!(r.get(PEER, 10).is_none());
+        assert_eq!(r.session_of(PEER, 77), Some(11));
+        // All gone: the transfer is still known as encrypted (never answered in clear).
+        r.expire(t0 + Duration::from_secs(200), Duration::from_secs(60));
+        assert_eq!(r.session_of(PEER, 77), None);
+        assert!(r.was_encrypted(PEER, 77));
+        let mut buf = vec![0u8; OVERHEAD + 64];
+        let d = data(77);
+        buf[INNER_AT..INNER_AT + d.len()].copy_from_slice(&d);
+        assert_eq!(r.seal(PEER, &mut buf, d.len()), None);
+    }
+
+    #[test]
+    fn handshakes_are_rate_limited_and_bounded_per_source() {
+        let mut r = receiver();
+        let now = Instant::now();
+        let mut answered = 0;
+        for sid in 0..200 {
+            let i = Initiator::start(&keys(1), sid, 0).unwrap();
+            answered += r.handshake(PEER, i.packet(), 0, now).len();
+        }
+        // Eight waiting for message 3 from one source, whatever the rate allows.
+        assert_eq!(answered, MAX_PENDING_PER_SOURCE);
+        assert_eq!(
+            r.counts.handshakes_limited,
+            200 - MAX_PENDING_PER_SOURCE as u64
+        );
+        // From many sources, the rate: 50 in the first instant.
+        let mut r = receiver();
+        let mut answered = 0;
+        for n in 0..200u32 {
+            let peer = Peer::ipv4(std::net::Ipv4Addr::from(0xc612_0000 + n));
+            let i = Initiator::start(&keys(1), n, 0).unwrap();
+            answered += r.handshake(peer, i.packet(), 0, now).len();
+        }
+        assert_eq!(answered, HANDSHAKES_PER_SECOND as usize);
+    }
+
+    #[test]
+    fn a_receiver_without_keys_answers_only_message_1() {
+        let mut r = Sessions::new(None);
+        let now = Instant::now();
+        let i = Initiator::start(&keys(1), 3, 0).unwrap();
+        let a = r.handshake(PEER, i.packet(), 0, now);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0][field::MSG_TYPE], wire_abort());
+        assert!(a[0].len() <= i.packet().len(), "no amplification");
+        let mut m3 = i.packet().to_vec();
+        m3[field::SEQ].copy_from_slice(&3u32.to_be_bytes());
+        assert!(r.handshake(PEER, &m3, 0, now).is_empty());
+        let _ = envelope::HANDSHAKE;
+    }
+
+    fn wire_abort() -> u8 {
+        chunk_common::wire::MessageType::Abort as u8
+    }
 }

@@ -429,6 +429,22 @@ mod tests {
         assert_eq!(o.replays, 4);
     }
 
+    /// Only packets that authenticate move the window: a forged packet with a high counter
+    /// does not make the genuine ones below it look old.
+    #[test]
+    fn a_forged_high_counter_does_not_move_the_window() {
+        let mut s = Sealer::new(1, [3; 32]);
+        let mut o = Opener::new(1, [3; 32]);
+        let genuine: Vec<_> = (0..5).map(|_| seal(&mut s, &inner(b"x"))).collect();
+        let mut forged = genuine[0].clone();
+        forged[HEADER_LEN..INNER_AT].copy_from_slice(&(REPLAY_WINDOW * 3).to_be_bytes());
+        let mut out = vec![0u8; 100];
+        assert_eq!(o.open(&forged, &mut out), Err(OpenError::BadTag));
+        for p in &genuine {
+            assert!(o.open(p, &mut out).is_ok());
+        }
+    }
+
     #[test]
     fn the_key_changes_every_epoch_and_reordering_across_the_change_opens() {
         let start = EPOCH_LEN - 2;

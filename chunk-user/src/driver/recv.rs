@@ -314,7 +314,8 @@ fn send_answers(
     counts: &mut IntakeCounts,
 ) {
     while let Some(Transmit { dst, src, len }) = core.poll_transmit(now, &mut buf[INNER_AT..]) {
-        let range = intake.seal_out(dst, buf, INNER_AT, len);
-        send_one(sock, &buf[range], src, dst, counts);
+        if let Some(range) = intake.seal_out(dst, buf, INNER_AT, len) {
+            send_one(sock, &buf[range], src, dst, counts);
+        }
     }
 }

@@ -349,7 +349,19 @@ impl ChunkSource for FileSource {
 
 /// Silence from the receiver after which an encrypting sender opens a new session (at least 4
 /// smoothed round trips).
-const REHANDSHAKE_AFTER: Duration = Duration::from_secs(2);
+const REHANDSHAKE_AFTER: Duration = Duration::from_secs(5);
+
+/// The receiver's key is not the one expected (pinned, or remembered).
+#[derive(Debug)]
+pub struct KeyMismatch(String);
+
+impl std::fmt::Display for KeyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyMismatch {}
 
 /// What the send driver needs.
 pub struct SendConfig {
@@ -370,6 +382,8 @@ pub struct Encryption {
     /// The receiver's key as given (`--receiver-key`), else what the known-hosts file says.
     pub pin: Option<PublicKey>,
     pub known_hosts: Option<KnownHosts>,
+    /// The receiver as the user named it (`--to`, and `:PORT` in UDP): its known-hosts entry.
+    pub host: String,
 }
 
 impl SendConfig {
@@ -487,10 +501,11 @@ impl SendDriver {
         };
         let to = self.cfg.to;
         let peer = self.cfg.peer();
-        let sid: u32 = rand::random();
+        let mut sid: u32 = rand::random();
         let mut init = Initiator::start(&enc.creds, sid, auth::now_ms())
             .map_err(|e| anyhow::anyhow!("starting the handshake: {e}"))?;
         let start = Instant::now();
+        let mut attempt = start;
         let mut gap = Duration::from_millis(250);
         let mut next_send = start;
         let mut keys = None;
@@ -509,6 +524,17 @@ impl SendDriver {
                      does chunk traffic reach it?",
                     now.duration_since(start).as_secs_f64()
                 );
+            }
+            // The receiver forgets a handshake after 10 s, and a suite-1 message 1's clock is
+            // stale after 30: a handshake unanswered for 10 s starts again, new session id,
+            // fresh clock.
+            if now.duration_since(attempt) >= crate::crypto::session::HANDSHAKE_TIMEOUT {
+                sid = rand::random();
+                init = Initiator::start(&enc.creds, sid, auth::now_ms())
+                    .map_err(|e| anyhow::anyhow!("starting the handshake: {e}"))?;
+                (attempt, keys, remote) = (now, None, None);
+                gap = Duration::from_millis(250);
+                next_send = now;
             }
             if now >= next_send {
                 self.tx
@@ -536,7 +562,7 @@ impl SendDriver {
                             }
                         };
                         if let Some(r) = r {
-                            check_receiver_key(&enc, &peer, &r)?;
+                            check_receiver_key(&enc, &enc.host, &r)?;
                         }
                         remote = r;
                         let k = init
@@ -577,8 +603,9 @@ impl SendDriver {
                         }
                     }
                     t if t == wire::MessageType::Abort as u8 => {
-                        // A receiver without keys, or of another suite, says so in clear.
-                        if wire::Packet::new_unchecked(p).transfer_id() != sid {
+                        // A receiver without keys, or of another suite, says so in clear; once
+                        // message 2 has shown who the receiver is, a clear abort is a forgery.
+                        if wire::Packet::new_unchecked(p).transfer_id() != sid || keys.is_some() {
                             continue;
                         }
                         if let Ok(wire::Repr {
@@ -612,9 +639,9 @@ impl SendDriver {
             .insert(peer, keys, Instant::now());
         self.session = Some(sid);
         if let (Some(kh), Some(r), None) = (&enc.known_hosts, remote, enc.pin) {
-            let host = peer.to_string();
-            if kh.lookup(&host)? == Known::Unknown {
-                kh.remember(&host, &r)?;
+            let host = &enc.host;
+            if kh.lookup(host)? == Known::Unknown {
+                kh.remember(host, &r)?;
                 eprintln!(
                     "chunk send: first contact with {host}: its key {r} is now remembered in {}",
                     kh.path().display()
@@ -684,8 +711,10 @@ impl SendDriver {
                         .open_bare(&mut rbuf[..n], peer, from_receiver, auth::now_ms())
                 };
                 if let Ok(repr) = opened {
+                    if repr.transfer_id == tid {
+                        heard = now;
+                    }
                     sender.handle_packet(&repr, now);
-                    heard = now;
                 }
             }
             // Encrypted, a receiver that restarted has lost the session: its kernel drops our
@@ -706,6 +735,13 @@ impl SendDriver {
                                 let sid = self.session.expect("just opened");
                                 self.intake.sessions_mut().bind(peer, tid, sid);
                                 heard = Instant::now();
+                            }
+                            // Another key: an impostor, or a replaced key. Stop loudly.
+                            Err(e) if e.is::<KeyMismatch>() => {
+                                sender.cancel();
+                                self.queue_from(&mut sender, now, &mut source);
+                                let _ = self.tx.flush();
+                                return Err(e);
                             }
                             // The core gives up on its own, at its timeout.
                             Err(e) => tracing::warn!(error = %e, "no new session"),
@@ -769,9 +805,17 @@ impl SendDriver {
             let Some(n) = sender.poll_transmit(now, source, &mut buf[at..]) else {
                 return false;
             };
-            let range = self.intake.seal_out(peer, buf, at, n);
-            debug_assert_eq!(range.start, 0);
-            self.tx.commit(range.end, self.dst);
+            // Every transfer of a sender with a session is bound to it: a packet that finds
+            // none is not sent (and never in clear).
+            match self.intake.seal_out(peer, buf, at, n) {
+                Some(range) if range.start == 0 => self.tx.commit(range.end, self.dst),
+                _ => {
+                    tracing::error!(
+                        "a packet without its session was not sent: a bug, please report it"
+                    );
+                    continue;
+                }
+            }
             if self.tx.is_full() {
                 return true;
             }
@@ -804,28 +848,30 @@ impl SendDriver {
 
 /// Checks the receiver's key from the handshake against the pinned one, or the known-hosts
 /// file's.
-fn check_receiver_key(enc: &Encryption, peer: &crate::proto::Peer, key: &PublicKey) -> Result<()> {
+fn check_receiver_key(enc: &Encryption, host: &str, key: &PublicKey) -> Result<()> {
     if let Some(pin) = &enc.pin {
         if pin != key {
-            bail!(
-                "the receiver at {peer} has the key {key}, not the one given with --receiver-key \
+            return Err(KeyMismatch(format!(
+                "the receiver at {host} has the key {key}, not the one given with --receiver-key \
                  ({pin}): someone may be intercepting, or the receiver's key was changed. \
                  Nothing was sent."
-            );
+            ))
+            .into());
         }
         return Ok(());
     }
     if let Some(kh) = &enc.known_hosts
-        && let Known::Key(known, line) = kh.lookup(&peer.to_string())?
+        && let Known::Key(known, line) = kh.lookup(host)?
         && &known != key
     {
-        bail!(
-            "THE RECEIVER'S KEY HAS CHANGED: {peer} answered with the key {key}, but {} (line \
+        return Err(KeyMismatch(format!(
+            "THE RECEIVER'S KEY HAS CHANGED: {host} answered with the key {key}, but {} (line \
              {line}) remembers {known} for it. Someone may be intercepting (a man in the \
              middle), or its key was replaced. Nothing was sent. If the change is expected, \
              remove line {line} of that file, or give the new key with --receiver-key.",
             kh.path().display()
-        );
+        ))
+        .into());
     }
     Ok(())
 }
