@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use chunk::{
     crypto::{
         AuthorizedKeys, Credentials, SecretKey,
+        handshake::Initiator,
         session::{ResponderConfig, Sessions},
         transport::{INNER_AT, OVERHEAD, Opener, Sealer},
     },
@@ -83,6 +84,38 @@ fuzz_target!(|data: &[u8]| {
                 classify::chunk(&mut a, 9180, true).is_ok(),
                 "an answer is a valid chunk packet"
             );
+        }
+    }
+    // Through a real session: a suite-1 handshake with this receiver (when it speaks suite 1),
+    // then the parts sealed under it, so that what lies behind a valid seal (the inner packet's
+    // checks, bindings, the takeover rule) is reached too.
+    if mode % 3 == 0 {
+        let creds = Credentials { psk: Some([5; 32]), key: None };
+        let mut init = Initiator::start(&creds, 0x5e55, 1_700_000_000_000).unwrap();
+        let mut reply = None;
+        let mut m1 = init.packet().to_vec();
+        if classify::chunk(&mut m1, 9180, true).is_ok() {
+            let _ = intake.open_checked(PEER, &m1, 1_700_000_000_000);
+            reply = intake.take_outbox().next().map(|(_, p)| p);
+        }
+        if let Some(reply) = reply
+            && init.read_reply(&reply).is_ok()
+            && let Ok(mut keys) = init.finish()
+        {
+            for part in data.split(|&b| b == 0x5A).take(16) {
+                let mut buf = vec![0u8; OVERHEAD + part.len()];
+                buf[INNER_AT..INNER_AT + part.len()].copy_from_slice(part);
+                let Ok(n) = keys.sealer.seal(&mut buf, part.len()) else {
+                    continue;
+                };
+                buf.truncate(n);
+                assert!(classify::chunk(&mut buf, 9180, true).is_ok(), "a sealed packet is valid");
+                if let Ok(repr) = intake.open_checked(PEER, &buf, 1_700_000_000_000) {
+                    let mut b = vec![0u8; repr.buffer_len()];
+                    repr.emit(&mut b).expect("an opened message emits");
+                }
+                let _ = intake.take_outbox().count();
+            }
         }
     }
     // An opener on the raw bytes.

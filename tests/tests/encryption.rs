@@ -458,9 +458,34 @@ fn clear_offers_to_a_receiver_that_requires_encryption_are_refused() {
 fn tampered_and_replayed_packets_do_nothing() {
     for mode in [&[][..], &["--mode", "socket"][..]] {
         let hosts = TwoHosts::new(if mode.is_empty() { "encrp" } else { "encrps" }, 1500).unwrap();
+        // The XDP path with the PSK suite (NNpsk0), the socket path with key pairs (XX: its
+        // message 3 and the confirmation are replayed too).
         let keys = tempfile::tempdir().unwrap();
         let psk = keys.path().join("psk");
         std::fs::write(&psk, [9u8; 32]).unwrap();
+        let (rkey, skey) = (keygen(keys.path(), "r"), keygen(keys.path(), "s"));
+        let (rpub, spub) = (pub_of(&rkey), pub_of(&skey));
+        let (recv_keys, send_keys): (Vec<&str>, Vec<&str>) = if mode.is_empty() {
+            (
+                vec!["--psk-file", psk.to_str().unwrap()],
+                vec!["--psk-file", psk.to_str().unwrap()],
+            )
+        } else {
+            (
+                vec![
+                    "--key",
+                    rkey.to_str().unwrap(),
+                    "--authorized-keys",
+                    spub.to_str().unwrap(),
+                ],
+                vec![
+                    "--key",
+                    skey.to_str().unwrap(),
+                    "--receiver-key",
+                    rpub.to_str().unwrap(),
+                ],
+            )
+        };
         let src = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let file = marked_file(src.path(), "victim.bin", 200_000);
@@ -468,15 +493,10 @@ fn tampered_and_replayed_packets_do_nothing() {
             &hosts.receiver,
             hosts.receiver_if,
             out.path(),
-            &[&["--psk-file", psk.to_str().unwrap()], mode].concat(),
+            &[&recv_keys[..], mode].concat(),
         );
         let cap = Capture::start(&hosts.sender);
-        let (o, json) = send(
-            &hosts.sender,
-            hosts.receiver_addr,
-            &[&file],
-            &["--psk-file", psk.to_str().unwrap()],
-        );
+        let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&file], &send_keys);
         assert_sent(&o, &json, 1);
         let packets = chunk_ip_packets(&cap.stop());
         let got = out.path().join("victim.bin");
