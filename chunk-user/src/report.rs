@@ -347,6 +347,12 @@ pub struct SendSummary {
     pub failed: usize,
     /// Files not tried (the send was interrupted).
     pub skipped: usize,
+    /// Bytes of the files verified.
+    #[serde(default)]
+    pub bytes: u64,
+    /// What the PATHs held that is not sent (symbolic links, FIFOs, ...), with the reason.
+    #[serde(default)]
+    pub skipped_entries: Vec<crate::cmd::tree::Skipped>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod recv;
 pub mod send;
 pub mod sim;
 pub mod stats;
+pub mod tree;
 pub mod xdp_cost;
 
 use std::net::{IpAddr, ToSocketAddrs};

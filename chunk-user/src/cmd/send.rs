@@ -1,12 +1,7 @@
 //! `chunk send FILE... --to HOST`: arguments → [`SendConfig`] → the send driver, one file after
 //! the other → a report; succeeds only when the receiver confirmed every file's hash.
 
-use std::{
-    io::IsTerminal,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,9 +20,15 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct SendArgs {
-    /// Files to send (each arrives under its file name in the receiver's directory).
-    #[arg(required = true, value_name = "FILE")]
+    /// Files and directories to send. A file arrives under its file name in the receiver's
+    /// directory; a directory as a tree under its own name (`chunk send photos` → `photos/…`),
+    /// its regular files with their paths inside it. Symbolic links inside a directory, FIFOs,
+    /// devices and sockets are skipped with a warning.
+    #[arg(required = true, value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    /// Place everything under this subdirectory of the receiver's directory (created there).
+    #[arg(long, value_name = "SUBDIR", value_parser = super::tree::parse_dest)]
+    pub dest: Option<String>,
     #[command(flatten)]
     pub target: super::TargetArgs,
     /// Most chunks unacknowledged at once; 1 is the original tool's stop-and-wait.
@@ -177,14 +178,18 @@ pub fn run(args: SendArgs) -> Result<()> {
         key: if encryption.is_some() { None } else { key },
         encryption,
     })?;
+    let (entries, passed_over) =
+        super::tree::expand(&args.files, args.dest.as_deref().unwrap_or(""));
+    for s in &passed_over {
+        eprintln!("chunk send: {}: skipped: {}", s.path, s.reason);
+    }
     if let Err(e) = driver.connect(&stop) {
         // Nothing was sent: every file failed, for this reason (in the JSON summary too).
         if args.json {
-            let files = args
-                .files
+            let files = entries
                 .iter()
-                .map(|p| FileReport {
-                    file: p.display().to_string(),
+                .map(|entry| FileReport {
+                    file: entry.path.display().to_string(),
                     error: Some(format!("{e:#}")),
                     ..FileReport::default()
                 })
@@ -193,7 +198,9 @@ pub fn run(args: SendArgs) -> Result<()> {
                 to: summary_to(to, transport),
                 skipped: 0,
                 failed: files.len(),
+                bytes: 0,
                 files,
+                skipped_entries: passed_over.clone(),
             };
             println!("{}", serde_json::to_string(&summary)?);
         }
@@ -201,11 +208,11 @@ pub fn run(args: SendArgs) -> Result<()> {
     }
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
-    for path in &args.files {
+    for entry in &entries {
         if stop.requested().is_some() {
             break;
         }
-        let report = send_one(&mut driver, path, &stop, show_progress);
+        let report = send_one(&mut driver, entry, &stop, show_progress);
         match &report.error {
             None => tracing::info!(
                 file = %report.file, size = report.size, seconds = format!("{:.3}", report.seconds),
@@ -220,9 +227,11 @@ pub fn run(args: SendArgs) -> Result<()> {
     let failed = reports.iter().filter(|r| !r.ok).count();
     let summary = SendSummary {
         to: summary_to(to, transport),
-        skipped: args.files.len() - reports.len(),
+        skipped: entries.len() - reports.len(),
         failed,
+        bytes: reports.iter().filter(|r| r.ok).map(|r| r.size).sum(),
         files: reports,
+        skipped_entries: passed_over,
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -242,12 +251,22 @@ pub fn run(args: SendArgs) -> Result<()> {
                 }
             );
         }
+        if summary.files.len() + summary.skipped_entries.len() > 1 {
+            println!(
+                "{} of {} files verified, {} bytes; {} skipped, {} failed",
+                summary.files.len() - failed,
+                entries.len(),
+                summary.bytes,
+                summary.skipped_entries.len() + summary.skipped,
+                failed
+            );
+        }
     }
     if stop.requested().is_some() {
         bail!("interrupted; sending the same files again resumes where this run stopped");
     }
     if failed > 0 {
-        bail!("{failed} of {} files failed", args.files.len());
+        bail!("{failed} of {} files failed", entries.len());
     }
     Ok(())
 }
@@ -263,8 +282,13 @@ fn summary_to(to: IpAddr, transport: Transport) -> String {
 /// mismatch held a partial copy of other content under the same tag (the file was changed in a
 /// way its times do not show, or the copy was damaged); the receiver has removed it, so the
 /// file is sent once more, whole.
-fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bool) -> FileReport {
-    let (report, mismatch) = send_once(driver, path, stop, show_progress);
+fn send_one(
+    driver: &mut SendDriver,
+    entry: &super::tree::Entry,
+    stop: &Stop,
+    show_progress: bool,
+) -> FileReport {
+    let (report, mismatch) = send_once(driver, entry, stop, show_progress);
     if !(mismatch && report.resumed > 0) || stop.requested().is_some() {
         return report;
     }
@@ -273,27 +297,28 @@ fn send_one(driver: &mut SendDriver, path: &Path, stop: &Stop, show_progress: bo
         resumed = report.resumed,
         "the receiver's partial copy was not this file; sending it whole"
     );
-    send_once(driver, path, stop, show_progress).0
+    send_once(driver, entry, stop, show_progress).0
 }
 
 /// Opens and sends one file; its report, success or not, and whether the verdict was a hash
 /// mismatch.
 fn send_once(
     driver: &mut SendDriver,
-    path: &Path,
+    entry: &super::tree::Entry,
     stop: &Stop,
     show_progress: bool,
 ) -> (FileReport, bool) {
+    let path = entry.path.as_path();
     let mut report = FileReport {
         file: path.display().to_string(),
         ..FileReport::default()
     };
     let start = std::time::Instant::now();
-    let opened = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: the file name is not UTF-8", path.display()))
-        .and_then(|name| send::open_file(path, name.to_owned()));
+    let opened = entry
+        .name
+        .clone()
+        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+        .and_then(|name| send::open_file(path, name));
     let (file, meta) = match opened {
         Ok(x) => x,
         Err(e) => {

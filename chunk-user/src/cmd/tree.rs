@@ -1,0 +1,183 @@
+//! What `chunk send PATH...` sends: each PATH a file (sent under its base name) or a directory
+//! (its regular files, walked in name order, sent under the directory's name and their path
+//! inside it), all below `--dest` if given. What is neither a regular file nor a directory
+//! (symbolic links inside a tree, FIFOs, devices, sockets) is skipped with the reason; a name
+//! that cannot travel (not UTF-8) is refused for that file, and the rest goes on.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+/// One file to send: where it is, and the name it gets on the receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: PathBuf,
+    /// `/`-separated, relative to the receiver's output directory; `Err` with the reason when
+    /// the path has no name that can travel.
+    pub name: Result<String, String>,
+}
+
+/// Something under a PATH that is not sent, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// `--dest SUBDIR`: a relative path without `.`, `..` or empty components, as `/`-separated
+/// text.
+pub fn parse_dest(s: &str) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for c in Path::new(s).components() {
+        match c {
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .ok_or_else(|| format!("--dest {s:?}: not UTF-8"))?
+                    .to_owned(),
+            ),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "--dest {s:?}: must be a path inside the receiver's directory (no `..`, not absolute)"
+                ));
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// The files under `paths`, and what is skipped. A PATH that is a symbolic link is followed
+/// (the user named it); links inside a directory are not.
+pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(md) if md.is_dir() => {
+                let base = std::fs::canonicalize(path)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_owned()));
+                match base.as_ref().and_then(|b| b.to_str()) {
+                    Some(b) => walk(path, &join(dest, b), &mut entries, &mut skipped),
+                    None if base.is_none() => walk(path, dest, &mut entries, &mut skipped),
+                    None => entries.push(Entry {
+                        path: path.clone(),
+                        name: Err("the directory's name is not UTF-8".into()),
+                    }),
+                }
+            }
+            // A file, or something open_file refuses with its own message.
+            _ => entries.push(Entry {
+                path: path.clone(),
+                name: match path.file_name().map(|n| n.to_str()) {
+                    Some(Some(n)) => Ok(join(dest, n)),
+                    Some(None) => Err("the file name is not UTF-8".into()),
+                    None => Err("no file name".into()),
+                },
+            }),
+        }
+    }
+    (entries, skipped)
+}
+
+fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Skipped>) {
+    let mut children: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).collect(),
+        Err(e) => {
+            skipped.push(Skipped {
+                path: dir.display().to_string(),
+                reason: format!("cannot read the directory: {e}"),
+            });
+            return;
+        }
+    };
+    children.sort_by_key(|c| c.file_name());
+    for c in children {
+        let path = c.path();
+        let skip = |skipped: &mut Vec<Skipped>, reason: &str| {
+            skipped.push(Skipped {
+                path: path.display().to_string(),
+                reason: reason.into(),
+            })
+        };
+        let Ok(ft) = c.file_type() else {
+            skip(skipped, "cannot read its type");
+            continue;
+        };
+        let name = c.file_name();
+        let Some(name) = name.to_str() else {
+            entries.push(Entry {
+                path: path.clone(),
+                name: Err("the file name is not UTF-8".into()),
+            });
+            continue;
+        };
+        let name = join(prefix, name);
+        if ft.is_dir() {
+            walk(&path, &name, entries, skipped);
+        } else if ft.is_file() {
+            entries.push(Entry {
+                path,
+                name: Ok(name),
+            });
+        } else if ft.is_symlink() {
+            skip(skipped, "a symbolic link (not followed, not sent)");
+        } else {
+            skip(
+                skipped,
+                "not a regular file (a FIFO, a device or a socket): not sent",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_expands_to_its_files_under_its_name_and_dest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        std::fs::create_dir_all(root.join("a/deep")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a/x"), b"1").unwrap();
+        std::fs::write(root.join("b/x"), b"2").unwrap();
+        std::fs::write(root.join("a/deep/é.txt"), b"3").unwrap();
+        std::os::unix::fs::symlink("x", root.join("a/link")).unwrap();
+        let single = tmp.path().join("single.bin");
+        std::fs::write(&single, b"4").unwrap();
+        let (entries, skipped) = expand(&[root.clone(), single.clone()], "in/box");
+        let names: Vec<_> = entries.iter().map(|e| e.name.clone().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "in/box/tree/a/deep/é.txt",
+                "in/box/tree/a/x",
+                "in/box/tree/b/x",
+                "in/box/single.bin"
+            ]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].reason.contains("symbolic link"), "{skipped:?}");
+        assert_eq!(expand(&[single], "").0[0].name, Ok("single.bin".into()));
+    }
+
+    #[test]
+    fn dest_must_stay_inside() {
+        assert_eq!(parse_dest("a/./b/").unwrap(), "a/b");
+        assert_eq!(parse_dest(".").unwrap(), "");
+        assert!(parse_dest("../x").is_err());
+        assert!(parse_dest("/etc").is_err());
+        assert!(parse_dest("a/../b").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Directory trees (`chunk send DIR`): the real binaries in namespaces. Needs root (run through
+//! `cargo xtask test`).
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+use chunk_tests::TwoHosts;
+use common::*;
+
+mod common;
+
+fn write(path: &Path, data: &[u8], mode: u32, mtime: i64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(mtime as u64);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// A tree with nested directories, unicode names, two files of one base name, modes and times,
+/// 50 small files against a receiver that takes 2 transfers at once; a symbolic link pointing
+/// inside, one pointing outside and a FIFO, which are skipped with the reason. Everything lands
+/// under `--dest`, exact, and the sender's summary counts it.
+#[test]
+fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
+    let hosts = TwoHosts::new("tree", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("proj");
+    write(&root.join("a/x.txt"), b"first x", 0o640, 1_600_000_000);
+    write(&root.join("b/x.txt"), b"second x", 0o600, 1_600_000_100);
+    write(
+        &root.join("deep/er/still/ünïcødé ☃.bin"),
+        &vec![7u8; 300_000],
+        0o755,
+        1_500_000_000,
+    );
+    for i in 0..50 {
+        write(
+            &root.join(format!("many/{i:02}.dat")),
+            format!("file {i}").as_bytes(),
+            0o644,
+            1_700_000_000,
+        );
+    }
+    std::os::unix::fs::symlink("../a/x.txt", root.join("b/inside-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("b/outside-link")).unwrap();
+    let fifo = root.join("b/fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let recv = Recv::start(
+        &hosts.receiver,
+        hosts.receiver_if,
+        out.path(),
+        &["--max-transfers", "2"],
+    );
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &[&root],
+        &["--dest", "in/box"],
+    );
+    assert_sent(&o, &json, 53);
+    let summary = recv.stop();
+    assert_eq!(summary["transfers_finished"], 53, "{summary}");
+    let got = out.path().join("in/box/proj");
+    for (rel, mode, mtime) in [
+        ("a/x.txt", 0o640, 1_600_000_000),
+        ("b/x.txt", 0o600, 1_600_000_100),
+        ("deep/er/still/ünïcødé ☃.bin", 0o755, 1_500_000_000),
+        ("many/07.dat", 0o644, 1_700_000_000),
+    ] {
+        let (a, b) = (root.join(rel), got.join(rel));
+        assert!(same_contents(&a, &b), "{rel}");
+        let md = std::fs::metadata(&b).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, mode, "{rel}");
+        assert_eq!(
+            md.modified().unwrap(),
+            std::time::UNIX_EPOCH + Duration::from_secs(mtime),
+            "{rel}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(got.join("many")).unwrap().count(), 50);
+    // The links and the FIFO were not sent, and the summary says why.
+    let mut b = names_in(&got.join("b"));
+    b.sort();
+    assert_eq!(b, ["x.txt"]);
+    let skipped = json["skipped_entries"].as_array().unwrap();
+    assert_eq!(skipped.len(), 3, "{json}");
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["reason"].as_str().unwrap().contains("FIFO")),
+        "{json}"
+    );
+    assert_eq!(
+        json["bytes"],
+        7 + 8 + 300_000 + (0..50).map(|i| format!("file {i}").len()).sum::<usize>()
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("outside-link: skipped"), "{stderr}");
+}
+
+/// `--dest` cannot leave the receiver's directory.
+#[test]
+fn a_dest_outside_is_refused_before_anything_is_sent() {
+    let o = std::process::Command::new(chunk_bin())
+        .args([
+            "send",
+            "--to",
+            "198.18.0.2",
+            "--dest",
+            "../up",
+            "/etc/hostname",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("inside the receiver's directory"));
+}
