@@ -86,6 +86,10 @@ pub struct FsHandle {
     pending: Pending,
     /// Bytes written since writeback was last started ([`WRITEBACK_EVERY`]).
     unflushed: u64,
+    /// The file is already under its final name, the offer's size: opened read-only, every
+    /// chunk counted as had, and the verdict is whether its hash is the sender's (a tree sent
+    /// again moves only what is missing). Nothing is ever written to it.
+    existing: bool,
 }
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
@@ -480,9 +484,14 @@ impl FsStorage {
                     ));
                 }
                 if !self.overwrite {
+                    if st.st_size as u64 == offer.size {
+                        return self.open_existing(offer, dir, base);
+                    }
                     return Err(Refusal::new(
                         AbortReason::Exists,
-                        format!("{name} exists (the receiver may allow --overwrite)"),
+                        format!(
+                            "{name} exists, of another size (the receiver may allow --overwrite)"
+                        ),
                     ));
                 }
             }
@@ -579,10 +588,53 @@ impl FsStorage {
             hashed: 0,
             pending: Pending::default(),
             unflushed: 0,
+            existing: false,
         };
         Ok(Opened {
             handle,
             already_have,
+        })
+    }
+}
+
+impl FsStorage {
+    /// An offer for a file that exists, of the offer's size: taken as a resume that has every
+    /// chunk, read-only; its verdict is the hash of what is there.
+    fn open_existing(
+        &mut self,
+        offer: &OfferInfo,
+        dir: OwnedFd,
+        base: &str,
+    ) -> Result<Opened<FsHandle>, Refusal> {
+        let name = offer.name.as_str();
+        let fd = rustix::fs::openat2(
+            &dir,
+            base,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            resolve(),
+        )
+        .map_err(io_refusal)?;
+        let have = ChunkSet::with_prefix(offer.chunk_count);
+        self.in_use.insert(name.to_owned());
+        Ok(Opened {
+            handle: FsHandle {
+                dir,
+                name: name.to_owned(),
+                base: base.to_owned(),
+                file: File::from(fd),
+                offer: offer.clone(),
+                have: have.clone(),
+                unsaved: false,
+                last_save: Instant::now(),
+                save_failures: 0,
+                hasher: StagedHasher::default(),
+                hashed: 0,
+                pending: Pending::default(),
+                unflushed: 0,
+                existing: true,
+            },
+            already_have: Some(have),
         })
     }
 }
@@ -633,6 +685,22 @@ impl Storage for FsStorage {
 
     fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
         self.in_use.remove(&h.name);
+        if h.existing {
+            let hash = h.hash_part()?;
+            if &hash != expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists with other contents (the receiver may allow --overwrite)",
+                        h.name
+                    ),
+                ));
+            }
+            return Ok(HashCheck {
+                verified: true,
+                hash,
+            });
+        }
         let result = (|| {
             h.flush()?;
             h.file.sync_all()?;
@@ -680,6 +748,9 @@ impl Storage for FsStorage {
 
     fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
         self.in_use.remove(&h.name);
+        if h.existing {
+            return;
+        }
         // A part file that never got a chunk is worth nothing to a resume: leave no trace.
         let nothing = h.have.is_empty() && h.pending.count == 0;
         if keep_partial && !nothing {

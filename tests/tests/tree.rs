@@ -24,7 +24,8 @@ fn write(path: &Path, data: &[u8], mode: u32, mtime: i64) {
 /// A tree with nested directories, unicode names, two files of one base name, modes and times,
 /// 50 small files against a receiver that takes 2 transfers at once; a symbolic link pointing
 /// inside, one pointing outside and a FIFO, which are skipped with the reason. Everything lands
-/// under `--dest`, exact, and the sender's summary counts it.
+/// under `--dest`, exact, and the sender's summary counts it; sent again, only what is missing
+/// moves.
 #[test]
 fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
     let hosts = TwoHosts::new("tree", 1500).unwrap();
@@ -70,8 +71,25 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         &["--dest", "in/box"],
     );
     assert_sent(&o, &json, 53);
+    // Sent again with one file gone on the receiver: only that one travels, the others are
+    // checked by their hash where they are.
+    std::fs::remove_file(out.path().join("in/box/proj/many/07.dat")).unwrap();
+    let (o2, again) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &[&root],
+        &["--dest", "in/box"],
+    );
+    assert_sent(&o2, &again, 53);
+    let files = again["files"].as_array().unwrap();
+    let moved: Vec<_> = files
+        .iter()
+        .filter(|f| f["resumed"] != f["chunks"])
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved, ["in/box/proj/many/07.dat"], "{again}");
     let summary = recv.stop();
-    assert_eq!(summary["transfers_finished"], 53, "{summary}");
+    assert_eq!(summary["transfers_finished"], 106, "{summary}");
     let got = out.path().join("in/box/proj");
     for (rel, mode, mtime) in [
         ("a/x.txt", 0o640, 1_600_000_000),

@@ -241,9 +241,41 @@ fn a_second_receiver_on_the_same_directory_is_refused_the_name_being_received() 
     write_chunks(&mut st1, &mut h1, &a, 3..10);
     assert!(st1.finish(h1, &oa.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
-    // Now the name exists: the second receiver refuses as for any existing file.
-    let refusal = st2.open(&ob).unwrap_err();
-    assert!(refusal.message.contains("exists"), "{}", refusal.message);
+    // Now the name exists, of the offer's size: the second receiver checks it against the
+    // sender's hash, which differs: `exists`, and the file stays as it was.
+    let h2 = st2.open(&ob).unwrap().handle;
+    let e = st2.finish(h2, blake3::hash(&b).as_bytes()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
+}
+
+/// An offer for a file already there, of its size: every chunk is had, nothing is written, and
+/// the verdict is the hash of what is there (a tree sent again moves only what is missing); of
+/// another size it is refused as before.
+#[test]
+fn an_existing_file_of_the_offers_size_is_checked_not_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = data(10_000);
+    std::fs::write(tmp.path().join("f"), &a).unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let o = offer("f", &a);
+    let opened = st.open(&o).unwrap();
+    assert_eq!(opened.already_have.as_ref().map(|h| h.len()), Some(10));
+    assert!(
+        st.finish(opened.handle, blake3::hash(&a).as_bytes())
+            .unwrap()
+            .verified
+    );
+    assert_eq!(listing(tmp.path()), ["f"]);
+    // Abandoned, it leaves nothing either.
+    let opened = st.open(&o).unwrap();
+    st.abandon(opened.handle, true);
+    assert_eq!(listing(tmp.path()), ["f"]);
+    let longer = data(10_001);
+    assert_eq!(
+        st.open(&offer("f", &longer)).unwrap_err().reason,
+        AbortReason::Exists
+    );
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), a);
 }
 

@@ -747,16 +747,21 @@ impl<S: Storage> Receiver<S> {
         let verdict = match storage.finish(open.handle, &expected) {
             Ok(v) => v,
             Err(e) => {
-                let message = format!("finishing the file: {e}");
+                // A file already there under the name, with other contents, is `exists`.
+                let (reason, message) = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    (AbortReason::Exists, e.to_string())
+                } else {
+                    (AbortReason::Io, format!("finishing the file: {e}"))
+                };
                 self.events.push_back(Event::Failed {
                     src: key.0,
                     transfer_id: key.1,
                     name: t.info.name.clone(),
-                    reason: AbortReason::Io,
+                    reason,
                     message: message.clone(),
                 });
                 self.transfers.remove(&key);
-                self.send_abort(key, AbortReason::Io, message);
+                self.send_abort(key, reason, message);
                 return;
             }
         };
