@@ -146,6 +146,9 @@ pub mod flags {
     /// Any message: the payload ends with a pre-shared-key authentication trailer (timestamp and
     /// tag; docs/PROTOCOL.md, "Authentication").
     pub const AUTH: u16 = 1 << 2;
+    /// Offer: the name is a directory (file size 0): the receiver makes it, and applies its mode
+    /// and mtime at the verdict (docs/PROTOCOL.md, "Offer").
+    pub const DIRECTORY: u16 = 1 << 3;
 }
 
 /// A read/write view of a chunk packet (header and payload) in a buffer.

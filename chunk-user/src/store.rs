@@ -90,6 +90,9 @@ pub struct FsHandle {
     /// chunk counted as had, and the verdict is whether its hash is the sender's (a tree sent
     /// again moves only what is missing). Nothing is ever written to it.
     existing: bool,
+    /// A directory offer: `file` is the directory, made (or found) at the offer; the verdict
+    /// gives it the offer's mode and mtime.
+    directory: bool,
 }
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
@@ -467,6 +470,9 @@ impl FsStorage {
                 format!("{name}: names like .*.part are the receiver's work files"),
             ));
         }
+        if offer.directory {
+            return self.open_directory(offer, dir, base);
+        }
         if self.in_use.contains(name) {
             return Err(Refusal::new(
                 AbortReason::Exists,
@@ -589,6 +595,7 @@ impl FsStorage {
             pending: Pending::default(),
             unflushed: 0,
             existing: false,
+            directory: false,
         };
         Ok(Opened {
             handle,
@@ -598,6 +605,59 @@ impl FsStorage {
 }
 
 impl FsStorage {
+    /// A directory offer: the directory is made if missing (private until its verdict gives it
+    /// its mode), a plain directory found under the name is taken as it is.
+    fn open_directory(
+        &mut self,
+        offer: &OfferInfo,
+        dir: OwnedFd,
+        base: &str,
+    ) -> Result<Opened<FsHandle>, Refusal> {
+        let name = offer.name.as_str();
+        match rustix::fs::mkdirat(&dir, base, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_refusal(e)),
+        }
+        let fd = rustix::fs::openat2(
+            &dir,
+            base,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            resolve(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOTDIR => Refusal::new(
+                AbortReason::Exists,
+                format!("{name} exists and is not a directory"),
+            ),
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => Refusal::new(
+                AbortReason::BadName,
+                format!("{name} is not a plain directory"),
+            ),
+            e => io_refusal(e),
+        })?;
+        Ok(Opened {
+            handle: FsHandle {
+                dir,
+                name: name.to_owned(),
+                base: base.to_owned(),
+                file: File::from(fd),
+                offer: offer.clone(),
+                have: ChunkSet::new(),
+                unsaved: false,
+                last_save: Instant::now(),
+                save_failures: 0,
+                hasher: StagedHasher::default(),
+                hashed: 0,
+                pending: Pending::default(),
+                unflushed: 0,
+                existing: false,
+                directory: true,
+            },
+            already_have: None,
+        })
+    }
+
     /// An offer for a file that exists, of the offer's size: taken as a resume that has every
     /// chunk, read-only; its verdict is the hash of what is there.
     fn open_existing(
@@ -633,6 +693,7 @@ impl FsStorage {
                 pending: Pending::default(),
                 unflushed: 0,
                 existing: true,
+                directory: false,
             },
             already_have: Some(have),
         })
@@ -684,6 +745,21 @@ impl Storage for FsStorage {
     }
 
     fn finish(&mut self, mut h: FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
+        if h.directory {
+            let hash = h.hash_part()?;
+            let verified = &hash == expected;
+            if verified {
+                h.file
+                    .set_permissions(std::fs::Permissions::from_mode(h.offer.mode & 0o777))?;
+                if let Some(mtime) = u64::try_from(h.offer.mtime)
+                    .ok()
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                {
+                    h.file.set_modified(mtime)?;
+                }
+            }
+            return Ok(HashCheck { verified, hash });
+        }
         self.in_use.remove(&h.name);
         if h.existing {
             let hash = h.hash_part()?;
@@ -747,6 +823,9 @@ impl Storage for FsStorage {
     }
 
     fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
+        if h.directory {
+            return;
+        }
         self.in_use.remove(&h.name);
         if h.existing {
             return;

@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         mode: 0o644,
         mtime: 0,
         tag: [0; 32],
+        directory: false,
     };
     if let Ok(opened) = st.open(&offer) {
         let mut h = opened.handle;

@@ -58,6 +58,16 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
             .unwrap()
             .success()
     );
+    // An empty directory, and a directory's own mode and time (set last: writing in a
+    // directory changes its time).
+    std::fs::create_dir(root.join("empty")).unwrap();
+    std::fs::set_permissions(root.join("a"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::File::open(root.join("a"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_400_000_000))
+        .unwrap();
+    // 53 files and 8 directories (proj, a, b, deep, deep/er, deep/er/still, many, empty).
+    let entries = 61;
     let recv = Recv::start(
         &hosts.receiver,
         hosts.receiver_if,
@@ -70,7 +80,7 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         &[&root],
         &["--dest", "in/box"],
     );
-    assert_sent(&o, &json, 53);
+    assert_sent(&o, &json, entries);
     // Sent again with one file gone on the receiver: only that one travels, the others are
     // checked by their hash where they are.
     std::fs::remove_file(out.path().join("in/box/proj/many/07.dat")).unwrap();
@@ -80,7 +90,7 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         &[&root],
         &["--dest", "in/box"],
     );
-    assert_sent(&o2, &again, 53);
+    assert_sent(&o2, &again, entries);
     let files = again["files"].as_array().unwrap();
     let moved: Vec<_> = files
         .iter()
@@ -89,7 +99,7 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         .collect();
     assert_eq!(moved, ["in/box/proj/many/07.dat"], "{again}");
     let summary = recv.stop();
-    assert_eq!(summary["transfers_finished"], 106, "{summary}");
+    assert_eq!(summary["transfers_finished"], 2 * entries, "{summary}");
     let got = out.path().join("in/box/proj");
     for (rel, mode, mtime) in [
         ("a/x.txt", 0o640, 1_600_000_000),
@@ -108,6 +118,13 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         );
     }
     assert_eq!(std::fs::read_dir(got.join("many")).unwrap().count(), 50);
+    assert!(got.join("empty").is_dir());
+    let a = std::fs::metadata(got.join("a")).unwrap();
+    assert_eq!(a.permissions().mode() & 0o777, 0o750);
+    assert_eq!(
+        a.modified().unwrap(),
+        std::time::UNIX_EPOCH + Duration::from_secs(1_400_000_000)
+    );
     // The links and the FIFO were not sent, and the summary says why.
     let mut b = names_in(&got.join("b"));
     b.sort();

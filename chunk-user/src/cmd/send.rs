@@ -318,7 +318,13 @@ fn send_once(
         .name
         .clone()
         .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
-        .and_then(|name| send::open_file(path, name));
+        .and_then(|name| {
+            if entry.directory {
+                send::open_dir(path, name)
+            } else {
+                send::open_file(path, name)
+            }
+        });
     let (file, meta) = match opened {
         Ok(x) => x,
         Err(e) => {

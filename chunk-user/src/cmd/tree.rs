@@ -15,6 +15,9 @@ pub struct Entry {
     /// `/`-separated, relative to the receiver's output directory; `Err` with the reason when
     /// the path has no name that can travel.
     pub name: Result<String, String>,
+    /// A directory: offered after everything in it (so that its mtime is the last word), with
+    /// its mode and mtime; an empty one arrives too.
+    pub directory: bool,
 }
 
 /// Something under a PATH that is not sent, and why.
@@ -67,10 +70,12 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                     .and_then(|p| p.file_name().map(|n| n.to_owned()));
                 match base.as_ref().and_then(|b| b.to_str()) {
                     Some(b) => walk(path, &join(dest, b), &mut entries, &mut skipped),
+                    // `/`: its contents, straight under --dest.
                     None if base.is_none() => walk(path, dest, &mut entries, &mut skipped),
                     None => entries.push(Entry {
                         path: path.clone(),
                         name: Err("the directory's name is not UTF-8".into()),
+                        directory: true,
                     }),
                 }
             }
@@ -82,13 +87,27 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                     Some(None) => Err("the file name is not UTF-8".into()),
                     None => Err("no file name".into()),
                 },
+                directory: false,
             }),
         }
     }
     (entries, skipped)
 }
 
+/// The tree under `dir`, then `dir` itself (named `prefix`; not when it is the receiver's
+/// directory itself, `prefix` empty).
 fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Skipped>) {
+    walk_inside(dir, prefix, entries, skipped);
+    if !prefix.is_empty() {
+        entries.push(Entry {
+            path: dir.to_owned(),
+            name: Ok(prefix.to_owned()),
+            directory: true,
+        });
+    }
+}
+
+fn walk_inside(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Skipped>) {
     let mut children: Vec<_> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(Result::ok).collect(),
         Err(e) => {
@@ -117,6 +136,7 @@ fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Sk
             entries.push(Entry {
                 path: path.clone(),
                 name: Err("the file name is not UTF-8".into()),
+                directory: ft.is_dir(),
             });
             continue;
         };
@@ -127,6 +147,7 @@ fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Sk
             entries.push(Entry {
                 path,
                 name: Ok(name),
+                directory: false,
             });
         } else if ft.is_symlink() {
             skip(skipped, "a symbolic link (not followed, not sent)");
@@ -162,11 +183,17 @@ mod tests {
             names,
             [
                 "in/box/tree/a/deep/é.txt",
+                "in/box/tree/a/deep",
                 "in/box/tree/a/x",
+                "in/box/tree/a",
                 "in/box/tree/b/x",
+                "in/box/tree/b",
+                "in/box/tree/empty",
+                "in/box/tree",
                 "in/box/single.bin"
             ]
         );
+        assert_eq!(entries.iter().filter(|e| e.directory).count(), 5);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].reason.contains("symbolic link"), "{skipped:?}");
         assert_eq!(expand(&[single], "").0[0].name, Ok("single.bin".into()));

@@ -135,6 +135,25 @@ pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
         mode: md.mode() & 0o777,
         mtime: md.mtime(),
         tag: file_tag(&md),
+        directory: false,
+    };
+    Ok((file, meta))
+}
+
+/// Opens a directory to offer (its mode and mtime; nothing is read from it).
+pub fn open_dir(path: &Path, name: String) -> Result<(File, FileMeta)> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let md = file.metadata()?;
+    if !md.is_dir() {
+        bail!("{} is not a directory", path.display());
+    }
+    let meta = FileMeta {
+        name,
+        size: 0,
+        mode: md.mode() & 0o777,
+        mtime: md.mtime(),
+        tag: file_tag(&md),
+        directory: true,
     };
     Ok((file, meta))
 }

@@ -618,6 +618,7 @@ impl VirtualFile {
             mode: 0o644,
             mtime: 1_700_000_000,
             tag: hash,
+            directory: false,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct OfferInfo {
     /// same tag (and name, size, chunk size). The whole-file hash comes later, in the hash
     /// message, and is what `finish` checks.
     pub tag: [u8; HASH_LEN],
+    /// A directory to make (size 0), not a file.
+    pub directory: bool,
 }
 
 /// Storage's answer to an acceptable offer.

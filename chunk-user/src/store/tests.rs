@@ -21,6 +21,7 @@ fn offer(name: &str, data: &[u8]) -> OfferInfo {
         mode: 0o640,
         mtime: 1_700_000_000,
         tag: *blake3::hash(data).as_bytes(),
+        directory: false,
     }
 }
 

@@ -283,7 +283,15 @@ impl<S: Storage> Receiver<S> {
             t.local = local;
         }
         match repr.message {
-            Message::Offer(offer) => self.on_offer(key, &offer, now, storage),
+            Message::Offer(offer) => {
+                let directory = repr.flags & chunk_common::wire::flags::DIRECTORY != 0;
+                // A directory holds no bytes: any other offer so flagged is malformed.
+                if directory && offer.file_size != 0 {
+                    self.stats.malformed += 1;
+                    return;
+                }
+                self.on_offer(key, &offer, directory, now, storage)
+            }
             Message::Data { payload } => {
                 self.on_data(key, repr.seq, repr.flags, payload, now, storage)
             }
@@ -402,7 +410,14 @@ impl<S: Storage> Receiver<S> {
         self.ready.clear();
     }
 
-    fn on_offer(&mut self, key: TransferKey, offer: &OfferRepr<'_>, now: Instant, storage: &mut S) {
+    fn on_offer(
+        &mut self,
+        key: TransferKey,
+        offer: &OfferRepr<'_>,
+        directory: bool,
+        now: Instant,
+        storage: &mut S,
+    ) {
         if let Some(t) = self.transfers.get_mut(&key) {
             let same = t.info.size == offer.file_size
                 && t.info.chunk_size == offer.chunk_size
@@ -494,6 +509,7 @@ impl<S: Storage> Receiver<S> {
             mode: offer.mode,
             mtime: offer.mtime,
             tag: offer.tag,
+            directory,
         };
         let opened = match storage.open(&info) {
             Ok(opened) => opened,

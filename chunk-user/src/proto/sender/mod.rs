@@ -83,6 +83,8 @@ pub struct FileMeta {
     /// resumes a partial copy only of the same version. The whole-file hash comes later
     /// ([`Sender::set_hash`]).
     pub tag: [u8; HASH_LEN],
+    /// A directory (size 0): the offer carries `DIRECTORY`.
+    pub directory: bool,
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -601,6 +603,11 @@ impl Sender {
     }
 
     fn emit_offer(&self, buf: &mut [u8], flags: u16) -> Option<usize> {
+        let flags = if self.meta.directory {
+            flags | chunk_common::wire::flags::DIRECTORY
+        } else {
+            flags
+        };
         let repr = Repr {
             transfer_id: self.id,
             seq: 0,
@@ -1057,6 +1064,7 @@ mod tests {
             mode: 0o600,
             mtime: 0,
             tag: [9; HASH_LEN],
+            directory: false,
         };
         Sender::new(
             ID,
@@ -1418,6 +1426,7 @@ mod tests {
             mode: 0,
             mtime: 0,
             tag: [0; HASH_LEN],
+            directory: false,
         };
         let cfg = SenderConfig {
             chunk_size: 1,
@@ -1435,6 +1444,7 @@ mod tests {
             mode: 0,
             mtime: 0,
             tag: [0; HASH_LEN],
+            directory: false,
         };
         let now = Instant::now();
         // The offer's body is 64 bytes and the name.
