@@ -162,3 +162,90 @@ fn a_dest_outside_is_refused_before_anything_is_sent() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("inside the receiver's directory"));
 }
+
+fn small_tree(root: &Path, files: usize, size: usize) {
+    for i in 0..files {
+        let data: Vec<u8> = (0..size).map(|b| (b * 31 + i * 7) as u8).collect();
+        write(
+            &root.join(format!("d{}/f{i:03}.bin", i % 7)),
+            &data,
+            0o644,
+            1_700_000_000,
+        );
+    }
+}
+
+/// A tree send killed part way and run again: everything arrives exact, and what had arrived
+/// is checked where it is, not sent again.
+#[test]
+fn a_tree_send_killed_and_rerun_completes() {
+    let hosts = TwoHosts::new("treek", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("t");
+    small_tree(&root, 60, 400_000);
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let mut cmd = hosts.sender.command(&chunk_bin());
+    cmd.args(["send", "--json", "--rate", "100M", "--to"])
+        .arg(hosts.receiver_addr.to_string())
+        .arg(&root);
+    let sender = chunk_tests::Daemon::spawn(cmd, "chunk send").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    sender.signal(libc::SIGKILL);
+    drop(sender);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert_sent(&o, &json, 60 + 8);
+    let files = json["files"].as_array().unwrap();
+    let checked = files
+        .iter()
+        .filter(|f| f["chunks"].as_u64().unwrap() > 0 && f["resumed"] == f["chunks"])
+        .count();
+    assert!(checked > 0, "some files were already there: {json}");
+    assert!(checked < 60, "the kill came before the end: {json}");
+    recv.stop();
+    for i in 0..60 {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("t").join(&rel)),
+            "{rel}"
+        );
+    }
+    // No work files left.
+    let mut left = Vec::new();
+    for d in 0..7 {
+        left.extend(
+            names_in(&out.path().join(format!("t/d{d}")))
+                .into_iter()
+                .filter(|n| n.starts_with('.')),
+        );
+    }
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A tree through 5 % loss each way.
+#[test]
+fn a_tree_survives_loss() {
+    let net = chunk_tests::Routed::new("treeloss").unwrap();
+    net.set_loss(chunk_common::DEFAULT_IP_PROTOCOL, 5).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("lossy");
+    small_tree(&root, 40, 100_000);
+    let recv = Recv::start(&net.receiver, net.receiver_if, out.path(), &[]);
+    let (o, json) = send(
+        &net.sender,
+        net.receiver_addr,
+        &[&root],
+        &["--timeout", "60"],
+    );
+    assert_sent(&o, &json, 40 + 8);
+    recv.stop();
+    for i in 0..40 {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("lossy").join(&rel)),
+            "{rel}"
+        );
+    }
+    assert!(net.dropped().unwrap() > 0);
+}
