@@ -149,6 +149,11 @@ pub mod flags {
     /// Offer: the name is a directory (file size 0): the receiver makes it, and applies its mode
     /// and mtime at the verdict (docs/PROTOCOL.md, "Offer").
     pub const DIRECTORY: u16 = 1 << 3;
+    /// Offer: the name is a symbolic link, its content (1 to [`MAX_LINK_TARGET`] bytes) the
+    /// link's target (docs/PROTOCOL.md, "Offer").
+    pub const SYMLINK: u16 = 1 << 4;
+    /// The longest symbolic-link target an offer carries (Linux's `PATH_MAX` − 1).
+    pub const MAX_LINK_TARGET: u64 = 4095;
 }
 
 /// A read/write view of a chunk packet (header and payload) in a buffer.

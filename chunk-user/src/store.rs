@@ -58,6 +58,8 @@ pub struct FsStorage {
     root: OwnedFd,
     root_path: PathBuf,
     overwrite: bool,
+    /// Symbolic links are made (`--links`), when their targets stay inside DIR.
+    links: bool,
     /// Final names (relative to DIR) being received now.
     in_use: HashSet<String>,
 }
@@ -93,6 +95,10 @@ pub struct FsHandle {
     /// A directory offer: `file` is the directory, made (or found) at the offer; the verdict
     /// gives it the offer's mode and mtime.
     directory: bool,
+    /// A symbolic-link offer (`--links`): the part file receives the target, the verdict makes
+    /// the link. `existing_link`: the target of a link already under the name.
+    symlink: bool,
+    existing_link: Option<Vec<u8>>,
 }
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
@@ -172,6 +178,7 @@ impl FsStorage {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         Ok(FsStorage {
+            links: false,
             root,
             root_path: dir.to_path_buf(),
             overwrite,
@@ -181,6 +188,12 @@ impl FsStorage {
 
     pub fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Makes symbolic links offered (`--links`) whose targets stay inside DIR.
+    pub fn with_links(mut self, links: bool) -> Self {
+        self.links = links;
+        self
     }
 
     /// Opens (creating as needed) the directories of `name` under DIR; returns the innermost,
@@ -473,6 +486,26 @@ impl FsStorage {
         if offer.directory {
             return self.open_directory(offer, dir, base);
         }
+        let mut existing_link = None;
+        if offer.symlink {
+            if !self.links {
+                return Err(Refusal::new(
+                    AbortReason::Unsupported,
+                    format!("{name}: a symbolic link, and this receiver takes none (--links)"),
+                ));
+            }
+            match rustix::fs::readlinkat(&dir, base, Vec::new()) {
+                Ok(t) => existing_link = Some(t.into_bytes()),
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(rustix::io::Errno::INVAL) => {
+                    return Err(Refusal::new(
+                        AbortReason::Exists,
+                        format!("{name} exists and is not a symbolic link"),
+                    ));
+                }
+                Err(e) => return Err(io_refusal(e)),
+            }
+        }
         if self.in_use.contains(name) {
             return Err(Refusal::new(
                 AbortReason::Exists,
@@ -480,6 +513,8 @@ impl FsStorage {
             ));
         }
         match rustix::fs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+            // A link's name was looked at above.
+            Ok(_) if offer.symlink => {}
             Ok(st) => {
                 let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode)
                     == rustix::fs::FileType::RegularFile;
@@ -596,6 +631,8 @@ impl FsStorage {
             unflushed: 0,
             existing: false,
             directory: false,
+            symlink: offer.symlink,
+            existing_link,
         };
         Ok(Opened {
             handle,
@@ -653,6 +690,8 @@ impl FsStorage {
                 unflushed: 0,
                 existing: false,
                 directory: true,
+                symlink: false,
+                existing_link: None,
             },
             already_have: None,
         })
@@ -694,10 +733,63 @@ impl FsStorage {
                 unflushed: 0,
                 existing: true,
                 directory: false,
+                symlink: false,
+                existing_link: None,
             },
             already_have: Some(have),
         })
     }
+}
+
+/// A symbolic link's verdict: its target (the file received) checked against the hash, kept
+/// inside DIR (relative, its `..` never above DIR from where the link is), then the link made;
+/// a link already there with the same target verifies as it is.
+fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
+    h.flush()?;
+    let hash = h.hash_part()?;
+    if &hash != expected {
+        return Ok(HashCheck {
+            verified: false,
+            hash,
+        });
+    }
+    let mut target = vec![0u8; h.offer.size as usize];
+    h.file.read_exact_at(&mut target, 0)?;
+    let depth = h.name.matches('/').count();
+    let inside =
+        std::str::from_utf8(&target).is_ok_and(|t| crate::cmd::tree::stays_inside(t, depth));
+    if !inside {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: the link's target {:?} leads out of the receiver's directory",
+                h.name,
+                String::from_utf8_lossy(&target)
+            ),
+        ));
+    }
+    match &h.existing_link {
+        Some(t) if *t == target => {}
+        Some(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists, a link to elsewhere", h.name),
+            ));
+        }
+        None => rustix::fs::symlinkat(target.as_slice(), &h.dir, h.base.as_str()).map_err(|e| {
+            let kind = if e == rustix::io::Errno::EXIST {
+                io::ErrorKind::AlreadyExists
+            } else {
+                e.kind()
+            };
+            io::Error::new(kind, format!("making the link {}: {e}", h.name))
+        })?,
+    }
+    rustix::fs::fsync(&h.dir)?;
+    Ok(HashCheck {
+        verified: true,
+        hash,
+    })
 }
 
 impl Storage for FsStorage {
@@ -761,6 +853,11 @@ impl Storage for FsStorage {
             return Ok(HashCheck { verified, hash });
         }
         self.in_use.remove(&h.name);
+        if h.symlink {
+            let result = finish_link(&mut h, expected);
+            h.remove_work_files();
+            return result;
+        }
         if h.existing {
             let hash = h.hash_part()?;
             if &hash != expected {

@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         mtime: 0,
         tag: [0; 32],
         directory: false,
+        symlink: false,
     };
     if let Ok(opened) = st.open(&offer) {
         let mut h = opened.handle;

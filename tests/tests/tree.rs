@@ -249,3 +249,38 @@ fn a_tree_survives_loss() {
     }
     assert!(net.dropped().unwrap() > 0);
 }
+
+/// With `--links` a link inside the tree is made, pointing where it pointed; one that leads
+/// out of the tree is never sent.
+#[test]
+fn with_links_a_link_inside_the_tree_is_recreated() {
+    let hosts = TwoHosts::new("treel", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("l");
+    write(&root.join("a/x.txt"), b"target", 0o644, 1_700_000_000);
+    std::os::unix::fs::symlink("../a/x.txt", root.join("b/in")).unwrap_or_else(|_| {
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::os::unix::fs::symlink("../a/x.txt", root.join("b/in")).unwrap();
+    });
+    std::os::unix::fs::symlink("../../etc/passwd", root.join("b/out")).unwrap();
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &["--links"]);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    // a/x.txt, the link b/in, directories a, b, l.
+    assert_sent(&o, &json, 5);
+    // Sent again: the link is there with the same target, verified as it is.
+    let (o, again) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert_sent(&o, &again, 5);
+    recv.stop();
+    let link = out.path().join("l/b/in");
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("../a/x.txt"));
+    assert_eq!(std::fs::read(&link).unwrap(), b"target");
+    assert!(!out.path().join("l/b/out").exists());
+    assert!(std::fs::symlink_metadata(out.path().join("l/b/out")).is_err());
+    let skipped = json["skipped_entries"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{json}");
+    assert!(
+        skipped[0]["reason"].as_str().unwrap().contains("outside"),
+        "{json}"
+    );
+}

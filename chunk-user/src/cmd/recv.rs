@@ -37,6 +37,10 @@ pub struct RecvArgs {
     /// Replace existing files (otherwise an offer for an existing name is refused).
     #[arg(long)]
     pub overwrite: bool,
+    /// Make the symbolic links senders send (only links whose targets stay inside --out;
+    /// without it links are refused and the sender skips them).
+    #[arg(long)]
+    pub links: bool,
     /// Memory one transfer's record of received chunks may take, in KiB (a sender scattering
     /// chunks over a huge file to exhaust memory has them dropped beyond it).
     #[arg(long, default_value_t = 4096)]
@@ -83,7 +87,8 @@ pub fn run(args: RecvArgs) -> Result<()> {
             .with_context(|| format!("creating {}", args.out.display()))?,
     }
     let storage = FsStorage::new(&args.out, args.overwrite)
-        .with_context(|| format!("opening {}", args.out.display()))?;
+        .with_context(|| format!("opening {}", args.out.display()))?
+        .with_links(args.links);
     let key = match &args.psk_file {
         Some(p) => Some(Psk::from_file(p).context("reading the pre-shared key")?),
         None => None,

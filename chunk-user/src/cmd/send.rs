@@ -178,7 +178,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         key: if encryption.is_some() { None } else { key },
         encryption,
     })?;
-    let (entries, passed_over) =
+    let (entries, mut passed_over) =
         super::tree::expand(&args.files, args.dest.as_deref().unwrap_or(""));
     for s in &passed_over {
         eprintln!("chunk send: {}: skipped: {}", s.path, s.reason);
@@ -208,11 +208,28 @@ pub fn run(args: SendArgs) -> Result<()> {
     }
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
+    let mut links_refused = 0;
     for entry in &entries {
         if stop.requested().is_some() {
             break;
         }
         let report = send_one(&mut driver, entry, &stop, show_progress);
+        // A receiver without --links refuses links: skipped with the reason, not a failure.
+        if entry.symlink.is_some()
+            && report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("(--links)"))
+        {
+            let reason = "a symbolic link, and the receiver takes none (it may allow --links)";
+            eprintln!("chunk send: {}: skipped: {reason}", report.file);
+            passed_over.push(super::tree::Skipped {
+                path: report.file,
+                reason: reason.into(),
+            });
+            links_refused += 1;
+            continue;
+        }
         match &report.error {
             None => tracing::info!(
                 file = %report.file, size = report.size, seconds = format!("{:.3}", report.seconds),
@@ -227,7 +244,7 @@ pub fn run(args: SendArgs) -> Result<()> {
     let failed = reports.iter().filter(|r| !r.ok).count();
     let summary = SendSummary {
         to: summary_to(to, transport),
-        skipped: entries.len() - reports.len(),
+        skipped: entries.len() - reports.len() - links_refused,
         failed,
         bytes: reports.iter().filter(|r| r.ok).map(|r| r.size).sum(),
         files: reports,
@@ -321,6 +338,8 @@ fn send_once(
         .and_then(|name| {
             if entry.directory {
                 send::open_dir(path, name)
+            } else if let Some(target) = &entry.symlink {
+                send::open_link(path, name, target)
             } else {
                 send::open_file(path, name)
             }

@@ -18,6 +18,9 @@ pub struct Entry {
     /// A directory: offered after everything in it (so that its mtime is the last word), with
     /// its mode and mtime; an empty one arrives too.
     pub directory: bool,
+    /// A symbolic link inside a tree, with its target: sent as a link (the receiver recreates
+    /// it with `--links`).
+    pub symlink: Option<String>,
 }
 
 /// Something under a PATH that is not sent, and why.
@@ -76,6 +79,7 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                         path: path.clone(),
                         name: Err("the directory's name is not UTF-8".into()),
                         directory: true,
+                        symlink: None,
                     }),
                 }
             }
@@ -88,26 +92,57 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                     None => Err("no file name".into()),
                 },
                 directory: false,
+                symlink: None,
             }),
         }
     }
     (entries, skipped)
 }
 
+/// Whether `target`, a link's target, seen from a link `depth` directories below the top of
+/// its tree, stays inside the tree (lexically: relative, and its `..` never climb above the
+/// top).
+pub fn stays_inside(target: &str, depth: usize) -> bool {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return false;
+    }
+    let mut at = depth as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                at -= 1;
+                if at < 0 {
+                    return false;
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    true
+}
+
 /// The tree under `dir`, then `dir` itself (named `prefix`; not when it is the receiver's
 /// directory itself, `prefix` empty).
 fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Skipped>) {
-    walk_inside(dir, prefix, entries, skipped);
+    walk_inside(dir, prefix, 0, entries, skipped);
     if !prefix.is_empty() {
         entries.push(Entry {
             path: dir.to_owned(),
             name: Ok(prefix.to_owned()),
             directory: true,
+            symlink: None,
         });
     }
 }
 
-fn walk_inside(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Skipped>) {
+fn walk_inside(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    entries: &mut Vec<Entry>,
+    skipped: &mut Vec<Skipped>,
+) {
     let mut children: Vec<_> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(Result::ok).collect(),
         Err(e) => {
@@ -137,20 +172,48 @@ fn walk_inside(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut
                 path: path.clone(),
                 name: Err("the file name is not UTF-8".into()),
                 directory: ft.is_dir(),
+                symlink: None,
             });
             continue;
         };
         let name = join(prefix, name);
         if ft.is_dir() {
-            walk(&path, &name, entries, skipped);
+            walk_inside(&path, &name, depth + 1, entries, skipped);
+            entries.push(Entry {
+                path,
+                name: Ok(name),
+                directory: true,
+                symlink: None,
+            });
         } else if ft.is_file() {
             entries.push(Entry {
                 path,
                 name: Ok(name),
                 directory: false,
+                symlink: None,
             });
         } else if ft.is_symlink() {
-            skip(skipped, "a symbolic link (not followed, not sent)");
+            // A link within the tree travels as a link; one that leads out of it is not sent
+            // (the receiver must not get a way out of its directory).
+            match std::fs::read_link(&path)
+                .ok()
+                .and_then(|t| t.to_str().map(str::to_owned))
+            {
+                Some(t) if stays_inside(&t, depth) => entries.push(Entry {
+                    path,
+                    name: Ok(name),
+                    directory: false,
+                    symlink: Some(t),
+                }),
+                Some(_) => skip(
+                    skipped,
+                    "a symbolic link that points outside the tree: not sent",
+                ),
+                None => skip(
+                    skipped,
+                    "a symbolic link whose target cannot be read as UTF-8",
+                ),
+            }
         } else {
             skip(
                 skipped,
@@ -175,6 +238,7 @@ mod tests {
         std::fs::write(root.join("b/x"), b"2").unwrap();
         std::fs::write(root.join("a/deep/é.txt"), b"3").unwrap();
         std::os::unix::fs::symlink("x", root.join("a/link")).unwrap();
+        std::os::unix::fs::symlink("../../x", root.join("a/out")).unwrap();
         let single = tmp.path().join("single.bin");
         std::fs::write(&single, b"4").unwrap();
         let (entries, skipped) = expand(&[root.clone(), single.clone()], "in/box");
@@ -184,6 +248,7 @@ mod tests {
             [
                 "in/box/tree/a/deep/é.txt",
                 "in/box/tree/a/deep",
+                "in/box/tree/a/link",
                 "in/box/tree/a/x",
                 "in/box/tree/a",
                 "in/box/tree/b/x",
@@ -195,8 +260,23 @@ mod tests {
         );
         assert_eq!(entries.iter().filter(|e| e.directory).count(), 5);
         assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].reason.contains("symbolic link"), "{skipped:?}");
+        assert!(
+            skipped[0].reason.contains("outside the tree"),
+            "{skipped:?}"
+        );
+        assert_eq!(entries[2].symlink.as_deref(), Some("x"));
         assert_eq!(expand(&[single], "").0[0].name, Ok("single.bin".into()));
+    }
+
+    #[test]
+    fn a_link_target_stays_inside_only_if_its_dots_never_climb_above_the_top() {
+        assert!(stays_inside("x", 0));
+        assert!(stays_inside("../a/x.txt", 1));
+        assert!(stays_inside("./b/../c", 0));
+        assert!(!stays_inside("../x", 0));
+        assert!(!stays_inside("a/../../x", 0));
+        assert!(!stays_inside("/etc/passwd", 3));
+        assert!(!stays_inside("", 1));
     }
 
     #[test]

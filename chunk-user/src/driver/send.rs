@@ -136,6 +136,31 @@ pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
         mtime: md.mtime(),
         tag: file_tag(&md),
         directory: false,
+        symlink: false,
+    };
+    Ok((file, meta))
+}
+
+/// A symbolic link to offer: its target as the file's content (in an anonymous memory file),
+/// its mtime and a tag of its target and times.
+pub fn open_link(path: &Path, name: String, target: &str) -> Result<(File, FileMeta)> {
+    let md = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot read the link {}", path.display()))?;
+    let fd = rustix::fs::memfd_create("chunk-link", rustix::fs::MemfdFlags::CLOEXEC)
+        .context("memfd_create")?;
+    let mut file = File::from(fd);
+    std::io::Write::write_all(&mut file, target.as_bytes())?;
+    let mut tag = blake3::Hasher::new_derive_key("chunk link tag v1");
+    tag.update(target.as_bytes());
+    tag.update(&file_tag(&md));
+    let meta = FileMeta {
+        name,
+        size: target.len() as u64,
+        mode: 0o777,
+        mtime: md.mtime(),
+        tag: *tag.finalize().as_bytes(),
+        directory: false,
+        symlink: true,
     };
     Ok((file, meta))
 }
@@ -154,6 +179,7 @@ pub fn open_dir(path: &Path, name: String) -> Result<(File, FileMeta)> {
         mtime: md.mtime(),
         tag: file_tag(&md),
         directory: true,
+        symlink: false,
     };
     Ok((file, meta))
 }

@@ -619,6 +619,7 @@ impl VirtualFile {
             mtime: 1_700_000_000,
             tag: hash,
             directory: false,
+            symlink: false,
         }
     }
 }

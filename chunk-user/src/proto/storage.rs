@@ -32,6 +32,8 @@ pub struct OfferInfo {
     pub tag: [u8; HASH_LEN],
     /// A directory to make (size 0), not a file.
     pub directory: bool,
+    /// A symbolic link: its content is the target.
+    pub symlink: bool,
 }
 
 /// Storage's answer to an acceptable offer.

@@ -22,6 +22,7 @@ fn offer(name: &str, data: &[u8]) -> OfferInfo {
         mtime: 1_700_000_000,
         tag: *blake3::hash(data).as_bytes(),
         directory: false,
+        symlink: false,
     }
 }
 
@@ -445,4 +446,49 @@ proptest! {
         }
         prop_assert_eq!(staged.finalize(), blake3::hash(&data));
     }
+}
+
+fn link_offer(name: &str, target: &[u8]) -> OfferInfo {
+    OfferInfo {
+        symlink: true,
+        mode: 0o777,
+        ..offer(name, target)
+    }
+}
+
+/// Links only with `--links`, and only with targets that stay inside DIR: a sender cannot
+/// plant a way out.
+#[test]
+fn links_are_made_only_when_allowed_and_only_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plain = FsStorage::new(tmp.path(), false).unwrap();
+    let refusal = plain.open(&link_offer("l", b"x")).unwrap_err();
+    assert_eq!(refusal.reason, AbortReason::Unsupported);
+    assert!(refusal.message.contains("--links"), "{}", refusal.message);
+    let mut st = FsStorage::new(tmp.path(), false).unwrap().with_links(true);
+    for (name, target, ok) in [
+        ("d/in", &b"../x"[..], true),
+        ("out", &b"../x"[..], false),
+        ("d/abs", &b"/etc/passwd"[..], false),
+        ("d/deep", &b"../../x"[..], false),
+    ] {
+        let o = link_offer(name, target);
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, target, 0..1);
+        let r = st.finish(h, blake3::hash(target).as_bytes());
+        assert_eq!(r.is_ok(), ok, "{name} -> {target:?}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+            assert!(
+                std::fs::symlink_metadata(tmp.path().join(name)).is_err(),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("d/in")).unwrap(),
+        std::path::Path::new("../x")
+    );
+    // No work files left.
+    assert_eq!(listing(&tmp.path().join("d")), ["in"]);
 }

@@ -284,13 +284,18 @@ impl<S: Storage> Receiver<S> {
         }
         match repr.message {
             Message::Offer(offer) => {
-                let directory = repr.flags & chunk_common::wire::flags::DIRECTORY != 0;
-                // A directory holds no bytes: any other offer so flagged is malformed.
-                if directory && offer.file_size != 0 {
+                use chunk_common::wire::flags;
+                let directory = repr.flags & flags::DIRECTORY != 0;
+                let symlink = repr.flags & flags::SYMLINK != 0;
+                // A directory holds no bytes, a link 1 to 4095 (its target): any other offer
+                // so flagged is malformed.
+                if (directory && (symlink || offer.file_size != 0))
+                    || (symlink && !(1..=flags::MAX_LINK_TARGET).contains(&offer.file_size))
+                {
                     self.stats.malformed += 1;
                     return;
                 }
-                self.on_offer(key, &offer, directory, now, storage)
+                self.on_offer(key, &offer, (directory, symlink), now, storage)
             }
             Message::Data { payload } => {
                 self.on_data(key, repr.seq, repr.flags, payload, now, storage)
@@ -414,7 +419,7 @@ impl<S: Storage> Receiver<S> {
         &mut self,
         key: TransferKey,
         offer: &OfferRepr<'_>,
-        directory: bool,
+        (directory, symlink): (bool, bool),
         now: Instant,
         storage: &mut S,
     ) {
@@ -510,6 +515,7 @@ impl<S: Storage> Receiver<S> {
             mtime: offer.mtime,
             tag: offer.tag,
             directory,
+            symlink,
         };
         let opened = match storage.open(&info) {
             Ok(opened) => opened,
@@ -766,6 +772,9 @@ impl<S: Storage> Receiver<S> {
                 // A file already there under the name, with other contents, is `exists`.
                 let (reason, message) = if e.kind() == std::io::ErrorKind::AlreadyExists {
                     (AbortReason::Exists, e.to_string())
+                } else if e.kind() == std::io::ErrorKind::InvalidInput {
+                    // A link's target that would leave the receiver's directory.
+                    (AbortReason::BadName, e.to_string())
                 } else {
                     (AbortReason::Io, format!("finishing the file: {e}"))
                 };

@@ -85,6 +85,8 @@ pub struct FileMeta {
     pub tag: [u8; HASH_LEN],
     /// A directory (size 0): the offer carries `DIRECTORY`.
     pub directory: bool,
+    /// A symbolic link: its content is the target, and the offer carries `SYMLINK`.
+    pub symlink: bool,
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -603,11 +605,17 @@ impl Sender {
     }
 
     fn emit_offer(&self, buf: &mut [u8], flags: u16) -> Option<usize> {
-        let flags = if self.meta.directory {
-            flags | chunk_common::wire::flags::DIRECTORY
-        } else {
-            flags
-        };
+        let flags = flags
+            | if self.meta.directory {
+                chunk_common::wire::flags::DIRECTORY
+            } else {
+                0
+            }
+            | if self.meta.symlink {
+                chunk_common::wire::flags::SYMLINK
+            } else {
+                0
+            };
         let repr = Repr {
             transfer_id: self.id,
             seq: 0,
@@ -1065,6 +1073,7 @@ mod tests {
             mtime: 0,
             tag: [9; HASH_LEN],
             directory: false,
+            symlink: false,
         };
         Sender::new(
             ID,
@@ -1427,6 +1436,7 @@ mod tests {
             mtime: 0,
             tag: [0; HASH_LEN],
             directory: false,
+            symlink: false,
         };
         let cfg = SenderConfig {
             chunk_size: 1,
@@ -1445,6 +1455,7 @@ mod tests {
             mtime: 0,
             tag: [0; HASH_LEN],
             directory: false,
+            symlink: false,
         };
         let now = Instant::now();
         // The offer's body is 64 bytes and the name.
