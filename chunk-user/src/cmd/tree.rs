@@ -100,26 +100,25 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
 }
 
 /// Whether `target`, a link's target, seen from a link `depth` directories below the top of
-/// its tree, stays inside the tree (lexically: relative, and its `..` never climb above the
-/// top).
+/// its tree, stays inside the tree: relative, its `..` all before its first name (so that
+/// climbing goes through real directories, never back out of another link) and never above
+/// the top. Then every link that passes resolves inside, whatever links it goes through (each
+/// of them passed too).
 pub fn stays_inside(target: &str, depth: usize) -> bool {
     if target.is_empty() || target.starts_with('/') || target.contains('\0') {
         return false;
     }
-    let mut at = depth as i64;
+    let mut up = 0usize;
+    let mut named = false;
     for c in target.split('/') {
         match c {
             "" | "." => {}
-            ".." => {
-                at -= 1;
-                if at < 0 {
-                    return false;
-                }
-            }
-            _ => at += 1,
+            ".." if named => return false,
+            ".." => up += 1,
+            _ => named = true,
         }
     }
-    true
+    up <= depth
 }
 
 /// The tree under `dir`, then `dir` itself (named `prefix`; not when it is the receiver's
@@ -272,7 +271,11 @@ mod tests {
     fn a_link_target_stays_inside_only_if_its_dots_never_climb_above_the_top() {
         assert!(stays_inside("x", 0));
         assert!(stays_inside("../a/x.txt", 1));
-        assert!(stays_inside("./b/../c", 0));
+        assert!(
+            !stays_inside("./b/../c", 0),
+            "`..` after a name could climb out of a link"
+        );
+        assert!(stays_inside("./b/c", 0));
         assert!(!stays_inside("../x", 0));
         assert!(!stays_inside("a/../../x", 0));
         assert!(!stays_inside("/etc/passwd", 3));
