@@ -209,22 +209,7 @@ mod tests {
 
     /// The bytes of fixture `name` in docs/PROTOCOL.md (`0000: 43 4b … | comment` lines).
     fn doc_fixture(name: &str) -> Vec<u8> {
-        let doc = include_str!("../../docs/PROTOCOL.md");
-        let start = doc
-            .find(&format!("<!-- fixture: {name} -->"))
-            .expect("the fixture is in PROTOCOL.md");
-        let block = doc[start..].split("```").nth(1).expect("a code block");
-        block
-            .lines()
-            .skip(1)
-            .flat_map(|l| {
-                let hex = l.split('|').next().unwrap_or("");
-                let hex = hex.split_once(':').map_or("", |(_, h)| h);
-                hex.split_whitespace()
-                    .map(|t| u8::from_str_radix(t, 16).expect("hex"))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        crate::doc_fixture(name).expect("the fixture is in PROTOCOL.md")
     }
 
     /// The spec's authentication example is what this code seals and opens, byte for byte: key

@@ -26,3 +26,25 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// Built without the `xdp` feature (fuzzing): there is no program to load.
 #[cfg(not(feature = "xdp"))]
 pub static XDP_OBJECT: &[u8] = &[];
+
+/// The bytes of fixture `name` in docs/PROTOCOL.md (`0000: 43 4b … | comment` lines after a
+/// `<!-- fixture: name -->` marker), for the tests that check the spec against the code.
+#[cfg(test)]
+pub(crate) fn doc_fixture(name: &str) -> Option<Vec<u8>> {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let start = doc.find(&format!("<!-- fixture: {name} -->"))?;
+    let block = doc[start..].split("```").nth(1)?;
+    Some(
+        block
+            .lines()
+            .skip(1)
+            .flat_map(|l| {
+                let hex = l.split('|').next().unwrap_or("");
+                let hex = hex.split_once(':').map_or("", |(_, h)| h);
+                hex.split_whitespace()
+                    .map(|t| u8::from_str_radix(t, 16).expect("hex"))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    )
+}

@@ -616,12 +616,44 @@ impl FsStorage {
         }
         self.in_use.insert(name.to_owned());
         let handle = FsHandle {
+            existing: false,
+            directory: false,
+            symlink: offer.symlink,
+            existing_link,
+            ..FsHandle::new(
+                dir,
+                name,
+                base,
+                File::from(fd),
+                offer,
+                already_have.clone().unwrap_or_default(),
+            )
+        };
+        Ok(Opened {
+            handle,
+            already_have,
+        })
+    }
+}
+
+impl FsHandle {
+    /// A handle for `offer`'s file `fd`, named `name` (`base` in `dir`), holding `have`; a
+    /// plain file (set `existing`, `directory`, `symlink` after, for the others).
+    fn new(
+        dir: OwnedFd,
+        name: &str,
+        base: &str,
+        file: File,
+        offer: &OfferInfo,
+        have: ChunkSet,
+    ) -> Self {
+        FsHandle {
             dir,
             name: name.to_owned(),
             base: base.to_owned(),
-            file: File::from(fd),
+            file,
             offer: offer.clone(),
-            have: already_have.clone().unwrap_or_default(),
+            have,
             unsaved: false,
             last_save: Instant::now(),
             save_failures: 0,
@@ -631,13 +663,9 @@ impl FsStorage {
             unflushed: 0,
             existing: false,
             directory: false,
-            symlink: offer.symlink,
-            existing_link,
-        };
-        Ok(Opened {
-            handle,
-            already_have,
-        })
+            symlink: false,
+            existing_link: None,
+        }
     }
 }
 
@@ -675,23 +703,11 @@ impl FsStorage {
         })?;
         Ok(Opened {
             handle: FsHandle {
-                dir,
-                name: name.to_owned(),
-                base: base.to_owned(),
-                file: File::from(fd),
-                offer: offer.clone(),
-                have: ChunkSet::new(),
-                unsaved: false,
-                last_save: Instant::now(),
-                save_failures: 0,
-                hasher: StagedHasher::default(),
-                hashed: 0,
-                pending: Pending::default(),
-                unflushed: 0,
                 existing: false,
                 directory: true,
                 symlink: false,
                 existing_link: None,
+                ..FsHandle::new(dir, name, base, File::from(fd), offer, ChunkSet::new())
             },
             already_have: None,
         })
@@ -718,23 +734,11 @@ impl FsStorage {
         self.in_use.insert(name.to_owned());
         Ok(Opened {
             handle: FsHandle {
-                dir,
-                name: name.to_owned(),
-                base: base.to_owned(),
-                file: File::from(fd),
-                offer: offer.clone(),
-                have: have.clone(),
-                unsaved: false,
-                last_save: Instant::now(),
-                save_failures: 0,
-                hasher: StagedHasher::default(),
-                hashed: 0,
-                pending: Pending::default(),
-                unflushed: 0,
                 existing: true,
                 directory: false,
                 symlink: false,
                 existing_link: None,
+                ..FsHandle::new(dir, name, base, File::from(fd), offer, have.clone())
             },
             already_have: Some(have),
         })

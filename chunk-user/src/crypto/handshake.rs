@@ -620,31 +620,11 @@ mod fixtures {
             .collect()
     }
 
-    /// The bytes of fixture `name` in docs/PROTOCOL.md.
-    fn doc_fixture(name: &str) -> Option<Vec<u8>> {
-        let doc = include_str!("../../../docs/PROTOCOL.md");
-        let start = doc.find(&format!("<!-- fixture: {name} -->"))?;
-        let block = doc[start..].split("```").nth(1)?;
-        Some(
-            block
-                .lines()
-                .skip(1)
-                .flat_map(|l| {
-                    let hex = l.split('|').next().unwrap_or("");
-                    let hex = hex.split_once(':').map_or("", |(_, h)| h);
-                    hex.split_whitespace()
-                        .map(|t| u8::from_str_radix(t, 16).expect("hex"))
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-        )
-    }
-
     #[test]
     fn the_protocol_doc_encryption_examples_are_what_this_code_writes() {
         let mut missing = String::new();
         for (name, bytes) in all() {
-            match doc_fixture(name) {
+            match crate::doc_fixture(name) {
                 Some(doc) => assert_eq!(doc, bytes, "fixture {name}:\n{}", hex(&bytes)),
                 None => {
                     missing += &format!("<!-- fixture: {name} -->\n```text\n{}```\n\n", hex(&bytes))
