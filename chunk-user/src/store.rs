@@ -745,6 +745,16 @@ impl FsStorage {
     }
 }
 
+/// The offer's `mode & 0o777` and, if not negative, its mtime (whole seconds), on a file or
+/// directory at its verdict.
+fn apply_mode_and_mtime(file: &File, offer: &OfferInfo) -> io::Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(offer.mode & 0o777))?;
+    if let Ok(secs) = u64::try_from(offer.mtime) {
+        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
+    }
+    Ok(())
+}
+
 /// A symbolic link's verdict: its target (the file received) checked against the hash, kept
 /// inside DIR (relative, its `..` never above DIR from where the link is), then the link made;
 /// a link already there with the same target verifies as it is.
@@ -845,14 +855,7 @@ impl Storage for FsStorage {
             let hash = h.hash_part()?;
             let verified = &hash == expected;
             if verified {
-                h.file
-                    .set_permissions(std::fs::Permissions::from_mode(h.offer.mode & 0o777))?;
-                if let Some(mtime) = u64::try_from(h.offer.mtime)
-                    .ok()
-                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-                {
-                    h.file.set_modified(mtime)?;
-                }
+                apply_mode_and_mtime(&h.file, &h.offer)?;
             }
             return Ok(HashCheck { verified, hash });
         }
@@ -888,14 +891,7 @@ impl Storage for FsStorage {
                     hash,
                 });
             }
-            h.file
-                .set_permissions(std::fs::Permissions::from_mode(h.offer.mode & 0o777))?;
-            if let Some(mtime) = u64::try_from(h.offer.mtime)
-                .ok()
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-            {
-                h.file.set_modified(mtime)?;
-            }
+            apply_mode_and_mtime(&h.file, &h.offer)?;
             let part = part_name(&h.base);
             let flags = if self.overwrite {
                 RenameFlags::empty()

@@ -254,3 +254,21 @@ pub(super) fn output_within(mut cmd: Command, limit: Duration) -> Result<std::pr
         }
     }
 }
+
+/// A tool cut off at its time limit (its process stopped, the mark taken): what arrived at
+/// `dest` in the time allowed is the figure (the caller checks that it is the file's first
+/// bytes); nothing at all is the cut-off's error `e`.
+pub fn cut_off(
+    dest: &Path,
+    times: &crate::bench::accounting::TimeFiles,
+    run: &mut Run,
+    e: anyhow::Error,
+) -> Result<()> {
+    let got = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    if got == 0 {
+        return Err(e);
+    }
+    run.partial_bytes = Some(got);
+    times.read_into(run);
+    Ok(())
+}

@@ -56,13 +56,7 @@ pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
             // it is the file's first bytes).
             mark.stop(t.net, run);
             drop(receiver);
-            let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-            if got == 0 {
-                return Err(e);
-            }
-            run.partial_bytes = Some(got);
-            times.read_into(run);
-            return Ok(());
+            return super::cut_off(&dest, &times, run, e);
         }
     };
     // The receiver has everything when its nc sees the end of the stream and exits.

@@ -229,13 +229,7 @@ pub fn run(t: &Transfer, ssh: &Ssh, run: &mut Run) -> Result<()> {
             // it is the file's first bytes).
             mark.stop(t.net, run);
             let _ = server.stop(Duration::from_secs(5));
-            let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-            if got == 0 {
-                return Err(e);
-            }
-            run.partial_bytes = Some(got);
-            times.read_into(run);
-            return Ok(());
+            return super::cut_off(&dest, &times, run, e);
         }
     };
     // scp returns once the server has closed the file: everything has arrived.
