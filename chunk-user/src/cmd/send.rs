@@ -1,7 +1,13 @@
 //! `chunk send FILE... --to HOST`: arguments → [`SendConfig`] → the send driver, one file after
 //! the other → a report; succeeds only when the receiver confirmed every file's hash.
 
-use std::{io::IsTerminal, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::VecDeque,
+    io::IsTerminal,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -10,7 +16,7 @@ use crate::{
     auth::Psk,
     crypto::{Credentials, KnownHosts, SecretKey, keys::public_key_arg},
     driver::{
-        send::{self, Encryption, Protection, SendConfig, SendDriver},
+        send::{self, Encryption, Jobs, NextJob, Protection, SendConfig, SendDriver},
         wait::Stop,
     },
     net::raw::Transport,
@@ -42,6 +48,11 @@ pub struct SendArgs {
     /// IPv6 40, UDP 8 with --udp, chunk 20), at most the receiver's limit of 9180.
     #[arg(long)]
     pub chunk_size: Option<u32>,
+    /// Files in flight at once. They share one congestion controller and window, so a tree of
+    /// small files does not wait a round trip per file. The receiver's `--max-per-source`
+    /// (default 4) caps it: refused for want of room, the sender goes on with fewer.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parallel: u32,
     /// Give up on a file after this many seconds without an answer from the receiver.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -207,40 +218,28 @@ pub fn run(args: SendArgs) -> Result<()> {
         return Err(e);
     }
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let mut reports = Vec::new();
-    let mut links_refused = 0;
-    for entry in &entries {
-        if stop.requested().is_some() {
-            break;
-        }
-        let report = send_one(&mut driver, entry, &stop, show_progress);
-        // A receiver without --links refuses links: skipped with the reason, not a failure.
-        if entry.symlink.is_some()
-            && report
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("(--links)"))
-        {
-            let reason = "a symbolic link, and the receiver takes none (it may allow --links)";
-            eprintln!("chunk send: {}: skipped: {reason}", report.file);
-            passed_over.push(super::tree::Skipped {
-                path: report.file,
-                reason: reason.into(),
-            });
-            links_refused += 1;
-            continue;
-        }
-        match &report.error {
-            None => tracing::info!(
-                file = %report.file, size = report.size, seconds = format!("{:.3}", report.seconds),
-                goodput_mb_s = format!("{:.1}", report.goodput_mb_s),
-                retransmitted = report.retransmitted, resumed = report.resumed,
-                "sent and verified"
-            ),
-            Some(e) => eprintln!("chunk send: {}: {e}", report.file),
-        }
-        reports.push(report);
+    let mut queue = Queue::new(&entries, to, transport, show_progress);
+    let sent = driver.send_files(&mut queue, args.parallel as usize, &stop);
+    if let Some(bar) = &queue.bar {
+        bar.finish_and_clear();
     }
+    let Queue {
+        reports,
+        passed_over: refused_links,
+        ..
+    } = queue;
+    passed_over.extend(refused_links);
+    let links_refused = reports
+        .iter()
+        .filter(|r| matches!(r, Some(Done::LinkRefused)))
+        .count();
+    let reports: Vec<FileReport> = reports
+        .into_iter()
+        .filter_map(|r| match r {
+            Some(Done::Report(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
     let failed = reports.iter().filter(|r| !r.ok).count();
     let summary = SendSummary {
         to: summary_to(to, transport),
@@ -279,6 +278,7 @@ pub fn run(args: SendArgs) -> Result<()> {
             );
         }
     }
+    sent?;
     if stop.requested().is_some() {
         bail!("interrupted; sending the same files again resumes where this run stopped");
     }
@@ -295,105 +295,226 @@ fn summary_to(to: IpAddr, transport: Transport) -> String {
     }
 }
 
-/// Sends one file; its report, success or not. A resumed transfer whose verdict is a hash
-/// mismatch held a partial copy of other content under the same tag (the file was changed in a
-/// way its times do not show, or the copy was damaged); the receiver has removed it, so the
-/// file is sent once more, whole.
-fn send_one(
-    driver: &mut SendDriver,
-    entry: &super::tree::Entry,
-    stop: &Stop,
-    show_progress: bool,
-) -> FileReport {
-    let (report, mismatch) = send_once(driver, entry, stop, show_progress);
-    if !(mismatch && report.resumed > 0) || stop.requested().is_some() {
-        return report;
-    }
-    tracing::warn!(
-        file = %report.file,
-        resumed = report.resumed,
-        "the receiver's partial copy was not this file; sending it whole"
-    );
-    send_once(driver, entry, stop, show_progress).0
+/// How an entry ended.
+enum Done {
+    Report(FileReport),
+    /// A link the receiver does not take (no `--links`): skipped, not failed.
+    LinkRefused,
 }
 
-/// Opens and sends one file; its report, success or not, and whether the verdict was a hash
-/// mismatch.
-fn send_once(
-    driver: &mut SendDriver,
-    entry: &super::tree::Entry,
-    stop: &Stop,
-    show_progress: bool,
-) -> (FileReport, bool) {
-    let path = entry.path.as_path();
-    let mut report = FileReport {
-        file: path.display().to_string(),
-        ..FileReport::default()
-    };
-    let start = std::time::Instant::now();
-    let opened = entry
-        .name
-        .clone()
-        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
-        .and_then(|name| {
-            if entry.directory {
-                send::open_dir(path, name)
-            } else if let Some(target) = &entry.symlink {
-                send::open_link(path, name, target)
-            } else {
-                send::open_file(path, name)
-            }
+/// The entries of one `chunk send`, handed to the driver in order ([`Jobs`]), and what became
+/// of each.
+struct Queue<'a> {
+    entries: &'a [super::tree::Entry],
+    /// The receiver, for messages.
+    to: IpAddr,
+    transport: Transport,
+    /// Entries not started yet, in order (one the receiver had no room for goes back first).
+    todo: VecDeque<usize>,
+    /// When each entry's transfer started.
+    started: Vec<Option<Instant>>,
+    /// Sent once more, whole, after a resume from a partial copy that was not this file.
+    resent_whole: Vec<bool>,
+    reports: Vec<Option<Done>>,
+    passed_over: Vec<super::tree::Skipped>,
+    bar: Option<ProgressBar>,
+    /// Bytes of the entries that are over (for the progress bar).
+    bytes_done: u64,
+}
+
+impl<'a> Queue<'a> {
+    fn new(
+        entries: &'a [super::tree::Entry],
+        to: IpAddr,
+        transport: Transport,
+        show_progress: bool,
+    ) -> Self {
+        let bar = show_progress.then(|| {
+            // The regular files' sizes, for the bar's length and its ETA (a stat each).
+            let total = entries
+                .iter()
+                .filter(|e| !e.directory && e.symlink.is_none())
+                .filter_map(|e| std::fs::metadata(&e.path).ok())
+                .map(|m| m.len())
+                .sum();
+            let prefix = match entries {
+                [one] => one.path.display().to_string(),
+                _ => format!("{} files", entries.len()),
+            };
+            progress_bar(&prefix, total)
         });
-    let (file, meta) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            report.error = Some(format!("{e:#}"));
-            return (report, false);
-        }
-    };
-    report.name = meta.name.clone();
-    report.size = meta.size;
-    let chunk_size = driver.config().core.chunk_size as u64;
-    let size = meta.size;
-    let bar = show_progress.then(|| progress_bar(&meta.name, size));
-    let mut on_progress = |sender: &Sender| {
-        if let Some(bar) = &bar {
-            update_bar(bar, sender, chunk_size, size);
-        }
-    };
-    let result = driver.send_file(file, meta, stop, &mut on_progress);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    report.seconds = start.elapsed().as_secs_f64();
-    let (stats, outcome) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            report.error = Some(format!("{e:#}"));
-            return (report, false);
-        }
-    };
-    tracing::debug!(file = %report.file, ?stats, "sender core at the end");
-    report.chunks = stats.chunk_count;
-    report.chunks_sent = stats.chunks_sent;
-    report.retransmitted = stats.chunks_retransmitted;
-    report.resumed = stats.chunks_resumed;
-    report.srtt_ms = stats.srtt.map(|d| d.as_secs_f64() * 1e3);
-    if let Some(h) = stats.hash {
-        report.hash = h.iter().map(|b| format!("{b:02x}")).collect();
-    }
-    let mismatch = matches!(outcome, Err(SendError::HashMismatch { .. }));
-    match outcome {
-        Ok(()) => {
-            report.ok = true;
-            report.goodput_mb_s = report.size as f64 / report.seconds.max(1e-9) / 1e6;
-        }
-        Err(e) => {
-            let cfg = driver.config();
-            report.error = Some(explain(&e, cfg.to, cfg.transport, &stats))
+        Queue {
+            entries,
+            to,
+            transport,
+            todo: (0..entries.len()).collect(),
+            started: vec![None; entries.len()],
+            resent_whole: vec![false; entries.len()],
+            reports: (0..entries.len()).map(|_| None).collect(),
+            passed_over: Vec::new(),
+            bar,
+            bytes_done: 0,
         }
     }
-    (report, mismatch)
+}
+
+impl Jobs for Queue<'_> {
+    fn next(&mut self, busy: &[&str]) -> NextJob {
+        while let Some(&key) = self.todo.front() {
+            let entry = &self.entries[key];
+            // A directory's verdict sets its mode and mtime: it goes once nothing inside it is
+            // under way (the walk lists it after its contents).
+            if let (true, Ok(name)) = (entry.directory, &entry.name) {
+                let inside = |b: &&str| {
+                    b.strip_prefix(name.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                };
+                if busy.iter().any(inside) {
+                    return NextJob::Wait;
+                }
+            }
+            self.todo.pop_front();
+            let path = entry.path.as_path();
+            let opened = entry
+                .name
+                .clone()
+                .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+                .and_then(|name| {
+                    if entry.directory {
+                        send::open_dir(path, name)
+                    } else if let Some(target) = &entry.symlink {
+                        send::open_link(path, name, target)
+                    } else {
+                        send::open_file(path, name)
+                    }
+                });
+            match opened {
+                Ok((file, meta)) => {
+                    self.started[key] = Some(Instant::now());
+                    return NextJob::Start { key, file, meta };
+                }
+                Err(e) => {
+                    let report = FileReport {
+                        file: path.display().to_string(),
+                        error: Some(format!("{e:#}")),
+                        ..FileReport::default()
+                    };
+                    self.record(key, report);
+                }
+            }
+        }
+        NextJob::Done
+    }
+
+    fn again(&mut self, key: usize) {
+        self.todo.push_front(key);
+    }
+
+    fn finished(&mut self, key: usize, result: Result<(SenderStats, Result<(), SendError>)>) {
+        let entry = &self.entries[key];
+        let mut report = FileReport {
+            file: entry.path.display().to_string(),
+            name: entry.name.clone().unwrap_or_default(),
+            seconds: self.started[key].map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            ..FileReport::default()
+        };
+        let (stats, outcome) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                report.error = Some(format!("{e:#}"));
+                return self.record(key, report);
+            }
+        };
+        tracing::debug!(file = %report.file, ?stats, "sender core at the end");
+        report.size = stats.file_size;
+        report.chunks = stats.chunk_count;
+        report.chunks_sent = stats.chunks_sent;
+        report.retransmitted = stats.chunks_retransmitted;
+        report.resumed = stats.chunks_resumed;
+        report.srtt_ms = stats.srtt.map(|d| d.as_secs_f64() * 1e3);
+        if let Some(h) = stats.hash {
+            report.hash = h.iter().map(|b| format!("{b:02x}")).collect();
+        }
+        match outcome {
+            Ok(()) => {
+                report.ok = true;
+                report.goodput_mb_s = report.size as f64 / report.seconds.max(1e-9) / 1e6;
+            }
+            // A resumed transfer whose verdict is a hash mismatch held a partial copy of other
+            // content under the same tag (the file was changed in a way its times do not show,
+            // or the copy was damaged); the receiver has removed it, so the file goes once
+            // more, whole.
+            Err(SendError::HashMismatch { .. })
+                if stats.chunks_resumed > 0 && !self.resent_whole[key] =>
+            {
+                tracing::warn!(
+                    file = %report.file,
+                    resumed = stats.chunks_resumed,
+                    "the receiver's partial copy was not this file; sending it whole"
+                );
+                self.resent_whole[key] = true;
+                self.todo.push_front(key);
+                return;
+            }
+            Err(e) => report.error = Some(explain(&e, self.to, self.transport, &stats)),
+        }
+        // A receiver without --links refuses links: skipped with the reason, not a failure.
+        if entry.symlink.is_some()
+            && report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("(--links)"))
+        {
+            let reason = "a symbolic link, and the receiver takes none (it may allow --links)";
+            eprintln!("chunk send: {}: skipped: {reason}", report.file);
+            self.passed_over.push(super::tree::Skipped {
+                path: report.file,
+                reason: reason.into(),
+            });
+            self.reports[key] = Some(Done::LinkRefused);
+            return;
+        }
+        self.record(key, report);
+    }
+
+    fn progress(&mut self, under_way: &[&Sender]) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let mut pos = self.bytes_done;
+        let mut retransmitted = 0;
+        for s in under_way {
+            let (acked, _) = s.progress();
+            let size = s.meta().size;
+            pos += (acked * s.chunk_size() as u64).min(size);
+            retransmitted += s.stats().chunks_retransmitted;
+        }
+        bar.set_position(pos);
+        let done = self.reports.iter().filter(|r| r.is_some()).count();
+        bar.set_message(if self.entries.len() > 1 {
+            format!("{done}/{} files, retx {retransmitted}", self.entries.len())
+        } else {
+            format!("retx {retransmitted}")
+        });
+    }
+}
+
+impl Queue<'_> {
+    fn record(&mut self, key: usize, report: FileReport) {
+        match &report.error {
+            None => tracing::info!(
+                file = %report.file, size = report.size, seconds = format!("{:.3}", report.seconds),
+                goodput_mb_s = format!("{:.1}", report.goodput_mb_s),
+                retransmitted = report.retransmitted, resumed = report.resumed,
+                "sent and verified"
+            ),
+            Some(e) => eprintln!("chunk send: {}: {e}", report.file),
+        }
+        if !self.entries[key].directory && self.entries[key].symlink.is_none() {
+            self.bytes_done += report.size;
+        }
+        self.reports[key] = Some(Done::Report(report));
+    }
 }
 
 /// The sender core's error, said for a user.
@@ -442,11 +563,4 @@ fn progress_bar(name: &str, size: u64) -> ProgressBar {
     );
     bar.set_prefix(name.to_owned());
     bar
-}
-
-fn update_bar(bar: &ProgressBar, sender: &Sender, chunk_size: u64, size: u64) {
-    let (acked, _) = sender.progress();
-    bar.set_position((acked * chunk_size).min(size));
-    let s = sender.stats();
-    bar.set_message(format!("retx {}", s.chunks_retransmitted));
 }

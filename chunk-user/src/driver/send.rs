@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chunk_common::wire;
+use chunk_common::wire::{self, AbortReason};
 
 use super::wait::{self, Stop};
 use crate::{
@@ -35,7 +35,10 @@ use crate::{
         batch::BatchSender,
         raw::{ChunkSocket, Transport},
     },
-    proto::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats},
+    proto::{
+        ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats,
+        sender::{self as core, SharedPath},
+    },
 };
 
 /// A datagram socket connected to `to` (nothing is sent): the kernel has looked up the route,
@@ -256,33 +259,8 @@ fn spawn_reader(
             let mut at = 0u64;
             loop {
                 let want = (size - at).min(block_len as u64) as usize;
-                let mut data = spent.try_recv().unwrap_or_default();
-                data.resize(want, 0);
-                let block = match read_full_at(&file, &mut data, at) {
-                    Ok(n) if n < want => Err(std::io::Error::other(format!(
-                        "the file shrank while it was being sent: {} bytes, not {size}",
-                        at + n as u64
-                    ))),
-                    Ok(_) => {
-                        hasher.update(&data);
-                        let end = at + want as u64;
-                        if end < size {
-                            Ok(Block {
-                                at,
-                                data,
-                                hash: None,
-                            })
-                        } else if read_full_at(&file, &mut [0u8; 1], end).is_ok_and(|n| n > 0) {
-                            Err(std::io::Error::other(format!(
-                                "the file grew while it was being sent (beyond {size} bytes)"
-                            )))
-                        } else {
-                            let hash = Some(*hasher.finalize().as_bytes());
-                            Ok(Block { at, data, hash })
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
+                let data = spent.try_recv().unwrap_or_default();
+                let block = read_block(&file, &mut hasher, data, at, want, size);
                 let last = block.as_ref().map_or(true, |b| b.hash.is_some());
                 if tx.send(block).is_err() || last {
                     return;
@@ -293,6 +271,46 @@ fn spawn_reader(
         .expect("spawning the reader thread");
     (rx, spent_tx)
 }
+
+/// Reads the `want` bytes at `at` into `data` and hashes them; at the end of the file, checks
+/// that it is exactly `size` bytes and puts the hash in the block.
+fn read_block(
+    file: &File,
+    hasher: &mut blake3::Hasher,
+    mut data: Vec<u8>,
+    at: u64,
+    want: usize,
+    size: u64,
+) -> std::io::Result<Block> {
+    data.resize(want, 0);
+    let n = read_full_at(file, &mut data, at)?;
+    if n < want {
+        return Err(std::io::Error::other(format!(
+            "the file shrank while it was being sent: {} bytes, not {size}",
+            at + n as u64
+        )));
+    }
+    hasher.update(&data);
+    let end = at + want as u64;
+    if end < size {
+        return Ok(Block {
+            at,
+            data,
+            hash: None,
+        });
+    }
+    if read_full_at(file, &mut [0u8; 1], end).is_ok_and(|n| n > 0) {
+        return Err(std::io::Error::other(format!(
+            "the file grew while it was being sent (beyond {size} bytes)"
+        )));
+    }
+    let hash = Some(*hasher.finalize().as_bytes());
+    Ok(Block { at, data, hash })
+}
+
+/// Files up to this size are read and hashed at once, in the sending loop: a thread of their
+/// own would cost more than the read (trees of thousands of small files).
+const READ_INLINE: u64 = 256 << 10;
 
 /// Chunks read from the file. First copies come in index order out of the reader's blocks
 /// ([`spawn_reader`]: one thread reads and hashes the file once, ahead of the sender); a chunk
@@ -314,6 +332,21 @@ struct FileSource {
 
 impl FileSource {
     fn new(file: File, size: u64, chunk_size: u32) -> std::io::Result<Self> {
+        if size <= READ_INLINE {
+            let mut hasher = blake3::Hasher::new();
+            let block = read_block(&file, &mut hasher, Vec::new(), 0, size as usize, size)?;
+            let (spent, _) = std::sync::mpsc::channel();
+            return Ok(FileSource {
+                file,
+                chunk_size: chunk_size as u64,
+                blocks: None,
+                spent,
+                next_at: size,
+                block_at: 0,
+                block: block.data,
+                hash: block.hash,
+            });
+        }
         let per_block = (READ_AHEAD as u64 / chunk_size as u64).max(1);
         let (blocks, spent) = spawn_reader(
             file.try_clone()?,
@@ -458,6 +491,43 @@ pub struct SendDriver {
     intake: Intake,
     /// The session's id, once the handshake is done.
     session: Option<u32>,
+    /// Which transfer's packet goes first in the next batch.
+    turn: usize,
+}
+
+/// Where [`SendDriver::send_files`] takes its files from and gives their results to.
+pub trait Jobs {
+    /// The next file to send, if one may start beside the transfers under way (`busy`: their
+    /// files' names).
+    fn next(&mut self, busy: &[&str]) -> NextJob;
+    /// The receiver had no room for file `key` beside the others under way: it is to be
+    /// offered again, after them.
+    fn again(&mut self, key: usize);
+    /// File `key` is over: the core's figures and outcome, or why it could not start.
+    fn finished(&mut self, key: usize, result: Result<(SenderStats, Result<(), SendError>)>);
+    /// The transfers under way, about every 100 ms (and each once more as it ends).
+    fn progress(&mut self, _under_way: &[&Sender]) {}
+}
+
+/// What [`Jobs::next`] says.
+pub enum NextJob {
+    /// Send this file (`key` names it in the results).
+    Start {
+        key: usize,
+        file: File,
+        meta: FileMeta,
+    },
+    /// Nothing may start until a transfer under way ends.
+    Wait,
+    /// No file is left.
+    Done,
+}
+
+/// A transfer under way: its core and where its chunks come from.
+struct Active {
+    key: usize,
+    sender: Sender,
+    source: FileSource,
 }
 
 impl SendDriver {
@@ -500,6 +570,7 @@ impl SendDriver {
             tx,
             intake,
             session: None,
+            turn: 0,
         })
     }
 
@@ -701,171 +772,266 @@ impl SendDriver {
         &self.cfg
     }
 
-    /// Sends one file and waits for the receiver's verdict. `on_progress` is called about every
-    /// 100 ms and at the end. A stop request cancels the transfer (an abort goes out). Returns
-    /// the core's figures and its outcome; `Err` only for local I/O failures.
-    pub fn send_file(
-        &mut self,
-        file: File,
-        meta: FileMeta,
-        stop: &Stop,
-        on_progress: &mut dyn FnMut(&Sender),
-    ) -> Result<(SenderStats, Result<(), SendError>)> {
-        let to = self.cfg.to;
+    /// Sends the files `jobs` hands over, up to `parallel` at once on one shared path (one
+    /// congestion controller, pacer and window for all of them: [`core::Path`]), each until the
+    /// receiver's verdict, and reports each to `jobs`. A stop request cancels every transfer
+    /// under way (an abort goes out for each). When the receiver refuses a file for want of
+    /// room (`too many transfers`) while others are under way, the file is offered again later
+    /// and fewer go at once from then on. `Err` only for failures that end every transfer: the
+    /// socket, or the receiver's key changing.
+    pub fn send_files(&mut self, jobs: &mut dyn Jobs, parallel: usize, stop: &Stop) -> Result<()> {
         let start = Instant::now();
-        let tid: u32 = rand::random();
-        let size = meta.size;
-        let mut sender = Sender::new(tid, meta, self.cfg.core.clone(), start)?;
-        self.tx
-            .ensure_packet_len(sender.max_packet_len() + OVERHEAD + auth::TRAILER_LEN);
+        let path = core::Path::shared(&self.cfg.core, start);
         let peer = self.cfg.peer();
-        if let Some(sid) = self.session {
-            self.intake.sessions_mut().bind(peer, tid, sid);
-        } else if self.cfg.encryption.is_some() {
+        if self.cfg.encryption.is_some() && self.session.is_none() {
             bail!("no encrypted session: connect first");
         }
-        let mut source = FileSource::new(file, size, self.cfg.core.chunk_size)?;
+        let mut active: Vec<Active> = Vec::new();
+        let mut limit = parallel.max(1);
+        let mut no_more = false;
+        let mut cancelled = false;
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
-        let mut cancelled = false;
         let mut heard = start;
         let mut next_rehandshake = start;
         loop {
             let now = Instant::now();
             if !cancelled && stop.requested().is_some() {
                 cancelled = true;
-                sender.cancel();
+                active.iter_mut().for_each(|a| a.sender.cancel());
             }
-            // Everything the receiver said.
-            while let Some((n, from)) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
-                let opened = if self.tx.socket().delivers_ip_header() {
-                    let Transport::Ip(protocol) = self.cfg.transport else {
-                        unreachable!("only raw IPv4 sockets deliver the IP header")
-                    };
-                    self.intake.open_ip(
-                        &mut rbuf[..n],
-                        protocol,
-                        |src| IpAddr::from(src) == to,
-                        auth::now_ms(),
-                    )
-                } else {
-                    // Answers come from the address (and UDP port) the packets went to.
-                    let from_receiver = from.ip().to_canonical() == to
-                        && (self.cfg.transport.port() == 0 || from.port() == self.dst.port());
-                    self.intake
-                        .open_bare(&mut rbuf[..n], peer, from_receiver, auth::now_ms())
-                };
-                if let Ok(repr) = opened {
-                    if repr.transfer_id == tid {
-                        heard = now;
+            // New transfers, while there is room for them.
+            while !no_more && !cancelled && active.len() < limit {
+                let busy: Vec<&str> = active
+                    .iter()
+                    .map(|a| a.sender.meta().name.as_str())
+                    .collect();
+                match jobs.next(&busy) {
+                    NextJob::Wait => break,
+                    NextJob::Done => no_more = true,
+                    NextJob::Start { key, file, meta } => {
+                        match self.start(key, file, meta, &path, now) {
+                            Ok(a) => active.push(a),
+                            Err(e) => jobs.finished(key, Err(e)),
+                        }
                     }
-                    sender.handle_packet(&repr, now);
+                }
+            }
+            if active.is_empty() && (no_more || cancelled) {
+                return Ok(());
+            }
+            // Everything the receiver said, to the transfer it is about.
+            while let Some((n, from)) = self.tx.socket().recv_nonblocking(&mut rbuf)? {
+                if let Ok(repr) = self.open_answer(&mut rbuf[..n], from, peer) {
+                    if let Some(a) = active
+                        .iter_mut()
+                        .find(|a| a.sender.transfer_id() == repr.transfer_id)
+                    {
+                        heard = now;
+                        a.sender.handle_packet(&repr, now);
+                    }
                 }
             }
             // Encrypted, a receiver that restarted has lost the session: its kernel drops our
             // sealed packets unanswered. After a silence that no live receiver leaves, a new
-            // handshake (the transfer then goes on as after any receiver restart: `unknown
+            // handshake (the transfers then go on as after any receiver restart: `unknown
             // transfer`, a new offer, a resume).
-            if self.session.is_some() && sender.outcome().is_none() && !cancelled {
+            if self.session.is_some() && !active.is_empty() && !cancelled {
                 let quiet = now.saturating_duration_since(heard);
-                if quiet >= REHANDSHAKE_AFTER && now >= next_rehandshake {
-                    let srtt = sender.stats().srtt.unwrap_or_default();
-                    if quiet >= srtt * 4 {
-                        tracing::info!(
-                            quiet_s = format!("{:.1}", quiet.as_secs_f64()),
-                            "no answer: opening a new session (has the receiver restarted?)"
-                        );
-                        match self.handshake(stop, heard + self.cfg.core.timeout) {
-                            Ok(()) => {
-                                let sid = self.session.expect("just opened");
-                                self.intake.sessions_mut().bind(peer, tid, sid);
-                                heard = Instant::now();
+                let srtt = path.borrow().srtt().unwrap_or_default();
+                if quiet >= REHANDSHAKE_AFTER && now >= next_rehandshake && quiet >= srtt * 4 {
+                    tracing::info!(
+                        quiet_s = format!("{:.1}", quiet.as_secs_f64()),
+                        "no answer: opening a new session (has the receiver restarted?)"
+                    );
+                    match self.handshake(stop, heard + self.cfg.core.timeout) {
+                        Ok(()) => {
+                            let sid = self.session.expect("just opened");
+                            for a in &active {
+                                self.intake
+                                    .sessions_mut()
+                                    .bind(peer, a.sender.transfer_id(), sid);
                             }
-                            // Another key: an impostor, or a replaced key. Stop loudly.
-                            Err(e) if e.is::<KeyMismatch>() => {
-                                sender.cancel();
-                                self.queue_from(&mut sender, now, &mut source);
-                                let _ = self.tx.flush();
-                                return Err(e);
-                            }
-                            // The core gives up on its own, at its timeout.
-                            Err(e) => tracing::warn!(error = %e, "no new session"),
+                            heard = Instant::now();
                         }
-                        next_rehandshake = Instant::now() + REHANDSHAKE_AFTER.max(srtt * 4);
-                        continue;
+                        // Another key: an impostor, or a replaced key. Stop loudly.
+                        Err(e) if e.is::<KeyMismatch>() => {
+                            self.abandon(&mut active, now);
+                            return Err(e);
+                        }
+                        // The cores give up on their own, at their timeout.
+                        Err(e) => tracing::warn!(error = %e, "no new session"),
+                    }
+                    next_rehandshake = Instant::now() + REHANDSHAKE_AFTER.max(srtt * 4);
+                    continue;
+                }
+            }
+            for a in active.iter_mut() {
+                let sender = &mut a.sender;
+                if sender.poll_timeout().is_some_and(|t| t <= now) {
+                    sender.handle_timeout(now);
+                }
+                // The hash, as soon as the reader has reached the end of the file; or at once
+                // when only the hash is missing (everything else was already at the receiver).
+                if sender.needs_hash() {
+                    match a.source.finish_hash() {
+                        Ok(h) => sender.set_hash(h),
+                        Err(e) => sender.fail_io(format!("reading the file to hash it: {e}")),
                     }
                 }
-            }
-            if sender.poll_timeout().is_some_and(|t| t <= now) {
-                sender.handle_timeout(now);
-            }
-            // The hash, as soon as the reader has reached the end of the file; or at once when
-            // only the hash is missing (everything else was already at the receiver).
-            if sender.needs_hash() {
-                match source.finish_hash() {
-                    Ok(h) => sender.set_hash(h),
-                    Err(e) => sender.fail_io(format!("reading the file to hash it: {e}")),
+                if let Some(h) = a.source.take_hash() {
+                    sender.set_hash(h);
                 }
             }
-            if let Some(h) = source.take_hash() {
-                sender.set_hash(h);
-            }
-            // Everything the core wants sent now, a batch at a time.
-            let batch_full = self.queue_from(&mut sender, now, &mut source);
+            // Everything the cores want sent now, a batch at a time.
+            let batch_full = self.queue_from(&mut active, now);
             if let Err(e) = self.tx.flush() {
-                // Tell the receiver, so that it closes the transfer now rather than at its idle
-                // timeout (a part file that got no chunk is removed). The abort is small enough
+                // Tell the receiver, so that it closes the transfers now rather than at its idle
+                // timeout (a part file that got no chunk is removed). An abort is small enough
                 // for any path.
                 self.tx.discard();
-                sender.cancel();
-                self.queue_from(&mut sender, now, &mut source);
-                let _ = self.tx.flush();
+                self.abandon(&mut active, now);
                 return Err(self.explain_send_error(e));
             }
             if now.duration_since(last_draw) >= Duration::from_millis(100) {
                 last_draw = now;
-                on_progress(&sender);
+                jobs.progress(&active.iter().map(|a| &a.sender).collect::<Vec<_>>());
             }
-            if let Some(outcome) = sender.outcome() {
-                // A final abort may still be due.
-                self.queue_from(&mut sender, now, &mut source);
-                let _ = self.tx.flush();
-                on_progress(&sender);
-                return Ok((sender.stats(), outcome));
+            // The transfers that are over: a final abort may still be due (queued above, as
+            // `poll_transmit` gives it before saying `None`).
+            let mut i = 0;
+            while i < active.len() {
+                let Some(outcome) = active[i].sender.outcome() else {
+                    i += 1;
+                    continue;
+                };
+                let a = active.swap_remove(i);
+                let others = active.len();
+                if let Err(SendError::Refused(AbortReason::TooManyTransfers, ref why)) = outcome
+                    && others > 0
+                    && !cancelled
+                {
+                    if others < limit {
+                        limit = others;
+                        eprintln!(
+                            "chunk send: the receiver takes {others} files at once from this \
+                             sender ({why}): sending {others} at a time"
+                        );
+                    }
+                    jobs.again(a.key);
+                    continue;
+                }
+                jobs.progress(&[&a.sender]);
+                jobs.finished(a.key, Ok((a.sender.stats(), outcome)));
             }
             if !batch_full {
+                let deadline = active.iter().filter_map(|a| a.sender.poll_timeout()).min();
                 let fds = [self.tx.socket().socket().as_fd()];
-                wait::until(&fds, sender.poll_timeout())?;
+                wait::until(&fds, deadline)?;
             }
         }
     }
 
-    /// Queues what the core has to send now, sealed or tagged; returns whether the batch filled
-    /// up.
-    fn queue_from(&mut self, sender: &mut Sender, now: Instant, source: &mut FileSource) -> bool {
+    /// A transfer of `meta` on `path`, with its reader started.
+    fn start(
+        &mut self,
+        key: usize,
+        file: File,
+        meta: FileMeta,
+        path: &SharedPath,
+        now: Instant,
+    ) -> Result<Active> {
+        let tid: u32 = rand::random();
+        let size = meta.size;
+        let sender = Sender::on_path(tid, meta, self.cfg.core.clone(), path, now)?;
+        self.tx
+            .ensure_packet_len(sender.max_packet_len() + OVERHEAD + auth::TRAILER_LEN);
+        if let Some(sid) = self.session {
+            self.intake.sessions_mut().bind(self.cfg.peer(), tid, sid);
+        }
+        let source = FileSource::new(file, size, self.cfg.core.chunk_size)?;
+        Ok(Active {
+            key,
+            sender,
+            source,
+        })
+    }
+
+    /// Checks and opens one answer from the receiver.
+    fn open_answer<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        from: SocketAddr,
+        peer: crate::proto::Peer,
+    ) -> Result<wire::Repr<'a>, crate::intake::Rejected> {
+        let to = self.cfg.to;
+        if self.tx.socket().delivers_ip_header() {
+            let Transport::Ip(protocol) = self.cfg.transport else {
+                unreachable!("only raw IPv4 sockets deliver the IP header")
+            };
+            self.intake
+                .open_ip(buf, protocol, |src| IpAddr::from(src) == to, auth::now_ms())
+        } else {
+            // Answers come from the address (and UDP port) the packets went to.
+            let from_receiver = from.ip().to_canonical() == to
+                && (self.cfg.transport.port() == 0 || from.port() == self.dst.port());
+            self.intake
+                .open_bare(buf, peer, from_receiver, auth::now_ms())
+        }
+    }
+
+    /// Cancels every transfer and sends their aborts, best effort: the loop is ending.
+    fn abandon(&mut self, active: &mut [Active], now: Instant) {
+        for a in active.iter_mut() {
+            a.sender.cancel();
+        }
+        self.queue_from(active, now);
+        let _ = self.tx.flush();
+    }
+
+    /// Queues what the cores have to send now, sealed or tagged, one packet from each in turn
+    /// (the path's pacer decides when any may go); returns whether the batch filled up.
+    fn queue_from(&mut self, active: &mut [Active], now: Instant) -> bool {
         // A sealed packet is built in place around the chunk packet.
         let at = if self.session.is_some() { INNER_AT } else { 0 };
         let peer = self.cfg.peer();
-        while let Some(buf) = self.tx.next_buf() {
-            let Some(n) = sender.poll_transmit(now, source, &mut buf[at..]) else {
-                return false;
-            };
-            // Every transfer of a sender with a session is bound to it: a packet that finds
-            // none is not sent (and never in clear).
-            match self.intake.seal_out(peer, buf, at, n) {
-                Some(range) if range.start == 0 => self.tx.commit(range.end, self.dst),
-                _ => {
-                    tracing::error!(
-                        "a packet without its session was not sent: a bug, please report it"
-                    );
+        let n = active.len();
+        // Who goes first turns, so that no transfer always takes the path's first slot.
+        self.turn = self.turn.wrapping_add(1);
+        let mut idle = vec![false; n];
+        let mut left = n;
+        while left > 0 {
+            for k in 0..n {
+                let i = (self.turn + k) % n;
+                if idle[i] {
                     continue;
                 }
-            }
-            if self.tx.is_full() {
-                return true;
+                let Some(buf) = self.tx.next_buf() else {
+                    return true;
+                };
+                let a = &mut active[i];
+                let Some(len) = a.sender.poll_transmit(now, &mut a.source, &mut buf[at..]) else {
+                    idle[i] = true;
+                    left -= 1;
+                    continue;
+                };
+                // Every transfer of a sender with a session is bound to it: a packet that finds
+                // none is not sent (and never in clear).
+                match self.intake.seal_out(peer, buf, at, len) {
+                    Some(range) if range.start == 0 => self.tx.commit(range.end, self.dst),
+                    _ => {
+                        tracing::error!(
+                            "a packet without its session was not sent: a bug, please report it"
+                        );
+                        continue;
+                    }
+                }
+                if self.tx.is_full() {
+                    return true;
+                }
             }
         }
-        true
+        false
     }
 
     fn explain_send_error(&self, e: std::io::Error) -> anyhow::Error {
@@ -985,10 +1151,17 @@ mod tests {
     fn a_file_that_changed_size_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
-        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
-        let mut shorter = FileSource::new(File::open(&path).unwrap(), 20_000, 1400).unwrap();
-        assert!(shorter.finish_hash().is_err());
-        let mut longer = FileSource::new(File::open(&path).unwrap(), 5_000, 1400).unwrap();
-        assert!(longer.finish_hash().is_err());
+        // Small files are read at once (the error comes when the source is made), larger ones
+        // by the reader thread (it comes with the hash).
+        for len in [10_000u64, 3 * READ_INLINE] {
+            std::fs::write(&path, vec![7u8; len as usize]).unwrap();
+            for claimed in [2 * len, len / 2] {
+                let source = FileSource::new(File::open(&path).unwrap(), claimed, 1400);
+                assert!(
+                    source.and_then(|mut s| s.finish_hash()).is_err(),
+                    "{len} bytes offered as {claimed}"
+                );
+            }
+        }
     }
 }

@@ -43,6 +43,7 @@
 //! [`cc`]: super::cc
 
 mod pacing;
+mod path;
 mod recovery;
 
 use std::time::{Duration, Instant};
@@ -52,12 +53,11 @@ use chunk_common::wire::{
     HashAlg, HashRepr, Message, OfferRepr, Repr, flags,
 };
 
-use pacing::{Full, Pacer};
+use pacing::Full;
+pub use path::{Path, SharedPath};
 use recovery::Recovery;
 
-use super::cc::Bbr;
 use super::chunkset::ChunkSet;
-use super::rtt::RttEstimator;
 use super::{NO_ECHO, chunk_len};
 
 /// Where the sender reads chunks from: a file, or a generator in the simulation.
@@ -172,6 +172,8 @@ pub enum SendError {
 /// Counters and estimates, for progress bars and the figures.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SenderStats {
+    /// The file's size, as offered.
+    pub file_size: u64,
     pub chunk_count: u32,
     pub offers_sent: u64,
     /// Data packets sent, first transmissions and retransmissions.
@@ -312,9 +314,11 @@ pub struct Sender {
     /// Chunks at or above this were never sent (unless acknowledged: resume).
     next_new: u64,
     recovery: Recovery,
-    rtt: RttEstimator,
-    cc: Bbr,
-    pacer: Pacer,
+    /// The path to the receiver: its controller, pacer and RTT estimate, shared with the other
+    /// transfers to it ([`Sender::on_path`]).
+    path: SharedPath,
+    /// What this transfer has told the path it has in flight (chunks, bytes).
+    reported: (usize, u64),
     scratch: Vec<u8>,
     /// The whole file's BLAKE3, once the driver has read the whole file.
     hash: Option<[u8; HASH_LEN]>,
@@ -324,11 +328,25 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender for `meta`, which will offer it first thing (`poll_transmit`).
+    /// A sender for `meta`, which will offer it first thing (`poll_transmit`), on a path of its
+    /// own.
     pub fn new(
         transfer_id: u32,
         meta: FileMeta,
         cfg: SenderConfig,
+        now: Instant,
+    ) -> Result<Self, SendError> {
+        let path = Path::shared(&cfg, now);
+        Self::on_path(transfer_id, meta, cfg, &path, now)
+    }
+
+    /// A sender for `meta` on a path shared with other transfers to the same receiver: they
+    /// share its congestion controller, pacer, RTT estimate and `window` (see [`path`]).
+    pub fn on_path(
+        transfer_id: u32,
+        meta: FileMeta,
+        cfg: SenderConfig,
+        path: &SharedPath,
         now: Instant,
     ) -> Result<Self, SendError> {
         let count =
@@ -343,8 +361,7 @@ impl Sender {
         if meta.name.len() > name_limit {
             return Err(SendError::NameTooLong(meta.name.len()));
         }
-        let chunk_bytes = (HEADER_LEN as u64) + cfg.chunk_size as u64;
-        let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto, MAX_ACK_DELAY);
+        path.borrow_mut().transfers += 1;
         Ok(Self {
             id: transfer_id,
             count,
@@ -354,13 +371,13 @@ impl Sender {
             acked: ChunkSet::new(),
             next_new: 0,
             recovery: Recovery::new(now),
-            rtt,
-            cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
-            pacer: Pacer::new(cfg.max_rate, now),
+            path: path.clone(),
+            reported: (0, 0),
             scratch: vec![0; cfg.chunk_size as usize],
             hash: None,
             hash_due: false,
             stats: SenderStats {
+                file_size: meta.size,
                 chunk_count: count,
                 ..SenderStats::default()
             },
@@ -379,6 +396,11 @@ impl Sender {
 
     pub fn meta(&self) -> &FileMeta {
         &self.meta
+    }
+
+    /// Bytes per chunk.
+    pub fn chunk_size(&self) -> u32 {
+        self.cfg.chunk_size
     }
 
     /// Chunks the receiver has acknowledged, and the chunk count.
@@ -407,25 +429,33 @@ impl Sender {
                 SendError::Cancelled,
                 Some((AbortReason::Cancelled, "cancelled by the sender")),
             );
+            self.sync_flight();
         }
     }
 
     pub fn stats(&self) -> SenderStats {
         let mut s = self.stats.clone();
         s.chunks_acked = self.acked.len();
-        s.srtt = self.rtt.smoothed();
-        s.min_rtt = self.cc.min_rtt();
         s.rto = self.rto(self.recovery.backoff());
-        s.cwnd_bytes = self.cc.cwnd();
         s.bytes_in_flight = self.recovery.bytes_in_flight();
-        s.bandwidth_bps = (self.cc.bandwidth() * 8.0) as u64;
-        s.pacing_rate_bps = (self.pacer.rate(&self.cc) * 8.0) as u64;
+        let path = self.path.borrow();
+        s.srtt = path.rtt.smoothed();
+        s.min_rtt = path.cc.min_rtt();
+        s.cwnd_bytes = path.cc.cwnd();
+        s.bandwidth_bps = (path.cc.bandwidth() * 8.0) as u64;
+        s.pacing_rate_bps = (path.pacer.rate(&path.cc) * 8.0) as u64;
+        drop(path);
         s.hash = self.hash;
         s
     }
 
     /// Feeds one packet from the receiver (already checksum-checked and parsed).
     pub fn handle_packet(&mut self, repr: &Repr<'_>, now: Instant) {
+        self.on_packet(repr, now);
+        self.sync_flight();
+    }
+
+    fn on_packet(&mut self, repr: &Repr<'_>, now: Instant) {
         if repr.transfer_id != self.id || self.is_done() {
             return;
         }
@@ -458,8 +488,9 @@ impl Sender {
             Phase::Done(_) => return None,
             Phase::Offering(o) => (!o.due).then_some(o.next),
             Phase::Sending(_) => {
-                let pacing = self.can_send_data().then_some(self.pacer.next_send_at());
-                let probe = self.recovery.tail_probe_timer(self.rtt.pto());
+                let path = self.path.borrow();
+                let pacing = self.can_send_data().then(|| path.pacer.next_send_at());
+                let probe = self.recovery.tail_probe_timer(path.rtt.pto());
                 opt_min(opt_min(self.rto_deadline(), pacing), probe)
             }
             Phase::Closing(_, p) => (!p.due).then_some(p.at),
@@ -469,6 +500,11 @@ impl Sender {
 
     /// Fires whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.on_timeout(now);
+        self.sync_flight();
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
         if self.is_done() {
             return;
         }
@@ -491,7 +527,7 @@ impl Sender {
                     self.on_rto(now);
                 } else if self
                     .recovery
-                    .tail_probe_deadline(self.rtt.pto())
+                    .tail_probe_deadline(self.path.borrow().rtt.pto())
                     .is_some_and(|d| now >= d)
                 {
                     self.recovery.on_tail_probe_timeout();
@@ -502,7 +538,8 @@ impl Sender {
                 if !p.due && now >= p.at {
                     p.due = true;
                     p.backoff += 1;
-                    p.at = now + recovery::rto(&self.rtt, p.backoff, self.cfg.timeout);
+                    p.at =
+                        now + recovery::rto(&self.path.borrow().rtt, p.backoff, self.cfg.timeout);
                 }
             }
             Phase::Done(_) => {}
@@ -512,6 +549,17 @@ impl Sender {
     /// Writes the next packet to send into `buf` and returns its length, or `None` if nothing is
     /// due now. Call it until `None` after every other call.
     pub fn poll_transmit<C: ChunkSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        source: &mut C,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let sent = self.transmit(now, source, buf);
+        self.sync_flight();
+        sent
+    }
+
+    fn transmit<C: ChunkSource + ?Sized>(
         &mut self,
         now: Instant,
         source: &mut C,
@@ -551,6 +599,41 @@ impl Sender {
 
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done(_))
+    }
+
+    /// Chunks and bytes in flight on the whole path, this transfer's current figures included
+    /// (the path holds what it last reported).
+    fn path_in_flight(&self) -> (usize, u64) {
+        let p = self.path.borrow();
+        (
+            p.chunks_in_flight - self.reported.0 + self.recovery.chunks_in_flight(),
+            p.bytes_in_flight - self.reported.1 + self.recovery.bytes_in_flight(),
+        )
+    }
+
+    /// Tells the path what this transfer has in flight now (after every public call).
+    fn sync_flight(&mut self) {
+        let now = (
+            self.recovery.chunks_in_flight(),
+            self.recovery.bytes_in_flight(),
+        );
+        if now != self.reported {
+            let mut p = self.path.borrow_mut();
+            p.chunks_in_flight = p.chunks_in_flight - self.reported.0 + now.0;
+            p.bytes_in_flight = p.bytes_in_flight - self.reported.1 + now.1;
+            self.reported = now;
+        }
+    }
+
+    /// Nothing (more) to send: the controller's samples until what is in flight now is
+    /// delivered say nothing about the path's capacity. On a shared path that holds only when
+    /// no other transfer is sending either; one whose data has run out while others go on
+    /// leaves the samples alone.
+    fn on_app_limited(&mut self, bytes_out: u64) {
+        let mut p = self.path.borrow_mut();
+        if p.transfers == 1 || bytes_out == self.recovery.bytes_in_flight() {
+            p.cc.on_app_limited(bytes_out);
+        }
     }
 
     /// The whole file's hash, from the driver once it has read the file to its end. Its first
@@ -701,7 +784,7 @@ impl Sender {
     fn room(&self, chunks_out: usize, bytes_out: u64, bytes: u64) -> Result<(), Full> {
         pacing::room(
             self.cfg.window,
-            self.cc.cwnd(),
+            self.path.borrow().cc.cwnd(),
             chunks_out,
             bytes_out,
             bytes,
@@ -714,9 +797,8 @@ impl Sender {
             return false;
         };
         let bytes = self.chunk_bytes(index);
-        let r = &self.recovery;
-        self.room(r.chunks_in_flight(), r.bytes_in_flight(), bytes)
-            .is_ok()
+        let (chunks_out, bytes_out) = self.path_in_flight();
+        self.room(chunks_out, bytes_out, bytes).is_ok()
     }
 
     fn send_data<C: ChunkSource + ?Sized>(
@@ -730,14 +812,13 @@ impl Sender {
                 return Some(len);
             }
         }
-        if now < self.pacer.next_send_at() {
+        if now < self.path.borrow().pacer.next_send_at() {
             return None;
         }
-        let chunks_out = self.recovery.chunks_in_flight();
-        let bytes_out = self.recovery.bytes_in_flight();
+        let (chunks_out, bytes_out) = self.path_in_flight();
         let Some((index, sends)) = self.next_chunk() else {
             // Everything is out: what gets acked now says nothing about the path's capacity.
-            self.cc.on_app_limited(bytes_out);
+            self.on_app_limited(bytes_out);
             return None;
         };
         let bytes = self.chunk_bytes(index);
@@ -745,7 +826,7 @@ impl Sender {
             Ok(()) => {}
             // The user's window, not the path, is the limit: same as running out of data.
             Err(Full::Window) => {
-                self.cc.on_app_limited(bytes_out);
+                self.on_app_limited(bytes_out);
                 return None;
             }
             Err(Full::Congestion) => return None,
@@ -777,7 +858,9 @@ impl Sender {
             return Some(len);
         }
 
-        let snapshot = self.cc.on_send(now, bytes_out);
+        let mut path = self.path.borrow_mut();
+        let path = &mut *path;
+        let snapshot = path.cc.on_send(now, bytes_out);
         self.recovery.on_sent(index, bytes, snapshot, now);
         self.stats.chunks_sent += 1;
         if retransmit {
@@ -785,8 +868,8 @@ impl Sender {
         } else {
             self.next_new = index as u64 + 1;
         }
-        let rate = self.pacer.rate(&self.cc);
-        self.pacer.on_sent(now, bytes, rate);
+        let rate = path.pacer.rate(&path.cc);
+        path.pacer.on_sent(now, bytes, rate);
         Some(len)
     }
 
@@ -822,21 +905,29 @@ impl Sender {
                     .saturating_duration_since(offering.sent_at)
                     .checked_sub(delay)
                 {
-                    self.rtt.on_sample(rtt);
-                    self.cc.on_rtt(now, rtt);
+                    let mut path = self.path.borrow_mut();
+                    path.rtt.on_sample(rtt);
+                    path.cc.on_rtt(now, rtt);
                 }
             } else if let Some(bound) = now
                 .saturating_duration_since(offering.first_sent_at)
                 .checked_sub(delay)
             {
-                self.rtt.on_upper_bound(bound);
+                self.path.borrow_mut().rtt.on_upper_bound(bound);
             }
         }
+        let idle = self.path_in_flight().0 == 0;
+        let mut path = self.path.borrow_mut();
         self.phase = Phase::Sending(Accepted {
             offered_at: offering.first_sent_at,
-            stale_aborts_until: now + self.rtt.smoothed().unwrap_or(self.rtt.rto()),
+            stale_aborts_until: now + path.rtt.smoothed().unwrap_or(path.rtt.rto()),
         });
-        self.pacer.start(now);
+        // The first chunk may go at once, unless other transfers keep the path busy: then it
+        // takes its turn at the path's pace.
+        if idle {
+            path.pacer.start(now);
+        }
+        drop(path);
         // It may already acknowledge chunks (resume).
         let before = self.acked.len();
         self.on_ack(ack, now);
@@ -853,7 +944,8 @@ impl Sender {
         let mut rtt_sample = None;
         let mut spurious_rto = None;
         if ack.echo != NO_ECHO && ack.has(ack.echo) {
-            if let Some(copy) = self.recovery.only_copy_acked(ack.echo, now, &self.rtt) {
+            let path = self.path.borrow();
+            if let Some(copy) = self.recovery.only_copy_acked(ack.echo, now, &path.rtt) {
                 let age = now.saturating_duration_since(copy.sent_at);
                 let delay = Duration::from_micros(ack.delay_us as u64);
                 rtt_sample = age.checked_sub(delay);
@@ -863,9 +955,11 @@ impl Sender {
 
         let acked_before = self.acked.len();
         let cumulative = (ack.cumulative as u64).min(count) as u32;
+        let mut guard = self.path.borrow_mut();
+        let path = &mut *guard;
         let mut spurious = self
             .recovery
-            .on_acked_below(cumulative, now, &self.rtt, &mut self.cc);
+            .on_acked_below(cumulative, now, &path.rtt, &mut path.cc);
         self.acked.insert_below(cumulative);
 
         // The bitmap, 64 chunks at a time, looking only at bits not already known.
@@ -885,15 +979,16 @@ impl Sender {
                 let index = (start + new.trailing_zeros() as u64) as u32;
                 new &= new - 1;
                 self.acked.insert(index);
-                spurious += self.recovery.on_acked(index, now, &self.rtt, &mut self.cc) as u64;
+                spurious += self.recovery.on_acked(index, now, &path.rtt, &mut path.cc) as u64;
             }
         }
         self.stats.spurious_retransmits += spurious;
 
         if let Some(rtt) = rtt_sample {
-            self.rtt.on_sample(rtt);
+            path.rtt.on_sample(rtt);
             self.recovery.reset_backoff();
         }
+        drop(guard);
         if let Some(age) = spurious_rto {
             self.undo_spurious_rto(age);
         }
@@ -903,14 +998,17 @@ impl Sender {
             self.recovery.reset_backoff();
         }
         self.stats.losses_by_ack += self.recovery.on_ack_end();
-        self.cc
-            .on_ack_end(now, rtt_sample, self.recovery.bytes_in_flight());
+        let (_, bytes_out) = self.path_in_flight();
+        let mut path = self.path.borrow_mut();
+        path.cc.on_ack_end(now, rtt_sample, bytes_out);
+        let rto = path.rtt.rto();
+        drop(path);
 
         if self.acked.len() == count {
             if let Phase::Sending(accepted) = self.phase {
                 let probe = Probe {
                     due: false,
-                    at: now + self.rtt.rto(),
+                    at: now + rto,
                     backoff: 0,
                 };
                 self.phase = Phase::Closing(accepted, probe);
@@ -931,20 +1029,23 @@ impl Sender {
     /// RTO was not spurious, and `age` would include the outage.
     fn undo_spurious_rto(&mut self, age: Duration) {
         self.stats.spurious_rtos += 1;
-        self.rtt.on_spurious_timeout(age);
-        self.cc.on_spurious_rto();
+        let mut path = self.path.borrow_mut();
+        path.rtt.on_spurious_timeout(age);
+        path.cc.on_spurious_rto();
+        drop(path);
         self.recovery.undo_rto();
     }
 
     /// The RTO after `backoff` expiries in a row (see [`recovery::rto`]).
     fn rto(&self, backoff: u32) -> Duration {
-        recovery::rto(&self.rtt, backoff, self.cfg.timeout)
+        recovery::rto(&self.path.borrow().rtt, backoff, self.cfg.timeout)
     }
 
     /// When the oldest transmission still out times out.
     fn rto_deadline(&self) -> Option<Instant> {
         let rto = self.rto(self.recovery.backoff());
-        self.recovery.rto_deadline(rto, self.rtt.pto())
+        self.recovery
+            .rto_deadline(rto, self.path.borrow().rtt.pto())
     }
 
     /// The oldest transmission went unanswered for a whole RTO (see [`Recovery::on_rto`]). The
@@ -954,8 +1055,10 @@ impl Sender {
         let rto = self.rto(self.recovery.backoff());
         self.recovery.on_rto(now, rto);
         self.stats.rto_expiries += 1;
-        self.cc.on_rto(self.recovery.bytes_in_flight());
-        self.pacer.wake(now);
+        let (_, bytes_out) = self.path_in_flight();
+        let mut path = self.path.borrow_mut();
+        path.cc.on_rto(bytes_out);
+        path.pacer.wake(now);
     }
 
     fn on_complete(&mut self, complete: &CompleteRepr) {
@@ -1018,14 +1121,17 @@ impl Sender {
     /// is known (a re-offer), so that a path longer than 200 ms is not offered to twice a round
     /// trip — which also costs the offer's RTT sample (Karn).
     fn first_offer_interval(&self) -> Duration {
-        match self.rtt.smoothed() {
-            Some(_) => self.cfg.offer_interval.max(self.rtt.rto()),
+        let path = self.path.borrow();
+        match path.rtt.smoothed() {
+            Some(_) => self.cfg.offer_interval.max(path.rtt.rto()),
             None => self.cfg.offer_interval,
         }
     }
 
+    /// Over: what is still in flight is no longer waited for (nor counted on the path).
     fn finish(&mut self, result: Result<(), SendError>) {
         self.phase = Phase::Done(result);
+        self.recovery.forget();
     }
 
     /// The driver could not read the file to hash it: the transfer ends, and the receiver is
@@ -1034,12 +1140,23 @@ impl Sender {
         if !self.is_done() {
             let abort = (AbortReason::Io, "sender could not read the file");
             self.fail(SendError::Hashing(message), Some(abort));
+            self.sync_flight();
         }
     }
 
     fn fail(&mut self, err: SendError, abort: Option<(AbortReason, &'static str)>) {
         self.finish(Err(err));
         self.pending_abort = abort;
+    }
+}
+
+impl Drop for Sender {
+    /// What it still had in flight is no longer the path's concern.
+    fn drop(&mut self) {
+        let mut p = self.path.borrow_mut();
+        p.chunks_in_flight -= self.reported.0;
+        p.bytes_in_flight -= self.reported.1;
+        p.transfers -= 1;
     }
 }
 
@@ -1323,7 +1440,7 @@ mod tests {
         ack(&mut s, fire + ms(1), 1, 0, 1, &[]);
         let st = s.stats();
         assert_eq!((st.spurious_rtos, st.spurious_retransmits), (1, 1));
-        assert_eq!(st.rto, s.rtt.rto(), "backoff reset");
+        assert_eq!(st.rto, s.path.borrow().rtt.rto(), "backoff reset");
         // The late round trip (about 356 ms) is a sample, and the RTO is widened past it.
         assert!(st.srtt.unwrap() > ms(100));
         assert!(st.rto > ms(400), "{:?}", st.rto);
