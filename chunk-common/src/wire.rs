@@ -152,6 +152,11 @@ pub mod flags {
     /// Offer: the name is a symbolic link, its content (1 to [`MAX_LINK_TARGET`] bytes) the
     /// link's target (docs/PROTOCOL.md, "Offer").
     pub const SYMLINK: u16 = 1 << 4;
+    /// Offer: a stream, whose size the sender learns only at its end (stdin): the offer's
+    /// file size is 0 and its chunk count [`UNKNOWN_COUNT`](super::UNKNOWN_COUNT); the end is
+    /// the chunk without `MORE_CHUNKS`, and the hash message's count (docs/PROTOCOL.md,
+    /// "Streams").
+    pub const STREAM: u16 = 1 << 5;
     /// The longest symbolic-link target an offer carries (Linux's `PATH_MAX` − 1).
     pub const MAX_LINK_TARGET: u64 = 4095;
 }
@@ -389,6 +394,9 @@ pub const fn chunk_len(file_size: u64, chunk_size: u32, index: u32) -> usize {
     }
 }
 
+/// A stream's offer carries this chunk count (with file size 0): not known yet.
+pub const UNKNOWN_COUNT: u32 = u32::MAX;
+
 /// How many chunks a file of `file_size` bytes needs at `chunk_size` bytes each (an empty file
 /// has none), or `None` if that is more than a `u32` can count or `chunk_size` is zero.
 pub const fn chunk_count(file_size: u64, chunk_size: u32) -> Option<u32> {
@@ -429,10 +437,18 @@ impl<'a> OfferRepr<'a> {
             tag,
             name: &body[offer::NAME..],
         };
-        if chunk_count(repr.file_size, repr.chunk_size) != Some(repr.chunk_count) {
+        if chunk_count(repr.file_size, repr.chunk_size) != Some(repr.chunk_count)
+            && !repr.is_stream()
+        {
             return Err(Error::Malformed);
         }
         Ok(repr)
+    }
+
+    /// Whether the offer has a stream's size and count (file size 0, [`UNKNOWN_COUNT`] chunks,
+    /// a chunk size of at least 1); its `STREAM` flag must say so too.
+    pub fn is_stream(&self) -> bool {
+        self.file_size == 0 && self.chunk_count == UNKNOWN_COUNT && self.chunk_size > 0
     }
 
     pub fn body_len(&self) -> usize {

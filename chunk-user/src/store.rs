@@ -375,7 +375,8 @@ impl FsHandle {
         let mut data = p.data;
         data.clear();
         self.pending.data = data;
-        if self.unsaved && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+        // A stream is never resumed: no record of its chunks.
+        if self.unsaved && !self.offer.stream && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
             self.save_state();
         }
         Ok(())
@@ -525,6 +526,13 @@ impl FsStorage {
                     ));
                 }
                 if !self.overwrite {
+                    // A stream's size is not known: a file under its name is simply there.
+                    if offer.stream {
+                        return Err(Refusal::new(
+                            AbortReason::Exists,
+                            format!("{name} exists (the receiver may allow --overwrite)"),
+                        ));
+                    }
                     if st.st_size as u64 == offer.size {
                         return self.open_existing(offer, dir, base);
                     }
@@ -541,7 +549,10 @@ impl FsStorage {
         }
 
         // A partial copy of the same file (size, chunk size, hash) resumes.
-        let already_have = read_state(&dir, base).and_then(|b| decode_state(&b, offer));
+        // A stream never resumes: its sender cannot send its beginning again.
+        let already_have = read_state(&dir, base)
+            .and_then(|b| decode_state(&b, offer))
+            .filter(|_| !offer.stream);
         let part = part_name(base);
         // Never open anything but a regular file as the part file: opening a device node or a
         // FIFO that happens to carry its name could block or act on the device.
@@ -821,7 +832,8 @@ impl Storage for FsStorage {
     }
 
     fn write(&mut self, h: &mut FsHandle, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        if offset + data.len() as u64 > h.offer.size {
+        // A stream's writes are bounded by the core (the size limit) until its end is known.
+        if !h.offer.stream && offset + data.len() as u64 > h.offer.size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "write past the end",
@@ -919,6 +931,19 @@ impl Storage for FsStorage {
         result
     }
 
+    fn end_stream(&mut self, h: &mut FsHandle, size: u64, chunk_count: u32) -> io::Result<()> {
+        h.flush()?;
+        let written = h.file.metadata()?.len();
+        if h.have.last().is_some_and(|l| l >= chunk_count) || written > size {
+            return Err(io::Error::other("chunks beyond the stream's end"));
+        }
+        h.file.set_len(size)?;
+        h.offer.size = size;
+        h.offer.chunk_count = chunk_count;
+        h.offer.stream = false;
+        Ok(())
+    }
+
     fn abandon(&mut self, mut h: FsHandle, keep_partial: bool) {
         if h.directory {
             return;
@@ -929,7 +954,8 @@ impl Storage for FsStorage {
         }
         // A part file that never got a chunk is worth nothing to a resume: leave no trace.
         let nothing = h.have.is_empty() && h.pending.count == 0;
-        if keep_partial && !nothing {
+        // Nor does a stream's: it is never resumed.
+        if keep_partial && !nothing && !h.offer.stream {
             if let Err(e) = h.flush() {
                 tracing::warn!(name = %h.name, error = %e, "cannot write the last chunks received");
             }

@@ -48,6 +48,14 @@ static OFFER_DIR_BYTES: [u8; 90] = [
     0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
     0x1c, 0x1d, 0x1e, 0x1f, 0x70, 0x68, 0x6f, 0x74, 0x6f, 0x73,
 ];
+static OFFER_STREAM_BYTES: [u8; 92] = [
+    0x43, 0x4b, 0x02, 0x03, 0x00, 0x20, 0x00, 0x48, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
+    0xed, 0x99, 0xfc, 0xea, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x78,
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x01, 0xa4, 0x00, 0x00, 0x00, 0x00, 0x65, 0x53, 0xf1, 0x00,
+    0x01, 0x00, 0x00, 0x08, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
+    0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
+    0x1c, 0x1d, 0x1e, 0x1f, 0x64, 0x75, 0x6d, 0x70, 0x2e, 0x73, 0x71, 0x6c,
+];
 static OFFER_LINK_BYTES: [u8; 88] = [
     0x43, 0x4b, 0x02, 0x03, 0x00, 0x10, 0x00, 0x44, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
     0x92, 0x0b, 0x63, 0x47, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x05, 0x78,
@@ -185,6 +193,24 @@ fn offer_link_repr() -> Repr<'static> {
     }
 }
 
+fn offer_stream_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 0,
+        flags: flags::STREAM,
+        message: Message::Offer(OfferRepr {
+            file_size: 0,
+            chunk_size: 1400,
+            chunk_count: UNKNOWN_COUNT,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            hash_alg: HashAlg::Blake3,
+            tag: HASH,
+            name: b"dump.sql",
+        }),
+    }
+}
+
 fn complete_repr() -> Repr<'static> {
     Repr {
         transfer_id: TID,
@@ -235,7 +261,7 @@ fn sealed_repr() -> Repr<'static> {
 }
 
 /// Every packet example, in the order docs/PROTOCOL.md shows them.
-fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 10] {
+fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 11] {
     [
         ("data", &DATA_BYTES, data_repr()),
         ("ack", &ACK_BYTES, ack_repr()),
@@ -247,6 +273,7 @@ fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 10] {
         ("offer", &OFFER_BYTES, offer_repr()),
         ("offer-directory", &OFFER_DIR_BYTES, offer_dir_repr()),
         ("offer-link", &OFFER_LINK_BYTES, offer_link_repr()),
+        ("offer-stream", &OFFER_STREAM_BYTES, offer_stream_repr()),
         ("complete", &COMPLETE_BYTES, complete_repr()),
         ("abort", &ABORT_BYTES, abort_repr()),
         ("hash", &HASH_BYTES, hash_repr()),
@@ -401,6 +428,7 @@ fn protocol_doc_examples_are_the_fixtures() {
             "offer",
             "offer-directory",
             "offer-link",
+            "offer-stream",
             "complete",
             "abort",
             "hash",
@@ -420,7 +448,7 @@ fn protocol_doc_examples_are_the_fixtures() {
     // The encryption examples need the cryptography: chunk-user's
     // `crypto::handshake::fixtures` recomputes them. Here: each packet among them passes the
     // receive path's checks, as an envelope.
-    for (name, mut bytes) in examples.split_off(13) {
+    for (name, mut bytes) in examples.split_off(14) {
         if name == "noise-psk" {
             continue;
         }
@@ -434,7 +462,7 @@ fn protocol_doc_examples_are_the_fixtures() {
     // The transport examples are whole IP packets: `transport_examples_carry_the_data_fixture`.
     examples.drain(..2);
     // The derived key is not a packet: it is checked against BLAKE3 here, the rest below.
-    let (_, key) = examples.remove(9);
+    let (_, key) = examples.remove(10);
     assert_eq!(key, PSK_KEY_BYTES, "PROTOCOL.md example psk-key");
     assert_eq!(
         blake3::derive_key("chunk psk v1", &PSK_SECRET),

@@ -140,6 +140,7 @@ pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
         tag: file_tag(&md),
         directory: false,
         symlink: false,
+        stream: false,
     };
     Ok((file, meta))
 }
@@ -164,6 +165,7 @@ pub fn open_link(path: &Path, name: String, target: &str) -> Result<(File, FileM
         tag: *tag.finalize().as_bytes(),
         directory: false,
         symlink: true,
+        stream: false,
     };
     Ok((file, meta))
 }
@@ -183,6 +185,7 @@ pub fn open_dir(path: &Path, name: String) -> Result<(File, FileMeta)> {
         tag: file_tag(&md),
         directory: true,
         symlink: false,
+        stream: false,
     };
     Ok((file, meta))
 }
@@ -424,6 +427,11 @@ impl ChunkSource for FileSource {
         }
     }
 }
+
+/// The first wait for room at a receiver that refused a transfer for want of it with none of
+/// ours under way, and the longest (it doubles in between).
+const HOLD_FIRST: Duration = Duration::from_millis(250);
+const HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// Silence from the receiver after which an encrypting sender opens a new session (at least 4
 /// smoothed round trips).
@@ -790,6 +798,12 @@ impl SendDriver {
         let mut limit = parallel.max(1);
         let mut no_more = false;
         let mut cancelled = false;
+        // The receiver had no room for us at all: nothing starts before `hold_until`, and the
+        // wait doubles while it lasts (the receiver frees slots as transfers end or go silent:
+        // ours of a killed run, say). Since when it lasts.
+        let mut hold_until: Option<Instant> = None;
+        let mut hold = HOLD_FIRST;
+        let mut refused_since: Option<Instant> = None;
         let mut rbuf = vec![0u8; 65536];
         let mut last_draw = start;
         let mut heard = start;
@@ -801,7 +815,10 @@ impl SendDriver {
                 active.iter_mut().for_each(|a| a.sender.cancel());
             }
             // New transfers, while there is room for them.
-            while !no_more && !cancelled && active.len() < limit {
+            if hold_until.is_some_and(|t| now >= t) {
+                hold_until = None;
+            }
+            while !no_more && !cancelled && hold_until.is_none() && active.len() < limit {
                 let busy: Vec<&str> = active
                     .iter()
                     .map(|a| a.sender.meta().name.as_str())
@@ -817,7 +834,7 @@ impl SendDriver {
                     }
                 }
             }
-            if active.is_empty() && (no_more || cancelled) {
+            if active.is_empty() && (no_more || cancelled) && hold_until.is_none() {
                 return Ok(());
             }
             // Everything the receiver said, to the transfer it is about.
@@ -900,32 +917,57 @@ impl SendDriver {
             // The transfers that are over: a final abort may still be due (queued above, as
             // `poll_transmit` gives it before saying `None`).
             let mut i = 0;
+            let mut ended = false;
             while i < active.len() {
                 let Some(outcome) = active[i].sender.outcome() else {
                     i += 1;
                     continue;
                 };
+                ended = true;
                 let a = active.swap_remove(i);
                 let others = active.len();
                 if let Err(SendError::Refused(AbortReason::TooManyTransfers, ref why)) = outcome
-                    && others > 0
                     && !cancelled
                 {
-                    if others < limit {
-                        limit = others;
-                        eprintln!(
-                            "chunk send: the receiver takes {others} files at once from this \
-                             sender ({why}): sending {others} at a time"
-                        );
+                    if others > 0 {
+                        if others < limit {
+                            limit = others;
+                            eprintln!(
+                                "chunk send: the receiver takes {others} files at once from this \
+                                 sender ({why}): sending {others} at a time"
+                            );
+                        }
+                        jobs.again(a.key);
+                        continue;
                     }
-                    jobs.again(a.key);
-                    continue;
+                    // No room at all: wait for some, up to the timeout.
+                    let since = *refused_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) < self.cfg.core.timeout {
+                        if hold == HOLD_FIRST {
+                            eprintln!(
+                                "chunk send: the receiver has no room for another transfer \
+                                 ({why}); waiting for one"
+                            );
+                        }
+                        hold_until = Some(now + hold);
+                        hold = (hold * 2).min(HOLD_MAX);
+                        jobs.again(a.key);
+                        continue;
+                    }
+                } else if outcome.is_ok() {
+                    refused_since = None;
+                    hold = HOLD_FIRST;
                 }
                 jobs.progress(&[&a.sender]);
                 jobs.finished(a.key, Ok((a.sender.stats(), outcome)));
             }
-            if !batch_full {
-                let deadline = active.iter().filter_map(|a| a.sender.poll_timeout()).min();
+            // A transfer that ended makes room for the next at once.
+            if !batch_full && !ended {
+                let deadline = active
+                    .iter()
+                    .filter_map(|a| a.sender.poll_timeout())
+                    .chain(hold_until)
+                    .min();
                 let fds = [self.tx.socket().socket().as_fd()];
                 wait::until(&fds, deadline)?;
             }

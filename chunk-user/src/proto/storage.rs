@@ -34,6 +34,9 @@ pub struct OfferInfo {
     pub directory: bool,
     /// A symbolic link: its content is the target.
     pub symlink: bool,
+    /// A stream: `size` is 0 and `chunk_count` unknown until [`Storage::end_stream`]; nothing
+    /// is set aside for it, and no partial copy is resumed.
+    pub stream: bool,
 }
 
 /// Storage's answer to an acceptable offer.
@@ -88,6 +91,15 @@ pub trait Storage {
         data: &[u8],
     ) -> io::Result<()>;
 
+    /// A stream's end is known: it is `size` bytes in `chunk_count` chunks (every chunk written
+    /// so far lies within them).
+    fn end_stream(
+        &mut self,
+        handle: &mut Self::Handle,
+        size: u64,
+        chunk_count: u32,
+    ) -> io::Result<()>;
+
     /// Every chunk is written: flush, hash, and move the file to its name if the hash is
     /// `expected`, or remove it if not.
     fn finish(&mut self, handle: Self::Handle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck>;
@@ -114,6 +126,8 @@ struct Partial {
     mtime: i64,
     data: Vec<u8>,
     have: ChunkSet,
+    /// A stream whose end is not known yet: `data` grows as chunks come.
+    stream: bool,
 }
 
 /// [`Storage`] in memory, hashing with BLAKE3 as the real one does. Partial files survive the
@@ -199,13 +213,15 @@ impl Storage for MemStorage {
             ));
         }
         if let Some(cap) = self.capacity {
+            // A stream's size is not known: only its writes can meet the capacity.
             if self.used(name).saturating_add(offer.size) > cap {
                 return Err(Refusal::new(AbortReason::NoSpace, "storage full"));
             }
         }
-        let same = self.partials.get(name).is_some_and(|p| {
-            p.size == offer.size && p.chunk_size == offer.chunk_size && p.tag == offer.tag
-        });
+        let same = !offer.stream
+            && self.partials.get(name).is_some_and(|p| {
+                p.size == offer.size && p.chunk_size == offer.chunk_size && p.tag == offer.tag
+            });
         let already_have = if same {
             self.partials.get(name).map(|p| p.have.clone())
         } else {
@@ -219,6 +235,7 @@ impl Storage for MemStorage {
                 mtime: offer.mtime,
                 data: vec![0; size],
                 have: ChunkSet::new(),
+                stream: offer.stream,
             };
             self.partials.insert(name.clone(), partial);
             None
@@ -234,12 +251,20 @@ impl Storage for MemStorage {
         if self.fail_writes {
             return Err(io::Error::other("injected write failure"));
         }
+        let start = offset as usize;
+        let end = start + data.len();
+        let (capacity, used) = (self.capacity, self.used(&h.name));
         let p = self
             .partials
             .get_mut(&h.name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "partial file vanished"))?;
-        let start = offset as usize;
-        let end = start + data.len();
+        if p.stream && end > p.data.len() {
+            // A stream grows as it arrives, and may meet the capacity.
+            if capacity.is_some_and(|cap| used + end as u64 > cap) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            p.data.resize(end, 0);
+        }
         if end > p.data.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -248,6 +273,20 @@ impl Storage for MemStorage {
         }
         p.data[start..end].copy_from_slice(data);
         p.have.insert(index);
+        Ok(())
+    }
+
+    fn end_stream(&mut self, h: &mut MemHandle, size: u64, chunk_count: u32) -> io::Result<()> {
+        let p = self
+            .partials
+            .get_mut(&h.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "partial file vanished"))?;
+        if p.have.last().is_some_and(|l| l >= chunk_count) || (p.data.len() as u64) > size {
+            return Err(io::Error::other("chunks beyond the stream's end"));
+        }
+        p.data.resize(size as usize, 0);
+        p.size = size;
+        p.stream = false;
         Ok(())
     }
 

@@ -752,10 +752,140 @@ fn transfers_on_one_path_share_its_bottleneck() {
         drops_shared * 4 < drops_own,
         "queue drops: {drops_shared} on one path, {drops_own} on four"
     );
-    assert!(retx_shared * 4 < retx_own, "{retx_shared} and {retx_own} retransmitted");
+    assert!(
+        retx_shared * 4 < retx_own,
+        "{retx_shared} and {retx_own} retransmitted"
+    );
     // 16 MiB at 50 Mbit/s is 2.7 s of wire time: sharing the path leaves the link as full.
     assert!(
         t_shared.as_secs_f64() < t_own.as_secs_f64() * 1.1,
         "{t_shared:?} on one path, {t_own:?} on four"
     );
+}
+
+/// A stream: the sender knows only what has come so far. It is fed in steps while the
+/// simulation runs, its end and hash told last; it arrives exact under its name whatever its
+/// length (empty, one byte, one chunk, one byte more, many chunks) and over loss, and the
+/// receiver learns its size from its last chunk and the hash message alone.
+#[test]
+fn a_stream_arrives_exact_whatever_its_length() {
+    let cs = 1000u32;
+    for (seed, size, link) in [
+        (60, 0u64, lan()),
+        (61, 1, lan()),
+        (62, cs as u64, lan()),
+        (63, cs as u64 + 1, wan(0.0)),
+        (64, 300_007, wan(0.05)),
+    ] {
+        let file = VirtualFile::new(seed, size, cs);
+        let mut sim = new_sim(seed, link.clone(), link, ReceiverConfig::default());
+        let mut meta = file.meta(NAME);
+        meta.stream = true;
+        meta.size = 0;
+        let scfg = SenderConfig {
+            chunk_size: cs,
+            ..SenderConfig::default()
+        };
+        let sender = Sender::new(seed as u32, meta, scfg, sim.now()).unwrap();
+        sim.add_sender(sender, Box::new(file));
+        let steps = 7u64;
+        for k in 1..=steps {
+            let at = sim.elapsed() + Duration::from_millis(30);
+            sim.run_to(at);
+            let now = sim.now();
+            let s = &mut sim.sender_mut(0).sender;
+            s.extend_stream(size * k / steps, k == steps, now);
+        }
+        sim.sender_mut(0).sender.set_hash(file.hash());
+        assert!(
+            sim.run_until(Duration::from_secs(120)),
+            "{size} bytes: no outcome"
+        );
+        assert_eq!(outcome(&sim, 0), Ok(()), "{size} bytes");
+        assert_received(&sim, NAME, &file);
+        assert_eq!(
+            sim.sender(0).sender.stats().chunk_count as u64,
+            size.div_ceil(cs as u64)
+        );
+    }
+}
+
+/// A receiver that forgets a stream cannot get its beginning again: the sender ends it with
+/// a reason that says to send it again, rather than offering it anew.
+#[test]
+fn a_stream_the_receiver_forgot_ends_with_stream_lost() {
+    let cs = 1000u32;
+    let file = VirtualFile::new(65, 2_000_000, cs);
+    let mut sim = new_sim(65, wan(0.0), wan(0.0), ReceiverConfig::default());
+    let mut meta = file.meta(NAME);
+    meta.stream = true;
+    meta.size = 0;
+    let scfg = SenderConfig {
+        chunk_size: cs,
+        ..SenderConfig::default()
+    };
+    let sender = Sender::new(65, meta, scfg, sim.now()).unwrap();
+    sim.add_sender(sender, Box::new(file));
+    let now = sim.now();
+    sim.sender_mut(0)
+        .sender
+        .extend_stream(1_000_000, false, now);
+    assert!(!sim.run_until(Duration::from_millis(150)));
+    sim.storage_mut().crash();
+    sim.replace_receiver(Receiver::new(ReceiverConfig::default()));
+    assert!(sim.run_until(Duration::from_secs(60)));
+    assert_eq!(outcome(&sim, 0), Err(SendError::StreamLost));
+    assert!(sim.storage().file(NAME).is_none());
+}
+
+/// A sender whose earlier run died holds the receiver's slots for it: a new offer from the same
+/// address takes the slot of the one silent longest (silent for at least `supersede_after`),
+/// whatever its name, rather than being refused `too many transfers`.
+#[test]
+fn a_silent_transfer_gives_its_slot_to_a_new_offer_from_its_sender() {
+    let rcfg = ReceiverConfig {
+        max_per_source: 1,
+        ..ReceiverConfig::default()
+    };
+    let mut sim = new_sim(66, lan(), lan(), rcfg);
+    let dead = VirtualFile::new(66, 5_000_000, 1000);
+    add(&mut sim, 1, dead, "dead.bin", SenderConfig::default());
+    assert!(!sim.run_until(Duration::from_millis(20)));
+    // That sender dies (its process is killed: no abort, nothing more from it), and its
+    // successor, from the same address, offers another file within the second: refused.
+    let file = VirtualFile::new(67, 10_000, 1000);
+    let scfg = SenderConfig {
+        chunk_size: 1000,
+        ..SenderConfig::default()
+    };
+    sim.replace_sender(
+        0,
+        Sender::new(2, file.meta("next.bin"), scfg.clone(), sim.now()).unwrap(),
+    );
+    sim.sender_mut(0).source = Box::new(file);
+    assert!(sim.run_until(Duration::from_secs(5)));
+    assert!(
+        matches!(
+            outcome(&sim, 0),
+            Err(SendError::Refused(AbortReason::TooManyTransfers, _))
+        ),
+        "{:?}",
+        outcome(&sim, 0)
+    );
+    // After a second of silence: the dead transfer gives way.
+    sim.run_to(sim.elapsed() + Duration::from_secs(1));
+    sim.replace_sender(
+        0,
+        Sender::new(3, file.meta("next.bin"), scfg, sim.now()).unwrap(),
+    );
+    assert!(sim.run_until(Duration::from_secs(10)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert!(sim.events().iter().any(|(_, e)| matches!(
+        e,
+        Event::Superseded {
+            old_transfer_id: 1,
+            transfer_id: 3,
+            ..
+        }
+    )));
 }

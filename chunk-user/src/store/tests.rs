@@ -23,6 +23,7 @@ fn offer(name: &str, data: &[u8]) -> OfferInfo {
         tag: *blake3::hash(data).as_bytes(),
         directory: false,
         symlink: false,
+        stream: false,
     }
 }
 

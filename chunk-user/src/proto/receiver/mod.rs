@@ -13,6 +13,7 @@
 //! How acks are kept and written is [`acks`].
 
 mod acks;
+mod stream;
 mod transfer;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +28,7 @@ use chunk_common::wire::{
 };
 
 use acks::AckState;
+use stream::{StreamEnd, StreamError};
 use transfer::{Open, State, Transfer};
 
 use super::chunkset::{self, ChunkSet};
@@ -287,15 +289,19 @@ impl<S: Storage> Receiver<S> {
                 use chunk_common::wire::flags;
                 let directory = repr.flags & flags::DIRECTORY != 0;
                 let symlink = repr.flags & flags::SYMLINK != 0;
-                // A directory holds no bytes, a link 1 to 4095 (its target): any other offer
-                // so flagged is malformed.
+                let stream = repr.flags & flags::STREAM != 0;
+                // A directory holds no bytes, a link 1 to 4095 (its target), a stream says
+                // neither size nor count (and only a stream may): any other offer so flagged
+                // is malformed.
                 if (directory && (symlink || offer.file_size != 0))
                     || (symlink && !(1..=flags::MAX_LINK_TARGET).contains(&offer.file_size))
+                    || stream != offer.is_stream()
+                    || (stream && (directory || symlink))
                 {
                     self.stats.malformed += 1;
                     return;
                 }
-                self.on_offer(key, &offer, (directory, symlink), now, storage)
+                self.on_offer(key, &offer, (directory, symlink, stream), now, storage)
             }
             Message::Data { payload } => {
                 self.on_data(key, repr.seq, repr.flags, payload, now, storage)
@@ -419,13 +425,17 @@ impl<S: Storage> Receiver<S> {
         &mut self,
         key: TransferKey,
         offer: &OfferRepr<'_>,
-        (directory, symlink): (bool, bool),
+        (directory, symlink, stream): (bool, bool, bool),
         now: Instant,
         storage: &mut S,
     ) {
         if let Some(t) = self.transfers.get_mut(&key) {
-            let same = t.info.size == offer.file_size
-                && t.info.chunk_size == offer.chunk_size
+            // A stream's size is learnt from its end: its offer says none.
+            let same = (if t.info.stream {
+                offer.is_stream()
+            } else {
+                t.info.size == offer.file_size
+            }) && t.info.chunk_size == offer.chunk_size
                 && t.info.tag == offer.tag
                 && t.info.name.as_bytes() == offer.name;
             if !same {
@@ -492,7 +502,9 @@ impl<S: Storage> Receiver<S> {
         self.supersede(key, &name, offer, now, storage);
         let check = if self.open >= self.cfg.max_transfers {
             Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
-        } else if self.open_from(key.0.addr()) >= self.cfg.max_per_source {
+        } else if self.open_from(key.0.addr()) >= self.cfg.max_per_source
+            && !self.reclaim_silent(key, now, storage)
+        {
             Err((
                 AbortReason::TooManyTransfers,
                 format!("{} open from {}", self.cfg.max_per_source, key.0),
@@ -516,6 +528,7 @@ impl<S: Storage> Receiver<S> {
             tag: offer.tag,
             directory,
             symlink,
+            stream,
         };
         let opened = match storage.open(&info) {
             Ok(opened) => opened,
@@ -529,6 +542,10 @@ impl<S: Storage> Receiver<S> {
             // Storage's record does not fit this file: receive everything again.
             received = ChunkSet::new();
         }
+        if stream {
+            // A stream is never resumed: its sender cannot send its beginning again.
+            received = ChunkSet::new();
+        }
         let resumed = received.len();
         self.stats.offers_accepted += 1;
         self.open += 1;
@@ -540,7 +557,7 @@ impl<S: Storage> Receiver<S> {
             chunk_count: info.chunk_count,
             resumed_chunks: resumed,
         });
-        let complete = resumed == info.chunk_count as u64;
+        let complete = !stream && resumed == info.chunk_count as u64;
         let info_count = info.chunk_count;
         let mut open = Open {
             handle: opened.handle,
@@ -563,6 +580,7 @@ impl<S: Storage> Receiver<S> {
                 duplicates: 0,
                 out_of_order: 0,
                 resumed,
+                stream_end: stream.then(StreamEnd::default),
             },
         );
         if complete {
@@ -613,6 +631,33 @@ impl<S: Storage> Receiver<S> {
         });
     }
 
+    /// The sender at `key`'s address has its share of open transfers: the one of them silent
+    /// the longest, if silent for `supersede_after`, gives way (its sender died or restarted;
+    /// its data is kept). Whether one did.
+    fn reclaim_silent(&mut self, key: TransferKey, now: Instant, storage: &mut S) -> bool {
+        let after = self.cfg.supersede_after;
+        let old = self
+            .transfers
+            .iter()
+            .filter(|(k, t)| {
+                k.0.addr() == key.0.addr()
+                    && matches!(t.state, State::Open(_))
+                    && now.saturating_duration_since(t.last_activity) >= after
+            })
+            .min_by_key(|(_, t)| t.last_activity)
+            .map(|(&k, _)| k);
+        let Some((info, _)) = old.and_then(|old| self.close(old, storage)) else {
+            return false;
+        };
+        self.events.push_back(Event::Superseded {
+            src: key.0,
+            old_transfer_id: info.transfer_id,
+            transfer_id: key.1,
+            name: info.name,
+        });
+        true
+    }
+
     fn on_data(
         &mut self,
         key: TransferKey,
@@ -628,14 +673,50 @@ impl<S: Storage> Receiver<S> {
             self.unknown_transfer(key, now);
             return;
         };
-        let State::Open(open) = &mut t.state else {
+        let State::Open(_) = &t.state else {
             self.repeat_verdict(key, now, false);
             return;
         };
+        if let Some(end) = &mut t.stream_end {
+            let more = packet_flags & flags::MORE_CHUNKS != 0;
+            let max = self.cfg.max_size;
+            match end.on_chunk(t.info.chunk_size, index, more, payload.len(), max) {
+                Ok(()) => {}
+                Err(StreamError::Malformed) => {
+                    self.stats.malformed += 1;
+                    return;
+                }
+                Err(StreamError::TooLarge) => {
+                    let message = format!("the stream passed the limit of {max} bytes");
+                    self.fail(key, AbortReason::TooLarge, message, storage);
+                    return;
+                }
+            }
+            if let Err(e) = Self::learn_stream_end(t, storage) {
+                self.fail(
+                    key,
+                    AbortReason::Io,
+                    format!("ending the stream: {e}"),
+                    storage,
+                );
+                return;
+            }
+        }
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
+        let State::Open(open) = &mut t.state else {
+            return;
+        };
         let info = &t.info;
-        if index >= info.chunk_count
-            || payload.len() != chunk_len(info.size, info.chunk_size, index)
-        {
+        let len_ok = if t.stream_end.is_some() {
+            // A stream before its end is known: `StreamEnd` checked the length.
+            true
+        } else {
+            index < info.chunk_count
+                && payload.len() == chunk_len(info.size, info.chunk_size, index)
+        };
+        if !len_ok {
             // Not a sign of life: a malformed packet does not keep a transfer open.
             self.stats.malformed += 1;
             return;
@@ -658,12 +739,13 @@ impl<S: Storage> Receiver<S> {
         }
         let offset = index as u64 * info.chunk_size as u64;
         if let Err(e) = storage.write(&mut open.handle, index, offset, payload) {
-            self.fail(
-                key,
-                AbortReason::Io,
-                format!("writing chunk {index}: {e}"),
-                storage,
-            );
+            // A stream has no room set aside: the disk may fill up under it.
+            let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+                AbortReason::NoSpace
+            } else {
+                AbortReason::Io
+            };
+            self.fail(key, reason, format!("writing chunk {index}: {e}"), storage);
             return;
         }
         self.stats.chunks_written += 1;
@@ -714,6 +796,27 @@ impl<S: Storage> Receiver<S> {
             self.repeat_verdict(key, now, false);
             return;
         };
+        if let Some(end) = &mut t.stream_end {
+            if hash.alg != HashAlg::Blake3 || end.on_hash(seq, open.received.last()).is_err() {
+                self.stats.malformed += 1;
+                return;
+            }
+            if let Err(e) = Self::learn_stream_end(t, storage) {
+                self.fail(
+                    key,
+                    AbortReason::Io,
+                    format!("ending the stream: {e}"),
+                    storage,
+                );
+                return;
+            }
+        }
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
+        let State::Open(open) = &mut t.state else {
+            return;
+        };
         if seq != t.info.chunk_count || hash.alg != HashAlg::Blake3 {
             self.stats.malformed += 1;
             return;
@@ -744,6 +847,22 @@ impl<S: Storage> Receiver<S> {
             reason: abort.reason,
             message: String::from_utf8_lossy(abort.message).into_owned(),
         });
+    }
+
+    /// Once a stream's count and size are both known, it is a file of that size: its offer's
+    /// record and storage's say so, and the ordinary checks and verdict apply from then on.
+    fn learn_stream_end(t: &mut Transfer<S::Handle>, storage: &mut S) -> std::io::Result<()> {
+        let Some((count, size)) = t.stream_end.and_then(|e| e.known()) else {
+            return Ok(());
+        };
+        let State::Open(open) = &mut t.state else {
+            return Ok(());
+        };
+        storage.end_stream(&mut open.handle, size, count)?;
+        t.info.size = size;
+        t.info.chunk_count = count;
+        t.stream_end = None;
+        Ok(())
     }
 
     /// Every chunk is in: storage checks and commits, and the verdict goes to the sender.

@@ -46,4 +46,6 @@ pub(super) struct Transfer<H> {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub resumed: u64,
+    /// A stream whose end is not known yet: what is known of it.
+    pub stream_end: Option<super::stream::StreamEnd>,
 }

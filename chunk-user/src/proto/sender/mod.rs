@@ -87,6 +87,9 @@ pub struct FileMeta {
     pub directory: bool,
     /// A symbolic link: its content is the target, and the offer carries `SYMLINK`.
     pub symlink: bool,
+    /// A stream (stdin): `size` is what is known so far (0 to start with), and grows by
+    /// [`Sender::extend_stream`] until its end; the offer carries `STREAM` and no size.
+    pub stream: bool,
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -167,6 +170,13 @@ pub enum SendError {
     /// The name does not fit in an offer packet: more than `max(chunk_size, 1024) - 64` bytes.
     #[error("file name too long for an offer ({0} bytes)")]
     NameTooLong(usize),
+    /// The receiver forgot a stream (it restarted, or closed it as idle): a stream cannot be
+    /// offered again, its beginning is gone.
+    #[error(
+        "the receiver forgot the stream (it restarted, or closed it as idle), and a stream \
+         cannot resume: send it again"
+    )]
+    StreamLost,
 }
 
 /// Counters and estimates, for progress bars and the figures.
@@ -324,6 +334,8 @@ pub struct Sender {
     hash: Option<[u8; HASH_LEN]>,
     /// The hash message's first copy is due (later ones go as Closing's probes).
     hash_due: bool,
+    /// A stream's end is known (always, for a file): `count` is final.
+    end_known: bool,
     stats: SenderStats,
 }
 
@@ -349,11 +361,14 @@ impl Sender {
         path: &SharedPath,
         now: Instant,
     ) -> Result<Self, SendError> {
-        let count =
+        let count = if meta.stream {
+            0
+        } else {
             wire::chunk_count(meta.size, cfg.chunk_size).ok_or(SendError::TooManyChunks {
                 size: meta.size,
                 chunk_size: cfg.chunk_size,
-            })?;
+            })?
+        };
         // The offer must fit in a packet no larger than a data packet, or than one with a
         // 1024-byte payload for small chunks: a larger one may exceed the path MTU that the
         // chunk size was chosen for, and be dropped. Its body is the fixed fields, then the name.
@@ -376,6 +391,7 @@ impl Sender {
             scratch: vec![0; cfg.chunk_size as usize],
             hash: None,
             hash_due: false,
+            end_known: !meta.stream,
             stats: SenderStats {
                 file_size: meta.size,
                 chunk_count: count,
@@ -401,6 +417,44 @@ impl Sender {
     /// Bytes per chunk.
     pub fn chunk_size(&self) -> u32 {
         self.cfg.chunk_size
+    }
+
+    /// A stream has `available` bytes so far (`end`: and no more). Its chunks up to the last
+    /// whole one (all of them at the end) may go; at the end the count is final, and once every
+    /// chunk is acknowledged the transfer closes as a file's does. Ignored for a file, and once
+    /// the end is known.
+    pub fn extend_stream(&mut self, available: u64, end: bool, now: Instant) {
+        if self.end_known || self.is_done() || available < self.meta.size {
+            return;
+        }
+        let cs = self.cfg.chunk_size as u64;
+        let count = if end {
+            available.div_ceil(cs)
+        } else {
+            available / cs
+        };
+        if count > wire::UNKNOWN_COUNT as u64 - 1 {
+            let err = SendError::TooManyChunks {
+                size: available,
+                chunk_size: self.cfg.chunk_size,
+            };
+            self.fail(err, Some((AbortReason::TooLarge, "stream too long")));
+            return;
+        }
+        self.meta.size = available;
+        self.count = count as u32;
+        self.stats.chunk_count = self.count;
+        self.stats.file_size = available;
+        if end {
+            self.end_known = true;
+            self.close_if_all_acked(now);
+        }
+    }
+
+    /// Chunks `0..n` are all acknowledged: a stream's sender may let go of them.
+    pub fn acked_prefix(&self) -> u64 {
+        let count = self.count as u64;
+        self.acked.next_missing(0, count).unwrap_or(count)
     }
 
     /// Chunks the receiver has acknowledged, and the chunk count.
@@ -688,7 +742,9 @@ impl Sender {
     }
 
     fn emit_offer(&self, buf: &mut [u8], flags: u16) -> Option<usize> {
+        let stream = self.meta.stream;
         let flags = flags
+            | if stream { flags::STREAM } else { 0 }
             | if self.meta.directory {
                 chunk_common::wire::flags::DIRECTORY
             } else {
@@ -704,9 +760,13 @@ impl Sender {
             seq: 0,
             flags,
             message: Message::Offer(OfferRepr {
-                file_size: self.meta.size,
+                file_size: if stream { 0 } else { self.meta.size },
                 chunk_size: self.cfg.chunk_size,
-                chunk_count: self.count,
+                chunk_count: if stream {
+                    wire::UNKNOWN_COUNT
+                } else {
+                    self.count
+                },
                 mode: self.meta.mode,
                 mtime: self.meta.mtime,
                 hash_alg: HashAlg::Blake3,
@@ -737,7 +797,8 @@ impl Sender {
             self.fail(SendError::Io { index, message }, Some(abort));
             return self.emit_pending_abort(buf);
         }
-        let more = if index + 1 < self.count {
+        // A stream's chunk is the last only once its end is known.
+        let more = if index + 1 < self.count || !self.end_known {
             flags::MORE_CHUNKS
         } else {
             0
@@ -1004,7 +1065,13 @@ impl Sender {
         let rto = path.rtt.rto();
         drop(path);
 
-        if self.acked.len() == count {
+        self.close_after(now, rto);
+    }
+
+    /// Every chunk is acknowledged and there will be no more: wait for the verdict, probing
+    /// for it one `rto` from now.
+    fn close_after(&mut self, now: Instant, rto: Duration) {
+        if self.end_known && self.acked.len() == self.count as u64 {
             if let Phase::Sending(accepted) = self.phase {
                 let probe = Probe {
                     due: false,
@@ -1014,6 +1081,11 @@ impl Sender {
                 self.phase = Phase::Closing(accepted, probe);
             }
         }
+    }
+
+    fn close_if_all_acked(&mut self, now: Instant) {
+        let rto = self.path.borrow().rtt.rto();
+        self.close_after(now, rto);
     }
 
     /// An RTO turned out spurious (its chunks were still on their way: one it gave up on arrived
@@ -1093,7 +1165,9 @@ impl Sender {
                 if now < accepted.stale_aborts_until {
                     return;
                 }
-                if self.stats.reoffers >= self.cfg.max_reoffers {
+                if self.meta.stream {
+                    self.finish(Err(SendError::StreamLost));
+                } else if self.stats.reoffers >= self.cfg.max_reoffers {
                     self.finish(Err(SendError::PeerAborted(abort.reason, message)));
                 } else {
                     self.reoffer(accepted.offered_at);
@@ -1191,6 +1265,7 @@ mod tests {
             tag: [9; HASH_LEN],
             directory: false,
             symlink: false,
+            stream: false,
         };
         Sender::new(
             ID,
@@ -1554,6 +1629,7 @@ mod tests {
             tag: [0; HASH_LEN],
             directory: false,
             symlink: false,
+            stream: false,
         };
         let cfg = SenderConfig {
             chunk_size: 1,
@@ -1573,6 +1649,7 @@ mod tests {
             tag: [0; HASH_LEN],
             directory: false,
             symlink: false,
+            stream: false,
         };
         let now = Instant::now();
         // The offer's body is 64 bytes and the name.
