@@ -440,6 +440,13 @@ impl FsHandle {
     /// `limit` bytes' worth, so a long run after a filled hole does not stall the caller).
     fn hash_ahead(&mut self, limit: u64) -> io::Result<()> {
         let cs = self.offer.chunk_size as u64;
+        // Before a stream's end is known, every chunk written is a whole one (the core tells
+        // the end before it writes the last chunk).
+        let size = if self.offer.stream {
+            u64::MAX
+        } else {
+            self.offer.size
+        };
         let mut start = self.hashed as u64 * cs;
         let mut end = start;
         while self.hashed < self.offer.chunk_count
@@ -447,7 +454,7 @@ impl FsHandle {
             && end - start < limit
         {
             self.hashed += 1;
-            end = (self.hashed as u64 * cs).min(self.offer.size);
+            end = (self.hashed as u64 * cs).min(size);
         }
         let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
         while start < end {

@@ -29,9 +29,14 @@ pub struct SendArgs {
     /// Files and directories to send. A file arrives under its file name in the receiver's
     /// directory; a directory as a tree under its own name (`chunk send photos` → `photos/…`),
     /// its regular files with their paths inside it. Symbolic links inside a directory, FIFOs,
-    /// devices and sockets are skipped with a warning.
+    /// devices and sockets are skipped with a warning. `-` is standard input, sent as a stream
+    /// of unknown length under `--name` (`tar c dir | chunk send - --name dir.tar --to …`),
+    /// verified at its end like a file.
     #[arg(required = true, value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    /// The name standard input (`-`) arrives under (below `--dest`).
+    #[arg(long, value_name = "NAME", value_parser = super::tree::parse_dest)]
+    pub name: Option<String>,
     /// Place everything under this subdirectory of the receiver's directory (created there).
     #[arg(long, value_name = "SUBDIR", value_parser = super::tree::parse_dest)]
     pub dest: Option<String>,
@@ -189,8 +194,43 @@ pub fn run(args: SendArgs) -> Result<()> {
         key: if encryption.is_some() { None } else { key },
         encryption,
     })?;
-    let (entries, mut passed_over) =
-        super::tree::expand(&args.files, args.dest.as_deref().unwrap_or(""));
+    let dest = args.dest.as_deref().unwrap_or("");
+    let stdin = std::path::Path::new("-");
+    let (entries, mut passed_over) = match (
+        args.files.iter().filter(|p| p.as_path() == stdin).count(),
+        &args.name,
+    ) {
+        (0, None) => super::tree::expand(&args.files, dest),
+        (0, Some(_)) => bail!("--name names standard input: give `-` among the PATHs"),
+        (1, None) => bail!("standard input (`-`) needs --name NAME: the name it arrives under"),
+        (1, Some(name)) if name.is_empty() => bail!("--name must not be empty"),
+        (1, Some(name)) => {
+            let others: Vec<_> = args
+                .files
+                .iter()
+                .filter(|p| p.as_path() != stdin)
+                .cloned()
+                .collect();
+            let (mut entries, skipped) = super::tree::expand(&others, dest);
+            // First: its producer is running already.
+            entries.insert(
+                0,
+                super::tree::Entry {
+                    path: stdin.to_owned(),
+                    name: Ok(if dest.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{dest}/{name}")
+                    }),
+                    directory: false,
+                    symlink: None,
+                    stream: true,
+                },
+            );
+            (entries, skipped)
+        }
+        _ => bail!("standard input (`-`) can be sent once"),
+    };
     for s in &passed_over {
         eprintln!("chunk send: {}: skipped: {}", s.path, s.reason);
     }
@@ -338,9 +378,12 @@ impl<'a> Queue<'a> {
                 .map(|m| m.len())
                 .sum();
             let prefix = match entries {
+                [one] if one.stream => one.name.clone().unwrap_or_default(),
                 [one] => one.path.display().to_string(),
                 _ => format!("{} files", entries.len()),
             };
+            // A stream's length is not known: no total then.
+            let total = (!entries.iter().any(|e| e.stream)).then_some(total);
             progress_bar(&prefix, total)
         });
         Queue {
@@ -380,7 +423,9 @@ impl Jobs for Queue<'_> {
                 .clone()
                 .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
                 .and_then(|name| {
-                    if entry.directory {
+                    if entry.stream {
+                        send::open_stdin(name)
+                    } else if entry.directory {
                         send::open_dir(path, name)
                     } else if let Some(target) = &entry.symlink {
                         send::open_link(path, name, target)
@@ -552,12 +597,13 @@ fn explain(e: &SendError, to: IpAddr, transport: Transport, stats: &SenderStats)
     }
 }
 
-fn progress_bar(name: &str, size: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+fn progress_bar(name: &str, size: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-        )
+        ProgressStyle::with_template(match size {
+            Some(_) => "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            None => "{prefix} {spinner} {bytes} {bytes_per_sec} {msg}",
+        })
         .expect("a valid template")
         .progress_chars("=> "),
     );

@@ -21,6 +21,8 @@ pub struct Entry {
     /// A symbolic link inside a tree, with its target: sent as a link (the receiver recreates
     /// it with `--links`).
     pub symlink: Option<String>,
+    /// Standard input (`-`), sent as a stream.
+    pub stream: bool,
 }
 
 /// Something under a PATH that is not sent, and why.
@@ -80,6 +82,7 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                         name: Err("the directory's name is not UTF-8".into()),
                         directory: true,
                         symlink: None,
+                        stream: false,
                     }),
                 }
             }
@@ -93,6 +96,7 @@ pub fn expand(paths: &[PathBuf], dest: &str) -> (Vec<Entry>, Vec<Skipped>) {
                 },
                 directory: false,
                 symlink: None,
+                stream: false,
             }),
         }
     }
@@ -131,6 +135,7 @@ fn walk(dir: &Path, prefix: &str, entries: &mut Vec<Entry>, skipped: &mut Vec<Sk
             name: Ok(prefix.to_owned()),
             directory: true,
             symlink: None,
+            stream: false,
         });
     }
 }
@@ -172,6 +177,7 @@ fn walk_inside(
                 name: Err("the file name is not UTF-8".into()),
                 directory: ft.is_dir(),
                 symlink: None,
+                stream: false,
             });
             continue;
         };
@@ -183,6 +189,7 @@ fn walk_inside(
                 name: Ok(name),
                 directory: true,
                 symlink: None,
+                stream: false,
             });
         } else if ft.is_file() {
             entries.push(Entry {
@@ -190,6 +197,7 @@ fn walk_inside(
                 name: Ok(name),
                 directory: false,
                 symlink: None,
+                stream: false,
             });
         } else if ft.is_symlink() {
             // A link within the tree travels as a link; one that leads out of it is not sent
@@ -203,6 +211,7 @@ fn walk_inside(
                     name: Ok(name),
                     directory: false,
                     symlink: Some(t),
+                    stream: false,
                 }),
                 Some(_) => skip(
                     skipped,

@@ -889,3 +889,33 @@ fn a_silent_transfer_gives_its_slot_to_a_new_offer_from_its_sender() {
         }
     )));
 }
+
+/// A stream whose input pauses longer than the sender's timeout and the receiver's idle time
+/// (a dump that stops to think) is kept alive by the offer sent again, and arrives exact.
+#[test]
+fn a_stream_that_pauses_for_its_input_is_kept_alive() {
+    let cs = 1000u32;
+    let file = VirtualFile::new(68, 50_000, cs);
+    let mut sim = new_sim(68, wan(0.0), wan(0.0), ReceiverConfig::default());
+    let mut meta = file.meta(NAME);
+    meta.stream = true;
+    meta.size = 0;
+    let scfg = SenderConfig {
+        chunk_size: cs,
+        ..SenderConfig::default()
+    };
+    let sender = Sender::new(68, meta, scfg, sim.now()).unwrap();
+    sim.add_sender(sender, Box::new(file));
+    let now = sim.now();
+    sim.sender_mut(0).sender.extend_stream(20_000, false, now);
+    sim.run_to(Duration::from_secs(100));
+    assert_eq!(sim.sender(0).sender.outcome(), None, "alive after 100 s");
+    let offers = sim.sender(0).sender.stats().offers_sent;
+    assert!((15..=30).contains(&offers), "{offers} offers in 100 s");
+    let now = sim.now();
+    sim.sender_mut(0).sender.extend_stream(50_000, true, now);
+    sim.sender_mut(0).sender.set_hash(file.hash());
+    assert!(sim.run_until(Duration::from_secs(160)));
+    assert_eq!(outcome(&sim, 0), Ok(()));
+    assert_received(&sim, NAME, &file);
+}

@@ -493,3 +493,44 @@ fn links_are_made_only_when_allowed_and_only_inside() {
     // No work files left.
     assert_eq!(listing(&tmp.path().join("d")), ["in"]);
 }
+
+/// A stream: nothing is set aside or resumed at its offer, its chunks (out of order, holes
+/// filled late) are written and hashed before its end is known, and once `end_stream` says
+/// its size it verifies and lands as a file would. A stream that is abandoned leaves nothing.
+#[test]
+fn a_stream_written_out_of_order_lands_once_its_end_is_known() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let d = data(3_000_777);
+    let stream = |name: &str| OfferInfo {
+        size: 0,
+        chunk_count: chunk_common::wire::UNKNOWN_COUNT,
+        stream: true,
+        ..offer(name, &d)
+    };
+    let o = stream("s.bin");
+    let opened = st.open(&o).unwrap();
+    assert!(opened.already_have.is_none());
+    let mut h = opened.handle;
+    let n = d.len().div_ceil(CHUNK as usize) as u32;
+    // Whole chunks with holes, the holes later (hashing catches up from the file), then the
+    // end told before the last chunk is written, as the receiver core does.
+    write_chunks(&mut st, &mut h, &d, (1..n - 1).filter(|i| i % 97 != 5));
+    write_chunks(&mut st, &mut h, &d, (1..n - 1).filter(|i| i % 97 == 5));
+    write_chunks(&mut st, &mut h, &d, 0..1);
+    st.end_stream(&mut h, d.len() as u64, n).unwrap();
+    write_chunks(&mut st, &mut h, &d, n - 1..n);
+    assert!(st.finish(h, &o.tag).unwrap().verified);
+    assert_eq!(std::fs::read(tmp.path().join("s.bin")).unwrap(), d);
+
+    // Interrupted: no part file, no record to resume from.
+    let o = stream("cut.bin");
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..10);
+    st.abandon(h, true);
+    assert_eq!(listing(tmp.path()), ["s.bin"]);
+    // An end that leaves out a chunk already written is refused.
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..10);
+    assert!(st.end_stream(&mut h, 5 * CHUNK as u64, 5).is_err());
+}

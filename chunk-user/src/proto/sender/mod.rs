@@ -310,6 +310,9 @@ struct Probe {
 /// Samples have the hold subtracted; every timer adds it back (see [`rtt`](super::rtt)).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
+/// The longest a stream waiting for its input stays quiet (see `Sender::waiting_for_input`).
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// The sending side of one transfer.
 pub struct Sender {
     id: u32,
@@ -336,6 +339,11 @@ pub struct Sender {
     hash_due: bool,
     /// A stream's end is known (always, for a file): `count` is final.
     end_known: bool,
+    /// When anything last went out (a stream waiting for its input keeps the transfer alive
+    /// from it).
+    last_tx: Instant,
+    /// A keep-alive (the offer again) is due.
+    keepalive_due: bool,
     stats: SenderStats,
 }
 
@@ -392,6 +400,8 @@ impl Sender {
             hash: None,
             hash_due: false,
             end_known: !meta.stream,
+            last_tx: now,
+            keepalive_due: false,
             stats: SenderStats {
                 file_size: meta.size,
                 chunk_count: count,
@@ -545,7 +555,12 @@ impl Sender {
                 let path = self.path.borrow();
                 let pacing = self.can_send_data().then(|| path.pacer.next_send_at());
                 let probe = self.recovery.tail_probe_timer(path.rtt.pto());
-                opt_min(opt_min(self.rto_deadline(), pacing), probe)
+                let keepalive = (self.waiting_for_input() && !self.keepalive_due)
+                    .then(|| self.last_tx + self.keepalive());
+                opt_min(
+                    opt_min(opt_min(self.rto_deadline(), pacing), probe),
+                    keepalive,
+                )
             }
             Phase::Closing(_, p) => (!p.due).then_some(p.at),
         };
@@ -577,6 +592,9 @@ impl Sender {
                 }
             }
             Phase::Sending(_) => {
+                if self.waiting_for_input() && now >= self.last_tx + self.keepalive() {
+                    self.keepalive_due = true;
+                }
                 if self.rto_deadline().is_some_and(|d| now >= d) {
                     self.on_rto(now);
                 } else if self
@@ -609,8 +627,26 @@ impl Sender {
         buf: &mut [u8],
     ) -> Option<usize> {
         let sent = self.transmit(now, source, buf);
+        if sent.is_some() {
+            self.last_tx = now;
+        }
         self.sync_flight();
         sent
+    }
+
+    /// A stream waiting for its input: nothing in flight, nothing to send, no end. Its sender
+    /// and receiver would each give up on the silence; the offer, sent again every
+    /// [`keepalive`](Self::keepalive) (a receiver answers it with an ack), keeps both alive.
+    fn waiting_for_input(&self) -> bool {
+        !self.end_known
+            && matches!(self.phase, Phase::Sending(_))
+            && self.recovery.chunks_in_flight() == 0
+            && self.next_chunk().is_none()
+    }
+
+    /// How long a stream waiting for its input stays quiet: well inside the timeout.
+    fn keepalive(&self) -> Duration {
+        (self.cfg.timeout / 4).min(KEEPALIVE)
     }
 
     fn transmit<C: ChunkSource + ?Sized>(
@@ -646,6 +682,11 @@ impl Sender {
                     // that finished answers with its verdict.
                     None => self.emit_offer(buf, flags::ACK_NOW),
                 }
+            }
+            Phase::Sending(_) if self.keepalive_due => {
+                self.keepalive_due = false;
+                self.stats.offers_sent += 1;
+                self.emit_offer(buf, 0)
             }
             Phase::Sending(_) => self.send_data(now, source, buf),
         }
