@@ -182,12 +182,104 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
     }
 }
 
-/// Sends SIGTERM to the children of `pid` (the program `/usr/bin/time` runs), so that time
-/// itself lives to write its figures.
+/// Sends SIGTERM to every descendant of `pid`: the program `/usr/bin/time` runs, and what that
+/// runs in turn (a shell's pipeline: `tar c | nc`), so that none of them outlives the run and
+/// time itself lives to write its figures.
 pub(super) fn term_children(pid: u32) {
-    let _ = Command::new("pkill")
-        .args(["-TERM", "-P", &pid.to_string()])
-        .status();
+    for p in descendants(pid, &processes()) {
+        unsafe { libc::kill(p as i32, libc::SIGTERM) };
+    }
+}
+
+/// Every process's id and its parent's, from `/proc/PID/stat`.
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some((pid, parent_in_stat(&stat)?))
+    })
+    .collect()
+}
+
+/// The parent's id in a `/proc/PID/stat` line: the second field after the command's name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The descendants of `root` among `(pid, parent)` pairs, parents before their children.
+fn descendants(root: u32, procs: &[(u32, u32)]) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            procs
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+/// A server under `/usr/bin/time` that forks a process per connection (sshd, the rsync
+/// daemon): stopped when dropped, also when the transfer fails, so that none outlives its
+/// namespace.
+pub(super) struct Server {
+    daemon: Option<chunk_tests::Daemon>,
+}
+
+impl Server {
+    pub(super) fn new(daemon: chunk_tests::Daemon) -> Server {
+        Server {
+            daemon: Some(daemon),
+        }
+    }
+
+    /// Waits (up to `limit`) for the server's connection processes to end, so that `time`
+    /// counts their CPU (the server reaps them), ends any left, then stops the server and reaps
+    /// `time`. The server's own exit status (it is stopped by a signal) says nothing.
+    pub(super) fn stop(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let daemon = self
+            .daemon
+            .take()
+            .context("the server was stopped already")?;
+        let children = |pid: &str| {
+            Command::new("pgrep")
+                .args(["-P", pid])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        // The server itself is the child of `time`.
+        let server = children(&daemon.id().to_string());
+        if let Ok(pid) = server.parse::<u32>() {
+            let deadline = Instant::now() + limit;
+            while !children(&server).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !children(&server).is_empty() {
+                term_children(pid);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        stop_timed(daemon, Duration::ZERO)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = self.stop(Duration::ZERO);
+        }
+    }
 }
 
 /// Waits up to `limit` for the program that `/usr/bin/time` runs in `daemon` to exit, sends it
@@ -271,4 +363,38 @@ pub fn cut_off(
     run.partial_bytes = Some(got);
     times.read_into(run);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipelines_processes_are_all_found_and_proc_stat_is_parsed() {
+        // time (10) runs sh (11), which runs tar (12) and nc (13); 20 is another process.
+        let procs = [
+            (1, 0),
+            (10, 1),
+            (11, 10),
+            (12, 11),
+            (13, 11),
+            (20, 1),
+            (21, 20),
+        ];
+        assert_eq!(descendants(10, &procs), [11, 12, 13]);
+        assert_eq!(descendants(13, &procs), Vec::<u32>::new());
+        assert_eq!(
+            parent_in_stat("4242 (a (b) c) S 17 4242 4242 0 -1"),
+            Some(17)
+        );
+        assert_eq!(parent_in_stat("garbage"), None);
+        // This test's own process is among its parent's descendants.
+        let me = std::process::id();
+        let parent = processes()
+            .iter()
+            .find(|&&(p, _)| p == me)
+            .map(|&(_, pp)| pp)
+            .unwrap();
+        assert!(descendants(parent, &processes()).contains(&me));
+    }
 }
