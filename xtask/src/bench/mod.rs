@@ -137,7 +137,8 @@ pub struct BenchArgs {
     /// keygen`; n/a in a chunk without it), nc (the namespace's TCP), tcp-cubic and tcp-bbr
     /// (TCP with the congestion control set per socket), uftp, scp (OpenSSH, its default
     /// cipher, to an sshd of the bench's own; not by default: like nc it takes its 45 s
-    /// cut-off at 5 % loss every round, about 6 minutes more).
+    /// cut-off at 5 % loss every round, about 6 minutes more), tar-nc (`tar c | nc` to
+    /// `nc -l | tar x`) and rsync (to an rsync daemon of the bench's own).
     #[arg(
         long,
         value_delimiter = ',',
@@ -270,9 +271,11 @@ impl Bench<'_> {
             bin: &self.bin,
             work: &self.work,
             file: &self.file,
+            transfers: 1,
             out_dir,
             mtu: self.args.mtu,
             timeout: Duration::from_secs(self.args.timeout_s),
+            chunk_cut_off: None,
             keys: self.keys.as_ref().ok(),
             ssh: self.ssh.as_ref().ok(),
         };
@@ -383,7 +386,7 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     if !chunk_tests::is_root() {
         bail!("the benchmark creates network namespaces and attaches XDP: run it as root");
     }
-    crate::setup::apt_install(&["uftp", "netcat-openbsd", "time"])?;
+    crate::setup::apt_install(&["uftp", "netcat-openbsd", "time", "rsync"])?;
     let removed = chunk_tests::sweep_stale_namespaces()?;
     if !removed.is_empty() {
         eprintln!("bench: removed stale namespaces: {}", removed.join(", "));
@@ -763,6 +766,10 @@ mod tests {
             [Tool::Uftp, Tool::ChunkXdp, Tool::Nc, Tool::ChunkSocket]
         );
         assert!(parse(&["--cases", "loss2"]).is_err());
+        assert_eq!(
+            parse(&["--tools", "tar-nc,rsync"]).unwrap().tools,
+            [Tool::TarNc, Tool::Rsync]
+        );
         let wan = parse(&["--cases", "wan,share", "--wan-rtts", "50,200"]).unwrap();
         assert_eq!(wan.cases, [Case::Wan, Case::Share]);
         assert_eq!(wan.wan.wan_rtts, [50, 200]);

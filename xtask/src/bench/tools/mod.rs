@@ -4,7 +4,9 @@
 
 pub(super) mod chunk;
 pub(super) mod nc;
+mod rsync;
 pub(super) mod scp;
+mod tar_nc;
 mod tcp;
 pub(super) mod uftp;
 
@@ -54,6 +56,10 @@ pub enum Tool {
     ChunkXdpIpv6Udp,
     /// chunk-socket in UDP over IPv6.
     ChunkSocketIpv6Udp,
+    /// `tar c | nc` to `nc -l | tar x`: TCP (the namespace's), a tree as one stream.
+    TarNc,
+    /// rsync (`rsync -a`) to an rsync daemon of the bench's own in the receiver's namespace.
+    Rsync,
 }
 
 impl Tool {
@@ -74,6 +80,8 @@ impl Tool {
             Tool::ChunkSocketUdp => "chunk-socket-udp",
             Tool::ChunkXdpIpv6Udp => "chunk-xdp-ipv6-udp",
             Tool::ChunkSocketIpv6Udp => "chunk-socket-ipv6-udp",
+            Tool::TarNc => "tar-nc",
+            Tool::Rsync => "rsync",
         }
     }
 
@@ -109,7 +117,9 @@ impl Tool {
             | Tool::TcpBbr
             | Tool::Uftp
             | Tool::ChunkXdpEnc
-            | Tool::Scp => return None,
+            | Tool::Scp
+            | Tool::TarNc
+            | Tool::Rsync => return None,
         })
     }
 
@@ -144,13 +154,18 @@ pub struct Transfer<'a> {
     pub bin: &'a str,
     /// Where the drivers keep `/usr/bin/time`'s files.
     pub work: &'a Path,
-    /// The file to send.
+    /// The file, or the directory, to send.
     pub file: &'a Path,
+    /// Transfers chunk's receiver sees for it: 1 for a file; a tree's files and directories.
+    pub transfers: u64,
     /// Where the receiver writes it.
     pub out_dir: &'a Path,
     pub mtu: u32,
     /// How long the sender may take.
     pub timeout: Duration,
+    /// Cut chunk off after this long and measure what arrived, as the TCP tools always are
+    /// (the tree cases); `None`: a chunk transfer that takes longer than `timeout` fails.
+    pub chunk_cut_off: Option<Duration>,
     /// chunk-xdp-enc's keys, if they were made.
     pub keys: Option<&'a chunk::Keys>,
     /// scp's sshd configuration and keys, if they were made.
@@ -178,6 +193,8 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
             )
         }
         Tool::Scp => scp::run(t, t.ssh.context("scp's sshd was not prepared")?, run),
+        Tool::TarNc => tar_nc::run(t, run),
+        Tool::Rsync => rsync::run(t, run),
         _ => unreachable!("chunk's tools are run above"),
     }
 }
@@ -349,20 +366,32 @@ pub(super) fn output_within(mut cmd: Command, limit: Duration) -> Result<std::pr
 
 /// A tool cut off at its time limit (its process stopped, the mark taken): what arrived at
 /// `dest` in the time allowed is the figure (the caller checks that it is the file's first
-/// bytes); nothing at all is the cut-off's error `e`.
+/// bytes, or for a tree counts the files that arrived whole); nothing at all is the cut-off's
+/// error `e`.
 pub fn cut_off(
     dest: &Path,
     times: &crate::bench::accounting::TimeFiles,
     run: &mut Run,
     e: anyhow::Error,
 ) -> Result<()> {
-    let got = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let got = bytes_under(dest);
     if got == 0 {
         return Err(e);
     }
     run.partial_bytes = Some(got);
     times.read_into(run);
     Ok(())
+}
+
+/// The bytes of `path`, a file, or of every file below it, a directory (0 if there is none).
+fn bytes_under(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| bytes_under(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -396,5 +425,19 @@ mod tests {
             .map(|&(_, pp)| pp)
             .unwrap();
         assert!(descendants(parent, &processes()).contains(&me));
+    }
+
+    #[test]
+    fn a_cut_off_trees_bytes_are_its_files() {
+        let dir = crate::workspace_root()
+            .join("target/bench-test")
+            .join(format!("bytes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/x"), [0u8; 10]).unwrap();
+        std::fs::write(dir.join("a/b/y"), [0u8; 5]).unwrap();
+        assert_eq!(bytes_under(&dir), 15);
+        assert_eq!(bytes_under(&dir.join("a/x")), 10);
+        assert_eq!(bytes_under(&dir.join("none")), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
