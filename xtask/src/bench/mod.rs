@@ -685,8 +685,13 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         eprintln!("bench: no chart: {e:#}");
     }
     eprintln!(
-        "bench: wrote {}/results.md, results.json, goodput.png",
-        out.display()
+        "bench: wrote {}/results.md, results.json{}",
+        out.display(),
+        if chart_args.cases.is_empty() {
+            ""
+        } else {
+            ", goodput.png"
+        }
     );
     Ok(())
 }
