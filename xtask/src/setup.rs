@@ -148,6 +148,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("ping", "iputils-ping"),
     ("sshd", "openssh-server"),
+    // The bench's tree cases compare chunk with rsync (to an rsync daemon of their own).
+    ("rsync", "rsync"),
 ];
 
 /// Debian's ssh service does not start while this file exists (its systemd unit and init

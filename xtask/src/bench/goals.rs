@@ -3,7 +3,8 @@
 //! receiver against its socket receiver in every case, chunk under a flood against itself on a
 //! clean link, the in-kernel check's cost per byte, and the receiver's memory for a large file
 //! against a small one; with encryption, chunk-xdp-enc against chunk-xdp in every case and
-//! against scp, clean and at 5 % loss.
+//! against scp, clean and at 5 % loss; in the tree cases, chunk's goodput for 10 000 small
+//! files against its own for one large file, and against `tar c | nc` and rsync.
 
 use serde::Serialize;
 
@@ -12,6 +13,7 @@ use super::{
     rss::RssRow,
     stats::{Sums, goodput},
     tools::Tool,
+    tree::{self, Payload},
     xdp_cost::XdpCost,
 };
 
@@ -73,13 +75,60 @@ fn prefix(case: Case) -> &'static str {
         Case::Flood => "flood",
         Case::Wan => "WAN",
         Case::Share => "sharing",
+        Case::Tree => "trees",
+        Case::TreeLoss1 => "trees, 1 % loss",
     }
 }
 
 /// Jumbo frames from this MTU on: the goal that chunk gains more from them than TCP does.
 const JUMBO_MTU: u32 = 9000;
 
-pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost) -> Vec<Ratio> {
+pub fn ratios(
+    args: &BenchArgs,
+    sums: &Sums,
+    tree: &tree::Sums,
+    rss: &[RssRow],
+    xdp_cost: &XdpCost,
+) -> Vec<Ratio> {
+    use Tool::*;
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    // The cases with one large file have their goals, the tree cases theirs.
+    let file_cases: Vec<Case> = args
+        .cases
+        .iter()
+        .copied()
+        .filter(|c| !c.is_tree())
+        .collect();
+    let mut v = if file_cases.is_empty() {
+        Vec::new()
+    } else {
+        file_ratios(args, &file_cases, sums)
+    };
+    v.extend(tree_ratios(&args.cases, tree));
+    v.push(Ratio::at_most(
+        "in-kernel check: valid chunk ns/byte (xdp-cost)",
+        xdp_cost.cost().map(|c| c.valid_ns_per_byte),
+        0.25,
+    ));
+    for tool in [ChunkXdp, ChunkSocket] {
+        let rss_of = |mib| {
+            rss.iter()
+                .find(|r| r.tool == tool && r.mib == mib)
+                .and_then(|r| r.recv_rss_mib)
+        };
+        if rss.iter().any(|r| r.tool == tool) {
+            v.push(Ratio::at_most(
+                format!("{}: receiver peak RSS, 4 GiB / 64 MiB file", tool.name()),
+                div(rss_of(4096), rss_of(64)),
+                1.1,
+            ));
+        }
+    }
+    v
+}
+
+/// The goals of the cases with one large file (`file_cases`).
+fn file_ratios(args: &BenchArgs, file_cases: &[Case], sums: &Sums) -> Vec<Ratio> {
     let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     let g = |case, tool| goodput(sums, case, tool);
     let machine_cpu = |case, tool| sums.get(&(case, tool)).and_then(|s| s.machine_cpu_per_gib);
@@ -120,7 +169,7 @@ pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost)
         ),
     ];
     // The XDP receiver exists to be faster than the socket one: in every case, not on average.
-    for &case in &args.cases {
+    for &case in file_cases {
         v.push(Ratio::at_least(
             format!("{}: chunk-xdp / chunk-socket goodput", prefix(case)),
             div(g(case, ChunkXdp), g(case, ChunkSocket)),
@@ -129,7 +178,7 @@ pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost)
     }
     // IPv6 (a 40-byte header) and UDP (8 more) cost their header bytes, no more: each variant
     // within 5 % of the same receive path over plain IPv4, in every case.
-    for &case in &args.cases {
+    for &case in file_cases {
         for &tool in args.tools.iter().filter(|t| t.plain() != **t) {
             v.push(Ratio::at_least(
                 format!(
@@ -146,7 +195,7 @@ pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost)
     // Encryption costs chunk at most 15 %, in every case; encrypted, it still beats the usual
     // encrypted copy, scp, on a clean link and by far under loss.
     if args.tools.contains(&ChunkXdpEnc) {
-        for &case in &args.cases {
+        for &case in file_cases {
             v.push(Ratio::at_least(
                 format!("{}: chunk-xdp-enc / chunk-xdp goodput", prefix(case)),
                 div(g(case, ChunkXdpEnc), g(case, ChunkXdp)),
@@ -184,22 +233,36 @@ pub fn ratios(args: &BenchArgs, sums: &Sums, rss: &[RssRow], xdp_cost: &XdpCost)
             1.5,
         ));
     }
-    v.push(Ratio::at_most(
-        "in-kernel check: valid chunk ns/byte (xdp-cost)",
-        xdp_cost.cost().map(|c| c.valid_ns_per_byte),
-        0.25,
-    ));
-    for tool in [ChunkXdp, ChunkSocket] {
-        let rss_of = |mib| {
-            rss.iter()
-                .find(|r| r.tool == tool && r.mib == mib)
-                .and_then(|r| r.recv_rss_mib)
-        };
-        if rss.iter().any(|r| r.tool == tool) {
-            v.push(Ratio::at_most(
-                format!("{}: receiver peak RSS, 4 GiB / 64 MiB file", tool.name()),
-                div(rss_of(4096), rss_of(64)),
-                1.1,
+    v
+}
+
+/// Issue 17's goals, in each tree case asked for: many small files cost chunk at most half its
+/// goodput on one large file, and chunk moves them at least as fast as `tar c | nc` and twice as
+/// fast as rsync.
+fn tree_ratios(cases: &[Case], sums: &tree::Sums) -> Vec<Ratio> {
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let g = |case, tool, p| tree::goodput(sums, case, tool, p);
+    use {Payload::*, Tool::*};
+    let mut v = Vec::new();
+    for &case in cases.iter().filter(|c| c.is_tree()) {
+        let chunk = g(case, ChunkXdp, Files);
+        v.push(Ratio::at_least(
+            format!(
+                "{}: chunk-xdp 10 000 files / its 40 MiB file goodput",
+                prefix(case)
+            ),
+            div(chunk, g(case, ChunkXdp, Big)),
+            0.5,
+        ));
+        for (tool, goal) in [(TarNc, 1.0), (Rsync, 2.0)] {
+            v.push(Ratio::at_least(
+                format!(
+                    "{}: chunk-xdp / {} 10 000-file goodput",
+                    prefix(case),
+                    tool.name()
+                ),
+                div(chunk, g(case, tool, Files)),
+                goal,
             ));
         }
     }
@@ -222,7 +285,7 @@ mod tests {
         let mut args = fixtures::args();
         let sums = summarize(&fixtures::runs(), args.size_mib << 20);
         let cost = fixtures::xdp_cost();
-        let v = ratios(&args, &sums, &[], &cost);
+        let v = ratios(&args, &sums, &tree::Sums::new(), &[], &cost);
         // One row per case for chunk-xdp against chunk-socket (missing in the fixtures).
         for case in ["clean", "1 % loss", "5 % loss", "flood"] {
             let r = find(&v, &format!("{case}: chunk-xdp / chunk-socket goodput"));
@@ -242,7 +305,7 @@ mod tests {
         assert!(!v.iter().any(|r| r.name.starts_with("jumbo")));
         args.mtu = 9000;
         let failed = XdpCost::Failed { error: "x".into() };
-        let v = ratios(&args, &sums, &[], &failed);
+        let v = ratios(&args, &sums, &tree::Sums::new(), &[], &failed);
         let r = find(&v, "jumbo (MTU 9000): clean: chunk-xdp / nc goodput");
         assert_eq!(r.goal, "≥ 1.5");
         let r = find(&v, "in-kernel check: valid chunk ns/byte (xdp-cost)");
@@ -274,7 +337,7 @@ mod tests {
         }
         let sums = summarize(&runs, args.size_mib << 20);
         let cost = fixtures::xdp_cost();
-        let v = ratios(&args, &sums, &[], &cost);
+        let v = ratios(&args, &sums, &tree::Sums::new(), &[], &cost);
         let close = |r: &Ratio, x: f64| (r.value.unwrap() - x).abs() < 1e-9;
         let r = find(&v, "clean: chunk-xdp-enc / chunk-xdp goodput");
         assert!(
@@ -299,18 +362,73 @@ mod tests {
         // Without either tool on the command line, none of these rows.
         args.tools
             .retain(|t| !matches!(t, Tool::ChunkXdpEnc | Tool::Scp));
-        let v = ratios(&args, &sums, &[], &cost);
+        let v = ratios(&args, &sums, &tree::Sums::new(), &[], &cost);
         assert!(
             !v.iter()
                 .any(|r| r.name.contains("-enc") || r.name.contains("scp"))
         );
         // scp alone: the goals against it are there, unmeasured, and chunk-xdp's figure.
         args.tools.push(Tool::Scp);
-        let v = ratios(&args, &sums, &[], &cost);
+        let v = ratios(&args, &sums, &tree::Sums::new(), &[], &cost);
         assert!(
             !v.iter()
                 .any(|r| r.name.contains("chunk-xdp-enc / chunk-xdp"))
         );
         assert!(find(&v, "clean: chunk-xdp / scp goodput").value.is_some());
+    }
+
+    #[test]
+    fn tree_goals_are_measured_ratios_in_each_tree_case_asked_for() {
+        use tree::tests::{data, run};
+        let mut args = fixtures::args();
+        args.cases = vec![Case::Clean, Case::Tree, Case::TreeLoss1];
+        // Clean: chunk 10 000 files in 1.5 s (27.3 MB/s), its 40 MiB in 1 s (41.9 MB/s), tar |
+        // nc in 1 s, rsync in 5 s. At 1 % loss chunk takes 4 s and nothing else ran.
+        let runs = [
+            run(Case::Tree, Tool::ChunkXdp, Payload::Files, 0, 1.5),
+            run(Case::Tree, Tool::ChunkXdp, Payload::Big, 0, 1.0),
+            run(Case::Tree, Tool::TarNc, Payload::Files, 0, 1.0),
+            run(Case::Tree, Tool::Rsync, Payload::Files, 0, 5.0),
+            run(Case::TreeLoss1, Tool::ChunkXdp, Payload::Files, 0, 4.0),
+        ];
+        let tree = tree::summarize(&runs, &data());
+        let sums = summarize(&fixtures::runs(), args.size_mib << 20);
+        let v = ratios(&args, &sums, &tree, &[], &fixtures::xdp_cost());
+        let close = |r: &Ratio, x: f64| (r.value.unwrap() - x).abs() < 1e-9;
+        let r = find(
+            &v,
+            "trees: chunk-xdp 10 000 files / its 40 MiB file goodput",
+        );
+        let own = (10_000.0 * 4096.0 / 1.5) / (40.0 * 1048576.0);
+        assert!(
+            close(r, own) && r.met == Some(true) && r.goal == "≥ 0.5",
+            "{r:?}"
+        );
+        let r = find(&v, "trees: chunk-xdp / tar-nc 10 000-file goodput");
+        assert!(
+            close(r, 1.0 / 1.5) && r.met == Some(false) && r.goal == "≥ 1.0",
+            "{r:?}"
+        );
+        let r = find(&v, "trees: chunk-xdp / rsync 10 000-file goodput");
+        assert!(
+            close(r, 5.0 / 1.5) && r.met == Some(true) && r.goal == "≥ 2.0",
+            "{r:?}"
+        );
+        let r = find(&v, "trees, 1 % loss: chunk-xdp / rsync 10 000-file goodput");
+        assert_eq!((r.value, r.met), (None, None));
+        // The tree cases add no rows of the one-file goals that loop over the cases.
+        assert!(
+            !v.iter()
+                .any(|r| r.name.starts_with("trees: chunk-xdp / chunk-socket"))
+        );
+        // Only tree cases: only their goals, and the in-kernel check's.
+        args.cases = vec![Case::Tree];
+        let v = ratios(&args, &sums, &tree, &[], &fixtures::xdp_cost());
+        assert!(!v.iter().any(|r| r.name.starts_with("clean")));
+        assert_eq!(v.len(), 4, "{v:?}");
+        // Without a tree case, no tree goals.
+        args.cases = vec![Case::Clean];
+        let v = ratios(&args, &sums, &tree, &[], &fixtures::xdp_cost());
+        assert!(!v.iter().any(|r| r.name.starts_with("trees")));
     }
 }

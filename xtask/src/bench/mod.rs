@@ -17,6 +17,10 @@
 //! and a PNG chart ([`chart`]), with the goals met or not ([`goals`]); docs/PERFORMANCE.md says
 //! how to read them.
 //!
+//! The tree cases (`--cases tree,tree-loss1`, not by default) send 10 000 small files and one
+//! 40 MiB file with chunk, `tar c | nc` and rsync through the same router, in the same rounds
+//! ([`tree`]); results.md and results.json get their table and goals.
+//!
 //! This module holds the command line and the orchestration: the rounds, one run (flood, driver,
 //! hash check), the optional RSS check ([`rss`]), the in-kernel check, and writing the results.
 
@@ -31,6 +35,7 @@ mod stats;
 mod tcp;
 mod tools;
 mod topology;
+mod tree;
 mod wakeups;
 mod wan;
 mod xdp_cost;
@@ -67,6 +72,11 @@ pub enum Case {
     Wan,
     /// Two flows on one WAN bottleneck: chunk + chunk, chunk + TCP CUBIC, chunk + TCP BBR.
     Share,
+    /// Trees: 10 000 files of 4 KiB and one 40 MiB file with chunk, tar | nc and rsync, on the
+    /// clean LAN link ([`tree`]).
+    Tree,
+    /// The same at 1 % loss each way.
+    TreeLoss1,
 }
 
 impl Case {
@@ -79,7 +89,14 @@ impl Case {
             Case::Flood => "flood",
             Case::Wan => "wan",
             Case::Share => "share",
+            Case::Tree => "tree",
+            Case::TreeLoss1 => "tree-loss1",
         }
+    }
+
+    /// Whether the case sends the trees (and the 40 MiB file) rather than the one large file.
+    fn is_tree(self) -> bool {
+        matches!(self, Case::Tree | Case::TreeLoss1)
     }
 
     /// Whether the case runs on the LAN topology (router, nftables loss), not the delay line.
@@ -90,9 +107,9 @@ impl Case {
     /// The share of forwarded packets the router drops, each way, in percent.
     fn loss_percent(self) -> u32 {
         match self {
-            Case::Loss1 => 1,
+            Case::Loss1 | Case::TreeLoss1 => 1,
             Case::Loss5 => 5,
-            Case::Clean | Case::Flood | Case::Wan | Case::Share => 0,
+            Case::Clean | Case::Flood | Case::Wan | Case::Share | Case::Tree => 0,
         }
     }
 
@@ -105,6 +122,8 @@ impl Case {
             Case::Flood => "junk flood",
             Case::Wan => "WAN grid",
             Case::Share => "WAN sharing",
+            Case::Tree => "trees",
+            Case::TreeLoss1 => "trees, 1 % loss each way",
         }
     }
 }
@@ -125,7 +144,9 @@ pub struct BenchArgs {
     rounds: u32,
     /// Cases: clean, loss1, loss5 (percent lost each way), flood (junk packets at full rate
     /// from a second sender during the transfer) on the LAN; wan (the delay-line grid of the
-    /// --wan-* options) and share (two flows on one WAN bottleneck).
+    /// --wan-* options) and share (two flows on one WAN bottleneck); tree and tree-loss1
+    /// (10 000 files of 4 KiB and one 40 MiB file with chunk-xdp, tar-nc and rsync, whatever
+    /// --tools says, on the LAN link clean and at 1 % loss; not by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -137,7 +158,8 @@ pub struct BenchArgs {
     /// keygen`; n/a in a chunk without it), nc (the namespace's TCP), tcp-cubic and tcp-bbr
     /// (TCP with the congestion control set per socket), uftp, scp (OpenSSH, its default
     /// cipher, to an sshd of the bench's own; not by default: like nc it takes its 45 s
-    /// cut-off at 5 % loss every round, about 6 minutes more).
+    /// cut-off at 5 % loss every round, about 6 minutes more), tar-nc (`tar c | nc` to
+    /// `nc -l | tar x`) and rsync (to an rsync daemon of the bench's own).
     #[arg(
         long,
         value_delimiter = ',',
@@ -217,6 +239,8 @@ struct Bench<'a> {
     work: PathBuf,
     file: PathBuf,
     hash: [u8; 32],
+    /// The tree cases' files, if a tree case was asked for.
+    tree: Option<tree::Data>,
 }
 
 impl Bench<'_> {
@@ -270,9 +294,11 @@ impl Bench<'_> {
             bin: &self.bin,
             work: &self.work,
             file: &self.file,
+            transfers: 1,
             out_dir,
             mtu: self.args.mtu,
             timeout: Duration::from_secs(self.args.timeout_s),
+            chunk_cut_off: None,
             keys: self.keys.as_ref().ok(),
             ssh: self.ssh.as_ref().ok(),
         };
@@ -383,7 +409,7 @@ pub fn run(bin: &Path, args: &BenchArgs) -> Result<()> {
     if !chunk_tests::is_root() {
         bail!("the benchmark creates network namespaces and attaches XDP: run it as root");
     }
-    crate::setup::apt_install(&["uftp", "netcat-openbsd", "time"])?;
+    crate::setup::apt_install(&["uftp", "netcat-openbsd", "time", "rsync"])?;
     let removed = chunk_tests::sweep_stale_namespaces()?;
     if !removed.is_empty() {
         eprintln!("bench: removed stale namespaces: {}", removed.join(", "));
@@ -485,10 +511,20 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
     let _cleanup = Cleanup(work.clone());
     let file = work.join("bench.bin");
     let size = args.size_mib << 20;
-    eprintln!("bench: generating {} MiB", args.size_mib);
-    let hash = generate(&file, size)?;
+    let file_cases = args.cases.iter().any(|c| !c.is_tree());
+    let hash = if file_cases {
+        eprintln!("bench: generating {} MiB", args.size_mib);
+        generate(&file, size)?
+    } else {
+        [0; 32]
+    };
+    let tree = if args.cases.iter().any(|c| c.is_tree()) {
+        Some(tree::Data::make(&work)?)
+    } else {
+        None
+    };
     let net = Net::new(args.mtu)?;
-    let bench = Bench {
+    let mut bench = Bench {
         args,
         bin: bin.clone(),
         socket_mode,
@@ -498,6 +534,7 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         work: work.clone(),
         file,
         hash,
+        tree,
     };
     let mut machine = Machine::read(&bench.net.routed.sender);
     eprint!("bench: {}", machine.markdown());
@@ -506,18 +543,40 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let deadline = Duration::from_secs(args.max_minutes * 60);
     let mut runs = Vec::new();
+    let mut tree_runs = Vec::new();
+    let time_up = || {
+        let up = started.elapsed() > deadline;
+        if up {
+            eprintln!(
+                "bench: time is up ({} min); reporting what ran",
+                args.max_minutes
+            );
+        }
+        up
+    };
     'rounds: for round in 0..args.rounds {
         for &case in &args.cases {
             bench.net.set_loss(case.loss_percent())?;
             // Rotate the tools' order each round: no tool always runs first after a change.
+            if let (true, Some(data)) = (case.is_tree(), &bench.tree) {
+                let n = tree::TOOLS.len();
+                for i in 0..n {
+                    let tool = tree::TOOLS[(i + round as usize) % n];
+                    for payload in tree::Payload::ALL {
+                        if time_up() {
+                            break 'rounds;
+                        }
+                        let r = tree::run(&bench, data, tool, case, round, payload);
+                        tree::log(&r, data);
+                        tree_runs.push(r);
+                    }
+                }
+                continue;
+            }
             let n = args.tools.len();
             for i in 0..n {
                 let tool = args.tools[(i + round as usize) % n];
-                if started.elapsed() > deadline {
-                    eprintln!(
-                        "bench: time is up ({} min); reporting what ran",
-                        args.max_minutes
-                    );
+                if time_up() {
                     break 'rounds;
                 }
                 let r = bench.run(tool, case, round);
@@ -527,6 +586,7 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         }
     }
     bench.net.set_loss(0)?;
+    let tree_data = bench.tree.take();
     drop(bench);
     machine.ssh_cipher = runs.iter().find_map(|r| r.cipher.clone());
     if let Some(c) = &machine.ssh_cipher {
@@ -552,6 +612,10 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         Vec::new()
     };
     let sums = stats::summarize(&runs, size);
+    let tree_sums = tree_data
+        .as_ref()
+        .map(|d| tree::summarize(&tree_runs, d))
+        .unwrap_or_default();
     let load_after = loadavg();
     let findings = report::Findings {
         args,
@@ -559,6 +623,11 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         sums: &sums,
         rss: &rss,
         xdp_cost: &xdp_cost,
+        tree: tree_data.as_ref().map(|data| tree::Trees {
+            data,
+            sums: &tree_sums,
+            runs: &tree_runs,
+        }),
     };
     let mut md = report::markdown(&findings);
     let cut: Vec<String> = runs
@@ -600,12 +669,29 @@ fn run_lan(bin: &str, args: &BenchArgs) -> Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    if let Err(e) = chart::draw(&out.join("goodput.png"), args, &machine, &sums) {
+    // The chart is of the cases with one large file.
+    let chart_args = BenchArgs {
+        cases: args
+            .cases
+            .iter()
+            .copied()
+            .filter(|c| !c.is_tree())
+            .collect(),
+        ..args.clone()
+    };
+    if chart_args.cases.is_empty() {
+        let _ = std::fs::remove_file(out.join("goodput.png"));
+    } else if let Err(e) = chart::draw(&out.join("goodput.png"), &chart_args, &machine, &sums) {
         eprintln!("bench: no chart: {e:#}");
     }
     eprintln!(
-        "bench: wrote {}/results.md, results.json, goodput.png",
-        out.display()
+        "bench: wrote {}/results.md, results.json{}",
+        out.display(),
+        if chart_args.cases.is_empty() {
+            ""
+        } else {
+            ", goodput.png"
+        }
     );
     Ok(())
 }
@@ -643,12 +729,12 @@ mod fixtures {
         }
     }
 
-    /// The LAN cases, in their order.
+    /// The LAN cases of the one large file (the default cases), in their order.
     pub fn lan_cases() -> Vec<Case> {
         Case::value_variants()
             .iter()
             .copied()
-            .filter(|c| c.is_lan())
+            .filter(|c| c.is_lan() && !c.is_tree())
             .collect()
     }
 
@@ -763,6 +849,15 @@ mod tests {
             [Tool::Uftp, Tool::ChunkXdp, Tool::Nc, Tool::ChunkSocket]
         );
         assert!(parse(&["--cases", "loss2"]).is_err());
+        // The tree cases are asked for by name, and run on the LAN link with its loss.
+        let tree = parse(&["--cases", "tree,tree-loss1"]).unwrap();
+        assert_eq!(tree.cases, [Case::Tree, Case::TreeLoss1]);
+        assert!(tree.cases.iter().all(|c| c.is_lan() && c.is_tree()));
+        assert_eq!(Case::TreeLoss1.loss_percent(), Case::Loss1.loss_percent());
+        assert_eq!(
+            parse(&["--tools", "tar-nc,rsync"]).unwrap().tools,
+            [Tool::TarNc, Tool::Rsync]
+        );
         let wan = parse(&["--cases", "wan,share", "--wan-rtts", "50,200"]).unwrap();
         assert_eq!(wan.cases, [Case::Wan, Case::Share]);
         assert_eq!(wan.wan.wan_rtts, [50, 200]);

@@ -1,6 +1,6 @@
 //! The results as people and programs read them: `results.md` (the machine, the table, the
-//! per-packet and wakeup table, the goals, the in-kernel check's cost, the RSS check, the failed
-//! runs) and `results.json`, written from the serde types here, whose field names are the ones
+//! per-packet and wakeup table, the tree cases' table, the goals, the in-kernel check's cost, the
+//! RSS check, the failed runs) and `results.json` (`tree` only when the tree cases ran), written from the serde types here, whose field names are the ones
 //! results.json has always had (new figures only add fields).
 
 use serde::Serialize;
@@ -13,6 +13,7 @@ use super::{
     run::Run,
     stats::{Summary, Sums},
     tools::Tool,
+    tree::{self, Trees},
     wakeups::Wakeups,
     xdp_cost::{self, XdpCost},
 };
@@ -25,11 +26,20 @@ pub struct Findings<'a> {
     pub sums: &'a Sums,
     pub rss: &'a [RssRow],
     pub xdp_cost: &'a XdpCost,
+    /// The tree cases' figures, if any ran.
+    pub tree: Option<Trees<'a>>,
 }
 
 impl Findings<'_> {
     fn ratios(&self) -> Vec<Ratio> {
-        ratios(self.args, self.sums, self.rss, self.xdp_cost)
+        let none = tree::Sums::new();
+        let tree = self.tree.map_or(&none, |t| t.sums);
+        ratios(self.args, self.sums, tree, self.rss, self.xdp_cost)
+    }
+
+    /// Whether any case sends the one large file (not only the trees).
+    fn has_file_cases(&self) -> bool {
+        self.args.cases.iter().any(|c| !c.is_tree())
     }
 
     /// The summaries in the order of the command line's cases and tools.
@@ -61,6 +71,9 @@ pub struct Results<'a> {
     xdp_cost: &'a XdpCost,
     rss_check: &'a [RssRow],
     runs: Vec<RunJson>,
+    /// The tree cases, if they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tree: Option<tree::Json>,
 }
 
 /// One summary, with the case and tool it is of.
@@ -134,6 +147,7 @@ impl<'a> Results<'a> {
             sums,
             rss,
             xdp_cost,
+            tree,
         } = *f;
         let size = args.size_mib << 20;
         Results {
@@ -158,6 +172,7 @@ impl<'a> Results<'a> {
             xdp_cost,
             rss_check: rss,
             runs: runs.iter().map(|r| RunJson::new(r, size)).collect(),
+            tree: tree.map(tree::Json::new),
         }
     }
 }
@@ -169,52 +184,12 @@ fn fmt(v: Option<f64>, prec: usize) -> String {
 pub fn markdown(f: &Findings) -> String {
     let (args, rss) = (f.args, f.rss);
     let mut o = f.machine.markdown();
-    o.push_str(&format!(
-        "\n{} MiB file, MTU {}, median of {} rounds. Goodput = file size / time until the file \
-         is complete at the receiver (chunk and UFTP: until the sender has the receiver's \
-         confirmation; chunk's includes hashing the file on both sides), range = slowest and \
-         fastest round. CPU s/GiB: user + system of each process (`/usr/bin/time`); machine = \
-         both cores' busy time during the transfer (kernel receive work, router, flood \
-         included). Retransmissions: chunk's own count of chunks sent again; TCP's \
-         TcpRetransSegs; UFTP: UDP packets beyond the file's blocks, counted at the router. \
-         Junk: packets per second the router forwarded from the junk sender. nc's label names \
-         the TCP congestion control of the sender's namespace.\n\n",
-        args.size_mib, args.mtu, args.rounds
-    ));
-    o.push_str(
-        "| case | tool | goodput MB/s | range | sender CPU s/GiB | receiver CPU s/GiB \
-         | machine CPU s/GiB | sender RSS MiB | receiver RSS MiB | retransmissions \
-         | junk kpps | ok |\n",
-    );
-    o.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (case, tool, s) in f.summaries() {
-        let (case, tool) = (case.name(), f.machine.label(tool));
-        if s.na {
-            o.push_str(&format!(
-                "| {case} | {tool} | n/a | | | | | | | | | 0/{} |\n",
-                s.runs
-            ));
-            continue;
-        }
-        let range = match (s.goodput_min, s.goodput_max) {
-            (Some(a), Some(b)) => format!("{a:.0}–{b:.0}"),
-            _ => "–".into(),
-        };
-        o.push_str(&format!(
-            "| {case} | {tool} | {} | {range} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
-            fmt(s.goodput, 1),
-            fmt(s.send_cpu_per_gib, 2),
-            fmt(s.recv_cpu_per_gib, 2),
-            fmt(s.machine_cpu_per_gib, 2),
-            fmt(s.send_rss_mib, 1),
-            fmt(s.recv_rss_mib, 1),
-            fmt(s.retransmissions, 0),
-            fmt(s.junk_kpps, 0),
-            s.ok,
-            s.runs
-        ));
+    if f.has_file_cases() {
+        o.push_str(&file_tables(f));
     }
-    o.push_str(&per_packet_table(f));
+    if let Some(t) = f.tree {
+        o.push_str(&tree::markdown(&args.cases, args.rounds, t.sums, t.runs));
+    }
     o.push_str("\n| goal (same run) | measured | goal | met |\n|---|---:|---:|---|\n");
     for r in f.ratios() {
         let met = match r.met {
@@ -274,6 +249,59 @@ pub fn markdown(f: &Findings) -> String {
         o.push_str(&errors.join("\n"));
         o.push('\n');
     }
+    o
+}
+
+/// results.md's tables of the cases with one large file: the figures, then per packet.
+fn file_tables(f: &Findings) -> String {
+    let args = f.args;
+    let mut o = String::new();
+    o.push_str(&format!(
+        "\n{} MiB file, MTU {}, median of {} rounds. Goodput = file size / time until the file \
+         is complete at the receiver (chunk and UFTP: until the sender has the receiver's \
+         confirmation; chunk's includes hashing the file on both sides), range = slowest and \
+         fastest round. CPU s/GiB: user + system of each process (`/usr/bin/time`); machine = \
+         both cores' busy time during the transfer (kernel receive work, router, flood \
+         included). Retransmissions: chunk's own count of chunks sent again; TCP's \
+         TcpRetransSegs; UFTP: UDP packets beyond the file's blocks, counted at the router. \
+         Junk: packets per second the router forwarded from the junk sender. nc's label names \
+         the TCP congestion control of the sender's namespace.\n\n",
+        args.size_mib, args.mtu, args.rounds
+    ));
+    o.push_str(
+        "| case | tool | goodput MB/s | range | sender CPU s/GiB | receiver CPU s/GiB \
+         | machine CPU s/GiB | sender RSS MiB | receiver RSS MiB | retransmissions \
+         | junk kpps | ok |\n",
+    );
+    o.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (case, tool, s) in f.summaries() {
+        let (case, tool) = (case.name(), f.machine.label(tool));
+        if s.na {
+            o.push_str(&format!(
+                "| {case} | {tool} | n/a | | | | | | | | | 0/{} |\n",
+                s.runs
+            ));
+            continue;
+        }
+        let range = match (s.goodput_min, s.goodput_max) {
+            (Some(a), Some(b)) => format!("{a:.0}–{b:.0}"),
+            _ => "–".into(),
+        };
+        o.push_str(&format!(
+            "| {case} | {tool} | {} | {range} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            fmt(s.goodput, 1),
+            fmt(s.send_cpu_per_gib, 2),
+            fmt(s.recv_cpu_per_gib, 2),
+            fmt(s.machine_cpu_per_gib, 2),
+            fmt(s.send_rss_mib, 1),
+            fmt(s.recv_rss_mib, 1),
+            fmt(s.retransmissions, 0),
+            fmt(s.junk_kpps, 0),
+            s.ok,
+            s.runs
+        ));
+    }
+    o.push_str(&per_packet_table(f));
     o
 }
 
@@ -345,6 +373,7 @@ mod tests {
             sums: &sums,
             rss: &rss,
             xdp_cost: &cost,
+            tree: None,
         };
         let results = Results::new(&f, 1.0, ("0".into(), "0".into()), &runs);
         let v = serde_json::to_value(&results).unwrap();
@@ -415,6 +444,7 @@ mod tests {
             sums: &sums,
             rss: &[],
             xdp_cost: &cost,
+            tree: None,
         });
         assert!(
             md.starts_with("Machine: Test CPU, 2 CPUs, kernel 6.18.0; commit abc1234;"),

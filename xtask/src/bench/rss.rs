@@ -69,6 +69,7 @@ pub fn check(bin: &str, socket_mode: bool, dir: &Path, args: &BenchArgs) -> Vec<
             work: dir.to_path_buf(),
             file: file.clone(),
             hash,
+            tree: None,
         };
         for &tool in &tools {
             let r = b.run(tool, Case::Clean, 0);

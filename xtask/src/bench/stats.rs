@@ -193,6 +193,7 @@ mod tests {
             sums: &sums,
             rss: &[],
             xdp_cost: &cost,
+            tree: None,
         });
         assert!(md.contains("| clean | chunk-socket | n/a |"), "{md}");
         assert!(

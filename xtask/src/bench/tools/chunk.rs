@@ -1,5 +1,6 @@
-//! chunk: `chunk recv --exit-after 1` (XDP, or `--mode socket`) started with the harness's
-//! launcher, then `chunk send`, which exits only once the receiver confirmed the file's hash.
+//! chunk: `chunk recv --exit-after N` (XDP, or `--mode socket`; N = 1 for a file, a tree's files
+//! and directories) started with the harness's launcher, then `chunk send`, which exits only once
+//! the receiver confirmed every file's hash.
 //! Retransmissions are the sender's own count; the junk dropped is the receiver's counters.
 //! chunk-xdp-enc is the same with public-key encryption: keys made once per benchmark with
 //! `chunk keygen` ([`Keys`]), the receiver admitting only the bench's sender.
@@ -137,7 +138,8 @@ pub fn run(
 ) -> Result<()> {
     let net = &t.net.routed;
     let times = TimeFiles::in_dir(t.work);
-    let mut extra = vec!["--exit-after", "1"];
+    let transfers = t.transfers.to_string();
+    let mut extra = vec!["--exit-after", &transfers];
     if mode == Mode::Socket {
         extra.extend(["--mode", "socket"]);
     }
@@ -146,16 +148,16 @@ pub fn run(
     }
     let enc_args = keys.map(Keys::recv_args).unwrap_or_default();
     extra.extend(enc_args.iter().map(String::as_str));
+    let mut rc = timed(&net.receiver, &times.recv, t.bin);
+    if t.transfers > 1 {
+        // A tree: no log line per file (tar and rsync print none either).
+        rc.env("RUST_LOG", "warn");
+    }
     let ReadyRecv {
         daemon: receiver,
         lines,
         ..
-    } = spawn_recv(
-        timed(&net.receiver, &times.recv, t.bin),
-        net.receiver_if,
-        t.out_dir,
-        &extra,
-    )?;
+    } = spawn_recv(rc, net.receiver_if, t.out_dir, &extra)?;
     let to = if transport.ipv6 {
         net.receiver_addr6.into()
     } else {
@@ -169,13 +171,19 @@ pub fn run(
         sc.args(keys.send_args());
     }
     let mark = Mark::start(t.net);
-    let out = match output_within(sc, t.timeout) {
+    let out = match output_within(sc, t.chunk_cut_off.unwrap_or(t.timeout).min(t.timeout)) {
         Ok(out) => out,
         Err(e) => {
             // The receiver waits for a transfer that will not come: stop it (not only the
             // `time` it runs under, which would leave it holding the link's XDP program).
+            mark.stop(t.net, run);
             let _ = stop_timed(receiver, Duration::ZERO);
-            return Err(e);
+            if t.chunk_cut_off.is_none() {
+                return Err(e);
+            }
+            // Cut off: what arrived whole is the figure (the caller checks it).
+            let dest = t.out_dir.join(t.file.file_name().expect("a file name"));
+            return super::cut_off(&dest, &times, run, e);
         }
     };
     // chunk send exits only once the receiver confirmed the file's hash.
@@ -192,7 +200,10 @@ pub fn run(
         bail!("chunk recv exited with {status}");
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("chunk send's JSON")?;
-    run.retransmissions = v["files"][0]["retransmitted"].as_u64();
+    // A tree's files each have their own count.
+    run.retransmissions = v["files"]
+        .as_array()
+        .and_then(|f| f.iter().map(|f| f["retransmitted"].as_u64()).sum());
     if let Some(exit) = lines
         .try_iter()
         .filter_map(|l| serde_json::from_str::<Value>(&l).ok())

@@ -4,7 +4,9 @@
 
 pub(super) mod chunk;
 pub(super) mod nc;
+mod rsync;
 pub(super) mod scp;
+mod tar_nc;
 mod tcp;
 pub(super) mod uftp;
 
@@ -54,6 +56,10 @@ pub enum Tool {
     ChunkXdpIpv6Udp,
     /// chunk-socket in UDP over IPv6.
     ChunkSocketIpv6Udp,
+    /// `tar c | nc` to `nc -l | tar x`: TCP (the namespace's), a tree as one stream.
+    TarNc,
+    /// rsync (`rsync -a`) to an rsync daemon of the bench's own in the receiver's namespace.
+    Rsync,
 }
 
 impl Tool {
@@ -74,6 +80,8 @@ impl Tool {
             Tool::ChunkSocketUdp => "chunk-socket-udp",
             Tool::ChunkXdpIpv6Udp => "chunk-xdp-ipv6-udp",
             Tool::ChunkSocketIpv6Udp => "chunk-socket-ipv6-udp",
+            Tool::TarNc => "tar-nc",
+            Tool::Rsync => "rsync",
         }
     }
 
@@ -109,7 +117,9 @@ impl Tool {
             | Tool::TcpBbr
             | Tool::Uftp
             | Tool::ChunkXdpEnc
-            | Tool::Scp => return None,
+            | Tool::Scp
+            | Tool::TarNc
+            | Tool::Rsync => return None,
         })
     }
 
@@ -144,13 +154,18 @@ pub struct Transfer<'a> {
     pub bin: &'a str,
     /// Where the drivers keep `/usr/bin/time`'s files.
     pub work: &'a Path,
-    /// The file to send.
+    /// The file, or the directory, to send.
     pub file: &'a Path,
+    /// Transfers chunk's receiver sees for it: 1 for a file; a tree's files and directories.
+    pub transfers: u64,
     /// Where the receiver writes it.
     pub out_dir: &'a Path,
     pub mtu: u32,
     /// How long the sender may take.
     pub timeout: Duration,
+    /// Cut chunk off after this long and measure what arrived, as the TCP tools always are
+    /// (the tree cases); `None`: a chunk transfer that takes longer than `timeout` fails.
+    pub chunk_cut_off: Option<Duration>,
     /// chunk-xdp-enc's keys, if they were made.
     pub keys: Option<&'a chunk::Keys>,
     /// scp's sshd configuration and keys, if they were made.
@@ -178,16 +193,110 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
             )
         }
         Tool::Scp => scp::run(t, t.ssh.context("scp's sshd was not prepared")?, run),
+        Tool::TarNc => tar_nc::run(t, run),
+        Tool::Rsync => rsync::run(t, run),
         _ => unreachable!("chunk's tools are run above"),
     }
 }
 
-/// Sends SIGTERM to the children of `pid` (the program `/usr/bin/time` runs), so that time
-/// itself lives to write its figures.
+/// Sends SIGTERM to every descendant of `pid`: the program `/usr/bin/time` runs, and what that
+/// runs in turn (a shell's pipeline: `tar c | nc`), so that none of them outlives the run and
+/// time itself lives to write its figures.
 pub(super) fn term_children(pid: u32) {
-    let _ = Command::new("pkill")
-        .args(["-TERM", "-P", &pid.to_string()])
-        .status();
+    for p in descendants(pid, &processes()) {
+        unsafe { libc::kill(p as i32, libc::SIGTERM) };
+    }
+}
+
+/// Every process's id and its parent's, from `/proc/PID/stat`.
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some((pid, parent_in_stat(&stat)?))
+    })
+    .collect()
+}
+
+/// The parent's id in a `/proc/PID/stat` line: the second field after the command's name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The descendants of `root` among `(pid, parent)` pairs, parents before their children.
+fn descendants(root: u32, procs: &[(u32, u32)]) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            procs
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+/// A server under `/usr/bin/time` that forks a process per connection (sshd, the rsync
+/// daemon): stopped when dropped, also when the transfer fails, so that none outlives its
+/// namespace.
+pub(super) struct Server {
+    daemon: Option<chunk_tests::Daemon>,
+}
+
+impl Server {
+    pub(super) fn new(daemon: chunk_tests::Daemon) -> Server {
+        Server {
+            daemon: Some(daemon),
+        }
+    }
+
+    /// Waits (up to `limit`) for the server's connection processes to end, so that `time`
+    /// counts their CPU (the server reaps them), ends any left, then stops the server and reaps
+    /// `time`. The server's own exit status (it is stopped by a signal) says nothing.
+    pub(super) fn stop(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let daemon = self
+            .daemon
+            .take()
+            .context("the server was stopped already")?;
+        let children = |pid: &str| {
+            Command::new("pgrep")
+                .args(["-P", pid])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        // The server itself is the child of `time`.
+        let server = children(&daemon.id().to_string());
+        if let Ok(pid) = server.parse::<u32>() {
+            let deadline = Instant::now() + limit;
+            while !children(&server).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !children(&server).is_empty() {
+                term_children(pid);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        stop_timed(daemon, Duration::ZERO)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = self.stop(Duration::ZERO);
+        }
+    }
 }
 
 /// Waits up to `limit` for the program that `/usr/bin/time` runs in `daemon` to exit, sends it
@@ -257,18 +366,78 @@ pub(super) fn output_within(mut cmd: Command, limit: Duration) -> Result<std::pr
 
 /// A tool cut off at its time limit (its process stopped, the mark taken): what arrived at
 /// `dest` in the time allowed is the figure (the caller checks that it is the file's first
-/// bytes); nothing at all is the cut-off's error `e`.
+/// bytes, or for a tree counts the files that arrived whole); nothing at all is the cut-off's
+/// error `e`.
 pub fn cut_off(
     dest: &Path,
     times: &crate::bench::accounting::TimeFiles,
     run: &mut Run,
     e: anyhow::Error,
 ) -> Result<()> {
-    let got = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let got = bytes_under(dest);
     if got == 0 {
         return Err(e);
     }
     run.partial_bytes = Some(got);
     times.read_into(run);
     Ok(())
+}
+
+/// The bytes of `path`, a file, or of every file below it, a directory (0 if there is none).
+fn bytes_under(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| bytes_under(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipelines_processes_are_all_found_and_proc_stat_is_parsed() {
+        // time (10) runs sh (11), which runs tar (12) and nc (13); 20 is another process.
+        let procs = [
+            (1, 0),
+            (10, 1),
+            (11, 10),
+            (12, 11),
+            (13, 11),
+            (20, 1),
+            (21, 20),
+        ];
+        assert_eq!(descendants(10, &procs), [11, 12, 13]);
+        assert_eq!(descendants(13, &procs), Vec::<u32>::new());
+        assert_eq!(
+            parent_in_stat("4242 (a (b) c) S 17 4242 4242 0 -1"),
+            Some(17)
+        );
+        assert_eq!(parent_in_stat("garbage"), None);
+        // This test's own process is among its parent's descendants.
+        let me = std::process::id();
+        let parent = processes()
+            .iter()
+            .find(|&&(p, _)| p == me)
+            .map(|&(_, pp)| pp)
+            .unwrap();
+        assert!(descendants(parent, &processes()).contains(&me));
+    }
+
+    #[test]
+    fn a_cut_off_trees_bytes_are_its_files() {
+        let dir = crate::workspace_root()
+            .join("target/bench-test")
+            .join(format!("bytes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/x"), [0u8; 10]).unwrap();
+        std::fs::write(dir.join("a/b/y"), [0u8; 5]).unwrap();
+        assert_eq!(bytes_under(&dir), 15);
+        assert_eq!(bytes_under(&dir.join("a/x")), 10);
+        assert_eq!(bytes_under(&dir.join("none")), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -11,16 +11,16 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use chunk_tests::Daemon;
 
 use super::{
-    Transfer,
+    Server, Transfer,
     nc::{CUT_OFF, tcp_retransmissions},
-    output_within, stop_timed, term_children, wait_listening,
+    output_within, wait_listening,
 };
 use crate::bench::{
     accounting::{Mark, TimeFiles, timed},
@@ -136,48 +136,6 @@ impl Ssh {
     }
 }
 
-/// The sshd of one transfer under `/usr/bin/time`: stopped when dropped, also when the transfer
-/// fails, so that no sshd outlives its namespace.
-struct Server {
-    daemon: Option<Daemon>,
-}
-
-impl Server {
-    /// Waits (up to `limit`) for sshd's connection processes to end, so that `time` counts their
-    /// CPU (sshd reaps them), ends any left, then stops sshd and reaps `time`.
-    fn stop(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
-        let daemon = self.daemon.take().context("sshd was stopped already")?;
-        let children = |pid: &str| {
-            Command::new("pgrep")
-                .args(["-P", pid])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default()
-        };
-        // sshd itself is the child of `time`.
-        let sshd = children(&daemon.id().to_string());
-        if let Ok(pid) = sshd.parse::<u32>() {
-            let deadline = Instant::now() + limit;
-            while !children(&sshd).is_empty() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !children(&sshd).is_empty() {
-                term_children(pid);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        stop_timed(daemon, Duration::ZERO)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let _ = self.stop(Duration::ZERO);
-        }
-    }
-}
-
 /// The cipher `ssh -v` says it negotiated (client to server).
 fn cipher(stderr: &str) -> Option<String> {
     let rest = stderr
@@ -198,9 +156,7 @@ pub fn run(t: &Transfer, ssh: &Ssh, run: &mut Run) -> Result<()> {
         .arg(&ssh.log)
         .arg("-f")
         .arg(&ssh.config);
-    let mut server = Server {
-        daemon: Some(Daemon::spawn(rc, "sshd")?),
-    };
+    let mut server = Server::new(Daemon::spawn(rc, "sshd")?);
     wait_listening(&net.receiver, PORT)
         .with_context(|| format!("sshd did not start: {}", ssh.log_tail()))?;
     let before = tcp_retransmissions(&net.sender);
