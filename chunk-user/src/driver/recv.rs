@@ -29,7 +29,9 @@ use crate::{
     store::FsStorage,
 };
 
-/// How often the state file for `chunk stats` is refreshed.
+/// How often the state file for `chunk stats` is refreshed, and never more often: rewritten at
+/// the end of every transfer as well, it took 30 % of the receiver's CPU on a tree of thousands
+/// of small files. An outcome shows in `chunk stats` within this time.
 const STATE_EVERY: Duration = Duration::from_secs(1);
 
 /// With `exit_after`, how long the receiver keeps answering after the last transfer ended (late
@@ -186,8 +188,6 @@ pub fn run(
             let ev = RecvEvent::from(&ev);
             if ev.ends_a_transfer() {
                 ended += 1;
-                // Show the outcome in `chunk stats` at once.
-                next_state = now;
             }
             on_event(&ev);
         }

@@ -10,26 +10,32 @@
 //! chunk is in, storage verifies and commits the file and the verdict goes back as a complete
 //! message, repeated to any later packet for `verdict_linger`.
 //!
+//! Cost per packet and per timer must not grow with the files received: a tree of thousands of
+//! small files leaves thousands of finished transfers within one linger time. So open transfers
+//! (at most `max_transfers`: the only ones the timers look at) and finished ones (a compact
+//! verdict each, forgotten oldest first from a queue ordered by expiry) are kept apart, and the
+//! open transfers of each source address are indexed for the per-source limit and supersede.
+//!
 //! How acks are kept and written is [`acks`].
 
 mod acks;
 mod stream;
 mod transfer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map::Entry};
 use std::net::IpAddr;
 
 use super::Peer;
 use std::time::{Duration, Instant};
 
 use chunk_common::wire::{
-    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HASH_LEN, HashAlg, HashRepr,
-    Message, OfferRepr, Repr, flags,
+    AbortReason, AbortRepr, AckRepr, CompleteRepr, CompleteStatus, HashAlg, HashRepr, Message,
+    OfferRepr, Repr, flags,
 };
 
 use acks::AckState;
 use stream::{StreamEnd, StreamError};
-use transfer::{Open, State, Transfer};
+use transfer::{Finished, Transfer};
 
 use super::chunkset::{self, ChunkSet};
 use super::storage::{OfferInfo, Storage};
@@ -224,8 +230,16 @@ enum Outgoing {
 /// The receiving side: all transfers to one receiver.
 pub struct Receiver<S: Storage> {
     cfg: ReceiverConfig,
+    /// Open transfers (at most `max_transfers`).
     transfers: HashMap<TransferKey, Transfer<S::Handle>>,
-    open: usize,
+    /// The open transfers of each source address (by address: a host's UDP ports share its
+    /// per-source limit). No entry for a source with none open.
+    by_source: HashMap<IpAddr, Vec<TransferKey>>,
+    /// Finished transfers, repeating their verdicts until they expire...
+    finished: HashMap<TransferKey, Finished>,
+    /// ...in the order they expire (every verdict lingers as long, and time only goes
+    /// forward): the front is the next to forget.
+    expiry: VecDeque<(Instant, TransferKey)>,
     /// Transfers with an ack to send now.
     ready: VecDeque<TransferKey>,
     out: VecDeque<(Transmit, Outgoing)>,
@@ -243,7 +257,9 @@ impl<S: Storage> Receiver<S> {
         Self {
             cfg,
             transfers: HashMap::new(),
-            open: 0,
+            by_source: HashMap::new(),
+            finished: HashMap::new(),
+            expiry: VecDeque::new(),
             ready: VecDeque::new(),
             out: VecDeque::new(),
             answering_local: None,
@@ -260,7 +276,7 @@ impl<S: Storage> Receiver<S> {
 
     /// Transfers receiving now.
     pub fn open_transfers(&self) -> usize {
-        self.open
+        self.transfers.len()
     }
 
     /// The next event, oldest first.
@@ -280,9 +296,11 @@ impl<S: Storage> Receiver<S> {
     ) {
         let key = (src, repr.transfer_id);
         self.answering_local = local;
+        // The sender's latest choice of our address is where it listens for us.
         if let Some(t) = self.transfers.get_mut(&key) {
-            // The sender's latest choice of our address is where it listens for us.
             t.local = local;
+        } else if let Some(f) = self.finished.get_mut(&key) {
+            f.local = local;
         }
         match repr.message {
             Message::Offer(offer) => {
@@ -323,13 +341,10 @@ impl<S: Storage> Receiver<S> {
             let Some(t) = self.transfers.get_mut(&key) else {
                 continue;
             };
-            let State::Open(open) = &mut t.state else {
-                continue;
-            };
-            let len = open.ack.emit(
+            let len = t.ack.emit(
                 key,
                 t.info.chunk_count,
-                &open.received,
+                &t.received,
                 now,
                 buf,
                 &mut self.ready,
@@ -344,42 +359,38 @@ impl<S: Storage> Receiver<S> {
         None
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    /// When [`handle_timeout`](Self::handle_timeout) should next run: the earliest of the open
+    /// transfers' delayed acks and idle timers (at most `max_transfers` of them), and the next
+    /// verdict to forget (the front of its queue), however many transfers have finished.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.transfers
-            .values()
-            .map(|t| match &t.state {
-                State::Open(o) => {
-                    let idle = t.last_activity + self.cfg.idle_timeout;
-                    o.ack.due().map_or(idle, |d| d.min(idle))
-                }
-                State::Finished { until, .. } => *until,
-            })
-            .min()
+        let open = self.transfers.values().map(|t| {
+            let idle = t.last_activity + self.cfg.idle_timeout;
+            t.ack.due().map_or(idle, |d| d.min(idle))
+        });
+        let forget = self.expiry.front().map(|&(at, _)| at);
+        open.chain(forget).min()
     }
 
     /// Delayed acks, idle transfers, expired verdicts.
     pub fn handle_timeout(&mut self, now: Instant, storage: &mut S) {
         let mut idle = Vec::new();
-        let mut expired = Vec::new();
         for (&key, t) in &mut self.transfers {
-            match &mut t.state {
-                State::Open(o) => {
-                    if now >= t.last_activity + self.cfg.idle_timeout {
-                        idle.push(key);
-                    } else {
-                        o.ack.on_timer(now, key, &mut self.ready);
-                    }
-                }
-                State::Finished { until, .. } => {
-                    if now >= *until {
-                        expired.push(key);
-                    }
-                }
+            if now >= t.last_activity + self.cfg.idle_timeout {
+                idle.push(key);
+            } else {
+                t.ack.on_timer(now, key, &mut self.ready);
             }
         }
-        for key in expired {
-            self.transfers.remove(&key);
+        while let Some(&(at, key)) = self.expiry.front() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop_front();
+            // Each finished transfer has one entry here; the check only guards its removal
+            // against a caller whose clock went back.
+            if self.finished.get(&key).is_some_and(|f| f.until <= now) {
+                self.finished.remove(&key);
+            }
         }
         for key in idle {
             let Some((info, chunks_have)) = self.close(key, storage) else {
@@ -396,28 +407,42 @@ impl<S: Storage> Receiver<S> {
         }
     }
 
-    /// Removes transfer `key`; if it was open, frees its slot and hands its file back to
-    /// storage, partial data kept for a resume. Returns its offer and the chunks it held if it
-    /// was open (`None` for a finished or unknown transfer, which is only forgotten).
-    fn close(&mut self, key: TransferKey, storage: &mut S) -> Option<(OfferInfo, u64)> {
+    /// A new open transfer: it takes a slot, and one of its source's.
+    fn insert_open(&mut self, key: TransferKey, t: Transfer<S::Handle>) {
+        self.by_source.entry(key.0.addr()).or_default().push(key);
+        self.transfers.insert(key, t);
+    }
+
+    /// Takes open transfer `key` out, freeing its slot and its source's.
+    fn remove_open(&mut self, key: TransferKey) -> Option<Transfer<S::Handle>> {
         let t = self.transfers.remove(&key)?;
-        let State::Open(open) = t.state else {
-            return None;
-        };
-        self.open -= 1;
-        let have = open.received.len();
-        storage.abandon(open.handle, true);
+        if let Entry::Occupied(mut e) = self.by_source.entry(key.0.addr()) {
+            e.get_mut().retain(|&k| k != key);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Some(t)
+    }
+
+    /// Closes open transfer `key` and hands its file back to storage, partial data kept for a
+    /// resume. Returns its offer and the chunks it held (`None` if it was not open).
+    fn close(&mut self, key: TransferKey, storage: &mut S) -> Option<(OfferInfo, u64)> {
+        let t = self.remove_open(key)?;
+        let have = t.received.len();
+        storage.abandon(t.handle, true);
         Some((t.info, have))
     }
 
-    /// Closes every open transfer, keeping partial data (for a clean shutdown).
+    /// Closes every open transfer, keeping partial data, and forgets the finished ones (for a
+    /// clean shutdown).
     pub fn close_all(&mut self, storage: &mut S) {
         for (_, t) in self.transfers.drain() {
-            if let State::Open(open) = t.state {
-                storage.abandon(open.handle, true);
-            }
+            storage.abandon(t.handle, true);
         }
-        self.open = 0;
+        self.by_source.clear();
+        self.finished.clear();
+        self.expiry.clear();
         self.ready.clear();
     }
 
@@ -429,41 +454,35 @@ impl<S: Storage> Receiver<S> {
         now: Instant,
         storage: &mut S,
     ) {
+        const ID_IN_USE: &str = "transfer id already in use for another file";
         if let Some(t) = self.transfers.get_mut(&key) {
-            // A stream's size is learnt from its end: its offer says none.
-            let same = (if t.info.stream {
-                offer.is_stream()
-            } else {
-                t.info.size == offer.file_size
-            }) && t.info.chunk_size == offer.chunk_size
-                && t.info.tag == offer.tag
-                && t.info.name.as_bytes() == offer.name;
-            if !same {
+            if !t.is_offer(offer) {
                 let name = t.info.name.clone();
-                let message = "transfer id already in use for another file";
-                self.refuse(key, name, AbortReason::Unsupported, message.into());
+                self.refuse(key, name, AbortReason::Unsupported, ID_IN_USE.into());
                 return;
             }
             t.last_activity = now;
-            match &mut t.state {
-                State::Open(open) => {
-                    // The sender has not heard our ack: a fresh one.
-                    open.ack.on_repeated_offer(key, &mut self.ready);
-                }
-                State::Finished { .. } => {
-                    // The sender may not have heard our first answer: say "all acknowledged"
-                    // again, then the verdict.
-                    let chunk_count = t.info.chunk_count;
-                    self.push_out(
-                        key,
-                        Outgoing::AckAll {
-                            transfer_id: key.1,
-                            chunk_count,
-                        },
-                    );
-                    self.repeat_verdict(key, now, true)
-                }
+            // The sender has not heard our ack: a fresh one.
+            t.ack.on_repeated_offer(key, &mut self.ready);
+            return;
+        }
+        if let Some(f) = self.finished.get(&key) {
+            if !f.is_offer(offer) {
+                let name = f.name.to_string();
+                self.refuse(key, name, AbortReason::Unsupported, ID_IN_USE.into());
+                return;
             }
+            // The sender may not have heard our first answer: say "all acknowledged" again,
+            // then the verdict.
+            let chunk_count = f.chunk_count;
+            self.push_out(
+                key,
+                Outgoing::AckAll {
+                    transfer_id: key.1,
+                    chunk_count,
+                },
+            );
+            self.repeat_verdict(key, now, true);
             return;
         }
 
@@ -500,8 +519,11 @@ impl<S: Storage> Receiver<S> {
             return;
         }
         self.supersede(key, &name, offer, now, storage);
-        let check = if self.open >= self.cfg.max_transfers {
-            Err((AbortReason::TooManyTransfers, format!("{} open", self.open)))
+        let check = if self.transfers.len() >= self.cfg.max_transfers {
+            Err((
+                AbortReason::TooManyTransfers,
+                format!("{} open", self.transfers.len()),
+            ))
         } else if self.open_from(key.0.addr()) >= self.cfg.max_per_source
             && !self.reclaim_silent(key, now, storage)
         {
@@ -548,7 +570,6 @@ impl<S: Storage> Receiver<S> {
         }
         let resumed = received.len();
         self.stats.offers_accepted += 1;
-        self.open += 1;
         self.events.push_back(Event::Started {
             src: key.0,
             transfer_id: key.1,
@@ -559,23 +580,21 @@ impl<S: Storage> Receiver<S> {
         });
         let complete = !stream && resumed == info.chunk_count as u64;
         let info_count = info.chunk_count;
-        let mut open = Open {
-            handle: opened.handle,
-            received,
-            ack: AckState::new(now),
-            expected: None,
-        };
+        let mut ack = AckState::new(now);
         if !complete {
-            open.ack.queue(key, &mut self.ready);
+            ack.queue(key, &mut self.ready);
         }
-        self.transfers.insert(
+        self.insert_open(
             key,
             Transfer {
                 info,
                 local: self.answering_local,
                 started: now,
                 last_activity: now,
-                state: State::Open(open),
+                handle: opened.handle,
+                received,
+                ack,
+                expected: None,
                 chunks_received: 0,
                 duplicates: 0,
                 out_of_order: 0,
@@ -610,15 +629,15 @@ impl<S: Storage> Receiver<S> {
         storage: &mut S,
     ) {
         let after = self.cfg.supersede_after;
-        let old = self.transfers.iter().find_map(|(&k, t)| {
+        // By address: a restarted sender in UDP comes from a new port.
+        let from_source = self.by_source.get(&key.0.addr()).into_iter().flatten();
+        let old = from_source.copied().find(|k| {
+            let Some(t) = self.transfers.get(k) else {
+                return false;
+            };
             let same_file = t.info.size == offer.file_size && t.info.tag == offer.tag;
             let silent = now.saturating_duration_since(t.last_activity) >= after;
-            // By address: a restarted sender in UDP comes from a new port.
-            let replace = k.0.addr() == key.0.addr()
-                && matches!(t.state, State::Open(_))
-                && t.info.name == name
-                && (same_file || silent);
-            replace.then_some(k)
+            t.info.name == name && (same_file || silent)
         });
         let Some((info, _)) = old.and_then(|old| self.close(old, storage)) else {
             return;
@@ -636,16 +655,12 @@ impl<S: Storage> Receiver<S> {
     /// its data is kept). Whether one did.
     fn reclaim_silent(&mut self, key: TransferKey, now: Instant, storage: &mut S) -> bool {
         let after = self.cfg.supersede_after;
-        let old = self
-            .transfers
-            .iter()
-            .filter(|(k, t)| {
-                k.0.addr() == key.0.addr()
-                    && matches!(t.state, State::Open(_))
-                    && now.saturating_duration_since(t.last_activity) >= after
-            })
-            .min_by_key(|(_, t)| t.last_activity)
-            .map(|(&k, _)| k);
+        let from_source = self.by_source.get(&key.0.addr()).into_iter().flatten();
+        let old = from_source
+            .filter_map(|k| self.transfers.get(k).map(|t| (*k, t.last_activity)))
+            .filter(|(_, heard)| now.saturating_duration_since(*heard) >= after)
+            .min_by_key(|(_, heard)| *heard)
+            .map(|(k, _)| k);
         let Some((info, _)) = old.and_then(|old| self.close(old, storage)) else {
             return false;
         };
@@ -669,12 +684,7 @@ impl<S: Storage> Receiver<S> {
     ) {
         self.stats.data_packets += 1;
         let Some(t) = self.transfers.get_mut(&key) else {
-            self.stats.unknown_transfer += 1;
-            self.unknown_transfer(key, now);
-            return;
-        };
-        let State::Open(_) = &t.state else {
-            self.repeat_verdict(key, now, false);
+            self.not_open(key, now);
             return;
         };
         if let Some(end) = &mut t.stream_end {
@@ -702,43 +712,34 @@ impl<S: Storage> Receiver<S> {
                 return;
             }
         }
-        let Some(t) = self.transfers.get_mut(&key) else {
-            return;
-        };
-        let State::Open(open) = &mut t.state else {
-            return;
-        };
         let info = &t.info;
-        let len_ok = if t.stream_end.is_some() {
-            // A stream before its end is known: `StreamEnd` checked the length.
-            true
-        } else {
-            index < info.chunk_count
-                && payload.len() == chunk_len(info.size, info.chunk_size, index)
-        };
-        if !len_ok {
+        // A stream before its end is known: `StreamEnd` checked the length.
+        let fits = t.stream_end.is_some()
+            || (index < info.chunk_count
+                && payload.len() == chunk_len(info.size, info.chunk_size, index));
+        if !fits {
             // Not a sign of life: a malformed packet does not keep a transfer open.
             self.stats.malformed += 1;
             return;
         }
         t.last_activity = now;
         let ack_now = packet_flags & flags::ACK_NOW != 0;
-        if open.received.contains(index) {
+        if t.received.contains(index) {
             // The sender resent it, so it has not seen our ack: answer at once.
             t.duplicates += 1;
             self.stats.duplicates += 1;
-            open.ack.on_arrival(index, now);
-            open.ack.queue(key, &mut self.ready);
+            t.ack.on_arrival(index, now);
+            t.ack.queue(key, &mut self.ready);
             return;
         }
-        if open.received.would_grow(index)
-            && (open.received.pages() + 1) * chunkset::PAGE_COST > self.cfg.max_transfer_state
+        if t.received.would_grow(index)
+            && (t.received.pages() + 1) * chunkset::PAGE_COST > self.cfg.max_transfer_state
         {
             self.stats.state_limited += 1;
             return;
         }
         let offset = index as u64 * info.chunk_size as u64;
-        if let Err(e) = storage.write(&mut open.handle, index, offset, payload) {
+        if let Err(e) = storage.write(&mut t.handle, index, offset, payload) {
             // A stream has no room set aside: the disk may fill up under it.
             let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
                 AbortReason::NoSpace
@@ -752,27 +753,27 @@ impl<S: Storage> Receiver<S> {
         t.chunks_received += 1;
         // In order: right after the highest chunk so far. Anything else opens or fills a hole,
         // which the sender should hear about at once.
-        let next = open.received.last().map_or(0, |l| l as u64 + 1);
+        let next = t.received.last().map_or(0, |l| l as u64 + 1);
         let in_order = index as u64 == next;
-        open.received.insert(index);
+        t.received.insert(index);
         if !in_order {
             t.out_of_order += 1;
         }
-        open.ack.on_arrival(index, now);
-        if open.received.len() == info.chunk_count as u64 {
-            if open.expected.is_some() {
+        t.ack.on_arrival(index, now);
+        if t.received.len() == t.info.chunk_count as u64 {
+            if t.expected.is_some() {
                 self.finish(key, now, storage);
             } else {
                 // Everything is here but the sender's hash: say so at once.
-                open.ack.queue(key, &mut self.ready);
+                t.ack.queue(key, &mut self.ready);
             }
             return;
         }
-        let enough = open.ack.count_in_order(self.cfg.ack_every);
+        let enough = t.ack.count_in_order(self.cfg.ack_every);
         if !in_order || ack_now || enough {
-            open.ack.queue(key, &mut self.ready);
+            t.ack.queue(key, &mut self.ready);
         } else {
-            open.ack.arm(now + self.cfg.ack_delay);
+            t.ack.arm(now + self.cfg.ack_delay);
         }
     }
 
@@ -788,16 +789,11 @@ impl<S: Storage> Receiver<S> {
         storage: &mut S,
     ) {
         let Some(t) = self.transfers.get_mut(&key) else {
-            self.stats.unknown_transfer += 1;
-            self.unknown_transfer(key, now);
-            return;
-        };
-        let State::Open(open) = &mut t.state else {
-            self.repeat_verdict(key, now, false);
+            self.not_open(key, now);
             return;
         };
         if let Some(end) = &mut t.stream_end {
-            if hash.alg != HashAlg::Blake3 || end.on_hash(seq, open.received.last()).is_err() {
+            if hash.alg != HashAlg::Blake3 || end.on_hash(seq, t.received.last()).is_err() {
                 self.stats.malformed += 1;
                 return;
             }
@@ -811,32 +807,32 @@ impl<S: Storage> Receiver<S> {
                 return;
             }
         }
-        let Some(t) = self.transfers.get_mut(&key) else {
-            return;
-        };
-        let State::Open(open) = &mut t.state else {
-            return;
-        };
         if seq != t.info.chunk_count || hash.alg != HashAlg::Blake3 {
             self.stats.malformed += 1;
             return;
         }
         t.last_activity = now;
-        open.expected.get_or_insert(hash.hash);
-        if open.received.len() == t.info.chunk_count as u64 {
+        t.expected.get_or_insert(hash.hash);
+        if t.received.len() == t.info.chunk_count as u64 {
             self.finish(key, now, storage);
         }
     }
 
+    /// Once a stream's count and size are both known, it is a file of that size: its offer's
+    /// record and storage's say so, and the ordinary checks and verdict apply from then on.
+    fn learn_stream_end(t: &mut Transfer<S::Handle>, storage: &mut S) -> std::io::Result<()> {
+        let Some((count, size)) = t.stream_end.and_then(|e| e.known()) else {
+            return Ok(());
+        };
+        storage.end_stream(&mut t.handle, size, count)?;
+        t.info.size = size;
+        t.info.chunk_count = count;
+        t.stream_end = None;
+        Ok(())
+    }
+
     fn on_abort(&mut self, key: TransferKey, abort: &AbortRepr<'_>, storage: &mut S) {
         // A finished transfer keeps its verdict for late packets; only an open one is closed.
-        if !self
-            .transfers
-            .get(&key)
-            .is_some_and(|t| matches!(t.state, State::Open(_)))
-        {
-            return;
-        }
         let Some((info, _)) = self.close(key, storage) else {
             return;
         };
@@ -849,43 +845,15 @@ impl<S: Storage> Receiver<S> {
         });
     }
 
-    /// Once a stream's count and size are both known, it is a file of that size: its offer's
-    /// record and storage's say so, and the ordinary checks and verdict apply from then on.
-    fn learn_stream_end(t: &mut Transfer<S::Handle>, storage: &mut S) -> std::io::Result<()> {
-        let Some((count, size)) = t.stream_end.and_then(|e| e.known()) else {
-            return Ok(());
-        };
-        let State::Open(open) = &mut t.state else {
-            return Ok(());
-        };
-        storage.end_stream(&mut open.handle, size, count)?;
-        t.info.size = size;
-        t.info.chunk_count = count;
-        t.stream_end = None;
-        Ok(())
-    }
-
     /// Every chunk is in: storage checks and commits, and the verdict goes to the sender.
     fn finish(&mut self, key: TransferKey, now: Instant, storage: &mut S) {
-        let Some(t) = self.transfers.get_mut(&key) else {
+        let Some(t) = self.remove_open(key) else {
             return;
         };
-        let linger = State::Finished {
-            verdict: CompleteRepr {
-                status: CompleteStatus::HashMismatch,
-                hash: [0; HASH_LEN],
-            },
-            until: now + self.cfg.verdict_linger,
-            last_sent: Some(now),
-        };
-        let State::Open(open) = std::mem::replace(&mut t.state, linger) else {
-            return;
-        };
-        self.open -= 1;
-        let expected = open
+        let expected = t
             .expected
             .expect("finish runs once the sender's hash is known");
-        let verdict = match storage.finish(open.handle, &expected) {
+        let verdict = match storage.finish(t.handle, &expected) {
             Ok(v) => v,
             Err(e) => {
                 // A file already there under the name, with other contents, is `exists`.
@@ -900,11 +868,10 @@ impl<S: Storage> Receiver<S> {
                 self.events.push_back(Event::Failed {
                     src: key.0,
                     transfer_id: key.1,
-                    name: t.info.name.clone(),
+                    name: t.info.name,
                     reason,
                     message: message.clone(),
                 });
-                self.transfers.remove(&key);
                 self.send_abort(key, reason, message);
                 return;
             }
@@ -917,14 +884,28 @@ impl<S: Storage> Receiver<S> {
             },
             hash: verdict.hash,
         };
-        if let State::Finished { verdict: v, .. } = &mut t.state {
-            *v = complete;
-        }
+        let until = now + self.cfg.verdict_linger;
+        self.finished.insert(
+            key,
+            Finished {
+                name: t.info.name.as_str().into(),
+                size: t.info.size,
+                chunk_size: t.info.chunk_size,
+                tag: t.info.tag,
+                chunk_count: t.info.chunk_count,
+                stream: t.info.stream,
+                local: t.local,
+                verdict: complete,
+                until,
+                last_sent: Some(now),
+            },
+        );
+        self.expiry.push_back((until, key));
         self.stats.transfers_finished += 1;
         self.events.push_back(Event::Finished {
             src: key.0,
             transfer_id: key.1,
-            name: t.info.name.clone(),
+            name: t.info.name,
             size: t.info.size,
             duration: now.saturating_duration_since(t.started),
             verified: verdict.verified,
@@ -946,22 +927,17 @@ impl<S: Storage> Receiver<S> {
 
     /// Sends a finished transfer's verdict again (rate-limited unless `force`).
     fn repeat_verdict(&mut self, key: TransferKey, now: Instant, force: bool) {
-        let Some(t) = self.transfers.get_mut(&key) else {
+        let Some(f) = self.finished.get_mut(&key) else {
             return;
         };
-        let State::Finished {
-            verdict, last_sent, ..
-        } = &mut t.state
-        else {
-            return;
-        };
-        let recent =
-            last_sent.is_some_and(|t| now.saturating_duration_since(t) < VERDICT_REPEAT_INTERVAL);
+        let recent = f
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < VERDICT_REPEAT_INTERVAL);
         if recent && !force {
             return;
         }
-        *last_sent = Some(now);
-        let (chunk_count, verdict) = (t.info.chunk_count, *verdict);
+        f.last_sent = Some(now);
+        let (chunk_count, verdict) = (f.chunk_count, f.verdict);
         self.push_out(
             key,
             Outgoing::Complete {
@@ -970,6 +946,17 @@ impl<S: Storage> Receiver<S> {
                 verdict,
             },
         );
+    }
+
+    /// Data or a hash for a transfer that is not open: a finished one repeats its verdict, an
+    /// unknown one is told so.
+    fn not_open(&mut self, key: TransferKey, now: Instant) {
+        if self.finished.contains_key(&key) {
+            self.repeat_verdict(key, now, false);
+        } else {
+            self.stats.unknown_transfer += 1;
+            self.unknown_transfer(key, now);
+        }
     }
 
     /// Data for a transfer we do not know: an abort, if the rate limit allows.
@@ -988,13 +975,10 @@ impl<S: Storage> Receiver<S> {
         self.send_abort(key, AbortReason::UnknownTransfer, String::new());
     }
 
-    /// Open transfers from the host `src` (at most `max_transfers` to look at): by address, so
-    /// that a host's UDP ports do not each get the per-source limit.
+    /// Open transfers from the host `src`: by address, so that a host's UDP ports do not each
+    /// get the per-source limit.
     fn open_from(&self, src: IpAddr) -> usize {
-        self.transfers
-            .iter()
-            .filter(|(k, t)| k.0.addr() == src && matches!(t.state, State::Open(_)))
-            .count()
+        self.by_source.get(&src).map_or(0, Vec::len)
     }
 
     fn refuse(&mut self, key: TransferKey, name: String, reason: AbortReason, message: String) {
@@ -1099,10 +1083,11 @@ impl<S: Storage> Receiver<S> {
     /// Queues a control packet for the peer of `key`, from the local address its transfer (or
     /// else the packet being answered) was sent to.
     fn push_out(&mut self, key: TransferKey, out: Outgoing) {
-        let src = self
-            .transfers
-            .get(&key)
-            .map_or(self.answering_local, |t| t.local);
+        let src = match (self.transfers.get(&key), self.finished.get(&key)) {
+            (Some(t), _) => t.local,
+            (None, Some(f)) => f.local,
+            (None, None) => self.answering_local,
+        };
         self.out.push_back((
             Transmit {
                 dst: key.0,
@@ -1141,7 +1126,7 @@ pub fn validate_name(name: &[u8]) -> Result<&str, &'static str> {
 mod tests {
     use super::*;
     use crate::proto::storage::MemStorage;
-    use chunk_common::wire::{HashAlg, MessageType};
+    use chunk_common::wire::{HASH_LEN, HashAlg, MessageType};
 
     use std::net::Ipv4Addr;
 
@@ -1728,6 +1713,241 @@ mod tests {
         }
         assert_eq!(r.stats().malformed, 2);
         assert!(out(&mut r, t0).is_empty());
+    }
+
+    /// An offer of `data` named `name` from `src`.
+    fn offer_named(
+        r: &mut Receiver<MemStorage>,
+        st: &mut MemStorage,
+        now: Instant,
+        src: Peer,
+        id: u32,
+        name: &str,
+        data: &[u8],
+    ) {
+        let o = OfferRepr {
+            file_size: data.len() as u64,
+            chunk_size: CHUNK,
+            chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+            mode: 0o644,
+            mtime: 0,
+            hash_alg: HashAlg::Blake3,
+            tag: tag_of(data),
+            name: name.as_bytes(),
+        };
+        let repr = Repr {
+            transfer_id: id,
+            seq: 0,
+            flags: 0,
+            message: Message::Offer(o),
+        };
+        r.handle_packet(src, Some(LOCAL), &repr, now, st);
+    }
+
+    /// Transfer `id` of file `f{id}` from SRC, from its offer to its verdict at `now`, as a
+    /// sender would run it (every answer taken, the timer polled after every packet).
+    fn whole_file(r: &mut Receiver<MemStorage>, st: &mut MemStorage, now: Instant, id: u32) {
+        let data = file(25 + id as usize % 7);
+        offer_named(r, st, now, SRC, id, &format!("f{id}"), &data);
+        out(r, now);
+        for i in 0..data.len().div_ceil(CHUNK as usize) as u32 {
+            chunk(r, st, now, id, &data, i, 0);
+            r.poll_timeout();
+            out(r, now);
+        }
+        hash(r, st, now, id, &data);
+        r.poll_timeout();
+        let sent = out(r, now);
+        assert_eq!(
+            sent.last().map(|m| (m.0, m.2)),
+            Some((MessageType::Complete, CompleteStatus::Verified as u32)),
+            "file {id}"
+        );
+    }
+
+    /// Thousands of finished transfers (a tree of small files) are kept apart from the open
+    /// ones: the timer is the oldest verdict's expiry, they are forgotten one by one as their
+    /// linger time ends, oldest first, each repeating its verdict until then; an open transfer
+    /// among them keeps its own timers.
+    #[test]
+    fn thousands_of_finished_transfers_are_forgotten_in_order_and_on_time() {
+        let (mut r, mut st, t0) = fresh();
+        let linger = ReceiverConfig::default().verdict_linger;
+        let n = 3000;
+        for id in 0..n {
+            whole_file(&mut r, &mut st, t0 + ms(id as u64), id);
+        }
+        assert_eq!((r.transfers.len(), r.finished.len()), (0, n as usize));
+        assert_eq!(r.poll_timeout(), Some(t0 + linger));
+
+        // An open transfer among them: its delayed ack comes first, then the verdicts again.
+        let at = t0 + ms(n as u64);
+        let data = file(100);
+        offer_named(&mut r, &mut st, at, SRC, 99_999, "open", &data);
+        out(&mut r, at);
+        chunk(&mut r, &mut st, at, 99_999, &data, 0, 0);
+        assert_eq!(r.poll_timeout(), Some(at + ms(5)));
+        r.handle_timeout(at + ms(5), &mut st);
+        assert_eq!(out(&mut r, at + ms(5))[0].0, MessageType::Ack);
+        assert_eq!(r.poll_timeout(), Some(t0 + linger));
+
+        // Half the linger times are over: the first half is forgotten, the rest repeats.
+        let half = t0 + linger + ms(n as u64 / 2 - 1);
+        r.handle_timeout(half, &mut st);
+        assert_eq!(r.finished.len(), n as usize / 2);
+        assert_eq!(r.poll_timeout(), Some(half + ms(1)));
+        let late = file(25 + (n as usize / 2 - 1) % 7);
+        chunk(&mut r, &mut st, half, n / 2 - 1, &late, 0, 0);
+        assert_eq!(
+            out(&mut r, half),
+            [(
+                MessageType::Abort,
+                0,
+                AbortReason::UnknownTransfer.code() as u32,
+                0,
+                vec![]
+            )]
+        );
+        let kept = file(25 + (n as usize / 2) % 7);
+        chunk(&mut r, &mut st, half, n / 2, &kept, 0, 0);
+        assert_eq!(out(&mut r, half)[0].0, MessageType::Complete);
+        offer_named(
+            &mut r,
+            &mut st,
+            half,
+            SRC,
+            n - 1,
+            &format!("f{}", n - 1),
+            &{ file(25 + (n as usize - 1) % 7) },
+        );
+        let again: Vec<_> = out(&mut r, half).into_iter().map(|m| m.0).collect();
+        assert_eq!(again, [MessageType::Ack, MessageType::Complete]);
+
+        // All gone once the last linger time is over; the open transfer, silent as long, idle.
+        assert_eq!(r.open_transfers(), 1);
+        r.handle_timeout(t0 + linger + ms(n as u64), &mut st);
+        assert!(r.finished.is_empty() && r.expiry.is_empty());
+        assert_eq!(r.open_transfers(), 0);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    /// A finished transfer keeps its verdict and what a repeated offer is checked against, not
+    /// its open state (file handle, chunk set, hasher, buffers): thousands of them within one
+    /// linger time stay a few hundred KiB.
+    #[test]
+    fn a_finished_transfer_keeps_only_its_verdict() {
+        assert!(std::mem::size_of::<Finished>() <= 192);
+    }
+
+    /// The per-source limit (and the global one) count right after many transfers opened and
+    /// ended every way: finished, cancelled by the sender, gone idle, superseded.
+    #[test]
+    fn the_limits_count_right_after_many_transfers_open_and_close() {
+        let cfg = ReceiverConfig {
+            max_transfers: 4,
+            max_per_source: 2,
+            ..ReceiverConfig::default()
+        };
+        let idle = cfg.idle_timeout;
+        let mut r = Receiver::new(cfg);
+        let mut st = MemStorage::new();
+        let mut now = Instant::now();
+        let other = Peer::ipv4(Ipv4Addr::new(198, 18, 0, 2));
+        let data = file(30);
+        let abort = Repr {
+            transfer_id: 0,
+            seq: 0,
+            flags: 0,
+            message: Message::Abort(AbortRepr {
+                reason: AbortReason::Io,
+                message: b"",
+            }),
+        };
+        for round in 0..500u32 {
+            let id = round * 10;
+            // Finished.
+            whole_file(&mut r, &mut st, now, id);
+            // Cancelled by its sender.
+            offer_named(&mut r, &mut st, now, SRC, id + 1, "c", &data);
+            let cancel = Repr {
+                transfer_id: id + 1,
+                ..abort
+            };
+            r.handle_packet(SRC, Some(LOCAL), &cancel, now, &mut st);
+            // Superseded by the same file under a new id.
+            offer_named(&mut r, &mut st, now, other, id + 2, "s", &data);
+            offer_named(&mut r, &mut st, now, other, id + 3, "s", &data);
+            // Gone idle (with the superseding one).
+            offer_named(&mut r, &mut st, now, SRC, id + 4, "i", &data);
+            assert_eq!(r.open_transfers(), 2, "round {round}");
+            now += idle;
+            r.handle_timeout(now, &mut st);
+            let mut buf = [0u8; 2048];
+            while r.poll_transmit(now, &mut buf).is_some() {}
+            assert_eq!(r.open_transfers(), 0, "round {round}");
+        }
+        assert!(r.by_source.is_empty(), "{:?}", r.by_source);
+        while r.poll_event().is_some() {}
+
+        for id in 0..3 {
+            offer_named(
+                &mut r,
+                &mut st,
+                now,
+                SRC,
+                90_000 + id,
+                &format!("a{id}"),
+                &data,
+            );
+        }
+        for id in 0..3 {
+            offer_named(
+                &mut r,
+                &mut st,
+                now,
+                other,
+                91_000 + id,
+                &format!("b{id}"),
+                &data,
+            );
+        }
+        assert_eq!(r.open_transfers(), 4);
+        let refused: Vec<_> = std::iter::from_fn(|| r.poll_event())
+            .filter_map(|e| match e {
+                Event::Refused {
+                    transfer_id,
+                    message,
+                    ..
+                } => Some((transfer_id, message)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (90_002, format!("2 open from {SRC}")),
+                (91_002, "4 open".to_string())
+            ]
+        );
+    }
+
+    /// The core's cost per file over a run of many small files, each thousand timed: a
+    /// measurement, not a check (`cargo test -p chunk-user --release --lib --
+    /// --ignored --nocapture receiver_cost_per_small_file`).
+    #[test]
+    #[ignore]
+    fn receiver_cost_per_small_file() {
+        let (mut r, mut st, t0) = fresh();
+        let n = 10_000;
+        let mut started = std::time::Instant::now();
+        for id in 0..n {
+            whole_file(&mut r, &mut st, t0 + ms(id as u64), id);
+            if (id + 1) % 1000 == 0 {
+                let per_file = started.elapsed() / 1000;
+                println!("files {:5}..{:5}: {per_file:?} per file", id - 999, id + 1);
+                started = std::time::Instant::now();
+            }
+        }
     }
 
     #[test]
