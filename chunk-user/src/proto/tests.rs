@@ -778,6 +778,7 @@ fn a_stream_arrives_exact_whatever_its_length() {
         (64, 300_007, wan(0.05)),
     ] {
         let file = VirtualFile::new(seed, size, cs);
+        let lossy = link.loss > 0.0;
         let mut sim = new_sim(seed, link.clone(), link, ReceiverConfig::default());
         let mut meta = file.meta(NAME);
         meta.stream = true;
@@ -797,11 +798,19 @@ fn a_stream_arrives_exact_whatever_its_length() {
             s.extend_stream(size * k / steps, k == steps, now);
         }
         sim.sender_mut(0).sender.set_hash(file.hash());
+        let ended_at = sim.elapsed();
         assert!(
             sim.run_until(Duration::from_secs(120)),
             "{size} bytes: no outcome"
         );
         assert_eq!(outcome(&sim, 0), Ok(()), "{size} bytes");
+        // The hash goes ahead of the chunks still unsent; the receiver keeps it while the last
+        // chunk has yet to say the size, so the verdict follows the end within round trips,
+        // not after a closing probe (an RTO, at least 200 ms).
+        let took = sim.sender(0).done_at.unwrap() - ended_at;
+        if !lossy {
+            assert!(took < Duration::from_millis(150), "{size} bytes: {took:?}");
+        }
         assert_received(&sim, NAME, &file);
         assert_eq!(
             sim.sender(0).sender.stats().chunk_count as u64,

@@ -806,8 +806,9 @@ impl<S: Storage> Receiver<S> {
                 );
                 return;
             }
-        }
-        if seq != t.info.chunk_count || hash.alg != HashAlg::Blake3 {
+            // A stream's hash is kept even while its size waits for the last chunk (a sender
+            // sends its hash as soon as it has it, ahead of chunks not yet sent).
+        } else if seq != t.info.chunk_count || hash.alg != HashAlg::Blake3 {
             self.stats.malformed += 1;
             return;
         }
