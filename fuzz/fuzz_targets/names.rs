@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         tag: [0; 32],
         directory: false,
         symlink: false,
+        stream: false,
     };
     if let Ok(opened) = st.open(&offer) {
         let mut h = opened.handle;

@@ -984,7 +984,6 @@ impl SendDriver {
         }
         let mut active: Vec<Active> = Vec::new();
         let mut limit = parallel.max(1);
-        let mut no_more = false;
         let mut cancelled = false;
         // The receiver had no room for us at all: nothing starts before `hold_until`, and the
         // wait doubles while it lasts (the receiver frees slots as transfers end or go silent:
@@ -1002,7 +1001,9 @@ impl SendDriver {
                 cancelled = true;
                 active.iter_mut().for_each(|a| a.sender.cancel());
             }
-            // New transfers, while there is room for them.
+            // New transfers, while there is room for them. Asked afresh each round: a file that
+            // ended may have gone back to `jobs` (offered again, or sent again whole).
+            let mut no_more = false;
             if hold_until.is_some_and(|t| now >= t) {
                 hold_until = None;
             }
