@@ -129,6 +129,9 @@ pub enum RecvEvent {
         size: u64,
         chunks: u32,
         resumed_chunks: u64,
+        /// A stream (`chunk send -`): its size and chunk count are known only at its end.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream: bool,
     },
     Finished {
         src: Peer,
@@ -214,6 +217,7 @@ impl From<&Event> for RecvEvent {
                 size,
                 chunk_count,
                 resumed_chunks,
+                stream,
             } => RecvEvent::Started {
                 src,
                 transfer_id,
@@ -221,6 +225,7 @@ impl From<&Event> for RecvEvent {
                 size,
                 chunks: chunk_count,
                 resumed_chunks,
+                stream,
             },
             Event::Finished {
                 src,

@@ -29,10 +29,10 @@ pub struct RecvArgs {
     #[arg(long, default_value_t = 1 << 40)]
     pub max_size: u64,
     /// Refuse offers beyond this many transfers at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub max_transfers: usize,
     /// Refuse offers beyond this many transfers at once from one source address.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     pub max_per_source: usize,
     /// Replace existing files (otherwise an offer for an existing name is refused).
     #[arg(long)]
@@ -220,9 +220,17 @@ fn report(ev: &RecvEvent, as_json: bool) {
             size,
             chunks,
             resumed_chunks,
+            stream: false,
         } => {
             tracing::info!(%src, transfer_id, name, size, chunk_count = chunks, resumed_chunks, "transfer started")
         }
+        RecvEvent::Started {
+            src,
+            transfer_id,
+            name,
+            stream: true,
+            ..
+        } => tracing::info!(%src, transfer_id, name, "stream started (its size comes at its end)"),
         RecvEvent::Finished {
             src,
             transfer_id,

@@ -54,9 +54,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub chunk_size: Option<u32>,
     /// Files in flight at once. They share one congestion controller and window, so a tree of
-    /// small files does not wait a round trip per file. The receiver's `--max-per-source`
-    /// (default 4) caps it: refused for want of room, the sender goes on with fewer.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// small files does not wait a round trip per file; of files over 8 MiB (and streams) at
+    /// most two go at once, so large files finish one after another. The receiver's
+    /// `--max-per-source` (default 16) caps it: refused for want of room, the sender goes on
+    /// with fewer.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub parallel: u32,
     /// Give up on a file after this many seconds without an answer from the receiver.
     #[arg(long, default_value_t = 30.0)]

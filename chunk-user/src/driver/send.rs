@@ -448,6 +448,15 @@ impl ChunkSource for FileSource {
     }
 }
 
+/// Files larger than this (and streams) are large: at most [`MAX_LARGE`] of them are sent at
+/// once, beside any number of small ones up to `--parallel`.
+const LARGE_FILE: u64 = 8 << 20;
+const MAX_LARGE: usize = 2;
+
+fn is_large(meta: &FileMeta) -> bool {
+    meta.stream || meta.size > LARGE_FILE
+}
+
 /// The first wait for room at a receiver that refused a transfer for want of it with none of
 /// ours under way, and the longest (it doubles in between).
 const HOLD_FIRST: Duration = Duration::from_millis(250);
@@ -985,6 +994,8 @@ impl SendDriver {
         let mut active: Vec<Active> = Vec::new();
         let mut limit = parallel.max(1);
         let mut cancelled = false;
+        // A large file that waits for a large one under way to end.
+        let mut parked: Option<(usize, File, FileMeta)> = None;
         // The receiver had no room for us at all: nothing starts before `hold_until`, and the
         // wait doubles while it lasts (the receiver frees slots as transfers end or go silent:
         // ours of a killed run, say). Since when it lasts.
@@ -1000,6 +1011,8 @@ impl SendDriver {
             if !cancelled && stop.requested().is_some() {
                 cancelled = true;
                 active.iter_mut().for_each(|a| a.sender.cancel());
+                // Not started: skipped, as the files after it are.
+                parked = None;
             }
             // New transfers, while there is room for them. Asked afresh each round: a file that
             // ended may have gone back to `jobs` (offered again, or sent again whole).
@@ -1008,6 +1021,21 @@ impl SendDriver {
                 hold_until = None;
             }
             while !no_more && !cancelled && hold_until.is_none() && active.len() < limit {
+                // A large file waits for a large one under way to end: large files finish one
+                // after another (and are read and written one or two at a time), while small
+                // ones fill the other slots.
+                let large = active.iter().filter(|a| is_large(a.sender.meta())).count();
+                if let Some((key, file, meta)) = parked.take() {
+                    if large >= MAX_LARGE {
+                        parked = Some((key, file, meta));
+                        break;
+                    }
+                    match self.start(key, file, meta, &path, now) {
+                        Ok(a) => active.push(a),
+                        Err(e) => jobs.finished(key, Err(e)),
+                    }
+                    continue;
+                }
                 let busy: Vec<&str> = active
                     .iter()
                     .map(|a| a.sender.meta().name.as_str())
@@ -1015,6 +1043,9 @@ impl SendDriver {
                 match jobs.next(&busy) {
                     NextJob::Wait => break,
                     NextJob::Done => no_more = true,
+                    NextJob::Start { key, file, meta } if is_large(&meta) && large >= MAX_LARGE => {
+                        parked = Some((key, file, meta));
+                    }
                     NextJob::Start { key, file, meta } => {
                         match self.start(key, file, meta, &path, now) {
                             Ok(a) => active.push(a),
@@ -1023,7 +1054,11 @@ impl SendDriver {
                     }
                 }
             }
-            if active.is_empty() && (no_more || cancelled) && hold_until.is_none() {
+            if active.is_empty()
+                && (no_more || cancelled)
+                && hold_until.is_none()
+                && parked.is_none()
+            {
                 return Ok(());
             }
             // Everything the receiver said, to the transfer it is about.

@@ -84,8 +84,8 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
             max_size: 1 << 40,
-            max_transfers: 16,
-            max_per_source: 4,
+            max_transfers: 64,
+            max_per_source: 16,
             max_chunk_size: 65_535 - chunk_common::wire::HEADER_LEN as u32,
             ack_every: 16,
             ack_delay: Duration::from_millis(5),
@@ -110,6 +110,8 @@ pub enum Event {
         chunk_count: u32,
         /// Chunks storage already had (resume).
         resumed_chunks: u64,
+        /// A stream: `size` and `chunk_count` are not known yet (0 and `UNKNOWN_COUNT`).
+        stream: bool,
     },
     /// Every chunk arrived and storage checked the file.
     Finished {
@@ -577,6 +579,7 @@ impl<S: Storage> Receiver<S> {
             size: info.size,
             chunk_count: info.chunk_count,
             resumed_chunks: resumed,
+            stream,
         });
         let complete = !stream && resumed == info.chunk_count as u64;
         let info_count = info.chunk_count;

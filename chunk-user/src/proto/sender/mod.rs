@@ -388,7 +388,10 @@ impl Sender {
         Ok(Self {
             id: transfer_id,
             count,
-            phase: Phase::Offering(Offering::new(cfg.offer_interval, now)),
+            phase: Phase::Offering(Offering::new(
+                first_offer_interval(&cfg, &path.borrow().rtt),
+                now,
+            )),
             pending_abort: None,
             last_heard: now,
             acked: ChunkSet::new(),
@@ -610,8 +613,7 @@ impl Sender {
                 if !p.due && now >= p.at {
                     p.due = true;
                     p.backoff += 1;
-                    p.at =
-                        now + recovery::rto(&self.path.borrow().rtt, p.backoff, self.cfg.timeout);
+                    p.at = now + probe_after(&self.path.borrow().rtt, p.backoff, self.cfg.timeout);
                 }
             }
             Phase::Done(_) => {}
@@ -1103,20 +1105,18 @@ impl Sender {
         let (_, bytes_out) = self.path_in_flight();
         let mut path = self.path.borrow_mut();
         path.cc.on_ack_end(now, rtt_sample, bytes_out);
-        let rto = path.rtt.rto();
         drop(path);
-
-        self.close_after(now, rto);
+        self.close_if_all_acked(now);
     }
 
     /// Every chunk is acknowledged and there will be no more: wait for the verdict, probing
-    /// for it one `rto` from now.
-    fn close_after(&mut self, now: Instant, rto: Duration) {
+    /// for it `first` from now.
+    fn close_after(&mut self, now: Instant, first: Duration) {
         if self.end_known && self.acked.len() == self.count as u64 {
             if let Phase::Sending(accepted) = self.phase {
                 let probe = Probe {
                     due: false,
-                    at: now + rto,
+                    at: now + first,
                     backoff: 0,
                 };
                 self.phase = Phase::Closing(accepted, probe);
@@ -1125,8 +1125,8 @@ impl Sender {
     }
 
     fn close_if_all_acked(&mut self, now: Instant) {
-        let rto = self.path.borrow().rtt.rto();
-        self.close_after(now, rto);
+        let first = probe_after(&self.path.borrow().rtt, 0, self.cfg.timeout);
+        self.close_after(now, first);
     }
 
     /// An RTO turned out spurious (its chunks were still on their way: one it gave up on arrived
@@ -1232,15 +1232,9 @@ impl Sender {
         self.recovery.forget();
     }
 
-    /// The first offer retransmission interval: the configured 200 ms, or the RTO once the path
-    /// is known (a re-offer), so that a path longer than 200 ms is not offered to twice a round
-    /// trip — which also costs the offer's RTT sample (Karn).
+    /// The first offer retransmission interval (see [`first_offer_interval`]).
     fn first_offer_interval(&self) -> Duration {
-        let path = self.path.borrow();
-        match path.rtt.smoothed() {
-            Some(_) => self.cfg.offer_interval.max(path.rtt.rto()),
-            None => self.cfg.offer_interval,
-        }
+        first_offer_interval(&self.cfg, &self.path.borrow().rtt)
     }
 
     /// Over: what is still in flight is no longer waited for (nor counted on the path).
@@ -1273,6 +1267,28 @@ impl Drop for Sender {
         p.bytes_in_flight -= self.reported.1;
         p.transfers -= 1;
     }
+}
+
+/// The first offer retransmission interval: the configured 200 ms on a path nothing is known
+/// of; once its round trip is (a later file on a shared path, or a re-offer), the probe timeout
+/// (`SRTT + max(1 ms, 4 RTTVAR) + 5 ms`, see [`RttEstimator::pto`]): a lost offer or a lost
+/// answer to it then costs about a round trip, not 200 ms, which in a tree of small files is
+/// most of a file's time. It doubles from there (up to `offer_max_interval`), and a second copy
+/// costs the receiver one more ack.
+fn first_offer_interval(cfg: &SenderConfig, rtt: &super::rtt::RttEstimator) -> Duration {
+    match rtt.smoothed() {
+        Some(_) => rtt.pto(),
+        None => cfg.offer_interval,
+    }
+}
+
+/// Closing's wait for the verdict before probe number `backoff + 1`: the probe timeout, doubled
+/// per probe without an answer, never longer than the RTO so backed off (the hash message or
+/// the verdict lost costs about a round trip, as a lost tail chunk does).
+fn probe_after(rtt: &super::rtt::RttEstimator, backoff: u32, timeout: Duration) -> Duration {
+    rtt.pto()
+        .saturating_mul(1u32 << backoff.min(16))
+        .min(recovery::rto(rtt, backoff, timeout))
 }
 
 fn opt_min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
