@@ -549,7 +549,9 @@ impl Jobs for Queue<'_> {
 impl Queue<'_> {
     fn record(&mut self, key: usize, report: FileReport) {
         match &report.error {
-            None => tracing::info!(
+            // Each file's line comes with the summary (stdout); here only with RUST_LOG=debug:
+            // a tree of 10 000 files would write 10 000 log lines (5 % of the sender's time).
+            None => tracing::debug!(
                 file = %report.file, size = report.size, seconds = format!("{:.3}", report.seconds),
                 goodput_mb_s = format!("{:.1}", report.goodput_mb_s),
                 retransmitted = report.retransmitted, resumed = report.resumed,
