@@ -99,6 +99,9 @@ pub struct FsHandle {
     /// the link. `existing_link`: the target of a link already under the name.
     symlink: bool,
     existing_link: Option<Vec<u8>>,
+    /// A stream (its end told or not): never resumed, so no record, and nothing kept when it
+    /// is abandoned.
+    stream: bool,
 }
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
@@ -376,7 +379,7 @@ impl FsHandle {
         data.clear();
         self.pending.data = data;
         // A stream is never resumed: no record of its chunks.
-        if self.unsaved && !self.offer.stream && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+        if self.unsaved && !self.stream && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
             self.save_state();
         }
         Ok(())
@@ -683,6 +686,7 @@ impl FsHandle {
             directory: false,
             symlink: false,
             existing_link: None,
+            stream: offer.stream,
         }
     }
 }
@@ -962,7 +966,7 @@ impl Storage for FsStorage {
         // A part file that never got a chunk is worth nothing to a resume: leave no trace.
         let nothing = h.have.is_empty() && h.pending.count == 0;
         // Nor does a stream's: it is never resumed.
-        if keep_partial && !nothing && !h.offer.stream {
+        if keep_partial && !nothing && !h.stream {
             if let Err(e) = h.flush() {
                 tracing::warn!(name = %h.name, error = %e, "cannot write the last chunks received");
             }

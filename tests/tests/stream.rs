@@ -105,8 +105,9 @@ fn a_stream_arrives_exact_at_any_length() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// A producer that stops for longer than a round of keep-alives, then goes on: the stream is
-/// kept open and arrives exact; beside it, in the same send, a file.
+/// A producer that stops for longer than the sender's timeout (5 s against `--timeout 3`), then
+/// goes on: the keep-alives hold the stream open and it arrives exact; beside it, in the same
+/// send, a file.
 #[test]
 fn a_stream_whose_producer_pauses_arrives_beside_a_file() {
     let hosts = TwoHosts::new("streamp", 1500).unwrap();
@@ -123,7 +124,7 @@ fn a_stream_whose_producer_pauses_arrives_beside_a_file() {
     let file = src.path().join("plain.dat");
     write_random(&file, 300_000, 9);
     let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
-    let producer = format!("cat {}; sleep 4; cat {}", a.display(), b.display());
+    let producer = format!("cat {}; sleep 5; cat {}", a.display(), b.display());
     let mut p = Command::new("sh")
         .args(["-c", &producer])
         .stdout(Stdio::piped())
@@ -136,7 +137,7 @@ fn a_stream_whose_producer_pauses_arrives_beside_a_file() {
             "send",
             "--json",
             "--timeout",
-            "6",
+            "3",
             "--name",
             "dump.bin",
             "--to",

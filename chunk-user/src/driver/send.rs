@@ -269,6 +269,7 @@ fn spawn_reader(
     file: File,
     size: u64,
     block_len: usize,
+    wake: Option<std::sync::Arc<OwnedFd>>,
 ) -> (
     std::sync::mpsc::Receiver<std::io::Result<Block>>,
     std::sync::mpsc::Sender<Vec<u8>>,
@@ -285,7 +286,11 @@ fn spawn_reader(
                 let data = spent.try_recv().unwrap_or_default();
                 let block = read_block(&file, &mut hasher, data, at, want, size);
                 let last = block.as_ref().map_or(true, |b| b.hash.is_some());
-                if tx.send(block).is_err() || last {
+                let gone = tx.send(block).is_err();
+                if let Some(wake) = &wake {
+                    let _ = rustix::io::write(&**wake, &1u64.to_ne_bytes());
+                }
+                if gone || last {
                     return;
                 }
                 at += want as u64;
@@ -354,7 +359,14 @@ struct FileSource {
 }
 
 impl FileSource {
-    fn new(file: File, size: u64, chunk_size: u32) -> std::io::Result<Self> {
+    /// A source of `file`'s chunks; its reader (for a file over [`READ_INLINE`]) signals `wake`
+    /// as blocks come.
+    fn new(
+        file: File,
+        size: u64,
+        chunk_size: u32,
+        wake: Option<std::sync::Arc<OwnedFd>>,
+    ) -> std::io::Result<Self> {
         if size <= READ_INLINE {
             let mut hasher = blake3::Hasher::new();
             let block = read_block(&file, &mut hasher, Vec::new(), 0, size as usize, size)?;
@@ -375,6 +387,7 @@ impl FileSource {
             file.try_clone()?,
             size,
             (per_block * chunk_size as u64) as usize,
+            wake,
         );
         Ok(FileSource {
             file,
@@ -398,7 +411,28 @@ impl FileSource {
             self.blocks = None;
             return Ok(false);
         };
-        let block = block?;
+        self.take_block(block?);
+        Ok(true)
+    }
+
+    /// What the reader has read since, without waiting for it (the driver's loop, which serves
+    /// other transfers meanwhile, is woken when more comes); the hash once it has reached the
+    /// end. For a file whose chunks the receiver already has all of: only its hash is missing.
+    fn poll_hash(&mut self) -> std::io::Result<Option<[u8; wire::HASH_LEN]>> {
+        while self.hash.is_none() {
+            let Some(rx) = &self.blocks else {
+                return Err(std::io::Error::other("the file's reader stopped early"));
+            };
+            match rx.try_recv() {
+                Ok(block) => self.take_block(block?),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(None),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.blocks = None,
+            }
+        }
+        Ok(self.take_hash())
+    }
+
+    fn take_block(&mut self, block: Block) {
         if block.hash.is_some() {
             self.hash = block.hash;
             self.blocks = None;
@@ -408,7 +442,6 @@ impl FileSource {
         let done = std::mem::replace(&mut self.block, block.data);
         // The reader may have finished; then the block is simply dropped.
         let _ = self.spent.send(done);
-        Ok(true)
     }
 
     /// The file's hash, once (when the reader has reached the end).
@@ -416,8 +449,9 @@ impl FileSource {
         self.hash.take()
     }
 
-    /// Reads the rest of the file (chunks the receiver already had need not be sent, but they
-    /// must be hashed) and returns its hash.
+    /// Reads the rest of the file, waiting for the reader, and returns its hash (tests; the
+    /// driver polls: [`poll_hash`](Self::poll_hash)).
+    #[cfg(test)]
     fn finish_hash(&mut self) -> std::io::Result<[u8; wire::HASH_LEN]> {
         while self.hash.is_none() {
             if !self.next_block()? {
@@ -452,6 +486,8 @@ impl ChunkSource for FileSource {
 /// once, beside any number of small ones up to `--parallel`.
 const LARGE_FILE: u64 = 8 << 20;
 const MAX_LARGE: usize = 2;
+/// Large files opened and waiting at most (past it, nothing more is opened until one starts).
+const MAX_PARKED: usize = 8;
 
 fn is_large(meta: &FileMeta) -> bool {
     meta.stream || meta.size > LARGE_FILE
@@ -528,7 +564,10 @@ fn spawn_stream_reader(
 /// held for retransmissions.
 struct StreamSource {
     chunk_size: u64,
-    blocks: std::sync::mpsc::Receiver<std::io::Result<StreamBlock>>,
+    /// The input and the eventfd, until the reader starts with them: only once the offer is
+    /// accepted, so that a stream refused (and offered again later) has read nothing.
+    unread: Option<(File, std::sync::Arc<OwnedFd>)>,
+    blocks: Option<std::sync::mpsc::Receiver<std::io::Result<StreamBlock>>>,
     /// Blocks held, each with the stream offset of its first byte.
     held: std::collections::VecDeque<(u64, Vec<u8>)>,
     held_bytes: u64,
@@ -541,10 +580,10 @@ struct StreamSource {
 
 impl StreamSource {
     fn new(input: File, chunk_size: u32, wake: std::sync::Arc<OwnedFd>) -> Self {
-        let per_block = (READ_AHEAD as u64 / chunk_size as u64).max(1);
         StreamSource {
             chunk_size: chunk_size as u64,
-            blocks: spawn_stream_reader(input, (per_block * chunk_size as u64) as usize, wake),
+            unread: Some((input, wake)),
+            blocks: None,
             held: std::collections::VecDeque::new(),
             held_bytes: 0,
             available: 0,
@@ -554,7 +593,8 @@ impl StreamSource {
     }
 
     /// Lets go of the blocks below `acked` chunks (acknowledged from the start), and takes what
-    /// the reader has read since, as far as [`STREAM_HELD`] allows. Whether anything came.
+    /// the reader has read since, as far as [`STREAM_HELD`] allows (the first call starts the
+    /// reader). Whether anything came.
     fn pull(&mut self, acked: u64) -> std::io::Result<bool> {
         let acked_bytes = acked * self.chunk_size;
         while let Some((at, data)) = self.held.front() {
@@ -564,9 +604,17 @@ impl StreamSource {
             self.held_bytes -= data.len() as u64;
             self.held.pop_front();
         }
+        if let Some((input, wake)) = self.unread.take() {
+            let per_block = (READ_AHEAD as u64 / self.chunk_size).max(1);
+            let block_len = (per_block * self.chunk_size) as usize;
+            self.blocks = Some(spawn_stream_reader(input, block_len, wake));
+        }
+        let Some(blocks) = &self.blocks else {
+            return Ok(false);
+        };
         let mut came = false;
         while !self.ended && self.held_bytes < STREAM_HELD {
-            let block = match self.blocks.try_recv() {
+            let block = match blocks.try_recv() {
                 Ok(b) => b?,
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
@@ -994,8 +1042,8 @@ impl SendDriver {
         let mut active: Vec<Active> = Vec::new();
         let mut limit = parallel.max(1);
         let mut cancelled = false;
-        // A large file that waits for a large one under way to end.
-        let mut parked: Option<(usize, File, FileMeta)> = None;
+        // Large files that wait for a large one under way to end (opened, in order).
+        let mut parked: std::collections::VecDeque<(usize, File, FileMeta)> = Default::default();
         // The receiver had no room for us at all: nothing starts before `hold_until`, and the
         // wait doubles while it lasts (the receiver frees slots as transfers end or go silent:
         // ours of a killed run, say). Since when it lasts.
@@ -1011,8 +1059,9 @@ impl SendDriver {
             if !cancelled && stop.requested().is_some() {
                 cancelled = true;
                 active.iter_mut().for_each(|a| a.sender.cancel());
-                // Not started: skipped, as the files after it are.
-                parked = None;
+                // Not started: skipped, as the files after them are; no more waiting for room.
+                parked.clear();
+                hold_until = None;
             }
             // New transfers, while there is room for them. Asked afresh each round: a file that
             // ended may have gone back to `jobs` (offered again, or sent again whole).
@@ -1025,26 +1074,29 @@ impl SendDriver {
                 // after another (and are read and written one or two at a time), while small
                 // ones fill the other slots.
                 let large = active.iter().filter(|a| is_large(a.sender.meta())).count();
-                if let Some((key, file, meta)) = parked.take() {
-                    if large >= MAX_LARGE {
-                        parked = Some((key, file, meta));
-                        break;
-                    }
+                if large < MAX_LARGE
+                    && let Some((key, file, meta)) = parked.pop_front()
+                {
                     match self.start(key, file, meta, &path, now) {
                         Ok(a) => active.push(a),
                         Err(e) => jobs.finished(key, Err(e)),
                     }
                     continue;
                 }
+                if parked.len() >= MAX_PARKED {
+                    break;
+                }
+                // What waits counts as under way: a directory waits for it too.
                 let busy: Vec<&str> = active
                     .iter()
                     .map(|a| a.sender.meta().name.as_str())
+                    .chain(parked.iter().map(|(_, _, m)| m.name.as_str()))
                     .collect();
                 match jobs.next(&busy) {
                     NextJob::Wait => break,
                     NextJob::Done => no_more = true,
                     NextJob::Start { key, file, meta } if is_large(&meta) && large >= MAX_LARGE => {
-                        parked = Some((key, file, meta));
+                        parked.push_back((key, file, meta));
                     }
                     NextJob::Start { key, file, meta } => {
                         match self.start(key, file, meta, &path, now) {
@@ -1057,7 +1109,7 @@ impl SendDriver {
             if active.is_empty()
                 && (no_more || cancelled)
                 && hold_until.is_none()
-                && parked.is_none()
+                && parked.is_empty()
             {
                 return Ok(());
             }
@@ -1118,8 +1170,9 @@ impl SendDriver {
                     // receiver).
                     Source::File(source) => {
                         if sender.needs_hash() {
-                            match source.finish_hash() {
-                                Ok(h) => sender.set_hash(h),
+                            match source.poll_hash() {
+                                Ok(Some(h)) => sender.set_hash(h),
+                                Ok(None) => {}
                                 Err(e) => {
                                     sender.fail_io(format!("reading the file to hash it: {e}"))
                                 }
@@ -1129,7 +1182,9 @@ impl SendDriver {
                             sender.set_hash(h);
                         }
                     }
-                    // What the input has brought, and at its end the hash.
+                    // What the input has brought, and at its end the hash; nothing is read
+                    // before the offer is accepted.
+                    Source::Stream(_) if !sender.accepted() => {}
                     Source::Stream(source) => match source.pull(sender.acked_prefix()) {
                         Ok(_) => {
                             sender.extend_stream(source.available, source.ended, now);
@@ -1241,7 +1296,8 @@ impl SendDriver {
                 self.wake.clone(),
             ))
         } else {
-            Source::File(FileSource::new(file, size, self.cfg.core.chunk_size)?)
+            let wake = Some(self.wake.clone());
+            Source::File(FileSource::new(file, size, self.cfg.core.chunk_size, wake)?)
         };
         Ok(Active {
             key,
@@ -1396,7 +1452,7 @@ mod tests {
         let chunk = 1400u32;
         let count = data.len().div_ceil(chunk as usize) as u32;
         let mut src =
-            FileSource::new(File::open(&path).unwrap(), data.len() as u64, chunk).unwrap();
+            FileSource::new(File::open(&path).unwrap(), data.len() as u64, chunk, None).unwrap();
         let order = (0..count)
             .chain([3, 0, count - 1, 700, 1500, 2, count - 1])
             .chain((0..count).rev());
@@ -1424,7 +1480,8 @@ mod tests {
         for len in [0usize, 1, 1400, 5_000_000] {
             let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
             std::fs::write(&path, &data).unwrap();
-            let mut src = FileSource::new(File::open(&path).unwrap(), len as u64, 1400).unwrap();
+            let mut src =
+                FileSource::new(File::open(&path).unwrap(), len as u64, 1400, None).unwrap();
             if len > 2_000_000 {
                 // One chunk near the end: the blocks before it are skipped, not lost.
                 let mut buf = vec![0u8; 1400];
@@ -1439,6 +1496,34 @@ mod tests {
         }
     }
 
+    /// The driver's way to the hash of a file the receiver already has whole: polled, never
+    /// waiting, each block's arrival signalled on the eventfd, until the hash comes.
+    #[test]
+    fn the_hash_is_polled_without_waiting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let wake = std::sync::Arc::new(
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap(),
+        );
+        let mut src = FileSource::new(
+            File::open(&path).unwrap(),
+            data.len() as u64,
+            1400,
+            Some(wake.clone()),
+        )
+        .unwrap();
+        let hash = loop {
+            if let Some(h) = src.poll_hash().unwrap() {
+                break h;
+            }
+            // Blocks until the reader has sent another block.
+            rustix::io::read(&*wake, &mut [0u8; 8]).unwrap();
+        };
+        assert_eq!(hash, *blake3::hash(&data).as_bytes());
+    }
+
     /// A file that is not the size the offer said fails the read, never hashes as if whole.
     #[test]
     fn a_file_that_changed_size_is_an_error() {
@@ -1449,7 +1534,7 @@ mod tests {
         for len in [10_000u64, 3 * READ_INLINE] {
             std::fs::write(&path, vec![7u8; len as usize]).unwrap();
             for claimed in [2 * len, len / 2] {
-                let source = FileSource::new(File::open(&path).unwrap(), claimed, 1400);
+                let source = FileSource::new(File::open(&path).unwrap(), claimed, 1400, None);
                 assert!(
                     source.and_then(|mut s| s.finish_hash()).is_err(),
                     "{len} bytes offered as {claimed}"

@@ -523,10 +523,15 @@ fn a_stream_written_out_of_order_lands_once_its_end_is_known() {
     assert!(st.finish(h, &o.tag).unwrap().verified);
     assert_eq!(std::fs::read(tmp.path().join("s.bin")).unwrap(), d);
 
-    // Interrupted: no part file, no record to resume from.
+    // Interrupted, before its end is known or after: no part file, no record to resume from.
     let o = stream("cut.bin");
     let mut h = st.open(&o).unwrap().handle;
     write_chunks(&mut st, &mut h, &d, 0..10);
+    st.abandon(h, true);
+    assert_eq!(listing(tmp.path()), ["s.bin"]);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &d, 0..10);
+    st.end_stream(&mut h, 20 * CHUNK as u64, 20).unwrap();
     st.abandon(h, true);
     assert_eq!(listing(tmp.path()), ["s.bin"]);
     // An end that leaves out a chunk already written is refused.

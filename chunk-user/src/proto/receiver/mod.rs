@@ -693,7 +693,8 @@ impl<S: Storage> Receiver<S> {
         if let Some(end) = &mut t.stream_end {
             let more = packet_flags & flags::MORE_CHUNKS != 0;
             let max = self.cfg.max_size;
-            match end.on_chunk(t.info.chunk_size, index, more, payload.len(), max) {
+            let got = (index, more, payload.len());
+            match end.on_chunk(t.info.chunk_size, got, t.received.last(), max) {
                 Ok(()) => {}
                 Err(StreamError::Malformed) => {
                     self.stats.malformed += 1;
@@ -796,7 +797,8 @@ impl<S: Storage> Receiver<S> {
             return;
         };
         if let Some(end) = &mut t.stream_end {
-            if hash.alg != HashAlg::Blake3 || end.on_hash(seq, t.received.last()).is_err() {
+            let cs = t.info.chunk_size;
+            if hash.alg != HashAlg::Blake3 || end.on_hash(seq, t.received.last(), cs).is_err() {
                 self.stats.malformed += 1;
                 return;
             }

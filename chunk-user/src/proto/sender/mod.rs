@@ -104,8 +104,9 @@ pub struct SenderConfig {
     pub max_rate: Option<u64>,
     /// Peer silence after which the transfer fails (`--timeout`).
     pub timeout: Duration,
-    /// First offer retransmission interval; doubles up to `offer_max_interval`. A re-offer, with
-    /// the path known, starts from the RTO if that is longer (and may reach it).
+    /// First offer retransmission interval on a path nothing is known of; doubles up to
+    /// `offer_max_interval`. Once the path's round trip is known (a re-offer, a later file on a
+    /// shared path) the first interval is the probe timeout instead.
     pub offer_interval: Duration,
     pub offer_max_interval: Duration,
     /// RTO before any RTT sample, and its bounds (the minimum is absolute; above it the RTO keeps
@@ -311,7 +312,9 @@ struct Probe {
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The longest a stream waiting for its input stays quiet (see `Sender::waiting_for_input`).
-const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Well under the 1 s of silence after which a receiver may give the transfer's slot to a new
+/// offer from the same address (docs/PROTOCOL.md, "Room from a dead sender").
+const KEEPALIVE: Duration = Duration::from_millis(500);
 
 /// The sending side of one transfer.
 pub struct Sender {
@@ -462,6 +465,11 @@ impl Sender {
             self.end_known = true;
             self.close_if_all_acked(now);
         }
+    }
+
+    /// The receiver has accepted the offer (an ack answered it).
+    pub fn accepted(&self) -> bool {
+        self.stats.offer_accepted
     }
 
     /// Chunks `0..n` are all acknowledged: a stream's sender may let go of them.
