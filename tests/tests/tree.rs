@@ -284,3 +284,37 @@ fn with_links_a_link_inside_the_tree_is_recreated() {
         "{json}"
     );
 }
+
+/// Large files (over 8 MiB) go two at a time while the small ones around them go on: a tree
+/// of three large files first and small ones after arrives whole, every file exact.
+#[test]
+fn large_files_take_turns_while_small_ones_pass() {
+    let hosts = TwoHosts::new("treebig", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("m");
+    for i in 0..3 {
+        let data: Vec<u8> = (0..9_000_000usize).map(|b| (b * 13 + i) as u8).collect();
+        write(&root.join(format!("a{i}.big")), &data, 0o644, 1_700_000_000);
+    }
+    small_tree(&root, 20, 5_000);
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    // 23 files, and the directories m, d0..d6.
+    assert_sent(&o, &json, 23 + 8);
+    recv.stop();
+    for i in 0..3 {
+        let rel = format!("a{i}.big");
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("m").join(&rel)),
+            "{rel}"
+        );
+    }
+    for i in 0..20 {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("m").join(&rel)),
+            "{rel}"
+        );
+    }
+}
