@@ -38,13 +38,7 @@ fn send_stream(
     // gets EPIPE rather than blocking.
     drop(cmd);
     let _ = p.wait();
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let json = summary_of(&out);
     (out, json)
 }
 
@@ -149,7 +143,7 @@ fn a_stream_whose_producer_pauses_arrives_beside_a_file() {
         .output()
         .unwrap();
     p.wait().unwrap();
-    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let json = summary_of(&o);
     assert_sent(&o, &json, 2);
     recv.stop();
     assert!(same_contents(&whole, &out.path().join("dump.bin")));

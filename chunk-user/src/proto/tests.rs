@@ -42,6 +42,20 @@ fn add(
     sim.add_sender(sender, Box::new(file))
 }
 
+/// A stream of `file`'s bytes under [`NAME`], nothing of it known yet: the test feeds it with
+/// `extend_stream` and gives its hash at the end.
+fn add_stream(sim: &mut Sim<MemStorage>, id: u32, file: VirtualFile) -> usize {
+    let mut meta = file.meta(NAME);
+    meta.stream = true;
+    meta.size = 0;
+    let scfg = SenderConfig {
+        chunk_size: file.chunk_size,
+        ..SenderConfig::default()
+    };
+    let sender = Sender::new(id, meta, scfg, sim.now()).unwrap();
+    sim.add_sender(sender, Box::new(file))
+}
+
 /// One file over `up`/`down`; returns the sim after the sender's outcome.
 fn transfer(
     seed: u64,
@@ -780,15 +794,7 @@ fn a_stream_arrives_exact_whatever_its_length() {
         let file = VirtualFile::new(seed, size, cs);
         let lossy = link.loss > 0.0;
         let mut sim = new_sim(seed, link.clone(), link, ReceiverConfig::default());
-        let mut meta = file.meta(NAME);
-        meta.stream = true;
-        meta.size = 0;
-        let scfg = SenderConfig {
-            chunk_size: cs,
-            ..SenderConfig::default()
-        };
-        let sender = Sender::new(seed as u32, meta, scfg, sim.now()).unwrap();
-        sim.add_sender(sender, Box::new(file));
+        add_stream(&mut sim, seed as u32, file);
         let steps = 7u64;
         for k in 1..=steps {
             let at = sim.elapsed() + Duration::from_millis(30);
@@ -826,15 +832,7 @@ fn a_stream_the_receiver_forgot_ends_with_stream_lost() {
     let cs = 1000u32;
     let file = VirtualFile::new(65, 2_000_000, cs);
     let mut sim = new_sim(65, wan(0.0), wan(0.0), ReceiverConfig::default());
-    let mut meta = file.meta(NAME);
-    meta.stream = true;
-    meta.size = 0;
-    let scfg = SenderConfig {
-        chunk_size: cs,
-        ..SenderConfig::default()
-    };
-    let sender = Sender::new(65, meta, scfg, sim.now()).unwrap();
-    sim.add_sender(sender, Box::new(file));
+    add_stream(&mut sim, 65, file);
     let now = sim.now();
     sim.sender_mut(0)
         .sender
@@ -906,15 +904,7 @@ fn a_stream_that_pauses_for_its_input_is_kept_alive() {
     let cs = 1000u32;
     let file = VirtualFile::new(68, 50_000, cs);
     let mut sim = new_sim(68, wan(0.0), wan(0.0), ReceiverConfig::default());
-    let mut meta = file.meta(NAME);
-    meta.stream = true;
-    meta.size = 0;
-    let scfg = SenderConfig {
-        chunk_size: cs,
-        ..SenderConfig::default()
-    };
-    let sender = Sender::new(68, meta, scfg, sim.now()).unwrap();
-    sim.add_sender(sender, Box::new(file));
+    add_stream(&mut sim, 68, file);
     let now = sim.now();
     sim.sender_mut(0).sender.extend_stream(20_000, false, now);
     sim.run_to(Duration::from_secs(100));
@@ -1006,15 +996,7 @@ fn a_stream_whose_end_comes_after_its_last_whole_chunk() {
     let cs = 1000u32;
     let file = VirtualFile::new(69, 5 * cs as u64, cs);
     let mut sim = new_sim(69, lan(), lan(), ReceiverConfig::default());
-    let mut meta = file.meta(NAME);
-    meta.stream = true;
-    meta.size = 0;
-    let scfg = SenderConfig {
-        chunk_size: cs,
-        ..SenderConfig::default()
-    };
-    let sender = Sender::new(69, meta, scfg, sim.now()).unwrap();
-    sim.add_sender(sender, Box::new(file));
+    add_stream(&mut sim, 69, file);
     let now = sim.now();
     sim.sender_mut(0)
         .sender

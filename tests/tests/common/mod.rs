@@ -145,14 +145,19 @@ pub fn send(
         .args(extra)
         .args(files);
     let out = cmd.output().expect("run chunk send");
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let json = summary_of(&out);
+    (out, json)
+}
+
+/// The JSON summary `chunk send --json` printed.
+pub fn summary_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: stdout {:?} stderr {:?}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    });
-    (out, json)
+    })
 }
 
 pub fn assert_sent(out: &Output, json: &Value, count: usize) {

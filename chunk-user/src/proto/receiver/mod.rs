@@ -706,16 +706,13 @@ impl<S: Storage> Receiver<S> {
                     return;
                 }
             }
-            if let Err(e) = Self::learn_stream_end(t, storage) {
-                self.fail(
-                    key,
-                    AbortReason::Io,
-                    format!("ending the stream: {e}"),
-                    storage,
-                );
+            if !self.learn_stream_end(key, storage) {
                 return;
             }
         }
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
         let info = &t.info;
         // A stream before its end is known: `StreamEnd` checked the length.
         let fits = t.stream_end.is_some()
@@ -802,13 +799,7 @@ impl<S: Storage> Receiver<S> {
                 self.stats.malformed += 1;
                 return;
             }
-            if let Err(e) = Self::learn_stream_end(t, storage) {
-                self.fail(
-                    key,
-                    AbortReason::Io,
-                    format!("ending the stream: {e}"),
-                    storage,
-                );
+            if !self.learn_stream_end(key, storage) {
                 return;
             }
             // A stream's hash is kept even while its size waits for the last chunk (a sender
@@ -817,6 +808,9 @@ impl<S: Storage> Receiver<S> {
             self.stats.malformed += 1;
             return;
         }
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return;
+        };
         t.last_activity = now;
         t.expected.get_or_insert(hash.hash);
         if t.received.len() == t.info.chunk_count as u64 {
@@ -826,15 +820,23 @@ impl<S: Storage> Receiver<S> {
 
     /// Once a stream's count and size are both known, it is a file of that size: its offer's
     /// record and storage's say so, and the ordinary checks and verdict apply from then on.
-    fn learn_stream_end(t: &mut Transfer<S::Handle>, storage: &mut S) -> std::io::Result<()> {
-        let Some((count, size)) = t.stream_end.and_then(|e| e.known()) else {
-            return Ok(());
+    /// Whether the transfer goes on (storage refusing the end fails it).
+    fn learn_stream_end(&mut self, key: TransferKey, storage: &mut S) -> bool {
+        let Some(t) = self.transfers.get_mut(&key) else {
+            return false;
         };
-        storage.end_stream(&mut t.handle, size, count)?;
+        let Some((count, size)) = t.stream_end.and_then(|e| e.known()) else {
+            return true;
+        };
+        if let Err(e) = storage.end_stream(&mut t.handle, size, count) {
+            let message = format!("ending the stream: {e}");
+            self.fail(key, AbortReason::Io, message, storage);
+            return false;
+        }
         t.info.size = size;
         t.info.chunk_count = count;
         t.stream_end = None;
-        Ok(())
+        true
     }
 
     fn on_abort(&mut self, key: TransferKey, abort: &AbortRepr<'_>, storage: &mut S) {
