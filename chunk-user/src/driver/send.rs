@@ -231,6 +231,23 @@ pub fn file_tag(md: &std::fs::Metadata) -> [u8; wire::HASH_LEN] {
     *h.finalize().as_bytes()
 }
 
+/// How a file's reader wakes the send loop: only while the loop waits for it to reach the end
+/// (the hash of a file the receiver already has), not for every block of a normal send, which
+/// the loop takes as it sends (a wake-up per MiB would be a VM exit each, for nothing).
+#[derive(Clone)]
+struct Wake {
+    fd: std::sync::Arc<OwnedFd>,
+    wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Wake {
+    fn signal(&self) {
+        if self.wanted.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = rustix::io::write(&*self.fd, &1u64.to_ne_bytes());
+        }
+    }
+}
+
 /// Reads `buf.len()` bytes at `offset`, or fewer at the end of the file; returns the bytes read.
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
@@ -269,7 +286,7 @@ fn spawn_reader(
     file: File,
     size: u64,
     block_len: usize,
-    wake: Option<std::sync::Arc<OwnedFd>>,
+    wake: Option<Wake>,
 ) -> (
     std::sync::mpsc::Receiver<std::io::Result<Block>>,
     std::sync::mpsc::Sender<Vec<u8>>,
@@ -288,7 +305,7 @@ fn spawn_reader(
                 let last = block.as_ref().map_or(true, |b| b.hash.is_some());
                 let gone = tx.send(block).is_err();
                 if let Some(wake) = &wake {
-                    let _ = rustix::io::write(&**wake, &1u64.to_ne_bytes());
+                    wake.signal();
                 }
                 if gone || last {
                     return;
@@ -356,6 +373,8 @@ struct FileSource {
     next_at: u64,
     /// The file's hash, once the last block has come (until the driver takes it).
     hash: Option<[u8; wire::HASH_LEN]>,
+    /// How the reader wakes the loop, once asked to ([`poll_hash`](Self::poll_hash)).
+    wake: Option<Wake>,
 }
 
 impl FileSource {
@@ -367,6 +386,10 @@ impl FileSource {
         chunk_size: u32,
         wake: Option<std::sync::Arc<OwnedFd>>,
     ) -> std::io::Result<Self> {
+        let wake = wake.map(|fd| Wake {
+            fd,
+            wanted: Default::default(),
+        });
         if size <= READ_INLINE {
             let mut hasher = blake3::Hasher::new();
             let block = read_block(&file, &mut hasher, Vec::new(), 0, size as usize, size)?;
@@ -380,6 +403,7 @@ impl FileSource {
                 block_at: 0,
                 block: block.data,
                 hash: block.hash,
+                wake: None,
             });
         }
         let per_block = (READ_AHEAD as u64 / chunk_size as u64).max(1);
@@ -387,7 +411,7 @@ impl FileSource {
             file.try_clone()?,
             size,
             (per_block * chunk_size as u64) as usize,
-            wake,
+            wake.clone(),
         );
         Ok(FileSource {
             file,
@@ -398,6 +422,7 @@ impl FileSource {
             block_at: 0,
             next_at: 0,
             hash: None,
+            wake,
         })
     }
 
@@ -419,6 +444,9 @@ impl FileSource {
     /// other transfers meanwhile, is woken when more comes); the hash once it has reached the
     /// end. For a file whose chunks the receiver already has all of: only its hash is missing.
     fn poll_hash(&mut self) -> std::io::Result<Option<[u8; wire::HASH_LEN]>> {
+        if let Some(w) = &self.wake {
+            w.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         while self.hash.is_none() {
             let Some(rx) = &self.blocks else {
                 return Err(std::io::Error::other("the file's reader stopped early"));
