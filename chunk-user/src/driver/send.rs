@@ -765,6 +765,11 @@ pub struct SendDriver {
     session: Option<u32>,
     /// Which transfer's packet goes first in the next batch.
     turn: usize,
+    /// The next file's transfer id: a random first one, then counting up, so that the files of
+    /// one run never share an id. Random ids for each of 10 000 files would collide about once
+    /// in a hundred runs (a receiver keeps a finished transfer's id for its verdict's 60 s, and
+    /// refuses another file under it).
+    next_tid: u32,
     /// An eventfd a stream's reader signals when input has come (the loop waits on it too).
     wake: std::sync::Arc<OwnedFd>,
 }
@@ -845,6 +850,7 @@ impl SendDriver {
             intake,
             session: None,
             turn: 0,
+            next_tid: rand::random(),
             wake: std::sync::Arc::new(
                 rustix::event::eventfd(
                     0,
@@ -1309,7 +1315,8 @@ impl SendDriver {
         path: &SharedPath,
         now: Instant,
     ) -> Result<Active> {
-        let tid: u32 = rand::random();
+        let tid = self.next_tid;
+        self.next_tid = self.next_tid.wrapping_add(1);
         let size = meta.size;
         let sender = Sender::on_path(tid, meta, self.cfg.core.clone(), path, now)?;
         self.tx
