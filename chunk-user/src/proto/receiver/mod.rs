@@ -1300,24 +1300,7 @@ mod tests {
         let now = Instant::now();
         let data = file(100);
         let offer_from = |r: &mut Receiver<MemStorage>, st: &mut MemStorage, src, id: u32| {
-            let name = format!("f{id}");
-            let o = OfferRepr {
-                file_size: data.len() as u64,
-                chunk_size: CHUNK,
-                chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
-                mode: 0o644,
-                mtime: 0,
-                hash_alg: HashAlg::Blake3,
-                tag: tag_of(&data),
-                name: name.as_bytes(),
-            };
-            let repr = Repr {
-                transfer_id: id,
-                seq: 0,
-                flags: 0,
-                message: Message::Offer(o),
-            };
-            r.handle_packet(src, Some(LOCAL), &repr, now, st);
+            offer_named(r, st, now, src, id, &format!("f{id}"), &data)
         };
         let other = Peer::ipv4(Ipv4Addr::new(198, 18, 0, 2));
         for id in 0..3 {
