@@ -77,7 +77,21 @@ impl Capture {
                 )
                 .unwrap();
                 s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                s.set_recv_buffer_size(64 << 20).unwrap();
+                // Past net.core.rmem_max (we are root): a burst of parallel transfers outran the
+                // capped buffer and the capture missed half the packets.
+                let size: libc::c_int = 64 << 20;
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if rc != 0 {
+                    s.set_recv_buffer_size(64 << 20).unwrap();
+                }
                 s
             })
             .unwrap();
