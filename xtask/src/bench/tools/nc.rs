@@ -3,7 +3,11 @@
 //! Retransmissions are the sender namespace's `TcpRetransSegs`. Which TCP it was (the sender
 //! namespace's congestion control) is in the machine header and nc's label.
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 
@@ -31,6 +35,34 @@ pub(in crate::bench) fn tcp_retransmissions(ns: &Netns) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// TCP segments `ns` has retransmitted since it had retransmitted `before`.
+pub(in crate::bench) fn retransmitted_since(before: Option<u64>, ns: &Netns) -> Option<u64> {
+    Some(tcp_retransmissions(ns)?.saturating_sub(before?))
+}
+
+/// Runs a TCP tool's sender `sc` until it exits or [`CUT_OFF`], the transfer's clock started
+/// now. Finished: its output, the clock (still running: the caller stops it once its receiver
+/// has everything) and `receiver` back. Cut off: `stop` ends `receiver`, and the run is
+/// measured by what arrived under `dest` (`None`; the caller checks it).
+pub(in crate::bench) fn send_or_cut_off<R>(
+    sc: Command,
+    t: &Transfer,
+    run: &mut Run,
+    (dest, times): (&Path, &TimeFiles),
+    receiver: R,
+    stop: impl FnOnce(R),
+) -> Result<Option<(Output, Mark, R)>> {
+    let mark = Mark::start(t.net);
+    match output_within(sc, t.timeout.min(CUT_OFF)) {
+        Ok(out) => Ok(Some((out, mark, receiver))),
+        Err(e) => {
+            mark.stop(t.net, run);
+            stop(receiver);
+            super::cut_off(dest, times, run, e).map(|()| None)
+        }
+    }
+}
+
 pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
     let net = &t.net.routed;
     let times = TimeFiles::in_dir(t.work);
@@ -48,25 +80,16 @@ pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
         net.receiver_addr,
         t.file.display()
     ));
-    let mark = Mark::start(t.net);
-    let out = match output_within(sc, t.timeout.min(CUT_OFF)) {
-        Ok(out) => out,
-        Err(e) => {
-            // Cut off: what arrived in the time allowed is the figure (the caller checks that
-            // it is the file's first bytes).
-            mark.stop(t.net, run);
-            drop(receiver);
-            return super::cut_off(&dest, &times, run, e);
-        }
+    // Cut off: what arrived in the time allowed is the figure (the file's first bytes).
+    let Some((out, mark, receiver)) = send_or_cut_off(sc, t, run, (&dest, &times), receiver, drop)?
+    else {
+        return Ok(());
     };
     // The receiver has everything when its nc sees the end of the stream and exits.
     let status = receiver.wait(t.timeout)?;
     mark.stop(t.net, run);
     times.read_into(run);
-    run.retransmissions = match (before, tcp_retransmissions(&net.sender)) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    run.retransmissions = retransmitted_since(before, &net.sender);
     if !out.status.success() || !status.success() {
         bail!(
             "nc failed: sender {}, receiver {status}: {}",

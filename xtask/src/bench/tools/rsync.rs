@@ -13,11 +13,11 @@ use chunk_tests::Daemon;
 
 use super::{
     Server, Transfer,
-    nc::{CUT_OFF, tcp_retransmissions},
-    output_within, wait_listening,
+    nc::{retransmitted_since, send_or_cut_off, tcp_retransmissions},
+    wait_listening,
 };
 use crate::bench::{
-    accounting::{Mark, TimeFiles, timed},
+    accounting::{TimeFiles, timed},
     run::Run,
 };
 
@@ -72,25 +72,18 @@ pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
     sc.arg("-a")
         .arg(t.file)
         .arg(format!("rsync://{}:{PORT}/{MODULE}/", net.receiver_addr));
-    let mark = Mark::start(t.net);
-    let out = match output_within(sc, t.timeout.min(CUT_OFF)) {
-        Ok(out) => out,
-        Err(e) => {
-            // Cut off: what arrived whole in the time allowed is the figure (the caller checks
-            // it; rsync's temporary files do not count).
-            mark.stop(t.net, run);
-            let _ = server.stop(Duration::from_secs(5));
-            return super::cut_off(&dest, &times, run, e);
-        }
+    // Cut off: what arrived whole in the time allowed is the figure (rsync's temporary files
+    // do not count).
+    let stop = |s: &mut Server| drop(s.stop(Duration::from_secs(5)));
+    let Some((out, mark, _)) = send_or_cut_off(sc, t, run, (&dest, &times), &mut server, stop)?
+    else {
+        return Ok(());
     };
     // rsync returns once the daemon has put the last file in place.
     mark.stop(t.net, run);
     server.stop(Duration::from_secs(10))?;
     times.read_into(run);
-    run.retransmissions = match (before, tcp_retransmissions(&net.sender)) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    run.retransmissions = retransmitted_since(before, &net.sender);
     if !out.status.success() {
         bail!(
             "rsync failed ({}): {}; daemon: {}",

@@ -19,11 +19,11 @@ use chunk_tests::Daemon;
 
 use super::{
     Server, Transfer,
-    nc::{CUT_OFF, tcp_retransmissions},
-    output_within, wait_listening,
+    nc::{retransmitted_since, send_or_cut_off, tcp_retransmissions},
+    wait_listening,
 };
 use crate::bench::{
-    accounting::{Mark, TimeFiles, timed},
+    accounting::{TimeFiles, timed},
     run::Run,
 };
 
@@ -177,16 +177,11 @@ pub fn run(t: &Transfer, ssh: &Ssh, run: &mut Run) -> Result<()> {
         ])
         .arg(t.file)
         .arg(format!("root@{}:{}/", ssh.addr, t.out_dir.display()));
-    let mark = Mark::start(t.net);
-    let out = match output_within(sc, t.timeout.min(CUT_OFF)) {
-        Ok(out) => out,
-        Err(e) => {
-            // Cut off: what arrived in the time allowed is the figure (the caller checks that
-            // it is the file's first bytes).
-            mark.stop(t.net, run);
-            let _ = server.stop(Duration::from_secs(5));
-            return super::cut_off(&dest, &times, run, e);
-        }
+    // Cut off: what arrived in the time allowed is the figure (the file's first bytes).
+    let stop = |s: &mut Server| drop(s.stop(Duration::from_secs(5)));
+    let Some((out, mark, _)) = send_or_cut_off(sc, t, run, (&dest, &times), &mut server, stop)?
+    else {
+        return Ok(());
     };
     // scp returns once the server has closed the file: everything has arrived.
     mark.stop(t.net, run);
@@ -195,10 +190,7 @@ pub fn run(t: &Transfer, ssh: &Ssh, run: &mut Run) -> Result<()> {
     // sshd's own exit status (it is stopped by a signal) says nothing about the transfer.
     server.stop(Duration::from_secs(10))?;
     times.read_into(run);
-    run.retransmissions = match (before, tcp_retransmissions(&net.sender)) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    run.retransmissions = retransmitted_since(before, &net.sender);
     if !out.status.success() {
         let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debug")).collect();
         bail!(

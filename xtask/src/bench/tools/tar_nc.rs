@@ -12,11 +12,11 @@ use chunk_tests::Daemon;
 
 use super::{
     Transfer,
-    nc::{CUT_OFF, tcp_retransmissions},
-    output_within, stop_timed, wait_listening,
+    nc::{retransmitted_since, send_or_cut_off, tcp_retransmissions},
+    stop_timed, wait_listening,
 };
 use crate::bench::{
-    accounting::{Mark, TimeFiles, timed},
+    accounting::{TimeFiles, timed},
     run::Run,
 };
 
@@ -42,25 +42,18 @@ pub fn run(t: &Transfer, run: &mut Run) -> Result<()> {
         name.to_string_lossy(),
         net.receiver_addr,
     ));
-    let mark = Mark::start(t.net);
-    let out = match output_within(sc, t.timeout.min(CUT_OFF)) {
-        Ok(out) => out,
-        Err(e) => {
-            // Cut off: what arrived whole in the time allowed is the figure (the caller checks
-            // it). The receiver's nc sees the stream end and its tar stops.
-            mark.stop(t.net, run);
-            let _ = stop_timed(receiver, Duration::from_secs(5));
-            return super::cut_off(&dest, &times, run, e);
-        }
+    // Cut off: what arrived whole in the time allowed is the figure. The receiver's nc sees
+    // the stream end and its tar stops.
+    let stop = |r| drop(stop_timed(r, Duration::from_secs(5)));
+    let Some((out, mark, receiver)) = send_or_cut_off(sc, t, run, (&dest, &times), receiver, stop)?
+    else {
+        return Ok(());
     };
     // The receiver has everything when its tar has read the end of the archive and exited.
     let status = receiver.wait(t.timeout)?;
     mark.stop(t.net, run);
     times.read_into(run);
-    run.retransmissions = match (before, tcp_retransmissions(&net.sender)) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+    run.retransmissions = retransmitted_since(before, &net.sender);
     if !out.status.success() || !status.success() {
         bail!(
             "tar | nc failed: sender {}, receiver {status}: {}",
