@@ -358,6 +358,13 @@ pub struct SendSummary {
     /// What the PATHs held that is not sent (symbolic links, FIFOs, ...), with the reason.
     #[serde(default)]
     pub skipped_entries: Vec<crate::cmd::tree::Skipped>,
+    /// Packets handed to the kernel (chunks, offers, hash messages, handshakes).
+    #[serde(default)]
+    pub packets_sent: u64,
+    /// The messages they took: fewer than packets where runs of UDP datagrams went out as one
+    /// segmentation-offload message.
+    #[serde(default)]
+    pub send_messages: u64,
 }
 
 #[cfg(test)]

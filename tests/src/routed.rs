@@ -98,7 +98,18 @@ impl Routed {
 
     /// Drops `percent` % of the packets each of the nftables `matches` selects (a packet that
     /// two select gets two chances).
+    ///
+    /// The hosts' links then carry one packet per buffer (`gso_max_segs 1`), as a wire does:
+    /// between namespaces a segmentation-offload buffer (TCP's, or chunk's runs of UDP
+    /// datagrams) would otherwise cross the router whole, and one rule verdict would drop tens
+    /// of packets at once.
     fn set_loss_of(&self, matches: &[String], percent: u32) -> Result<()> {
+        for (host, dev) in [
+            (&self.sender, self.sender_if),
+            (&self.receiver, self.receiver_if),
+        ] {
+            host.ip(&["link", "set", "dev", dev, "gso_max_segs", "1"])?;
+        }
         let rules: String = matches
             .iter()
             .map(|m| format!("    {m} numgen random mod 100 < {percent} counter drop\n"))

@@ -55,6 +55,19 @@ fn edge_sizes(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
         edge_sizes_across(&hosts, hosts.receiver_addr6, &sizes, recv_extra, send_extra);
     // The default chunk size comes from the IPv6 path MTU, less the IPv6 (and UDP) header.
     assert_eq!(json["files"][3]["chunks"], 4, "{json}");
+    // Over UDP, runs of full chunks leave as segmentation-offload messages (the socket-path
+    // receiver then takes them coalesced and splits them back, `UDP_GRO`); straight over IP,
+    // one message per packet.
+    let (packets, messages) = (
+        json["packets_sent"].as_u64().unwrap(),
+        json["send_messages"].as_u64().unwrap(),
+    );
+    assert!(packets > (2 << 20) / chunk as u64, "{json}");
+    if udp {
+        assert!(messages * 4 < packets, "{json}");
+    } else {
+        assert_eq!(messages, packets, "{json}");
+    }
     // The receiver names the sender by its IPv6 address (and UDP port over UDP).
     for fin in &finished {
         let from = fin["src"].as_str().unwrap();
@@ -68,6 +81,49 @@ fn edge_sizes(tag: &str, recv_extra: &[&str], send_extra: &[&str]) {
         counter(&summary, "accepted") >= (2 << 20) / chunk as u64,
         "{summary}"
     );
+}
+
+/// Two receivers on two interfaces of one host, both with the same `--udp` port, through XDP
+/// and the socket path: each binds its UDP sockets to its own interface, so neither is refused
+/// the port, and each takes its own sender's file.
+#[test]
+fn receivers_on_two_interfaces_share_a_udp_port() {
+    for mode in [&[][..], SOCKET] {
+        let hosts = TwoHosts::new(if mode.is_empty() { "2if" } else { "s2if" }, 1500).unwrap();
+        // A second link between the same two hosts.
+        chunk_tests::veth_pair(
+            chunk_tests::VethEnd::new(&hosts.sender, "veth-s2")
+                .addr("198.18.7.1/24")
+                .addr6("2001:2:0:7::1/64"),
+            chunk_tests::VethEnd::new(&hosts.receiver, "veth-r2")
+                .addr("198.18.7.2/24")
+                .addr6("2001:2:0:7::2/64"),
+            None,
+        )
+        .unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let (out1, out2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let file1 = make_file(src.path(), "first.bin", 300_000, 71);
+        let file2 = make_file(src.path(), "second.bin", 300_001, 72);
+        let extra = [mode, &["--udp", PORT]].concat();
+        let recv1 = Recv::start(&hosts.receiver, hosts.receiver_if, out1.path(), &extra);
+        let recv2 = Recv::start(&hosts.receiver, "veth-r2", out2.path(), &extra);
+        let (o1, j1) = send(
+            &hosts.sender,
+            hosts.receiver_addr6,
+            &[&file1],
+            &["--udp", PORT],
+        );
+        let (o2, j2) = send(&hosts.sender, "198.18.7.2", &[&file2], &["--udp", PORT]);
+        assert_sent(&o1, &j1, 1);
+        assert_sent(&o2, &j2, 1);
+        recv1.stop();
+        recv2.stop();
+        assert!(same_contents(&file1, &out1.path().join("first.bin")));
+        assert!(same_contents(&file2, &out2.path().join("second.bin")));
+        assert_eq!(names_in(out1.path()), ["first.bin"]);
+        assert_eq!(names_in(out2.path()), ["second.bin"]);
+    }
 }
 
 /// One receiver, both families at once, with and without UDP: four senders in parallel, each

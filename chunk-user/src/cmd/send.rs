@@ -254,6 +254,8 @@ pub fn run(args: SendArgs) -> Result<()> {
                 bytes: 0,
                 files,
                 skipped_entries: passed_over.clone(),
+                packets_sent: 0,
+                send_messages: 0,
             };
             println!("{}", serde_json::to_string(&summary)?);
         }
@@ -290,6 +292,8 @@ pub fn run(args: SendArgs) -> Result<()> {
         bytes: reports.iter().filter(|r| r.ok).map(|r| r.size).sum(),
         files: reports,
         skipped_entries: passed_over,
+        packets_sent: driver.packets_sent().0,
+        send_messages: driver.packets_sent().1,
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -79,7 +79,7 @@ pub fn run(
     stop: &Stop,
     mut on_event: impl FnMut(&RecvEvent),
 ) -> Result<RecvEvent> {
-    let ack_sock = Answerer::open(cfg.protocol, cfg.udp_port, rx.udp_sockets())
+    let ack_sock = Answerer::open(cfg.protocol, cfg.udp_port, rx.udp_sockets(), rx.iface())
         .context("opening the sockets for answers (raw sockets need root or CAP_NET_RAW)")?;
     let mut core: Receiver<FsStorage> = Receiver::new(cfg.core.clone());
     let mut intake = Intake::receiver(

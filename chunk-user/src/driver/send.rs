@@ -1066,6 +1066,12 @@ impl SendDriver {
     /// room (`too many transfers`) while others are under way, the file is offered again later
     /// and fewer go at once from then on. `Err` only for failures that end every transfer: the
     /// socket, or the receiver's key changing.
+    /// Packets handed to the kernel so far, and the messages they took (fewer over UDP, where
+    /// runs of equal datagrams go out as one segmentation-offload message).
+    pub fn packets_sent(&self) -> (u64, u64) {
+        (self.tx.packets_sent, self.tx.messages_sent)
+    }
+
     pub fn send_files(&mut self, jobs: &mut dyn Jobs, parallel: usize, stop: &Stop) -> Result<()> {
         let start = Instant::now();
         let path = core::Path::shared(&self.cfg.core, start);

@@ -20,8 +20,14 @@ impl Answerer {
     /// Opens raw sockets of `protocol` for both families, made deaf (they only send), and for
     /// `--udp PORT` UDP sockets on that port: `udp` (the socket receive path's own, which also
     /// answer), or new ones bound to the port (the XDP path takes the packets before any socket
-    /// would). IPv6 is left out, with a warning, on a host without it.
-    pub fn open(protocol: u8, udp_port: Option<u16>, udp: Vec<ChunkSocket>) -> io::Result<Self> {
+    /// would), bound to the receiving interface `iface` so that receivers on other interfaces
+    /// can use the same port. IPv6 is left out, with a warning, on a host without it.
+    pub fn open(
+        protocol: u8,
+        udp_port: Option<u16>,
+        udp: Vec<ChunkSocket>,
+        iface: &str,
+    ) -> io::Result<Self> {
         let ip4 = ChunkSocket::open(false, Transport::Ip(protocol), None)?;
         ip4.make_deaf()?;
         let ip6 = optional_v6(ChunkSocket::open(true, Transport::Ip(protocol), None))?;
@@ -38,14 +44,19 @@ impl Answerer {
         }
         if let Some(port) = udp_port {
             if udp4.is_none() {
-                let s = ChunkSocket::open(false, Transport::Udp(port), Some(port))
+                let s = ChunkSocket::open_on(false, Transport::Udp(port), Some(port), Some(iface))
                     .map_err(|e| bind_error(e, port))?;
                 s.make_deaf()?;
                 udp4 = Some(s);
             }
             if udp6.is_none() {
-                udp6 = optional_v6(ChunkSocket::open(true, Transport::Udp(port), Some(port)))
-                    .map_err(|e| bind_error(e, port))?;
+                udp6 = optional_v6(ChunkSocket::open_on(
+                    true,
+                    Transport::Udp(port),
+                    Some(port),
+                    Some(iface),
+                ))
+                .map_err(|e| bind_error(e, port))?;
                 if let Some(s) = &udp6 {
                     s.make_deaf()?;
                 }
@@ -103,5 +114,10 @@ fn optional_v6(r: io::Result<ChunkSocket>) -> io::Result<Option<ChunkSocket>> {
 }
 
 fn bind_error(e: io::Error, port: u16) -> io::Error {
-    io::Error::new(e.kind(), format!("binding UDP port {port}: {e}"))
+    let hint = if e.kind() == io::ErrorKind::AddrInUse {
+        " (another program holds it on this interface or on all of them)"
+    } else {
+        ""
+    };
+    io::Error::new(e.kind(), format!("binding UDP port {port}: {e}{hint}"))
 }

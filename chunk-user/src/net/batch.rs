@@ -1,5 +1,10 @@
 //! Sending chunk packets in batches: one `sendmmsg` system call carries up to [`BATCH`] packets,
 //! which is what lets a raw socket go past the ~200k packets/s of a `sendto` loop.
+//!
+//! Over UDP, runs of packets to one peer with one length go out as one segmentation-offload
+//! message (`UDP_SEGMENT`, udp(7)): the kernel's UDP and IP output path runs once for the run
+//! instead of once per packet, and the datagrams are cut at the device (or by the NIC). On the
+//! wire nothing changes: the same datagrams, one chunk packet each.
 
 use std::{io, mem::MaybeUninit, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
@@ -9,6 +14,12 @@ use super::raw::ChunkSocket;
 
 /// Packets per `sendmmsg`.
 pub const BATCH: usize = 64;
+/// Most datagrams in one segmentation-offload message (the kernel takes up to 64 since 4.18,
+/// 128 since 6.2).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes of UDP payload in one segmentation-offload message: what fits one IPv4 packet's
+/// length field (65 535 less the 20-byte IPv4 and 8-byte UDP headers).
+const GSO_MAX_BYTES: usize = 65_507;
 
 /// A chunk socket with a queue of packets that go out together on [`flush`](Self::flush).
 pub struct BatchSender {
@@ -19,15 +30,24 @@ pub struct BatchSender {
     /// What each of `dsts` was built from.
     dst_of: Vec<Option<SocketAddr>>,
     queued: usize,
+    /// Send runs of equal packets as one `UDP_SEGMENT` message (UDP only; turned off for good
+    /// when the kernel refuses one).
+    gso: bool,
     /// Packets handed to the kernel.
     pub packets_sent: u64,
+    /// `sendmmsg` messages those packets took (fewer than packets when runs were coalesced).
+    pub messages_sent: u64,
 }
 
 impl BatchSender {
     /// Queues packets of at most `max_packet` bytes for `sock`.
     pub fn new(sock: ChunkSocket, max_packet: usize) -> Self {
         let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let gso = matches!(sock.transport(), super::raw::Transport::Udp(_))
+            && std::env::var_os("CHUNK_NO_GSO").is_none();
         BatchSender {
+            gso,
+            messages_sent: 0,
             sock,
             bufs: (0..BATCH).map(|_| vec![0; max_packet]).collect(),
             lens: vec![0; BATCH],
@@ -90,32 +110,90 @@ impl BatchSender {
         Ok(())
     }
 
+    /// Whether runs of equal UDP packets are still sent as one segmentation-offload message.
+    pub fn offloads(&self) -> bool {
+        self.gso
+    }
+
     /// Drops the queued packets (after a flush failed: they would fail again).
     pub fn discard(&mut self) {
         self.queued = 0;
     }
 
+    /// How many packets from `first` on go out in one message: a run to one peer of equal
+    /// lengths (the last may be shorter), within the kernel's limits; 1 without offload.
+    fn run_len(&self, first: usize) -> usize {
+        if !self.gso {
+            return 1;
+        }
+        let size = self.lens[first];
+        let mut total = size;
+        let mut k = first + 1;
+        while k < self.queued
+            && k - first < GSO_MAX_SEGMENTS
+            && self.dst_of[k] == self.dst_of[first]
+            && self.lens[k] <= size
+            && total + self.lens[k] <= GSO_MAX_BYTES
+        {
+            total += self.lens[k];
+            k += 1;
+            // Only the last datagram of a message may be shorter than the segment size.
+            if self.lens[k - 1] < size {
+                break;
+            }
+        }
+        k - first
+    }
+
+    /// Sends queued packets from `first` on, in one `sendmmsg`; returns how many packets went.
     fn send_from(&mut self, first: usize) -> io::Result<usize> {
-        let count = self.queued - first;
         let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
         let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
-        for i in 0..count {
-            let k = first + i;
-            iovs[i].write(libc::iovec {
-                iov_base: self.bufs[k].as_mut_ptr().cast(),
-                iov_len: self.lens[k],
-            });
+        // One `UDP_SEGMENT` control message per message: a cmsghdr and a u16, 8-byte aligned.
+        let mut controls = [[0u64; 4]; BATCH];
+        // Packets in each message.
+        let mut segments = [0usize; BATCH];
+        let mut k = first;
+        let mut count = 0;
+        while k < self.queued {
+            let run = self.run_len(k);
+            for j in 0..run {
+                iovs[k + j].write(libc::iovec {
+                    iov_base: self.bufs[k + j].as_mut_ptr().cast(),
+                    iov_len: self.lens[k + j],
+                });
+            }
             // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_name = self.dsts[k].as_ptr() as *mut libc::c_void;
             m.msg_hdr.msg_namelen = self.dsts[k].len();
-            m.msg_hdr.msg_iov = iovs[i].as_mut_ptr();
-            m.msg_hdr.msg_iovlen = 1;
-            msgs[i].write(m);
+            m.msg_hdr.msg_iov = iovs[k].as_mut_ptr();
+            m.msg_hdr.msg_iovlen = run;
+            if run > 1 {
+                let control = &mut controls[count];
+                m.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes a size; the buffer is 32 bytes, aligned for
+                // a cmsghdr, and CMSG_FIRSTHDR points at its start.
+                unsafe {
+                    m.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                    let c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(c).cast::<u16>(),
+                        self.lens[k] as u16,
+                    );
+                }
+            }
+            msgs[count].write(m);
+            segments[count] = run;
+            count += 1;
+            k += run;
         }
         loop {
-            // SAFETY: the first `count` entries of msgs and iovs are initialised and
-            // point into buffers that outlive the call.
+            // SAFETY: the first `count` entries of msgs, and the iovecs and control buffers
+            // they point to, are initialised and point into buffers that outlive the call.
             let rc = unsafe {
                 libc::sendmmsg(
                     self.sock.socket().as_raw_fd(),
@@ -125,7 +203,9 @@ impl BatchSender {
                 )
             };
             if rc >= 0 {
-                return Ok(rc as usize);
+                let sent = rc as usize;
+                self.messages_sent += sent as u64;
+                return Ok(segments[..sent].iter().sum());
             }
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
@@ -137,6 +217,17 @@ impl BatchSender {
                 Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
                     std::thread::sleep(Duration::from_micros(50));
                     continue;
+                }
+                // A kernel or route that cannot segment (older kernels without checksum
+                // offload, IPsec): send each datagram on its own from now on.
+                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+                    if self.gso && segments[0] > 1 =>
+                {
+                    tracing::debug!(
+                        "UDP segmentation offload refused ({err}): sending datagrams one by one"
+                    );
+                    self.gso = false;
+                    return self.send_from(first);
                 }
                 _ => return Err(err),
             }

@@ -75,6 +75,18 @@ impl ChunkSocket {
     /// fragments anyway. A UDP socket is bound to `bind_port` (0 or `None`: any port); an IPv6
     /// one is IPv6-only, so that each family has its own socket.
     pub fn open(v6: bool, transport: Transport, bind_port: Option<u16>) -> io::Result<Self> {
+        Self::open_on(v6, transport, bind_port, None)
+    }
+
+    /// As [`Self::open`], bound to the interface `device` before anything else
+    /// (`SO_BINDTODEVICE`): the socket then sees and sends only on that interface, and two
+    /// receivers on two interfaces can hold the same UDP port.
+    pub fn open_on(
+        v6: bool,
+        transport: Transport,
+        bind_port: Option<u16>,
+        device: Option<&str>,
+    ) -> io::Result<Self> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let socket = match transport {
             Transport::Ip(protocol) => Socket::new(
@@ -84,6 +96,9 @@ impl ChunkSocket {
             )?,
             Transport::Udp(_) => Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?,
         };
+        if let Some(device) = device {
+            socket.bind_device(Some(device.as_bytes()))?;
+        }
         if v6 {
             rustix::net::sockopt::set_ipv6_mtu_discover(&socket, Ipv6PathMtuDiscovery::DO)?;
             set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;

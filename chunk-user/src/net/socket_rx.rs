@@ -114,10 +114,9 @@ impl SocketRx {
     }
 
     fn open_one(cfg: &SocketConfig, v6: bool, transport: Transport) -> io::Result<ChunkSocket> {
-        let sock = ChunkSocket::open(v6, transport, Some(transport.port()))?;
+        let sock = ChunkSocket::open_on(v6, transport, Some(transport.port()), Some(&cfg.iface))?;
         let s = sock.socket();
         s.set_nonblocking(true)?;
-        s.bind_device(Some(cfg.iface.as_bytes()))?;
         if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, RCVBUF).is_err() {
             s.set_recv_buffer_size(RCVBUF)?;
         }
@@ -125,6 +124,15 @@ impl SocketRx {
         // The kernel reassembles fragments before a socket sees them; this makes it say so (a
         // control message on every reassembled packet), so that fragments are dropped and
         // counted here as the XDP program drops them.
+        if matches!(transport, Transport::Udp(_)) {
+            // Take runs of datagrams of one flow as one message (`UDP_GRO`, udp(7)) where the
+            // kernel coalesced them (a sender's segmentation offload, a NIC's GRO): one pass
+            // up the stack for the run, split back into packets here. A kernel without it
+            // delivers them one by one.
+            if let Err(e) = set_int_option(s, libc::SOL_UDP, libc::UDP_GRO, 1) {
+                tracing::debug!("UDP_GRO not available ({e}): datagrams arrive one by one");
+            }
+        }
         if v6 && matches!(transport, Transport::Udp(_)) {
             // Take a zero UDP checksum over IPv6 too, as the XDP path does (docs/PROTOCOL.md,
             // UDP); the kernel otherwise drops such datagrams before the socket sees them.
@@ -202,7 +210,7 @@ impl SocketRx {
             return Ok((0, 0));
         }
         let n = max.clamp(1, BATCH);
-        let rx = &mut self.socks[i];
+        let rx = &self.socks[i];
         let got = match recv_batch(rx.sock.socket(), &mut self.bufs[..n * BUF_LEN]) {
             Ok(got) => got,
             Err(e)
@@ -215,12 +223,13 @@ impl SocketRx {
             }
             Err(e) => return Err(e),
         };
-        let read = got.len();
+        let mut read = got.len();
         let mut accepted = 0;
         let with_ip_header = rx.sock.delivers_ip_header();
         let udp = matches!(rx.sock.transport(), Transport::Udp(_));
         for (j, g) in got.into_iter().enumerate() {
             if let Some(o) = g.ovfl {
+                let rx = &mut self.socks[i];
                 let lost = o.wrapping_sub(rx.overflow);
                 rx.overflow = o;
                 self.counters.0[Counter::RingFull as usize] += lost as u64;
@@ -229,68 +238,98 @@ impl SocketRx {
                 self.counters.0[Counter::Fragment as usize] += 1;
                 continue;
             }
-            let buf = &mut self.bufs[j * BUF_LEN..j * BUF_LEN + g.len];
-            let allow = &self.cfg.allow;
-            let max_payload = self.cfg.max_payload as usize;
-            let verdict = if with_ip_header {
-                classify::packet(buf, self.cfg.protocol, max_payload, |src| {
-                    super::rx::allowed(allow, Ipv4Addr::from(src).into())
-                })
-                .map(|a| {
-                    let src = Peer::ip(Ipv4Addr::from(a.ip.src).into());
-                    (src, IpAddr::from(a.ip.dst), a.chunk)
-                })
-            } else {
-                // A UDP sender at port 0 cannot be answered: not a source chunk admits.
-                let answerable = !udp || g.from.port() != 0;
-                let ok = answerable && super::rx::allowed(allow, g.from.ip());
-                classify::chunk(buf, max_payload, ok)
-                    .map_err(Verdict::Drop)
-                    .map(|()| {
-                        let src = if udp {
-                            Peer::udp(g.from)
-                        } else {
-                            Peer::ip(g.from.ip())
-                        };
-                        // Without PKTINFO, the unspecified address: the route picks the
-                        // answer's source.
-                        let dst = g.to.map_or_else(
-                            || match g.from {
-                                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-                                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                            },
-                            |a| a.to_canonical(),
-                        );
-                        (src, dst, 0..g.len)
-                    })
+            // A coalesced UDP message (`UDP_GRO`) holds datagrams of `seg` bytes back to back,
+            // the last possibly shorter: each is a packet of its own, checked on its own.
+            let seg = match g.segment {
+                Some(seg) if udp && seg > 0 => seg,
+                _ => g.len.max(1),
             };
-            // The last step, after the checksum, as in the kernel.
-            let sessions = &self.sessions;
-            let verdict = verdict.and_then(|(src, dst, chunk)| {
-                // Never short: classify accepted the whole header.
-                let Some(hdr) = buf[chunk.clone()].first_chunk() else {
-                    return Err(Counter::Truncated.into());
-                };
-                classify::session(hdr, |sid| sessions.allows(sid))?;
-                Ok((src, dst, chunk))
-            });
-            let c = match verdict {
-                Ok((src, dst, chunk)) => {
-                    f(Received {
-                        src,
-                        dst,
-                        rx_queue: 0,
-                        packet: &self.bufs[j * BUF_LEN..][chunk],
-                    });
-                    accepted += 1;
-                    Counter::Accepted
+            read += g.len.div_ceil(seg).max(1) - 1;
+            let mut off = 0;
+            loop {
+                let len = seg.min(g.len - off);
+                let start = j * BUF_LEN + off;
+                let buf = &mut self.bufs[start..start + len];
+                let c = check(buf, &self.cfg, &self.sessions, with_ip_header, udp, &g, f);
+                accepted += usize::from(c == Counter::Accepted);
+                self.counters.0[c as usize] += 1;
+                off += len;
+                if off >= g.len {
+                    break;
                 }
-                Err(Verdict::Drop(c)) => c,
-                Err(Verdict::Pass) => Counter::Passed,
-            };
-            self.counters.0[c as usize] += 1;
+            }
         }
         Ok((read, accepted))
+    }
+}
+
+/// Puts one received packet through the kernel path's checks, hands it to `f` if accepted, and
+/// says which counter it counts under.
+fn check(
+    buf: &mut [u8],
+    cfg: &SocketConfig,
+    sessions: &SessionFilter,
+    with_ip_header: bool,
+    udp: bool,
+    g: &Got,
+    f: &mut impl FnMut(Received<'_>),
+) -> Counter {
+    let len = buf.len();
+    let allow = &cfg.allow;
+    let max_payload = cfg.max_payload as usize;
+    let verdict = if with_ip_header {
+        classify::packet(buf, cfg.protocol, max_payload, |src| {
+            super::rx::allowed(allow, Ipv4Addr::from(src).into())
+        })
+        .map(|a| {
+            let src = Peer::ip(Ipv4Addr::from(a.ip.src).into());
+            (src, IpAddr::from(a.ip.dst), a.chunk)
+        })
+    } else {
+        // A UDP sender at port 0 cannot be answered: not a source chunk admits.
+        let answerable = !udp || g.from.port() != 0;
+        let ok = answerable && super::rx::allowed(allow, g.from.ip());
+        classify::chunk(buf, max_payload, ok)
+            .map_err(Verdict::Drop)
+            .map(|()| {
+                let src = if udp {
+                    Peer::udp(g.from)
+                } else {
+                    Peer::ip(g.from.ip())
+                };
+                // Without PKTINFO, the unspecified address: the route picks the answer's
+                // source.
+                let dst = g.to.map_or_else(
+                    || match g.from {
+                        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                    },
+                    |a| a.to_canonical(),
+                );
+                (src, dst, 0..len)
+            })
+    };
+    // The last step, after the checksum, as in the kernel.
+    let verdict = verdict.and_then(|(src, dst, chunk)| {
+        // Never short: classify accepted the whole header.
+        let Some(hdr) = buf[chunk.clone()].first_chunk() else {
+            return Err(Counter::Truncated.into());
+        };
+        classify::session(hdr, |sid| sessions.allows(sid))?;
+        Ok((src, dst, chunk))
+    });
+    match verdict {
+        Ok((src, dst, chunk)) => {
+            f(Received {
+                src,
+                dst,
+                rx_queue: 0,
+                packet: &buf[chunk],
+            });
+            Counter::Accepted
+        }
+        Err(Verdict::Drop(c)) => c,
+        Err(Verdict::Pass) => Counter::Passed,
     }
 }
 
@@ -306,11 +345,14 @@ struct Got {
     from: SocketAddr,
     /// The local address it was sent to (PKTINFO), when the kernel said.
     to: Option<IpAddr>,
+    /// Datagrams the kernel coalesced (`UDP_GRO`): the size of each but the last.
+    segment: Option<usize>,
 }
 
 /// One `recvmmsg` without blocking.
 fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
-    // Room for the drop count, the fragment size and an IPv6 PKTINFO (24 + 24 + 40).
+    // Room for the drop count, the fragment size, an IPv6 PKTINFO and the coalesced datagrams'
+    // size (16 + 16 + 40 + 16, rounded up).
     const CMSG_SPACE: usize = 128;
     let n = bufs.len() / BUF_LEN;
     let mut iovs: Vec<libc::iovec> = bufs
@@ -353,6 +395,7 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
         let mut ovfl = None;
         let mut reassembled = false;
         let mut to = None;
+        let mut segment = None;
         // SAFETY: the kernel filled msg_control; the CMSG macros walk it within controllen.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
@@ -361,6 +404,10 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
                     ovfl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
                 }
                 match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_UDP, libc::UDP_GRO) => {
+                        let size: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        segment = usize::try_from(size).ok();
+                    }
                     (libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE)
                     | (libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE) => reassembled = true,
                     (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
@@ -390,6 +437,7 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
             reassembled,
             from,
             to,
+            segment,
         });
     }
     Ok(out)

@@ -285,7 +285,12 @@ impl Bench<'_> {
     /// received file's hash.
     fn transfer_into(&self, out_dir: &Path, tool: Tool, case: Case, run: &mut Run) -> Result<()> {
         let flood = if case == Case::Flood {
-            Some(self.net.flood(&self.bin, self.args.mtu).context("flood")?)
+            let transport = tool.chunk().map(|(_, t)| t).unwrap_or_default();
+            Some(
+                self.net
+                    .flood(&self.bin, self.args.mtu, transport)
+                    .context("flood")?,
+            )
         } else {
             None
         };

@@ -1,5 +1,6 @@
 //! The benchmark's hosts and the router's nftables rules: `chunk_tests::Routed` (sender —
-//! router — receiver) plus the junk sender behind the router (198.18.3.1, link `veth-j` — `xj`),
+//! router — receiver) plus the junk sender behind the router (198.18.3.1 and 2001:2:0:3::1, link
+//! `veth-j` — `xj`),
 //! so that the router can count the flood by interface; the loss rule every tool sees; the
 //! counters of junk and UDP packets forwarded and of the packets its veths sent each way; and
 //! the flood itself.
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chunk_tests::{Daemon, Netns, Routed, VethEnd, veth_pair};
+
+use super::tools::chunk::{Transport, UDP_PORT};
 
 /// The router's ends of the links to the receiver and to the sender (`chunk_tests::Routed` names
 /// them so).
@@ -25,15 +28,20 @@ impl Net {
         let routed = Routed::with_mtu("bench", Some(mtu))?;
         let junk = Netns::new("bench-j")?;
         veth_pair(
-            VethEnd::new(&junk, "veth-j").addr("198.18.3.1/24"),
-            VethEnd::new(&routed.router, "xj").addr("198.18.3.254/24"),
+            VethEnd::new(&junk, "veth-j")
+                .addr("198.18.3.1/24")
+                .addr6("2001:2:0:3::1/64"),
+            VethEnd::new(&routed.router, "xj")
+                .addr("198.18.3.254/24")
+                .addr6("2001:2:0:3::fe/64"),
             Some(mtu),
         )?;
         junk.ip(&["route", "add", "198.18.0.0/15", "via", "198.18.3.254"])?;
+        junk.ip(&["-6", "route", "add", "2001:2::/48", "via", "2001:2:0:3::fe"])?;
         let net = Net { routed, junk };
         net.nft(
             "count",
-            "table ip bench_count {\n  chain forward {\n    \
+            "table inet bench_count {\n  chain forward {\n    \
              type filter hook forward priority -10; policy accept;\n    \
              iifname \"xj\" counter comment \"junk\"\n    \
              iifname \"xs\" meta l4proto udp counter comment \"udp_to_receiver\"\n  }\n}\n",
@@ -89,7 +97,7 @@ impl Net {
         let out = self
             .routed
             .router
-            .exec("nft", &["list", "table", "ip", "bench_count"])
+            .exec("nft", &["list", "table", "inet", "bench_count"])
             .unwrap_or_default();
         let get = |comment: &str| {
             out.lines()
@@ -119,13 +127,25 @@ impl Net {
     }
 
     /// A junk flood from the junk sender: corrupt chunks and foreign packets (chunk's IP
-    /// protocol, another magic) of full size, as fast as `chunk probe` sends, until dropped.
-    pub fn flood(&self, bin: &str, mtu: u32) -> Result<Daemon> {
+    /// protocol or UDP port, another magic) of full size, as fast as `chunk probe` sends, until
+    /// dropped; in the family and transport of the tool under test (`transport`), so that the
+    /// receiver's checks see the junk that tool's packets meet.
+    pub fn flood(&self, bin: &str, mtu: u32, transport: Transport) -> Result<Daemon> {
         let mut c = self.junk.command(bin);
+        let to = if transport.ipv6 {
+            self.routed.receiver_addr6.to_string()
+        } else {
+            self.routed.receiver_addr.to_string()
+        };
+        // The largest chunk the link carries: the MTU less the IP, UDP and chunk headers.
+        let headers = if transport.ipv6 { 40 } else { 20 }
+            + if transport.udp { 8 } else { 0 }
+            + chunk_common::wire::HEADER_LEN as u32;
+        let size = (mtu - headers).to_string();
         c.args([
             "probe",
             "--to",
-            &self.routed.receiver_addr.to_string(),
+            &to,
             "--count",
             "0",
             "--corrupt",
@@ -133,8 +153,11 @@ impl Net {
             "--foreign",
             "2000000000",
             "--size",
-            &(mtu - 40).to_string(),
+            &size,
         ]);
+        if transport.udp {
+            c.args(["--udp", UDP_PORT]);
+        }
         let d = Daemon::spawn(c, "junk flood")?;
         // Let it reach its full rate before the transfer starts.
         std::thread::sleep(Duration::from_millis(300));
