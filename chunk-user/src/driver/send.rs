@@ -697,6 +697,10 @@ impl ChunkSource for Source {
     }
 }
 
+/// How long after the number of transfers at once was lowered (a receiver refused one for want
+/// of room) a success may raise it by one again.
+const LIMIT_PROBE_AFTER: Duration = Duration::from_secs(2);
+
 /// Silence from the receiver after which an encrypting sender opens a new session (at least 4
 /// smoothed round trips).
 const REHANDSHAKE_AFTER: Duration = Duration::from_secs(5);
@@ -1080,7 +1084,14 @@ impl SendDriver {
             bail!("no encrypted session: connect first");
         }
         let mut active: Vec<Active> = Vec::new();
-        let mut limit = parallel.max(1);
+        let parallel = parallel.max(1);
+        // Transfers at once: `parallel`, or fewer after the receiver refused one for want of
+        // room beside ours; then raised again by one at a time, each a while after the last
+        // change, as transfers succeed (the room may have been taken by other senders for a
+        // while, not by a limit of the receiver's).
+        let mut limit = parallel;
+        let mut limit_changed = start;
+        let mut told_limit: Option<usize> = None;
         let mut cancelled = false;
         // Large files that wait for a large one under way to end (opened, in order).
         let mut parked: std::collections::VecDeque<(usize, File, FileMeta)> = Default::default();
@@ -1268,9 +1279,14 @@ impl SendDriver {
                     if others > 0 {
                         if others < limit {
                             limit = others;
+                            limit_changed = now;
+                        }
+                        // Said once per figure: a probe above it that is refused again is not
+                        // news.
+                        if told_limit.replace(limit) != Some(limit) {
                             eprintln!(
-                                "chunk send: the receiver takes {others} files at once from this \
-                                 sender ({why}): sending {others} at a time"
+                                "chunk send: the receiver takes {limit} files at once from this \
+                                 sender ({why}): sending {limit} at a time"
                             );
                         }
                         jobs.again(a.key);
@@ -1290,9 +1306,17 @@ impl SendDriver {
                         jobs.again(a.key);
                         continue;
                     }
-                } else if outcome.is_ok() {
+                } else {
+                    // Any other end: the receiver had made room for this transfer.
                     refused_since = None;
                     hold = HOLD_FIRST;
+                    if outcome.is_ok()
+                        && limit < parallel
+                        && now.saturating_duration_since(limit_changed) >= LIMIT_PROBE_AFTER
+                    {
+                        limit += 1;
+                        limit_changed = now;
+                    }
                 }
                 jobs.progress(&[&a.sender]);
                 jobs.finished(a.key, Ok((a.sender.stats(), outcome)));
