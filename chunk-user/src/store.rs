@@ -102,6 +102,9 @@ pub struct FsHandle {
     /// A stream (its end told or not): never resumed, so no record, and nothing kept when it
     /// is abandoned.
     stream: bool,
+    /// A chunk record (or its temporary file) may be on disk: one was found or left by an
+    /// earlier receiver, or this one has written one. Without, there is nothing to remove.
+    may_have_state: bool,
 }
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
@@ -210,22 +213,31 @@ impl FsStorage {
         let mut created = Created::default();
         let mut dir = rustix::io::dup(&self.root).map_err(io_refusal)?;
         for comp in dirs.into_iter().flat_map(|d| d.split('/')) {
-            let made = match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
-                Ok(()) => true,
-                Err(rustix::io::Errno::EXIST) => false,
-                Err(e) => {
-                    created.remove();
-                    return Err(io_refusal(e));
-                }
+            let open = |dir: &OwnedFd| {
+                rustix::fs::openat2(
+                    dir,
+                    comp,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    resolve(),
+                )
             };
-            let next = rustix::fs::openat2(
-                &dir,
-                comp,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-                resolve(),
-            )
-            .map_err(|e| match e {
+            // Most files of a tree go into a directory that is there already: open it first,
+            // make it only when it is missing.
+            let mut made = false;
+            let mut next = open(&dir);
+            if matches!(next, Err(rustix::io::Errno::NOENT)) {
+                made = match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => true,
+                    Err(rustix::io::Errno::EXIST) => false,
+                    Err(e) => {
+                        created.remove();
+                        return Err(io_refusal(e));
+                    }
+                };
+                next = open(&dir);
+            }
+            let next = next.map_err(|e| match e {
                 rustix::io::Errno::LOOP | rustix::io::Errno::XDEV | rustix::io::Errno::NOTDIR => {
                     Refusal::new(
                         AbortReason::BadName,
@@ -410,7 +422,8 @@ impl FsHandle {
     }
 
     /// Writes the chunk record (atomically: a temporary file renamed over the old one).
-    fn write_state(&self) -> io::Result<()> {
+    fn write_state(&mut self) -> io::Result<()> {
+        self.may_have_state = true;
         let tmp = state_tmp_name(&self.base);
         let fd = rustix::fs::openat2(
             &self.dir,
@@ -430,12 +443,16 @@ impl FsHandle {
     }
 
     fn remove_work_files(&self) {
-        for n in [
-            part_name(&self.base),
-            state_name(&self.base),
-            state_tmp_name(&self.base),
-        ] {
-            let _ = rustix::fs::unlinkat(&self.dir, n.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.dir, part_name(&self.base).as_str(), AtFlags::empty());
+        self.remove_state();
+    }
+
+    /// Removes the chunk record and its temporary file, if there may be any.
+    fn remove_state(&self) {
+        if self.may_have_state {
+            for n in [state_name(&self.base), state_tmp_name(&self.base)] {
+                let _ = rustix::fs::unlinkat(&self.dir, n.as_str(), AtFlags::empty());
+            }
         }
     }
 
@@ -558,32 +575,16 @@ impl FsStorage {
             Err(e) => return Err(io_refusal(e)),
         }
 
+        let state = read_state(&dir, base);
+        let state_present = state.is_ok();
         // A partial copy of the same file (size, chunk size, hash) resumes.
         // A stream never resumes: its sender cannot send its beginning again.
-        let already_have = read_state(&dir, base)
+        let already_have = state
+            .ok()
+            .flatten()
             .and_then(|b| decode_state(&b, offer))
             .filter(|_| !offer.stream);
         let part = part_name(base);
-        // Never open anything but a regular file as the part file: opening a device node or a
-        // FIFO that happens to carry its name could block or act on the device.
-        if let Ok(st) = rustix::fs::statat(&dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-                rustix::fs::FileType::RegularFile => {}
-                rustix::fs::FileType::Symlink => {
-                    return Err(Refusal::new(
-                        AbortReason::BadName,
-                        format!("{name}: the part file is a symlink"),
-                    ));
-                }
-                _ => {
-                    return Err(Refusal::new(
-                        AbortReason::Exists,
-                        format!("{name}: its part file {part} exists and is not a regular file"),
-                    ));
-                }
-            }
-        }
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
         let open_part = |flags| {
             rustix::fs::openat2(
                 &dir,
@@ -600,22 +601,70 @@ impl FsStorage {
                 e => io_refusal(e),
             })
         };
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
+        // The common case, no part file yet: made here, so a regular file, and empty. (A name
+        // taken by anything, a symlink included, fails with EEXIST and goes the long way.)
+        let fresh = match rustix::fs::openat2(
+            &dir,
+            part.as_str(),
+            flags | OFlags::EXCL,
+            Mode::from_raw_mode(0o600),
+            resolve(),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(rustix::io::Errno::EXIST) => None,
+            Err(e) => return Err(io_refusal(e)),
+        };
+        let is_fresh = fresh.is_some();
+        let fd = match fresh {
+            Some(fd) => fd,
+            None => {
+                // Never open anything but a regular file as the part file: opening a device
+                // node or a FIFO that happens to carry its name could block or act on the
+                // device.
+                if let Ok(st) = rustix::fs::statat(&dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                        rustix::fs::FileType::RegularFile => {}
+                        rustix::fs::FileType::Symlink => {
+                            return Err(Refusal::new(
+                                AbortReason::BadName,
+                                format!("{name}: the part file is a symlink"),
+                            ));
+                        }
+                        _ => {
+                            return Err(Refusal::new(
+                                AbortReason::Exists,
+                                format!(
+                                    "{name}: its part file {part} exists and is not a regular file"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                open_part(flags)?
+            }
+        };
         // Never truncate before the lock is held: another receiver may be writing this part.
-        let fd = open_part(flags)?;
         lock_part(&dir, part.as_str(), &fd, name)?;
         let already_have = match already_have {
             Some(have)
-                if rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok() == Some(offer.size) =>
+                if !is_fresh
+                    && rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok()
+                        == Some(offer.size) =>
             {
                 Some(have)
             }
             _ => {
-                rustix::fs::ftruncate(&fd, 0).map_err(io_refusal)?;
+                if !is_fresh {
+                    rustix::fs::ftruncate(&fd, 0).map_err(io_refusal)?;
+                }
                 None
             }
         };
         if already_have.is_none() {
-            let _ = rustix::fs::unlinkat(&dir, state_name(base).as_str(), AtFlags::empty());
+            if state_present {
+                let _ = rustix::fs::unlinkat(&dir, state_name(base).as_str(), AtFlags::empty());
+            }
             let vfs = rustix::fs::fstatvfs(&fd).map_err(io_refusal)?;
             let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
             if free < offer.size {
@@ -641,6 +690,7 @@ impl FsStorage {
             directory: false,
             symlink: offer.symlink,
             existing_link,
+            may_have_state: state_present || !is_fresh,
             ..FsHandle::new(
                 dir,
                 name,
@@ -687,6 +737,7 @@ impl FsHandle {
             symlink: false,
             existing_link: None,
             stream: offer.stream,
+            may_have_state: true,
         }
     }
 }
@@ -925,9 +976,7 @@ impl Storage for FsStorage {
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("renaming into place as {}: {e}", h.name))
                 })?;
-            for n in [state_name(&h.base), state_tmp_name(&h.base)] {
-                let _ = rustix::fs::unlinkat(&h.dir, n.as_str(), AtFlags::empty());
-            }
+            h.remove_state();
             rustix::fs::fsync(&h.dir)?;
             Ok(HashCheck {
                 verified: true,
@@ -1003,18 +1052,26 @@ fn lock_part(dir: &impl AsFd, part: &str, fd: &OwnedFd, name: &str) -> Result<()
     }
 }
 
-fn read_state(dir: &impl AsFd, base: &str) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat2(
+/// The chunk record of `base`'s part file, if it can be read; `Err` if there is none at all
+/// (nothing to remove either).
+fn read_state(dir: &impl AsFd, base: &str) -> Result<Option<Vec<u8>>, ()> {
+    let fd = match rustix::fs::openat2(
         dir,
         state_name(base).as_str(),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
         resolve(),
-    )
-    .ok()?;
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err(()),
+        Err(_) => return Ok(None),
+    };
     let mut bytes = Vec::new();
-    File::from(fd).take(16 << 20).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    Ok(File::from(fd)
+        .take(16 << 20)
+        .read_to_end(&mut bytes)
+        .ok()
+        .map(|_| bytes))
 }
 
 #[cfg(test)]
