@@ -1329,9 +1329,12 @@ impl SendDriver {
                     .chain(hold_until)
                     .min();
                 let fds = [self.tx.socket().socket().as_fd(), self.wake.as_fd()];
-                wait::until(&fds, deadline)?;
-                // Input came for a stream: the next round takes it.
-                let _ = rustix::io::read(&*self.wake, &mut [0u8; 8]);
+                let ready = wait::ready_until(&fds, deadline)?;
+                // Input came for a stream (or a hash the loop waits for): the next round takes
+                // it. Read only when signalled: a system call less per round otherwise.
+                if ready & 0b10 != 0 {
+                    let _ = rustix::io::read(&*self.wake, &mut [0u8; 8]);
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -16,12 +16,12 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 /// Waits until one of `fds` is readable or `deadline` passes (`None`: no deadline). Returns
 /// whether an fd is readable. A signal ends the wait early (returns `false`).
 pub fn until(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<bool> {
-    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    for_at_most(fds, timeout)
+    Ok(ready_until(fds, deadline)? != 0)
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes (`None`: forever).
-pub fn for_at_most(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<bool> {
+/// As [`until`], saying which of `fds` (the first 64) are readable: bit `i` for `fds[i]`.
+pub fn ready_until(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<u64> {
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
         .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
@@ -31,8 +31,13 @@ pub fn for_at_most(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Res
         tv_nsec: t.subsec_nanos() as _,
     });
     match rustix::event::poll(&mut pfds, ts.as_ref()) {
-        Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
+        Ok(0) | Err(rustix::io::Errno::INTR) => Ok(0),
+        Ok(_) => Ok(pfds
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, p)| !p.revents().is_empty())
+            .fold(0, |m, (i, _)| m | 1 << i)),
         Err(e) => Err(e.into()),
     }
 }
