@@ -11,9 +11,9 @@
 //! Confinement: every path is resolved under DIR with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`, relative to an fd of DIR, so neither `..`, an absolute name, nor a symlink
 //! planted inside DIR can lead a write outside it, whatever the core's name check let through.
-//! Space: an offer is refused unless the file system has room, and the part file is allocated to
-//! its full size up front (`fallocate`), so a disk that fills up refuses the offer instead of
-//! failing it half-way. The chunk record is small and rewritten as chunks arrive; when the disk is
+//! Space: an offer is refused unless the file system has room, and the part file of anything
+//! but a small file is allocated to its full size up front (`fallocate`), so a disk that fills up
+//! refuses the offer instead of failing it half-way. The chunk record is small and rewritten as chunks arrive; when the disk is
 //! full it cannot be saved, and the transfer goes on with the last record saved (which only ever
 //! claims fewer chunks than are on disk, so a resume after a crash is still right).
 //!
@@ -106,6 +106,10 @@ pub struct FsHandle {
     /// earlier receiver, or this one has written one. Without, there is nothing to remove.
     may_have_state: bool,
 }
+
+/// Files from this size on are allocated whole at the offer (`fallocate`); smaller ones are
+/// not (see [`FsStorage::open`]).
+const PREALLOCATE_FROM: u64 = 256 << 10;
 
 /// Bytes written between two starts of writeback (`sync_file_range`, without waiting). The
 /// verdict waits for `fsync`; with every dirty page of a large file still in memory that was
@@ -677,7 +681,11 @@ impl FsStorage {
                     ),
                 ));
             }
-            if offer.size > 0 {
+            // A small file is written in one or two `pwrite`s as it completes: allocating it
+            // first is a system call for nothing (the free-space check above still refuses an
+            // offer the disk has no room for, and a disk that fills meanwhile fails the write,
+            // which ends the transfer `no space`, as for a stream).
+            if offer.size >= PREALLOCATE_FROM {
                 if let Err(e) = rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, offer.size) {
                     let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
                     return Err(io_refusal(e));
