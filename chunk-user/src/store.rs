@@ -650,14 +650,18 @@ impl FsStorage {
         };
         // Never truncate before the lock is held: another receiver may be writing this part.
         lock_part(&dir, part.as_str(), &fd, name)?;
+        // The part must hold every chunk the record claims, and be no longer than the file: a
+        // preallocated part is the file's size, a small one (not preallocated) as long as what
+        // was written.
+        let holds = |have: &ChunkSet| {
+            let len = rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok();
+            let claimed = have.last().map_or(0, |l| {
+                ((l as u64 + 1) * offer.chunk_size as u64).min(offer.size)
+            });
+            len.is_some_and(|len| len <= offer.size && claimed <= len)
+        };
         let already_have = match already_have {
-            Some(have)
-                if !is_fresh
-                    && rustix::fs::fstat(&fd).map(|s| s.st_size as u64).ok()
-                        == Some(offer.size) =>
-            {
-                Some(have)
-            }
+            Some(have) if !is_fresh && holds(&have) => Some(have),
             _ => {
                 if !is_fresh {
                     rustix::fs::ftruncate(&fd, 0).map_err(io_refusal)?;

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -40,6 +40,11 @@ pub fn ready_until(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Res
             .fold(0, |m, (i, _)| m | 1 << i)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: forever).
+pub fn for_at_most(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<bool> {
+    until(fds, timeout.and_then(|t| Instant::now().checked_add(t)))
 }
 
 /// SIGINT and SIGTERM, caught as flags. The first signal asks a driver to stop cleanly; the

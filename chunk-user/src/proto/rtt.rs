@@ -141,13 +141,15 @@ impl RttEstimator {
         }
     }
 
-    /// The probe timeout of RFC 9002 §6.2: `SRTT + max(G, 4 RTTVAR) + max ack delay`, not clamped
-    /// to the RTO's minimum, so a stalled tail is probed within about a round trip rather than
-    /// after 200 ms. No SRTT / 4 floor: a probe that was not needed costs one packet.
-    pub fn pto(&self) -> Duration {
+    /// How long to wait for an answer the receiver sends at once, not after its ack delay: to
+    /// an offer, to a hash message (the verdict) or to a chunk with `ACK_NOW`.
+    /// `SRTT + max(G, 4 RTTVAR)`: the probe timeout without the peer's ack delay, which on a
+    /// LAN is most of it (5 of 6 ms): a lost offer or verdict in a tree of small files cost
+    /// that much each.
+    pub fn reply_timeout(&self) -> Duration {
         match self.srtt_var() {
             None => self.initial_rto,
-            Some((srtt, rttvar)) => srtt + (rttvar * 4).max(GRANULARITY) + self.max_ack_delay,
+            Some((srtt, rttvar)) => srtt + (rttvar * 4).max(GRANULARITY),
         }
     }
 
@@ -206,7 +208,8 @@ mod tests {
             e.on_sample(ms(300));
         }
         assert_eq!(e.rto(), ms(300 + 75 + 5));
-        assert_eq!(e.pto(), ms(300 + 1 + 5));
+        // An answer sent at once (offer, hash message, `ACK_NOW`) is not held: no ack delay.
+        assert_eq!(e.reply_timeout(), ms(300 + 1));
         assert_eq!(e.min(), Some(ms(300)));
     }
 

@@ -1014,3 +1014,66 @@ fn a_stream_whose_end_comes_after_its_last_whole_chunk() {
     assert_eq!(outcome(&sim, 0), Ok(()));
     assert_received(&sim, NAME, &file);
 }
+
+/// On a known path (0.2 ms round trip), one lost packet of a small file's exchange costs about a
+/// round trip when its answer comes at once (the offer's, the hash message's, a verdict's: the
+/// reply timeout, `SRTT + max(1 ms, 4 RTTVAR)`), and the probe timeout when a lost chunk waits
+/// for a tail probe. Before the reply timeout each of the first kind cost the probe timeout
+/// with the receiver's 5 ms ack delay in it (6.7 ms), and a lost verdict 19 ms (the repeat of a
+/// verdict to a hash message was rate-limited to one per 10 ms).
+#[test]
+fn a_lost_answer_of_a_small_file_costs_about_a_round_trip() {
+    use chunk_common::wire::MessageType as T;
+    let cases = [
+        ("nothing", Dir::Up, None, None, 1),
+        ("the offer", Dir::Up, Some(T::Offer), None, 3),
+        ("the offer's answer", Dir::Down, Some(T::Ack), None, 3),
+        ("the hash message", Dir::Up, Some(T::Hash), None, 3),
+        ("the verdict", Dir::Down, Some(T::Complete), None, 3),
+        ("the first chunk", Dir::Up, Some(T::Data), Some(0), 3),
+        ("the last chunk", Dir::Up, Some(T::Data), Some(2), 3),
+    ];
+    for (what, dir, ty, seq, within_ms) in cases {
+        let link = LinkConfig::new(1_000_000_000, Duration::from_micros(100));
+        let mut sim = new_sim(72, link.clone(), link, ReceiverConfig::default());
+        let scfg = SenderConfig {
+            chunk_size: 1460,
+            ..SenderConfig::default()
+        };
+        let path = sender::Path::shared(&scfg, sim.now());
+        let files: Vec<_> = (0..2u64)
+            .map(|i| VirtualFile::new(950 + i, 4096, 1460))
+            .collect();
+        // A first file makes the path known; the second (transfer 2) meets the loss.
+        let s = Sender::on_path(1, files[0].meta("a"), scfg.clone(), &path, sim.now()).unwrap();
+        sim.add_sender(s, Box::new(files[0]));
+        assert!(sim.run_until(Duration::from_secs(5)));
+        let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = dropped.clone();
+        sim.set_filter(Box::new(move |d, repr| {
+            let hit = !seen.get()
+                && d == dir
+                && repr.transfer_id == 2
+                && Some(repr.msg_type()) == ty
+                && seq.is_none_or(|s| s == repr.seq);
+            seen.set(seen.get() || hit);
+            hit
+        }));
+        let t0 = sim.elapsed();
+        let s = Sender::on_path(2, files[1].meta("b"), scfg.clone(), &path, sim.now()).unwrap();
+        sim.replace_sender(0, s);
+        sim.sender_mut(0).source = Box::new(files[1]);
+        while sim.sender(0).sender.outcome().is_none() {
+            assert!(sim.elapsed() < t0 + Duration::from_secs(5), "{what}: stuck");
+            sim.run_to(sim.elapsed() + Duration::from_micros(50));
+        }
+        assert_eq!(outcome(&sim, 0), Ok(()), "{what}");
+        assert_received(&sim, "b", &files[1]);
+        assert_eq!(dropped.get(), ty.is_some(), "{what}: the loss happened");
+        let took = sim.elapsed() - t0;
+        assert!(
+            took < Duration::from_millis(within_ms),
+            "{what} lost: the file took {took:?}"
+        );
+    }
+}

@@ -687,7 +687,7 @@ impl<S: Storage> Receiver<S> {
     ) {
         self.stats.data_packets += 1;
         let Some(t) = self.transfers.get_mut(&key) else {
-            self.not_open(key, now);
+            self.not_open(key, now, false);
             return;
         };
         if let Some(end) = &mut t.stream_end {
@@ -790,7 +790,9 @@ impl<S: Storage> Receiver<S> {
         storage: &mut S,
     ) {
         let Some(t) = self.transfers.get_mut(&key) else {
-            self.not_open(key, now);
+            // A hash message is its sender asking for the verdict (a closing probe): answered
+            // at once, as a repeated offer is; late data only as often as the rate limit lets.
+            self.not_open(key, now, true);
             return;
         };
         if let Some(end) = &mut t.stream_end {
@@ -956,11 +958,11 @@ impl<S: Storage> Receiver<S> {
         );
     }
 
-    /// Data or a hash for a transfer that is not open: a finished one repeats its verdict, an
-    /// unknown one is told so.
-    fn not_open(&mut self, key: TransferKey, now: Instant) {
+    /// Data or a hash for a transfer that is not open: a finished one repeats its verdict (at
+    /// once if `at_once`, else rate-limited), an unknown one is told so.
+    fn not_open(&mut self, key: TransferKey, now: Instant, at_once: bool) {
         if self.finished.contains_key(&key) {
-            self.repeat_verdict(key, now, false);
+            self.repeat_verdict(key, now, at_once);
         } else {
             self.stats.unknown_transfer += 1;
             self.unknown_transfer(key, now);

@@ -565,7 +565,7 @@ impl Sender {
             Phase::Sending(_) => {
                 let path = self.path.borrow();
                 let pacing = self.can_send_data().then(|| path.pacer.next_send_at());
-                let probe = self.recovery.tail_probe_timer(path.rtt.pto());
+                let probe = self.recovery.tail_probe_timer(path.rtt.reply_timeout());
                 let keepalive = (self.waiting_for_input() && !self.keepalive_due)
                     .then(|| self.last_tx + self.keepalive());
                 opt_min(
@@ -610,7 +610,7 @@ impl Sender {
                     self.on_rto(now);
                 } else if self
                     .recovery
-                    .tail_probe_deadline(self.path.borrow().rtt.pto())
+                    .tail_probe_deadline(self.path.borrow().rtt.reply_timeout())
                     .is_some_and(|d| now >= d)
                 {
                     self.recovery.on_tail_probe_timeout();
@@ -1166,7 +1166,7 @@ impl Sender {
     fn rto_deadline(&self) -> Option<Instant> {
         let rto = self.rto(self.recovery.backoff());
         self.recovery
-            .rto_deadline(rto, self.path.borrow().rtt.pto())
+            .rto_deadline(rto, self.path.borrow().rtt.reply_timeout())
     }
 
     /// The oldest transmission went unanswered for a whole RTO (see [`Recovery::on_rto`]). The
@@ -1278,23 +1278,24 @@ impl Drop for Sender {
 }
 
 /// The first offer retransmission interval: the configured 200 ms on a path nothing is known
-/// of; once its round trip is (a later file on a shared path, or a re-offer), the probe timeout
-/// (`SRTT + max(1 ms, 4 RTTVAR) + 5 ms`, see [`RttEstimator::pto`]): a lost offer or a lost
-/// answer to it then costs about a round trip, not 200 ms, which in a tree of small files is
-/// most of a file's time. It doubles from there (up to `offer_max_interval`), and a second copy
-/// costs the receiver one more ack.
+/// of; once its round trip is (a later file on a shared path, or a re-offer), the reply timeout
+/// (`SRTT + max(1 ms, 4 RTTVAR)`, see [`RttEstimator::reply_timeout`]; the receiver answers an
+/// offer at once): a lost offer or a lost answer to it then costs about a round trip, not
+/// 200 ms, which in a tree of small files is most of a file's time. It doubles from there (up
+/// to `offer_max_interval`), and a second copy costs the receiver one more ack.
 fn first_offer_interval(cfg: &SenderConfig, rtt: &super::rtt::RttEstimator) -> Duration {
     match rtt.smoothed() {
-        Some(_) => rtt.pto(),
+        Some(_) => rtt.reply_timeout(),
         None => cfg.offer_interval,
     }
 }
 
-/// Closing's wait for the verdict before probe number `backoff + 1`: the probe timeout, doubled
-/// per probe without an answer, never longer than the RTO so backed off (the hash message or
-/// the verdict lost costs about a round trip, as a lost tail chunk does).
+/// Closing's wait for the verdict before probe number `backoff + 1`: the reply timeout (the
+/// receiver answers the probe, a hash message or a chunk with `ACK_NOW`, at once), doubled per
+/// probe without an answer, never longer than the RTO so backed off (the hash message or the
+/// verdict lost costs about a round trip, as a lost tail chunk does).
 fn probe_after(rtt: &super::rtt::RttEstimator, backoff: u32, timeout: Duration) -> Duration {
-    rtt.pto()
+    rtt.reply_timeout()
         .saturating_mul(1u32 << backoff.min(16))
         .min(recovery::rto(rtt, backoff, timeout))
 }
@@ -1528,7 +1529,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reoffer_waits_an_rto_before_offering_again() {
+    fn a_reoffer_waits_a_reply_timeout_before_offering_again() {
         let t0 = Instant::now();
         let mut s = sender(1000, SenderConfig::default(), t0);
         poll(&mut s, t0);
@@ -1543,8 +1544,8 @@ mod tests {
         assert_eq!(s.stats().reoffers, 1);
         assert_eq!(poll(&mut s, at).map(|p| p.0), Some(MessageType::Offer));
         // Not 200 ms: on this path that would send a second copy before the first is answered.
-        assert_eq!(s.poll_timeout(), Some(at + s.stats().rto));
-        assert!(s.stats().rto > ms(300));
+        // The reply timeout, 300 + 4 × 150 ms (the receiver answers an offer at once).
+        assert_eq!(s.poll_timeout(), Some(at + ms(900)));
     }
 
     /// A 100 ms path with ten chunks out, all declared lost by one RTO (fired late on purpose),

@@ -207,10 +207,10 @@ impl Recovery {
 
     /// When to probe a silent tail (RFC 9002's PTO): if the chunks in flight are followed by
     /// nothing (the window is full, or the file ends) and the ack for them is lost, no later
-    /// chunk will show the loss, and the RTO is at least 200 ms. So a round trip (plus the
-    /// receiver's 5 ms ack delay, both in `pto`) after the last transmission, doubling per probe,
-    /// one chunk goes again with `ACK_NOW`: a duplicate makes the receiver answer with everything
-    /// it has.
+    /// chunk will show the loss, and the RTO is at least 200 ms. So a round trip (`pto`, the
+    /// reply timeout: the last chunk sent had `ACK_NOW`, so no ack delay is waited for) after the
+    /// last transmission, doubling per probe, one chunk goes again with `ACK_NOW`: a duplicate
+    /// makes the receiver answer with everything it has.
     pub(super) fn tail_probe_deadline(&self, pto: Duration) -> Option<Instant> {
         if self.in_flight.is_empty() {
             return None;
@@ -552,14 +552,17 @@ mod tests {
         send(&mut r, &mut cc, &[0, 1], t0);
         send(&mut r, &mut cc, &[2], t0 + ms(100));
         let rto = ms(305);
-        assert_eq!(r.rto_deadline(rto, rtt.pto()), Some(t0 + rto));
+        assert_eq!(r.rto_deadline(rto, rtt.reply_timeout()), Some(t0 + rto));
         assert!(!r.ack_now());
         r.on_rto(t0 + ms(310), rto);
         assert_eq!(r.first_lost(), Some((0, 1)));
         assert_eq!((r.lost_len(), r.chunks_in_flight()), (2, 1));
         assert_eq!(r.backoff(), 1);
         assert!(r.ack_now(), "until the losses are resent");
-        assert_eq!(r.rto_deadline(rto, rtt.pto()), Some(t0 + ms(100) + rto));
+        assert_eq!(
+            r.rto_deadline(rto, rtt.reply_timeout()),
+            Some(t0 + ms(100) + rto)
+        );
         let now = send(&mut r, &mut cc, &[0], t0 + ms(311));
         assert!(r.ack_now());
         send(&mut r, &mut cc, &[1], now);
@@ -595,7 +598,10 @@ mod tests {
         assert_eq!((r.bytes_in_flight(), r.backoff()), (240, 0));
         assert!(!r.ack_now());
         // Back with their old send times.
-        assert_eq!(r.rto_deadline(ms(300), rtt.pto()), Some(t0 + ms(301)));
+        assert_eq!(
+            r.rto_deadline(ms(300), rtt.reply_timeout()),
+            Some(t0 + ms(301))
+        );
     }
 
     #[test]
@@ -626,7 +632,7 @@ mod tests {
         let t0 = Instant::now();
         let (rtt, mut cc) = path(t0);
         let mut r = Recovery::new(t0);
-        let pto = rtt.pto();
+        let pto = rtt.reply_timeout();
         assert_eq!(r.tail_probe_deadline(pto), None, "nothing in flight");
         send(&mut r, &mut cc, &[0, 1], t0);
         let last = t0 + ms(1);
@@ -663,7 +669,7 @@ mod tests {
         );
         assert_eq!(r.backoff(), 1, "the path's backoff stays");
         assert!(!r.ack_now());
-        assert_eq!(r.rto_deadline(ms(300), rtt.pto()), None);
+        assert_eq!(r.rto_deadline(ms(300), rtt.reply_timeout()), None);
         // Loss detection starts afresh.
         let now = send(&mut r, &mut cc, &[0, 1, 2, 3, 4], now + ms(400));
         for i in [1, 2, 3] {
