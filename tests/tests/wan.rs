@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use chunk_tests::{Bridged, Daemon, Impairments};
-use serde_json::Value;
 use common::*;
+use serde_json::Value;
 
 mod common;
 
@@ -163,13 +163,19 @@ fn a_second_send_starts_from_the_path_the_first_measured() {
     assert_eq!(p["cache"], cache_arg, "{first}");
     assert_eq!(p["remembered"], false, "{first}");
     assert!(p.get("resume").is_none(), "{first}");
-    let kept = p["kept_bandwidth_bps"].as_u64().expect("the path was measured");
+    let kept = p["kept_bandwidth_bps"]
+        .as_u64()
+        .expect("the path was measured");
     assert!(
         (25_000_000..=55_000_000).contains(&kept),
         "{kept} bit/s kept for a 50 Mbit/s link"
     );
     let stored: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
-    let key = format!("{} ip/{}", net.receiver_addr, chunk_common::DEFAULT_IP_PROTOCOL);
+    let key = format!(
+        "{} ip/{}",
+        net.receiver_addr,
+        chunk_common::DEFAULT_IP_PROTOCOL
+    );
     assert_eq!(stored["paths"][&key]["bandwidth_bps"], kept, "{stored}");
 
     let second = run(&with_cache);
@@ -179,11 +185,18 @@ fn a_second_send_starts_from_the_path_the_first_measured() {
     let before = std::fs::read(&cache).unwrap();
     let off = run(&["--no-path-cache"]);
     assert!(off.get("path").is_none(), "{off}");
-    assert_eq!(std::fs::read(&cache).unwrap(), before, "--no-path-cache wrote the cache");
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        before,
+        "--no-path-cache wrote the cache"
+    );
 
     std::fs::write(&cache, b"{ not a cache").unwrap();
     let after_junk = run(&with_cache);
     assert_eq!(after_junk["path"]["remembered"], false, "{after_junk}");
     let stored: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
-    assert!(stored["paths"][&key]["bandwidth_bps"].as_u64().is_some(), "{stored}");
+    assert!(
+        stored["paths"][&key]["bandwidth_bps"].as_u64().is_some(),
+        "{stored}"
+    );
 }

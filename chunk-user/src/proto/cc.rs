@@ -24,21 +24,25 @@
 //! went dark is probed gently rather than with a full window.
 //!
 //! **Resuming from a remembered estimate** (the driver keeps one per destination from earlier
-//! transfers, see [`PathEstimate`]), in the manner of careful resume
-//! (draft-ietf-tsvwg-careful-resume): Startup from 32 chunks takes eight to nine doublings to
+//! transfers, see [`PathEstimate`]), in the manner of careful resume (RFC 9959,
+//! draft-ietf-tsvwg-careful-resume): Startup from 32 chunks takes eight to nine doublings to
 //! reach a 200 Mbit/s × 600 ms path's BDP, a third of a 256 MiB transfer. With an estimate
-//! ([`Bbr::resume`]) the controller first checks it (*reconnaissance*): the first RTT sample, the
-//! offer's, must lie within [`RESUME_RTT_MIN`]–[`RESUME_RTT_MAX`] × the remembered minimum RTT,
-//! and nothing may have been delivered yet; else the estimate is dropped and Startup runs as
-//! usual. Confirmed, the controller *jumps*: it paces at [`RESUME_SHARE`] of the remembered
-//! bandwidth, with a window of that rate × the RTT just measured (the draft's "half the saved
-//! window"), until acks have come back for a quarter of a round trip (and at least two acks'
-//! worth of chunks). Their rate, ack-clocked by the bottleneck, is a real delivery-rate sample:
-//! at least [`RESUME_VALID`] of the jump's rate and the jump is *validated*; below it (the path is
-//! slower now) it *retreats*. Either way the measured rate (never more than the jump's) seeds the
+//! ([`Bbr::resume`]) the controller first checks it (*reconnaissance*, [`Bbr::check_resume`]):
+//! the offer's round trip must not be below [`RESUME_RTT_MIN`] × the remembered minimum RTT (a
+//! shorter path is another path) nor above [`RESUME_RTT_MAX`] × it plus
+//! [`RESUME_ANSWER_SLACK`] (the offer's answer waits for the receiver to open the file, so it
+//! is only an upper bound), and nothing may have been delivered yet; else the estimate is
+//! dropped and Startup runs as usual. Confirmed, the controller *jumps*: it paces at
+//! [`RESUME_SHARE`] of the remembered bandwidth, with a window of that rate × the remembered RTT
+//! (the RFC's "half the saved window"). The first exact RTT sample above [`RESUME_RTT_MAX`] ×
+//! the remembered RTT ends the jump (*retreat*: the path is longer than remembered). Otherwise,
+//! once acks have come back for a quarter of a round trip (and at least two acks' worth of
+//! chunks), their rate, ack-clocked by the bottleneck, is a real delivery-rate sample: at least
+//! [`RESUME_VALID`] of the jump's rate and the jump is *validated*; below it (the path is slower
+//! now) it *retreats*. Either way the measured rate (never more than the jump's) seeds the
 //! bandwidth filter, the jump ends and Startup carries on from the measured rate, so a stale
-//! estimate costs at most the jump's one window, and the controller's model from then on is built
-//! from this path's samples alone. An RTO during the jump ends it without seeding anything.
+//! estimate costs at most the jump's one window, and the model from then on is built from this
+//! path's samples alone. An RTO during the jump ends it without seeding anything.
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +76,10 @@ pub const RESUME_RTT_MIN: f64 = 0.5;
 pub const RESUME_RTT_MAX: f64 = 1.5;
 /// The jump paces at this share of the remembered bandwidth (careful resume's half).
 pub const RESUME_SHARE: f64 = 0.5;
+/// How much later than the remembered RTT × [`RESUME_RTT_MAX`] the offer's answer may come and
+/// still start the jump: the receiver answers an offer once it has opened (and preallocated) the
+/// file, which its answer does not count as delay (150 ms for 256 MiB on tmpfs here).
+pub const RESUME_ANSWER_SLACK: Duration = Duration::from_secs(1);
 /// The jump is validated when the acks' rate reaches this share of the jump's rate.
 pub const RESUME_VALID: f64 = 0.8;
 
@@ -109,8 +117,10 @@ enum Resume {
     Jumping {
         /// The jump's pacing rate, bytes per second.
         rate: f64,
-        /// The RTT the jump was confirmed with.
+        /// The remembered minimum RTT: the jump's window is `rate` × it.
         rtt: Duration,
+        /// An RTT sample above this ends the jump.
+        max_rtt: Duration,
         /// The first ack during the jump: when, and `delivered` then.
         first_ack: Option<(Instant, u64)>,
     },
@@ -221,6 +231,32 @@ impl Bbr {
         }
     }
 
+    /// The offer was answered: its round trip lies between `lower` and `upper` (equal when it
+    /// was sent once; the answer carries no delay for the receiver's opening of the file, so
+    /// `upper` may exceed the path's round trip by that). The reconnaissance of a remembered
+    /// estimate: a path shorter than [`RESUME_RTT_MIN`] × the remembered RTT is another path,
+    /// and an answer later than [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] is too
+    /// slow to gamble on: rejected. Else the jump starts; the first exact samples (data acks)
+    /// check the RTT again ([`on_rtt`](Self::on_rtt)).
+    pub fn check_resume(&mut self, lower: Duration, upper: Duration) {
+        let Some(Resume::Pending(e)) = self.resume else {
+            return;
+        };
+        let short = lower.as_secs_f64() < RESUME_RTT_MIN * e.min_rtt.as_secs_f64();
+        let slow = upper > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
+        if self.delivered > 0 || short || slow {
+            self.end_resume(ResumeOutcome::Rejected);
+            return;
+        }
+        self.resume = Some(Resume::Jumping {
+            rate: RESUME_SHARE * e.bandwidth,
+            rtt: e.min_rtt,
+            max_rtt: e.min_rtt.mul_f64(RESUME_RTT_MAX),
+            first_ack: None,
+        });
+        self.resume_outcome = Some(ResumeOutcome::Jumping);
+    }
+
     /// What became of the estimate given to [`resume`](Self::resume); `None`: none was given.
     pub fn resume_outcome(&self) -> Option<ResumeOutcome> {
         self.resume_outcome
@@ -258,6 +294,7 @@ impl Bbr {
         let Some(Resume::Jumping {
             rate,
             rtt,
+            max_rtt,
             first_ack,
         }) = self.resume
         else {
@@ -271,6 +308,7 @@ impl Bbr {
             self.resume = Some(Resume::Jumping {
                 rate,
                 rtt,
+                max_rtt,
                 first_ack: Some((now, self.delivered)),
             });
             return;
@@ -408,18 +446,12 @@ impl Bbr {
 
     /// Seeds the RTT model before any ack (the offer's round trip).
     pub fn on_rtt(&mut self, now: Instant, rtt: Duration) {
-        if let Some(Resume::Pending(e)) = self.resume {
-            let r = rtt.as_secs_f64() / e.min_rtt.as_secs_f64();
-            if self.delivered == 0 && (RESUME_RTT_MIN..=RESUME_RTT_MAX).contains(&r) {
-                self.resume = Some(Resume::Jumping {
-                    rate: RESUME_SHARE * e.bandwidth,
-                    rtt,
-                    first_ack: None,
-                });
-                self.resume_outcome = Some(ResumeOutcome::Jumping);
-            } else {
-                self.end_resume(ResumeOutcome::Rejected);
-            }
+        if let Some(Resume::Jumping { max_rtt, .. }) = self.resume
+            && rtt > max_rtt
+        {
+            // An exact sample (a data ack's) says the path is longer than the one remembered:
+            // whatever its rate, the estimate is not this path's.
+            self.end_resume(ResumeOutcome::Retreated);
         }
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
         if self.min_rtt.is_none_or(|m| rtt <= m || expired) {
@@ -602,52 +634,62 @@ mod tests {
     }
 
     /// The offer's round trip confirms the estimate: the controller paces at half its rate
-    /// with one round trip of that rate as its window, before any ack; a round trip far from
-    /// the remembered one, or none before data was delivered, leaves the cold start.
+    /// with one remembered round trip of that rate as its window, before any ack. An offer
+    /// answered sooner than half the remembered RTT (another path), or so late that even the
+    /// receiver's opening of the file does not explain it, or none before data was delivered,
+    /// leaves the cold start; a later exact sample above 1.5 × the remembered RTT ends the jump.
     #[test]
     fn a_confirmed_estimate_jumps_to_half_its_rate() {
         let now = Instant::now();
         let cold = Bbr::new(1000, 32, now);
-        for (rtt_ms, jumps) in [
-            (100, true),
-            (60, true),
-            (150, true),
-            (40, false),
-            (160, false),
+        let ms = Duration::from_millis;
+        for (lower, upper, jumps) in [
+            (100, 100, true),
+            (60, 60, true),
+            (100, 400, true),
+            (40, 40, false),
+            (40, 300, false),
+            (200, 1200, false),
         ] {
+            let what = format!("offer answered after {lower}..{upper} ms");
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
             assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Pending));
-            assert_eq!(bbr.pending_resume_rtt(), Some(Duration::from_millis(100)));
-            bbr.on_rtt(now, Duration::from_millis(rtt_ms));
+            assert_eq!(bbr.pending_resume_rtt(), Some(ms(100)));
+            bbr.check_resume(ms(lower), ms(upper));
+            bbr.on_rtt(now, ms(lower));
             if jumps {
-                assert_eq!(
-                    bbr.resume_outcome(),
-                    Some(ResumeOutcome::Jumping),
-                    "{rtt_ms}"
-                );
-                assert_eq!(bbr.pacing_rate(), 5e6, "{rtt_ms}");
-                let window = 5e6 * rtt_ms as f64 / 1000.0;
-                assert_eq!(bbr.cwnd(), window as u64 + 3 * ACK_EVERY * 1000, "{rtt_ms}");
+                assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping), "{what}");
+                assert_eq!(bbr.pacing_rate(), 5e6, "{what}");
+                assert_eq!(bbr.cwnd(), 500_000 + 3 * ACK_EVERY * 1000, "{what}");
             } else {
                 assert_eq!(
                     bbr.resume_outcome(),
                     Some(ResumeOutcome::Rejected),
-                    "{rtt_ms}"
+                    "{what}"
                 );
-                assert_eq!(bbr.cwnd(), cold.cwnd(), "{rtt_ms}");
+                assert_eq!(bbr.cwnd(), cold.cwnd(), "{what}");
             }
         }
-        // Data acknowledged before any clean sample (the offer went twice): not used.
+        // A data ack's exact sample says the path is longer than remembered: the jump ends.
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.resume(estimate(80.0, 100));
+        bbr.check_resume(ms(100), ms(300));
+        bbr.on_rtt(now, ms(140));
+        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
+        bbr.on_rtt(now, ms(160));
+        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
+        assert_eq!(bbr.cwnd(), cold.cwnd());
+        // Data acknowledged before the offer's answer was seen (never, but): not used.
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
         let snap = bbr.on_send(now, 0);
-        bbr.on_acked(now + Duration::from_millis(100), &snap, 1000);
-        bbr.on_ack_end(now + Duration::from_millis(100), None, 0);
+        bbr.on_acked(now + ms(100), &snap, 1000);
+        bbr.on_ack_end(now + ms(100), None, 0);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Rejected));
         // Nor once the controller has measured anything.
         let mut bbr = Bbr::new(1000, 32, now);
-        bbr.on_rtt(now, Duration::from_millis(100));
+        bbr.on_rtt(now, ms(100));
         bbr.resume(estimate(80.0, 100));
         assert_eq!(bbr.resume_outcome(), None);
     }
@@ -665,6 +707,7 @@ mod tests {
             let rtt = Duration::from_millis(100);
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
+            bbr.check_resume(rtt, rtt);
             bbr.on_rtt(now, rtt);
             // The jump's first round trip, every chunk sent before any ack comes back; the
             // path delivers them at `path_rate`.
@@ -694,7 +737,7 @@ mod tests {
         let now = Instant::now();
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
-        bbr.on_rtt(now, Duration::from_millis(100));
+        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100));
         bbr.on_rto(10_000);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
         assert_eq!(bbr.cwnd(), 14_000);

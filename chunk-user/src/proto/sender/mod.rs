@@ -1012,6 +1012,13 @@ impl Sender {
         // The controller gets nothing: its minimum RTT must be a sample, not a bound.
         if ack.echo == NO_ECHO {
             let delay = Duration::from_micros(ack.delay_us as u64);
+            // Between the answer to the last copy and the answer to the first: a remembered
+            // estimate of the path is checked against it.
+            let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
+            self.path
+                .borrow_mut()
+                .cc
+                .check_resume(since(offering.sent_at), since(offering.first_sent_at));
             if offering.sends == 1 {
                 if let Some(rtt) = now
                     .saturating_duration_since(offering.sent_at)

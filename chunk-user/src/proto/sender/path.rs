@@ -92,6 +92,13 @@ impl Path {
     /// What the transfers on this path measured of it, worth remembering for the next run
     /// (`None` when they were too short to find the bottleneck).
     pub fn estimate(&self) -> Option<PathEstimate> {
-        self.cc.estimate()
+        // The controller's minimum RTT is the last ten seconds', which on a long transfer may be
+        // one with a queue in it; the lowest sample of the whole run is the path's.
+        self.cc.estimate().map(|mut e| {
+            if let Some(m) = self.rtt.min() {
+                e.min_rtt = e.min_rtt.min(m);
+            }
+            e
+        })
     }
 }
