@@ -35,7 +35,8 @@
 //! dropped and Startup runs as usual. Confirmed, the controller *jumps*: it paces at
 //! [`RESUME_SHARE`] of the remembered bandwidth, with a window of that rate × the remembered RTT
 //! (the RFC's "half the saved window"). The first exact RTT sample above [`RESUME_RTT_MAX`] ×
-//! the remembered RTT ends the jump (*retreat*: the path is longer than remembered). Otherwise,
+//! the remembered RTT, or below [`RESUME_RTT_MIN`] × it, ends the jump (*retreat*: the path is
+//! not the one remembered). Otherwise,
 //! once acks have come back for a quarter of a round trip (and at least two acks' worth of
 //! chunks), their rate, ack-clocked by the bottleneck, is a real delivery-rate sample: at least
 //! [`RESUME_VALID`] of the jump's rate and the jump is *validated*; below it (the path is slower
@@ -80,6 +81,10 @@ pub const RESUME_SHARE: f64 = 0.5;
 /// still start the jump: the receiver answers an offer once it has opened (and preallocated) the
 /// file, which its answer does not count as delay (150 ms for 256 MiB on tmpfs here).
 pub const RESUME_ANSWER_SLACK: Duration = Duration::from_secs(1);
+/// What a sender that remembers a path adds to the offer's first wait (see
+/// `first_offer_interval`): a receiver preallocating a large file answers that much later, and
+/// an offer sent again leaves no exact sample.
+pub const RESUME_OPEN_ALLOWANCE: Duration = Duration::from_millis(250);
 /// The jump is validated when the acks' rate reaches this share of the jump's rate.
 pub const RESUME_VALID: f64 = 0.8;
 
@@ -119,8 +124,8 @@ enum Resume {
         rate: f64,
         /// The remembered minimum RTT: the jump's window is `rate` × it.
         rtt: Duration,
-        /// An RTT sample above this ends the jump.
-        max_rtt: Duration,
+        /// An RTT sample outside this ends the jump.
+        rtt_range: (Duration, Duration),
         /// The first ack during the jump: when, and `delivered` then.
         first_ack: Option<(Instant, u64)>,
     },
@@ -231,18 +236,19 @@ impl Bbr {
         }
     }
 
-    /// The offer was answered: its round trip lies between `lower` and `upper` (equal when it
-    /// was sent once; the answer carries no delay for the receiver's opening of the file, so
-    /// `upper` may exceed the path's round trip by that). The reconnaissance of a remembered
-    /// estimate: a path shorter than [`RESUME_RTT_MIN`] × the remembered RTT is another path,
-    /// and an answer later than [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] is too
-    /// slow to gamble on: rejected. Else the jump starts; the first exact samples (data acks)
-    /// check the RTT again ([`on_rtt`](Self::on_rtt)).
-    pub fn check_resume(&mut self, lower: Duration, upper: Duration) {
+    /// The offer was answered, after `exact` if it went once, else within `upper` of its first
+    /// copy (the answer carries no delay for the receiver's opening of the file, so even `exact`
+    /// may exceed the path's round trip by that). The reconnaissance of a remembered estimate:
+    /// a round trip below [`RESUME_RTT_MIN`] × the remembered one is another path, and an answer
+    /// later than [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] too slow to gamble on:
+    /// rejected. Else the jump starts; the first exact samples (data acks) check the round trip
+    /// again, both ways ([`on_rtt`](Self::on_rtt)).
+    pub fn check_resume(&mut self, exact: Option<Duration>, upper: Duration) {
         let Some(Resume::Pending(e)) = self.resume else {
             return;
         };
-        let short = lower.as_secs_f64() < RESUME_RTT_MIN * e.min_rtt.as_secs_f64();
+        let min = e.min_rtt.mul_f64(RESUME_RTT_MIN);
+        let short = exact.unwrap_or(upper) < min;
         let slow = upper > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
         if self.delivered > 0 || short || slow {
             self.end_resume(ResumeOutcome::Rejected);
@@ -251,7 +257,7 @@ impl Bbr {
         self.resume = Some(Resume::Jumping {
             rate: RESUME_SHARE * e.bandwidth,
             rtt: e.min_rtt,
-            max_rtt: e.min_rtt.mul_f64(RESUME_RTT_MAX),
+            rtt_range: (min, e.min_rtt.mul_f64(RESUME_RTT_MAX)),
             first_ack: None,
         });
         self.resume_outcome = Some(ResumeOutcome::Jumping);
@@ -294,7 +300,7 @@ impl Bbr {
         let Some(Resume::Jumping {
             rate,
             rtt,
-            max_rtt,
+            rtt_range,
             first_ack,
         }) = self.resume
         else {
@@ -308,7 +314,7 @@ impl Bbr {
             self.resume = Some(Resume::Jumping {
                 rate,
                 rtt,
-                max_rtt,
+                rtt_range,
                 first_ack: Some((now, self.delivered)),
             });
             return;
@@ -446,11 +452,11 @@ impl Bbr {
 
     /// Seeds the RTT model before any ack (the offer's round trip).
     pub fn on_rtt(&mut self, now: Instant, rtt: Duration) {
-        if let Some(Resume::Jumping { max_rtt, .. }) = self.resume
-            && rtt > max_rtt
+        if let Some(Resume::Jumping { rtt_range, .. }) = self.resume
+            && !(rtt_range.0..=rtt_range.1).contains(&rtt)
         {
-            // An exact sample (a data ack's) says the path is longer than the one remembered:
-            // whatever its rate, the estimate is not this path's.
+            // An exact sample (a data ack's) says the path is longer or shorter than the one
+            // remembered: whatever its rate, the estimate is not this path's.
             self.end_resume(ResumeOutcome::Retreated);
         }
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
@@ -643,21 +649,27 @@ mod tests {
         let now = Instant::now();
         let cold = Bbr::new(1000, 32, now);
         let ms = Duration::from_millis;
-        for (lower, upper, jumps) in [
-            (100, 100, true),
-            (60, 60, true),
-            (100, 400, true),
-            (40, 40, false),
-            (40, 300, false),
-            (200, 1200, false),
+        for (exact, upper, jumps) in [
+            (Some(100), 100, true),
+            (Some(60), 60, true),
+            // Sent twice: only the first copy's bound.
+            (None, 400, true),
+            (None, 40, false),
+            // The receiver took its time to open the file, or the path is longer: the data
+            // acks will tell.
+            (Some(400), 400, true),
+            (Some(40), 40, false),
+            (None, 1200, false),
         ] {
-            let what = format!("offer answered after {lower}..{upper} ms");
+            let what = format!("offer answered after {exact:?}, within {upper} ms");
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
             assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Pending));
             assert_eq!(bbr.pending_resume_rtt(), Some(ms(100)));
-            bbr.check_resume(ms(lower), ms(upper));
-            bbr.on_rtt(now, ms(lower));
+            if let Some(r) = exact {
+                bbr.on_rtt(now, ms(r));
+            }
+            bbr.check_resume(exact.map(ms), ms(upper));
             if jumps {
                 assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping), "{what}");
                 assert_eq!(bbr.pacing_rate(), 5e6, "{what}");
@@ -671,15 +683,20 @@ mod tests {
                 assert_eq!(bbr.cwnd(), cold.cwnd(), "{what}");
             }
         }
-        // A data ack's exact sample says the path is longer than remembered: the jump ends.
-        let mut bbr = Bbr::new(1000, 32, now);
-        bbr.resume(estimate(80.0, 100));
-        bbr.check_resume(ms(100), ms(300));
-        bbr.on_rtt(now, ms(140));
-        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
-        bbr.on_rtt(now, ms(160));
-        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
-        assert_eq!(bbr.cwnd(), cold.cwnd());
+        // A data ack's exact sample says the path is longer, or shorter, than remembered: the
+        // jump ends.
+        for (first, second) in [(140, 160), (60, 40)] {
+            let mut bbr = Bbr::new(1000, 32, now);
+            bbr.resume(estimate(80.0, 100));
+            bbr.check_resume(None, ms(300));
+            bbr.on_rtt(now, ms(first));
+            assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
+            bbr.on_rtt(now, ms(second));
+            assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
+            // Startup's first pacing: the initial window per round trip, as cold.
+            let rtt = bbr.min_rtt().unwrap().as_secs_f64();
+            assert_eq!(bbr.pacing_rate(), HIGH_GAIN * 32_000.0 / rtt);
+        }
         // Data acknowledged before the offer's answer was seen (never, but): not used.
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
@@ -707,7 +724,7 @@ mod tests {
             let rtt = Duration::from_millis(100);
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
-            bbr.check_resume(rtt, rtt);
+            bbr.check_resume(Some(rtt), rtt);
             bbr.on_rtt(now, rtt);
             // The jump's first round trip, every chunk sent before any ack comes back; the
             // path delivers them at `path_rate`.
@@ -737,7 +754,7 @@ mod tests {
         let now = Instant::now();
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
-        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100));
+        bbr.check_resume(None, Duration::from_millis(100));
         bbr.on_rto(10_000);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
         assert_eq!(bbr.cwnd(), 14_000);

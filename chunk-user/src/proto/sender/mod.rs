@@ -1012,13 +1012,6 @@ impl Sender {
         // The controller gets nothing: its minimum RTT must be a sample, not a bound.
         if ack.echo == NO_ECHO {
             let delay = Duration::from_micros(ack.delay_us as u64);
-            // Between the answer to the last copy and the answer to the first: a remembered
-            // estimate of the path is checked against it.
-            let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
-            self.path
-                .borrow_mut()
-                .cc
-                .check_resume(since(offering.sent_at), since(offering.first_sent_at));
             if offering.sends == 1 {
                 if let Some(rtt) = now
                     .saturating_duration_since(offering.sent_at)
@@ -1034,6 +1027,13 @@ impl Sender {
             {
                 self.path.borrow_mut().rtt.on_upper_bound(bound);
             }
+            // A remembered estimate of the path is checked against the offer's round trip:
+            // exact if the offer went once, else only bounded by the first copy's.
+            let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
+            self.path.borrow_mut().cc.check_resume(
+                (offering.sends == 1).then(|| since(offering.sent_at)),
+                since(offering.first_sent_at),
+            );
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();
@@ -1290,15 +1290,18 @@ impl Drop for Sender {
 /// answer to it then costs about a round trip, not 200 ms, which in a tree of small files is
 /// most of a file's time. It doubles from there (up to `offer_max_interval`), and a second copy
 /// costs the receiver one more ack. With a remembered estimate still to be confirmed, at least
-/// the longest round trip that would confirm it.
+/// the longest round trip that would confirm it, and the time a receiver may take to open and
+/// preallocate the file before it answers (the answer does not count it as delay).
 fn first_offer_interval(cfg: &SenderConfig, path: &Path) -> Duration {
     match (path.rtt.smoothed(), path.cc.pending_resume_rtt()) {
         (Some(_), _) => path.rtt.pto(),
         // A remembered round trip waits to be confirmed by the offer's: a copy sent again before
         // the answer could come would leave no clean sample (Karn), and the estimate unused.
-        (None, Some(rtt)) => cfg
-            .offer_interval
-            .max(rtt.mul_f64(super::cc::RESUME_RTT_MAX) + MAX_ACK_DELAY),
+        (None, Some(rtt)) => {
+            cfg.offer_interval
+                .max(rtt.mul_f64(super::cc::RESUME_RTT_MAX) + MAX_ACK_DELAY)
+                + super::cc::RESUME_OPEN_ALLOWANCE
+        }
         (None, None) => cfg.offer_interval,
     }
 }
