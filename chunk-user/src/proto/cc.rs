@@ -28,11 +28,11 @@
 //! draft-ietf-tsvwg-careful-resume): Startup from 32 chunks takes eight to nine doublings to
 //! reach a 200 Mbit/s × 600 ms path's BDP, a third of a 256 MiB transfer. With an estimate
 //! ([`Bbr::resume`]) the controller first checks it (*reconnaissance*, [`Bbr::check_resume`]):
-//! the offer's round trip must not be below [`RESUME_RTT_MIN`] × the remembered minimum RTT (a
-//! shorter path is another path) nor above [`RESUME_RTT_MAX`] × it plus
-//! [`RESUME_ANSWER_SLACK`] (the offer's answer waits for the receiver to open the file, so it
-//! is only an upper bound), and nothing may have been delivered yet; else the estimate is
-//! dropped and Startup runs as usual. Confirmed, the controller *jumps*: it paces at
+//! the offer's round trip must not be provably below [`RESUME_RTT_MIN`] × the remembered
+//! minimum RTT (a shorter path is another path) nor above [`RESUME_RTT_MAX`] × it plus
+//! [`RESUME_ANSWER_SLACK`] (the offer's answer waits for the receiver to open the file, and an
+//! offer sent more than once gives only bounds), and nothing may have been delivered yet; else
+//! the estimate is dropped and Startup runs as usual. Confirmed, the controller *jumps*: it paces at
 //! [`RESUME_SHARE`] of the remembered bandwidth, with a window of that rate × the remembered RTT
 //! (the RFC's "half the saved window"). The first exact RTT sample above [`RESUME_RTT_MAX`] ×
 //! the remembered RTT, or below [`RESUME_RTT_MIN`] × it, ends the jump (*retreat*: the path is
@@ -236,20 +236,22 @@ impl Bbr {
         }
     }
 
-    /// The offer was answered, after `exact` if it went once, else within `upper` of its first
-    /// copy (the answer carries no delay for the receiver's opening of the file, so even `exact`
-    /// may exceed the path's round trip by that). The reconnaissance of a remembered estimate:
-    /// a round trip below [`RESUME_RTT_MIN`] × the remembered one is another path, and an answer
-    /// later than [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] too slow to gamble on:
-    /// rejected. Else the jump starts; the first exact samples (data acks) check the round trip
-    /// again, both ways ([`on_rtt`](Self::on_rtt)).
-    pub fn check_resume(&mut self, exact: Option<Duration>, upper: Duration) {
+    /// The offer was answered: its round trip lies between `lower` (the time since its last
+    /// copy) and `upper` (since its first; the two are equal when it went once). The answer
+    /// carries no delay for the receiver's opening of the file, so both may exceed the path's
+    /// round trip by that. The reconnaissance of a remembered estimate rejects it when the
+    /// bounds prove the path another: a round trip below [`RESUME_RTT_MIN`] × the remembered
+    /// one even by `upper`, or above [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] even
+    /// by `lower`. Else the jump starts, and the first exact samples (data acks) check the round
+    /// trip again, both ways ([`on_rtt`](Self::on_rtt)), with the jump's window (one remembered
+    /// round trip of half the remembered rate) bounding what goes out before they come.
+    pub fn check_resume(&mut self, lower: Duration, upper: Duration) {
         let Some(Resume::Pending(e)) = self.resume else {
             return;
         };
         let min = e.min_rtt.mul_f64(RESUME_RTT_MIN);
-        let short = exact.unwrap_or(upper) < min;
-        let slow = upper > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
+        let short = upper < min;
+        let slow = lower > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
         if self.delivered > 0 || short || slow {
             self.end_resume(ResumeOutcome::Rejected);
             return;
@@ -649,27 +651,30 @@ mod tests {
         let now = Instant::now();
         let cold = Bbr::new(1000, 32, now);
         let ms = Duration::from_millis;
-        for (exact, upper, jumps) in [
-            (Some(100), 100, true),
-            (Some(60), 60, true),
-            // Sent twice: only the first copy's bound.
-            (None, 400, true),
-            (None, 40, false),
+        for (lower, upper, jumps) in [
+            (100, 100, true),
+            (60, 60, true),
+            // Sent more than once: only bounds, neither proving another path.
+            (0, 400, true),
+            (100, 1200, true),
+            // Proven shorter.
+            (0, 40, false),
+            (40, 40, false),
             // The receiver took its time to open the file, or the path is longer: the data
             // acks will tell.
-            (Some(400), 400, true),
-            (Some(40), 40, false),
-            (None, 1200, false),
+            (400, 400, true),
+            // Proven longer than a receiver's opening explains.
+            (1200, 1200, false),
         ] {
-            let what = format!("offer answered after {exact:?}, within {upper} ms");
+            let what = format!("offer answered after {lower}..{upper} ms");
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
             assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Pending));
             assert_eq!(bbr.pending_resume_rtt(), Some(ms(100)));
-            if let Some(r) = exact {
-                bbr.on_rtt(now, ms(r));
+            if lower == upper {
+                bbr.on_rtt(now, ms(lower));
             }
-            bbr.check_resume(exact.map(ms), ms(upper));
+            bbr.check_resume(ms(lower), ms(upper));
             if jumps {
                 assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping), "{what}");
                 assert_eq!(bbr.pacing_rate(), 5e6, "{what}");
@@ -688,7 +693,7 @@ mod tests {
         for (first, second) in [(140, 160), (60, 40)] {
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
-            bbr.check_resume(None, ms(300));
+            bbr.check_resume(ms(0), ms(300));
             bbr.on_rtt(now, ms(first));
             assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
             bbr.on_rtt(now, ms(second));
@@ -724,7 +729,7 @@ mod tests {
             let rtt = Duration::from_millis(100);
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
-            bbr.check_resume(Some(rtt), rtt);
+            bbr.check_resume(rtt, rtt);
             bbr.on_rtt(now, rtt);
             // The jump's first round trip, every chunk sent before any ack comes back; the
             // path delivers them at `path_rate`.
@@ -754,7 +759,7 @@ mod tests {
         let now = Instant::now();
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
-        bbr.check_resume(None, Duration::from_millis(100));
+        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100));
         bbr.on_rto(10_000);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
         assert_eq!(bbr.cwnd(), 14_000);

@@ -1129,8 +1129,9 @@ fn an_estimate_of_another_round_trip_is_not_used() {
     for (remembered_ms, rtt_ms, outcome) in [
         // Shorter: the offer's answer says so.
         (600, 100, Rejected),
-        // Longer by more than the receiver's opening of a file could explain.
-        (100, 1300, Rejected),
+        // Longer by more than the receiver's opening of a file could explain, even counted
+        // from the offer's last copy.
+        (100, 3000, Rejected),
         // Longer: the offer's answer cannot tell it from a slow receiver, the data acks can.
         (100, 600, Retreated),
         (300, 500, Retreated),

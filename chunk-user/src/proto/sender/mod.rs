@@ -1027,13 +1027,13 @@ impl Sender {
             {
                 self.path.borrow_mut().rtt.on_upper_bound(bound);
             }
-            // A remembered estimate of the path is checked against the offer's round trip:
-            // exact if the offer went once, else only bounded by the first copy's.
+            // A remembered estimate of the path is checked against the offer's round trip,
+            // between the answer's time since the last copy and since the first.
             let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
-            self.path.borrow_mut().cc.check_resume(
-                (offering.sends == 1).then(|| since(offering.sent_at)),
-                since(offering.first_sent_at),
-            );
+            self.path
+                .borrow_mut()
+                .cc
+                .check_resume(since(offering.sent_at), since(offering.first_sent_at));
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();
