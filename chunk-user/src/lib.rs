@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod driver;
 pub mod intake;
 pub mod net;
+pub mod path_cache;
 pub mod proto;
 pub mod report;
 pub mod store;

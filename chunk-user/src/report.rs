@@ -365,6 +365,32 @@ pub struct SendSummary {
     /// segmentation-offload message.
     #[serde(default)]
     pub send_messages: u64,
+    /// The path cache: what was remembered of the path, what became of it, what was kept.
+    /// Absent with `--no-path-cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathReport>,
+}
+
+/// `chunk send`'s path cache in its `--json` summary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PathReport {
+    /// The cache file.
+    pub cache: String,
+    /// A fresh estimate for this destination was found, and the send started from it
+    /// (once the offer's round trip confirmed it).
+    pub remembered: bool,
+    /// What became of it: `validated` (the acks came back at the jump's rate), `retreated`
+    /// (slower: the path changed), `rejected` (another round trip), `pending` (no round trip
+    /// was measured cleanly before data went; treated as rejected), `jumping` (the send ended
+    /// before its acks told). Absent when nothing was remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// What this send measured and kept, bits per second and milliseconds; absent when it was
+    /// too short to find the bottleneck (the entry, if any, stays as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_bandwidth_bps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_min_rtt_ms: Option<f64>,
 }
 
 #[cfg(test)]

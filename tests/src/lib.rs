@@ -82,10 +82,14 @@ impl Netns {
         &self.name
     }
 
-    /// A command that runs `program` inside this namespace.
+    /// A command that runs `program` inside this namespace. chunk's path cache is off in it
+    /// (an empty `CHUNK_PATH_CACHE`): a send that started from what an earlier test or
+    /// benchmark run measured would depend on the order they ran in. A caller that wants it
+    /// sets the variable to a file of its own.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
+        c.env("CHUNK_PATH_CACHE", "");
         c
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chunk_tests::{Bridged, Daemon, Impairments};
 use common::*;
+use serde_json::Value;
 
 mod common;
 
@@ -125,4 +126,77 @@ fn a_receiver_that_vanishes_on_a_long_link_ends_the_send_with_a_timeout() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     let why = json["files"][0]["error"].as_str().unwrap_or_default();
     assert!(why.contains("stopped answering"), "{json}");
+}
+
+/// The path cache across real sends (100 ms, 50 Mbit/s): the first send to a receiver finds
+/// nothing remembered and keeps what it measured (in the file given, under the receiver's
+/// address and transport); the next one starts from it, confirmed by the offer's round trip and
+/// validated by its acks; `--no-path-cache` neither reads nor writes it; a cache file that is
+/// not one is ignored (the send succeeds, from scratch) and replaced by a good one. Every file
+/// arrives exact.
+#[test]
+fn a_second_send_starts_from_the_path_the_first_measured() {
+    let net = Bridged::new("wanpc", link(100, 0.0, 5)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("state/chunk/paths.json");
+    let cache_arg = cache.to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "pc.bin", 16 << 20, 40);
+    let run = |extra: &[&str]| -> Value {
+        let out = tempfile::tempdir().unwrap();
+        let recv = Recv::start(
+            &net.receiver,
+            net.receiver_if,
+            out.path(),
+            &["--exit-after", "1"],
+        );
+        let (o, json) = send(&net.sender, net.receiver_addr, &[&file], extra);
+        assert_sent(&o, &json, 1);
+        recv.wait_exit();
+        assert!(same_contents(&file, &out.path().join("pc.bin")));
+        json
+    };
+    let with_cache = ["--path-cache", cache_arg];
+
+    let first = run(&with_cache);
+    let p = &first["path"];
+    assert_eq!(p["cache"], cache_arg, "{first}");
+    assert_eq!(p["remembered"], false, "{first}");
+    assert!(p.get("resume").is_none(), "{first}");
+    let kept = p["kept_bandwidth_bps"]
+        .as_u64()
+        .expect("the path was measured");
+    assert!(
+        (25_000_000..=55_000_000).contains(&kept),
+        "{kept} bit/s kept for a 50 Mbit/s link"
+    );
+    let stored: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let key = format!(
+        "{} ip/{}",
+        net.receiver_addr,
+        chunk_common::DEFAULT_IP_PROTOCOL
+    );
+    assert_eq!(stored["paths"][&key]["bandwidth_bps"], kept, "{stored}");
+
+    let second = run(&with_cache);
+    assert_eq!(second["path"]["remembered"], true, "{second}");
+    assert_eq!(second["path"]["resume"], "validated", "{second}");
+
+    let before = std::fs::read(&cache).unwrap();
+    let off = run(&["--no-path-cache"]);
+    assert!(off.get("path").is_none(), "{off}");
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        before,
+        "--no-path-cache wrote the cache"
+    );
+
+    std::fs::write(&cache, b"{ not a cache").unwrap();
+    let after_junk = run(&with_cache);
+    assert_eq!(after_junk["path"]["remembered"], false, "{after_junk}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert!(
+        stored["paths"][&key]["bandwidth_bps"].as_u64().is_some(),
+        "{stored}"
+    );
 }

@@ -6,7 +6,7 @@ use std::{
     io::IsTerminal,
     net::IpAddr,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
@@ -20,8 +20,9 @@ use crate::{
         wait::Stop,
     },
     net::raw::Transport,
+    path_cache::{self, PathCache},
     proto::{SendError, Sender, SenderConfig, SenderStats},
-    report::{FileReport, SendSummary},
+    report::{FileReport, PathReport, SendSummary},
 };
 
 #[derive(clap::Args)]
@@ -90,6 +91,16 @@ pub struct SendArgs {
     /// if `--psk-file` is given).
     #[arg(long, conflicts_with_all = ["key", "receiver_key"])]
     pub no_encryption: bool,
+    /// The path cache: where the bandwidth and round trip measured to each receiver are kept
+    /// for an hour, so that the next send there starts at a safe share of that rate once the
+    /// offer's round trip confirms the path, not from a slow start. Default: $CHUNK_PATH_CACHE
+    /// (empty: none), else $XDG_STATE_HOME/chunk/paths.json, else
+    /// ~/.local/state/chunk/paths.json.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_path_cache")]
+    pub path_cache: Option<PathBuf>,
+    /// Neither use nor update the path cache: every send starts up from scratch.
+    #[arg(long)]
+    pub no_path_cache: bool,
 }
 
 /// `"200M"` → 200 000 000 (bits per second).
@@ -181,6 +192,26 @@ pub fn run(args: SendArgs) -> Result<()> {
         (None, None) => Protection::Clear,
     };
     let chunk_size = chunk_size(&args, to, transport, protection)?;
+    let path_cache = if args.no_path_cache {
+        None
+    } else {
+        args.path_cache
+            .clone()
+            .or_else(PathCache::default_file)
+            .map(PathCache::new)
+    };
+    let path_key = path_cache::key(to, transport);
+    let resume = path_cache
+        .as_ref()
+        .and_then(|c| c.lookup(&path_key, SystemTime::now()));
+    if let Some(e) = &resume {
+        tracing::debug!(
+            key = path_key,
+            bandwidth_mbit = e.bandwidth * 8e-6,
+            min_rtt_ms = e.min_rtt.as_secs_f64() * 1e3,
+            "path cache: starting from the remembered estimate once the offer confirms it"
+        );
+    }
     let stop = Stop::install().context("installing signal handlers")?;
     let mut driver = SendDriver::new(SendConfig {
         to,
@@ -195,6 +226,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         // With encryption the pre-shared key is in the handshake: no tags besides.
         key: if encryption.is_some() { None } else { key },
         encryption,
+        resume,
     })?;
     let dest = args.dest.as_deref().unwrap_or("");
     let stdin = std::path::Path::new("-");
@@ -256,6 +288,7 @@ pub fn run(args: SendArgs) -> Result<()> {
                 skipped_entries: passed_over.clone(),
                 packets_sent: 0,
                 send_messages: 0,
+                path: None,
             };
             println!("{}", serde_json::to_string(&summary)?);
         }
@@ -267,6 +300,9 @@ pub fn run(args: SendArgs) -> Result<()> {
     if let Some(bar) = &queue.bar {
         bar.finish_and_clear();
     }
+    let path_report = path_cache
+        .as_ref()
+        .map(|c| remember_path(c, &path_key, &driver, resume.is_some()));
     let Queue {
         reports,
         passed_over: refused_links,
@@ -294,6 +330,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         skipped_entries: passed_over,
         packets_sent: driver.packets_sent().0,
         send_messages: driver.packets_sent().1,
+        path: path_report,
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -332,6 +369,39 @@ pub fn run(args: SendArgs) -> Result<()> {
         bail!("{failed} of {} files failed", entries.len());
     }
     Ok(())
+}
+
+/// Keeps what the send measured of the path in the cache (when it measured it: long enough to
+/// find the bottleneck), and says so for the summary. A cache that cannot be written is logged,
+/// never an error.
+fn remember_path(
+    cache: &PathCache,
+    key: &str,
+    driver: &SendDriver,
+    remembered: bool,
+) -> PathReport {
+    let path = driver.path();
+    let estimate = path.as_ref().and_then(|p| p.estimate());
+    let resume = path
+        .as_ref()
+        .and_then(|p| p.resume_outcome())
+        .map(|o| format!("{o:?}").to_lowercase());
+    drop(path);
+    if let Some(e) = estimate
+        && let Err(err) = cache.record(key, e, SystemTime::now())
+    {
+        tracing::debug!(file = %cache.file().display(), error = %err, "path cache not written");
+    }
+    if let Some(r) = &resume {
+        tracing::debug!(key, resume = r, "path cache: the remembered estimate");
+    }
+    PathReport {
+        cache: cache.file().display().to_string(),
+        remembered,
+        resume,
+        kept_bandwidth_bps: estimate.map(|e| (e.bandwidth * 8.0) as u64),
+        kept_min_rtt_ms: estimate.map(|e| e.min_rtt.as_secs_f64() * 1e3),
+    }
 }
 
 fn summary_to(to: IpAddr, transport: Transport) -> String {

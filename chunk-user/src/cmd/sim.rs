@@ -47,6 +47,10 @@ pub struct SimArgs {
     /// Virtual seconds after which the run stops, finished or not.
     #[arg(long, default_value_t = 600)]
     pub time_limit_s: u64,
+    /// A warm start: simulate the transfer once, then report a second one that starts from
+    /// what the first measured of the path (as `chunk send` does from its path cache).
+    #[arg(long)]
+    pub warm: bool,
 }
 
 /// What one simulated transfer measured (the JSON `chunk sim` prints).
@@ -82,6 +86,12 @@ pub struct SimResult {
     pub rto_expiries: u64,
     /// The sender's smoothed RTT at the end, milliseconds.
     pub srtt_ms: Option<f64>,
+    /// From the start to the first round trip (at least 50 ms) that delivered 90 % of the link
+    /// rate, in round trips; `null`: never.
+    pub t90_rtts: Option<f64>,
+    /// With `--warm`: what became of the first run's estimate (`validated`, `retreated`,
+    /// `rejected`, …); `null` without.
+    pub resume: Option<String>,
     /// Real seconds the simulation took.
     pub wall_s: f64,
 }
@@ -142,6 +152,9 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
 
     let wall = Instant::now();
     let hash = VirtualFile::new(s.seed, s.file_size, s.sender.chunk_size).hash();
+    if args.warm {
+        s.resume = run_scenario(&s, hash).estimate;
+    }
     let r = run_scenario(&s, hash);
     let rate = args.rate_bps as f64;
     Ok(SimResult {
@@ -163,6 +176,14 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
         queue_drops_up: r.up.queue_drops,
         rto_expiries: r.sender.rto_expiries,
         srtt_ms: r.sender.srtt.map(|d| d.as_secs_f64() * 1000.0),
+        t90_rtts: r
+            .t90
+            .filter(|_| args.rtt_ms > 0.0)
+            .map(|t| t.as_secs_f64() * 1000.0 / args.rtt_ms),
+        resume: args.warm.then(|| {
+            r.resume_outcome
+                .map_or("none".to_owned(), |o| format!("{o:?}").to_lowercase())
+        }),
         wall_s: wall.elapsed().as_secs_f64(),
     })
 }
@@ -189,6 +210,7 @@ mod tests {
             overhead: 20,
             seed: 1,
             time_limit_s: 600,
+            warm: false,
         }
     }
 
@@ -232,6 +254,29 @@ mod tests {
     }
 
     #[test]
+    fn warm_starts_from_the_first_runs_estimate() {
+        let mut args = small(0.0);
+        args.size = 16 << 20;
+        args.rtt_ms = 100.0;
+        let cold = simulate(&args).unwrap();
+        args.warm = true;
+        let warm = simulate(&args).unwrap();
+        check_size(&cold, args.size);
+        check_size(&warm, args.size);
+        assert_eq!(cold.resume, None);
+        assert_eq!(warm.resume.as_deref(), Some("validated"), "{warm:?}");
+        assert!(
+            warm.t90_rtts.unwrap() < cold.t90_rtts.unwrap(),
+            "{cold:?} {warm:?}"
+        );
+    }
+
+    fn check_size(r: &SimResult, size: u64) {
+        assert!(r.verified && r.finished && r.error.is_none(), "{r:?}");
+        assert_eq!(r.chunks, size.div_ceil(1400));
+    }
+
+    #[test]
     fn burst_parses_and_json_has_the_keys() {
         assert_eq!(parse_burst("0.01,0.25"), Ok((0.01, 0.25)));
         assert!(parse_burst("0.01").is_err() && parse_burst("0.1,2").is_err());
@@ -255,6 +300,8 @@ mod tests {
             "queue_drops_up",
             "rto_expiries",
             "srtt_ms",
+            "t90_rtts",
+            "resume",
             "wall_s",
         ];
         want.sort();

@@ -727,6 +727,9 @@ pub struct SendConfig {
     pub key: Option<Psk>,
     /// Encryption: a session opened by a handshake before the first file.
     pub encryption: Option<Encryption>,
+    /// What an earlier run measured of the path to the receiver (the path cache), to start
+    /// from once the first offer's round trip confirms it ([`core::Path::resume`]).
+    pub resume: Option<crate::proto::PathEstimate>,
 }
 
 /// What the sender's handshake brings and checks.
@@ -776,6 +779,8 @@ pub struct SendDriver {
     next_tid: u32,
     /// An eventfd a stream's reader signals when input has come (the loop waits on it too).
     wake: std::sync::Arc<OwnedFd>,
+    /// The path of the last [`send_files`](Self::send_files): what it measured.
+    path: Option<SharedPath>,
 }
 
 /// Where [`SendDriver::send_files`] takes its files from and gives their results to.
@@ -862,7 +867,14 @@ impl SendDriver {
                 )
                 .context("eventfd")?,
             ),
+            path: None,
         })
+    }
+
+    /// The path the last [`send_files`](Self::send_files) ran on: what it measured of it
+    /// ([`core::Path::estimate`]) and what became of the estimate it started from.
+    pub fn path(&self) -> Option<std::cell::Ref<'_, core::Path>> {
+        self.path.as_ref().map(|p| p.borrow())
     }
 
     /// Reads what waits on the socket: the next chunk packet from the receiver that passes the
@@ -1079,6 +1091,10 @@ impl SendDriver {
     pub fn send_files(&mut self, jobs: &mut dyn Jobs, parallel: usize, stop: &Stop) -> Result<()> {
         let start = Instant::now();
         let path = core::Path::shared(&self.cfg.core, start);
+        if let Some(estimate) = self.cfg.resume {
+            path.borrow_mut().resume(estimate);
+        }
+        self.path = Some(path.clone());
         let peer = self.cfg.peer();
         if self.cfg.encryption.is_some() && self.session.is_none() {
             bail!("no encrypted session: connect first");

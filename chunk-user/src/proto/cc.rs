@@ -22,6 +22,28 @@
 //! decays slowly; the transfer still completes.
 //! After an RTO the window drops to a few chunks until an ack shows delivery again, so a path that
 //! went dark is probed gently rather than with a full window.
+//!
+//! **Resuming from a remembered estimate** (the driver keeps one per destination from earlier
+//! transfers, see [`PathEstimate`]), in the manner of careful resume (RFC 9959,
+//! draft-ietf-tsvwg-careful-resume): Startup from 32 chunks takes eight to nine doublings to
+//! reach a 200 Mbit/s × 600 ms path's BDP, a third of a 256 MiB transfer. With an estimate
+//! ([`Bbr::resume`]) the controller first checks it (*reconnaissance*, [`Bbr::check_resume`]):
+//! the offer's round trip must not be provably below [`RESUME_RTT_MIN`] × the remembered
+//! minimum RTT (a shorter path is another path) nor above [`RESUME_RTT_MAX`] × it plus
+//! [`RESUME_ANSWER_SLACK`] (the offer's answer waits for the receiver to open the file, and an
+//! offer sent more than once gives only bounds), and nothing may have been delivered yet; else
+//! the estimate is dropped and Startup runs as usual. Confirmed, the controller *jumps*: it paces at
+//! [`RESUME_SHARE`] of the remembered bandwidth, with a window of that rate × the remembered RTT
+//! (the RFC's "half the saved window"). The first exact RTT sample above [`RESUME_RTT_MAX`] ×
+//! the remembered RTT, or below [`RESUME_RTT_MIN`] × it, ends the jump (*retreat*: the path is
+//! not the one remembered). Otherwise,
+//! once acks have come back for a quarter of a round trip (and at least two acks' worth of
+//! chunks), their rate, ack-clocked by the bottleneck, is a real delivery-rate sample: at least
+//! [`RESUME_VALID`] of the jump's rate and the jump is *validated*; below it (the path is slower
+//! now) it *retreats*. Either way the measured rate (never more than the jump's) seeds the
+//! bandwidth filter, the jump ends and Startup carries on from the measured rate, so a stale
+//! estimate costs at most the jump's one window, and the model from then on is built from this
+//! path's samples alone. An RTO during the jump ends it without seeding anything.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +69,67 @@ const PLATEAU_ROUNDS: u32 = 3;
 const MIN_CWND_CHUNKS: u64 = 4;
 /// The receiver acknowledges at least every this many chunks (docs/PROTOCOL.md, Receiver 2).
 const ACK_EVERY: u64 = 16;
+/// A remembered estimate is used only when the first RTT sample is at least this share of the
+/// remembered minimum RTT (a much shorter path is another path)…
+pub const RESUME_RTT_MIN: f64 = 0.5;
+/// …and at most this multiple of it (longer: another path, or a queue that says the bandwidth
+/// is not what it was).
+pub const RESUME_RTT_MAX: f64 = 1.5;
+/// The jump paces at this share of the remembered bandwidth (careful resume's half).
+pub const RESUME_SHARE: f64 = 0.5;
+/// How much later than the remembered RTT × [`RESUME_RTT_MAX`] the offer's answer may come and
+/// still start the jump: the receiver answers an offer once it has opened (and preallocated) the
+/// file, which its answer does not count as delay (150 ms for 256 MiB on tmpfs here).
+pub const RESUME_ANSWER_SLACK: Duration = Duration::from_secs(1);
+/// What a sender that remembers a path adds to the offer's first wait (see
+/// `first_offer_interval`): a receiver preallocating a large file answers that much later, and
+/// an offer sent again leaves no exact sample.
+pub const RESUME_OPEN_ALLOWANCE: Duration = Duration::from_millis(250);
+/// The jump is validated when the acks' rate reaches this share of the jump's rate.
+pub const RESUME_VALID: f64 = 0.8;
+
+/// What a sender remembers of a path from an earlier transfer, to start the next one from
+/// ([`Bbr::resume`]); the driver stores it (with its age) per destination.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PathEstimate {
+    /// The bottleneck bandwidth, bytes per second of chunk packets.
+    pub bandwidth: f64,
+    /// The path's minimum RTT.
+    pub min_rtt: Duration,
+}
+
+/// What became of a remembered estimate ([`Bbr::resume_outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// Given, not yet checked (no RTT sample yet).
+    Pending,
+    /// The first RTT sample did not match the remembered one (or came after data was
+    /// delivered): a normal Startup.
+    Rejected,
+    /// Jumped to the remembered rate; its acks have not yet told.
+    Jumping,
+    /// Jumped, and the acks' rate confirmed the estimate.
+    Validated,
+    /// Jumped, and the acks' rate (or an RTO) said the path is slower now: Startup from the
+    /// measured rate.
+    Retreated,
+}
+
+/// A remembered estimate's progress (see the module docs).
+#[derive(Clone, Copy, Debug)]
+enum Resume {
+    Pending(PathEstimate),
+    Jumping {
+        /// The jump's pacing rate, bytes per second.
+        rate: f64,
+        /// The remembered minimum RTT: the jump's window is `rate` × it.
+        rtt: Duration,
+        /// An RTT sample outside this ends the jump.
+        rtt_range: (Duration, Duration),
+        /// The first ack during the jump: when, and `delivered` then.
+        first_ack: Option<(Instant, u64)>,
+    },
+}
 
 /// What the controller remembers about one transmission, to turn its ack into a rate sample.
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +188,9 @@ pub struct Bbr {
     cycle_start: Instant,
     /// Set by an RTO to the bytes then in flight; cleared by the next rate sample.
     after_rto: Option<u64>,
+    /// A remembered estimate being checked or used; `None` once over (or never given).
+    resume: Option<Resume>,
+    resume_outcome: Option<ResumeOutcome>,
 }
 
 impl Bbr {
@@ -132,7 +218,123 @@ impl Bbr {
             cycle_index: 2,
             cycle_start: now,
             after_rto: None,
+            resume: None,
+            resume_outcome: None,
         }
+    }
+
+    /// Starts from `estimate` (remembered from an earlier transfer on this path) once the first
+    /// RTT sample confirms it (see the module docs). Ignored once anything has been delivered
+    /// or measured, or for an estimate without a bandwidth.
+    pub fn resume(&mut self, estimate: PathEstimate) {
+        let usable = estimate.bandwidth.is_finite()
+            && estimate.bandwidth > 0.0
+            && !estimate.min_rtt.is_zero();
+        if usable && self.delivered == 0 && self.min_rtt.is_none() && self.resume.is_none() {
+            self.resume = Some(Resume::Pending(estimate));
+            self.resume_outcome = Some(ResumeOutcome::Pending);
+        }
+    }
+
+    /// The offer was answered: its round trip lies between `lower` (the time since its last
+    /// copy) and `upper` (since its first; the two are equal when it went once). The answer
+    /// carries no delay for the receiver's opening of the file, so both may exceed the path's
+    /// round trip by that. The reconnaissance of a remembered estimate rejects it when the
+    /// bounds prove the path another: a round trip below [`RESUME_RTT_MIN`] × the remembered
+    /// one even by `upper`, or above [`RESUME_RTT_MAX`] × it plus [`RESUME_ANSWER_SLACK`] even
+    /// by `lower`. Else the jump starts, and the first exact samples (data acks) check the round
+    /// trip again, both ways ([`on_rtt`](Self::on_rtt)), with the jump's window (one remembered
+    /// round trip of half the remembered rate) bounding what goes out before they come.
+    pub fn check_resume(&mut self, lower: Duration, upper: Duration) {
+        let Some(Resume::Pending(e)) = self.resume else {
+            return;
+        };
+        let min = e.min_rtt.mul_f64(RESUME_RTT_MIN);
+        let short = upper < min;
+        let slow = lower > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
+        if self.delivered > 0 || short || slow {
+            self.end_resume(ResumeOutcome::Rejected);
+            return;
+        }
+        self.resume = Some(Resume::Jumping {
+            rate: RESUME_SHARE * e.bandwidth,
+            rtt: e.min_rtt,
+            rtt_range: (min, e.min_rtt.mul_f64(RESUME_RTT_MAX)),
+            first_ack: None,
+        });
+        self.resume_outcome = Some(ResumeOutcome::Jumping);
+    }
+
+    /// What became of the estimate given to [`resume`](Self::resume); `None`: none was given.
+    pub fn resume_outcome(&self) -> Option<ResumeOutcome> {
+        self.resume_outcome
+    }
+
+    /// The remembered minimum RTT while the estimate waits for its check (the offer's timer
+    /// waits that long before sending the offer again, so that its answer is a clean sample).
+    pub fn pending_resume_rtt(&self) -> Option<Duration> {
+        match self.resume {
+            Some(Resume::Pending(e)) => Some(e.min_rtt),
+            _ => None,
+        }
+    }
+
+    /// What this transfer found out about the path, worth remembering for the next: only once
+    /// Startup has seen the bandwidth stop growing (a transfer too short for that measured the
+    /// file, not the path), with a minimum RTT.
+    pub fn estimate(&self) -> Option<PathEstimate> {
+        let bw = self.bandwidth();
+        let min_rtt = self.min_rtt?;
+        (self.mode != Mode::Startup && bw > 0.0).then_some(PathEstimate {
+            bandwidth: bw,
+            min_rtt,
+        })
+    }
+
+    fn end_resume(&mut self, outcome: ResumeOutcome) {
+        self.resume = None;
+        self.resume_outcome = Some(outcome);
+    }
+
+    /// During a jump, after each ack: once acks have come back for a quarter of a round trip
+    /// (and two acks' worth of chunks), their rate decides (see the module docs).
+    fn check_jump(&mut self, now: Instant) {
+        let Some(Resume::Jumping {
+            rate,
+            rtt,
+            rtt_range,
+            first_ack,
+        }) = self.resume
+        else {
+            return;
+        };
+        let Some((t0, d0)) = first_ack else {
+            if self.delivered == 0 {
+                // The offer's answer: nothing of the jump yet.
+                return;
+            }
+            self.resume = Some(Resume::Jumping {
+                rate,
+                rtt,
+                rtt_range,
+                first_ack: Some((now, self.delivered)),
+            });
+            return;
+        };
+        let span = now.saturating_duration_since(t0);
+        let bytes = self.delivered - d0;
+        if span < rtt / 4 || bytes < 2 * ACK_EVERY * self.chunk {
+            return;
+        }
+        // Paced at `rate`, the acks cannot honestly come back faster; faster is ack compression.
+        let measured = (bytes as f64 / span.as_secs_f64()).min(rate);
+        let slot = &mut self.bw_rounds[self.bw_slot as usize % BW_ROUNDS];
+        *slot = slot.max(measured);
+        self.end_resume(if measured >= RESUME_VALID * rate {
+            ResumeOutcome::Validated
+        } else {
+            ResumeOutcome::Retreated
+        });
     }
 
     pub fn mode(&self) -> Mode {
@@ -222,6 +424,13 @@ impl Bbr {
                 }
             }
         }
+        if self.resume.is_some() {
+            if self.delivered > 0 && matches!(self.resume, Some(Resume::Pending(_))) {
+                // Data came back before any clean RTT sample (the offer was sent twice).
+                self.end_resume(ResumeOutcome::Rejected);
+            }
+            self.check_jump(now);
+        }
         self.update_mode(now, bytes_in_flight);
     }
 
@@ -229,6 +438,11 @@ impl Bbr {
     /// path may be gone, so only a few chunks more go out until an ack shows delivery again.
     pub fn on_rto(&mut self, bytes_in_flight: u64) {
         self.after_rto = Some(bytes_in_flight);
+        match self.resume {
+            Some(Resume::Jumping { .. }) => self.end_resume(ResumeOutcome::Retreated),
+            Some(Resume::Pending(_)) => self.end_resume(ResumeOutcome::Rejected),
+            None => {}
+        }
     }
 
     /// The last RTO was spurious (an ack showed its chunks were still on their way): the path
@@ -240,6 +454,13 @@ impl Bbr {
 
     /// Seeds the RTT model before any ack (the offer's round trip).
     pub fn on_rtt(&mut self, now: Instant, rtt: Duration) {
+        if let Some(Resume::Jumping { rtt_range, .. }) = self.resume
+            && !(rtt_range.0..=rtt_range.1).contains(&rtt)
+        {
+            // An exact sample (a data ack's) says the path is longer or shorter than the one
+            // remembered: whatever its rate, the estimate is not this path's.
+            self.end_resume(ResumeOutcome::Retreated);
+        }
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
         if self.min_rtt.is_none_or(|m| rtt <= m || expired) {
             self.min_rtt = Some(rtt);
@@ -311,6 +532,9 @@ impl Bbr {
 
     /// The rate to pace at, bytes per second.
     pub fn pacing_rate(&self) -> f64 {
+        if let Some(Resume::Jumping { rate, .. }) = self.resume {
+            return rate;
+        }
         let bw = self.bandwidth();
         let rtt = self
             .min_rtt
@@ -332,6 +556,11 @@ impl Bbr {
         let floor = MIN_CWND_CHUNKS * self.chunk;
         if let Some(in_flight) = self.after_rto {
             return in_flight + floor;
+        }
+        if let Some(Resume::Jumping { rate, rtt, .. }) = self.resume {
+            // One round trip of the jump's rate: careful resume's "half the saved window".
+            let jump = (rate * rtt.as_secs_f64()) as u64 + 3 * ACK_EVERY * self.chunk;
+            return jump.max(self.initial_cwnd);
         }
         // Headroom for the receiver's acks: it may hold up to `ACK_EVERY` chunks before
         // acknowledging, and when an ack is lost the next one comes `ACK_EVERY` chunks later,
@@ -403,5 +632,149 @@ mod tests {
         bbr.on_ack_end(now + Duration::from_millis(5), None, 0);
         assert!(bbr.cwnd() >= 4_000);
         assert!(bbr.after_rto.is_none());
+    }
+
+    fn estimate(mbit: f64, rtt_ms: u64) -> PathEstimate {
+        PathEstimate {
+            bandwidth: mbit * 1e6 / 8.0,
+            min_rtt: Duration::from_millis(rtt_ms),
+        }
+    }
+
+    /// The offer's round trip confirms the estimate: the controller paces at half its rate
+    /// with one remembered round trip of that rate as its window, before any ack. An offer
+    /// answered sooner than half the remembered RTT (another path), or so late that even the
+    /// receiver's opening of the file does not explain it, or none before data was delivered,
+    /// leaves the cold start; a later exact sample above 1.5 × the remembered RTT ends the jump.
+    #[test]
+    fn a_confirmed_estimate_jumps_to_half_its_rate() {
+        let now = Instant::now();
+        let cold = Bbr::new(1000, 32, now);
+        let ms = Duration::from_millis;
+        for (lower, upper, jumps) in [
+            (100, 100, true),
+            (60, 60, true),
+            // Sent more than once: only bounds, neither proving another path.
+            (0, 400, true),
+            (100, 1200, true),
+            // Proven shorter.
+            (0, 40, false),
+            (40, 40, false),
+            // The receiver took its time to open the file, or the path is longer: the data
+            // acks will tell.
+            (400, 400, true),
+            // Proven longer than a receiver's opening explains.
+            (1200, 1200, false),
+        ] {
+            let what = format!("offer answered after {lower}..{upper} ms");
+            let mut bbr = Bbr::new(1000, 32, now);
+            bbr.resume(estimate(80.0, 100));
+            assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Pending));
+            assert_eq!(bbr.pending_resume_rtt(), Some(ms(100)));
+            if lower == upper {
+                bbr.on_rtt(now, ms(lower));
+            }
+            bbr.check_resume(ms(lower), ms(upper));
+            if jumps {
+                assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping), "{what}");
+                assert_eq!(bbr.pacing_rate(), 5e6, "{what}");
+                assert_eq!(bbr.cwnd(), 500_000 + 3 * ACK_EVERY * 1000, "{what}");
+            } else {
+                assert_eq!(
+                    bbr.resume_outcome(),
+                    Some(ResumeOutcome::Rejected),
+                    "{what}"
+                );
+                assert_eq!(bbr.cwnd(), cold.cwnd(), "{what}");
+            }
+        }
+        // A data ack's exact sample says the path is longer, or shorter, than remembered: the
+        // jump ends.
+        for (first, second) in [(140, 160), (60, 40)] {
+            let mut bbr = Bbr::new(1000, 32, now);
+            bbr.resume(estimate(80.0, 100));
+            bbr.check_resume(ms(0), ms(300));
+            bbr.on_rtt(now, ms(first));
+            assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
+            bbr.on_rtt(now, ms(second));
+            assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
+            // Startup's first pacing: the initial window per round trip, as cold.
+            let rtt = bbr.min_rtt().unwrap().as_secs_f64();
+            assert_eq!(bbr.pacing_rate(), HIGH_GAIN * 32_000.0 / rtt);
+        }
+        // Data acknowledged before the offer's answer was seen (never, but): not used.
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.resume(estimate(80.0, 100));
+        let snap = bbr.on_send(now, 0);
+        bbr.on_acked(now + ms(100), &snap, 1000);
+        bbr.on_ack_end(now + ms(100), None, 0);
+        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Rejected));
+        // Nor once the controller has measured anything.
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.on_rtt(now, ms(100));
+        bbr.resume(estimate(80.0, 100));
+        assert_eq!(bbr.resume_outcome(), None);
+    }
+
+    /// Acks coming back at the jump's rate validate it; at a fraction of it (the path is slower
+    /// now), the controller retreats to the rate they came back at. Either way the jump ends
+    /// after a quarter of a round trip of acks, and the bandwidth is the acks' rate.
+    #[test]
+    fn the_acks_rate_validates_the_jump_or_retreats_from_it() {
+        for (path_rate, outcome) in [
+            (5e6, ResumeOutcome::Validated),
+            (1e6, ResumeOutcome::Retreated),
+        ] {
+            let now = Instant::now();
+            let rtt = Duration::from_millis(100);
+            let mut bbr = Bbr::new(1000, 32, now);
+            bbr.resume(estimate(80.0, 100));
+            bbr.check_resume(rtt, rtt);
+            bbr.on_rtt(now, rtt);
+            // The jump's first round trip, every chunk sent before any ack comes back; the
+            // path delivers them at `path_rate`.
+            let snaps: Vec<_> = (0..500).map(|i| bbr.on_send(now, i * 1000)).collect();
+            let gap = Duration::from_secs_f64(1000.0 / path_rate);
+            let mut t = now + rtt;
+            for (i, snap) in snaps.iter().enumerate() {
+                bbr.on_acked(t, snap, 1000);
+                bbr.on_ack_end(t, None, (499 - i as u64) * 1000);
+                if bbr.resume_outcome() != Some(ResumeOutcome::Jumping) {
+                    break;
+                }
+                t += gap;
+            }
+            assert_eq!(bbr.resume_outcome(), Some(outcome), "{path_rate}");
+            assert!(t >= now + rtt + rtt / 4, "decided after {:?}", t - now);
+            let bw = bbr.bandwidth();
+            assert!(bw > 0.9 * path_rate && bw <= 5e6, "{path_rate}: {bw}");
+            assert_eq!(bbr.pacing_rate(), HIGH_GAIN * bw);
+        }
+    }
+
+    /// An RTO during the jump ends it (the path may be gone), and only a controller that left
+    /// Startup has an estimate worth keeping.
+    #[test]
+    fn an_rto_ends_the_jump_and_only_a_full_pipe_is_remembered() {
+        let now = Instant::now();
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.resume(estimate(80.0, 100));
+        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100));
+        bbr.on_rto(10_000);
+        assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
+        assert_eq!(bbr.cwnd(), 14_000);
+        assert_eq!(bbr.estimate(), None);
+
+        let mut bbr = Bbr::new(1440, 10, now);
+        let rtt = Duration::from_millis(20);
+        bbr.on_rtt(now, rtt);
+        assert_eq!(bbr.estimate(), None);
+        drive(&mut bbr, 12_500_000.0, rtt, 60);
+        let e = bbr.estimate().expect("the pipe was found full");
+        assert_eq!(e.min_rtt, rtt);
+        assert!(
+            e.bandwidth > 0.85 * 12_500_000.0 && e.bandwidth < 1.1 * 12_500_000.0,
+            "{e:?}"
+        );
     }
 }

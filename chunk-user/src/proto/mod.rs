@@ -29,6 +29,7 @@ pub mod storage;
 #[cfg(test)]
 mod tests;
 
+pub use cc::{PathEstimate, ResumeOutcome};
 pub use chunkset::ChunkSet;
 pub use peer::Peer;
 pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, validate_name};

@@ -26,9 +26,10 @@ use chunk_common::wire::{HASH_LEN, Repr};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::cc::{PathEstimate, ResumeOutcome};
 use super::chunkset::ChunkSet;
 use super::receiver::{Event, Receiver, ReceiverConfig, ReceiverStats};
-use super::sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
+use super::sender::{ChunkSource, FileMeta, Path, SendError, Sender, SenderConfig, SenderStats};
 use super::storage::{HashCheck, OfferInfo, Opened, Refusal, Storage};
 
 /// Bytes of IPv4 header each packet carries on a link: [`LinkConfig::overhead`]'s default.
@@ -183,7 +184,14 @@ pub struct Sim<S: Storage> {
     filter: Option<Filter>,
     events: Vec<(Duration, Event)>,
     buf: Vec<u8>,
+    /// Bytes on the wire (each packet with its link overhead) that arrived at the receiver, per
+    /// [`TRACE_SLOT`] of virtual time: the delivery rate over time, as the benchmark samples it
+    /// at its bridge.
+    delivered: Vec<u64>,
 }
+
+/// The resolution of [`Sim::time_to_rate`]: the benchmark's sampling interval.
+pub const TRACE_SLOT: Duration = Duration::from_millis(10);
 
 impl<S: Storage> Sim<S> {
     pub fn new(
@@ -214,7 +222,29 @@ impl<S: Storage> Sim<S> {
             filter: None,
             events: Vec::new(),
             buf: vec![0; 65_536],
+            delivered: Vec::new(),
         }
+    }
+
+    /// The start of the first `window` (at least one [`TRACE_SLOT`]) in which the packets that
+    /// arrived at the receiver, on the wire with their overhead, made `share` of the data
+    /// link's rate or more; measured from the start, at the slots' resolution, as the benchmark
+    /// measures its time to 90 % of the link. `None`: never.
+    pub fn time_to_rate(&self, window: Duration, share: f64) -> Option<Duration> {
+        let slots = (window.as_nanos() / TRACE_SLOT.as_nanos()).max(1) as usize;
+        let want = share * self.up.cfg.rate_bps as f64 / 8.0
+            * (slots as u128 * TRACE_SLOT.as_nanos()) as f64
+            / 1e9;
+        let mut sum: u64 = self.delivered.iter().take(slots).sum();
+        for start in 0..self.delivered.len().saturating_sub(slots - 1) {
+            if start > 0 {
+                sum = sum - self.delivered[start - 1] + self.delivered[start + slots - 1];
+            }
+            if sum as f64 >= want {
+                return Some(TRACE_SLOT * start as u32);
+            }
+        }
+        None
     }
 
     /// The virtual clock, as the `Instant` the cores are given.
@@ -500,6 +530,12 @@ impl<S: Storage> Sim<S> {
             };
             match arrival.dest {
                 Dest::Receiver(src) => {
+                    let slot = (self.now / TRACE_SLOT.as_nanos() as u64) as usize;
+                    if self.delivered.len() <= slot {
+                        self.delivered.resize(slot + 1, 0);
+                    }
+                    self.delivered[slot] +=
+                        (arrival.bytes.len() + self.up.cfg.overhead as usize) as u64;
                     self.receiver
                         .handle_packet(src, None, &repr, now, &mut self.storage);
                     self.collect_events();
@@ -729,6 +765,8 @@ pub struct Scenario {
     pub receiver: ReceiverConfig,
     /// Virtual time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// An estimate remembered from an earlier transfer, to start from ([`Path::resume`]).
+    pub resume: Option<PathEstimate>,
 }
 
 /// What a [`Scenario`] measured.
@@ -749,6 +787,13 @@ pub struct Report {
     pub verified: bool,
     /// Real time the simulation took.
     pub wall: Duration,
+    /// From the start to the first round trip (at least 50 ms) whose packets arrived at the
+    /// receiver at 90 % of the link's rate or more ([`Sim::time_to_rate`]); `None`: never.
+    pub t90: Option<Duration>,
+    /// What the sender learnt of the path, for a later transfer ([`Path::estimate`]).
+    pub estimate: Option<PathEstimate>,
+    /// What became of [`Scenario::resume`].
+    pub resume_outcome: Option<ResumeOutcome>,
 }
 
 /// Runs `s` with a [`GeneratorSink`] and reports.
@@ -763,10 +808,15 @@ pub fn run_scenario(s: &Scenario, file_hash: [u8; HASH_LEN]) -> Report {
         receiver,
         GeneratorSink::new(s.seed),
     );
-    let sender = Sender::new(
+    let path = Path::shared(&s.sender, sim.now());
+    if let Some(e) = s.resume {
+        path.borrow_mut().resume(e);
+    }
+    let sender = Sender::on_path(
         0x5EED,
         file.meta_with_hash("figure.bin", file_hash),
         s.sender.clone(),
+        &path,
         sim.now(),
     )
     .expect("scenario file fits the protocol");
@@ -792,6 +842,9 @@ pub fn run_scenario(s: &Scenario, file_hash: [u8; HASH_LEN]) -> Report {
         down: sim.link_stats(Dir::Down).clone(),
         verified,
         wall: wall.elapsed(),
+        t90: sim.time_to_rate(s.up.delay.mul_f64(2.0).max(Duration::from_millis(50)), 0.9),
+        estimate: path.borrow().estimate(),
+        resume_outcome: path.borrow().resume_outcome(),
     }
 }
 
@@ -809,6 +862,7 @@ pub fn figure_scenario(rate_bps: u64, rtt: Duration, loss: f64, size: u64, seed:
         sender: SenderConfig::default(),
         receiver: ReceiverConfig::default(),
         time_limit: Duration::from_secs(600),
+        resume: None,
     }
 }
 

@@ -1077,3 +1077,159 @@ fn a_lost_answer_of_a_small_file_costs_about_a_round_trip() {
         );
     }
 }
+/// A transfer over `rate_bps` × `rtt_ms` with `loss` each way (the figures' path: queues of one
+/// BDP), starting from `resume` if given.
+fn path_run(
+    rate_bps: u64,
+    rtt_ms: u64,
+    loss: f64,
+    size: u64,
+    resume: Option<crate::proto::PathEstimate>,
+) -> sim::Report {
+    let mut s = sim::figure_scenario(rate_bps, Duration::from_millis(rtt_ms), loss, size, 11);
+    s.resume = resume;
+    sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN])
+}
+
+/// Completed, exact, every chunk acknowledged, at most 1.1 retransmissions per lost data packet.
+fn assert_clean(r: &sim::Report, what: &str) {
+    let st = &r.sender;
+    let what = format!("{what}: {st:?}, up {:?}", r.up);
+    assert_eq!(r.outcome, Some(Ok(())), "{what}");
+    assert!(r.verified, "{what}");
+    assert_eq!(st.chunks_acked, st.chunk_count as u64, "{what}");
+    let lost = r.up.lost + r.up.queue_drops;
+    assert!(
+        st.chunks_retransmitted as f64 <= 1.1 * lost as f64 + 2.0,
+        "more than 1.1 retransmissions per lost chunk: {what}"
+    );
+}
+
+/// A second transfer on a long path, started from what the first measured (the estimate the
+/// driver remembers per destination), reaches 90 % of the link in fewer round trips than the
+/// first, within 10, and takes less time over all; both resend only what was lost.
+#[test]
+fn a_remembered_path_reaches_the_link_in_fewer_round_trips() {
+    for (rtt_ms, loss) in [(300, 0.0), (600, 0.0), (300, 0.05), (600, 0.01)] {
+        let what = format!("{rtt_ms} ms, {} % loss", loss * 100.0);
+        let cold = path_run(50_000_000, rtt_ms, loss, 32 << 20, None);
+        assert_clean(&cold, &format!("{what}, cold"));
+        assert_eq!(cold.resume_outcome, None);
+        let estimate = cold.estimate.expect("a long transfer measures the path");
+        let warm = path_run(50_000_000, rtt_ms, loss, 32 << 20, Some(estimate));
+        assert_clean(&warm, &format!("{what}, warm"));
+        assert_eq!(
+            warm.resume_outcome,
+            Some(crate::proto::ResumeOutcome::Validated),
+            "{what}"
+        );
+        let rtts = |r: &sim::Report| {
+            r.t90.expect("reaches 90 % of the link").as_secs_f64() * 1000.0 / rtt_ms as f64
+        };
+        let (c, w) = (rtts(&cold), rtts(&warm));
+        assert!(
+            w < c && w <= 10.0,
+            "{what}: 90 % after {c:.1} RTTs cold, {w:.1} warm"
+        );
+        assert!(
+            warm.elapsed < cold.elapsed,
+            "{what}: {:?} cold, {:?} warm",
+            cold.elapsed,
+            warm.elapsed
+        );
+    }
+}
+
+/// An estimate remembered from a path eight times faster than the one there is now (same round
+/// trip): the jump overfills the bottleneck for about one round trip, then the acks' rate says
+/// so and the sender retreats to what the path carries. The losses stay within the one window
+/// the jump allowed (careful resume's bound), every loss is resent about once, and the file
+/// arrives exact.
+#[test]
+fn a_stale_estimate_of_a_faster_path_costs_at_most_the_jump() {
+    for rtt_ms in [100, 600] {
+        let what = format!("{rtt_ms} ms");
+        let stale = crate::proto::PathEstimate {
+            bandwidth: 400e6 / 8.0,
+            min_rtt: Duration::from_millis(rtt_ms),
+        };
+        let cold = path_run(50_000_000, rtt_ms, 0.0, 32 << 20, None);
+        let warm = path_run(50_000_000, rtt_ms, 0.0, 32 << 20, Some(stale));
+        assert_clean(&cold, &format!("{what}, cold"));
+        assert_clean(&warm, &format!("{what}, stale"));
+        assert_eq!(
+            warm.resume_outcome,
+            Some(crate::proto::ResumeOutcome::Retreated),
+            "{what}"
+        );
+        // The jump's window: half the remembered rate for one round trip, in packets.
+        let jump = (0.5 * stale.bandwidth * stale.min_rtt.as_secs_f64() / 1440.0) as u64;
+        let lost = warm.up.lost + warm.up.queue_drops;
+        assert!(
+            lost <= jump,
+            "{what}: {lost} lost, the jump was {jump} packets"
+        );
+        // And it did not cost more than the startup it replaced by much: no storm, no stall.
+        assert!(
+            warm.elapsed.as_secs_f64() <= 1.25 * cold.elapsed.as_secs_f64(),
+            "{what}: {:?} cold, {:?} stale",
+            cold.elapsed,
+            warm.elapsed
+        );
+        assert_eq!(warm.sender.rto_expiries, 0, "{what}: {:?}", warm.sender);
+    }
+}
+
+/// An estimate whose round trip is not the path's (a route that changed): much shorter, or
+/// longer than a slow receiver explains, the offer's round trip rejects it and the transfer
+/// starts up from scratch exactly as a first transfer would; longer but within that, the first
+/// data acks' round trips end the jump, which then costs at most its one window.
+/// Every transfer arrives exact, resending about once per loss.
+#[test]
+fn an_estimate_of_another_round_trip_is_not_used() {
+    use crate::proto::ResumeOutcome::{Rejected, Retreated};
+    for (remembered_ms, rtt_ms, outcome) in [
+        // Shorter: the offer's answer says so.
+        (600, 100, Rejected),
+        // Longer by more than the receiver's opening of a file could explain, even counted
+        // from the offer's last copy.
+        (100, 3000, Rejected),
+        // Longer: the offer's answer cannot tell it from a slow receiver, the data acks can.
+        (100, 600, Retreated),
+        (300, 500, Retreated),
+        (100, 180, Retreated),
+    ] {
+        let what = format!("remembered {remembered_ms} ms, now {rtt_ms} ms");
+        let other = crate::proto::PathEstimate {
+            bandwidth: 50e6 / 8.0,
+            min_rtt: Duration::from_millis(remembered_ms),
+        };
+        let cold = path_run(50_000_000, rtt_ms, 0.01, 16 << 20, None);
+        let warm = path_run(50_000_000, rtt_ms, 0.01, 16 << 20, Some(other));
+        assert_clean(&warm, &what);
+        assert_eq!(warm.resume_outcome, Some(outcome), "{what}");
+        if outcome == Rejected && warm.sender.offers_sent == cold.sender.offers_sent {
+            // Rejected, the controller is the cold one: the same data moves the same way (the
+            // offer's timer alone may differ, and here it sent as many copies).
+            assert_eq!(
+                (warm.sender.chunks_sent, warm.sender.chunks_retransmitted),
+                (cold.sender.chunks_sent, cold.sender.chunks_retransmitted),
+                "{what}"
+            );
+        } else if outcome == Rejected {
+            // Its copies went at other times, so the acks did too: the same start otherwise.
+            let (w, c) = (warm.elapsed.as_secs_f64(), cold.elapsed.as_secs_f64());
+            assert!(
+                (w - c).abs() <= 0.02 * c,
+                "{what}: {w} s from the estimate, {c} s cold"
+            );
+        } else {
+            let jump = (0.5 * other.bandwidth * other.min_rtt.as_secs_f64() / 1440.0) as u64;
+            let drops = warm.up.queue_drops;
+            assert!(
+                drops <= jump,
+                "{what}: {drops} dropped, the jump was {jump} packets"
+            );
+        }
+    }
+}

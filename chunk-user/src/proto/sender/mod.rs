@@ -392,7 +392,7 @@ impl Sender {
             id: transfer_id,
             count,
             phase: Phase::Offering(Offering::new(
-                first_offer_interval(&cfg, &path.borrow().rtt),
+                first_offer_interval(&cfg, &path.borrow()),
                 now,
             )),
             pending_abort: None,
@@ -1027,6 +1027,13 @@ impl Sender {
             {
                 self.path.borrow_mut().rtt.on_upper_bound(bound);
             }
+            // A remembered estimate of the path is checked against the offer's round trip,
+            // between the answer's time since the last copy and since the first.
+            let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
+            self.path
+                .borrow_mut()
+                .cc
+                .check_resume(since(offering.sent_at), since(offering.first_sent_at));
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();
@@ -1242,7 +1249,7 @@ impl Sender {
 
     /// The first offer retransmission interval (see [`first_offer_interval`]).
     fn first_offer_interval(&self) -> Duration {
-        first_offer_interval(&self.cfg, &self.path.borrow().rtt)
+        first_offer_interval(&self.cfg, &self.path.borrow())
     }
 
     /// Over: what is still in flight is no longer waited for (nor counted on the path).
@@ -1282,11 +1289,20 @@ impl Drop for Sender {
 /// (`SRTT + max(1 ms, 4 RTTVAR)`, see [`RttEstimator::reply_timeout`]; the receiver answers an
 /// offer at once): a lost offer or a lost answer to it then costs about a round trip, not
 /// 200 ms, which in a tree of small files is most of a file's time. It doubles from there (up
-/// to `offer_max_interval`), and a second copy costs the receiver one more ack.
-fn first_offer_interval(cfg: &SenderConfig, rtt: &super::rtt::RttEstimator) -> Duration {
-    match rtt.smoothed() {
-        Some(_) => rtt.reply_timeout(),
-        None => cfg.offer_interval,
+/// to `offer_max_interval`), and a second copy costs the receiver one more ack. With a remembered estimate still to be confirmed, at least
+/// the longest round trip that would confirm it, and the time a receiver may take to open and
+/// preallocate the file before it answers (the answer does not count it as delay).
+fn first_offer_interval(cfg: &SenderConfig, path: &Path) -> Duration {
+    match (path.rtt.smoothed(), path.cc.pending_resume_rtt()) {
+        (Some(_), _) => path.rtt.reply_timeout(),
+        // A remembered round trip waits to be confirmed by the offer's: a copy sent again before
+        // the answer could come would leave no clean sample (Karn), and the estimate unused.
+        (None, Some(rtt)) => {
+            cfg.offer_interval
+                .max(rtt.mul_f64(super::cc::RESUME_RTT_MAX) + MAX_ACK_DELAY)
+                + super::cc::RESUME_OPEN_ALLOWANCE
+        }
+        (None, None) => cfg.offer_interval,
     }
 }
 

@@ -9,12 +9,20 @@
 //! controller's window and rate samples are about. A [`Sender`](super::Sender) reports its own
 //! share to the path after each call into it (see `Sender::sync_flight`) and takes it back when
 //! it is dropped.
+//!
+//! A path can also start from what an earlier run learnt of the same destination
+//! ([`Path::resume`]: the driver keeps a [`PathEstimate`] per destination and gives it before
+//! the first offer; the controller checks it against the offer's round trip before using it)
+//! and says what this run learnt ([`Path::estimate`]) for the driver to keep.
 
 use std::{cell::RefCell, rc::Rc, time::Instant};
 
 use chunk_common::wire::HEADER_LEN;
 
-use super::super::{cc::Bbr, rtt::RttEstimator};
+use super::super::{
+    cc::{Bbr, PathEstimate, ResumeOutcome},
+    rtt::RttEstimator,
+};
 use super::{MAX_ACK_DELAY, SenderConfig, pacing::Pacer};
 
 /// A path shared by several [`Sender`](super::Sender)s (`Sender::on_path`). Single-threaded by
@@ -67,5 +75,30 @@ impl Path {
     /// Transfers on the path now.
     pub fn transfers(&self) -> usize {
         self.transfers
+    }
+
+    /// Starts from `estimate`, remembered from an earlier transfer to the same receiver, once
+    /// the first offer's round trip confirms it (see [`cc`](super::super::cc)). Give it before
+    /// the first transfer starts; ignored later.
+    pub fn resume(&mut self, estimate: PathEstimate) {
+        self.cc.resume(estimate);
+    }
+
+    /// What became of the estimate given to [`resume`](Self::resume), if one was.
+    pub fn resume_outcome(&self) -> Option<ResumeOutcome> {
+        self.cc.resume_outcome()
+    }
+
+    /// What the transfers on this path measured of it, worth remembering for the next run
+    /// (`None` when they were too short to find the bottleneck).
+    pub fn estimate(&self) -> Option<PathEstimate> {
+        // The controller's minimum RTT is the last ten seconds', which on a long transfer may be
+        // one with a queue in it; the lowest sample of the whole run is the path's.
+        self.cc.estimate().map(|mut e| {
+            if let Some(m) = self.rtt.min() {
+                e.min_rtt = e.min_rtt.min(m);
+            }
+            e
+        })
     }
 }

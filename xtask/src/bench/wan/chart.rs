@@ -32,6 +32,7 @@ pub fn draw(path: &Path, f: &Findings) -> Result<()> {
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
     ];
     let tools = &f.args.wan_tools;
     for (panel, &loss) in panels
@@ -103,7 +104,8 @@ pub fn draw(path: &Path, f: &Findings) -> Result<()> {
 
 fn label(t: WanTool) -> &'static str {
     match t {
-        WanTool::ChunkXdp => "chunk (XDP)",
+        WanTool::ChunkXdp => "chunk (XDP), cold",
+        WanTool::ChunkXdpWarm => "chunk (XDP), warm",
         WanTool::TcpCubic => "TCP CUBIC",
         WanTool::TcpBbr => "TCP BBR",
         WanTool::Uftp => "UFTP (-R link rate)",

@@ -51,11 +51,13 @@ pub struct WanArgs {
     /// Size of the file of the WAN cases, MiB.
     #[arg(long, default_value_t = 256)]
     pub wan_size_mib: u64,
-    /// Tools of the WAN cases: chunk-xdp, tcp-cubic, tcp-bbr, uftp.
+    /// Tools of the WAN cases: chunk-xdp (a first transfer, from an empty path cache),
+    /// chunk-xdp-warm (the next transfer on the same link, from the path cache the first left),
+    /// tcp-cubic, tcp-bbr, uftp.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "chunk-xdp,tcp-cubic,tcp-bbr,uftp",
+        default_value = "chunk-xdp,chunk-xdp-warm,tcp-cubic,tcp-bbr,uftp",
         hide_possible_values = true
     )]
     pub wan_tools: Vec<WanTool>,
@@ -149,6 +151,8 @@ pub struct SimFigures {
     pub steady_share: f64,
     pub retransmitted: u64,
     pub lost: u64,
+    /// The simulator's time to 90 % of the link, in RTTs (as the bridge's is measured).
+    pub t90_rtts: Option<f64>,
     pub verified: bool,
 }
 
@@ -182,6 +186,9 @@ pub struct WanRun {
     /// chunk's smoothed RTT, as its sender measured it.
     pub srtt_ms: Option<f64>,
     pub chunks: Option<u64>,
+    /// chunk with a path cache: what became of the estimate it found (`validated`,
+    /// `retreated`, `rejected`, ...; `none`: nothing remembered); `None`: no cache.
+    pub resume: Option<String>,
     pub sim: Option<SimFigures>,
 }
 
@@ -205,6 +212,7 @@ impl WanRun {
             peak_queue_bytes: 0,
             srtt_ms: None,
             chunks: None,
+            resume: None,
             sim: None,
         }
     }
@@ -322,21 +330,51 @@ struct Wan<'a> {
 }
 
 impl Wan<'_> {
+    /// The case's own path cache: chunk-xdp starts it empty and leaves what it measured in it;
+    /// chunk-xdp-warm starts from it.
+    fn path_cache(&self, case: WanCase) -> PathBuf {
+        self.work
+            .join("path-cache")
+            .join(format!("{}.json", case.name()))
+    }
+
     fn run(&self, tool: WanTool, case: WanCase, seed: u64) -> WanRun {
+        let cache = self.path_cache(case);
+        if tool == WanTool::ChunkXdp {
+            let _ = std::fs::remove_file(&cache);
+        }
+        if tool == WanTool::ChunkXdpWarm && !cache.exists() {
+            // No cold run of this case before: a first transfer of our own, on a link of its
+            // own (the measured one's counters see only the measured transfer), not reported.
+            eprintln!("bench: wan {:<14} warming up the path cache", case.name());
+            let warm_up = self.run(WanTool::ChunkXdp, case, seed + 1000);
+            if !warm_up.outcome.is_measured() {
+                eprintln!(
+                    "bench: wan {:<14} the warm-up failed: {:?}",
+                    case.name(),
+                    warm_up.error
+                );
+            }
+        }
         let mut run = WanRun::new(tool, case);
         let out_dir = self.work.join("wan-recv");
         let _ = std::fs::remove_dir_all(&out_dir);
         let r = std::fs::create_dir_all(&out_dir)
             .map_err(anyhow::Error::from)
-            .and_then(|()| self.transfer(tool, case, seed, &out_dir, &mut run));
+            .and_then(|()| {
+                let _ = std::fs::create_dir_all(cache.parent().expect("in a directory"));
+                self.transfer(tool, case, seed, &out_dir, &cache, &mut run)
+            });
         let _ = std::fs::remove_dir_all(&out_dir);
         run.outcome = match r {
             Ok(()) => Outcome::Measured,
             Err(e) => Outcome::Failed(format!("{e:#}")),
         };
         run.error = run.outcome.error();
-        if tool == WanTool::ChunkXdp {
-            run.sim = self.simulate(case, run.chunks).ok();
+        if matches!(tool, WanTool::ChunkXdp | WanTool::ChunkXdpWarm) {
+            run.sim = self
+                .simulate(case, run.chunks, tool == WanTool::ChunkXdpWarm)
+                .ok();
         }
         run
     }
@@ -347,6 +385,7 @@ impl Wan<'_> {
         case: WanCase,
         seed: u64,
         out_dir: &Path,
+        cache: &Path,
         run: &mut WanRun,
     ) -> Result<()> {
         let net = Bridged::new("bwan", case.impairments(self.rate_bps, seed))?;
@@ -357,6 +396,7 @@ impl Wan<'_> {
             out_dir,
             rate_bps: self.rate_bps,
             cut_off: Duration::from_secs(self.args.wan_cut_off_s),
+            path_cache: Some(cache),
         };
         let mut sampler = None;
         let result = tools::run(tool, &job, run, &mut || {
@@ -399,8 +439,9 @@ impl Wan<'_> {
     }
 
     /// The same case in the simulator: the chunk size the real sender used, the bridge's
-    /// framing (IPv4 and Ethernet headers, preamble, gap and FCS) on the simulated link.
-    fn simulate(&self, case: WanCase, chunks: Option<u64>) -> Result<SimFigures> {
+    /// framing (IPv4 and Ethernet headers, preamble, gap and FCS) on the simulated link; `warm`:
+    /// a second transfer from what a first one measured (`chunk sim --warm`).
+    fn simulate(&self, case: WanCase, chunks: Option<u64>, warm: bool) -> Result<SimFigures> {
         let chunk_size = chunks
             .filter(|&c| c > 0)
             .map_or(1460, |c| self.size.div_ceil(c));
@@ -423,6 +464,9 @@ impl Wan<'_> {
         if case.burst {
             cmd.args(["--burst", &format!("{},{}", BURST.0, BURST.1)]);
         }
+        if warm {
+            cmd.arg("--warm");
+        }
         let out = super::tools::output_within(cmd, Duration::from_secs(600))?;
         if !out.status.success() {
             bail!("chunk sim: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -434,6 +478,7 @@ impl Wan<'_> {
             steady_share: f("steady_share"),
             retransmitted: v["retransmitted"].as_u64().unwrap_or(0),
             lost: v["lost_up"].as_u64().unwrap_or(0),
+            t90_rtts: v["t90_rtts"].as_f64(),
             verified: v["verified"].as_bool().unwrap_or(false) && v["finished"] == true,
         })
     }
@@ -537,6 +582,7 @@ impl Wan<'_> {
                 out_dir: &shared_dir,
                 rate_bps: self.rate_bps,
                 cut_off,
+                path_cache: None,
             },
             chunk_flows,
         )?;
@@ -564,6 +610,7 @@ impl Wan<'_> {
                             },
                             rate_bps: self.rate_bps,
                             cut_off,
+                            path_cache: None,
                         };
                         let mut run = WanRun::new(tool, SHARE_CASE);
                         let r = if tool == WanTool::ChunkXdp {
@@ -742,6 +789,7 @@ impl Wan<'_> {
             out_dir: &dir,
             rate_bps: 0,
             cut_off: Duration::from_secs(120),
+            path_cache: None,
         };
         let mut run = WanRun::new(WanTool::ChunkXdp, SHARE_CASE);
         let r = tools::run(WanTool::ChunkXdp, &job, &mut run, &mut || {});
@@ -758,7 +806,7 @@ fn log(r: &WanRun) {
     let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.1} %", x * 100.0));
     match &r.outcome {
         Outcome::Measured => eprintln!(
-            "bench: wan {:<14} {:<10} {:>8} of link (steady {:>8}) in {:.1} s{}, t90 {} RTTs, retx {:?} for {} lost, peak queue {} KiB, srtt {:?}, sim {}",
+            "bench: wan {:<14} {:<14} {:>8} of link (steady {:>8}) in {:.1} s{}, t90 {} RTTs, retx {:?} for {} lost, peak queue {} KiB, srtt {:?}, start {}, sim {}",
             r.case.name(),
             r.tool.name(),
             pct(r.goodput_share),
@@ -774,9 +822,12 @@ fn log(r: &WanRun) {
             r.lost,
             r.peak_queue_bytes >> 10,
             r.srtt_ms.map(|s| s.round()),
-            r.sim
-                .as_ref()
-                .map_or("-".into(), |s| pct(Some(s.goodput_share))),
+            r.resume.as_deref().unwrap_or("-"),
+            r.sim.as_ref().map_or("-".into(), |s| format!(
+                "{} (t90 {})",
+                pct(Some(s.goodput_share)),
+                s.t90_rtts.map_or("never".into(), |t| format!("{t:.1}"))
+            )),
         ),
         Outcome::NotAvailable(why) | Outcome::Failed(why) => eprintln!(
             "bench: wan {:<14} {:<10} FAILED: {why}",

@@ -90,72 +90,14 @@ pub fn goals(f: &Findings) -> Vec<(String, Option<bool>, String)> {
             ratio.map_or("–".into(), |r| format!("{r:.2} ×")),
         ));
     }
-    let c5 = case(100, 5);
-    g.push((
-        "100 ms, 5 %: chunk ≥ 85 % of the link".into(),
-        share(&c5, WanTool::ChunkXdp).map(|s| s >= 0.85),
-        pct(share(&c5, WanTool::ChunkXdp)),
-    ));
-    let long: Vec<&WanRun> = f
-        .runs
-        .iter()
-        .filter(|r| r.tool == WanTool::ChunkXdp && r.case.rtt_ms >= 300 && !r.case.burst)
-        .collect();
-    let worst = long
-        .iter()
-        .map(|r| {
-            if r.outcome.is_measured() {
-                r.goodput_share.unwrap_or(0.0)
-            } else {
-                0.0
-            }
-        })
-        .fold(f64::INFINITY, f64::min);
-    g.push((
-        "300 and 600 ms, 0–5 %: chunk ≥ 70 % of the link over the whole file".into(),
-        (!long.is_empty()).then_some(worst >= 0.7),
-        if long.is_empty() {
-            "–".into()
-        } else {
-            format!("worst {}", pct(Some(worst)))
-        },
-    ));
-    let retx: Vec<f64> = long.iter().filter_map(|r| r.retx_per_lost()).collect();
-    let worst_retx = retx.iter().copied().fold(0.0, f64::max);
-    g.push((
-        "300 and 600 ms: retransmissions per lost packet ≤ 1.1".into(),
-        (!retx.is_empty()).then_some(worst_retx <= 1.1),
-        if retx.is_empty() {
-            "–".into()
-        } else {
-            format!("worst {worst_retx:.2}")
-        },
-    ));
-    let t90: Vec<Option<f64>> = f
-        .runs
-        .iter()
-        .filter(|r| r.tool == WanTool::ChunkXdp && r.outcome.is_measured())
-        .map(|r| r.t90_rtts)
-        .collect();
-    let worst_t90 = t90
-        .iter()
-        .map(|t| t.unwrap_or(f64::INFINITY))
-        .fold(0.0, f64::max);
-    g.push((
-        "chunk reaches 90 % of the link in ≤ 10 RTTs (every case)".into(),
-        (!t90.is_empty()).then_some(worst_t90 <= 10.0),
-        if t90.is_empty() {
-            "–".into()
-        } else if worst_t90.is_finite() {
-            format!("worst {worst_t90:.1} RTTs")
-        } else {
-            format!(
-                "never in {} of {} cases",
-                t90.iter().filter(|t| t.is_none()).count(),
-                t90.len()
-            )
-        },
-    ));
+    // The goals that are chunk's alone, for its first transfer to a receiver (cold: an empty
+    // path cache) and, where measured, its next one (warm: from the estimate the first left).
+    for tool in [WanTool::ChunkXdp, WanTool::ChunkXdpWarm] {
+        if !f.runs.iter().any(|r| r.tool == tool) {
+            continue;
+        }
+        chunk_goals(f, tool, &mut g);
+    }
     for s in f.shares {
         let (goal, met) = match s.pair {
             super::Pair::TwoChunk => (
@@ -197,6 +139,120 @@ pub fn goals(f: &Findings) -> Vec<(String, Option<bool>, String)> {
         },
     ));
     g
+}
+
+/// The goals about chunk alone, for `tool` (chunk-xdp: cold; chunk-xdp-warm: warm).
+fn chunk_goals(f: &Findings, tool: WanTool, g: &mut Vec<(String, Option<bool>, String)>) {
+    let case = |rtt_ms, loss_pct| WanCase {
+        rtt_ms,
+        loss_pct,
+        burst: false,
+    };
+    let share = |c: &WanCase| f.get(c, tool).and_then(|r| r.goodput_share);
+    let name = tool.name();
+    if tool == WanTool::ChunkXdpWarm {
+        let c = case(100, 1);
+        let r = f.get(&c, tool);
+        g.push((
+            format!("{name}: 100 ms, 1 %: ≥ 90 % of the link in steady state, ≥ 80 % over the whole file"),
+            r.map(|r| r.steady_share.unwrap_or(0.0) >= 0.9 && r.goodput_share.unwrap_or(0.0) >= 0.8),
+            format!(
+                "steady {}, whole {}",
+                pct(r.and_then(|r| r.steady_share)),
+                pct(r.and_then(|r| r.goodput_share))
+            ),
+        ));
+    }
+    let c5 = case(100, 5);
+    g.push((
+        format!("{name}: 100 ms, 5 %: ≥ 85 % of the link"),
+        share(&c5).map(|s| s >= 0.85),
+        pct(share(&c5)),
+    ));
+    let long: Vec<&WanRun> = f
+        .runs
+        .iter()
+        .filter(|r| r.tool == tool && r.case.rtt_ms >= 300 && !r.case.burst)
+        .collect();
+    let worst = long
+        .iter()
+        .map(|r| {
+            if r.outcome.is_measured() {
+                r.goodput_share.unwrap_or(0.0)
+            } else {
+                0.0
+            }
+        })
+        .fold(f64::INFINITY, f64::min);
+    g.push((
+        format!("{name}: 300 and 600 ms, 0–5 %: ≥ 70 % of the link over the whole file"),
+        (!long.is_empty()).then_some(worst >= 0.7),
+        if long.is_empty() {
+            "–".into()
+        } else {
+            format!("worst {}", pct(Some(worst)))
+        },
+    ));
+    let retx: Vec<f64> = long.iter().filter_map(|r| r.retx_per_lost()).collect();
+    let worst_retx = retx.iter().copied().fold(0.0, f64::max);
+    g.push((
+        format!("{name}: 300 and 600 ms: retransmissions per lost packet ≤ 1.1"),
+        (!retx.is_empty()).then_some(worst_retx <= 1.1),
+        if retx.is_empty() {
+            "–".into()
+        } else {
+            format!("worst {worst_retx:.2}")
+        },
+    ));
+    let t90: Vec<Option<f64>> = f
+        .runs
+        .iter()
+        .filter(|r| r.tool == tool && r.outcome.is_measured())
+        .map(|r| r.t90_rtts)
+        .collect();
+    let worst_t90 = t90
+        .iter()
+        .map(|t| t.unwrap_or(f64::INFINITY))
+        .fold(0.0, f64::max);
+    g.push((
+        format!("{name}: reaches 90 % of the link in ≤ 10 RTTs (every case)"),
+        (!t90.is_empty()).then_some(worst_t90 <= 10.0),
+        if t90.is_empty() {
+            "–".into()
+        } else if worst_t90.is_finite() {
+            format!("worst {worst_t90:.1} RTTs")
+        } else {
+            format!(
+                "never in {} of {} cases",
+                t90.iter().filter(|t| t.is_none()).count(),
+                t90.len()
+            )
+        },
+    ));
+    if tool == WanTool::ChunkXdpWarm {
+        let started_cold: Vec<String> = f
+            .runs
+            .iter()
+            .filter(|r| r.tool == tool && r.outcome.is_measured())
+            .filter(|r| r.resume.as_deref() != Some("validated"))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.case.label(),
+                    r.resume.as_deref().unwrap_or("no cache")
+                )
+            })
+            .collect();
+        g.push((
+            format!("{name}: every warm run started from the estimate (validated)"),
+            Some(started_cold.is_empty()),
+            if started_cold.is_empty() {
+                "all".into()
+            } else {
+                started_cold.join("; ")
+            },
+        ));
+    }
 }
 
 pub fn markdown(f: &Findings) -> String {
@@ -269,7 +325,10 @@ pub fn markdown(f: &Findings) -> String {
                 md,
                 "| {} | {} | {} | {} | {:.1}{} | {} | {} | {} | {} | {} | {} KiB ({:.0} ms) | {} |",
                 r.case.label(),
-                r.tool.name(),
+                match (r.tool, r.resume.as_deref()) {
+                    (WanTool::ChunkXdpWarm, Some(how)) => format!("{} ({how})", r.tool.name()),
+                    _ => r.tool.name().to_owned(),
+                },
                 pct(r.goodput_share),
                 pct(r.steady_share),
                 r.seconds,
@@ -292,17 +351,24 @@ pub fn markdown(f: &Findings) -> String {
             md,
             "\n## The simulator next to the real run (chunk)\n\n`chunk sim`: the protocol \
              core on a simulated link of the same rate, RTT, loss, queue and framing (58 bytes \
-             per packet), the real sender's chunk size.\n\n| RTT, loss | real whole | sim whole \
-             | difference | real steady | sim steady | real retx / lost | sim retx / lost |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|"
+             per packet), the real sender's chunk size; for chunk-xdp-warm, `chunk sim --warm` (a \
+             second transfer from the estimate a first one left).\n\n| RTT, loss | tool | real \
+             whole | sim whole | difference | real steady | sim steady | real retx / lost | sim \
+             retx / lost | real to 90 % (RTTs) | sim to 90 % |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for r in f.runs.iter().filter(|r| r.tool == WanTool::ChunkXdp) {
+        for r in f
+            .runs
+            .iter()
+            .filter(|r| matches!(r.tool, WanTool::ChunkXdp | WanTool::ChunkXdpWarm))
+        {
             let Some(s) = &r.sim else { continue };
             let real = r.goodput_share.filter(|_| r.outcome.is_measured());
             let _ = writeln!(
                 md,
-                "| {} | {} | {}{} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
                 r.case.label(),
+                r.tool.name(),
                 pct(real),
                 pct(Some(s.goodput_share)),
                 if s.verified { "" } else { " (unverified)" },
@@ -318,6 +384,10 @@ pub fn markdown(f: &Findings) -> String {
                 } else {
                     format!("{} retx, 0 lost", s.retransmitted)
                 },
+                r.t90_rtts
+                    .filter(|_| r.outcome.is_measured())
+                    .map_or("–".into(), |t| format!("{t:.1}")),
+                s.t90_rtts.map_or("never".into(), |t| format!("{t:.1}")),
             );
         }
     }

@@ -18,8 +18,11 @@ use crate::bench::tools::output_within;
 /// A tool of the WAN cases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum WanTool {
-    /// chunk, the receiver on XDP.
+    /// chunk, the receiver on XDP: a first transfer, from an empty path cache (cold).
     ChunkXdp,
+    /// chunk again on the same link, starting from the path cache the cold transfer of the same
+    /// case left (or, without one, a warm-up transfer of its own first): a warm start.
+    ChunkXdpWarm,
     /// TCP CUBIC (most distributions' default), chosen per socket with `TCP_CONGESTION`.
     TcpCubic,
     /// TCP BBR (this machine's default), chosen per socket with `TCP_CONGESTION`.
@@ -32,6 +35,7 @@ impl WanTool {
     pub fn name(self) -> &'static str {
         match self {
             WanTool::ChunkXdp => "chunk-xdp",
+            WanTool::ChunkXdpWarm => "chunk-xdp-warm",
             WanTool::TcpCubic => "tcp-cubic",
             WanTool::TcpBbr => "tcp-bbr",
             WanTool::Uftp => "uftp",
@@ -55,6 +59,8 @@ pub struct Job<'a> {
     pub rate_bps: u64,
     /// How long the transfer may take: TCP and UFTP are then measured by what arrived.
     pub cut_off: Duration,
+    /// chunk's path cache (`CHUNK_PATH_CACHE`); `None`: off, as everywhere in the harness.
+    pub path_cache: Option<&'a Path>,
 }
 
 impl Job<'_> {
@@ -67,7 +73,7 @@ impl Job<'_> {
 /// Moves the file with `tool`; `started` is called when the sender starts (the clock's zero).
 pub fn run(tool: WanTool, job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
     match tool {
-        WanTool::ChunkXdp => chunk(job, run, started),
+        WanTool::ChunkXdp | WanTool::ChunkXdpWarm => chunk(job, run, started),
         WanTool::TcpCubic => tcp(job, "cubic", run, started),
         WanTool::TcpBbr => tcp(job, "bbr", run, started),
         WanTool::Uftp => uftp(job, run, started),
@@ -102,12 +108,15 @@ pub fn chunk_receiver(job: &Job, files: u32) -> Result<ReadyRecv> {
 /// `chunk send --json` of `job.file`, which returns once the receiver confirmed its hash.
 pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> Result<()> {
     let net = job.net;
-    let sc = crate::bench::tools::chunk::send_command(
+    let mut sc = crate::bench::tools::chunk::send_command(
         net.sender.command(job.bin),
         net.receiver_addr.into(),
         job.file,
         30,
     );
+    if let Some(cache) = job.path_cache {
+        sc.env("CHUNK_PATH_CACHE", cache);
+    }
     started();
     let t0 = Instant::now();
     let out = output_within(sc, job.cut_off)?;
@@ -123,6 +132,10 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     run.retransmissions = f["retransmitted"].as_u64();
     run.srtt_ms = f["srtt_ms"].as_f64();
     run.chunks = f["chunks"].as_u64();
+    run.resume = match &v["path"] {
+        Value::Null => None,
+        p => Some(p["resume"].as_str().unwrap_or("none").to_owned()),
+    };
     Ok(())
 }
 
