@@ -167,15 +167,25 @@ impl Intake {
         packet: &'a [u8],
         now_ms: u64,
     ) -> Result<Repr<'a>, Rejected> {
+        self.open_checked_at(from, packet, now_ms, Instant::now())
+    }
+
+    /// [`Intake::open_checked`] at `now`, a clock the caller read already (the receive loop
+    /// reads it once per packet; this spares a second read per sealed packet).
+    pub fn open_checked_at<'a>(
+        &'a mut self,
+        from: Peer,
+        packet: &'a [u8],
+        now_ms: u64,
+        now: Instant,
+    ) -> Result<Repr<'a>, Rejected> {
         if packet.len() < wire::HEADER_LEN {
             return Err(Rejected::Body(wire::Error::Truncated));
         }
         match packet[wire::field::MSG_TYPE] {
             envelope::HANDSHAKE => {
                 if self.receiver {
-                    let answers = self
-                        .sessions
-                        .handshake(from, packet, now_ms, Instant::now());
+                    let answers = self.sessions.handshake(from, packet, now_ms, now);
                     self.outbox.extend(answers.into_iter().map(|a| (from, a)));
                 }
                 return Err(Rejected::Envelope);
@@ -183,7 +193,7 @@ impl Intake {
             envelope::SEALED => {
                 let n = self
                     .sessions
-                    .open(from, packet, &mut self.scratch, Instant::now())
+                    .open(from, packet, &mut self.scratch, now)
                     .map_err(Rejected::Session)?;
                 if n == 0 {
                     return Err(Rejected::Envelope);
@@ -217,7 +227,7 @@ impl Intake {
         if self.receiver && self.require_encryption && matches!(repr.message, Message::Offer(_)) {
             self.sessions.counts.clear_refused += 1;
             // Answered at the handshake rate (a refusal is longer than the shortest offer).
-            if !self.sessions.answer_token(Instant::now()) {
+            if !self.sessions.answer_token(now) {
                 return Err(Rejected::Clear);
             }
             let mut answer = session::clear_abort(
