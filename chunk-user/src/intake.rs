@@ -167,15 +167,25 @@ impl Intake {
         packet: &'a [u8],
         now_ms: u64,
     ) -> Result<Repr<'a>, Rejected> {
+        self.open_checked_at(from, packet, now_ms, Instant::now())
+    }
+
+    /// [`Intake::open_checked`] at `now`, a clock the caller read already (the receive loop
+    /// reads it once per packet; this spares a second read per sealed packet).
+    pub fn open_checked_at<'a>(
+        &'a mut self,
+        from: Peer,
+        packet: &'a [u8],
+        now_ms: u64,
+        now: Instant,
+    ) -> Result<Repr<'a>, Rejected> {
         if packet.len() < wire::HEADER_LEN {
             return Err(Rejected::Body(wire::Error::Truncated));
         }
         match packet[wire::field::MSG_TYPE] {
             envelope::HANDSHAKE => {
                 if self.receiver {
-                    let answers = self
-                        .sessions
-                        .handshake(from, packet, now_ms, Instant::now());
+                    let answers = self.sessions.handshake(from, packet, now_ms, now);
                     self.outbox.extend(answers.into_iter().map(|a| (from, a)));
                 }
                 return Err(Rejected::Envelope);
@@ -183,7 +193,7 @@ impl Intake {
             envelope::SEALED => {
                 let n = self
                     .sessions
-                    .open(from, packet, &mut self.scratch, Instant::now())
+                    .open(from, packet, &mut self.scratch, now)
                     .map_err(Rejected::Session)?;
                 if n == 0 {
                     return Err(Rejected::Envelope);
@@ -217,7 +227,7 @@ impl Intake {
         if self.receiver && self.require_encryption && matches!(repr.message, Message::Offer(_)) {
             self.sessions.counts.clear_refused += 1;
             // Answered at the handshake rate (a refusal is longer than the shortest offer).
-            if !self.sessions.answer_token(Instant::now()) {
+            if !self.sessions.answer_token(now) {
                 return Err(Rejected::Clear);
             }
             let mut answer = session::clear_abort(
@@ -267,7 +277,16 @@ impl Intake {
                     .expect("the buffer has room for the trailer");
                 at..at + n
             }
-            None => at..at + len,
+            None => {
+                // A packet meant to be sealed may have been written without its checksum
+                // (`Sender::set_sealed`). A zero field is filled: if it was a computed zero,
+                // filling it computes the same zero again.
+                let mut p = wire::Packet::new_unchecked(&mut buf[at..at + len]);
+                if p.checksum() == 0 {
+                    p.fill_checksum();
+                }
+                at..at + len
+            }
         })
     }
 }
@@ -404,6 +423,19 @@ mod tests {
             panic!("data")
         };
         assert!(packet.as_ptr_range().contains(&payload.as_ptr()));
+    }
+
+    /// A packet written for a seal without its checksum (`Sender::set_sealed`) that finds no
+    /// session and goes out clear (a transfer never bound) leaves with a valid checksum.
+    #[test]
+    fn a_packet_meant_for_a_seal_that_goes_out_clear_gets_its_checksum() {
+        use crate::crypto::transport::INNER_AT;
+        let mut intake = Intake::new(None);
+        let mut buf = vec![0u8; 200];
+        let n = abort().emit_without_checksum(&mut buf[INNER_AT..]).unwrap();
+        let range = intake.seal_out(PEER, &mut buf, INNER_AT, n).unwrap();
+        assert_eq!(range, INNER_AT..INNER_AT + n);
+        assert_eq!(&buf[range], emit(&abort(), None, 0).as_slice());
     }
 
     #[test]

@@ -298,6 +298,18 @@ fn fixtures_emit_from_their_repr() {
     }
 }
 
+/// What a sealed packet's plaintext is: the same bytes with the checksum field zero.
+#[test]
+fn emit_without_checksum_is_emit_with_a_zero_checksum_field() {
+    for (name, bytes, repr) in fixtures() {
+        let mut buf = [0xEEu8; 128];
+        let n = repr.emit_without_checksum(&mut buf).unwrap();
+        let mut expect = bytes.to_vec();
+        expect[field::CHECKSUM].fill(0);
+        assert_eq!(&buf[..n], expect.as_slice(), "{name}");
+    }
+}
+
 #[test]
 fn data_view_accessors() {
     let p = Packet::new_checked(&DATA_BYTES[..]).unwrap();

@@ -134,7 +134,7 @@ pub fn run(
             .read_batch(BATCH, |rec| {
                 let now = Instant::now();
                 counts.packets += 1;
-                match intake.open_checked(rec.src, rec.packet, auth::now_ms()) {
+                match intake.open_checked_at(rec.src, rec.packet, auth::now_ms(), now) {
                     Ok(repr) => {
                         core.handle_packet(rec.src, Some(rec.dst), &repr, now, &mut storage);
                         send_answers(

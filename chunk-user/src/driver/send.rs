@@ -1367,11 +1367,13 @@ impl SendDriver {
         let tid = self.next_tid;
         self.next_tid = self.next_tid.wrapping_add(1);
         let size = meta.size;
-        let sender = Sender::on_path(tid, meta, self.cfg.core.clone(), path, now)?;
+        let mut sender = Sender::on_path(tid, meta, self.cfg.core.clone(), path, now)?;
         self.tx
             .ensure_packet_len(sender.max_packet_len() + OVERHEAD + auth::TRAILER_LEN);
         if let Some(sid) = self.session {
             self.intake.sessions_mut().bind(self.cfg.peer(), tid, sid);
+            // Every packet of it is sealed (`queue_from`): no checksum for the seal to zero.
+            sender.set_sealed(true);
         }
         let source = if sender.meta().stream {
             Source::Stream(StreamSource::new(
