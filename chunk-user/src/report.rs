@@ -365,6 +365,10 @@ pub struct SendSummary {
     /// segmentation-offload message.
     #[serde(default)]
     pub send_messages: u64,
+    /// Packets of `packets_sent` that went through the packet socket (straight over IP on an
+    /// Ethernet route) rather than the kernel's IP output path.
+    #[serde(default)]
+    pub link_packets: u64,
     /// The path cache: what was remembered of the path, what became of it, what was kept.
     /// Absent with `--no-path-cache`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

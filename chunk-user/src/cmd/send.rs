@@ -101,6 +101,13 @@ pub struct SendArgs {
     /// Neither use nor update the path cache: every send starts up from scratch.
     #[arg(long)]
     pub no_path_cache: bool,
+    /// Send every packet through the kernel's IP output path (the raw socket), never through
+    /// an AF_PACKET socket. By default, straight over IP on an Ethernet route, packets are
+    /// handed to the interface with their IP header written by chunk: cheaper per packet, but
+    /// this host's own netfilter output and postrouting rules do not see them (`tc` shaping
+    /// does). Also `CHUNK_NO_PACKET_SOCKET=1`.
+    #[arg(long)]
+    pub no_packet_socket: bool,
 }
 
 /// `"200M"` → 200 000 000 (bits per second).
@@ -227,6 +234,8 @@ pub fn run(args: SendArgs) -> Result<()> {
         key: if encryption.is_some() { None } else { key },
         encryption,
         resume,
+        packet_socket: !args.no_packet_socket
+            && std::env::var_os("CHUNK_NO_PACKET_SOCKET").is_none_or(|v| v.is_empty() || v == "0"),
     })?;
     let dest = args.dest.as_deref().unwrap_or("");
     let stdin = std::path::Path::new("-");
@@ -288,6 +297,7 @@ pub fn run(args: SendArgs) -> Result<()> {
                 skipped_entries: passed_over.clone(),
                 packets_sent: 0,
                 send_messages: 0,
+                link_packets: 0,
                 path: None,
             };
             println!("{}", serde_json::to_string(&summary)?);
@@ -330,6 +340,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         skipped_entries: passed_over,
         packets_sent: driver.packets_sent().0,
         send_messages: driver.packets_sent().1,
+        link_packets: driver.packets_sent().2,
         path: path_report,
     };
     if args.json {

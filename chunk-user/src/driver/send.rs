@@ -33,6 +33,7 @@ use crate::{
     intake::Intake,
     net::{
         batch::BatchSender,
+        packet_tx::PacketTx,
         raw::{ChunkSocket, Transport},
     },
     proto::{
@@ -72,6 +73,23 @@ pub fn route_source(to: IpAddr) -> std::io::Result<IpAddr> {
         .as_socket()
         .map(|a| a.ip())
         .ok_or_else(|| std::io::Error::other("no local address"))
+}
+
+/// A packet socket for `sock`'s packets to `to` (same source, same TTL or hop limit), or
+/// `None` when the socket has no source yet or the packet socket cannot be opened.
+fn packet_tx(sock: &ChunkSocket, to: IpAddr, protocol: u8) -> Option<PacketTx> {
+    let src = sock.socket().local_addr().ok()?.as_socket()?.ip();
+    if src.is_unspecified() {
+        return None;
+    }
+    let ttl = if to.is_ipv6() {
+        rustix::net::sockopt::ipv6_unicast_hops(sock.socket()).ok()?
+    } else {
+        rustix::net::sockopt::ip_ttl(sock.socket()).ok()? as u8
+    };
+    PacketTx::open(src, to, protocol, ttl)
+        .inspect_err(|e| tracing::debug!(error = %e, "no packet socket"))
+        .ok()
 }
 
 /// How a sender's packets are protected, for their size.
@@ -730,6 +748,9 @@ pub struct SendConfig {
     /// What an earlier run measured of the path to the receiver (the path cache), to start
     /// from once the first offer's round trip confirms it ([`core::Path::resume`]).
     pub resume: Option<crate::proto::PathEstimate>,
+    /// Straight over IP, send through a packet socket where the route allows
+    /// ([`crate::net::packet_tx`]).
+    pub packet_socket: bool,
 }
 
 /// What the sender's handshake brings and checks.
@@ -850,7 +871,14 @@ impl SendDriver {
         // Best effort: the defaults work, only less smoothly at high rates.
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(sock.socket(), 4 << 20);
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(sock.socket(), 4 << 20);
-        let tx = BatchSender::new(sock, wire::HEADER_LEN + cfg.core.chunk_size as usize);
+        let packet_tx = match cfg.transport {
+            Transport::Ip(protocol) if cfg.packet_socket => packet_tx(&sock, cfg.to, protocol),
+            _ => None,
+        };
+        let mut tx = BatchSender::new(sock, wire::HEADER_LEN + cfg.core.chunk_size as usize);
+        if let Some(p) = packet_tx {
+            tx.use_packet_socket(p);
+        }
         let intake = Intake::new(cfg.key.clone());
         Ok(SendDriver {
             cfg,
@@ -1084,8 +1112,12 @@ impl SendDriver {
     /// socket, or the receiver's key changing.
     /// Packets handed to the kernel so far, and the messages they took (fewer over UDP, where
     /// runs of equal datagrams go out as one segmentation-offload message).
-    pub fn packets_sent(&self) -> (u64, u64) {
-        (self.tx.packets_sent, self.tx.messages_sent)
+    pub fn packets_sent(&self) -> (u64, u64, u64) {
+        (
+            self.tx.packets_sent,
+            self.tx.messages_sent,
+            self.tx.link_packets,
+        )
     }
 
     pub fn send_files(&mut self, jobs: &mut dyn Jobs, parallel: usize, stop: &Stop) -> Result<()> {
@@ -1189,6 +1221,7 @@ impl SendDriver {
                     {
                         heard = now;
                         a.sender.handle_packet(&repr, now);
+                        self.tx.heard(now, path.borrow().srtt().unwrap_or_default());
                     }
                 }
             }

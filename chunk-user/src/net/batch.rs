@@ -5,12 +5,22 @@
 //! message (`UDP_SEGMENT`, udp(7)): the kernel's UDP and IP output path runs once for the run
 //! instead of once per packet, and the datagrams are cut at the device (or by the NIC). On the
 //! wire nothing changes: the same datagrams, one chunk packet each.
+//!
+//! Straight over IP, packets go through a [`PacketTx`] when the route allows it (an Ethernet
+//! next hop): the batch is written with its IP headers to an AF_PACKET socket, skipping the
+//! kernel's IP output path; otherwise through the raw socket.
 
-use std::{io, mem::MaybeUninit, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    mem::MaybeUninit,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
 
 use socket2::SockAddr;
 
-use super::raw::ChunkSocket;
+use super::{packet_tx::PacketTx, raw::ChunkSocket};
 
 /// Packets per `sendmmsg`.
 pub const BATCH: usize = 64;
@@ -37,6 +47,12 @@ pub struct BatchSender {
     pub packets_sent: u64,
     /// `sendmmsg` messages those packets took (fewer than packets when runs were coalesced).
     pub messages_sent: u64,
+    /// The packet socket for raw IP, when one is open.
+    link: Option<PacketTx>,
+    /// The IP header of each queued packet, for the packet socket.
+    headers: Vec<[u8; 40]>,
+    /// Packets of `packets_sent` that went through the packet socket.
+    pub link_packets: u64,
 }
 
 impl BatchSender {
@@ -55,7 +71,39 @@ impl BatchSender {
             dst_of: vec![None; BATCH],
             queued: 0,
             packets_sent: 0,
+            link: None,
+            headers: vec![[0; 40]; BATCH],
+            link_packets: 0,
         }
+    }
+
+    /// Sends through `link` from now on, whenever its route allows (see [`PacketTx`]).
+    pub fn use_packet_socket(&mut self, link: PacketTx) {
+        self.link = Some(link);
+    }
+
+    /// An answer came from the receiver (for the packet socket's trial).
+    pub fn heard(&mut self, now: Instant, srtt: Duration) {
+        if let Some(link) = &mut self.link {
+            link.heard(now, srtt);
+        }
+    }
+
+    /// Whether the queued packets go through the packet socket: it is open, its next hop is
+    /// known, and every packet is for its host and fits the interface.
+    fn via_link(&mut self) -> bool {
+        let Some(link) = &mut self.link else {
+            return false;
+        };
+        let now = Instant::now();
+        link.refresh(now);
+        let host = link.dst();
+        let ok = (0..self.queued)
+            .all(|k| self.dst_of[k].is_some_and(|d| d.ip() == host) && link.can_send(self.lens[k]));
+        if ok {
+            link.sent(now);
+        }
+        ok
     }
 
     pub fn socket(&self) -> &ChunkSocket {
@@ -100,9 +148,26 @@ impl BatchSender {
     /// back-pressure of the local link). A packet the kernel refuses fails the whole flush with
     /// its error, after the ones before it went out.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.queued == 0 {
+            return Ok(());
+        }
+        let mut via_link = self.via_link();
         let mut done = 0;
         while done < self.queued {
-            let n = self.send_from(done)?;
+            let n = if via_link {
+                match self.send_link_from(done)? {
+                    Some(n) => {
+                        self.link_packets += n as u64;
+                        n
+                    }
+                    None => {
+                        via_link = false;
+                        continue;
+                    }
+                }
+            } else {
+                self.send_from(done)?
+            };
             done += n;
             self.packets_sent += n as u64;
         }
@@ -143,6 +208,70 @@ impl BatchSender {
             }
         }
         k - first
+    }
+
+    /// Sends queued packets from `first` on through the packet socket, in one `sendmmsg`;
+    /// returns how many went, or `None` when the kernel refused the packet socket (the route
+    /// changed under it, the interface went down): the packets are then for the raw socket.
+    fn send_link_from(&mut self, first: usize) -> io::Result<Option<usize>> {
+        let link = self.link.as_mut().expect("via_link said yes");
+        let (addr, addr_len) = link.sockaddr();
+        let mut iovs: [MaybeUninit<[libc::iovec; 2]>; BATCH] = [MaybeUninit::uninit(); BATCH];
+        let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
+        let count = self.queued - first;
+        for j in 0..count {
+            let k = first + j;
+            let hlen = link.header(self.lens[k], &mut self.headers[k]);
+            let iov = iovs[j].write([
+                libc::iovec {
+                    iov_base: self.headers[k].as_mut_ptr().cast(),
+                    iov_len: hlen,
+                },
+                libc::iovec {
+                    iov_base: self.bufs[k].as_mut_ptr().cast(),
+                    iov_len: self.lens[k],
+                },
+            ]);
+            // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = addr as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = addr_len;
+            m.msg_hdr.msg_iov = iov.as_mut_ptr();
+            m.msg_hdr.msg_iovlen = 2;
+            msgs[j].write(m);
+        }
+        loop {
+            // SAFETY: the first `count` entries of msgs, and the iovecs they point to, are
+            // initialised and point into buffers (and the link's address) that outlive the
+            // call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    link.fd(),
+                    msgs.as_mut_ptr().cast(),
+                    count as libc::c_uint,
+                    0,
+                )
+            };
+            if rc >= 0 {
+                self.messages_sent += rc as u64;
+                return Ok(Some(rc as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The interface's queue is full (the packet socket says so where the raw
+                // socket's packets were dropped unseen): give it a moment.
+                Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                _ => {
+                    tracing::debug!(error = %err, "packet socket refused a packet: raw socket");
+                    link.suspend(Instant::now());
+                    return Ok(None);
+                }
+            }
+        }
     }
 
     /// Sends queued packets from `first` on, in one `sendmmsg`; returns how many packets went.

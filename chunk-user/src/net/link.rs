@@ -1,8 +1,9 @@
-//! What the kernel says about an interface, over rtnetlink: its index, and which XDP program (if
-//! any) is attached to it. The answer is the kernel's own, so it holds whoever attached the
-//! program (chunk, `ip link`, another loader) and from any mount namespace.
+//! What the kernel says about an interface, over rtnetlink: its index, which XDP program (if
+//! any) is attached to it, and for the sender's packet socket the route to a host, its next
+//! hop's Ethernet address and the interface's MTU. The answer is the kernel's own, so it holds
+//! whoever attached the program (chunk, `ip link`, another loader) and from any mount namespace.
 
-use std::{ffi::CString, io, mem::size_of, os::fd::AsRawFd};
+use std::{ffi::CString, io, mem::size_of};
 
 /// `IFLA_XDP` and its nested attributes (linux/if_link.h).
 const IFLA_XDP: u16 = 43;
@@ -33,69 +34,212 @@ pub fn ifindex(iface: &str) -> Option<u32> {
 /// The XDP program attached to interface `ifindex`, if any.
 pub fn xdp_attached(ifindex: u32) -> io::Result<Option<Attached>> {
     let reply = get_link(ifindex)?;
-    Ok(parse_xdp(&reply))
+    Ok(parse_xdp(&reply[IFINFOMSG_LEN..]))
 }
 
-#[repr(C)]
-struct Request {
-    nlh: libc::nlmsghdr,
-    ifi: libc::ifinfomsg,
-}
-
-/// Sends RTM_GETLINK for one interface and returns the reply's attributes (after the
-/// `ifinfomsg`).
-fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned here.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut req: Request = unsafe { std::mem::zeroed() };
-    req.nlh.nlmsg_len = size_of::<Request>() as u32;
-    req.nlh.nlmsg_type = libc::RTM_GETLINK;
-    req.nlh.nlmsg_flags = libc::NLM_F_REQUEST as u16;
-    req.nlh.nlmsg_seq = 1;
-    req.ifi.ifi_family = libc::AF_UNSPEC as u8;
-    req.ifi.ifi_index = ifindex as i32;
-    let sent = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            (&req as *const Request).cast(),
-            size_of::<Request>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+/// Sends one rtnetlink request (`ty`, a fixed header `body`, then `attrs`) and returns the
+/// reply's type and payload (what follows its `nlmsghdr`). An error reply is the error.
+fn request(ty: u16, body: &[u8], attrs: &[(u16, &[u8])]) -> io::Result<(u16, Vec<u8>)> {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        // Protocol 0 is NETLINK_ROUTE.
+        None,
+    )?;
     let hdr_len = size_of::<libc::nlmsghdr>();
+    let mut msg = vec![0u8; hdr_len];
+    msg.extend_from_slice(body);
+    for (t, v) in attrs {
+        msg.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+        msg.extend_from_slice(&t.to_ne_bytes());
+        msg.extend_from_slice(v);
+        msg.resize((msg.len() + 3) & !3, 0);
+    }
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    msg[4..6].copy_from_slice(&ty.to_ne_bytes());
+    msg[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    rustix::net::send(&sock, &msg, SendFlags::empty())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, _) = rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty())?;
+    buf.truncate(n);
     if buf.len() < hdr_len {
         return Err(io::Error::other("short netlink reply"));
     }
     let ty = u16::from_ne_bytes([buf[4], buf[5]]);
     if ty == libc::NLMSG_ERROR as u16 {
-        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        let code = buf
+            .get(16..20)
+            .map_or(0, |c| i32::from_ne_bytes(c.try_into().unwrap()));
         return Err(io::Error::from_raw_os_error(-code));
     }
     let len = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len());
-    let start = hdr_len + size_of::<libc::ifinfomsg>();
-    if ty != libc::RTM_NEWLINK || len < start {
+    Ok((ty, buf[hdr_len.min(len)..len].to_vec()))
+}
+
+/// Sends RTM_GETLINK for one interface and returns the reply's payload (the `ifinfomsg`, then
+/// its attributes).
+fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    let mut ifi = [0u8; 16];
+    ifi[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    let (ty, reply) = request(libc::RTM_GETLINK, &ifi, &[])?;
+    if ty != libc::RTM_NEWLINK || reply.len() < IFINFOMSG_LEN {
         return Err(io::Error::other("unexpected netlink reply"));
     }
-    Ok(buf[start..len].to_vec())
+    Ok(reply)
+}
+
+const IFINFOMSG_LEN: usize = 16;
+const RTMSG_LEN: usize = 12;
+const NDMSG_LEN: usize = 12;
+const IFLA_MTU: u16 = 4;
+const IFLA_ADDRESS: u16 = 1;
+const RTA_DST: u16 = 1;
+const RTA_SRC: u16 = 2;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
+const RTN_UNICAST: u8 = 1;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// Neighbour states whose link-layer address can be used (`NUD_VALID`): reachable, stale,
+/// delay, probe, noarp, permanent. Not incomplete or failed.
+const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+const ARPHRD_ETHER: u16 = 1;
+
+/// Where the kernel sends a packet for one destination: the route's interface and next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The outgoing interface.
+    pub ifindex: u32,
+    /// The gateway, or `None` when the destination is on the link.
+    pub gateway: Option<std::net::IpAddr>,
+    /// The source address the route prefers.
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl Route {
+    /// The neighbour the packet goes to on the link: the gateway, else the destination.
+    pub fn next_hop(&self, dst: std::net::IpAddr) -> std::net::IpAddr {
+        self.gateway.unwrap_or(dst)
+    }
+}
+
+fn ip_bytes(a: std::net::IpAddr) -> Vec<u8> {
+    match a {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn ip_of(v: &[u8]) -> Option<std::net::IpAddr> {
+    match v.len() {
+        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?).into()),
+        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?).into()),
+        _ => None,
+    }
+}
+
+/// The unicast route from `src` to `dst` (`ip route get DST from SRC`); `None` when the
+/// destination is local, a broadcast, multicast, unreachable or otherwise not a plain unicast
+/// route.
+pub fn route_to(dst: std::net::IpAddr, src: Option<std::net::IpAddr>) -> io::Result<Option<Route>> {
+    let family = if dst.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    let bits = if dst.is_ipv6() { 128u8 } else { 32 };
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    let mut rtm = [0u8; RTMSG_LEN];
+    rtm[0] = family as u8;
+    rtm[1] = bits;
+    let dst_b = ip_bytes(dst);
+    let src_b = src.filter(|s| s.is_ipv6() == dst.is_ipv6()).map(ip_bytes);
+    let mut attrs: Vec<(u16, &[u8])> = vec![(RTA_DST, &dst_b)];
+    if let Some(s) = &src_b {
+        rtm[2] = bits;
+        attrs.push((RTA_SRC, s));
+    }
+    let (ty, reply) = request(libc::RTM_GETROUTE, &rtm, &attrs)?;
+    if ty != libc::RTM_NEWROUTE {
+        return Err(io::Error::other("unexpected netlink reply"));
+    }
+    Ok(parse_route(&reply))
+}
+
+fn parse_route(reply: &[u8]) -> Option<Route> {
+    if reply.len() < RTMSG_LEN || reply[7] != RTN_UNICAST {
+        return None;
+    }
+    let mut route = Route {
+        ifindex: 0,
+        gateway: None,
+        source: None,
+    };
+    for (t, v) in attrs(&reply[RTMSG_LEN..]) {
+        match t {
+            RTA_OIF => route.ifindex = u32_of(v)?,
+            RTA_GATEWAY => route.gateway = Some(ip_of(v)?),
+            RTA_PREFSRC => route.source = Some(ip_of(v)?),
+            _ => {}
+        }
+    }
+    (route.ifindex != 0).then_some(route)
+}
+
+/// The Ethernet address of neighbour `addr` on interface `ifindex`, when the kernel holds a
+/// usable one (reachable, stale, delay, probe, permanent); `None` when it has none (not yet
+/// resolved, or failed).
+pub fn neighbour_mac(ifindex: u32, addr: std::net::IpAddr) -> io::Result<Option<[u8; 6]>> {
+    // struct ndmsg: family, pad1, pad2 (u16), ifindex (i32), state (u16), flags, type.
+    let mut ndm = [0u8; NDMSG_LEN];
+    ndm[0] = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    } as u8;
+    ndm[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    let dst = ip_bytes(addr);
+    match request(libc::RTM_GETNEIGH, &ndm, &[(NDA_DST, &dst)]) {
+        Ok((ty, reply)) if ty == libc::RTM_NEWNEIGH => Ok(parse_neighbour(&reply)),
+        Ok(_) => Err(io::Error::other("unexpected netlink reply")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_neighbour(reply: &[u8]) -> Option<[u8; 6]> {
+    let state = u16::from_ne_bytes(reply.get(8..10)?.try_into().ok()?);
+    if state & NUD_VALID == 0 {
+        return None;
+    }
+    let (_, mac) = attrs(reply.get(NDMSG_LEN..)?).find(|(t, _)| *t == NDA_LLADDR)?;
+    <[u8; 6]>::try_from(mac).ok()
+}
+
+/// An Ethernet interface's MTU; `None` for an interface of another kind (loopback, tunnels,
+/// WireGuard, InfiniBand): their frames have no Ethernet header.
+pub fn ethernet_mtu(ifindex: u32) -> io::Result<Option<u32>> {
+    let reply = get_link(ifindex)?;
+    Ok(parse_ethernet_mtu(&reply))
+}
+
+fn parse_ethernet_mtu(reply: &[u8]) -> Option<u32> {
+    let kind = u16::from_ne_bytes(reply.get(2..4)?.try_into().ok()?);
+    if kind != ARPHRD_ETHER {
+        return None;
+    }
+    let attrs_of = || attrs(&reply[IFINFOMSG_LEN..]);
+    // An Ethernet address of 6 bytes, and the MTU.
+    attrs_of().find(|(t, v)| *t == IFLA_ADDRESS && v.len() == 6)?;
+    attrs_of()
+        .find(|(t, _)| *t == IFLA_MTU)
+        .and_then(|(_, v)| u32_of(v))
 }
 
 /// Iterates `(type, value)` over a run of netlink attributes, stopping at the first malformed
