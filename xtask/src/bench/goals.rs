@@ -192,6 +192,15 @@ fn file_ratios(args: &BenchArgs, file_cases: &[Case], sums: &Sums) -> Vec<Ratio>
             ));
         }
     }
+    // The sender's packet socket against its raw socket (`--no-packet-socket`), every case.
+    if args.tools.contains(&ChunkXdpRaw) {
+        for &case in file_cases {
+            v.push(Ratio::report(
+                format!("{}: chunk-xdp / chunk-xdp-raw goodput", prefix(case)),
+                div(g(case, ChunkXdp), g(case, ChunkXdpRaw)),
+            ));
+        }
+    }
     // Encryption costs chunk at most 15 %, in every case; encrypted, it still beats the usual
     // encrypted copy, scp, on a clean link and by far under loss.
     if args.tools.contains(&ChunkXdpEnc) {

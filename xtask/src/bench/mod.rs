@@ -159,7 +159,8 @@ pub struct BenchArgs {
     /// (TCP with the congestion control set per socket), uftp, scp (OpenSSH, its default
     /// cipher, to an sshd of the bench's own; not by default: like nc it takes its 45 s
     /// cut-off at 5 % loss every round, about 6 minutes more), tar-nc (`tar c | nc` to
-    /// `nc -l | tar x`) and rsync (to an rsync daemon of the bench's own).
+    /// `nc -l | tar x`), rsync (to an rsync daemon of the bench's own) and chunk-xdp-raw
+    /// (chunk-xdp whose sender uses only its raw socket, `--no-packet-socket`).
     #[arg(
         long,
         value_delimiter = ',',

@@ -128,12 +128,13 @@ impl Keys {
     }
 }
 
-/// One transfer with `chunk`, encrypted with `keys` if given.
+/// One transfer with `chunk`, encrypted with `keys` if given, the sender given `send_extra`.
 pub fn run(
     t: &Transfer,
     mode: Mode,
     transport: Transport,
     keys: Option<&Keys>,
+    send_extra: &[&str],
     run: &mut Run,
 ) -> Result<()> {
     let net = &t.net.routed;
@@ -170,6 +171,7 @@ pub fn run(
     if let Some(keys) = keys {
         sc.args(keys.send_args());
     }
+    sc.args(send_extra);
     let mark = Mark::start(t.net);
     let out = match output_within(sc, t.chunk_cut_off.unwrap_or(t.timeout).min(t.timeout)) {
         Ok(out) => out,

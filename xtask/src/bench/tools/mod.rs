@@ -60,6 +60,9 @@ pub enum Tool {
     TarNc,
     /// rsync (`rsync -a`) to an rsync daemon of the bench's own in the receiver's namespace.
     Rsync,
+    /// chunk-xdp with every packet through the sender's raw socket and the kernel's IP output
+    /// path (`--no-packet-socket`): the reference for the packet socket.
+    ChunkXdpRaw,
 }
 
 impl Tool {
@@ -82,6 +85,7 @@ impl Tool {
             Tool::ChunkSocketIpv6Udp => "chunk-socket-ipv6-udp",
             Tool::TarNc => "tar-nc",
             Tool::Rsync => "rsync",
+            Tool::ChunkXdpRaw => "chunk-xdp-raw",
         }
     }
 
@@ -119,7 +123,8 @@ impl Tool {
             | Tool::ChunkXdpEnc
             | Tool::Scp
             | Tool::TarNc
-            | Tool::Rsync => return None,
+            | Tool::Rsync
+            | Tool::ChunkXdpRaw => return None,
         })
     }
 
@@ -175,7 +180,7 @@ pub struct Transfer<'a> {
 /// Moves the file with `tool`, filling in `run`'s figures (also those it has when it fails).
 pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
     if let Some((mode, transport)) = tool.chunk() {
-        return chunk::run(t, mode, transport, None, run);
+        return chunk::run(t, mode, transport, None, &[], run);
     }
     match tool {
         Tool::Nc => nc::run(t, run),
@@ -189,9 +194,18 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
                 chunk::Mode::Xdp,
                 chunk::Transport::default(),
                 Some(keys),
+                &[],
                 run,
             )
         }
+        Tool::ChunkXdpRaw => chunk::run(
+            t,
+            chunk::Mode::Xdp,
+            chunk::Transport::default(),
+            None,
+            &["--no-packet-socket"],
+            run,
+        ),
         Tool::Scp => scp::run(t, t.ssh.context("scp's sshd was not prepared")?, run),
         Tool::TarNc => tar_nc::run(t, run),
         Tool::Rsync => rsync::run(t, run),
