@@ -103,6 +103,8 @@ const RTA_SRC: u16 = 2;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
+const RTA_METRICS: u16 = 8;
+const RTAX_MTU: u16 = 2;
 const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -120,6 +122,9 @@ pub struct Route {
     pub gateway: Option<std::net::IpAddr>,
     /// The source address the route prefers.
     pub source: Option<std::net::IpAddr>,
+    /// The route's own MTU, when it has one: a path MTU learnt from ICMP ("fragmentation
+    /// needed", "packet too big"), or one set on the route (`ip route ... mtu N`).
+    pub mtu: Option<u32>,
 }
 
 impl Route {
@@ -180,12 +185,19 @@ fn parse_route(reply: &[u8]) -> Option<Route> {
         ifindex: 0,
         gateway: None,
         source: None,
+        mtu: None,
     };
     for (t, v) in attrs(&reply[RTMSG_LEN..]) {
         match t {
             RTA_OIF => route.ifindex = u32_of(v)?,
             RTA_GATEWAY => route.gateway = Some(ip_of(v)?),
             RTA_PREFSRC => route.source = Some(ip_of(v)?),
+            RTA_METRICS => {
+                route.mtu = attrs(v)
+                    .find(|(t, _)| *t == RTAX_MTU)
+                    .and_then(|(_, m)| u32_of(m))
+                    .filter(|&m| m > 0)
+            }
             _ => {}
         }
     }
@@ -327,6 +339,87 @@ mod tests {
         assert_eq!(parse_xdp(&link), None);
         assert_eq!(parse_xdp(&[0xff, 0xff, 1]), None);
         assert_eq!(parse_xdp(&[]), None);
+    }
+
+    #[test]
+    fn a_route_reply_gives_interface_gateway_source_and_path_mtu() {
+        // rtmsg: AF_INET, /32, table main, type unicast.
+        let mut reply = vec![
+            libc::AF_INET as u8,
+            32,
+            0,
+            0,
+            254,
+            0,
+            0,
+            RTN_UNICAST,
+            0,
+            0,
+            0,
+            0,
+        ];
+        reply.extend(attr(RTA_DST, &[198, 18, 2, 1]));
+        reply.extend(attr(RTA_OIF, &7u32.to_ne_bytes()));
+        reply.extend(attr(RTA_GATEWAY, &[198, 18, 1, 254]));
+        reply.extend(attr(RTA_PREFSRC, &[198, 18, 1, 1]));
+        // A path MTU learnt from ICMP, nested as the kernel sends it.
+        reply.extend(attr(
+            RTA_METRICS | 0x8000,
+            &attr(RTAX_MTU, &1400u32.to_ne_bytes()),
+        ));
+        let route = parse_route(&reply).unwrap();
+        assert_eq!(route.ifindex, 7);
+        assert_eq!(route.gateway, Some("198.18.1.254".parse().unwrap()));
+        assert_eq!(route.source, Some("198.18.1.1".parse().unwrap()));
+        assert_eq!(route.mtu, Some(1400));
+        assert_eq!(
+            route.next_hop("198.18.2.1".parse().unwrap()),
+            route.gateway.unwrap()
+        );
+        // A local route is no route out.
+        reply[7] = 2; // RTN_LOCAL
+        assert_eq!(parse_route(&reply), None);
+    }
+
+    #[test]
+    fn a_neighbour_is_used_only_in_a_valid_state() {
+        let mut reply = vec![0u8; NDMSG_LEN];
+        reply[0] = libc::AF_INET as u8;
+        reply.extend(attr(NDA_DST, &[198, 18, 1, 254]));
+        reply.extend(attr(NDA_LLADDR, &[2, 0, 0, 0, 0, 9]));
+        for (state, usable) in [
+            (0x01u16, false), // incomplete
+            (0x02, true),     // reachable
+            (0x04, true),     // stale
+            (0x20, false),    // failed
+            (0x80, true),     // permanent
+        ] {
+            reply[8..10].copy_from_slice(&state.to_ne_bytes());
+            assert_eq!(
+                parse_neighbour(&reply),
+                usable.then_some([2, 0, 0, 0, 0, 9]),
+                "state {state:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_ethernet_interfaces_give_an_mtu() {
+        let mut reply = vec![0u8; IFINFOMSG_LEN];
+        reply[2..4].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+        reply.extend(attr(IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]));
+        reply.extend(attr(IFLA_MTU, &9000u32.to_ne_bytes()));
+        assert_eq!(parse_ethernet_mtu(&reply), Some(9000));
+        reply[2..4].copy_from_slice(&772u16.to_ne_bytes()); // ARPHRD_LOOPBACK
+        assert_eq!(parse_ethernet_mtu(&reply), None);
+        reply[2..4].copy_from_slice(&65534u16.to_ne_bytes()); // ARPHRD_NONE (WireGuard)
+        assert_eq!(parse_ethernet_mtu(&reply), None);
+    }
+
+    #[test]
+    fn the_route_to_a_local_address_is_not_a_way_out() {
+        // In the test's own namespace: 127.0.0.1 is local.
+        assert_eq!(route_to("127.0.0.1".parse().unwrap(), None).unwrap(), None);
     }
 
     #[test]

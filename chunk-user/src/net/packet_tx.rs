@@ -22,9 +22,12 @@
 //!   trips) of the first, the sender goes back to the raw socket for good. `--no-packet-socket`
 //!   (or `CHUNK_NO_PACKET_SOCKET=1`) never uses it.
 //!
-//! The packets are the same on the wire either way: the IPv4 header of a raw socket (no
-//! options, "don't fragment", identification 0 as Linux gives unconnected DF packets, the
-//! default TTL) or the IPv6 header (traffic class and flow label 0, the default hop limit).
+//! The packets are the same on the wire either way: the IPv4 header of a raw socket, byte for
+//! byte (no options, "don't fragment", identification 0 as Linux gives unconnected DF packets,
+//! the default TTL: compared on a veth pair), or the IPv6 header with traffic class 0, the
+//! default hop limit and a flow label drawn once per sender (RFC 6437: one label for the flow;
+//! Linux labels the raw socket's packets with a hash of its own, so offers and data may carry
+//! two labels).
 
 use std::{
     io,
@@ -99,7 +102,7 @@ impl PacketTx {
             sock,
             src,
             dst,
-            template: ip_template(src, dst, protocol, ttl),
+            template: ip_template(src, dst, protocol, ttl, rand::random::<u32>() & 0xf_ffff),
             target: None,
             next_check: Instant::now(),
             retry: FIRST_RETRY,
@@ -160,6 +163,10 @@ impl PacketTx {
         let Some(mtu) = link::ethernet_mtu(route.ifindex)? else {
             return Ok(None);
         };
+        // A path MTU below the interface's (learnt from ICMP since the transfer began) holds
+        // packets that no longer fit: they go to the raw socket, whose kernel refuses them
+        // with EMSGSIZE, as without the packet socket.
+        let mtu = route.mtu.map_or(mtu, |m| m.min(mtu));
         let Some(mac) = link::neighbour_mac(route.ifindex, route.next_hop(self.dst))? else {
             return Ok(None);
         };
@@ -248,8 +255,9 @@ impl PacketTx {
     }
 }
 
-/// The IP header of every packet, length fields and checksum zero.
-fn ip_template(src: IpAddr, dst: IpAddr, protocol: u8, ttl: u8) -> [u8; 40] {
+/// The IP header of every packet, length fields and checksum zero; `flow_label` (20 bits) for
+/// IPv6.
+fn ip_template(src: IpAddr, dst: IpAddr, protocol: u8, ttl: u8, flow_label: u32) -> [u8; 40] {
     let mut h = [0u8; 40];
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -261,7 +269,8 @@ fn ip_template(src: IpAddr, dst: IpAddr, protocol: u8, ttl: u8) -> [u8; 40] {
             h[16..20].copy_from_slice(&d.octets());
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            h[0] = 0x60; // version 6, traffic class and flow label 0
+            // Version 6, traffic class 0, the flow label.
+            h[..4].copy_from_slice(&(0x6000_0000 | (flow_label & 0xf_ffff)).to_be_bytes());
             h[6] = protocol;
             h[7] = ttl;
             h[8..24].copy_from_slice(&s.octets());
@@ -290,8 +299,8 @@ mod tests {
 
     #[test]
     fn the_ipv4_header_is_the_kernels() {
-        // An IPv4 header as a raw socket of protocol 253 sent it (captured on a veth pair:
-        // 198.18.0.1 → 198.18.0.2, 1 480 bytes of chunk packet, DF, TTL 64, id 0).
+        // An IPv4 header as a raw socket of protocol 253 sends it (compared with a capture on
+        // a veth pair: 198.18.0.1 → 198.18.0.2, 1 480 bytes of chunk packet, DF, TTL 64, id 0).
         let expected: [u8; 20] = [
             0x45, 0x00, 0x05, 0xdc, 0x00, 0x00, 0x40, 0x00, 0x40, 0xfd, 0x00, 0x00, 198, 18, 0, 1,
             198, 18, 0, 2,
@@ -304,6 +313,7 @@ mod tests {
             "198.18.0.2".parse().unwrap(),
             253,
             64,
+            0xabcde,
         );
         let mut out = [0u8; 40];
         out.copy_from_slice(&tx_template);
@@ -330,8 +340,9 @@ mod tests {
             "2001:2::2".parse().unwrap(),
             253,
             64,
+            0xabcde,
         );
-        assert_eq!(&h[..8], &[0x60, 0, 0, 0, 0, 0, 253, 64]);
+        assert_eq!(&h[..8], &[0x60, 0x0a, 0xbc, 0xde, 0, 0, 253, 64]);
         assert_eq!(
             h[8..24],
             "2001:2::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
