@@ -24,6 +24,20 @@ fn counts(
     send_extra: &[&str],
     recv_extra: &[&str],
 ) -> (u64, u64) {
+    let (packets, link, _, _) =
+        counts_and_log(sender, receiver, receiver_if, to, send_extra, recv_extra);
+    (packets, link)
+}
+
+/// As [`counts`], with the sender's log (stderr) and the chunks it sent again.
+fn counts_and_log(
+    sender: &chunk_tests::Netns,
+    receiver: &chunk_tests::Netns,
+    receiver_if: &str,
+    to: IpAddr,
+    send_extra: &[&str],
+    recv_extra: &[&str],
+) -> (u64, u64, String, u64) {
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = make_file(src.path(), "p.bin", SIZE, 31);
@@ -43,7 +57,13 @@ fn counts(
     assert!(link <= packets, "{json}");
     // One message per packet either way: no segmentation offload straight over IP.
     assert_eq!(json["send_messages"].as_u64().unwrap(), packets, "{json}");
-    (packets, link)
+    let again = json["files"][0]["retransmitted"].as_u64().unwrap();
+    (
+        packets,
+        link,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        again,
+    )
 }
 
 #[test]
@@ -119,7 +139,7 @@ fn a_source_nat_on_the_sender_host_fails_the_trial_and_the_raw_socket_carries_on
         .write_all(script.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let (packets, link) = counts(
+    let (packets, link, log, _) = counts_and_log(
         &net.sender,
         &net.receiver,
         net.receiver_if,
@@ -127,7 +147,107 @@ fn a_source_nat_on_the_sender_host_fails_the_trial_and_the_raw_socket_carries_on
         &[],
         &["--allow", "198.18.1.2/32"],
     );
-    // What went through the packet socket before the trial failed was lost and sent again.
+    // The packet socket was tried (the first batch went through the raw socket, the offer,
+    // which the NAT rewrote and the receiver took), failed, and said so; what went through it
+    // was lost and sent again through the raw socket.
     eprintln!("source NAT on the sender: {link} of {packets} packets through the packet socket");
+    assert!(link > 0, "{link} of {packets}");
     assert!(link * 2 < packets, "{link} of {packets}");
+    assert!(
+        log.contains("no answer to packets sent through the packet socket"),
+        "{log}"
+    );
+}
+
+/// A small `tbf` queue on the sender's interface: while it is full the kernel takes no more of
+/// the packet socket's packets (`sendmmsg` stops short, or fails with `ENOBUFS`), where it
+/// dropped the raw socket's unseen. The sender waits for room (at most 10 ms at a time, then
+/// the raw socket), never stalls, and the file arrives exact; the same send through the raw
+/// socket shows that the queue did overflow.
+#[test]
+fn a_full_queue_at_the_interface_neither_stalls_nor_loses_the_file() {
+    let hosts = TwoHosts::new("pktq", 1500).unwrap();
+    hosts
+        .sender
+        .exec(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                hosts.sender_if,
+                "root",
+                "tbf",
+                "rate",
+                "200mbit",
+                "burst",
+                "16kb",
+                "limit",
+                "16kb",
+            ],
+        )
+        .unwrap();
+    let to = IpAddr::from(hosts.receiver_addr);
+    let run = |extra: &[&str]| {
+        counts_and_log(
+            &hosts.sender,
+            &hosts.receiver,
+            hosts.receiver_if,
+            to,
+            &[&["--timeout", "20"], extra].concat(),
+            &[],
+        )
+    };
+    let (packets, link, _, again) = run(&[]);
+    let (_, raw_link, _, raw_again) = run(&["--no-packet-socket"]);
+    eprintln!(
+        "full queue: {link} of {packets} packets through the packet socket, {again} sent \
+         again; through the raw socket {raw_again}"
+    );
+    assert!(link * 10 >= packets * 9, "{link} of {packets}");
+    assert_eq!(raw_link, 0);
+    // The queue overflowed: the raw socket's packets were lost there and sent again; the
+    // packet socket's waited for room.
+    assert!(raw_again > 0, "the queue never overflowed");
+    assert!(again < raw_again, "{again} against {raw_again}");
+}
+
+/// A routing rule that selects chunk's IP protocol: the kernel's route lookup cannot be asked
+/// for that protocol, so the sender cannot know the route its packets take, and keeps to the
+/// raw socket, whose packets the rule routes.
+#[test]
+fn a_routing_rule_for_chunks_protocol_keeps_the_raw_socket() {
+    let hosts = TwoHosts::new("pktrule", 1500).unwrap();
+    hosts
+        .sender
+        .ip(&[
+            "route",
+            "add",
+            "198.18.0.0/24",
+            "dev",
+            hosts.sender_if,
+            "table",
+            "100",
+        ])
+        .unwrap();
+    hosts
+        .sender
+        .ip(&[
+            "rule",
+            "add",
+            "ipproto",
+            &chunk_common::DEFAULT_IP_PROTOCOL.to_string(),
+            "table",
+            "100",
+        ])
+        .unwrap();
+    let (packets, link) = counts(
+        &hosts.sender,
+        &hosts.receiver,
+        hosts.receiver_if,
+        IpAddr::from(hosts.receiver_addr),
+        &[],
+        &[],
+    );
+    assert_eq!(link, 0, "{link} of {packets}");
 }

@@ -90,7 +90,8 @@ impl BatchSender {
     }
 
     /// Whether the queued packets go through the packet socket: it is open, its next hop is
-    /// known, and every packet is for its host and fits the interface.
+    /// known, no batch is due through the raw socket, and every packet is for its host and fits
+    /// the interface. A batch that goes through the raw socket instead is noted as such.
     fn via_link(&mut self) -> bool {
         let Some(link) = &mut self.link else {
             return false;
@@ -98,10 +99,14 @@ impl BatchSender {
         let now = Instant::now();
         link.refresh(now);
         let host = link.dst();
-        let ok = (0..self.queued)
-            .all(|k| self.dst_of[k].is_some_and(|d| d.ip() == host) && link.can_send(self.lens[k]));
+        let ok = !link.raw_due(now)
+            && (0..self.queued).all(|k| {
+                self.dst_of[k].is_some_and(|d| d.ip() == host) && link.can_send(self.lens[k])
+            });
         if ok {
             link.sent(now);
+        } else {
+            link.sent_raw(now);
         }
         ok
     }
@@ -162,6 +167,9 @@ impl BatchSender {
                     }
                     None => {
                         via_link = false;
+                        if let Some(link) = &mut self.link {
+                            link.sent_raw(Instant::now());
+                        }
                         continue;
                     }
                 }
@@ -240,6 +248,7 @@ impl BatchSender {
             m.msg_hdr.msg_iovlen = 2;
             msgs[j].write(m);
         }
+        let mut refused_since: Option<Instant> = None;
         loop {
             // SAFETY: the first `count` entries of msgs, and the iovecs they point to, are
             // initialised and point into buffers (and the link's address) that outlive the
@@ -261,7 +270,18 @@ impl BatchSender {
                 Some(libc::EINTR) => continue,
                 // The interface's queue is full (the packet socket says so where the raw
                 // socket's packets were dropped unseen): give it a moment.
+                // Refused for longer (a `tc` or `netdev egress` rule dropping packets, not a
+                // queue draining), the batch goes to the raw socket, which drops such packets
+                // unseen, as it always did: loss for the protocol to repair, not a sender stuck
+                // in this loop.
                 Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
+                    let now = Instant::now();
+                    let since = *refused_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= super::packet_tx::REFUSED_MAX {
+                        tracing::debug!("the packet socket's queue refuses packets: raw socket");
+                        link.suspend(now);
+                        return Ok(None);
+                    }
                     std::thread::sleep(Duration::from_micros(50));
                     continue;
                 }

@@ -104,7 +104,9 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
 const RTA_METRICS: u16 = 8;
+const RTA_VIA: u16 = 18;
 const RTAX_MTU: u16 = 2;
+const RTAX_HOPLIMIT: u16 = 10;
 const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -125,6 +127,8 @@ pub struct Route {
     /// The route's own MTU, when it has one: a path MTU learnt from ICMP ("fragmentation
     /// needed", "packet too big"), or one set on the route (`ip route ... mtu N`).
     pub mtu: Option<u32>,
+    /// The route's own hop limit (`ip route ... hoplimit N`), when it has one.
+    pub hop_limit: Option<u8>,
 }
 
 impl Route {
@@ -149,10 +153,16 @@ fn ip_of(v: &[u8]) -> Option<std::net::IpAddr> {
     }
 }
 
-/// The unicast route from `src` to `dst` (`ip route get DST from SRC`); `None` when the
-/// destination is local, a broadcast, multicast, unreachable or otherwise not a plain unicast
-/// route.
-pub fn route_to(dst: std::net::IpAddr, src: Option<std::net::IpAddr>) -> io::Result<Option<Route>> {
+/// The unicast route from `src` to `dst` for packets of IP protocol `protocol` (`ip route get
+/// DST from SRC ipproto P`, so that policy routing by protocol holds); `None` when the
+/// destination is local, a broadcast, multicast, unreachable, or reached otherwise than through
+/// one interface and a plain gateway (an IPv6 next hop for an IPv4 route, say), or when a
+/// routing rule selects packets of `protocol`.
+pub fn route_to(
+    dst: std::net::IpAddr,
+    src: Option<std::net::IpAddr>,
+    protocol: u8,
+) -> io::Result<Option<Route>> {
     let family = if dst.is_ipv6() {
         libc::AF_INET6
     } else {
@@ -174,6 +184,12 @@ pub fn route_to(dst: std::net::IpAddr, src: Option<std::net::IpAddr>) -> io::Res
     if ty != libc::RTM_NEWROUTE {
         return Err(io::Error::other("unexpected netlink reply"));
     }
+    // The kernel's route lookup takes a protocol only for TCP, UDP and ICMP: a routing rule
+    // that selects chunk's protocol (`ip rule add ipproto 253 ...`) would route its packets
+    // otherwise than the answer above, so then there is no answer.
+    if rule_selects_protocol(dst.is_ipv6(), protocol)? {
+        return Ok(None);
+    }
     Ok(parse_route(&reply))
 }
 
@@ -186,6 +202,7 @@ fn parse_route(reply: &[u8]) -> Option<Route> {
         gateway: None,
         source: None,
         mtu: None,
+        hop_limit: None,
     };
     for (t, v) in attrs(&reply[RTMSG_LEN..]) {
         match t {
@@ -193,11 +210,17 @@ fn parse_route(reply: &[u8]) -> Option<Route> {
             RTA_GATEWAY => route.gateway = Some(ip_of(v)?),
             RTA_PREFSRC => route.source = Some(ip_of(v)?),
             RTA_METRICS => {
-                route.mtu = attrs(v)
-                    .find(|(t, _)| *t == RTAX_MTU)
-                    .and_then(|(_, m)| u32_of(m))
-                    .filter(|&m| m > 0)
+                let metric = |which| {
+                    attrs(v)
+                        .find(|(t, _)| *t == which)
+                        .and_then(|(_, m)| u32_of(m))
+                        .filter(|&m| m > 0)
+                };
+                route.mtu = metric(RTAX_MTU);
+                route.hop_limit = metric(RTAX_HOPLIMIT).map(|h| h.min(255) as u8);
             }
+            // A next hop of another family: not one this sender resolves.
+            RTA_VIA => return None,
             _ => {}
         }
     }
@@ -232,6 +255,113 @@ fn parse_neighbour(reply: &[u8]) -> Option<[u8; 6]> {
     }
     let (_, mac) = attrs(reply.get(NDMSG_LEN..)?).find(|(t, _)| *t == NDA_LLADDR)?;
     <[u8; 6]>::try_from(mac).ok()
+}
+
+/// Sends a netlink dump request (`ty`, fixed header `body`) on a socket of netlink `family`
+/// and returns whether any message of the dump satisfies `found` (its type and payload); stops
+/// reading at the first that does.
+fn dump_any(
+    family: u32,
+    ty: u16,
+    body: &[u8],
+    found: impl Fn(u16, &[u8]) -> bool,
+) -> io::Result<bool> {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    let protocol = std::num::NonZeroU32::new(family).map(rustix::net::Protocol::from_raw);
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        protocol,
+    )?;
+    let hdr_len = size_of::<libc::nlmsghdr>();
+    let mut msg = vec![0u8; hdr_len];
+    msg.extend_from_slice(body);
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    msg[4..6].copy_from_slice(&ty.to_ne_bytes());
+    msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    rustix::net::send(&sock, &msg, SendFlags::empty())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, _) = rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty())?;
+        let mut rest = &buf[..n];
+        if rest.is_empty() {
+            return Err(io::Error::other("netlink dump ended early"));
+        }
+        while rest.len() >= hdr_len {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            let t = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < hdr_len || len > rest.len() {
+                return Err(io::Error::other("malformed netlink message"));
+            }
+            if t == libc::NLMSG_DONE as u16 {
+                return Ok(false);
+            }
+            if t == libc::NLMSG_ERROR as u16 {
+                let code = rest
+                    .get(16..20)
+                    .map_or(0, |c| i32::from_ne_bytes(c.try_into().unwrap()));
+                return Err(io::Error::from_raw_os_error(-code));
+            }
+            if found(t, &rest[hdr_len..len]) {
+                return Ok(true);
+            }
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
+        }
+    }
+}
+
+/// Whether the kernel holds any IPsec (xfrm) policy: packets that skip the IP output path
+/// would skip it too. A kernel without xfrm's netlink interface has none that a current IKE
+/// daemon could have installed; any other error is the caller's to treat as "maybe".
+pub fn has_xfrm_policy() -> io::Result<bool> {
+    const NETLINK_XFRM: u32 = 6;
+    const XFRM_MSG_NEWPOLICY: u16 = 0x13;
+    const XFRM_MSG_GETPOLICY: u16 = 0x15;
+    match dump_any(NETLINK_XFRM, XFRM_MSG_GETPOLICY, &[], |t, _| {
+        t == XFRM_MSG_NEWPOLICY
+    }) {
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => Ok(false),
+        r => r,
+    }
+}
+
+/// Whether a routing rule of the family selects packets by IP protocol `protocol`.
+fn rule_selects_protocol(v6: bool, protocol: u8) -> io::Result<bool> {
+    const FRA_IP_PROTO: u16 = 22;
+    const FIB_RULE_HDR_LEN: usize = 12;
+    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+    let mut hdr = [0u8; FIB_RULE_HDR_LEN];
+    hdr[0] = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    dump_any(0, libc::RTM_GETRULE, &hdr, |t, payload| {
+        t == libc::RTM_NEWRULE
+            && payload.get(FIB_RULE_HDR_LEN..).is_some_and(|a| {
+                attrs(a).any(|(at, v)| at == FRA_IP_PROTO && v.first() == Some(&protocol))
+            })
+    })
+}
+
+/// An interface's own IPv6 hop limit (`net.ipv6.conf.IFACE.hop_limit`, which router
+/// advertisements set), if it can be read.
+pub fn ipv6_interface_hop_limit(ifindex: u32) -> Option<u8> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_str()
+        .ok()?;
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/hop_limit"))
+        .ok()?
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|&h| h > 0)
 }
 
 /// An Ethernet interface's MTU; `None` for an interface of another kind (loopback, tunnels,
@@ -419,7 +549,20 @@ mod tests {
     #[test]
     fn the_route_to_a_local_address_is_not_a_way_out() {
         // In the test's own namespace: 127.0.0.1 is local.
-        assert_eq!(route_to("127.0.0.1".parse().unwrap(), None).unwrap(), None);
+        assert_eq!(
+            route_to("127.0.0.1".parse().unwrap(), None, 253).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_xfrm_policy_dump_answers() {
+        // The test's namespace has no IPsec policy; the dump must say so (or, without
+        // CAP_NET_ADMIN, fail: never claim "none" it could not check).
+        match has_xfrm_policy() {
+            Ok(any) => assert!(!any || std::path::Path::new("/proc/net/xfrm_stat").exists()),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+        }
     }
 
     #[test]

@@ -4,30 +4,37 @@
 //!
 //! A raw IP socket sends each packet through the kernel's IP output path: a route lookup, the
 //! corking and checksumming copy of `ip_append_data`, netfilter's output hooks, the neighbour
-//! layer. For one chunk per 1.5 KB packet that path is most of the sender's CPU; a packet socket
-//! skips it and goes straight to the interface's queueing discipline (which still applies:
-//! `tc` shaping holds). Measured on a veth pair here, 1 480-byte packets in `sendmmsg` batches
-//! of 64: 2.66 µs of CPU a packet through the raw socket, 1.70 through the packet socket.
+//! layer. For one chunk per 1.5 KB packet that path is most of the sender's own CPU; a packet
+//! socket skips it and goes straight to the interface's queueing discipline (which still
+//! applies: `tc` shaping holds). Measured on a veth pair here, 1 480-byte packets in `sendmmsg`
+//! batches of 64: 2.66 µs of CPU a packet through the raw socket, 1.70 through the packet socket.
 //!
 //! What it takes, and what happens when something is missing:
-//! - the route to the receiver (`ip route get`) must be a unicast route out of an Ethernet
-//!   interface, and the neighbour table must hold the next hop's address. Until it does (the
-//!   first packets of a first contact resolve it), and on any other kind of route (loopback,
-//!   tunnels, WireGuard), packets go through the raw socket. Both are looked up again every
-//!   second, so a changed route or neighbour is followed;
+//! - the route to the receiver (`ip route get`, for chunk's IP protocol) must be a unicast route
+//!   out of an Ethernet interface with a plain gateway (or none), the neighbour table must hold
+//!   the next hop's address, and the host must have no IPsec (xfrm) policy, which the packet
+//!   socket would bypass. Otherwise packets go through the raw socket. All of it is looked up
+//!   again every second, so a changed route, neighbour or policy is followed;
+//! - the first batch of a run, and once the packet socket is proven one batch a second, still go
+//!   through the raw socket: the sending host's connection tracking then knows the flow (a
+//!   stateful firewall there passes the answers), and its neighbour entry for the next hop is
+//!   kept confirmed (packets of a packet socket never refresh it);
 //! - the packets skip the sending host's own netfilter hooks (output, postrouting). A sender
 //!   whose host rewrites chunk's packets there (a source NAT on the sender itself) would send
 //!   data the receiver cannot match to its offer: a trial catches that. Unless an answer comes
-//!   back that only packets sent this way can have caused, within a second (or ten round
-//!   trips) of the first, the sender goes back to the raw socket for good. `--no-packet-socket`
-//!   (or `CHUNK_NO_PACKET_SOCKET=1`) never uses it.
+//!   back that only packets sent this way can have caused, within three seconds (or ten round
+//!   trips) of sending this way, the sender goes back to the raw socket for the rest of the run.
+//!   `--no-packet-socket` (or `CHUNK_NO_PACKET_SOCKET=1`) never uses it;
+//! - a queue that refuses packets for more than 10 ms (`ENOBUFS`: a full qdisc, or a `tc` or
+//!   `netdev egress` rule that drops them) sends the batch through the raw socket, which drops
+//!   such packets unseen, and the packet socket rests until the next lookup.
 //!
 //! The packets are the same on the wire either way: the IPv4 header of a raw socket, byte for
 //! byte (no options, "don't fragment", identification 0 as Linux gives unconnected DF packets,
-//! the default TTL: compared on a veth pair), or the IPv6 header with traffic class 0, the
-//! default hop limit and a flow label drawn once per sender (RFC 6437: one label for the flow;
-//! Linux labels the raw socket's packets with a hash of its own, so offers and data may carry
-//! two labels).
+//! the TTL of the route or the default: compared on a veth pair), or the IPv6 header with traffic
+//! class 0, the route's or the interface's hop limit and a flow label drawn once per sender (RFC
+//! 6437: one label for the flow; Linux labels the raw socket's packets with a hash of its own, so
+//! offers and data may carry two labels).
 
 use std::{
     io,
@@ -42,27 +49,96 @@ use super::link;
 const RECHECK: Duration = Duration::from_secs(1);
 /// The first retry when the next hop is not resolved yet; doubled up to [`RECHECK`].
 const FIRST_RETRY: Duration = Duration::from_millis(2);
-/// The trial's limit: at least this, and at least [`TRIAL_RTTS`] round trips.
-const TRIAL_MIN: Duration = Duration::from_secs(1);
+/// The trial's limit: packets sent this way over at least this long (three initial RTOs), and
+/// at least [`TRIAL_RTTS`] round trips, without an answer they caused.
+const TRIAL_MIN: Duration = Duration::from_secs(3);
 const TRIAL_RTTS: u32 = 10;
+/// How long a queue may refuse packets (`ENOBUFS`) before the batch goes to the raw socket.
+pub const REFUSED_MAX: Duration = Duration::from_millis(10);
 
-/// Where the frames go: the interface, the next hop's Ethernet address, the interface's MTU.
+/// Where the frames go: the interface, the next hop's Ethernet address, the MTU, the TTL.
 #[derive(Clone, Copy)]
 struct Target {
     addr: libc::sockaddr_ll,
     mtu: usize,
+    ttl: u8,
 }
 
-/// Whether packets sent this way are known to arrive.
+/// Whether packets sent this way are known to arrive: the trial, apart from the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trial {
+enum TrialState {
     /// Not used yet.
     Untried,
     /// Used since then; no answer yet that proves it.
     Since(Instant),
     Confirmed,
-    /// Given up: the raw socket from now on.
+    /// Given up: the raw socket for the rest of the run.
     Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Trial {
+    state: TrialState,
+    /// The last packet sent this way.
+    last_link: Option<Instant>,
+    /// The last batch sent through the raw socket.
+    last_raw: Option<Instant>,
+    srtt: Duration,
+}
+
+impl Trial {
+    fn new() -> Self {
+        Trial {
+            state: TrialState::Untried,
+            last_link: None,
+            last_raw: None,
+            srtt: Duration::ZERO,
+        }
+    }
+
+    fn sent_link(&mut self, now: Instant) {
+        if self.state == TrialState::Untried {
+            self.state = TrialState::Since(now);
+        }
+        self.last_link = Some(now);
+    }
+
+    fn sent_raw(&mut self, now: Instant) {
+        self.last_raw = Some(now);
+    }
+
+    /// An answer came at `now`; the path's smoothed round trip is `srtt` (zero: no sample yet).
+    /// It proves the packet socket when more than two round trips (and 25 ms, the receiver's
+    /// ack delay and then some) have passed since the later of the trial's start and the last
+    /// raw batch: every packet it can answer went this way. Without a round-trip sample nothing
+    /// is proven.
+    fn heard(&mut self, now: Instant, srtt: Duration) {
+        if !srtt.is_zero() {
+            self.srtt = srtt;
+        }
+        if let TrialState::Since(t) = self.state
+            && !self.srtt.is_zero()
+        {
+            let since = self.last_raw.map_or(t, |r| r.max(t));
+            if now.saturating_duration_since(since) > self.srtt * 2 + Duration::from_millis(25) {
+                self.state = TrialState::Confirmed;
+            }
+        }
+    }
+
+    /// Fails the trial once packets have gone this way for its limit with no proof. An idle
+    /// sender (a stream waiting for input) sends nothing this way and is not failed for it.
+    fn check(&mut self) -> bool {
+        if let TrialState::Since(t) = self.state
+            && self.last_link.is_some_and(|l| {
+                l.saturating_duration_since(t) > TRIAL_MIN.max(self.srtt * TRIAL_RTTS)
+            })
+        {
+            self.state = TrialState::Failed;
+            return true;
+        }
+        false
+    }
 }
 
 /// An AF_PACKET socket and what it needs to send chunk packets of one family to one host.
@@ -70,6 +146,9 @@ pub struct PacketTx {
     sock: OwnedFd,
     src: IpAddr,
     dst: IpAddr,
+    protocol: u8,
+    /// The TTL (hop limit) of the socket's default, when the route and interface give none.
+    default_ttl: u8,
     /// The IP header every packet starts with; its length fields (and IPv4 checksum) are
     /// filled per packet.
     template: [u8; 40],
@@ -77,14 +156,16 @@ pub struct PacketTx {
     next_check: Instant,
     retry: Duration,
     trial: Trial,
-    srtt: Duration,
+    /// When a batch is next due through the raw socket (see the module comment).
+    next_raw: Option<Instant>,
     /// Whether an answer has come yet.
     answered: bool,
 }
 
 impl PacketTx {
     /// A packet socket for chunk packets of IP protocol `protocol` from `src` to `dst`, with
-    /// this TTL (hop limit). Needs CAP_NET_RAW. Nothing is looked up yet.
+    /// this TTL (hop limit) unless the route or interface has its own. Needs CAP_NET_RAW.
+    /// Nothing is looked up yet.
     pub fn open(src: IpAddr, dst: IpAddr, protocol: u8, ttl: u8) -> io::Result<Self> {
         if src.is_ipv6() != dst.is_ipv6() {
             return Err(io::Error::other("source and destination of two families"));
@@ -102,12 +183,14 @@ impl PacketTx {
             sock,
             src,
             dst,
+            protocol,
+            default_ttl: ttl,
             template: ip_template(src, dst, protocol, ttl, rand::random::<u32>() & 0xf_ffff),
             target: None,
             next_check: Instant::now(),
             retry: FIRST_RETRY,
-            trial: Trial::Untried,
-            srtt: Duration::ZERO,
+            trial: Trial::new(),
+            next_raw: None,
             answered: false,
         })
     }
@@ -126,16 +209,13 @@ impl PacketTx {
     /// soon while unresolved, every second once resolved), and ends a trial that went on too
     /// long without proof.
     pub fn refresh(&mut self, now: Instant) {
-        if let Trial::Since(t) = self.trial
-            && now.saturating_duration_since(t) > TRIAL_MIN.max(self.srtt * TRIAL_RTTS)
-        {
+        if self.trial.check() {
             tracing::info!(
                 "no answer to packets sent through the packet socket: sending through the raw \
-                 IP socket (a source NAT on this host?)"
+                 IP socket from now on (does this host rewrite chunk's packets, a source NAT?)"
             );
-            self.trial = Trial::Failed;
         }
-        if self.trial == Trial::Failed || now < self.next_check {
+        if self.trial.state == TrialState::Failed || now < self.next_check {
             return;
         }
         let target = self.resolve().unwrap_or_else(|e| {
@@ -146,7 +226,12 @@ impl PacketTx {
             tracing::debug!("the packet socket's next hop is gone: sending through the raw socket");
         }
         self.target = target;
-        if self.target.is_some() {
+        if let Some(t) = &self.target {
+            if self.dst.is_ipv6() {
+                self.template[7] = t.ttl;
+            } else {
+                self.template[8] = t.ttl;
+            }
             self.retry = FIRST_RETRY;
             self.next_check = now + RECHECK;
         } else {
@@ -157,7 +242,11 @@ impl PacketTx {
 
     /// The route, interface and next hop, if packets can go this way now.
     fn resolve(&self) -> io::Result<Option<Target>> {
-        let Some(route) = link::route_to(self.dst, Some(self.src))? else {
+        // IPsec: the xfrm layer sits in the IP output path the packet socket skips.
+        if link::has_xfrm_policy()? {
+            return Ok(None);
+        }
+        let Some(route) = link::route_to(self.dst, Some(self.src), self.protocol)? else {
             return Ok(None);
         };
         let Some(mtu) = link::ethernet_mtu(route.ifindex)? else {
@@ -170,6 +259,17 @@ impl PacketTx {
         let Some(mac) = link::neighbour_mac(route.ifindex, route.next_hop(self.dst))? else {
             return Ok(None);
         };
+        // As the kernel picks it: the route's hop limit, else (IPv6) the interface's (router
+        // advertisements set it), else the default.
+        let ttl = route
+            .hop_limit
+            .or_else(|| {
+                self.dst
+                    .is_ipv6()
+                    .then(|| link::ipv6_interface_hop_limit(route.ifindex))
+                    .flatten()
+            })
+            .unwrap_or(self.default_ttl);
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -185,15 +285,22 @@ impl PacketTx {
         Ok(Some(Target {
             addr,
             mtu: mtu as usize,
+            ttl,
         }))
     }
 
     /// Whether a chunk packet of `len` bytes (without the IP header) can go this way now.
     pub fn can_send(&self, len: usize) -> bool {
-        self.trial != Trial::Failed
+        self.trial.state != TrialState::Failed
             && self
                 .target
                 .is_some_and(|t| len + self.header_len() <= t.mtu)
+    }
+
+    /// Whether the next batch is due through the raw socket: the run's first, and once the
+    /// packet socket is proven, one a second (see the module comment).
+    pub fn raw_due(&self, now: Instant) -> bool {
+        self.next_raw.is_none_or(|t| now >= t)
     }
 
     /// The address to give `sendmmsg`, valid while `self` is not changed
@@ -209,16 +316,23 @@ impl PacketTx {
 
     /// Packets went out this way at `now`: the trial starts with the first.
     pub fn sent(&mut self, now: Instant) {
-        if self.trial == Trial::Untried {
-            self.trial = Trial::Since(now);
-        }
+        self.trial.sent_link(now);
     }
 
-    /// An answer came from the receiver at `now`, the path's smoothed round trip being `srtt`.
-    /// An answer more than two round trips after the first packet sent this way can only be to
-    /// packets sent this way (everything since went so): the trial is over.
+    /// A batch went through the raw socket at `now`. While the trial runs, the next is due only
+    /// if the packet socket cannot take one (a raw batch would delay the proof); once it is
+    /// proven, a second later.
+    pub fn sent_raw(&mut self, now: Instant) {
+        self.trial.sent_raw(now);
+        self.next_raw = Some(match self.trial.state {
+            TrialState::Confirmed => now + RECHECK,
+            _ => now + Duration::from_secs(3600),
+        });
+    }
+
+    /// An answer came from the receiver at `now`, the path's smoothed round trip being `srtt`
+    /// (zero before the first sample): it may prove the packet socket ([`Trial::heard`]).
     pub fn heard(&mut self, now: Instant, srtt: Duration) {
-        self.srtt = srtt;
         // The first answer: the kernel has just resolved the receiver (or the gateway) to send
         // what it answers, so look again now rather than at the next retry.
         if !self.answered {
@@ -227,14 +341,15 @@ impl PacketTx {
                 self.next_check = now;
             }
         }
-        if let Trial::Since(t) = self.trial
-            && now.saturating_duration_since(t) > srtt * 2 + Duration::from_millis(25)
-        {
-            self.trial = Trial::Confirmed;
+        let before = self.trial.state;
+        self.trial.heard(now, srtt);
+        if before != TrialState::Confirmed && self.trial.state == TrialState::Confirmed {
+            self.next_raw = Some(now + RECHECK);
         }
     }
 
-    /// Stops sending this way until the next lookup (the kernel refused a packet).
+    /// Stops sending this way until the next lookup (the kernel refused a packet, or the queue
+    /// refused packets for too long).
     pub fn suspend(&mut self, now: Instant) {
         self.target = None;
         self.next_check = now + RECHECK;
@@ -242,16 +357,22 @@ impl PacketTx {
 
     /// Writes the IP header for a chunk packet of `len` bytes into `out`; returns its length.
     pub fn header(&self, len: usize, out: &mut [u8; 40]) -> usize {
-        *out = self.template;
-        if self.dst.is_ipv6() {
-            out[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-            40
-        } else {
-            out[2..4].copy_from_slice(&((len + 20) as u16).to_be_bytes());
-            let sum = ipv4_checksum(&out[..20]);
-            out[10..12].copy_from_slice(&sum.to_be_bytes());
-            20
-        }
+        fill_header(&self.template, self.dst.is_ipv6(), len, out)
+    }
+}
+
+/// `template` with the lengths of a chunk packet of `len` bytes (and the IPv4 checksum), into
+/// `out`; returns the header's length.
+fn fill_header(template: &[u8; 40], v6: bool, len: usize, out: &mut [u8; 40]) -> usize {
+    *out = *template;
+    if v6 {
+        out[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        40
+    } else {
+        out[2..4].copy_from_slice(&((len + 20) as u16).to_be_bytes());
+        let sum = ipv4_checksum(&out[..20]);
+        out[10..12].copy_from_slice(&sum.to_be_bytes());
+        20
     }
 }
 
@@ -300,15 +421,15 @@ mod tests {
     #[test]
     fn the_ipv4_header_is_the_kernels() {
         // An IPv4 header as a raw socket of protocol 253 sends it (compared with a capture on
-        // a veth pair: 198.18.0.1 → 198.18.0.2, 1 480 bytes of chunk packet, DF, TTL 64, id 0).
-        let expected: [u8; 20] = [
+        // a veth pair: 198.18.0.1 → 198.18.0.2, 1 480 bytes of chunk packet, DF, TTL 64, id 0),
+        // its checksum computed independently below.
+        let mut expected: [u8; 20] = [
             0x45, 0x00, 0x05, 0xdc, 0x00, 0x00, 0x40, 0x00, 0x40, 0xfd, 0x00, 0x00, 198, 18, 0, 1,
             198, 18, 0, 2,
         ];
-        let mut expected = expected;
         let sum = ipv4_checksum(&expected);
         expected[10..12].copy_from_slice(&sum.to_be_bytes());
-        let tx_template = ip_template(
+        let template = ip_template(
             "198.18.0.1".parse().unwrap(),
             "198.18.0.2".parse().unwrap(),
             253,
@@ -316,11 +437,7 @@ mod tests {
             0xabcde,
         );
         let mut out = [0u8; 40];
-        out.copy_from_slice(&tx_template);
-        // Same as `header` without a socket.
-        out[2..4].copy_from_slice(&1500u16.to_be_bytes());
-        let s = ipv4_checksum(&out[..20]);
-        out[10..12].copy_from_slice(&s.to_be_bytes());
+        assert_eq!(fill_header(&template, false, 1480, &mut out), 20);
         assert_eq!(out[..20], expected);
         // A header with its checksum in place sums to zero.
         assert_eq!(ipv4_checksum(&out[..20]), 0);
@@ -334,15 +451,17 @@ mod tests {
     }
 
     #[test]
-    fn the_ipv6_header_carries_length_protocol_and_hop_limit() {
-        let h = ip_template(
+    fn the_ipv6_header_carries_length_label_protocol_and_hop_limit() {
+        let template = ip_template(
             "2001:2::1".parse().unwrap(),
             "2001:2::2".parse().unwrap(),
             253,
             64,
             0xabcde,
         );
-        assert_eq!(&h[..8], &[0x60, 0x0a, 0xbc, 0xde, 0, 0, 253, 64]);
+        let mut h = [0u8; 40];
+        assert_eq!(fill_header(&template, true, 1440, &mut h), 40);
+        assert_eq!(&h[..8], &[0x60, 0x0a, 0xbc, 0xde, 0x05, 0xa0, 253, 64]);
         assert_eq!(
             h[8..24],
             "2001:2::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
@@ -353,39 +472,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_trial_ends_with_proof_or_after_its_limit() {
-        let Ok(mut tx) = PacketTx::open(
-            "198.18.0.1".parse().unwrap(),
-            "198.18.0.2".parse().unwrap(),
-            253,
-            64,
-        ) else {
-            return; // no CAP_NET_RAW: nothing to test here
-        };
-        let t0 = Instant::now();
-        tx.sent(t0);
-        // An answer within two round trips may be to packets of the raw socket: no proof.
-        tx.heard(t0 + Duration::from_millis(20), Duration::from_millis(10));
-        assert_eq!(tx.trial, Trial::Since(t0));
-        tx.heard(t0 + Duration::from_millis(50), Duration::from_millis(10));
-        assert_eq!(tx.trial, Trial::Confirmed);
-        // Confirmed holds; a later silence does not undo it.
-        tx.refresh(t0 + Duration::from_secs(5));
-        assert_eq!(tx.trial, Trial::Confirmed);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
-        let mut tx = PacketTx::open(
-            "198.18.0.1".parse().unwrap(),
-            "198.18.0.2".parse().unwrap(),
-            253,
-            64,
-        )
-        .unwrap();
-        tx.sent(t0);
-        tx.refresh(t0 + Duration::from_millis(900));
-        assert_eq!(tx.trial, Trial::Since(t0));
-        tx.refresh(t0 + Duration::from_millis(1100));
-        assert_eq!(tx.trial, Trial::Failed);
-        assert!(!tx.can_send(100));
+    #[test]
+    fn the_trial_is_proven_only_by_answers_no_raw_packet_can_have_caused() {
+        let t0 = Instant::now();
+        let mut trial = Trial::new();
+        trial.sent_raw(t0); // the run's first batch
+        trial.sent_link(t0 + ms(1));
+        // No round-trip sample yet: nothing is proven, however late.
+        trial.heard(t0 + ms(500), Duration::ZERO);
+        assert_eq!(trial.state, TrialState::Since(t0 + ms(1)));
+        // Within two round trips of the switch the answer may be to the raw batch.
+        trial.heard(t0 + ms(30), ms(10));
+        assert_eq!(trial.state, TrialState::Since(t0 + ms(1)));
+        // A raw batch later (a packet too large, a lookup that failed) starts the wait again.
+        trial.sent_raw(t0 + ms(40));
+        trial.heard(t0 + ms(60), ms(10));
+        assert_eq!(trial.state, TrialState::Since(t0 + ms(1)));
+        trial.heard(t0 + ms(90), ms(10));
+        assert_eq!(trial.state, TrialState::Confirmed);
+        // Proven holds.
+        trial.sent_link(t0 + ms(10_000));
+        assert!(!trial.check());
+        assert_eq!(trial.state, TrialState::Confirmed);
+    }
+
+    #[test]
+    fn the_trial_fails_after_its_limit_of_sending_but_not_while_idle() {
+        let t0 = Instant::now();
+        let mut trial = Trial::new();
+        trial.sent_link(t0);
+        // An idle sender (one offer, then nothing) is not failed for silence.
+        assert!(!trial.check());
+        trial.sent_link(t0 + ms(2_900));
+        assert!(!trial.check());
+        trial.sent_link(t0 + ms(3_100));
+        assert!(trial.check());
+        assert_eq!(trial.state, TrialState::Failed);
+        // On a long path the limit is ten round trips.
+        let mut trial = Trial::new();
+        trial.heard(t0, ms(600)); // a sample, before any packet went this way
+        trial.sent_link(t0);
+        trial.sent_link(t0 + ms(5_000));
+        assert!(!trial.check());
+        trial.sent_link(t0 + ms(6_100));
+        assert!(trial.check());
     }
 }
