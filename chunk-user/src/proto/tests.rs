@@ -543,6 +543,28 @@ fn assert_long_path_is_clean(rtt_ms: u64, loss: f64, size: u64) {
     }
 }
 
+/// 5 % random loss each way on a 200 Mbit/s, 100 ms path (the WAN bench's case): the sender
+/// paces around the loss share it measures while no queue stands, so the bottleneck is not left
+/// idle by what the path loses (the figures' 256 MiB run: 89.5 % of the link steady before, 93.4 %
+/// now, against 93.7 % without loss); the queue must not overflow for it, and each loss is
+/// still resent once.
+#[test]
+fn random_loss_does_not_leave_the_link_idle() {
+    let s = sim::figure_scenario(200_000_000, Duration::from_millis(100), 0.05, 48 << 20, 3);
+    let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
+    let what = format!("{:?}, up {:?}", r.sender, r.up);
+    assert_eq!(r.outcome, Some(Ok(())), "{what}");
+    assert!(r.verified, "{what}");
+    let steady = r.steady_goodput_bps / 200e6;
+    // 0.916 for this seed before; 0.941 now.
+    assert!(steady >= 0.93, "steady {steady:.3}: {what}");
+    assert_eq!(r.up.queue_drops, 0, "{what}");
+    assert!(
+        r.sender.chunks_retransmitted as f64 <= 1.05 * r.up.lost as f64,
+        "{what}"
+    );
+}
+
 #[test]
 fn long_path_300_ms() {
     assert_long_path_is_clean(300, 0.0, 32 << 20);

@@ -1135,9 +1135,11 @@ impl Sender {
             // (as Linux does; RFC 6298 §5.7 permits it).
             self.recovery.reset_backoff();
         }
-        self.stats.losses_by_ack += self.recovery.on_ack_end();
+        let lost = self.recovery.on_ack_end();
+        self.stats.losses_by_ack += lost;
         let (_, bytes_out) = self.path_in_flight();
         let mut path = self.path.borrow_mut();
+        path.cc.on_lost(lost);
         path.cc.on_ack_end(now, rtt_sample, bytes_out);
         drop(path);
         self.close_if_all_acked(now);
