@@ -20,8 +20,9 @@
 //! arrived, so pacing at it leaves idle the share of the bottleneck that lost packets used (or,
 //! lost before it, never reached it): at 5 % loss each way 89.5 % of the link instead of 93.7 %.
 //! In ProbeBw the pacing rate is divided by (1 − the loss share), the share measured over round
-//! trips in which the RTT stayed within 1.25 × its minimum (+ 1 ms): no queue stood, so those
-//! losses were the path's and not a queue's own drops. A round trip with a queue switches the
+//! trips in which the RTT stayed within 1.25 × its minimum (+ 1 ms), as it did the round trip
+//! before (when the lost packets went): no queue stood, so those losses were the path's and not
+//! a queue's own drops. A round trip with a queue switches the
 //! compensation off until a queue-free one comes; it is capped at a 20 % loss share. Left out of full BBR, on purpose: ProbeRTT (a file transfer is one flow and its min RTT is
 //! refreshed from samples) and the long-term "policer" model. Known limit, shared with BBR v1:
 //! above ~20 % random loss the probing phase can no longer show the full rate, and the estimate
@@ -215,9 +216,11 @@ pub struct Bbr {
     /// The largest RTT sample of the current round.
     round_max_rtt: Duration,
     /// The share of packets lost on the path while no queue stood (a running estimate over
-    /// queue-free rounds), and whether the last round was queue-free.
+    /// queue-free rounds), whether the last round counted as queue-free, and whether the last
+    /// round had no queue.
     loss_share: f64,
     queue_free: bool,
+    last_round_no_queue: bool,
 }
 
 impl Bbr {
@@ -252,6 +255,7 @@ impl Bbr {
             round_max_rtt: Duration::ZERO,
             loss_share: 0.0,
             queue_free: false,
+            last_round_no_queue: false,
         }
     }
 
@@ -271,15 +275,20 @@ impl Bbr {
     }
 
     /// Ends a round's loss accounting: a round that carried enough and whose RTT stayed near
-    /// the minimum (no queue of this sender's or anyone's: its losses are the path's, not a
-    /// full queue's) updates the loss share; a round with a queue turns the compensation off
-    /// until a queue-free round comes.
+    /// the minimum, as it did in the round before (no queue of this sender's or anyone's: its
+    /// losses are the path's, not a full queue's), updates the loss share; any other round
+    /// turns the compensation off until a queue-free one comes. Losses are detected a round
+    /// trip after they happened: a queue that overflowed and then drained (a TCP flow beside
+    /// backing off) leaves a round without a queue whose losses were the queue's, hence the
+    /// round before must have had none either.
     fn end_loss_round(&mut self) {
         let delivered = self.delivered - self.round_delivered_from;
         let lost = self.round_lost;
-        let queue_free = self
+        let no_queue = self
             .min_rtt
             .is_some_and(|m| self.round_max_rtt <= m.mul_f64(QUEUE_FREE_RTT) + QUEUE_FREE_SLACK);
+        let queue_free = no_queue && self.last_round_no_queue;
+        self.last_round_no_queue = no_queue;
         if delivered + lost >= LOSS_ROUND_MIN_CHUNKS * self.chunk {
             self.queue_free = queue_free;
             if queue_free {
