@@ -85,7 +85,10 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => {
             setup::setup(true)?;
-            let bin = build(true)?;
+            let bin = match &args.chunk_bin {
+                Some(bin) => bin.clone(),
+                None => build(true)?,
+            };
             bench::run(&bin, &args)
         }
         Cmd::Fuzz(args) => {

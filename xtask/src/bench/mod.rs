@@ -192,6 +192,10 @@ pub struct BenchArgs {
     /// Stop starting new runs after this many minutes (what ran is reported).
     #[arg(long, default_value_t = 25)]
     max_minutes: u64,
+    /// Benchmark this chunk binary instead of building the checkout's (to compare two builds
+    /// on the same machine: run the bench once with each).
+    #[arg(long, value_name = "PATH")]
+    pub chunk_bin: Option<PathBuf>,
     #[command(flatten)]
     wan: wan::WanArgs,
 }
