@@ -728,6 +728,7 @@ mod fixtures {
             rss_dir: None,
             timeout_s: 1,
             max_minutes: 1,
+            chunk_bin: None,
             wan: wan::WanArgs {
                 wan_rate_mbit: 200,
                 wan_rtts: vec![20, 100],
