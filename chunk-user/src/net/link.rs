@@ -37,19 +37,24 @@ pub fn xdp_attached(ifindex: u32) -> io::Result<Option<Attached>> {
     Ok(parse_xdp(&reply[IFINFOMSG_LEN..]))
 }
 
-/// Sends one rtnetlink request (`ty`, a fixed header `body`, then `attrs`) and returns the
-/// reply's type and payload (what follows its `nlmsghdr`). An error reply is the error.
-fn request(ty: u16, body: &[u8], attrs: &[(u16, &[u8])]) -> io::Result<(u16, Vec<u8>)> {
-    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+/// Opens a netlink socket of `family` (0: NETLINK_ROUTE) and sends it one request: `ty` with
+/// `flags` (besides NLM_F_REQUEST), a fixed header `body`, then `attrs`.
+fn send_request(
+    family: u32,
+    ty: u16,
+    flags: u16,
+    body: &[u8],
+    attrs: &[(u16, &[u8])],
+) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
+    let protocol = std::num::NonZeroU32::new(family).map(rustix::net::Protocol::from_raw);
     let sock = rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::RAW,
         SocketFlags::CLOEXEC,
-        // Protocol 0 is NETLINK_ROUTE.
-        None,
+        protocol,
     )?;
-    let hdr_len = size_of::<libc::nlmsghdr>();
-    let mut msg = vec![0u8; hdr_len];
+    let mut msg = vec![0u8; size_of::<libc::nlmsghdr>()];
     msg.extend_from_slice(body);
     for (t, v) in attrs {
         msg.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
@@ -60,9 +65,18 @@ fn request(ty: u16, body: &[u8], attrs: &[(u16, &[u8])]) -> io::Result<(u16, Vec
     let len = msg.len() as u32;
     msg[0..4].copy_from_slice(&len.to_ne_bytes());
     msg[4..6].copy_from_slice(&ty.to_ne_bytes());
-    msg[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
     msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
     rustix::net::send(&sock, &msg, SendFlags::empty())?;
+    Ok(sock)
+}
+
+/// Sends one rtnetlink request (`ty`, a fixed header `body`, then `attrs`) and returns the
+/// reply's type and payload (what follows its `nlmsghdr`). An error reply is the error.
+fn request(ty: u16, body: &[u8], attrs: &[(u16, &[u8])]) -> io::Result<(u16, Vec<u8>)> {
+    use rustix::net::RecvFlags;
+    let sock = send_request(0, ty, 0, body, attrs)?;
+    let hdr_len = size_of::<libc::nlmsghdr>();
     let mut buf = vec![0u8; 64 * 1024];
     let (n, _) = rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty())?;
     buf.truncate(n);
@@ -266,23 +280,9 @@ fn dump_any(
     body: &[u8],
     found: impl Fn(u16, &[u8]) -> bool,
 ) -> io::Result<bool> {
-    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
-    let protocol = std::num::NonZeroU32::new(family).map(rustix::net::Protocol::from_raw);
-    let sock = rustix::net::socket_with(
-        AddressFamily::NETLINK,
-        SocketType::RAW,
-        SocketFlags::CLOEXEC,
-        protocol,
-    )?;
+    use rustix::net::RecvFlags;
+    let sock = send_request(family, ty, libc::NLM_F_DUMP as u16, body, &[])?;
     let hdr_len = size_of::<libc::nlmsghdr>();
-    let mut msg = vec![0u8; hdr_len];
-    msg.extend_from_slice(body);
-    let len = msg.len() as u32;
-    msg[0..4].copy_from_slice(&len.to_ne_bytes());
-    msg[4..6].copy_from_slice(&ty.to_ne_bytes());
-    msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    rustix::net::send(&sock, &msg, SendFlags::empty())?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let (n, _) = rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty())?;
