@@ -15,22 +15,9 @@ use common::*;
 const SIZE: usize = 8 << 20;
 
 /// Sends one 8 MiB file from `sender` to `to`; checks it arrived exact and returns the
-/// sender's packet counts: (packets, of which through the packet socket).
+/// sender's packet counts (packets, of which through the packet socket), its log (stderr)
+/// and the chunks it sent again.
 fn counts(
-    sender: &chunk_tests::Netns,
-    receiver: &chunk_tests::Netns,
-    receiver_if: &str,
-    to: IpAddr,
-    send_extra: &[&str],
-    recv_extra: &[&str],
-) -> (u64, u64) {
-    let (packets, link, _, _) =
-        counts_and_log(sender, receiver, receiver_if, to, send_extra, recv_extra);
-    (packets, link)
-}
-
-/// As [`counts`], with the sender's log (stderr) and the chunks it sent again.
-fn counts_and_log(
     sender: &chunk_tests::Netns,
     receiver: &chunk_tests::Netns,
     receiver_if: &str,
@@ -73,7 +60,7 @@ fn on_one_link_the_data_goes_through_the_packet_socket() {
         IpAddr::from(hosts.receiver_addr),
         IpAddr::from(hosts.receiver_addr6),
     ] {
-        let (packets, link) = counts(
+        let (packets, link, ..) = counts(
             &hosts.sender,
             &hosts.receiver,
             hosts.receiver_if,
@@ -83,7 +70,7 @@ fn on_one_link_the_data_goes_through_the_packet_socket() {
         );
         // The first few packets may go before the neighbour is known; then every one.
         assert!(link * 10 >= packets * 9, "{to}: {link} of {packets}");
-        let (packets, link) = counts(
+        let (packets, link, ..) = counts(
             &hosts.sender,
             &hosts.receiver,
             hosts.receiver_if,
@@ -102,7 +89,7 @@ fn through_a_router_the_frames_go_to_the_gateway() {
         IpAddr::from(net.receiver_addr),
         IpAddr::from(net.receiver_addr6),
     ] {
-        let (packets, link) = counts(&net.sender, &net.receiver, net.receiver_if, to, &[], &[]);
+        let (packets, link, ..) = counts(&net.sender, &net.receiver, net.receiver_if, to, &[], &[]);
         assert!(link * 10 >= packets * 9, "{to}: {link} of {packets}");
     }
 }
@@ -139,7 +126,7 @@ fn a_source_nat_on_the_sender_host_fails_the_trial_and_the_raw_socket_carries_on
         .write_all(script.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let (packets, link, log, _) = counts_and_log(
+    let (packets, link, log, _) = counts(
         &net.sender,
         &net.receiver,
         net.receiver_if,
@@ -189,7 +176,7 @@ fn a_full_queue_at_the_interface_neither_stalls_nor_loses_the_file() {
         .unwrap();
     let to = IpAddr::from(hosts.receiver_addr);
     let run = |extra: &[&str]| {
-        counts_and_log(
+        counts(
             &hosts.sender,
             &hosts.receiver,
             hosts.receiver_if,
@@ -241,7 +228,7 @@ fn a_routing_rule_for_chunks_protocol_keeps_the_raw_socket() {
             "100",
         ])
         .unwrap();
-    let (packets, link) = counts(
+    let (packets, link, ..) = counts(
         &hosts.sender,
         &hosts.receiver,
         hosts.receiver_if,
