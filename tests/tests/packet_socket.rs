@@ -2,7 +2,7 @@
 //! route, chunk packets leave through an AF_PACKET socket with an IP header chunk writes, not
 //! through the kernel's IP output path. Real transfers between namespaces: on one link and
 //! through a router (the next hop is then the gateway), over IPv4 and IPv6; the raw socket
-//! alone with `--no-packet-socket`; and a host whose own netfilter rewrites chunk's packets,
+//! alone with `--no-packet-socket`, an IPsec policy or a routing rule for chunk's protocol; and a host whose own netfilter rewrites chunk's packets,
 //! where the packet socket's trial fails and the raw socket carries the transfer.
 
 mod common;
@@ -197,6 +197,42 @@ fn a_full_queue_at_the_interface_neither_stalls_nor_loses_the_file() {
     // packet socket's waited for room.
     assert!(raw_again > 0, "the queue never overflowed");
     assert!(again < raw_again, "{again} against {raw_again}");
+}
+
+/// An IPsec (xfrm) policy on the sending host: the packet socket would skip the xfrm output
+/// path, so the sender keeps to the raw socket, whose packets the policy sees. (The policy here
+/// allows without protecting, so the transfer still goes through.)
+#[test]
+fn an_ipsec_policy_keeps_the_raw_socket() {
+    let hosts = TwoHosts::new("pktxfrm", 1500).unwrap();
+    let proto = chunk_common::DEFAULT_IP_PROTOCOL.to_string();
+    hosts
+        .sender
+        .ip(&[
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            "198.18.0.1/32",
+            "dst",
+            "198.18.0.2/32",
+            "proto",
+            &proto,
+            "dir",
+            "out",
+            "action",
+            "allow",
+        ])
+        .unwrap();
+    let (packets, link, ..) = counts(
+        &hosts.sender,
+        &hosts.receiver,
+        hosts.receiver_if,
+        IpAddr::from(hosts.receiver_addr),
+        &[],
+        &[],
+    );
+    assert_eq!(link, 0, "{link} of {packets}");
 }
 
 /// A routing rule that selects chunk's IP protocol: the kernel's route lookup cannot be asked
