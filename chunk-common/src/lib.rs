@@ -5,11 +5,13 @@
 //! - [`checksum`]: the packet checksum both sides verify (XXH64's low 32 bits), in steps the eBPF
 //!   verifier accepts;
 //! - [`counters`]: the per-reason counters the XDP program keeps, indexed by one enum;
+//! - [`bundle`]: the manifest of a bundle (many small files in one transfer);
 //! - [`ring`]: the record layout the XDP program hands to userspace through the ring buffer.
 //!
 //! No std, no allocation: everything here must build for `bpfel-unknown-none`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+pub mod bundle;
 pub mod checksum;
 pub mod classify;
 pub mod counters;

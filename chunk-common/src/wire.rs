@@ -157,6 +157,10 @@ pub mod flags {
     /// the chunk without `MORE_CHUNKS`, and the hash message's count (docs/PROTOCOL.md,
     /// "Streams").
     pub const STREAM: u16 = 1 << 5;
+    /// Offer: a bundle, many small files in one transfer: the content is a manifest and the
+    /// members' bytes ([`bundle`](crate::bundle)); the offer's name is empty (docs/PROTOCOL.md,
+    /// "Bundles").
+    pub const BUNDLE: u16 = 1 << 6;
     /// The longest symbolic-link target an offer carries (Linux's `PATH_MAX` − 1).
     pub const MAX_LINK_TARGET: u64 = 4095;
 }

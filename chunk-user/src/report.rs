@@ -145,6 +145,10 @@ pub enum RecvEvent {
         duplicates: u64,
         out_of_order: u64,
         resumed_chunks: u64,
+        /// The bundle it came in with other small files (docs/PROTOCOL.md, "Bundles"); the
+        /// bundle's chunk figures are told with its first file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bundle: Option<String>,
     },
     Refused {
         src: Peer,
@@ -185,6 +189,9 @@ pub enum RecvEvent {
         reason: String,
         counters: Counters,
         transfers_finished: u64,
+        /// Files verified and in place (a bundle's members each).
+        #[serde(default)]
+        files_finished: u64,
         chunks_written: u64,
         duplicates: u64,
         unknown_transfer: u64,
@@ -195,8 +202,9 @@ pub enum RecvEvent {
 }
 
 impl RecvEvent {
-    /// Whether the event ends a transfer (for `--exit-after`).
-    pub fn ends_a_transfer(&self) -> bool {
+    /// Whether the event ends a file's transfer (for `--exit-after`): finished (each file of a
+    /// bundle has its own), refused, failed or cancelled.
+    pub fn ends_a_file(&self) -> bool {
         matches!(
             self,
             RecvEvent::Finished { .. }
@@ -238,6 +246,7 @@ impl From<&Event> for RecvEvent {
                 duplicates,
                 out_of_order,
                 resumed_chunks,
+                bundle,
             } => {
                 let seconds = duration.as_secs_f64();
                 RecvEvent::Finished {
@@ -252,6 +261,7 @@ impl From<&Event> for RecvEvent {
                     duplicates,
                     out_of_order,
                     resumed_chunks,
+                    bundle,
                 }
             }
             Event::Refused {
@@ -342,6 +352,11 @@ pub struct FileReport {
     /// The sender's smoothed round-trip time at the end, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtt_ms: Option<f64>,
+    /// It went in a bundle with other small files (docs/PROTOCOL.md, "Bundles"): `seconds`
+    /// are the bundle's, `chunks` the bundle's chunks that hold its bytes, `resumed` those the
+    /// receiver already had (the file was there), and retransmissions are not told per file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bundled: bool,
 }
 
 /// The whole `chunk send --json` output.
@@ -468,6 +483,7 @@ mod tests {
             reason: "done".into(),
             counters: Counters::default(),
             transfers_finished: 1,
+            files_finished: 1,
             chunks_written: 2,
             duplicates: 0,
             unknown_transfer: 0,

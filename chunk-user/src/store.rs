@@ -34,7 +34,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use chunk_common::wire::{AbortReason, HASH_LEN};
+use chunk_common::{
+    bundle,
+    wire::{AbortReason, HASH_LEN},
+};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
 use crate::proto::{ChunkSet, HashCheck, OfferInfo, Opened, Refusal, Storage};
@@ -62,6 +65,16 @@ pub struct FsStorage {
     links: bool,
     /// Final names (relative to DIR) being received now.
     in_use: HashSet<String>,
+    /// The process's umask, if known: a bundle's member made with its mode needs no `fchmod`
+    /// when the umask takes none of its bits.
+    umask: Option<u32>,
+}
+
+/// The process's umask, from /proc (reading it with umask(2) means setting it).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// One file being received.
@@ -102,6 +115,9 @@ pub struct FsHandle {
     /// A stream (its end told or not): never resumed, so no record, and nothing kept when it
     /// is abandoned.
     stream: bool,
+    /// A bundle (docs/PROTOCOL.md, "Bundles"): the part file receives the manifest and the
+    /// members, which the verdict puts in place under their own names.
+    bundle: bool,
     /// A chunk record (or its temporary file) may be on disk: one was found or left by an
     /// earlier receiver, or this one has written one. Without, there is nothing to remove.
     may_have_state: bool,
@@ -193,6 +209,7 @@ impl FsStorage {
             root_path: dir.to_path_buf(),
             overwrite,
             in_use: HashSet::new(),
+            umask: current_umask(),
         })
     }
 
@@ -544,7 +561,13 @@ impl FsStorage {
                 format!("{name} is being received"),
             ));
         }
-        match rustix::fs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+        // A bundle's name names nothing kept: only its work files.
+        let stat = if offer.bundle {
+            Err(rustix::io::Errno::NOENT)
+        } else {
+            rustix::fs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW)
+        };
+        match stat {
             // A link's name was looked at above.
             Ok(_) if offer.symlink => {}
             Ok(st) => {
@@ -749,6 +772,7 @@ impl FsHandle {
             symlink: false,
             existing_link: None,
             stream: offer.stream,
+            bundle: offer.bundle,
             may_have_state: true,
         }
     }
@@ -850,6 +874,7 @@ fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCh
         return Ok(HashCheck {
             verified: false,
             hash,
+            members: Vec::new(),
         });
     }
     let mut target = vec![0u8; h.offer.size as usize];
@@ -888,11 +913,384 @@ fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCh
     Ok(HashCheck {
         verified: true,
         hash,
+        members: Vec::new(),
     })
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// A bundle's manifest, read from its part file (whose manifest chunks are all written).
+fn read_manifest_bytes(h: &FsHandle) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; bundle::HEADER_LEN];
+    h.file.read_exact_at(&mut head, 0)?;
+    let len = bundle::manifest_len(&head).map_err(|e| invalid_data(format!("{e:?}")))? as u64;
+    if len < bundle::HEADER_LEN as u64 || len > h.offer.size {
+        return Err(invalid_data(format!(
+            "the bundle's manifest claims {len} bytes of {}",
+            h.offer.size
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    h.file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// A member's name, checked as an offer's is; `InvalidInput` (`bad name`) if it is not one.
+fn member_name<'m>(m: &bundle::Member<'m>) -> io::Result<&'m str> {
+    let shown = || String::from_utf8_lossy(m.name).into_owned();
+    let name = crate::proto::validate_name(m.name).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bundle member {:?}: {why}", shown()),
+        )
+    })?;
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if is_work_file(base) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bundle member {name}: names like .*.part are the receiver's work files"),
+        ));
+    }
+    Ok(name)
+}
+
+/// Whether `fd` is a regular file of `size` bytes whose BLAKE3 is `hash`.
+fn holds(fd: &OwnedFd, size: u64, hash: &[u8; HASH_LEN]) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+        || st.st_size as u64 != size
+    {
+        return Ok(false);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; (size as usize).clamp(1, 1 << 20)];
+    let file = File::from(rustix::io::dup(fd)?);
+    let mut at = 0u64;
+    while at < size {
+        let n = ((size - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hasher.finalize().as_bytes() == hash)
+}
+
+impl FsStorage {
+    /// [`Storage::read_manifest`] for a bundle: the members already here (a regular file
+    /// under the name, of the member's size and hash) are copied into the part file, and every
+    /// chunk that then holds only such members' bytes and padding counts as received.
+    fn bundle_manifest(&mut self, h: &mut FsHandle) -> io::Result<Option<Vec<u32>>> {
+        h.flush()?;
+        let cs = h.offer.chunk_size as u64;
+        if !h.have.contains(0) {
+            return Ok(None);
+        }
+        let mut head = [0u8; bundle::HEADER_LEN];
+        h.file.read_exact_at(&mut head, 0)?;
+        let len = bundle::manifest_len(&head).map_err(|e| invalid_data(format!("{e:?}")))? as u64;
+        let manifest_chunks = len.div_ceil(cs).min(h.offer.chunk_count as u64) as u32;
+        if (0..manifest_chunks).any(|i| !h.have.contains(i)) {
+            return Ok(None);
+        }
+        let bytes = read_manifest_bytes(h)?;
+        let manifest = bundle::Manifest::parse(&bytes, h.offer.size)
+            .map_err(|e| invalid_data(format!("the bundle's manifest is malformed ({e:?})")))?;
+        // What the receiver will not need to receive: members it holds, and padding (zeros,
+        // which the part file reads as where nothing was written).
+        let mut known: Vec<(u64, u64)> = Vec::new();
+        let mut end = len;
+        // The names in each members' directory, listed once (a member is looked at only if
+        // its name is there: a fresh tree costs a listing per directory, not a lookup per file).
+        let mut listed: Option<(String, HashSet<Vec<u8>>)> = None;
+        for m in manifest.members() {
+            let name = member_name(&m)?;
+            known.push((end, m.offset));
+            end = m.range().end;
+            if m.size == 0 {
+                continue;
+            }
+            let (dir, base) = name.rsplit_once('/').unwrap_or(("", name));
+            if listed.as_ref().is_none_or(|(d, _)| d != dir) {
+                listed = Some((dir.to_owned(), self.names_in(dir)));
+            }
+            if !listed
+                .as_ref()
+                .is_some_and(|(_, names)| names.contains(base.as_bytes()))
+            {
+                continue;
+            }
+            let Ok(fd) = rustix::fs::openat2(
+                &self.root,
+                name,
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                Mode::empty(),
+                resolve(),
+            ) else {
+                continue;
+            };
+            if holds(&fd, m.size, &m.hash)? {
+                let mut off_in = 0u64;
+                let mut off_out = m.offset;
+                let mut left = m.size;
+                while left > 0 {
+                    let n = rustix::fs::copy_file_range(
+                        &fd,
+                        Some(&mut off_in),
+                        &h.file,
+                        Some(&mut off_out),
+                        left as usize,
+                    )?;
+                    if n == 0 {
+                        return Err(io::Error::other(format!("{name} shrank while read")));
+                    }
+                    left -= n as u64;
+                }
+                known.push((m.offset, m.range().end));
+            }
+        }
+        // The part must reach the content's end for the hash to read it.
+        if h.file.metadata()?.len() < h.offer.size {
+            h.file.set_len(h.offer.size)?;
+        }
+        known.retain(|(a, b)| a < b);
+        known.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in known {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let mut filled = Vec::new();
+        for (a, b) in merged {
+            // Chunks wholly inside [a, b) (the last chunk ends at the content's end).
+            let first = a.div_ceil(cs);
+            let mut k = first;
+            while k < h.offer.chunk_count as u64 {
+                let end = ((k + 1) * cs).min(h.offer.size);
+                if end > b {
+                    break;
+                }
+                if !h.have.contains(k as u32) {
+                    h.have.insert(k as u32);
+                    filled.push(k as u32);
+                }
+                k += 1;
+            }
+        }
+        if !filled.is_empty() {
+            h.unsaved = true;
+        }
+        Ok(Some(filled))
+    }
+
+    /// The names in directory `dir` under DIR (none if it is not there or cannot be read).
+    fn names_in(&self, dir: &str) -> HashSet<Vec<u8>> {
+        let fd = if dir.is_empty() {
+            rustix::io::dup(&self.root)
+        } else {
+            rustix::fs::openat2(
+                &self.root,
+                dir,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve(),
+            )
+        };
+        let Ok(fd) = fd else {
+            return HashSet::new();
+        };
+        let Ok(mut d) = rustix::fs::Dir::read_from(&fd) else {
+            return HashSet::new();
+        };
+        let mut names = HashSet::new();
+        while let Some(Ok(e)) = d.read() {
+            names.insert(e.file_name().to_bytes().to_vec());
+        }
+        names
+    }
+
+    /// A bundle's verdict: its hash checked, then each member put in place as a file's is
+    /// (written beside its name, given its mode and mtime, made durable, renamed without
+    /// replacing). A member already there with its content verifies as it is; one with other
+    /// content is `exists`. The first member that fails is the error, after the others have
+    /// gone in.
+    fn finish_bundle(
+        &mut self,
+        h: &mut FsHandle,
+        expected: &[u8; HASH_LEN],
+    ) -> io::Result<HashCheck> {
+        let t0 = Instant::now();
+        h.flush()?;
+        let hash = h.hash_part()?;
+        if &hash != expected {
+            return Ok(HashCheck {
+                verified: false,
+                hash,
+                members: Vec::new(),
+            });
+        }
+        let bytes = read_manifest_bytes(h)?;
+        let manifest = bundle::Manifest::parse(&bytes, h.offer.size)
+            .map_err(|e| invalid_data(format!("the bundle's manifest is malformed ({e:?})")))?;
+        let mut first_error = None;
+        let mut staged = Vec::new();
+        // The content is at most the receiver's size limit; a bundle is small (chunk's are up
+        // to 1 MiB): read once, each member written from memory.
+        let mut content = vec![0u8; h.offer.size as usize];
+        h.file.read_exact_at(&mut content, 0)?;
+        // Members of one directory come together: its fd is kept from one to the next.
+        let mut dirs: Vec<(String, std::rc::Rc<OwnedFd>)> = Vec::new();
+        for m in manifest.members() {
+            let r = (|| -> io::Result<()> {
+                let name = member_name(&m)?;
+                let (dir_name, base) = name.rsplit_once('/').unwrap_or(("", name));
+                let dir = match dirs.last() {
+                    Some((d, fd)) if d == dir_name => fd.clone(),
+                    _ => {
+                        let (fd, _, _) = self
+                            .open_parent(name)
+                            .map_err(|r| io::Error::new(refusal_kind(&r), r.message))?;
+                        let fd = std::rc::Rc::new(fd);
+                        dirs.push((dir_name.to_owned(), fd.clone()));
+                        fd
+                    }
+                };
+                if self.in_use.contains(name) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{name} is being received"),
+                    ));
+                }
+                let part = part_name(base);
+                // Made with its mode when the umask leaves it whole (its content is verified
+                // already), else private and given its mode after.
+                let mode = m.mode & 0o777;
+                let exact = self.umask.is_some_and(|u| mode & u == 0);
+                let fd = rustix::fs::openat2(
+                    &*dir,
+                    part.as_str(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(if exact { mode } else { 0o600 }),
+                    resolve(),
+                )
+                .map_err(|e| {
+                    let kind = if e == rustix::io::Errno::EXIST {
+                        io::ErrorKind::AlreadyExists
+                    } else {
+                        e.kind()
+                    };
+                    io::Error::new(kind, format!("{name}: its part file {part}: {e}"))
+                })?;
+                let file = File::from(fd);
+                let bytes = &content[m.offset as usize..m.range().end as usize];
+                let copied = (|| {
+                    file.write_all_at(bytes, 0)?;
+                    if !exact {
+                        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                    }
+                    if let Ok(secs) = u64::try_from(m.mtime) {
+                        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = copied {
+                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
+                    return Err(e);
+                }
+                staged.push((dir, part, base.to_owned(), name.to_owned(), m.size, m.hash));
+                Ok(())
+            })();
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        // Every member's bytes durable before any of them shows under its name, then the
+        // names: two file-system syncs for the bundle, where files one by one pay two each.
+        let synced = rustix::fs::syncfs(&self.root);
+        let mut placed = Vec::new();
+        for (dir, part, base, name, size, hash) in staged {
+            let r = synced.map_err(io::Error::from).and_then(|()| {
+                let flags = if self.overwrite {
+                    RenameFlags::empty()
+                } else {
+                    RenameFlags::NOREPLACE
+                };
+                match rustix::fs::renameat_with(&*dir, part.as_str(), &*dir, base.as_str(), flags) {
+                    Ok(()) => Ok(()),
+                    Err(rustix::io::Errno::EXIST) => {
+                        // Already here: verified as it is if it is this content.
+                        let same = rustix::fs::openat2(
+                            &*dir,
+                            base.as_str(),
+                            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                            Mode::empty(),
+                            resolve(),
+                        )
+                        .ok()
+                        .map(|fd| holds(&fd, size, &hash))
+                        .transpose()?
+                        .unwrap_or(false);
+                        if same {
+                            let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
+                            Ok(())
+                        } else {
+                            Err(io::Error::new(
+                                io::ErrorKind::AlreadyExists,
+                                format!(
+                                    "{name} exists with other contents (the receiver may allow --overwrite)"
+                                ),
+                            ))
+                        }
+                    }
+                    Err(e) => Err(io::Error::new(
+                        e.kind(),
+                        format!("renaming into place as {name}: {e}"),
+                    )),
+                }
+            });
+            match r {
+                Ok(()) => placed.push((name, size)),
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        rustix::fs::syncfs(&self.root)?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        tracing::debug!(bundle = %h.name, files = placed.len(), took = ?t0.elapsed(),
+            "bundle's files in place");
+        Ok(HashCheck {
+            verified: true,
+            hash,
+            members: placed,
+        })
+    }
+}
+
+/// The `io::ErrorKind` whose abort is the refusal's reason (see the core's `abort_for`).
+fn refusal_kind(r: &Refusal) -> io::ErrorKind {
+    match r.reason {
+        AbortReason::Exists => io::ErrorKind::AlreadyExists,
+        AbortReason::BadName => io::ErrorKind::InvalidInput,
+        _ => io::ErrorKind::Other,
+    }
 }
 
 impl Storage for FsStorage {
     type Handle = FsHandle;
+
+    fn read_manifest(&mut self, h: &mut FsHandle) -> io::Result<Option<Vec<u32>>> {
+        if !h.bundle {
+            return Ok(Some(Vec::new()));
+        }
+        self.bundle_manifest(h)
+    }
 
     fn open(&mut self, offer: &OfferInfo) -> Result<Opened<FsHandle>, Refusal> {
         let (dir, base, created) = self.open_parent(offer.name.as_str())?;
@@ -943,9 +1341,18 @@ impl Storage for FsStorage {
             if verified {
                 apply_mode_and_mtime(&h.file, &h.offer)?;
             }
-            return Ok(HashCheck { verified, hash });
+            return Ok(HashCheck {
+                verified,
+                hash,
+                members: Vec::new(),
+            });
         }
         self.in_use.remove(&h.name);
+        if h.bundle {
+            let result = self.finish_bundle(&mut h, expected);
+            h.remove_work_files();
+            return result;
+        }
         if h.symlink {
             let result = finish_link(&mut h, expected);
             h.remove_work_files();
@@ -965,6 +1372,7 @@ impl Storage for FsStorage {
             return Ok(HashCheck {
                 verified: true,
                 hash,
+                members: Vec::new(),
             });
         }
         let result = (|| {
@@ -975,6 +1383,7 @@ impl Storage for FsStorage {
                 return Ok(HashCheck {
                     verified: false,
                     hash,
+                    members: Vec::new(),
                 });
             }
             apply_mode_and_mtime(&h.file, &h.offer)?;
@@ -993,6 +1402,7 @@ impl Storage for FsStorage {
             Ok(HashCheck {
                 verified: true,
                 hash,
+                members: Vec::new(),
             })
         })();
         // A file that did not verify (or could not be checked) never stays, not even as a part:

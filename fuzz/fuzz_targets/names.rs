@@ -1,5 +1,6 @@
 //! Offered names: what `validate_name` accepts is relative and has no `.`, `..` or empty
-//! component, and storage never creates anything outside its directory, whatever the name.
+//! component, and storage never creates anything outside its directory, whatever the name: in
+//! an offer, or in a bundle's manifest.
 #![no_main]
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::OnceLock};
@@ -57,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
         directory: false,
         symlink: false,
         stream: false,
+        bundle: false,
     };
     if let Ok(opened) = st.open(&offer) {
         let mut h = opened.handle;
@@ -70,4 +72,67 @@ fuzz_target!(|data: &[u8]| {
         0,
         "{name:?} escaped"
     );
+    // The name in a bundle, beside another file.
+    let content = bundle(&[(data, b"abc"), (b"fuzz-other", b"d")]);
+    let tag = *blake3::hash(&content).as_bytes();
+    let offer = OfferInfo {
+        name: chunk::proto::receiver::bundle_name(&tag),
+        size: content.len() as u64,
+        chunk_size: 64,
+        chunk_count: content.len().div_ceil(64) as u32,
+        tag,
+        bundle: true,
+        ..offer
+    };
+    if let Ok(opened) = st.open(&offer) {
+        let mut h = opened.handle;
+        for (i, c) in content.chunks(64).enumerate() {
+            st.write(&mut h, i as u32, i as u64 * 64, c).unwrap();
+        }
+        match st.read_manifest(&mut h) {
+            Ok(_) => {
+                let v = st.finish(h, blake3::hash(&content).as_bytes());
+                assert!(v.is_err() || v.unwrap().verified);
+            }
+            Err(_) => st.abandon(h, false),
+        }
+        let _ = std::fs::remove_file(root.join(name));
+        let _ = std::fs::remove_file(root.join("fuzz-other"));
+    }
+    assert_eq!(
+        std::fs::read_dir(outside).unwrap().count(),
+        0,
+        "{name:?} escaped from a bundle"
+    );
 });
+
+/// A bundle's content of `members` (name, bytes), each from the next multiple of 64.
+fn bundle(members: &[(&[u8], &[u8])]) -> Vec<u8> {
+    use chunk_common::bundle::{ENTRY_LEN, HEADER_LEN, Member, emit_header};
+    let entries: usize = members.iter().map(|(n, _)| ENTRY_LEN + n.len()).sum();
+    let mlen = HEADER_LEN + entries;
+    let mut out = vec![0u8; mlen];
+    emit_header(members.len() as u32, entries, &mut out);
+    let (mut at, mut end) = (HEADER_LEN, mlen as u64);
+    let mut body = Vec::new();
+    for (name, bytes) in members {
+        let offset = end.div_ceil(64) * 64;
+        let m = Member {
+            offset,
+            size: bytes.len() as u64,
+            mtime: 0,
+            mode: 0o644,
+            hash: *blake3::hash(bytes).as_bytes(),
+            name,
+        };
+        m.emit(&mut out[at..]);
+        at += m.entry_len();
+        body.push((offset, *bytes));
+        end = offset + bytes.len() as u64;
+    }
+    for (offset, bytes) in body {
+        out.resize(offset as usize, 0);
+        out.extend_from_slice(bytes);
+    }
+    out
+}

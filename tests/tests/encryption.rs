@@ -254,7 +254,9 @@ fn with_key_pairs_files_arrive_exact_and_nothing_is_readable_on_the_wire() {
     assert_eq!(sessions(&summary, "handshakes"), 1, "{summary}");
     assert_eq!(summary["sessions_open"], 1, "{summary}");
     assert_eq!(sessions(&summary, "seal_failures"), 0, "{summary}");
-    assert_eq!(summary["transfers_finished"], sizes.len(), "{summary}");
+    // The three small files in one bundle, each in place.
+    assert_eq!(summary["files_finished"], sizes.len(), "{summary}");
+    assert_eq!(summary["transfers_finished"], 2, "{summary}");
 }
 
 /// A sender whose key the receiver does not list is refused with the reason, and nothing is

@@ -99,7 +99,12 @@ fn a_tree_arrives_under_dest_with_its_paths_modes_and_times() {
         .collect();
     assert_eq!(moved, ["in/box/proj/many/07.dat"], "{again}");
     let summary = recv.stop();
-    assert_eq!(summary["transfers_finished"], 2 * entries, "{summary}");
+    // Every file and directory twice, the small files in bundles.
+    assert_eq!(summary["files_finished"], 2 * entries, "{summary}");
+    assert!(
+        summary["transfers_finished"].as_u64().unwrap() < 2 * entries as u64,
+        "{summary}"
+    );
     let got = out.path().join("in/box/proj");
     for (rel, mode, mtime) in [
         ("a/x.txt", 0o640, 1_600_000_000),
@@ -317,4 +322,88 @@ fn large_files_take_turns_while_small_ones_pass() {
             "{rel}"
         );
     }
+}
+
+/// Small files go in bundles (fewer transfers than files, each file still told and verified
+/// on both sides); one whose name holds other content on the receiver makes its bundle fail,
+/// and the sender sends that bundle's files one by one: that file alone fails, `exists`, and
+/// the others arrive. `--no-bundle` sends every file as a transfer of its own.
+#[test]
+fn small_files_go_in_bundles_and_a_failed_bundle_goes_file_by_file() {
+    let hosts = TwoHosts::new("treeb", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("b");
+    // 1.5 MB of files up to 64 KiB: two bundles at least.
+    small_tree(&root, 30, 50_000);
+    std::fs::create_dir_all(out.path().join("b/d0")).unwrap();
+    std::fs::write(out.path().join("b/d0/f000.bin"), b"the receiver's own").unwrap();
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert!(!o.status.success());
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), 30 + 8, "{json}");
+    let failed: Vec<_> = files.iter().filter(|f| f["ok"] != true).collect();
+    assert_eq!(failed.len(), 1, "{json}");
+    assert_eq!(failed[0]["name"], "b/d0/f000.bin", "{json}");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("exists"),
+        "{json}"
+    );
+    // The bundles that did not fail were not sent again.
+    assert!(files.iter().any(|f| f["bundled"] == true), "{json}");
+    assert_eq!(
+        std::fs::read(out.path().join("b/d0/f000.bin")).unwrap(),
+        b"the receiver's own"
+    );
+    for i in 1..30 {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("b").join(&rel)),
+            "{rel}"
+        );
+    }
+    let (summary, events) = recv.stop_with_events();
+    // Every file's arrival told, those of bundles with their bundle.
+    let finished: Vec<_> = events.iter().filter(|e| e["event"] == "finished").collect();
+    assert!(
+        finished.iter().filter(|e| e["bundle"].is_string()).count() > 0,
+        "{events:?}"
+    );
+    assert_eq!(summary["files_finished"], 29 + 8, "{summary}");
+    let mut left = Vec::new();
+    for d in 0..7 {
+        left.extend(
+            names_in(&out.path().join(format!("b/d{d}")))
+                .into_iter()
+                .filter(|n| n.starts_with('.')),
+        );
+    }
+    left.extend(
+        names_in(out.path())
+            .into_iter()
+            .filter(|n| n.starts_with('.') || n.starts_with("chunk-bundle")),
+    );
+    assert!(left.is_empty(), "work files left: {left:?}");
+
+    // Alone: as many transfers as files and directories.
+    let out2 = tempfile::tempdir().unwrap();
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out2.path(), &[]);
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &[&root],
+        &["--no-bundle"],
+    );
+    assert_sent(&o, &json, 30 + 8);
+    assert!(
+        json["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["bundled"].is_null()),
+        "{json}"
+    );
+    let summary = recv.stop();
+    assert_eq!(summary["transfers_finished"], 30 + 8, "{summary}");
 }

@@ -56,6 +56,14 @@ static OFFER_STREAM_BYTES: [u8; 92] = [
     0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
     0x1c, 0x1d, 0x1e, 0x1f, 0x64, 0x75, 0x6d, 0x70, 0x2e, 0x73, 0x71, 0x6c,
 ];
+static OFFER_BUNDLE_BYTES: [u8; 84] = [
+    0x43, 0x4b, 0x02, 0x03, 0x00, 0x40, 0x00, 0x40, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
+    0x41, 0x95, 0x3c, 0x6c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0xf6, 0x00, 0x00, 0x05, 0x78,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x01, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
+    0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
+    0x1c, 0x1d, 0x1e, 0x1f,
+];
 static OFFER_LINK_BYTES: [u8; 88] = [
     0x43, 0x4b, 0x02, 0x03, 0x00, 0x10, 0x00, 0x44, 0x0a, 0x0b, 0x0c, 0x0d, 0x00, 0x00, 0x00, 0x00,
     0x92, 0x0b, 0x63, 0x47, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x05, 0x78,
@@ -211,6 +219,24 @@ fn offer_stream_repr() -> Repr<'static> {
     }
 }
 
+fn offer_bundle_repr() -> Repr<'static> {
+    Repr {
+        transfer_id: TID,
+        seq: 0,
+        flags: flags::BUNDLE,
+        message: Message::Offer(OfferRepr {
+            file_size: 2806,
+            chunk_size: 1400,
+            chunk_count: 3,
+            mode: 0o600,
+            mtime: 0,
+            hash_alg: HashAlg::Blake3,
+            tag: HASH,
+            name: b"",
+        }),
+    }
+}
+
 fn complete_repr() -> Repr<'static> {
     Repr {
         transfer_id: TID,
@@ -261,7 +287,7 @@ fn sealed_repr() -> Repr<'static> {
 }
 
 /// Every packet example, in the order docs/PROTOCOL.md shows them.
-fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 11] {
+fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 12] {
     [
         ("data", &DATA_BYTES, data_repr()),
         ("ack", &ACK_BYTES, ack_repr()),
@@ -274,6 +300,7 @@ fn fixtures() -> [(&'static str, &'static [u8], Repr<'static>); 11] {
         ("offer-directory", &OFFER_DIR_BYTES, offer_dir_repr()),
         ("offer-link", &OFFER_LINK_BYTES, offer_link_repr()),
         ("offer-stream", &OFFER_STREAM_BYTES, offer_stream_repr()),
+        ("offer-bundle", &OFFER_BUNDLE_BYTES, offer_bundle_repr()),
         ("complete", &COMPLETE_BYTES, complete_repr()),
         ("abort", &ABORT_BYTES, abort_repr()),
         ("hash", &HASH_BYTES, hash_repr()),
@@ -441,6 +468,8 @@ fn protocol_doc_examples_are_the_fixtures() {
             "offer-directory",
             "offer-link",
             "offer-stream",
+            "offer-bundle",
+            "bundle-manifest",
             "complete",
             "abort",
             "hash",
@@ -460,7 +489,7 @@ fn protocol_doc_examples_are_the_fixtures() {
     // The encryption examples need the cryptography: chunk-user's
     // `crypto::handshake::fixtures` recomputes them. Here: each packet among them passes the
     // receive path's checks, as an envelope.
-    for (name, mut bytes) in examples.split_off(14) {
+    for (name, mut bytes) in examples.split_off(16) {
         if name == "noise-psk" {
             continue;
         }
@@ -474,7 +503,17 @@ fn protocol_doc_examples_are_the_fixtures() {
     // The transport examples are whole IP packets: `transport_examples_carry_the_data_fixture`.
     examples.drain(..2);
     // The derived key is not a packet: it is checked against BLAKE3 here, the rest below.
-    let (_, key) = examples.remove(10);
+    // The bundle's manifest is content, not a packet: it parses as the manifest of the two
+    // files shown (chunk-user's `the_bundle_example_is_what_the_sender_builds` builds it).
+    let (name, manifest) = examples.remove(8);
+    assert_eq!(name, "bundle-manifest");
+    let m = crate::bundle::Manifest::parse(&manifest, 2806).expect("PROTOCOL.md bundle-manifest");
+    let members: Vec<_> = m.members().map(|m| (m.name, m.offset, m.size)).collect();
+    assert_eq!(
+        members,
+        [(&b"a.txt"[..], 1400, 5), (&b"b/c.txt"[..], 2800, 6)]
+    );
+    let (_, key) = examples.remove(11);
     assert_eq!(key, PSK_KEY_BYTES, "PROTOCOL.md example psk-key");
     assert_eq!(
         blake3::derive_key("chunk psk v1", &PSK_SECRET),

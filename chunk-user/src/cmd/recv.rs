@@ -48,8 +48,9 @@ pub struct RecvArgs {
     /// Close a transfer that is silent this many seconds (its progress is kept for a resume).
     #[arg(long, default_value_t = 60.0)]
     pub idle_timeout: f64,
-    /// Exit after this many transfers have ended (finished, refused, failed or cancelled), and
-    /// then 2 s without packets (late senders whose verdict was lost still get it again).
+    /// Exit after this many files have ended (finished, refused, failed or cancelled; each
+    /// file of a bundle counts), and then 2 s without packets (late senders whose verdict was
+    /// lost still get it again).
     #[arg(long)]
     pub exit_after: Option<u64>,
     /// Print events (ready, started, finished, refused, ...) as JSON lines on stdout.
@@ -243,12 +244,31 @@ fn report(ev: &RecvEvent, as_json: bool) {
             name,
             size,
             seconds,
+            chunks_received,
+            duplicates,
+            out_of_order,
+            resumed_chunks,
+            bundle: Some(bundle),
+            ..
+        } => {
+            // A bundle's file: one line each only when debugging (a tree has thousands).
+            tracing::debug!(%src, transfer_id, name, size, bundle, chunks_received, duplicates,
+                out_of_order, resumed_chunks, seconds = format!("{seconds:.3}"),
+                "file of a bundle finished, hash verified");
+        }
+        RecvEvent::Finished {
+            src,
+            transfer_id,
+            name,
+            size,
+            seconds,
             goodput_mb_s,
             verified,
             chunks_received,
             duplicates,
             out_of_order,
             resumed_chunks,
+            bundle: None,
         } => {
             if *verified {
                 tracing::info!(%src, transfer_id, name, size, seconds = format!("{seconds:.3}"),

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use chunk_common::wire::AbortReason;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
@@ -108,6 +109,11 @@ pub struct SendArgs {
     /// does). Also `CHUNK_NO_PACKET_SOCKET=1`.
     #[arg(long)]
     pub no_packet_socket: bool,
+    /// Send every file as a transfer of its own. By default the small files of a send (up to
+    /// 64 KiB) go in bundles of up to 1 MiB: one offer, hash and verdict for hundreds of files,
+    /// each file still verified and put in place whole under its name.
+    #[arg(long)]
+    pub no_bundle: bool,
 }
 
 /// `"200M"` → 200 000 000 (bits per second).
@@ -306,6 +312,7 @@ pub fn run(args: SendArgs) -> Result<()> {
     }
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut queue = Queue::new(&entries, to, transport, show_progress);
+    queue.bundle_chunk_size = (!args.no_bundle).then_some(chunk_size);
     let sent = driver.send_files(&mut queue, args.parallel as usize, &stop);
     if let Some(bar) = &queue.bar {
         bar.finish_and_clear();
@@ -422,6 +429,20 @@ fn summary_to(to: IpAddr, transport: Transport) -> String {
     }
 }
 
+/// Bundles in flight at most. Bundles that share the path's bandwidth evenly all end at once,
+/// and then wait in turn for the receiver, which puts one bundle's files in place at a time;
+/// a few at a time, one is put in place while the next arrives and a third is read.
+const BUNDLES_IN_FLIGHT: usize = 3;
+
+/// A bundle under way: its members (entry keys) and what the sender knows of each, and the
+/// directories they go in (a directory's verdict waits for them).
+struct InFlightBundle {
+    members: Vec<usize>,
+    layout: Vec<send::BundleMember>,
+    dirs: Vec<String>,
+    started: Instant,
+}
+
 /// How an entry ended.
 enum Done {
     Report(FileReport),
@@ -447,6 +468,14 @@ struct Queue<'a> {
     bar: Option<ProgressBar>,
     /// Bytes of the entries that are over (for the progress bar).
     bytes_done: u64,
+    /// Small files go in bundles of this chunk size (`None`: `--no-bundle`, or the receiver
+    /// takes no bundles).
+    bundle_chunk_size: Option<u32>,
+    /// Entries that go alone (their bundle failed: alone each gets its own verdict).
+    alone: Vec<bool>,
+    /// Bundles under way, by key (`entries.len()` and up).
+    bundles: std::collections::HashMap<usize, InFlightBundle>,
+    next_bundle_key: usize,
 }
 
 impl<'a> Queue<'a> {
@@ -484,26 +513,229 @@ impl<'a> Queue<'a> {
             passed_over: Vec::new(),
             bar,
             bytes_done: 0,
+            bundle_chunk_size: None,
+            alone: vec![false; entries.len()],
+            bundles: std::collections::HashMap::new(),
+            next_bundle_key: entries.len(),
+        }
+    }
+
+    /// Whether directory `name` must wait: something inside it is under way (a transfer the
+    /// driver names in `busy`, or a bundle's member).
+    fn dir_busy(&self, name: &str, busy: &[&str]) -> bool {
+        let inside = |b: &str| b.strip_prefix(name).is_some_and(|r| r.starts_with('/'));
+        busy.iter().any(|b| inside(b))
+            || self
+                .bundles
+                .values()
+                .flat_map(|b| b.dirs.iter())
+                .any(|d| d == name || inside(d))
+    }
+
+    /// Whether entry `key` may go in a bundle, by what the walk knows: a plain file with a
+    /// name (its size is known once it is open).
+    fn may_bundle(&self, key: usize) -> bool {
+        let e = &self.entries[key];
+        self.bundle_chunk_size.is_some()
+            && !self.alone[key]
+            && !e.directory
+            && !e.stream
+            && e.symlink.is_none()
+            && e.name.is_ok()
+    }
+
+    /// Gathers small files from `todo` into a bundle, starting with the one at `first`; none
+    /// if fewer than two would go (those it opened go alone then, as files).
+    fn take_bundle(&mut self, first: usize, chunk_size: u32) -> Option<NextJob> {
+        let mut picked = Vec::new();
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        let mut i = first;
+        while i < self.todo.len() && picked.len() < send::BUNDLE_MAX_MEMBERS {
+            let key = self.todo[i];
+            i += 1;
+            if !self.may_bundle(key) {
+                continue;
+            }
+            let entry = &self.entries[key];
+            let name = entry.name.clone().expect("may_bundle: a name");
+            // What cannot be opened, or is not a small regular file, goes alone (with its
+            // message, if any, from there).
+            let Ok((file, meta)) = send::open_file(&entry.path, name) else {
+                continue;
+            };
+            if meta.size > send::BUNDLE_MEMBER_MAX {
+                continue;
+            }
+            let cost = meta.size.div_ceil(chunk_size as u64) * chunk_size as u64
+                + chunk_common::bundle::ENTRY_LEN as u64
+                + meta.name.len() as u64;
+            if total + cost > send::BUNDLE_MAX && !picked.is_empty() {
+                break;
+            }
+            total += cost;
+            picked.push(i - 1);
+            files.push((file, meta));
+        }
+        if picked.len() < 2 {
+            if let Some(&at) = picked.first() {
+                self.alone[self.todo[at]] = true;
+            }
+            return None;
+        }
+        let members: Vec<usize> = picked.iter().map(|&i| self.todo[i]).collect();
+        for &i in picked.iter().rev() {
+            self.todo.remove(i);
+        }
+        let mut dirs: Vec<String> = files
+            .iter()
+            .filter_map(|(_, m)| m.name.rsplit_once('/').map(|(d, _)| d.to_owned()))
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        match send::open_bundle(files, chunk_size) {
+            Ok((file, meta, layout)) => {
+                let key = self.next_bundle_key;
+                self.next_bundle_key += 1;
+                for &m in &members {
+                    self.started[m] = Some(Instant::now());
+                }
+                self.bundles.insert(
+                    key,
+                    InFlightBundle {
+                        members,
+                        layout,
+                        dirs,
+                        started: Instant::now(),
+                    },
+                );
+                Some(NextJob::Start { key, file, meta })
+            }
+            Err(e) => {
+                // A file changed or could not be read: each goes alone, with its own message.
+                tracing::debug!(error = %format!("{e:#}"), "no bundle; the files go one by one");
+                for &m in members.iter().rev() {
+                    self.alone[m] = true;
+                    self.todo.push_front(m);
+                }
+                None
+            }
+        }
+    }
+
+    /// A bundle ended: each member verified with it, or (it failed) sent alone, where it gets
+    /// its own verdict and reason.
+    fn bundle_finished(
+        &mut self,
+        bundle: InFlightBundle,
+        result: Result<(SenderStats, Result<(), SendError>)>,
+    ) {
+        let chunk_size = self.bundle_chunk_size.unwrap_or(1);
+        let seconds = bundle.started.elapsed().as_secs_f64();
+        if let Ok((stats, _)) = &result {
+            tracing::debug!(
+                files = bundle.members.len(),
+                seconds,
+                ?stats,
+                "bundle: sender core at the end"
+            );
+        }
+        match result {
+            Ok((stats, Ok(()))) => {
+                let sent = stats.sent.clone().unwrap_or_default();
+                for (&key, m) in bundle.members.iter().zip(&bundle.layout) {
+                    let entry = &self.entries[key];
+                    let span = m.chunks(chunk_size);
+                    let chunks = span.len() as u32;
+                    let went = span.clone().filter(|&c| sent.contains(c)).count() as u64;
+                    let report = FileReport {
+                        file: entry.path.display().to_string(),
+                        name: entry.name.clone().unwrap_or_default(),
+                        size: m.size,
+                        ok: true,
+                        seconds,
+                        goodput_mb_s: m.size as f64 / seconds.max(1e-9) / 1e6,
+                        chunks,
+                        chunks_sent: went,
+                        resumed: chunks as u64 - went,
+                        hash: m.hash.iter().map(|b| format!("{b:02x}")).collect(),
+                        srtt_ms: stats.srtt.map(|d| d.as_secs_f64() * 1e3),
+                        bundled: true,
+                        ..FileReport::default()
+                    };
+                    self.record(key, report);
+                }
+            }
+            other => {
+                let why = match &other {
+                    Ok((_, Err(e))) => e.to_string(),
+                    Err(e) => format!("{e:#}"),
+                    Ok((_, Ok(()))) => unreachable!(),
+                };
+                // A receiver that predates bundles refuses the nameless offer: no more then.
+                if let Ok((stats, Err(SendError::Refused(reason, _)))) = &other
+                    && !stats.offer_accepted
+                    && matches!(reason, AbortReason::BadName | AbortReason::Unsupported)
+                {
+                    tracing::info!(
+                        why,
+                        "the receiver takes no bundles; sending files one by one"
+                    );
+                    self.bundle_chunk_size = None;
+                } else {
+                    tracing::info!(
+                        why,
+                        files = bundle.members.len(),
+                        "a bundle failed; sending its files one by one"
+                    );
+                }
+                for &m in bundle.members.iter().rev() {
+                    self.alone[m] = true;
+                    self.started[m] = None;
+                    self.todo.push_front(m);
+                }
+            }
         }
     }
 }
 
 impl Jobs for Queue<'_> {
     fn next(&mut self, busy: &[&str]) -> NextJob {
-        while let Some(&key) = self.todo.front() {
-            let entry = &self.entries[key];
+        loop {
             // A directory's verdict sets its mode and mtime: it goes once nothing inside it is
-            // under way (the walk lists it after its contents).
-            if let (true, Ok(name)) = (entry.directory, &entry.name) {
-                let inside = |b: &&str| {
-                    b.strip_prefix(name.as_str())
-                        .is_some_and(|r| r.starts_with('/'))
-                };
-                if busy.iter().any(inside) {
-                    return NextJob::Wait;
+            // under way. The walk lists it after its contents, so what follows it is elsewhere
+            // and may go first.
+            // Bundles go a few at a time (see `BUNDLES_IN_FLIGHT`); the files that would go in
+            // one wait for it meanwhile, and others pass.
+            let bundles_full = self.bundles.len() >= BUNDLES_IN_FLIGHT;
+            let Some(at) = (0..self.todo.len()).find(|&i| {
+                let key = self.todo[i];
+                let entry = &self.entries[key];
+                match (entry.directory, &entry.name) {
+                    (true, Ok(name)) => !self.dir_busy(name, busy),
+                    _ => !(bundles_full && self.may_bundle(key)),
                 }
+            }) else {
+                return if self.todo.is_empty() {
+                    NextJob::Done
+                } else {
+                    NextJob::Wait
+                };
+            };
+            if let Some(cs) = self.bundle_chunk_size
+                && self.may_bundle(self.todo[at])
+            {
+                if let Some(job) = self.take_bundle(at, cs) {
+                    return job;
+                }
+                if !self.todo.get(at).is_some_and(|&k| self.may_bundle(k)) {
+                    // Its files were taken, or went back in front to go alone.
+                    continue;
+                }
+                // Not a small file (or the only one): it goes alone, below.
             }
-            self.todo.pop_front();
+            let key = self.todo.remove(at).expect("found above");
+            let entry = &self.entries[key];
             let path = entry.path.as_path();
             let opened = entry
                 .name
@@ -535,14 +767,25 @@ impl Jobs for Queue<'_> {
                 }
             }
         }
-        NextJob::Done
     }
 
     fn again(&mut self, key: usize) {
-        self.todo.push_front(key);
+        match self.bundles.remove(&key) {
+            // No room at the receiver: its files go back, to be bundled again.
+            Some(b) => {
+                for &m in b.members.iter().rev() {
+                    self.started[m] = None;
+                    self.todo.push_front(m);
+                }
+            }
+            None => self.todo.push_front(key),
+        }
     }
 
     fn finished(&mut self, key: usize, result: Result<(SenderStats, Result<(), SendError>)>) {
+        if let Some(bundle) = self.bundles.remove(&key) {
+            return self.bundle_finished(bundle, result);
+        }
         let entry = &self.entries[key];
         let mut report = FileReport {
             file: entry.path.display().to_string(),

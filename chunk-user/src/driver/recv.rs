@@ -186,7 +186,7 @@ pub fn run(
         );
         while let Some(ev) = core.poll_event() {
             let ev = RecvEvent::from(&ev);
-            if ev.ends_a_transfer() {
+            if ev.ends_a_file() {
                 ended += 1;
             }
             on_event(&ev);
@@ -240,6 +240,7 @@ pub fn run(
         reason: reason.into(),
         counters: rx.counters()?,
         transfers_finished: stats.transfers_finished,
+        files_finished: stats.files_finished,
         chunks_written: stats.chunks_written,
         duplicates: stats.duplicates,
         unknown_transfer: stats.unknown_transfer,

@@ -159,6 +159,7 @@ pub fn open_file(path: &Path, name: String) -> Result<(File, FileMeta)> {
         directory: false,
         symlink: false,
         stream: false,
+        bundle: None,
     };
     Ok((file, meta))
 }
@@ -184,6 +185,7 @@ pub fn open_link(path: &Path, name: String, target: &str) -> Result<(File, FileM
         directory: false,
         symlink: true,
         stream: false,
+        bundle: None,
     };
     Ok((file, meta))
 }
@@ -204,8 +206,107 @@ pub fn open_stdin(name: String) -> Result<(File, FileMeta)> {
         directory: false,
         symlink: false,
         stream: true,
+        bundle: None,
     };
     Ok((File::from(fd), meta))
+}
+
+/// Files up to this size may go in a bundle (docs/PROTOCOL.md, "Bundles"): below it the
+/// offer, hash message and verdict of a transfer of their own, with their round trips and the
+/// receiver's work per transfer, cost more than the file's bytes.
+pub const BUNDLE_MEMBER_MAX: u64 = 64 << 10;
+/// A bundle's content at most (manifest, members and their padding): small enough to be read
+/// and hashed in the send loop as a small file is, large enough that its own offer, hash and
+/// verdict are shared by hundreds of files.
+pub const BUNDLE_MAX: u64 = 1 << 20;
+/// Members of one bundle at most.
+pub const BUNDLE_MAX_MEMBERS: usize = 1024;
+
+/// One file of a bundle, as the sender reports it.
+#[derive(Clone, Debug)]
+pub struct BundleMember {
+    /// Where its bytes start in the bundle's content (a multiple of the chunk size).
+    pub offset: u64,
+    pub size: u64,
+    pub hash: [u8; wire::HASH_LEN],
+}
+
+impl BundleMember {
+    /// The bundle's chunks that hold its bytes (none for an empty file).
+    pub fn chunks(&self, chunk_size: u32) -> std::ops::Range<u32> {
+        let cs = chunk_size as u64;
+        let first = self.offset / cs;
+        let end = (self.offset + self.size).div_ceil(cs).max(first);
+        first as u32..end as u32
+    }
+}
+
+/// Reads small files, opened with [`open_file`], into one bundle to offer (an anonymous
+/// memory file): the manifest (each file's name, size, mode, mtime and BLAKE3), then each
+/// file's bytes from the next multiple of `chunk_size`, so that no chunk holds two files and a
+/// receiver that already has one acknowledges its chunks as a whole. Its tag is made from the
+/// files' names and tags, so the same files bundled again resume the bundle's partial copy.
+pub fn open_bundle(
+    files: Vec<(File, FileMeta)>,
+    chunk_size: u32,
+) -> Result<(File, FileMeta, Vec<BundleMember>)> {
+    use chunk_common::bundle;
+    let cs = chunk_size as u64;
+    let entries: usize = files
+        .iter()
+        .map(|(_, m)| bundle::ENTRY_LEN + m.name.len())
+        .sum();
+    let manifest_len = (bundle::HEADER_LEN + entries) as u64;
+    let mut manifest = vec![0u8; manifest_len as usize];
+    bundle::emit_header(files.len() as u32, entries, &mut manifest);
+    let mut content = Vec::with_capacity(BUNDLE_MAX as usize);
+    let mut members = Vec::with_capacity(files.len());
+    let mut tag = blake3::Hasher::new_derive_key("chunk bundle tag v1");
+    let mut at = bundle::HEADER_LEN;
+    let mut end = manifest_len;
+    for (file, meta) in files {
+        let offset = end.div_ceil(cs) * cs;
+        let start = (offset - manifest_len) as usize;
+        let size = meta.size;
+        content.resize(start + size as usize, 0);
+        // Its size as opened; one that shrank since fails here, and one that grew is sent as
+        // it was (its tag changed: a later send sends it again).
+        file.read_exact_at(&mut content[start..], 0)
+            .with_context(|| format!("reading {} ({size} bytes)", meta.name))?;
+        let hash = *blake3::hash(&content[start..]).as_bytes();
+        let entry = bundle::Member {
+            offset,
+            size,
+            mtime: meta.mtime,
+            mode: meta.mode,
+            hash,
+            name: meta.name.as_bytes(),
+        };
+        entry.emit(&mut manifest[at..]);
+        at += entry.entry_len();
+        tag.update(&(meta.name.len() as u64).to_le_bytes());
+        tag.update(meta.name.as_bytes());
+        tag.update(&meta.tag);
+        members.push(BundleMember { offset, size, hash });
+        end = offset + size;
+    }
+    let fd = rustix::fs::memfd_create("chunk-bundle", rustix::fs::MemfdFlags::CLOEXEC)
+        .context("memfd_create")?;
+    let mut file = File::from(fd);
+    std::io::Write::write_all(&mut file, &manifest)?;
+    std::io::Write::write_all(&mut file, &content)?;
+    let meta = FileMeta {
+        name: format!("bundle of {} files", members.len()),
+        size: end,
+        mode: 0o600,
+        mtime: 0,
+        tag: *tag.finalize().as_bytes(),
+        directory: false,
+        symlink: false,
+        stream: false,
+        bundle: Some(manifest_len),
+    };
+    Ok((file, meta, members))
 }
 
 /// Opens a directory to offer (its mode and mtime; nothing is read from it).
@@ -224,6 +325,7 @@ pub fn open_dir(path: &Path, name: String) -> Result<(File, FileMeta)> {
         directory: true,
         symlink: false,
         stream: false,
+        bundle: None,
     };
     Ok((file, meta))
 }
@@ -1558,6 +1660,67 @@ fn check_receiver_key(enc: &Encryption, host: &str, key: &PublicKey) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const TWO: [(&str, &[u8]); 2] = [("a.txt", b"hello"), ("b/c.txt", b"world\n")];
+
+    /// Writes the two small files of the example (mode 0644, mtime 1700000000).
+    fn write_two(dir: &Path) {
+        for (name, data) in TWO {
+            let path = dir.join(name.replace('/', "-"));
+            std::fs::write(&path, data).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+                .unwrap();
+        }
+    }
+
+    /// The two files as `chunk send` opens them.
+    fn two_files(dir: &Path) -> Vec<(File, FileMeta)> {
+        TWO.iter()
+            .map(|(name, _)| {
+                open_file(&dir.join(name.replace('/', "-")), (*name).to_owned()).unwrap()
+            })
+            .collect()
+    }
+
+    /// The bundle docs/PROTOCOL.md shows ("Bundles") is the one the sender builds of the same
+    /// two files: the manifest byte for byte, each file at the next multiple of the chunk size,
+    /// zeros between.
+    #[test]
+    fn the_bundle_example_is_what_the_sender_builds() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_two(tmp.path());
+        let (file, meta, members) = open_bundle(two_files(tmp.path()), 1400).unwrap();
+        let mut content = vec![0u8; meta.size as usize];
+        file.read_exact_at(&mut content, 0).unwrap();
+        let manifest = crate::doc_fixture("bundle-manifest").expect("in PROTOCOL.md");
+        assert_eq!(meta.bundle, Some(manifest.len() as u64));
+        assert_eq!(&content[..manifest.len()], manifest.as_slice());
+        assert_eq!(meta.size, 2806);
+        assert_eq!(content.len(), 2806);
+        assert_eq!(&content[1400..1405], b"hello");
+        assert_eq!(&content[2800..], b"world\n");
+        assert!(content[manifest.len()..1400].iter().all(|&b| b == 0));
+        assert!(content[1405..2800].iter().all(|&b| b == 0));
+        assert_eq!(members[0].chunks(1400), 1..2);
+        assert_eq!(members[1].chunks(1400), 2..3);
+        let m = chunk_common::bundle::Manifest::parse(&content, meta.size).unwrap();
+        let hashes: Vec<_> = m.members().map(|m| m.hash).collect();
+        assert_eq!(hashes[0], *blake3::hash(b"hello").as_bytes());
+        assert_eq!(hashes[1], *blake3::hash(b"world\n").as_bytes());
+        // Bundled again, the same files make the same tag (a resume finds its copy); another
+        // version of one of them another.
+        let (_, again, _) = open_bundle(two_files(tmp.path()), 1400).unwrap();
+        assert_eq!(again.tag, meta.tag);
+        std::fs::write(tmp.path().join("a.txt"), b"HELLO").unwrap();
+        let (_, changed, _) = open_bundle(two_files(tmp.path()), 1400).unwrap();
+        assert_ne!(changed.tag, meta.tag);
+    }
 
     /// Whatever order chunks are asked in (in order, retransmissions behind, jumps ahead, the
     /// short last one), each comes back with the file's bytes at its offset, and the hash the

@@ -658,6 +658,7 @@ impl VirtualFile {
             directory: false,
             symlink: false,
             stream: false,
+            bundle: None,
         }
     }
 }
@@ -748,6 +749,7 @@ impl Storage for GeneratorSink {
         Ok(HashCheck {
             verified: h.ok,
             hash: if h.ok { *expected } else { [0; HASH_LEN] },
+            members: Vec::new(),
         })
     }
 

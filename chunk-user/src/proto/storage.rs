@@ -37,6 +37,10 @@ pub struct OfferInfo {
     /// A stream: `size` is 0 and `chunk_count` unknown until [`Storage::end_stream`]; nothing
     /// is set aside for it, and no partial copy is resumed.
     pub stream: bool,
+    /// A bundle: the content is a manifest and its members (docs/PROTOCOL.md, "Bundles"),
+    /// stored under their own names at the verdict; `name` is made from the tag
+    /// ([`bundle_name`](super::receiver::bundle_name)) and names nothing that is kept.
+    pub bundle: bool,
 }
 
 /// Storage's answer to an acceptable offer.
@@ -65,12 +69,14 @@ impl Refusal {
 }
 
 /// What `finish` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HashCheck {
     /// The hash matched and the file is in place under its final name.
     pub verified: bool,
     /// The hash of what was written.
     pub hash: [u8; HASH_LEN],
+    /// A bundle's members put in place (name, size); empty for anything else.
+    pub members: Vec<(String, u64)>,
 }
 
 /// Where the receiver puts files.
@@ -99,6 +105,15 @@ pub trait Storage {
         size: u64,
         chunk_count: u32,
     ) -> io::Result<()>;
+
+    /// A bundle's manifest, once its chunks are all written: checked, and the chunks of the
+    /// members this storage already holds under their names (same size, same hash) filled in
+    /// from them, which it returns for the core to count as received. `Ok(None)`: not all
+    /// here yet. An error ends the transfer (`InvalidData`: the manifest is not one). Storage
+    /// that does not look into bundles fills nothing in.
+    fn read_manifest(&mut self, _handle: &mut Self::Handle) -> io::Result<Option<Vec<u32>>> {
+        Ok(Some(Vec::new()))
+    }
 
     /// Every chunk is written: flush, hash, and move the file to its name if the hash is
     /// `expected`, or remove it if not.
@@ -306,7 +321,11 @@ impl Storage for MemStorage {
             };
             self.files.insert(h.name, file);
         }
-        Ok(HashCheck { verified, hash })
+        Ok(HashCheck {
+            verified,
+            hash,
+            members: Vec::new(),
+        })
     }
 
     fn abandon(&mut self, h: MemHandle, keep_partial: bool) {

@@ -24,6 +24,7 @@ fn offer(name: &str, data: &[u8]) -> OfferInfo {
         directory: false,
         symlink: false,
         stream: false,
+        bundle: false,
     }
 }
 
@@ -506,6 +507,7 @@ fn a_stream_written_out_of_order_lands_once_its_end_is_known() {
         size: 0,
         chunk_count: chunk_common::wire::UNKNOWN_COUNT,
         stream: true,
+        bundle: false,
         ..offer(name, &d)
     };
     let o = stream("s.bin");
@@ -538,4 +540,176 @@ fn a_stream_written_out_of_order_lands_once_its_end_is_known() {
     let mut h = st.open(&o).unwrap().handle;
     write_chunks(&mut st, &mut h, &d, 0..10);
     assert!(st.end_stream(&mut h, 5 * CHUNK as u64, 5).is_err());
+}
+
+/// A bundle's content as chunk's sender lays it out (chunk_common::bundle): the manifest, then
+/// each member from the next multiple of `CHUNK`.
+fn bundle_content(members: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    use chunk_common::bundle::{self, Member};
+    let entries: usize = members
+        .iter()
+        .map(|(n, _, _)| bundle::ENTRY_LEN + n.len())
+        .sum();
+    let mlen = bundle::HEADER_LEN + entries;
+    let mut out = vec![0u8; mlen];
+    bundle::emit_header(members.len() as u32, entries, &mut out);
+    let mut at = bundle::HEADER_LEN;
+    let mut end = mlen as u64;
+    let mut body = Vec::new();
+    for (name, bytes, mode) in members {
+        let offset = end.div_ceil(CHUNK as u64) * CHUNK as u64;
+        let m = Member {
+            offset,
+            size: bytes.len() as u64,
+            mtime: 1_600_000_000,
+            mode: *mode,
+            hash: *blake3::hash(bytes).as_bytes(),
+            name: name.as_bytes(),
+        };
+        m.emit(&mut out[at..]);
+        at += m.entry_len();
+        body.push((offset, *bytes));
+        end = offset + bytes.len() as u64;
+    }
+    for (offset, bytes) in body {
+        out.resize(offset as usize, 0);
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn bundle_offer(content: &[u8]) -> OfferInfo {
+    let tag = *blake3::hash(content).as_bytes();
+    OfferInfo {
+        name: crate::proto::receiver::bundle_name(&tag),
+        mode: 0o600,
+        mtime: 0,
+        tag,
+        bundle: true,
+        ..offer("unused", content)
+    }
+}
+
+fn chunks_of(content: &[u8]) -> u32 {
+    content.len().div_ceil(CHUNK as usize) as u32
+}
+
+/// A bundle: its files land under their names (directories made), with their modes and
+/// times, an empty one too; the bundle's own work files are gone, and the verdict lists them.
+#[test]
+fn a_bundle_puts_each_file_in_place_with_its_mode_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let big = data(2500);
+    let c = bundle_content(&[
+        ("a.txt", b"hello", 0o644),
+        ("d/e/empty", b"", 0o600),
+        ("d/big.bin", &big, 0o755),
+    ]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    // Not all of the manifest yet: nothing to say.
+    assert_eq!(st.read_manifest(&mut h).unwrap(), None);
+    write_chunks(&mut st, &mut h, &c, 0..1);
+    // Nothing here: nothing filled in.
+    assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![]));
+    write_chunks(&mut st, &mut h, &c, (1..chunks_of(&c)).rev());
+    let v = st.finish(h, &o.tag).unwrap();
+    assert!(v.verified);
+    assert_eq!(
+        v.members,
+        [
+            ("a.txt".to_owned(), 5),
+            ("d/e/empty".to_owned(), 0),
+            ("d/big.bin".to_owned(), 2500)
+        ]
+    );
+    assert_eq!(
+        listing(tmp.path()),
+        ["a.txt", "d", "d/big.bin", "d/e", "d/e/empty"]
+    );
+    assert_eq!(std::fs::read(tmp.path().join("d/big.bin")).unwrap(), big);
+    for (name, mode) in [("a.txt", 0o644), ("d/e/empty", 0o600), ("d/big.bin", 0o755)] {
+        let md = std::fs::metadata(tmp.path().join(name)).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, mode, "{name}");
+        assert_eq!(md.mtime(), 1_600_000_000, "{name}");
+    }
+}
+
+/// A member already there with its content: its chunks are counted as received from the
+/// manifest on (the sender need not send them), and it verifies as it is. One there with other
+/// content is `exists`, after the others went in; nothing of the bundle is left behind.
+#[test]
+fn a_bundle_fills_in_what_is_there_and_never_replaces_other_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let big = data(2500);
+    std::fs::create_dir(tmp.path().join("d")).unwrap();
+    std::fs::write(tmp.path().join("d/big.bin"), &big).unwrap();
+    let c = bundle_content(&[("a.txt", b"hello", 0o644), ("d/big.bin", &big, 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..1);
+    // Chunk 1 is a.txt's; 2..5 are d/big.bin's, which is here.
+    assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![2, 3, 4]));
+    write_chunks(&mut st, &mut h, &c, 1..2);
+    let v = st.finish(h, &o.tag).unwrap();
+    assert!(v.verified);
+    assert_eq!(std::fs::read(tmp.path().join("a.txt")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(tmp.path().join("d/big.bin")).unwrap(), big);
+
+    // Other content under a member's name.
+    std::fs::write(tmp.path().join("d/big.bin"), b"mine").unwrap();
+    let c = bundle_content(&[("d/big.bin", &big, 0o644), ("new.txt", b"new", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+    assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![]));
+    let e = st.finish(h, &o.tag).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("d/big.bin"), "{e}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("d/big.bin")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(tmp.path().join("new.txt")).unwrap(), b"new");
+    assert_eq!(listing(tmp.path()), ["a.txt", "d", "d/big.bin", "new.txt"]);
+}
+
+/// A manifest naming a way out, or a work file, ends the bundle before anything is made; a
+/// manifest that is not one is `InvalidData`; a bundle whose hash differs leaves nothing.
+#[test]
+fn a_bad_bundle_is_refused_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    for (name, kind) in [
+        ("../out", io::ErrorKind::InvalidInput),
+        ("/abs", io::ErrorKind::InvalidInput),
+        ("d/.x.part", io::ErrorKind::InvalidInput),
+    ] {
+        let c = bundle_content(&[("ok", b"1", 0o644), (name, b"2", 0o644)]);
+        let o = bundle_offer(&c);
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &c, 0..1);
+        let e = st.read_manifest(&mut h).unwrap_err();
+        assert_eq!(e.kind(), kind, "{name}: {e}");
+        st.abandon(h, false);
+    }
+    let mut c = bundle_content(&[("ok", b"1", 0o644), ("two", b"2", 0o644)]);
+    c[0..4].copy_from_slice(&5u32.to_be_bytes());
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..1);
+    let e = st.read_manifest(&mut h).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    st.abandon(h, false);
+    // A hash that differs: nothing placed.
+    let c = bundle_content(&[("ok", b"1", 0o644), ("two", b"2", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+    let v = st.finish(h, &[0; 32]).unwrap();
+    assert!(!v.verified);
+    assert!(v.members.is_empty());
+    assert_eq!(listing(tmp.path()), Vec::<String>::new());
 }

@@ -130,6 +130,8 @@ pub enum Event {
         /// Chunks that arrived out of index order (mostly retransmissions filling holes).
         out_of_order: u64,
         resumed_chunks: u64,
+        /// The bundle it came in (its transfer's figures are told with its first file).
+        bundle: Option<String>,
     },
     /// An offer was refused.
     Refused {
@@ -202,6 +204,8 @@ pub struct ReceiverStats {
     pub completes_sent: u64,
     pub aborts_sent: u64,
     pub transfers_finished: u64,
+    /// Files verified and in place: one per file, a bundle's members each.
+    pub files_finished: u64,
     pub transfers_idle: u64,
     /// Data chunks dropped because their transfer reached `max_transfer_state`.
     pub state_limited: u64,
@@ -310,18 +314,26 @@ impl<S: Storage> Receiver<S> {
                 let directory = repr.flags & flags::DIRECTORY != 0;
                 let symlink = repr.flags & flags::SYMLINK != 0;
                 let stream = repr.flags & flags::STREAM != 0;
+                let bundle = repr.flags & flags::BUNDLE != 0;
                 // A directory holds no bytes, a link 1 to 4095 (its target), a stream says
-                // neither size nor count (and only a stream may): any other offer so flagged
-                // is malformed.
+                // neither size nor count (and only a stream may), a bundle has no name and at
+                // least its manifest's header: any other offer so flagged is malformed.
                 if (directory && (symlink || offer.file_size != 0))
                     || (symlink && !(1..=flags::MAX_LINK_TARGET).contains(&offer.file_size))
                     || stream != offer.is_stream()
                     || (stream && (directory || symlink))
+                    || (bundle
+                        && (directory
+                            || symlink
+                            || stream
+                            || !offer.name.is_empty()
+                            || offer.file_size < chunk_common::bundle::HEADER_LEN as u64))
                 {
                     self.stats.malformed += 1;
                     return;
                 }
-                self.on_offer(key, &offer, (directory, symlink, stream), now, storage)
+                let kind = (directory, symlink, stream, bundle);
+                self.on_offer(key, &offer, kind, now, storage)
             }
             Message::Data { payload } => {
                 self.on_data(key, repr.seq, repr.flags, payload, now, storage)
@@ -452,7 +464,7 @@ impl<S: Storage> Receiver<S> {
         &mut self,
         key: TransferKey,
         offer: &OfferRepr<'_>,
-        (directory, symlink, stream): (bool, bool, bool),
+        (directory, symlink, stream, bundle): (bool, bool, bool, bool),
         now: Instant,
         storage: &mut S,
     ) {
@@ -489,6 +501,7 @@ impl<S: Storage> Receiver<S> {
         }
 
         let name = match validate_name(offer.name) {
+            _ if bundle => bundle_name(&offer.tag),
             Ok(name) => name.to_owned(),
             Err(why) => {
                 let shown = String::from_utf8_lossy(offer.name).into_owned();
@@ -553,6 +566,7 @@ impl<S: Storage> Receiver<S> {
             directory,
             symlink,
             stream,
+            bundle,
         };
         let opened = match storage.open(&info) {
             Ok(opened) => opened,
@@ -603,6 +617,7 @@ impl<S: Storage> Receiver<S> {
                 out_of_order: 0,
                 resumed,
                 stream_end: stream.then(StreamEnd::default),
+                manifest_pending: bundle,
             },
         );
         if complete {
@@ -761,6 +776,28 @@ impl<S: Storage> Receiver<S> {
             t.out_of_order += 1;
         }
         t.ack.on_arrival(index, now);
+        let mut ack_now = ack_now;
+        if t.manifest_pending {
+            match storage.read_manifest(&mut t.handle) {
+                Ok(None) => {}
+                Ok(Some(had)) => {
+                    t.manifest_pending = false;
+                    for i in had {
+                        if i < t.info.chunk_count && !t.received.contains(i) {
+                            t.received.insert(i);
+                            t.resumed += 1;
+                        }
+                    }
+                    // Its sender waits for this answer before the members' chunks.
+                    ack_now = true;
+                }
+                Err(e) => {
+                    let (reason, message) = abort_for(&e, "reading the bundle's manifest");
+                    self.fail(key, reason, message, storage);
+                    return;
+                }
+            }
+        }
         if t.received.len() == t.info.chunk_count as u64 {
             if t.expected.is_some() {
                 self.finish(key, now, storage);
@@ -866,15 +903,7 @@ impl<S: Storage> Receiver<S> {
         let verdict = match storage.finish(t.handle, &expected) {
             Ok(v) => v,
             Err(e) => {
-                // A file already there under the name, with other contents, is `exists`.
-                let (reason, message) = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    (AbortReason::Exists, e.to_string())
-                } else if e.kind() == std::io::ErrorKind::InvalidInput {
-                    // A link's target that would leave the receiver's directory.
-                    (AbortReason::BadName, e.to_string())
-                } else {
-                    (AbortReason::Io, format!("finishing the file: {e}"))
-                };
+                let (reason, message) = abort_for(&e, "finishing the file");
                 self.events.push_back(Event::Failed {
                     src: key.0,
                     transfer_id: key.1,
@@ -912,18 +941,47 @@ impl<S: Storage> Receiver<S> {
         );
         self.expiry.push_back((until, key));
         self.stats.transfers_finished += 1;
-        self.events.push_back(Event::Finished {
-            src: key.0,
-            transfer_id: key.1,
-            name: t.info.name,
-            size: t.info.size,
-            duration: now.saturating_duration_since(t.started),
-            verified: verdict.verified,
-            chunks_received: t.chunks_received,
-            duplicates: t.duplicates,
-            out_of_order: t.out_of_order,
-            resumed_chunks: t.resumed,
-        });
+        let duration = now.saturating_duration_since(t.started);
+        if verdict.members.is_empty() || !verdict.verified {
+            if verdict.verified {
+                self.stats.files_finished += 1;
+            }
+            self.events.push_back(Event::Finished {
+                src: key.0,
+                transfer_id: key.1,
+                name: t.info.name,
+                size: t.info.size,
+                duration,
+                verified: verdict.verified,
+                chunks_received: t.chunks_received,
+                duplicates: t.duplicates,
+                out_of_order: t.out_of_order,
+                resumed_chunks: t.resumed,
+                bundle: None,
+            });
+        } else {
+            // A bundle: each of its files, as a file of its own would be told (the transfer's
+            // figures with the first).
+            self.stats.files_finished += verdict.members.len() as u64;
+            let mut figures = Some((t.chunks_received, t.duplicates, t.out_of_order, t.resumed));
+            for (name, size) in verdict.members {
+                let (chunks_received, duplicates, out_of_order, resumed_chunks) =
+                    figures.take().unwrap_or_default();
+                self.events.push_back(Event::Finished {
+                    src: key.0,
+                    transfer_id: key.1,
+                    name,
+                    size,
+                    duration,
+                    verified: true,
+                    chunks_received,
+                    duplicates,
+                    out_of_order,
+                    resumed_chunks,
+                    bundle: Some(t.info.name.clone()),
+                });
+            }
+        }
         let chunk_count = t.info.chunk_count;
         self.push_out(
             key,
@@ -1111,6 +1169,31 @@ impl<S: Storage> Receiver<S> {
 
 /// Checks an offered name: UTF-8, relative, `/`-separated, no empty, `.` or `..` component, no
 /// NUL. Returns it as text, or why not.
+/// The abort for a storage error: a file already there under the name, with other contents,
+/// is `exists`; a name (a link's target, a bundle member's) that would leave the receiver's
+/// directory `bad name`; a bundle whose manifest is not one `unsupported`; the rest `I/O error`,
+/// said with what was being done.
+fn abort_for(e: &std::io::Error, doing: &str) -> (AbortReason, String) {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists => (AbortReason::Exists, e.to_string()),
+        std::io::ErrorKind::InvalidInput => (AbortReason::BadName, e.to_string()),
+        std::io::ErrorKind::InvalidData => (AbortReason::Unsupported, e.to_string()),
+        _ => (AbortReason::Io, format!("{doing}: {e}")),
+    }
+}
+
+/// The name a bundle's transfer goes by (its offer has none): made from its tag, so that a
+/// bundle offered again resumes its partial copy as a file's would. Nothing is ever kept
+/// under it; storage uses it for its work files.
+pub fn bundle_name(tag: &[u8; chunk_common::wire::HASH_LEN]) -> String {
+    let mut s = String::with_capacity(13 + 32);
+    s.push_str("chunk-bundle-");
+    for b in &tag[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 pub fn validate_name(name: &[u8]) -> Result<&str, &'static str> {
     let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8")?;
     if name.is_empty() {

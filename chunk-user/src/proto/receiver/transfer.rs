@@ -32,6 +32,9 @@ pub(super) struct Transfer<H> {
     pub resumed: u64,
     /// A stream whose end is not known yet: what is known of it.
     pub stream_end: Option<super::stream::StreamEnd>,
+    /// A bundle whose manifest storage has not read yet (it reads it once its chunks are all
+    /// written, and fills in the members it already holds).
+    pub manifest_pending: bool,
 }
 
 impl<H> Transfer<H> {
@@ -91,5 +94,10 @@ fn same_offer(
         size == offer.file_size
     }) && chunk_size == offer.chunk_size
         && *tag == offer.tag
-        && name.as_bytes() == offer.name
+        && (if offer.name.is_empty() {
+            // A bundle's: its name is made from its tag.
+            name == super::bundle_name(&offer.tag)
+        } else {
+            name.as_bytes() == offer.name
+        })
 }

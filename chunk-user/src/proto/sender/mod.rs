@@ -90,6 +90,10 @@ pub struct FileMeta {
     /// A stream (stdin): `size` is what is known so far (0 to start with), and grows by
     /// [`Sender::extend_stream`] until its end; the offer carries `STREAM` and no size.
     pub stream: bool,
+    /// A bundle of small files (docs/PROTOCOL.md, "Bundles"), with its manifest's length: the
+    /// offer carries `BUNDLE` and no name (`name` is only the sender's), and the chunks past the
+    /// manifest wait until the receiver has acknowledged it, with what it already holds.
+    pub bundle: Option<u64>,
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -216,6 +220,9 @@ pub struct SenderStats {
     /// Chunks the ack that accepted the offer already acknowledged: the receiver had them from
     /// an interrupted transfer (resume), so they were never sent.
     pub chunks_resumed: u64,
+    /// A bundle's chunks sent at least once: a member none of whose chunks went was already
+    /// at the receiver.
+    pub sent: Option<ChunkSet>,
     pub srtt: Option<Duration>,
     pub min_rtt: Option<Duration>,
     pub rto: Duration,
@@ -307,6 +314,9 @@ struct Probe {
     backoff: u32,
 }
 
+/// Chunks a receiver may take in order before it acks (docs/PROTOCOL.md, "Acks in detail").
+const RECEIVER_ACK_EVERY: usize = 16;
+
 /// The longest the receiver holds an ack (docs/PROTOCOL.md, Receiver 2: at least every 5 ms).
 /// Samples have the hold subtracted; every timer adds it back (see [`rtt`](super::rtt)).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
@@ -329,6 +339,8 @@ pub struct Sender {
     acked: ChunkSet,
     /// Chunks at or above this were never sent (unless acknowledged: resume).
     next_new: u64,
+    /// A bundle's manifest chunks (0 otherwise): see [`Sender::send_limit`].
+    hold: u32,
     recovery: Recovery,
     /// The path to the receiver: its controller, pacer and RTT estimate, shared with the other
     /// transfers to it ([`Sender::on_path`]).
@@ -387,7 +399,7 @@ impl Sender {
         // 1024-byte payload for small chunks: a larger one may exceed the path MTU that the
         // chunk size was chosen for, and be dropped. Its body is the fixed fields, then the name.
         let name_limit = (cfg.chunk_size as usize).max(1024) - wire::offer::NAME;
-        if meta.name.len() > name_limit {
+        if meta.bundle.is_none() && meta.name.len() > name_limit {
             return Err(SendError::NameTooLong(meta.name.len()));
         }
         path.borrow_mut().transfers += 1;
@@ -412,9 +424,13 @@ impl Sender {
             last_tx: now,
             keepalive_due: false,
             sealed: false,
+            hold: meta.bundle.map_or(0, |m| {
+                m.div_ceil(cfg.chunk_size as u64).min(count as u64) as u32
+            }),
             stats: SenderStats {
                 file_size: meta.size,
                 chunk_count: count,
+                sent: meta.bundle.map(|_| ChunkSet::new()),
                 ..SenderStats::default()
             },
             meta,
@@ -824,6 +840,11 @@ impl Sender {
                 chunk_common::wire::flags::SYMLINK
             } else {
                 0
+            }
+            | if self.meta.bundle.is_some() {
+                flags::BUNDLE
+            } else {
+                0
             };
         let repr = Repr {
             transfer_id: self.id,
@@ -841,7 +862,12 @@ impl Sender {
                 mtime: self.meta.mtime,
                 hash_alg: HashAlg::Blake3,
                 tag: self.meta.tag,
-                name: self.meta.name.as_bytes(),
+                // A bundle's offer has no name: its members' are in its manifest.
+                name: if self.meta.bundle.is_some() {
+                    b""
+                } else {
+                    self.meta.name.as_bytes()
+                },
             }),
         };
         Self::write(self.sealed, &repr, buf)
@@ -902,8 +928,18 @@ impl Sender {
         if let Some(lost) = self.recovery.first_lost() {
             return Some(lost);
         }
-        let index = self.acked.next_missing(self.next_new, self.count as u64)?;
+        let index = self.acked.next_missing(self.next_new, self.send_limit())?;
         Some((index as u32, 0))
+    }
+
+    /// The end of the chunks that may go now: a bundle's manifest chunks alone until the
+    /// receiver has acknowledged them all (its answer says which members it holds already).
+    fn send_limit(&self) -> u64 {
+        if self.hold > 0 && self.acked.cumulative() < self.hold {
+            self.hold as u64
+        } else {
+            self.count as u64
+        }
     }
 
     fn chunk_bytes(&self, index: u32) -> u64 {
@@ -971,14 +1007,18 @@ impl Sender {
             self.recovery.lost_len() == 1
                 && self
                     .acked
-                    .next_missing(self.next_new, self.count as u64)
+                    .next_missing(self.next_new, self.send_limit())
                     .is_none()
         } else {
             self.acked
-                .next_missing(index as u64 + 1, self.count as u64)
+                .next_missing(index as u64 + 1, self.send_limit())
                 .is_none()
         };
-        let ack_now = if self.recovery.ack_now() || window_full || last_for_now {
+        let ack_now = if self.recovery.ack_now()
+            || window_full
+            || last_for_now
+            || self.ack_for_share(bytes)
+        {
             flags::ACK_NOW
         } else {
             0
@@ -994,6 +1034,9 @@ impl Sender {
         let snapshot = path.cc.on_send(now, bytes_out);
         self.recovery.on_sent(index, bytes, snapshot, now);
         self.stats.chunks_sent += 1;
+        if let Some(sent) = &mut self.stats.sent {
+            sent.insert(index);
+        }
         if retransmit {
             self.stats.chunks_retransmitted += 1;
         } else {
@@ -1002,6 +1045,26 @@ impl Sender {
         let rate = path.pacer.rate(&path.cc);
         path.pacer.on_sent(now, bytes, rate);
         Some(len)
+    }
+
+    /// Whether to ask for an ack now because the path's window is shared: with several
+    /// transfers on the path, each holds only its share of the window in flight, which may be
+    /// fewer chunks than a receiver takes between acks (16; docs/PROTOCOL.md, "Acks in
+    /// detail"). Its acks would then wait the receiver's 5 ms timer, the window full meanwhile:
+    /// 16 transfers of 1 MiB went at a fifth of one file's rate. So a transfer whose share is
+    /// under twice that asks once per half of its share.
+    fn ack_for_share(&self, bytes: u64) -> bool {
+        let p = self.path.borrow();
+        if p.transfers < 2 {
+            return false;
+        }
+        let window = (p.cc.cwnd() / bytes.max(1)) as usize;
+        let share = window / p.transfers;
+        if share >= 2 * RECEIVER_ACK_EVERY {
+            return false;
+        }
+        let every = (share / 2).clamp(1, RECEIVER_ACK_EVERY);
+        (self.recovery.chunks_in_flight() + 1).is_multiple_of(every)
     }
 
     /// Sends the most recently sent chunk still in flight again with `ACK_NOW` (see
@@ -1369,6 +1432,7 @@ mod tests {
             directory: false,
             symlink: false,
             stream: false,
+            bundle: None,
         };
         Sender::new(
             ID,
@@ -1733,6 +1797,7 @@ mod tests {
             directory: false,
             symlink: false,
             stream: false,
+            bundle: None,
         };
         let cfg = SenderConfig {
             chunk_size: 1,
@@ -1753,6 +1818,7 @@ mod tests {
             directory: false,
             symlink: false,
             stream: false,
+            bundle: None,
         };
         let now = Instant::now();
         // The offer's body is 64 bytes and the name.
