@@ -354,7 +354,8 @@ pub struct FileReport {
     pub srtt_ms: Option<f64>,
     /// It went in a bundle with other small files (docs/PROTOCOL.md, "Bundles"): `seconds`
     /// are the bundle's, `chunks` the bundle's chunks that hold its bytes, `resumed` those the
-    /// receiver already had (the file was there), and retransmissions are not told per file.
+    /// receiver already had (the file was there), and `retransmitted` the bundle's, told with
+    /// its first file only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bundled: bool,
 }

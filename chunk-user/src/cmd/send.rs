@@ -643,6 +643,9 @@ impl<'a> Queue<'a> {
         match result {
             Ok((stats, Ok(()))) => {
                 let sent = stats.sent.clone().unwrap_or_default();
+                // The bundle's retransmissions are told with its first file (so that they add
+                // up over the files).
+                let mut retransmitted = Some(stats.chunks_retransmitted);
                 for (&key, m) in bundle.members.iter().zip(&bundle.layout) {
                     let entry = &self.entries[key];
                     let span = m.chunks(chunk_size);
@@ -658,6 +661,7 @@ impl<'a> Queue<'a> {
                         chunks,
                         chunks_sent: went,
                         resumed: chunks as u64 - went,
+                        retransmitted: retransmitted.take().unwrap_or(0),
                         hash: m.hash.iter().map(|b| format!("{b:02x}")).collect(),
                         srtt_ms: stats.srtt.map(|d| d.as_secs_f64() * 1e3),
                         bundled: true,
