@@ -407,3 +407,46 @@ fn small_files_go_in_bundles_and_a_failed_bundle_goes_file_by_file() {
     let summary = recv.stop();
     assert_eq!(summary["transfers_finished"], 30 + 8, "{summary}");
 }
+
+/// A tree of many bundles sent again: the receiver holds every file, acknowledges each one's
+/// chunks from the bundle's manifest, and none of the files' chunks goes again. (Which bundles
+/// wait for that answer: `cmd::send`'s unit test.)
+#[test]
+fn a_tree_of_many_bundles_sent_again_moves_none_of_its_files() {
+    let hosts = TwoHosts::new("treer", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("r");
+    // 2 000 files of 4 KiB: nine bundles or more.
+    small_tree(&root, 2_000, 4_096);
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let (o, first) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert_sent(&o, &first, 2_000 + 8);
+    let (o, again) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert_sent(&o, &again, 2_000 + 8);
+    recv.stop();
+    let files = again["files"].as_array().unwrap();
+    let bundled = files.iter().filter(|f| f["bundled"] == true).count();
+    assert_eq!(bundled, 2_000, "{again}");
+    let moved: Vec<_> = files
+        .iter()
+        .filter(|f| f["resumed"] != f["chunks"])
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(moved.is_empty(), "sent again: {moved:?}");
+    // The first send moved every file's chunks: 3 each.
+    let sent_first: u64 = first["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["chunks_sent"].as_u64().unwrap())
+        .sum();
+    assert!(sent_first >= 6_000, "{sent_first}");
+    for i in (0..2_000).step_by(97) {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("r").join(&rel)),
+            "{rel}"
+        );
+    }
+}
