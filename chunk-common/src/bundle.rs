@@ -90,6 +90,64 @@ impl Member<'_> {
     }
 }
 
+/// The manifest's length for `count` members whose names take `names_len` bytes in all.
+pub const fn manifest_size(count: usize, names_len: usize) -> u64 {
+    (HEADER_LEN + count * ENTRY_LEN + names_len) as u64
+}
+
+/// Where chunk's sender starts the member that follows content ending at `end`: the next
+/// multiple of the chunk size, so that no chunk holds bytes of two members (or of the manifest
+/// and a member).
+pub const fn next_offset(end: u64, chunk_size: u32) -> u64 {
+    end.div_ceil(chunk_size as u64) * chunk_size as u64
+}
+
+/// One member to lay out with [`build`].
+#[cfg(any(feature = "std", test))]
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub name: &'a [u8],
+    pub bytes: &'a [u8],
+    pub mode: u32,
+    pub mtime: i64,
+    /// BLAKE3 of `bytes` (this crate has no BLAKE3; the caller's).
+    pub hash: [u8; HASH_LEN],
+}
+
+/// A bundle's whole content, laid out as chunk's sender lays it out ([`next_offset`]).
+#[cfg(any(feature = "std", test))]
+pub fn build(chunk_size: u32, members: &[Source<'_>]) -> std::vec::Vec<u8> {
+    extern crate std;
+    let names: usize = members.iter().map(|m| m.name.len()).sum();
+    let mlen = manifest_size(members.len(), names);
+    let mut out = std::vec![0u8; mlen as usize];
+    emit_header(members.len() as u32, mlen as usize - HEADER_LEN, &mut out);
+    let mut at = HEADER_LEN;
+    let mut end = mlen;
+    for src in members {
+        let offset = next_offset(end, chunk_size);
+        let m = Member {
+            offset,
+            size: src.bytes.len() as u64,
+            mtime: src.mtime,
+            mode: src.mode,
+            hash: src.hash,
+            name: src.name,
+        };
+        m.emit(&mut out[at..]);
+        at += m.entry_len();
+        end = offset + m.size;
+    }
+    let mut end = mlen;
+    for src in members {
+        let offset = next_offset(end, chunk_size);
+        out.resize(offset as usize, 0);
+        out.extend_from_slice(src.bytes);
+        end = offset + src.bytes.len() as u64;
+    }
+    out
+}
+
 /// Writes a manifest header for `count` members whose entries take `entries_len` bytes.
 pub fn emit_header(count: u32, entries_len: usize, buf: &mut [u8]) {
     buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
@@ -222,36 +280,19 @@ mod tests {
     extern crate std;
     use std::vec::Vec;
 
-    /// Lays out members the way chunk's sender does: manifest, then each member at the next
-    /// multiple of `chunk`.
-    fn build(members: &[(&[u8], &[u8])], chunk: u64) -> Vec<u8> {
-        let entries: usize = members.iter().map(|(n, _)| ENTRY_LEN + n.len()).sum();
-        let mlen = HEADER_LEN + entries;
-        let mut out = std::vec![0u8; mlen];
-        emit_header(members.len() as u32, entries, &mut out);
-        let mut at = HEADER_LEN;
-        let mut off = mlen as u64;
-        let mut data = Vec::new();
-        for (name, bytes) in members {
-            off = off.div_ceil(chunk) * chunk;
-            let m = Member {
-                offset: off,
-                size: bytes.len() as u64,
-                mtime: 1_700_000_000,
-                mode: 0o644,
-                hash: [7; 32],
+    /// Members laid out as chunk's sender lays them out.
+    fn build(members: &[(&[u8], &[u8])], chunk: u32) -> Vec<u8> {
+        let sources: Vec<_> = members
+            .iter()
+            .map(|(name, bytes)| Source {
                 name,
-            };
-            m.emit(&mut out[at..]);
-            at += m.entry_len();
-            data.push((off, *bytes));
-            off += bytes.len() as u64;
-        }
-        for (off, bytes) in data {
-            out.resize(off as usize, 0);
-            out.extend_from_slice(bytes);
-        }
-        out
+                bytes,
+                mode: 0o644,
+                mtime: 1_700_000_000,
+                hash: [7; 32],
+            })
+            .collect();
+        super::build(chunk, &sources)
     }
 
     #[test]

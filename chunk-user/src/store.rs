@@ -507,6 +507,21 @@ impl FsHandle {
         Ok(())
     }
 
+    /// Everything written flushed and hashed: the hash if it is `expected`, else the verdict
+    /// of a mismatch.
+    fn check_hash(
+        &mut self,
+        expected: &[u8; HASH_LEN],
+    ) -> io::Result<Result<[u8; HASH_LEN], HashCheck>> {
+        self.flush()?;
+        let hash = self.hash_part()?;
+        Ok(if &hash == expected {
+            Ok(hash)
+        } else {
+            Err(HashCheck::mismatch(hash))
+        })
+    }
+
     /// The whole file's hash (every chunk is on disk).
     fn hash_part(&mut self) -> io::Result<[u8; HASH_LEN]> {
         self.hash_ahead(u64::MAX)?;
@@ -868,15 +883,10 @@ fn apply_mode_and_mtime(file: &File, offer: &OfferInfo) -> io::Result<()> {
 /// inside DIR (relative, its `..` never above DIR from where the link is), then the link made;
 /// a link already there with the same target verifies as it is.
 fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck> {
-    h.flush()?;
-    let hash = h.hash_part()?;
-    if &hash != expected {
-        return Ok(HashCheck {
-            verified: false,
-            hash,
-            members: Vec::new(),
-        });
-    }
+    let hash = match h.check_hash(expected)? {
+        Ok(hash) => hash,
+        Err(mismatch) => return Ok(mismatch),
+    };
     let mut target = vec![0u8; h.offer.size as usize];
     h.file.read_exact_at(&mut target, 0)?;
     let depth = h.name.matches('/').count();
@@ -1123,15 +1133,10 @@ impl FsStorage {
         expected: &[u8; HASH_LEN],
     ) -> io::Result<HashCheck> {
         let t0 = Instant::now();
-        h.flush()?;
-        let hash = h.hash_part()?;
-        if &hash != expected {
-            return Ok(HashCheck {
-                verified: false,
-                hash,
-                members: Vec::new(),
-            });
-        }
+        let hash = match h.check_hash(expected)? {
+            Ok(hash) => hash,
+            Err(mismatch) => return Ok(mismatch),
+        };
         let bytes = read_manifest_bytes(h)?;
         let manifest = bundle::Manifest::parse(&bytes, h.offer.size)
             .map_err(|e| invalid_data(format!("the bundle's manifest is malformed ({e:?})")))?;
@@ -1380,11 +1385,7 @@ impl Storage for FsStorage {
             h.file.sync_all()?;
             let hash = h.hash_part()?;
             if &hash != expected {
-                return Ok(HashCheck {
-                    verified: false,
-                    hash,
-                    members: Vec::new(),
-                });
+                return Ok(HashCheck::mismatch(hash));
             }
             apply_mode_and_mtime(&h.file, &h.offer)?;
             let part = part_name(&h.base);

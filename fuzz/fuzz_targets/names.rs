@@ -106,33 +106,17 @@ fuzz_target!(|data: &[u8]| {
     );
 });
 
-/// A bundle's content of `members` (name, bytes), each from the next multiple of 64.
+/// A bundle's content of `members` (name, bytes), in chunks of 64.
 fn bundle(members: &[(&[u8], &[u8])]) -> Vec<u8> {
-    use chunk_common::bundle::{ENTRY_LEN, HEADER_LEN, Member, emit_header};
-    let entries: usize = members.iter().map(|(n, _)| ENTRY_LEN + n.len()).sum();
-    let mlen = HEADER_LEN + entries;
-    let mut out = vec![0u8; mlen];
-    emit_header(members.len() as u32, entries, &mut out);
-    let (mut at, mut end) = (HEADER_LEN, mlen as u64);
-    let mut body = Vec::new();
-    for (name, bytes) in members {
-        let offset = end.div_ceil(64) * 64;
-        let m = Member {
-            offset,
-            size: bytes.len() as u64,
-            mtime: 0,
-            mode: 0o644,
-            hash: *blake3::hash(bytes).as_bytes(),
+    let sources: Vec<_> = members
+        .iter()
+        .map(|(name, bytes)| chunk_common::bundle::Source {
             name,
-        };
-        m.emit(&mut out[at..]);
-        at += m.entry_len();
-        body.push((offset, *bytes));
-        end = offset + bytes.len() as u64;
-    }
-    for (offset, bytes) in body {
-        out.resize(offset as usize, 0);
-        out.extend_from_slice(bytes);
-    }
-    out
+            bytes,
+            mode: 0o644,
+            mtime: 0,
+            hash: *blake3::hash(bytes).as_bytes(),
+        })
+        .collect();
+    chunk_common::bundle::build(64, &sources)
 }

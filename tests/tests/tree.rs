@@ -168,6 +168,20 @@ fn a_dest_outside_is_refused_before_anything_is_sent() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("inside the receiver's directory"));
 }
 
+/// The receiver's work files (part files, chunk records, a bundle's) anywhere under `dir`.
+fn work_files(dir: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    for name in names_in(dir) {
+        let path = dir.join(&name);
+        if name.starts_with('.') || name.starts_with("chunk-bundle") {
+            left.push(path.display().to_string());
+        } else if path.is_dir() && !path.is_symlink() {
+            left.extend(work_files(&path));
+        }
+    }
+    left
+}
+
 fn small_tree(root: &Path, files: usize, size: usize) {
     for i in 0..files {
         let data: Vec<u8> = (0..size).map(|b| (b * 31 + i * 7) as u8).collect();
@@ -216,14 +230,7 @@ fn a_tree_send_killed_and_rerun_completes() {
         );
     }
     // No work files left.
-    let mut left = Vec::new();
-    for d in 0..7 {
-        left.extend(
-            names_in(&out.path().join(format!("t/d{d}")))
-                .into_iter()
-                .filter(|n| n.starts_with('.')),
-        );
-    }
+    let left = work_files(out.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -371,19 +378,7 @@ fn small_files_go_in_bundles_and_a_failed_bundle_goes_file_by_file() {
         "{events:?}"
     );
     assert_eq!(summary["files_finished"], 29 + 8, "{summary}");
-    let mut left = Vec::new();
-    for d in 0..7 {
-        left.extend(
-            names_in(&out.path().join(format!("b/d{d}")))
-                .into_iter()
-                .filter(|n| n.starts_with('.')),
-        );
-    }
-    left.extend(
-        names_in(out.path())
-            .into_iter()
-            .filter(|n| n.starts_with('.') || n.starts_with("chunk-bundle")),
-    );
+    let left = work_files(out.path());
     assert!(left.is_empty(), "work files left: {left:?}");
 
     // Alone: as many transfers as files and directories.

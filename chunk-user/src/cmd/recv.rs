@@ -244,33 +244,20 @@ fn report(ev: &RecvEvent, as_json: bool) {
             name,
             size,
             seconds,
-            chunks_received,
-            duplicates,
-            out_of_order,
-            resumed_chunks,
-            bundle: Some(bundle),
-            ..
-        } => {
-            // A bundle's file: one line each only when debugging (a tree has thousands).
-            tracing::debug!(%src, transfer_id, name, size, bundle, chunks_received, duplicates,
-                out_of_order, resumed_chunks, seconds = format!("{seconds:.3}"),
-                "file of a bundle finished, hash verified");
-        }
-        RecvEvent::Finished {
-            src,
-            transfer_id,
-            name,
-            size,
-            seconds,
             goodput_mb_s,
             verified,
             chunks_received,
             duplicates,
             out_of_order,
             resumed_chunks,
-            bundle: None,
+            bundle,
         } => {
-            if *verified {
+            if let Some(bundle) = bundle {
+                // A bundle's file: a line each only when debugging (a tree has thousands).
+                tracing::debug!(%src, transfer_id, name, size, bundle, chunks_received, duplicates,
+                    out_of_order, resumed_chunks, seconds = format!("{seconds:.3}"),
+                    "file of a bundle finished, hash verified");
+            } else if *verified {
                 tracing::info!(%src, transfer_id, name, size, seconds = format!("{seconds:.3}"),
                     goodput_mb_s = format!("{goodput_mb_s:.1}"), chunks_received, duplicates,
                     out_of_order, resumed_chunks, "transfer finished, hash verified");

@@ -253,21 +253,21 @@ pub fn open_bundle(
     hold: bool,
 ) -> Result<(File, FileMeta, Vec<BundleMember>)> {
     use chunk_common::bundle;
-    let cs = chunk_size as u64;
-    let entries: usize = files
-        .iter()
-        .map(|(_, m)| bundle::ENTRY_LEN + m.name.len())
-        .sum();
-    let manifest_len = (bundle::HEADER_LEN + entries) as u64;
+    let names: usize = files.iter().map(|(_, m)| m.name.len()).sum();
+    let manifest_len = bundle::manifest_size(files.len(), names);
     let mut manifest = vec![0u8; manifest_len as usize];
-    bundle::emit_header(files.len() as u32, entries, &mut manifest);
+    bundle::emit_header(
+        files.len() as u32,
+        manifest.len() - bundle::HEADER_LEN,
+        &mut manifest,
+    );
     let mut content = Vec::with_capacity(BUNDLE_MAX as usize);
     let mut members = Vec::with_capacity(files.len());
     let mut tag = blake3::Hasher::new_derive_key("chunk bundle tag v1");
     let mut at = bundle::HEADER_LEN;
     let mut end = manifest_len;
     for (file, meta) in files {
-        let offset = end.div_ceil(cs) * cs;
+        let offset = bundle::next_offset(end, chunk_size);
         let start = (offset - manifest_len) as usize;
         let size = meta.size;
         content.resize(start + size as usize, 0);

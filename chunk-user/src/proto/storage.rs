@@ -79,6 +79,17 @@ pub struct HashCheck {
     pub members: Vec<(String, u64)>,
 }
 
+impl HashCheck {
+    /// What was written hashes to `hash`, not the sender's: nothing was kept.
+    pub fn mismatch(hash: [u8; HASH_LEN]) -> Self {
+        HashCheck {
+            verified: false,
+            hash,
+            members: Vec::new(),
+        }
+    }
+}
+
 /// Where the receiver puts files.
 pub trait Storage {
     /// One file being received.

@@ -542,40 +542,19 @@ fn a_stream_written_out_of_order_lands_once_its_end_is_known() {
     assert!(st.end_stream(&mut h, 5 * CHUNK as u64, 5).is_err());
 }
 
-/// A bundle's content as chunk's sender lays it out (chunk_common::bundle): the manifest, then
-/// each member from the next multiple of `CHUNK`.
+/// A bundle's content as chunk's sender lays it out: (name, bytes, mode), mtime 1600000000.
 fn bundle_content(members: &[(&str, &[u8], u32)]) -> Vec<u8> {
-    use chunk_common::bundle::{self, Member};
-    let entries: usize = members
+    let sources: Vec<_> = members
         .iter()
-        .map(|(n, _, _)| bundle::ENTRY_LEN + n.len())
-        .sum();
-    let mlen = bundle::HEADER_LEN + entries;
-    let mut out = vec![0u8; mlen];
-    bundle::emit_header(members.len() as u32, entries, &mut out);
-    let mut at = bundle::HEADER_LEN;
-    let mut end = mlen as u64;
-    let mut body = Vec::new();
-    for (name, bytes, mode) in members {
-        let offset = end.div_ceil(CHUNK as u64) * CHUNK as u64;
-        let m = Member {
-            offset,
-            size: bytes.len() as u64,
-            mtime: 1_600_000_000,
-            mode: *mode,
-            hash: *blake3::hash(bytes).as_bytes(),
+        .map(|(name, bytes, mode)| chunk_common::bundle::Source {
             name: name.as_bytes(),
-        };
-        m.emit(&mut out[at..]);
-        at += m.entry_len();
-        body.push((offset, *bytes));
-        end = offset + bytes.len() as u64;
-    }
-    for (offset, bytes) in body {
-        out.resize(offset as usize, 0);
-        out.extend_from_slice(bytes);
-    }
-    out
+            bytes,
+            mode: *mode,
+            mtime: 1_600_000_000,
+            hash: *blake3::hash(bytes).as_bytes(),
+        })
+        .collect();
+    chunk_common::bundle::build(CHUNK, &sources)
 }
 
 fn bundle_offer(content: &[u8]) -> OfferInfo {
