@@ -403,9 +403,8 @@ fn small_files_go_in_bundles_and_a_failed_bundle_goes_file_by_file() {
     assert_eq!(summary["transfers_finished"], 30 + 8, "{summary}");
 }
 
-/// A tree of many bundles sent again: the receiver holds every file, acknowledges each one's
-/// chunks from the bundle's manifest, and none of the files' chunks goes again. (Which bundles
-/// wait for that answer: `cmd::send`'s unit test.)
+/// A tree of many bundles sent again: the receiver holds every file and acknowledges each one's
+/// chunks from the bundle's manifest, which the sender waits for: none of them goes again.
 #[test]
 fn a_tree_of_many_bundles_sent_again_moves_none_of_its_files() {
     let hosts = TwoHosts::new("treer", 1500).unwrap();

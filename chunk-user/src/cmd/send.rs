@@ -441,8 +441,6 @@ struct InFlightBundle {
     layout: Vec<send::BundleMember>,
     dirs: Vec<String>,
     started: Instant,
-    /// Its files waited for the receiver's answer to its manifest.
-    held: bool,
 }
 
 /// How an entry ended.
@@ -478,18 +476,7 @@ struct Queue<'a> {
     /// Bundles under way, by key (`entries.len()` and up).
     bundles: std::collections::HashMap<usize, InFlightBundle>,
     next_bundle_key: usize,
-    /// Whether the next bundle waits for the answer to its manifest: yes until a bundle that
-    /// waited found none of its files at the receiver (see [`HOLD_EVERY`]).
-    hold_next: bool,
-    bundles_started: usize,
 }
-
-/// A bundle's files wait for the receiver's answer to its manifest, which acknowledges those
-/// it already has, so that a tree sent again moves only what is missing. The wait is a round
-/// trip and the receiver's look at the manifest, a fifth of a fresh tree's time on a LAN: once a
-/// bundle that waited found nothing there, the next ones go at once, but for one in this many,
-/// which looks again.
-const HOLD_EVERY: usize = 8;
 
 impl<'a> Queue<'a> {
     fn new(
@@ -530,8 +517,6 @@ impl<'a> Queue<'a> {
             alone: vec![false; entries.len()],
             bundles: std::collections::HashMap::new(),
             next_bundle_key: entries.len(),
-            hold_next: true,
-            bundles_started: 0,
         }
     }
 
@@ -608,12 +593,10 @@ impl<'a> Queue<'a> {
             .collect();
         dirs.sort_unstable();
         dirs.dedup();
-        let hold = self.hold_next || self.bundles_started.is_multiple_of(HOLD_EVERY);
-        match send::open_bundle(files, chunk_size, hold) {
+        match send::open_bundle(files, chunk_size) {
             Ok((file, meta, layout)) => {
                 let key = self.next_bundle_key;
                 self.next_bundle_key += 1;
-                self.bundles_started += 1;
                 for &m in &members {
                     self.started[m] = Some(Instant::now());
                 }
@@ -624,7 +607,6 @@ impl<'a> Queue<'a> {
                         layout,
                         dirs,
                         started: Instant::now(),
-                        held: hold,
                     },
                 );
                 Some(NextJob::Start { key, file, meta })
@@ -661,13 +643,6 @@ impl<'a> Queue<'a> {
         match result {
             Ok((stats, Ok(()))) => {
                 let sent = stats.sent.clone().unwrap_or_default();
-                if bundle.held {
-                    // Whether the receiver had any of its files: then the next ones wait too.
-                    self.hold_next = bundle
-                        .layout
-                        .iter()
-                        .any(|m| m.chunks(chunk_size).any(|c| !sent.contains(c)));
-                }
                 // The bundle's retransmissions are told with its first file (so that they add
                 // up over the files).
                 let mut retransmitted = Some(stats.chunks_retransmitted);
@@ -970,84 +945,4 @@ fn progress_bar(name: &str, size: Option<u64>) -> ProgressBar {
     );
     bar.set_prefix(name.to_owned());
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::ChunkSet;
-
-    fn tree(dir: &std::path::Path, files: usize, size: usize) -> Vec<super::super::tree::Entry> {
-        let root = dir.join("t");
-        std::fs::create_dir_all(&root).unwrap();
-        for i in 0..files {
-            std::fs::write(root.join(format!("f{i:04}")), vec![i as u8; size]).unwrap();
-        }
-        super::super::tree::expand(&[root], "").0
-    }
-
-    /// The next job, which must be a bundle: its key, whether it waits for its manifest's
-    /// answer, and its chunk count.
-    fn next_bundle(q: &mut Queue<'_>) -> (usize, bool, u32) {
-        match q.next(&[]) {
-            NextJob::Start { key, meta, .. } => {
-                let b = meta.bundle.expect("a bundle");
-                (key, b.hold, meta.size.div_ceil(1400) as u32)
-            }
-            _ => panic!("no bundle"),
-        }
-    }
-
-    fn done(q: &mut Queue<'_>, key: usize, count: u32, sent: impl Iterator<Item = u32>) {
-        let mut set = ChunkSet::new();
-        sent.for_each(|c| {
-            set.insert(c);
-        });
-        let stats = SenderStats {
-            chunk_count: count,
-            sent: Some(set),
-            ..SenderStats::default()
-        };
-        q.finished(key, Ok((stats, Ok(()))));
-    }
-
-    /// A bundle waits for the answer to its manifest at first; once one that waited found none
-    /// of its files at the receiver (all its chunks went), the next ones go at once but for one
-    /// in `HOLD_EVERY`; one that waited and found its files makes the next ones wait again.
-    #[test]
-    fn bundles_wait_for_the_manifest_while_the_receiver_has_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        // 60 KB files: 17 to a bundle.
-        let entries = tree(tmp.path(), 17 * (HOLD_EVERY + 3), 60_000);
-        let to = std::net::Ipv4Addr::new(198, 18, 0, 2).into();
-        let mut q = Queue::new(&entries, to, Transport::Ip(253), false);
-        q.bundle_chunk_size = Some(1400);
-        let (first, hold, count) = next_bundle(&mut q);
-        assert!(hold, "the first bundle waits");
-        // Everything went: the receiver had none of them.
-        done(&mut q, first, count, 0..count);
-        let mut holds = Vec::new();
-        for _ in 1..HOLD_EVERY + 1 {
-            let (key, hold, count) = next_bundle(&mut q);
-            holds.push(hold);
-            if !hold {
-                done(&mut q, key, count, 0..count);
-                continue;
-            }
-            // The one that looks again: the receiver had its files (only the manifest went).
-            done(&mut q, key, count, 0..1);
-        }
-        let mut expect = vec![false; HOLD_EVERY - 1];
-        expect.push(true);
-        assert_eq!(holds, expect);
-        let (_, hold, _) = next_bundle(&mut q);
-        assert!(hold, "after a bundle found files there, the next waits");
-        // Every file of a finished bundle was reported verified.
-        let ok = q
-            .reports
-            .iter()
-            .filter(|r| matches!(r, Some(Done::Report(r)) if r.ok && r.bundled))
-            .count();
-        assert_eq!(ok, 17 * (HOLD_EVERY + 1));
-    }
 }

@@ -246,11 +246,9 @@ impl BundleMember {
 /// file's bytes from the next multiple of `chunk_size`, so that no chunk holds two files and a
 /// receiver that already has one acknowledges its chunks as a whole. Its tag is made from the
 /// files' names and tags, so the same files bundled again resume the bundle's partial copy.
-/// With `hold`, its files' chunks wait for the receiver's answer to the manifest.
 pub fn open_bundle(
     files: Vec<(File, FileMeta)>,
     chunk_size: u32,
-    hold: bool,
 ) -> Result<(File, FileMeta, Vec<BundleMember>)> {
     use chunk_common::bundle;
     let names: usize = files.iter().map(|(_, m)| m.name.len()).sum();
@@ -306,7 +304,7 @@ pub fn open_bundle(
         directory: false,
         symlink: false,
         stream: false,
-        bundle: Some(crate::proto::BundleMeta { manifest_len, hold }),
+        bundle: Some(manifest_len),
     };
     Ok((file, meta, members))
 }
@@ -1697,11 +1695,11 @@ mod tests {
     fn the_bundle_example_is_what_the_sender_builds() {
         let tmp = tempfile::tempdir().unwrap();
         write_two(tmp.path());
-        let (file, meta, members) = open_bundle(two_files(tmp.path()), 1400, true).unwrap();
+        let (file, meta, members) = open_bundle(two_files(tmp.path()), 1400).unwrap();
         let mut content = vec![0u8; meta.size as usize];
         file.read_exact_at(&mut content, 0).unwrap();
         let manifest = crate::doc_fixture("bundle-manifest").expect("in PROTOCOL.md");
-        assert_eq!(meta.bundle.unwrap().manifest_len, manifest.len() as u64);
+        assert_eq!(meta.bundle, Some(manifest.len() as u64));
         assert_eq!(&content[..manifest.len()], manifest.as_slice());
         assert_eq!(meta.size, 2806);
         assert_eq!(content.len(), 2806);
@@ -1717,10 +1715,10 @@ mod tests {
         assert_eq!(hashes[1], *blake3::hash(b"world\n").as_bytes());
         // Bundled again, the same files make the same tag (a resume finds its copy); another
         // version of one of them another.
-        let (_, again, _) = open_bundle(two_files(tmp.path()), 1400, true).unwrap();
+        let (_, again, _) = open_bundle(two_files(tmp.path()), 1400).unwrap();
         assert_eq!(again.tag, meta.tag);
         std::fs::write(tmp.path().join("a.txt"), b"HELLO").unwrap();
-        let (_, changed, _) = open_bundle(two_files(tmp.path()), 1400, true).unwrap();
+        let (_, changed, _) = open_bundle(two_files(tmp.path()), 1400).unwrap();
         assert_ne!(changed.tag, meta.tag);
     }
 

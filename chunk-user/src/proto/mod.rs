@@ -33,7 +33,7 @@ pub use cc::{PathEstimate, ResumeOutcome};
 pub use chunkset::ChunkSet;
 pub use peer::Peer;
 pub use receiver::{Event, Receiver, ReceiverConfig, ReceiverStats, Transmit, validate_name};
-pub use sender::{BundleMeta, ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
+pub use sender::{ChunkSource, FileMeta, SendError, Sender, SenderConfig, SenderStats};
 pub use storage::{HashCheck, MemStorage, OfferInfo, Opened, Refusal, Storage};
 
 /// The wire's rules the cores use everywhere (defined with the format, in chunk-common).

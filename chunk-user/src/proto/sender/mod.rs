@@ -90,19 +90,10 @@ pub struct FileMeta {
     /// A stream (stdin): `size` is what is known so far (0 to start with), and grows by
     /// [`Sender::extend_stream`] until its end; the offer carries `STREAM` and no size.
     pub stream: bool,
-    /// A bundle of small files (docs/PROTOCOL.md, "Bundles"): the offer carries `BUNDLE` and no
-    /// name (`name` is only the sender's).
-    pub bundle: Option<BundleMeta>,
-}
-
-/// What the sender core knows of a bundle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BundleMeta {
-    /// Bytes of its manifest, at the start of its content.
-    pub manifest_len: u64,
-    /// The chunks past the manifest wait until the receiver has acknowledged it, with the
-    /// chunks of the files it already holds (which then never go).
-    pub hold: bool,
+    /// A bundle of small files (docs/PROTOCOL.md, "Bundles"), with its manifest's length: the
+    /// offer carries `BUNDLE` and no name (`name` is only the sender's), and the chunks past the
+    /// manifest wait until the receiver has acknowledged it, with what it already holds.
+    pub bundle: Option<u64>,
 }
 
 /// Sender tuning; [`Default`] follows the protocol's defaults.
@@ -433,10 +424,8 @@ impl Sender {
             last_tx: now,
             keepalive_due: false,
             sealed: false,
-            hold: meta.bundle.filter(|b| b.hold).map_or(0, |b| {
-                b.manifest_len
-                    .div_ceil(cfg.chunk_size as u64)
-                    .min(count as u64) as u32
+            hold: meta.bundle.map_or(0, |m| {
+                m.div_ceil(cfg.chunk_size as u64).min(count as u64) as u32
             }),
             stats: SenderStats {
                 file_size: meta.size,
