@@ -927,6 +927,12 @@ fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCh
     })
 }
 
+/// A directory's size (`st_size`: its entries' bytes on tmpfs, its blocks on ext4 or XFS) up to
+/// which a bundle's manifest lists it rather than looking each of its members up: a few
+/// thousand entries, read in about the time of a bundle's lookups. Listing a directory of 100 000
+/// files for each of its bundles would cost more than the files.
+const LIST_UP_TO: u64 = 256 << 10;
+
 fn invalid_data(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -1012,8 +1018,9 @@ impl FsStorage {
         let mut known: Vec<(u64, u64)> = Vec::new();
         let mut end = len;
         // The names in each members' directory, listed once (a member is looked at only if
-        // its name is there: a fresh tree costs a listing per directory, not a lookup per file).
-        let mut listed: Option<(String, HashSet<Vec<u8>>)> = None;
+        // its name is there: a fresh tree costs a listing per directory, not a lookup per file;
+        // in a large directory, a lookup per file).
+        let mut listed: Option<(String, Option<HashSet<Vec<u8>>>)> = None;
         for m in manifest.members() {
             let name = member_name(&m)?;
             known.push((end, m.offset));
@@ -1025,10 +1032,11 @@ impl FsStorage {
             if listed.as_ref().is_none_or(|(d, _)| d != dir) {
                 listed = Some((dir.to_owned(), self.names_in(dir)));
             }
-            if !listed
-                .as_ref()
-                .is_some_and(|(_, names)| names.contains(base.as_bytes()))
-            {
+            let maybe_here = match &listed {
+                Some((_, Some(names))) => names.contains(base.as_bytes()),
+                _ => true,
+            };
+            if !maybe_here {
                 continue;
             }
             let Ok(fd) = rustix::fs::openat2(
@@ -1096,8 +1104,9 @@ impl FsStorage {
         Ok(Some(filled))
     }
 
-    /// The names in directory `dir` under DIR (none if it is not there or cannot be read).
-    fn names_in(&self, dir: &str) -> HashSet<Vec<u8>> {
+    /// The names in directory `dir` under DIR (none if it is not there or cannot be read);
+    /// `None` for a directory larger than [`LIST_UP_TO`], whose names are looked up one by one.
+    fn names_in(&self, dir: &str) -> Option<HashSet<Vec<u8>>> {
         let fd = if dir.is_empty() {
             rustix::io::dup(&self.root)
         } else {
@@ -1110,16 +1119,19 @@ impl FsStorage {
             )
         };
         let Ok(fd) = fd else {
-            return HashSet::new();
+            return Some(HashSet::new());
         };
+        if rustix::fs::fstat(&fd).is_ok_and(|st| st.st_size as u64 > LIST_UP_TO) {
+            return None;
+        }
         let Ok(mut d) = rustix::fs::Dir::read_from(&fd) else {
-            return HashSet::new();
+            return Some(HashSet::new());
         };
         let mut names = HashSet::new();
         while let Some(Ok(e)) = d.read() {
             names.insert(e.file_name().to_bytes().to_vec());
         }
-        names
+        Some(names)
     }
 
     /// A bundle's verdict: its hash checked, then each member put in place as a file's is

@@ -551,7 +551,10 @@ impl<'a> Queue<'a> {
         let mut files = Vec::new();
         let mut total = 0u64;
         let mut i = first;
-        while i < self.todo.len() && picked.len() < send::BUNDLE_MAX_MEMBERS {
+        // Looked at from `first` on, so many entries at most: a tree of large files is not
+        // scanned whole for each of them.
+        let end = self.todo.len().min(first + 4 * send::BUNDLE_MAX_MEMBERS);
+        while i < end && picked.len() < send::BUNDLE_MAX_MEMBERS {
             let key = self.todo[i];
             i += 1;
             if !self.may_bundle(key) {
@@ -560,11 +563,13 @@ impl<'a> Queue<'a> {
             let entry = &self.entries[key];
             let name = entry.name.clone().expect("may_bundle: a name");
             // What cannot be opened, or is not a small regular file, goes alone (with its
-            // message, if any, from there).
+            // message, if any, from there), and is not opened again to be looked at.
             let Ok((file, meta)) = send::open_file(&entry.path, name) else {
+                self.alone[key] = true;
                 continue;
             };
             if meta.size > send::BUNDLE_MEMBER_MAX {
+                self.alone[key] = true;
                 continue;
             }
             let cost = meta.size.div_ceil(chunk_size as u64) * chunk_size as u64
@@ -945,4 +950,51 @@ fn progress_bar(name: &str, size: Option<u64>) -> ProgressBar {
     );
     bar.set_prefix(name.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large files ahead of small ones: the small ones still go in one bundle, and the large
+    /// ones alone, marked so once looked at (a later bundle's scan does not open them again).
+    #[test]
+    fn small_files_behind_large_ones_are_bundled_and_the_large_go_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("t");
+        std::fs::create_dir_all(&root).unwrap();
+        for i in 0..5 {
+            std::fs::write(root.join(format!("a-large-{i}")), vec![1u8; 100_000]).unwrap();
+        }
+        for i in 0..20 {
+            std::fs::write(root.join(format!("b-small-{i:02}")), vec![2u8; 4_000]).unwrap();
+        }
+        let entries = super::super::tree::expand(&[root], "").0;
+        let to = std::net::Ipv4Addr::new(198, 18, 0, 2).into();
+        let mut q = Queue::new(&entries, to, Transport::Ip(253), false);
+        q.bundle_chunk_size = Some(1400);
+        let mut alone = Vec::new();
+        let mut bundles = 0;
+        while let NextJob::Start { meta, .. } = q.next(&[]) {
+            if meta.directory {
+                break;
+            }
+            match meta.bundle {
+                Some(_) => bundles += 1,
+                None => alone.push(meta.name),
+            }
+        }
+        assert_eq!(bundles, 1);
+        assert_eq!(
+            alone,
+            (0..5).map(|i| format!("t/a-large-{i}")).collect::<Vec<_>>()
+        );
+        let first_bundle = q.bundles.values().next().unwrap();
+        assert_eq!(first_bundle.members.len(), 20);
+        let large: Vec<bool> = (0..entries.len())
+            .filter(|&k| entries[k].name.as_ref().unwrap().contains("large"))
+            .map(|k| q.alone[k])
+            .collect();
+        assert_eq!(large, [true; 5]);
+    }
 }

@@ -692,3 +692,29 @@ fn a_bad_bundle_is_refused_and_leaves_nothing() {
     assert!(v.members.is_empty());
     assert_eq!(listing(tmp.path()), Vec::<String>::new());
 }
+
+/// In a directory too large to list for each bundle, a member already there is still found
+/// (looked up by name) and filled in.
+#[test]
+fn a_member_in_a_large_directory_is_found_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    let mut i = 0;
+    while std::fs::metadata(&big).unwrap().len() <= LIST_UP_TO {
+        for _ in 0..1000 {
+            std::fs::File::create(big.join(format!("entry-with-a-longish-name-{i:06}"))).unwrap();
+            i += 1;
+        }
+    }
+    let d = data(2500);
+    std::fs::write(big.join("m.bin"), &d).unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    assert!(st.names_in("big").is_none(), "looked up, not listed");
+    let c = bundle_content(&[("new.txt", b"new", 0o644), ("big/m.bin", &d, 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..1);
+    // Chunk 1 is new.txt's, 2..5 are big/m.bin's.
+    assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![2, 3, 4]));
+}
