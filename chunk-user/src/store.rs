@@ -118,6 +118,8 @@ pub struct FsHandle {
     /// A bundle (docs/PROTOCOL.md, "Bundles"): the part file receives the manifest and the
     /// members, which the verdict puts in place under their own names.
     bundle: bool,
+    /// A bundle's manifest chunks, once its first chunk told the manifest's length.
+    manifest_chunks: Option<u32>,
     /// A chunk record (or its temporary file) may be on disk: one was found or left by an
     /// earlier receiver, or this one has written one. Without, there is nothing to remove.
     may_have_state: bool,
@@ -319,7 +321,7 @@ fn state_tmp_name(base: &str) -> String {
 }
 
 /// Whether a name would collide with the receiver's own work files.
-fn is_work_file(base: &str) -> bool {
+pub(crate) fn is_work_file(base: &str) -> bool {
     base.starts_with('.')
         && (base.ends_with(PART_SUFFIX) || base.ends_with(STATE_SUFFIX) || base.ends_with(".tmp"))
 }
@@ -788,6 +790,7 @@ impl FsHandle {
             existing_link: None,
             stream: offer.stream,
             bundle: offer.bundle,
+            manifest_chunks: None,
             may_have_state: true,
         }
     }
@@ -933,6 +936,11 @@ fn finish_link(h: &mut FsHandle, expected: &[u8; HASH_LEN]) -> io::Result<HashCh
 /// files for each of its bundles would cost more than the files.
 const LIST_UP_TO: u64 = 256 << 10;
 
+/// The largest manifest taken (the core takes bundles of [`MAX_BUNDLE`] at most).
+///
+/// [`MAX_BUNDLE`]: crate::proto::receiver::MAX_BUNDLE
+const MAX_MANIFEST: u64 = 4 << 20;
+
 fn invalid_data(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -998,16 +1006,38 @@ impl FsStorage {
     /// under the name, of the member's size and hash) are copied into the part file, and every
     /// chunk that then holds only such members' bytes and padding counts as received.
     fn bundle_manifest(&mut self, h: &mut FsHandle) -> io::Result<Option<Vec<u32>>> {
-        h.flush()?;
         let cs = h.offer.chunk_size as u64;
-        if !h.have.contains(0) {
+        // Cheap until the manifest's chunks are all here: written, or waiting in order to be.
+        let p = &h.pending;
+        let upto = if p.count > 0 && h.have.cumulative() >= p.first {
+            p.first + p.count
+        } else {
+            h.have.cumulative()
+        };
+        if upto == 0 || h.manifest_chunks.is_some_and(|n| upto < n) {
             return Ok(None);
         }
-        let mut head = [0u8; bundle::HEADER_LEN];
-        h.file.read_exact_at(&mut head, 0)?;
-        let len = bundle::manifest_len(&head).map_err(|e| invalid_data(format!("{e:?}")))? as u64;
-        let manifest_chunks = len.div_ceil(cs).min(h.offer.chunk_count as u64) as u32;
-        if (0..manifest_chunks).any(|i| !h.have.contains(i)) {
+        h.flush()?;
+        let manifest_chunks = match h.manifest_chunks {
+            Some(n) => n,
+            None => {
+                let mut head = [0u8; bundle::HEADER_LEN];
+                h.file.read_exact_at(&mut head, 0)?;
+                let len =
+                    bundle::manifest_len(&head).map_err(|e| invalid_data(format!("{e:?}")))? as u64;
+                if len > MAX_MANIFEST.min(h.offer.size) {
+                    return Err(invalid_data(format!(
+                        "the bundle's manifest claims {len} bytes (at most {MAX_MANIFEST}, and \
+                         within its {} bytes)",
+                        h.offer.size
+                    )));
+                }
+                let n = len.div_ceil(cs).min(h.offer.chunk_count as u64) as u32;
+                h.manifest_chunks = Some(n);
+                n
+            }
+        };
+        if h.have.cumulative() < manifest_chunks {
             return Ok(None);
         }
         let bytes = read_manifest_bytes(h)?;
@@ -1016,13 +1046,28 @@ impl FsStorage {
         // What the receiver will not need to receive: members it holds, and padding (zeros,
         // which the part file reads as where nothing was written).
         let mut known: Vec<(u64, u64)> = Vec::new();
-        let mut end = len;
+        let mut end = bytes.len() as u64;
         // The names in each members' directory, listed once (a member is looked at only if
         // its name is there: a fresh tree costs a listing per directory, not a lookup per file;
         // in a large directory, a lookup per file).
         let mut listed: Option<(String, Option<HashSet<Vec<u8>>>)> = None;
+        let mut names = HashSet::new();
         for m in manifest.members() {
             let name = member_name(&m)?;
+            if !names.insert(name) {
+                return Err(invalid_data(format!(
+                    "the bundle's manifest names {name} twice"
+                )));
+            }
+            // Padding is zero and shorter than a chunk: a gap the receiver would take as
+            // received without a byte of it arriving cannot be large.
+            if m.offset - end >= cs {
+                return Err(invalid_data(format!(
+                    "the bundle's manifest leaves {} bytes before {name} (less than a chunk \
+                     at most)",
+                    m.offset - end
+                )));
+            }
             known.push((end, m.offset));
             end = m.range().end;
             if m.size == 0 {
@@ -1181,7 +1226,15 @@ impl FsStorage {
                         format!("{name} is being received"),
                     ));
                 }
-                let part = part_name(base);
+                // Its own work name, this transfer's: no other transfer (of this receiver or of
+                // another one sharing the directory) writes to it.
+                let part = format!(".{base}.{:08x}{PART_SUFFIX}", h.offer.transfer_id);
+                let bytes = &content[m.offset as usize..m.range().end as usize];
+                if blake3::hash(bytes).as_bytes() != &m.hash {
+                    return Err(invalid_data(format!(
+                        "the bundle's manifest gives {name} another hash than its bytes'"
+                    )));
+                }
                 // Made with its mode when the umask leaves it whole (its content is verified
                 // already), else private and given its mode after.
                 let mode = m.mode & 0o777;
@@ -1202,7 +1255,6 @@ impl FsStorage {
                     io::Error::new(kind, format!("{name}: its part file {part}: {e}"))
                 })?;
                 let file = File::from(fd);
-                let bytes = &content[m.offset as usize..m.range().end as usize];
                 let copied = (|| {
                     file.write_all_at(bytes, 0)?;
                     if !exact {
@@ -1231,7 +1283,19 @@ impl FsStorage {
         for (dir, part, base, name, size, hash) in staged {
             let r = synced.map_err(io::Error::from).and_then(|()| {
                 let flags = if self.overwrite {
-                    RenameFlags::empty()
+                    // Overwriting replaces a file, never anything else (as a file alone).
+                    match rustix::fs::statat(&*dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st)
+                            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                                != rustix::fs::FileType::RegularFile =>
+                        {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AlreadyExists,
+                                format!("{name} exists and is not a regular file"),
+                            ));
+                        }
+                        _ => RenameFlags::empty(),
+                    }
                 } else {
                     RenameFlags::NOREPLACE
                 };
@@ -1449,8 +1513,10 @@ impl Storage for FsStorage {
         }
         // A part file that never got a chunk is worth nothing to a resume: leave no trace.
         let nothing = h.have.is_empty() && h.pending.count == 0;
-        // Nor does a stream's: it is never resumed.
-        if keep_partial && !nothing && !h.stream {
+        // Nor does a stream's: it is never resumed. Nor a bundle's: at most a few MiB, sent
+        // again whole, and its sender may send its files alone instead (a copy kept would
+        // never be claimed).
+        if keep_partial && !nothing && !h.stream && !h.bundle {
             if let Err(e) = h.flush() {
                 tracing::warn!(name = %h.name, error = %e, "cannot write the last chunks received");
             }

@@ -434,6 +434,19 @@ fn summary_to(to: IpAddr, transport: Transport) -> String {
 /// a few at a time, one is put in place while the next arrives and a third is read.
 const BUNDLES_IN_FLIGHT: usize = 3;
 
+/// Whether the receiver can take `name` in a bundle (else the file goes alone, and gets the
+/// receiver's own answer): a name it would take in an offer, not like its work files, whose
+/// components leave room for a bundle member's work name (`.NAME.XXXXXXXX.part`, 15 bytes more).
+fn bundle_name_ok(name: &str) -> bool {
+    name.len() <= 4096
+        && crate::proto::validate_name(name.as_bytes()).is_ok()
+        && !name
+            .rsplit('/')
+            .next()
+            .is_some_and(crate::store::is_work_file)
+        && name.split('/').all(|c| c.len() <= 255 - 15)
+}
+
 /// A bundle under way: its members (entry keys) and what the sender knows of each, and the
 /// directories they go in (a directory's verdict waits for them).
 struct InFlightBundle {
@@ -541,7 +554,7 @@ impl<'a> Queue<'a> {
             && !e.directory
             && !e.stream
             && e.symlink.is_none()
-            && e.name.is_ok()
+            && e.name.as_ref().is_ok_and(|n| bundle_name_ok(n))
     }
 
     /// Gathers small files from `todo` into a bundle, starting with the one at `first`; none
@@ -684,20 +697,24 @@ impl<'a> Queue<'a> {
                 // A receiver that predates bundles refuses the nameless offer: no more then.
                 if let Ok((stats, Err(SendError::Refused(reason, _)))) = &other
                     && !stats.offer_accepted
-                    && matches!(reason, AbortReason::BadName | AbortReason::Unsupported)
+                    && matches!(
+                        reason,
+                        AbortReason::BadName | AbortReason::Unsupported | AbortReason::TooLarge
+                    )
                 {
                     tracing::info!(
                         why,
                         "the receiver takes no bundles; sending files one by one"
                     );
                     self.bundle_chunk_size = None;
-                } else {
+                } else if !matches!(&other, Ok((_, Err(SendError::Cancelled)))) {
                     tracing::info!(
                         why,
                         files = bundle.members.len(),
                         "a bundle failed; sending its files one by one"
                     );
                 }
+                // Cancelled: they go back untried, and the summary counts them skipped.
                 for &m in bundle.members.iter().rev() {
                     self.alone[m] = true;
                     self.started[m] = None;
@@ -716,13 +733,20 @@ impl Jobs for Queue<'_> {
             // and may go first.
             // Bundles go a few at a time (see `BUNDLES_IN_FLIGHT`); the files that would go in
             // one wait for it meanwhile, and others pass.
+            // A file passed over may be inside any directory listed after it: none of those
+            // goes before it.
             let bundles_full = self.bundles.len() >= BUNDLES_IN_FLIGHT;
+            let mut passed_a_file = false;
             let Some(at) = (0..self.todo.len()).find(|&i| {
                 let key = self.todo[i];
                 let entry = &self.entries[key];
                 match (entry.directory, &entry.name) {
-                    (true, Ok(name)) => !self.dir_busy(name, busy),
-                    _ => !(bundles_full && self.may_bundle(key)),
+                    (true, Ok(name)) => !passed_a_file && !self.dir_busy(name, busy),
+                    _ if bundles_full && self.may_bundle(key) => {
+                        passed_a_file = true;
+                        false
+                    }
+                    _ => true,
                 }
             }) else {
                 return if self.todo.is_empty() {
@@ -996,5 +1020,35 @@ mod tests {
             .map(|k| q.alone[k])
             .collect();
         assert_eq!(large, [true; 5]);
+    }
+
+    /// With the bundles in flight at their most, the files left wait, and so does every
+    /// directory listed after them (it may hold them): a directory's verdict comes after its
+    /// files'.
+    #[test]
+    fn no_directory_goes_before_files_left_waiting_for_a_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("t");
+        for d in ["a", "b", "c", "d"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            for i in 0..20 {
+                std::fs::write(root.join(format!("{d}/f{i:02}")), vec![3u8; 60_000]).unwrap();
+            }
+        }
+        let entries = super::super::tree::expand(&[root], "").0;
+        let to = std::net::Ipv4Addr::new(198, 18, 0, 2).into();
+        let mut q = Queue::new(&entries, to, Transport::Ip(253), false);
+        q.bundle_chunk_size = Some(1400);
+        for _ in 0..BUNDLES_IN_FLIGHT {
+            match q.next(&[]) {
+                NextJob::Start { meta, .. } => assert!(meta.bundle.is_some(), "{}", meta.name),
+                _ => panic!("a bundle"),
+            }
+        }
+        match q.next(&[]) {
+            NextJob::Wait => {}
+            NextJob::Start { meta, .. } => panic!("{} started before its files", meta.name),
+            NextJob::Done => panic!("done with files left"),
+        }
     }
 }

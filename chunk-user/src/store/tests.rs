@@ -718,3 +718,58 @@ fn a_member_in_a_large_directory_is_found_by_name() {
     // Chunk 1 is new.txt's, 2..5 are big/m.bin's.
     assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![2, 3, 4]));
 }
+
+/// A manifest naming a file twice, or leaving a gap of a chunk or more, is not one; a member
+/// whose bytes are not its manifest hash's ends the bundle at its verdict, and so does a name
+/// that holds a link even where overwriting is allowed; an abandoned bundle leaves nothing.
+#[test]
+fn bundle_rules_a_sender_must_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), true).unwrap();
+    let twice = bundle_content(&[("a", b"1", 0o644), ("a", b"2", 0o644)]);
+    // Its second member one chunk later than the layout's, the gap zeros.
+    let mut gap = bundle_content(&[("a", b"1", 0o644), ("b", b"2", 0o644)]);
+    let second = chunk_common::bundle::HEADER_LEN + chunk_common::bundle::ENTRY_LEN + 1;
+    let off = u64::from_be_bytes(gap[second..second + 8].try_into().unwrap());
+    gap[second..second + 8].copy_from_slice(&(off + CHUNK as u64).to_be_bytes());
+    gap.splice(off as usize..off as usize, vec![0u8; CHUNK as usize]);
+    for (what, c) in [("twice", twice), ("gap", gap)] {
+        let o = bundle_offer(&c);
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+        let e = st.read_manifest(&mut h).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{what}: {e}");
+        st.abandon(h, true);
+    }
+    assert_eq!(listing(tmp.path()), Vec::<String>::new(), "nothing kept");
+
+    let lying = chunk_common::bundle::build(
+        CHUNK,
+        &[chunk_common::bundle::Source {
+            name: b"lie",
+            bytes: b"true bytes",
+            mode: 0o644,
+            mtime: 0,
+            hash: *blake3::hash(b"other bytes").as_bytes(),
+        }],
+    );
+    let o = bundle_offer(&lying);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &lying, 0..chunks_of(&lying));
+    let e = st.finish(h, &o.tag).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+
+    std::os::unix::fs::symlink("elsewhere", tmp.path().join("link")).unwrap();
+    let c = bundle_content(&[("link", b"x", 0o644), ("ok", b"y", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+    let e = st.finish(h, &o.tag).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+    assert!(
+        std::fs::symlink_metadata(tmp.path().join("link"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(listing(tmp.path()), ["link", "ok"]);
+}

@@ -526,6 +526,11 @@ impl<S: Storage> Receiver<S> {
                 AbortReason::TooLarge,
                 format!("limit is {} bytes", self.cfg.max_size),
             ))
+        } else if bundle && offer.file_size > MAX_BUNDLE {
+            Err((
+                AbortReason::TooLarge,
+                format!("a bundle of {MAX_BUNDLE} bytes at most"),
+            ))
         } else {
             Ok(())
         };
@@ -1167,8 +1172,10 @@ impl<S: Storage> Receiver<S> {
     }
 }
 
-/// Checks an offered name: UTF-8, relative, `/`-separated, no empty, `.` or `..` component, no
-/// NUL. Returns it as text, or why not.
+/// The largest bundle a receiver takes (docs/PROTOCOL.md, "Bundles"): it is read whole into
+/// memory at its verdict. chunk's sender makes bundles of 1 MiB at most.
+pub const MAX_BUNDLE: u64 = 16 << 20;
+
 /// The abort for a storage error: a file already there under the name, with other contents,
 /// is `exists`; a name (a link's target, a bundle member's) that would leave the receiver's
 /// directory `bad name`; a bundle whose manifest is not one `unsupported`; the rest `I/O error`,
@@ -1178,6 +1185,9 @@ fn abort_for(e: &std::io::Error, doing: &str) -> (AbortReason, String) {
         std::io::ErrorKind::AlreadyExists => (AbortReason::Exists, e.to_string()),
         std::io::ErrorKind::InvalidInput => (AbortReason::BadName, e.to_string()),
         std::io::ErrorKind::InvalidData => (AbortReason::Unsupported, e.to_string()),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            (AbortReason::NoSpace, format!("{doing}: {e}"))
+        }
         _ => (AbortReason::Io, format!("{doing}: {e}")),
     }
 }
@@ -1194,6 +1204,8 @@ pub fn bundle_name(tag: &[u8; chunk_common::wire::HASH_LEN]) -> String {
     s
 }
 
+/// Checks an offered name: UTF-8, relative, `/`-separated, no empty, `.` or `..` component, no
+/// NUL. Returns it as text, or why not.
 pub fn validate_name(name: &[u8]) -> Result<&str, &'static str> {
     let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8")?;
     if name.is_empty() {

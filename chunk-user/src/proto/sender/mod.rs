@@ -341,6 +341,8 @@ pub struct Sender {
     next_new: u64,
     /// A bundle's manifest chunks (0 otherwise): see [`Sender::send_limit`].
     hold: u32,
+    /// Chunks sent since the last one that asked for an ack (see [`Sender::ack_for_share`]).
+    since_ack_now: u32,
     recovery: Recovery,
     /// The path to the receiver: its controller, pacer and RTT estimate, shared with the other
     /// transfers to it ([`Sender::on_path`]).
@@ -424,6 +426,7 @@ impl Sender {
             last_tx: now,
             keepalive_due: false,
             sealed: false,
+            since_ack_now: 0,
             hold: meta.bundle.map_or(0, |m| {
                 m.div_ceil(cfg.chunk_size as u64).min(count as u64) as u32
             }),
@@ -1019,6 +1022,7 @@ impl Sender {
             || last_for_now
             || self.ack_for_share(bytes)
         {
+            self.since_ack_now = 0;
             flags::ACK_NOW
         } else {
             0
@@ -1034,6 +1038,9 @@ impl Sender {
         let snapshot = path.cc.on_send(now, bytes_out);
         self.recovery.on_sent(index, bytes, snapshot, now);
         self.stats.chunks_sent += 1;
+        if ack_now == 0 {
+            self.since_ack_now += 1;
+        }
         if let Some(sent) = &mut self.stats.sent {
             sent.insert(index);
         }
@@ -1052,7 +1059,7 @@ impl Sender {
     /// fewer chunks than a receiver takes between acks (16; docs/PROTOCOL.md, "Acks in
     /// detail"). Its acks would then wait the receiver's 5 ms timer, the window full meanwhile:
     /// 16 transfers of 1 MiB went at a fifth of one file's rate. So a transfer whose share is
-    /// under twice that asks once per half of its share.
+    /// under twice that asks once per half of its share of chunks sent.
     fn ack_for_share(&self, bytes: u64) -> bool {
         let p = self.path.borrow();
         if p.transfers < 2 {
@@ -1064,7 +1071,7 @@ impl Sender {
             return false;
         }
         let every = (share / 2).clamp(1, RECEIVER_ACK_EVERY);
-        (self.recovery.chunks_in_flight() + 1).is_multiple_of(every)
+        self.since_ack_now as usize + 1 >= every
     }
 
     /// Sends the most recently sent chunk still in flight again with `ACK_NOW` (see
