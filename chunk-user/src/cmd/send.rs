@@ -447,6 +447,9 @@ fn bundle_name_ok(name: &str) -> bool {
         && name.split('/').all(|c| c.len() <= 255 - 15)
 }
 
+/// Entries looked at, while the bundles in flight are at their most, for a file to start alone.
+const SCAN_PAST_BUNDLES: usize = 256;
+
 /// A bundle under way: its members (entry keys) and what the sender knows of each, and the
 /// directories they go in (a directory's verdict waits for them).
 struct InFlightBundle {
@@ -527,7 +530,16 @@ impl<'a> Queue<'a> {
             bar,
             bytes_done: 0,
             bundle_chunk_size: None,
-            alone: vec![false; entries.len()],
+            // What cannot go in a bundle goes alone from the start.
+            alone: entries
+                .iter()
+                .map(|e| {
+                    e.directory
+                        || e.stream
+                        || e.symlink.is_some()
+                        || !e.name.as_ref().is_ok_and(|n| bundle_name_ok(n))
+                })
+                .collect(),
             bundles: std::collections::HashMap::new(),
             next_bundle_key: entries.len(),
         }
@@ -546,15 +558,10 @@ impl<'a> Queue<'a> {
     }
 
     /// Whether entry `key` may go in a bundle, by what the walk knows: a plain file with a
-    /// name (its size is known once it is open).
+    /// name the receiver takes in one (its size is known once it is open). Asked for every
+    /// entry a scan passes: two lookups.
     fn may_bundle(&self, key: usize) -> bool {
-        let e = &self.entries[key];
-        self.bundle_chunk_size.is_some()
-            && !self.alone[key]
-            && !e.directory
-            && !e.stream
-            && e.symlink.is_none()
-            && e.name.as_ref().is_ok_and(|n| bundle_name_ok(n))
+        self.bundle_chunk_size.is_some() && !self.alone[key]
     }
 
     /// Gathers small files from `todo` into a bundle, starting with the one at `first`; none
@@ -737,7 +744,14 @@ impl Jobs for Queue<'_> {
             // goes before it.
             let bundles_full = self.bundles.len() >= BUNDLES_IN_FLIGHT;
             let mut passed_a_file = false;
-            let Some(at) = (0..self.todo.len()).find(|&i| {
+            // While they are, what may start is a file that goes alone: looked for among the
+            // next entries only, not through a whole tree for each wake-up of the send loop.
+            let scan = if bundles_full {
+                self.todo.len().min(SCAN_PAST_BUNDLES)
+            } else {
+                self.todo.len()
+            };
+            let Some(at) = (0..scan).find(|&i| {
                 let key = self.todo[i];
                 let entry = &self.entries[key];
                 match (entry.directory, &entry.name) {

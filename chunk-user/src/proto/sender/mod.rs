@@ -1059,7 +1059,8 @@ impl Sender {
     /// fewer chunks than a receiver takes between acks (16; docs/PROTOCOL.md, "Acks in
     /// detail"). Its acks would then wait the receiver's 5 ms timer, the window full meanwhile:
     /// 16 transfers of 1 MiB went at a fifth of one file's rate. So a transfer whose share is
-    /// under twice that asks once per half of its share of chunks sent.
+    /// under twice that asks once per share of chunks sent (once per half share asked twice as
+    /// often for no gain).
     fn ack_for_share(&self, bytes: u64) -> bool {
         let p = self.path.borrow();
         if p.transfers < 2 {
@@ -1070,7 +1071,7 @@ impl Sender {
         if share >= 2 * RECEIVER_ACK_EVERY {
             return false;
         }
-        let every = (share / 2).clamp(1, RECEIVER_ACK_EVERY);
+        let every = share.clamp(1, RECEIVER_ACK_EVERY);
         self.since_ack_now as usize + 1 >= every
     }
 
