@@ -6,7 +6,9 @@
 //! chunk is in, the part file is fsynced and hashed; if the BLAKE3 matches the offer's, it gets the
 //! sender's permission bits and mtime and is renamed to `DIR/a/b.bin` (never replacing a file
 //! unless `overwrite`), and the directory is fsynced. If the hash differs, both files are removed:
-//! nothing wrong ever appears under a final name.
+//! nothing wrong ever appears under a final name. That work (and a bundle's, whose files are
+//! put in place each under its name) is done on a thread of its own ([`place`]), so that the
+//! receiver goes on reading packets meanwhile.
 //!
 //! Confinement: every path is resolved under DIR with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`, relative to an fd of DIR, so neither `..`, an absolute name, nor a symlink
@@ -27,10 +29,11 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::fs::{FileExt, PermissionsExt},
     },
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -38,9 +41,10 @@ use chunk_common::{
     bundle,
     wire::{AbortReason, HASH_LEN},
 };
-use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, ResolveFlags};
 
 use crate::proto::{ChunkSet, HashCheck, OfferInfo, Opened, Refusal, Storage};
+use place::{Finisher, Placer};
 
 const PART_SUFFIX: &str = ".part";
 const STATE_SUFFIX: &str = ".part.state";
@@ -63,11 +67,12 @@ pub struct FsStorage {
     overwrite: bool,
     /// Symbolic links are made (`--links`), when their targets stay inside DIR.
     links: bool,
-    /// Final names (relative to DIR) being received now.
+    /// Final names (relative to DIR) being received now, or being put in place.
     in_use: HashSet<String>,
-    /// The process's umask, if known: a bundle's member made with its mode needs no `fchmod`
-    /// when the umask takes none of its bits.
-    umask: Option<u32>,
+    placer: Arc<Placer>,
+    /// The thread that puts files in place, once the first verdict needs it (`Err`: it
+    /// could not be started, and the receiver's thread does the work).
+    finisher: Option<Result<Finisher, ()>>,
 }
 
 /// The process's umask, from /proc (reading it with umask(2) means setting it).
@@ -205,18 +210,33 @@ impl FsStorage {
             Mode::empty(),
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        let placer = Arc::new(Placer {
+            root: rustix::io::dup(&root)?,
+            overwrite,
+            umask: current_umask(),
+        });
         Ok(FsStorage {
             links: false,
             root,
             root_path: dir.to_path_buf(),
             overwrite,
             in_use: HashSet::new(),
-            umask: current_umask(),
+            placer,
+            finisher: None,
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Readable when a verdict started by [`Storage::start_finish`] has been reached (for the
+    /// receive loop to wait on); `None` while none is under way.
+    pub fn finish_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.finisher {
+            Some(Ok(f)) if f.in_flight() > 0 => Some(f.wake_fd()),
+            _ => None,
+        }
     }
 
     /// Makes symbolic links offered (`--links`) whose targets stay inside DIR.
@@ -225,64 +245,10 @@ impl FsStorage {
         self
     }
 
-    /// Opens (creating as needed) the directories of `name` under DIR; returns the innermost,
-    /// the last component, and the directories it created (each with its parent), so that a
-    /// refused offer can take them away again.
+    /// Opens (creating as needed) the directories of `name` under DIR (see
+    /// [`Placer::open_parent`]).
     fn open_parent<'n>(&self, name: &'n str) -> Result<(OwnedFd, &'n str, Created), Refusal> {
-        let (dirs, base) = match name.rsplit_once('/') {
-            Some((d, b)) => (Some(d), b),
-            None => (None, name),
-        };
-        let mut created = Created::default();
-        let mut dir = rustix::io::dup(&self.root).map_err(io_refusal)?;
-        for comp in dirs.into_iter().flat_map(|d| d.split('/')) {
-            let open = |dir: &OwnedFd| {
-                rustix::fs::openat2(
-                    dir,
-                    comp,
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    resolve(),
-                )
-            };
-            // Most files of a tree go into a directory that is there already: open it first,
-            // make it only when it is missing.
-            let mut made = false;
-            let mut next = open(&dir);
-            if matches!(next, Err(rustix::io::Errno::NOENT)) {
-                made = match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
-                    Ok(()) => true,
-                    Err(rustix::io::Errno::EXIST) => false,
-                    Err(e) => {
-                        created.remove();
-                        return Err(io_refusal(e));
-                    }
-                };
-                next = open(&dir);
-            }
-            let next = next.map_err(|e| match e {
-                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV | rustix::io::Errno::NOTDIR => {
-                    Refusal::new(
-                        AbortReason::BadName,
-                        format!("{name}: {comp} is not a plain directory"),
-                    )
-                }
-                e => io_refusal(e),
-            });
-            if made {
-                created
-                    .0
-                    .push((rustix::io::dup(&dir).map_err(io_refusal)?, comp.to_owned()));
-            }
-            match next {
-                Ok(next) => dir = next,
-                Err(refusal) => {
-                    created.remove();
-                    return Err(refusal);
-                }
-            }
-        }
-        Ok((dir, base, created))
+        self.placer.open_parent(name)
     }
 }
 
@@ -1178,180 +1144,6 @@ impl FsStorage {
         }
         Some(names)
     }
-
-    /// A bundle's verdict: its hash checked, then each member put in place as a file's is
-    /// (written beside its name, given its mode and mtime, made durable, renamed without
-    /// replacing). A member already there with its content verifies as it is; one with other
-    /// content is `exists`. The first member that fails is the error, after the others have
-    /// gone in.
-    fn finish_bundle(
-        &mut self,
-        h: &mut FsHandle,
-        expected: &[u8; HASH_LEN],
-    ) -> io::Result<HashCheck> {
-        let t0 = Instant::now();
-        let hash = match h.check_hash(expected)? {
-            Ok(hash) => hash,
-            Err(mismatch) => return Ok(mismatch),
-        };
-        let bytes = read_manifest_bytes(h)?;
-        let manifest = bundle::Manifest::parse(&bytes, h.offer.size)
-            .map_err(|e| invalid_data(format!("the bundle's manifest is malformed ({e:?})")))?;
-        let mut first_error = None;
-        let mut staged = Vec::new();
-        // The content is at most the receiver's size limit; a bundle is small (chunk's are up
-        // to 1 MiB): read once, each member written from memory.
-        let mut content = vec![0u8; h.offer.size as usize];
-        h.file.read_exact_at(&mut content, 0)?;
-        // Members of one directory come together: its fd is kept from one to the next.
-        let mut dirs: Vec<(String, std::rc::Rc<OwnedFd>)> = Vec::new();
-        for m in manifest.members() {
-            let r = (|| -> io::Result<()> {
-                let name = member_name(&m)?;
-                let (dir_name, base) = name.rsplit_once('/').unwrap_or(("", name));
-                let dir = match dirs.last() {
-                    Some((d, fd)) if d == dir_name => fd.clone(),
-                    _ => {
-                        let (fd, _, _) = self
-                            .open_parent(name)
-                            .map_err(|r| io::Error::new(refusal_kind(&r), r.message))?;
-                        let fd = std::rc::Rc::new(fd);
-                        dirs.push((dir_name.to_owned(), fd.clone()));
-                        fd
-                    }
-                };
-                if self.in_use.contains(name) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{name} is being received"),
-                    ));
-                }
-                // Its own work name, this transfer's: no other transfer (of this receiver or of
-                // another one sharing the directory) writes to it.
-                let part = format!(".{base}.{:08x}{PART_SUFFIX}", h.offer.transfer_id);
-                let bytes = &content[m.offset as usize..m.range().end as usize];
-                if blake3::hash(bytes).as_bytes() != &m.hash {
-                    return Err(invalid_data(format!(
-                        "the bundle's manifest gives {name} another hash than its bytes'"
-                    )));
-                }
-                // Made with its mode when the umask leaves it whole (its content is verified
-                // already), else private and given its mode after.
-                let mode = m.mode & 0o777;
-                let exact = self.umask.is_some_and(|u| mode & u == 0);
-                let fd = rustix::fs::openat2(
-                    &*dir,
-                    part.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(if exact { mode } else { 0o600 }),
-                    resolve(),
-                )
-                .map_err(|e| {
-                    let kind = if e == rustix::io::Errno::EXIST {
-                        io::ErrorKind::AlreadyExists
-                    } else {
-                        e.kind()
-                    };
-                    io::Error::new(kind, format!("{name}: its part file {part}: {e}"))
-                })?;
-                let file = File::from(fd);
-                let copied = (|| {
-                    file.write_all_at(bytes, 0)?;
-                    if !exact {
-                        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                    }
-                    if let Ok(secs) = u64::try_from(m.mtime) {
-                        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = copied {
-                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                    return Err(e);
-                }
-                staged.push((dir, part, base.to_owned(), name.to_owned(), m.size, m.hash));
-                Ok(())
-            })();
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
-        }
-        // Every member's bytes durable before any of them shows under its name, then the
-        // names: two file-system syncs for the bundle, where files one by one pay two each.
-        let synced = rustix::fs::syncfs(&self.root);
-        let mut placed = Vec::new();
-        for (dir, part, base, name, size, hash) in staged {
-            let r = synced.map_err(io::Error::from).and_then(|()| {
-                let flags = if self.overwrite {
-                    // Overwriting replaces a file, never anything else (as a file alone).
-                    match rustix::fs::statat(&*dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st)
-                            if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                                != rustix::fs::FileType::RegularFile =>
-                        {
-                            return Err(io::Error::new(
-                                io::ErrorKind::AlreadyExists,
-                                format!("{name} exists and is not a regular file"),
-                            ));
-                        }
-                        _ => RenameFlags::empty(),
-                    }
-                } else {
-                    RenameFlags::NOREPLACE
-                };
-                match rustix::fs::renameat_with(&*dir, part.as_str(), &*dir, base.as_str(), flags) {
-                    Ok(()) => Ok(()),
-                    Err(rustix::io::Errno::EXIST) => {
-                        // Already here: verified as it is if it is this content.
-                        let same = rustix::fs::openat2(
-                            &*dir,
-                            base.as_str(),
-                            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-                            Mode::empty(),
-                            resolve(),
-                        )
-                        .ok()
-                        .map(|fd| holds(&fd, size, &hash))
-                        .transpose()?
-                        .unwrap_or(false);
-                        if same {
-                            let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                            Ok(())
-                        } else {
-                            Err(io::Error::new(
-                                io::ErrorKind::AlreadyExists,
-                                format!(
-                                    "{name} exists with other contents (the receiver may allow --overwrite)"
-                                ),
-                            ))
-                        }
-                    }
-                    Err(e) => Err(io::Error::new(
-                        e.kind(),
-                        format!("renaming into place as {name}: {e}"),
-                    )),
-                }
-            });
-            match r {
-                Ok(()) => placed.push((name, size)),
-                Err(e) => {
-                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        rustix::fs::syncfs(&self.root)?;
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        tracing::debug!(bundle = %h.name, files = placed.len(), took = ?t0.elapsed(),
-            "bundle's files in place");
-        Ok(HashCheck {
-            verified: true,
-            hash,
-            members: placed,
-        })
-    }
 }
 
 /// The `io::ErrorKind` whose abort is the refusal's reason (see the core's `abort_for`).
@@ -1429,11 +1221,6 @@ impl Storage for FsStorage {
             });
         }
         self.in_use.remove(&h.name);
-        if h.bundle {
-            let result = self.finish_bundle(&mut h, expected);
-            h.remove_work_files();
-            return result;
-        }
         if h.symlink {
             let result = finish_link(&mut h, expected);
             h.remove_work_files();
@@ -1456,38 +1243,58 @@ impl Storage for FsStorage {
                 members: Vec::new(),
             });
         }
-        let result = (|| {
-            h.flush()?;
-            h.file.sync_all()?;
-            let hash = h.hash_part()?;
-            if &hash != expected {
-                return Ok(HashCheck::mismatch(hash));
-            }
-            apply_mode_and_mtime(&h.file, &h.offer)?;
-            let part = part_name(&h.base);
-            let flags = if self.overwrite {
-                RenameFlags::empty()
-            } else {
-                RenameFlags::NOREPLACE
-            };
-            rustix::fs::renameat_with(&h.dir, part.as_str(), &h.dir, h.base.as_str(), flags)
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("renaming into place as {}: {e}", h.name))
-                })?;
-            h.remove_state();
-            rustix::fs::fsync(&h.dir)?;
-            Ok(HashCheck {
-                verified: true,
-                hash,
-                members: Vec::new(),
-            })
-        })();
-        // A file that did not verify (or could not be checked) never stays, not even as a part:
-        // resuming from chunks that hash wrong would fail again.
-        if !matches!(result, Ok(HashCheck { verified: true, .. })) {
-            h.remove_work_files();
+        self.placer.finish(h, expected, &self.in_use)
+    }
+
+    fn start_finish(
+        &mut self,
+        h: FsHandle,
+        expected: &[u8; HASH_LEN],
+        ticket: u64,
+    ) -> Option<io::Result<HashCheck>> {
+        // A file's or a bundle's verdict goes to the placing thread; a directory's, a link's
+        // and one of a file already in place are quick.
+        if h.directory || h.symlink || h.existing {
+            return Some(self.finish(h, expected));
         }
-        result
+        let finisher = self.finisher.get_or_insert_with(|| {
+            Finisher::start(self.placer.clone()).map_err(|e| {
+                tracing::warn!(error = %e, "cannot start the thread that puts files in place; \
+                    the receiving thread does it");
+            })
+        });
+        let Ok(finisher) = finisher else {
+            return Some(self.finish(h, expected));
+        };
+        let mut busy = self.in_use.clone();
+        busy.remove(&h.name);
+        match finisher.submit(ticket, h, expected, busy) {
+            // Its name stays in use until its verdict is taken.
+            Ok(()) => None,
+            Err(h) => Some(self.finish(*h, expected)),
+        }
+    }
+
+    fn poll_finished(&mut self) -> Option<(u64, io::Result<HashCheck>)> {
+        let Some(Ok(f)) = &mut self.finisher else {
+            return None;
+        };
+        let (done, name) = f.poll()?;
+        self.in_use.remove(&name);
+        Some(done)
+    }
+
+    fn wait_finished(&mut self) -> Vec<(u64, io::Result<HashCheck>)> {
+        let Some(Ok(f)) = &mut self.finisher else {
+            return Vec::new();
+        };
+        let all = f.wait_all();
+        all.into_iter()
+            .map(|(done, name)| {
+                self.in_use.remove(&name);
+                done
+            })
+            .collect()
     }
 
     fn end_stream(&mut self, h: &mut FsHandle, size: u64, chunk_count: u32) -> io::Result<()> {
@@ -1575,5 +1382,6 @@ fn read_state(dir: &impl AsFd, base: &str) -> Result<Option<Vec<u8>>, ()> {
         .map(|_| bytes))
 }
 
+mod place;
 #[cfg(test)]
 mod tests;

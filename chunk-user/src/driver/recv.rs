@@ -128,7 +128,10 @@ pub fn run(
             } else {
                 deadline
             };
-            wait::until(&rx.fds(), deadline).context("waiting for packets")?;
+            // Also woken by the thread that puts files in place, when a verdict is reached.
+            let mut fds = rx.fds();
+            fds.extend(storage.finish_fd());
+            wait::until(&fds, deadline).context("waiting for packets")?;
         }
         let batch = rx
             .read_batch(BATCH, |rec| {
@@ -173,6 +176,7 @@ pub fn run(
         if draining && now >= last_packet + EXIT_QUIET {
             break "done";
         }
+        core.poll_storage(now, &mut storage);
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now, &mut storage);
         }
@@ -215,7 +219,17 @@ pub fn run(
             });
         }
     };
-    core.close_all(&mut storage);
+    // Verdicts being reached are waited for, and sent: their senders need not probe a
+    // receiver that has gone.
+    core.close_all(Instant::now(), &mut storage);
+    send_answers(
+        &mut core,
+        Instant::now(),
+        &mut buf,
+        &mut intake,
+        &ack_sock,
+        &mut counts,
+    );
     while let Some(ev) = core.poll_event() {
         on_event(&RecvEvent::from(&ev));
     }

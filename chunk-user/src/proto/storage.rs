@@ -6,7 +6,7 @@
 //! hashes, and renames or removes. The core never holds file data itself: each chunk goes straight
 //! to `write`, so its memory does not grow with the file (the set of received chunks aside).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 
 use chunk_common::wire::{AbortReason, HASH_LEN};
@@ -130,6 +130,31 @@ pub trait Storage {
     /// `expected`, or remove it if not.
     fn finish(&mut self, handle: Self::Handle, expected: &[u8; HASH_LEN]) -> io::Result<HashCheck>;
 
+    /// As [`finish`](Self::finish), for storage that may do the work away from the caller (on
+    /// a thread of its own, while the receiver goes on reading packets): `Some` is `finish`'s
+    /// result; `None` says the result comes later from [`poll_finished`](Self::poll_finished),
+    /// under `ticket`.
+    fn start_finish(
+        &mut self,
+        handle: Self::Handle,
+        expected: &[u8; HASH_LEN],
+        ticket: u64,
+    ) -> Option<io::Result<HashCheck>> {
+        let _ = ticket;
+        Some(self.finish(handle, expected))
+    }
+
+    /// A finish started by [`start_finish`](Self::start_finish) that has ended, with its
+    /// ticket; `None` if none has yet. Never waits.
+    fn poll_finished(&mut self) -> Option<(u64, io::Result<HashCheck>)> {
+        None
+    }
+
+    /// Waits for every finish started and not yet polled, and returns them.
+    fn wait_finished(&mut self) -> Vec<(u64, io::Result<HashCheck>)> {
+        Vec::new()
+    }
+
     /// The transfer ends unfinished (idle, cancelled, error). With `keep_partial`, what was
     /// written stays for a later resume.
     fn abandon(&mut self, handle: Self::Handle, keep_partial: bool);
@@ -170,10 +195,15 @@ pub struct MemStorage {
     pub overwrite: bool,
     /// Fail every write (to test the I/O-error path).
     pub fail_writes: bool,
+    /// Reach verdicts later, as storage that puts files in place on a thread of its own does:
+    /// [`Storage::start_finish`] holds each until [`release_finishes`](Self::release_finishes).
+    pub defer_finishes: bool,
+    deferred: Vec<(u64, MemHandle, [u8; HASH_LEN])>,
+    released: VecDeque<(u64, MemHandle, [u8; HASH_LEN])>,
 }
 
 /// [`MemStorage`]'s handle: the partial file's name.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MemHandle {
     name: String,
 }
@@ -181,6 +211,12 @@ pub struct MemHandle {
 impl MemStorage {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets the verdicts held so far (see [`defer_finishes`](Self::defer_finishes)) be
+    /// reached: [`Storage::poll_finished`] returns them, in order.
+    pub fn release_finishes(&mut self) {
+        self.released.extend(self.deferred.drain(..));
     }
 
     /// A finished, verified file.
@@ -300,6 +336,29 @@ impl Storage for MemStorage {
         p.data[start..end].copy_from_slice(data);
         p.have.insert(index);
         Ok(())
+    }
+
+    fn start_finish(
+        &mut self,
+        h: MemHandle,
+        expected: &[u8; HASH_LEN],
+        ticket: u64,
+    ) -> Option<io::Result<HashCheck>> {
+        if self.defer_finishes {
+            self.deferred.push((ticket, h, *expected));
+            return None;
+        }
+        Some(self.finish(h, expected))
+    }
+
+    fn poll_finished(&mut self) -> Option<(u64, io::Result<HashCheck>)> {
+        let (ticket, h, expected) = self.released.pop_front()?;
+        Some((ticket, self.finish(h, &expected)))
+    }
+
+    fn wait_finished(&mut self) -> Vec<(u64, io::Result<HashCheck>)> {
+        self.release_finishes();
+        std::iter::from_fn(|| self.poll_finished()).collect()
     }
 
     fn end_stream(&mut self, h: &mut MemHandle, size: u64, chunk_count: u32) -> io::Result<()> {

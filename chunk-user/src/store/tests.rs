@@ -773,3 +773,78 @@ fn bundle_rules_a_sender_must_follow() {
     );
     assert_eq!(listing(tmp.path()), ["link", "ok"]);
 }
+
+/// A file's and a bundle's verdicts go to the placing thread: the loop's fd wakes when one is
+/// reached, they come back in order under their tickets, the names stay taken until then, and
+/// past the limit of verdicts waiting the receiver's thread reaches its own.
+#[test]
+fn verdicts_reached_on_the_placing_thread_come_back_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    assert!(st.finish_fd().is_none());
+    let one = data(2500);
+    let o = offer("one", &one);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &one, 0..3);
+    let c = bundle_content(&[("b/x", b"xx", 0o644), ("b/y", b"yyy", 0o644)]);
+    let bo = bundle_offer(&c);
+    let mut bh = st.open(&bo).unwrap().handle;
+    write_chunks(&mut st, &mut bh, &c, 0..chunks_of(&c));
+    assert!(st.start_finish(h, &o.tag, 7).is_none());
+    assert!(st.start_finish(bh, &bo.tag, 8).is_none());
+    // Until its verdict is taken, the name is still being received.
+    let again = st.open(&o).expect_err("refused");
+    assert!(
+        again.message.contains("being received"),
+        "{}",
+        again.message
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 {
+        let fd = st.finish_fd().expect("verdicts under way");
+        crate::driver::wait::until(&[fd], Some(deadline)).unwrap();
+        assert!(Instant::now() < deadline, "no verdict within 10 s");
+        while let Some((ticket, r)) = st.poll_finished() {
+            got.push((ticket, r.unwrap()));
+        }
+    }
+    assert!(st.finish_fd().is_none());
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [7, 8]);
+    assert!(got.iter().all(|g| g.1.verified));
+    assert_eq!(got[1].1.members.len(), 2);
+    assert_eq!(std::fs::read(tmp.path().join("one")).unwrap(), one);
+    assert_eq!(std::fs::read(tmp.path().join("b/y")).unwrap(), b"yyy");
+    // Now it is there: other content under the name is refused as an existing file.
+    let again = st.open(&offer("one", &data(100))).expect_err("refused");
+    assert_eq!(again.reason, AbortReason::Exists);
+    assert!(
+        !again.message.contains("being received"),
+        "{}",
+        again.message
+    );
+
+    // Twenty at once: sixteen wait for the thread, the rest are reached at once.
+    let mut at_once = 0;
+    for i in 0..20u64 {
+        let f = data(10 + i as usize);
+        let o = offer(&format!("many/{i}"), &f);
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &f, 0..1);
+        if let Some(r) = st.start_finish(h, &o.tag, 100 + i) {
+            assert!(r.unwrap().verified);
+            at_once += 1;
+        }
+    }
+    assert_eq!(at_once, 4);
+    let rest = st.wait_finished();
+    assert_eq!(
+        rest.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (100..116).collect::<Vec<_>>()
+    );
+    assert!(rest.iter().all(|r| r.1.as_ref().unwrap().verified));
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("many")).unwrap().count(),
+        20
+    );
+}

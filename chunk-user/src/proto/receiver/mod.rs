@@ -23,6 +23,7 @@ mod stream;
 mod transfer;
 
 use std::collections::{HashMap, VecDeque, hash_map::Entry};
+use std::io;
 use std::net::IpAddr;
 
 use super::Peer;
@@ -35,10 +36,10 @@ use chunk_common::wire::{
 
 use acks::AckState;
 use stream::{StreamEnd, StreamError};
-use transfer::{Finished, Transfer};
+use transfer::{Finished, Finishing, Transfer};
 
 use super::chunkset::{self, ChunkSet};
-use super::storage::{OfferInfo, Storage};
+use super::storage::{HashCheck, OfferInfo, Storage};
 use super::{NO_ECHO, chunk_len};
 
 /// The longest abort message the receiver sends, in bytes (docs/PROTOCOL.md, Abort).
@@ -246,6 +247,11 @@ pub struct Receiver<S: Storage> {
     /// ...in the order they expire (every verdict lingers as long, and time only goes
     /// forward): the front is the next to forget.
     expiry: VecDeque<(Instant, TransferKey)>,
+    /// Transfers storage is putting in place (see [`Storage::start_finish`]), and the ticket
+    /// each goes by there.
+    finishing: HashMap<TransferKey, Finishing>,
+    tickets: HashMap<u64, TransferKey>,
+    next_ticket: u64,
     /// Transfers with an ack to send now.
     ready: VecDeque<TransferKey>,
     out: VecDeque<(Transmit, Outgoing)>,
@@ -266,6 +272,9 @@ impl<S: Storage> Receiver<S> {
             by_source: HashMap::new(),
             finished: HashMap::new(),
             expiry: VecDeque::new(),
+            finishing: HashMap::new(),
+            tickets: HashMap::new(),
+            next_ticket: 0,
             ready: VecDeque::new(),
             out: VecDeque::new(),
             answering_local: None,
@@ -307,6 +316,15 @@ impl<S: Storage> Receiver<S> {
             t.local = local;
         } else if let Some(f) = self.finished.get_mut(&key) {
             f.local = local;
+        } else if let Some(f) = self.finishing.get_mut(&key) {
+            // Its verdict is on its way: nothing else to say (late data is a duplicate).
+            f.local = local;
+            if matches!(repr.message, Message::Data { .. }) {
+                self.stats.data_packets += 1;
+                self.stats.duplicates += 1;
+                f.duplicates += 1;
+            }
+            return;
         }
         match repr.message {
             Message::Offer(offer) => {
@@ -450,7 +468,11 @@ impl<S: Storage> Receiver<S> {
 
     /// Closes every open transfer, keeping partial data, and forgets the finished ones (for a
     /// clean shutdown).
-    pub fn close_all(&mut self, storage: &mut S) {
+    pub fn close_all(&mut self, now: Instant, storage: &mut S) {
+        // What storage is putting in place ends first: told, as it would have been.
+        for (ticket, result) in storage.wait_finished() {
+            self.finished_later(ticket, result, now);
+        }
         for (_, t) in self.transfers.drain() {
             storage.abandon(t.handle, true);
         }
@@ -897,7 +919,8 @@ impl<S: Storage> Receiver<S> {
         });
     }
 
-    /// Every chunk is in: storage checks and commits, and the verdict goes to the sender.
+    /// Every chunk is in: storage checks and commits (at once, or later: see
+    /// [`poll_storage`](Self::poll_storage)), and the verdict goes to the sender.
     fn finish(&mut self, key: TransferKey, now: Instant, storage: &mut S) {
         let Some(t) = self.remove_open(key) else {
             return;
@@ -905,7 +928,57 @@ impl<S: Storage> Receiver<S> {
         let expected = t
             .expected
             .expect("finish runs once the sender's hash is known");
-        let verdict = match storage.finish(t.handle, &expected) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let f = Finishing {
+            info: t.info,
+            local: t.local,
+            started: t.started,
+            chunks_received: t.chunks_received,
+            duplicates: t.duplicates,
+            out_of_order: t.out_of_order,
+            resumed: t.resumed,
+        };
+        match storage.start_finish(t.handle, &expected, ticket) {
+            Some(result) => self.complete(key, f, result, now),
+            None => {
+                self.tickets.insert(ticket, key);
+                self.finishing.insert(key, f);
+            }
+        }
+    }
+
+    /// Takes in the finishes storage has ended since (see [`Storage::start_finish`]): their
+    /// events, and their verdicts to send. The driver calls it when storage says one ended.
+    pub fn poll_storage(&mut self, now: Instant, storage: &mut S) {
+        while let Some((ticket, result)) = storage.poll_finished() {
+            self.finished_later(ticket, result, now);
+        }
+    }
+
+    /// Transfers storage is checking and putting in place now.
+    pub fn finishing(&self) -> usize {
+        self.finishing.len()
+    }
+
+    fn finished_later(&mut self, ticket: u64, result: io::Result<HashCheck>, now: Instant) {
+        let Some(key) = self.tickets.remove(&ticket) else {
+            return;
+        };
+        if let Some(f) = self.finishing.remove(&key) {
+            self.complete(key, f, result, now);
+        }
+    }
+
+    /// Storage's verdict on transfer `key`: told as an event, kept to repeat, and sent.
+    fn complete(
+        &mut self,
+        key: TransferKey,
+        t: Finishing,
+        result: io::Result<HashCheck>,
+        now: Instant,
+    ) {
+        let verdict = match result {
             Ok(v) => v,
             Err(e) => {
                 let (reason, message) = abort_for(&e, "finishing the file");
@@ -916,7 +989,7 @@ impl<S: Storage> Receiver<S> {
                     reason,
                     message: message.clone(),
                 });
-                self.send_abort(key, reason, message);
+                self.send_abort_from(key, t.local, reason, message);
                 return;
             }
         };
@@ -1090,6 +1163,29 @@ impl<S: Storage> Receiver<S> {
                 message,
             },
         );
+    }
+
+    /// An abort for a transfer no longer open, answered from `local`, the address its sender
+    /// last sent to (`None`: the address of the packet being handled).
+    fn send_abort_from(
+        &mut self,
+        key: TransferKey,
+        local: Option<IpAddr>,
+        reason: AbortReason,
+        message: String,
+    ) {
+        self.out.push_back((
+            Transmit {
+                dst: key.0,
+                src: local.or(self.answering_local),
+                len: 0,
+            },
+            Outgoing::Abort {
+                transfer_id: key.1,
+                reason,
+                message,
+            },
+        ));
     }
 
     fn emit_outgoing(&mut self, out: Outgoing, buf: &mut [u8]) -> usize {
@@ -1383,6 +1479,105 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Every event waiting, oldest first.
+    fn events(r: &mut Receiver<MemStorage>) -> Vec<Event> {
+        std::iter::from_fn(|| r.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_verdict_reached_later_is_sent_then_and_its_packets_meanwhile_get_no_answer() {
+        let (mut r, mut st, t0) = fresh();
+        st.defer_finishes = true;
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in 0..3 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        hash(&mut r, &mut st, t0, 1, &data);
+        let said = out(&mut r, t0);
+        assert!(
+            said.iter().all(|m| m.0 == MessageType::Ack),
+            "no verdict before storage reaches it: {said:?}"
+        );
+        assert_eq!((r.open_transfers(), r.finishing()), (0, 1));
+        assert!(st.file("f").is_none());
+        // Late data, the hash again (a closing probe), the offer again: its verdict is on its
+        // way, so nothing is said (an unknown-transfer abort would end the sender's transfer).
+        chunk(&mut r, &mut st, t0, 1, &data, 2, 0);
+        hash(&mut r, &mut st, t0, 1, &data);
+        offer(&mut r, &mut st, t0, 1, &data);
+        r.poll_storage(t0, &mut st);
+        assert_eq!(out(&mut r, t0), vec![]);
+        assert!(
+            !events(&mut r)
+                .iter()
+                .any(|e| matches!(e, Event::Finished { .. }))
+        );
+        assert_eq!(r.stats().unknown_transfer, 0);
+
+        st.release_finishes();
+        let t1 = t0 + ms(4);
+        r.poll_storage(t1, &mut st);
+        assert_eq!(
+            out(&mut r, t1),
+            vec![(
+                MessageType::Complete,
+                3,
+                CompleteStatus::Verified as u32,
+                0,
+                vec![]
+            )]
+        );
+        let finished: Vec<_> = events(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Finished {
+                    verified,
+                    duplicates,
+                    duration,
+                    ..
+                } => Some((verified, duplicates, duration)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, [(true, 1, ms(4))]);
+        assert_eq!(st.file("f").unwrap().data, data);
+        assert_eq!(r.finishing(), 0);
+        // From now on the verdict is repeated as any finished transfer's.
+        hash(&mut r, &mut st, t1, 1, &data);
+        assert_eq!(out(&mut r, t1).len(), 1);
+    }
+
+    #[test]
+    fn closing_waits_for_the_verdicts_being_reached_and_sends_them() {
+        let (mut r, mut st, t0) = fresh();
+        st.defer_finishes = true;
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        for i in 0..3 {
+            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
+        }
+        hash(&mut r, &mut st, t0, 1, &data);
+        out(&mut r, t0);
+        events(&mut r);
+        r.close_all(t0, &mut st);
+        assert_eq!(
+            out(&mut r, t0),
+            vec![(
+                MessageType::Complete,
+                3,
+                CompleteStatus::Verified as u32,
+                0,
+                vec![]
+            )]
+        );
+        assert!(matches!(
+            events(&mut r)[..],
+            [Event::Finished { verified: true, .. }]
+        ));
+        assert_eq!(st.file("f").unwrap().data, data);
     }
 
     #[test]

@@ -45,6 +45,21 @@ impl<H> Transfer<H> {
     }
 }
 
+/// A transfer whose chunks and hash are all in, while storage checks it and puts it in place
+/// away from the receiver's loop ([`Storage::start_finish`](crate::proto::Storage)): what its
+/// `Finished` event tells, and where its verdict goes. Its packets meanwhile are not answered:
+/// the verdict is on its way.
+#[derive(Debug)]
+pub(super) struct Finishing {
+    pub info: OfferInfo,
+    pub local: Option<IpAddr>,
+    pub started: Instant,
+    pub chunks_received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub resumed: u64,
+}
+
 /// A finished transfer, verified or not: its verdict is kept `until` and repeated to late
 /// packets (at most once per repeat interval since `last_sent`). Only what that needs is kept —
 /// no file handle, hasher or buffers — since a tree of thousands of small files leaves
