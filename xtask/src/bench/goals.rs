@@ -224,6 +224,42 @@ fn file_ratios(args: &BenchArgs, file_cases: &[Case], sums: &Sums) -> Vec<Ratio>
             5.0,
         ));
     }
+    // The same in UDP, where segmentation offload takes the per-packet output path off the
+    // sender (README: the faster transport wherever UDP passes).
+    if args.tools.contains(&ChunkXdpEncUdp) {
+        for &case in file_cases {
+            v.push(Ratio::at_least(
+                format!(
+                    "{}: chunk-xdp-enc-udp / chunk-xdp-udp goodput",
+                    prefix(case)
+                ),
+                div(g(case, ChunkXdpEncUdp), g(case, ChunkXdpUdp)),
+                0.85,
+            ));
+        }
+        v.push(Ratio::at_least(
+            "clean: chunk-xdp-enc-udp / scp goodput",
+            div(g(Clean, ChunkXdpEncUdp), g(Clean, Scp)),
+            1.0,
+        ));
+        v.push(Ratio::at_least(
+            "5 % loss: chunk-xdp-enc-udp / scp goodput",
+            div(g(Loss5, ChunkXdpEncUdp), g(Loss5, Scp)),
+            5.0,
+        ));
+    }
+    if args.tools.contains(&ChunkXdpUdp) {
+        v.push(Ratio::at_least(
+            "clean: chunk-xdp-udp / nc goodput",
+            div(g(Clean, ChunkXdpUdp), g(Clean, Nc)),
+            1.0,
+        ));
+        v.push(Ratio::at_most(
+            "clean: chunk-xdp-udp / nc machine CPU s/GiB",
+            div(machine_cpu(Clean, ChunkXdpUdp), machine_cpu(Clean, Nc)),
+            1.5,
+        ));
+    }
     // Until chunk-xdp-enc runs, unencrypted chunk against scp says how much room there is.
     if args.tools.contains(&Scp) {
         v.push(Ratio::report(
@@ -369,8 +405,7 @@ mod tests {
         );
         assert_eq!(find(&v, "clean: chunk-xdp / scp goodput").goal, "report");
         // Without either tool on the command line, none of these rows.
-        args.tools
-            .retain(|t| !matches!(t, Tool::ChunkXdpEnc | Tool::Scp));
+        args.tools.retain(|t| !t.encrypted() && *t != Tool::Scp);
         let v = ratios(&args, &sums, &tree::Sums::new(), &[], &cost);
         assert!(
             !v.iter()

@@ -172,8 +172,9 @@ pub struct BenchArgs {
     /// path, 2001:2::/48), and compare each with its IPv4 run in the same round.
     #[arg(long)]
     ipv6: bool,
-    /// Also run chunk's tools in UDP (chunk-xdp-udp, ...; with --ipv6 also in UDP over IPv6),
-    /// and compare each with its plain run in the same round.
+    /// Also run chunk's tools in UDP (chunk-xdp-udp, ...; with --ipv6 also in UDP over IPv6;
+    /// chunk-xdp-enc-udp for chunk-xdp-enc), and compare each with its plain run in the same
+    /// round.
     #[arg(long)]
     udp: bool,
     /// MTU of every link, for every tool (9000 for jumbo frames: the XDP program takes them in
@@ -270,7 +271,7 @@ impl Bench<'_> {
             _ if socket && !self.socket_mode => Some(Outcome::NotAvailable(
                 "this chunk recv has no --mode socket".into(),
             )),
-            Tool::ChunkXdpEnc => self.keys.as_ref().err().cloned(),
+            _ if tool.encrypted() => self.keys.as_ref().err().cloned(),
             Tool::Scp => self.ssh.as_ref().err().cloned(),
             _ => None,
         }
@@ -290,7 +291,7 @@ impl Bench<'_> {
     /// received file's hash.
     fn transfer_into(&self, out_dir: &Path, tool: Tool, case: Case, run: &mut Run) -> Result<()> {
         let flood = if case == Case::Flood {
-            let transport = tool.chunk().map(|(_, t)| t).unwrap_or_default();
+            let transport = tool.transport();
             Some(
                 self.net
                     .flood(&self.bin, self.args.mtu, transport)
@@ -344,7 +345,7 @@ fn loadavg() -> String {
 /// chunk-xdp-enc's keys, made in `work` if `tools` has that tool and this chunk has `chunk
 /// keygen`; otherwise how its runs end (not available, with why; failed, if keygen failed).
 fn prepare_keys(bin: &str, work: &Path, tools: &[Tool]) -> Result<Keys, Outcome> {
-    if !tools.contains(&Tool::ChunkXdpEnc) {
+    if !tools.iter().any(|t| t.encrypted()) {
         return Err(Outcome::NotAvailable("not asked for".into()));
     }
     if !tools::chunk::has_keygen(bin) {
@@ -486,6 +487,8 @@ fn with_transports(tools: &[Tool], ipv6: bool, udp: bool) -> Vec<Tool> {
                 .iter()
                 .map(|&v| Tool::chunk_variant(mode, v))
                 .collect(),
+            // Encrypted chunk in UDP too (not a transport variant: its goals are its own).
+            None if tool == Tool::ChunkXdpEnc && udp => vec![Tool::ChunkXdpEncUdp],
             _ => Vec::new(),
         };
         for t in std::iter::once(tool).chain(more) {
@@ -890,6 +893,14 @@ mod tests {
             with_transports(&[Tool::ChunkSocket, Tool::ChunkSocketIpv6], true, false),
             [Tool::ChunkSocket, Tool::ChunkSocketIpv6]
         );
+        // Encrypted chunk gets its UDP run with --udp only.
+        let enc = [Tool::ChunkXdpEnc, Tool::Scp];
+        assert_eq!(with_transports(&enc, true, false), enc);
+        assert_eq!(
+            with_transports(&enc, false, true),
+            [Tool::ChunkXdpEnc, Tool::ChunkXdpEncUdp, Tool::Scp]
+        );
+        assert!(Tool::ChunkXdpEncUdp.transport().udp && Tool::ChunkXdpEncUdp.encrypted());
         for t in Tool::value_variants() {
             assert_eq!(
                 t.plain().chunk().map(|(_, tr)| tr),

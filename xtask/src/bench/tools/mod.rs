@@ -63,6 +63,8 @@ pub enum Tool {
     /// chunk-xdp with every packet through the sender's raw socket and the kernel's IP output
     /// path (`--no-packet-socket`): the reference for the packet socket.
     ChunkXdpRaw,
+    /// chunk-xdp-enc in UDP over IPv4 (with `--udp`: encrypted chunk on its faster transport).
+    ChunkXdpEncUdp,
 }
 
 impl Tool {
@@ -86,6 +88,7 @@ impl Tool {
             Tool::TarNc => "tar-nc",
             Tool::Rsync => "rsync",
             Tool::ChunkXdpRaw => "chunk-xdp-raw",
+            Tool::ChunkXdpEncUdp => "chunk-xdp-enc-udp",
         }
     }
 
@@ -124,7 +127,8 @@ impl Tool {
             | Tool::Scp
             | Tool::TarNc
             | Tool::Rsync
-            | Tool::ChunkXdpRaw => return None,
+            | Tool::ChunkXdpRaw
+            | Tool::ChunkXdpEncUdp => return None,
         })
     }
 
@@ -135,6 +139,22 @@ impl Tool {
             .copied()
             .find(|t| t.chunk() == Some((mode, transport)))
             .expect("every receive path and transport has a tool")
+    }
+
+    /// How its packets travel (plain IPv4 for the tools that are not chunk).
+    pub fn transport(self) -> chunk::Transport {
+        match self {
+            Tool::ChunkXdpEncUdp => chunk::Transport {
+                ipv6: false,
+                udp: true,
+            },
+            _ => self.chunk().map(|(_, t)| t).unwrap_or_default(),
+        }
+    }
+
+    /// Encrypted chunk (its keys made for the benchmark).
+    pub fn encrypted(self) -> bool {
+        matches!(self, Tool::ChunkXdpEnc | Tool::ChunkXdpEncUdp)
     }
 
     /// The plain IPv4 tool this one is a transport variant of (itself for plain ones).
@@ -187,16 +207,9 @@ pub fn run(tool: Tool, t: &Transfer, run: &mut Run) -> Result<()> {
         Tool::TcpCubic => tcp::run(t, "cubic", run),
         Tool::TcpBbr => tcp::run(t, "bbr", run),
         Tool::Uftp => uftp::run(t, run),
-        Tool::ChunkXdpEnc => {
+        Tool::ChunkXdpEnc | Tool::ChunkXdpEncUdp => {
             let keys = t.keys.context("chunk-xdp-enc's keys were not made")?;
-            chunk::run(
-                t,
-                chunk::Mode::Xdp,
-                chunk::Transport::default(),
-                Some(keys),
-                &[],
-                run,
-            )
+            chunk::run(t, chunk::Mode::Xdp, tool.transport(), Some(keys), &[], run)
         }
         Tool::ChunkXdpRaw => chunk::run(
             t,
