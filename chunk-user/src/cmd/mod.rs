@@ -3,6 +3,7 @@
 pub mod aead_cost;
 pub mod keygen;
 pub mod listen;
+mod prefetch;
 pub mod probe;
 pub mod recv;
 pub mod send;

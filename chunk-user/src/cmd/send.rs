@@ -492,6 +492,9 @@ struct Queue<'a> {
     /// Bundles under way, by key (`entries.len()` and up).
     bundles: std::collections::HashMap<usize, InFlightBundle>,
     next_bundle_key: usize,
+    /// The small files read ahead for the bundles, from the first bundle on (`Some(None)`:
+    /// started, nothing to read or no thread).
+    prefetch: Option<Option<super::prefetch::Prefetch>>,
 }
 
 impl<'a> Queue<'a> {
@@ -542,6 +545,7 @@ impl<'a> Queue<'a> {
                 .collect(),
             bundles: std::collections::HashMap::new(),
             next_bundle_key: entries.len(),
+            prefetch: None,
         }
     }
 
@@ -574,6 +578,19 @@ impl<'a> Queue<'a> {
         // Looked at from `first` on, so many entries at most: a tree of large files is not
         // scanned whole for each of them.
         let end = self.todo.len().min(first + 4 * send::BUNDLE_MAX_MEMBERS);
+        if self.prefetch.is_none() {
+            // Every file that may go in a bundle, from here on, read ahead in order.
+            let mut files: Vec<_> = (first..self.todo.len())
+                .map(|i| self.todo[i])
+                .filter(|&k| self.may_bundle(k))
+                .filter_map(|k| {
+                    let e = &self.entries[k];
+                    Some((k, e.path.clone(), e.name.clone().ok()?))
+                })
+                .collect();
+            files.sort_unstable_by_key(|f| f.0);
+            self.prefetch = Some(super::prefetch::Prefetch::start(files));
+        }
         while i < end && picked.len() < send::BUNDLE_MAX_MEMBERS {
             let key = self.todo[i];
             i += 1;
@@ -581,26 +598,32 @@ impl<'a> Queue<'a> {
                 continue;
             }
             let entry = &self.entries[key];
-            let name = entry.name.clone().expect("may_bundle: a name");
-            // What cannot be opened, or is not a small regular file, goes alone (with its
-            // message, if any, from there), and is not opened again to be looked at.
-            let Ok((file, meta)) = send::open_file(&entry.path, name) else {
+            let read = match self.prefetch.as_mut().and_then(|p| p.as_mut()?.take(key)) {
+                Some(read) => read,
+                None => {
+                    let name = entry.name.clone().expect("may_bundle: a name");
+                    send::read_small(&entry.path, name)
+                }
+            };
+            // What cannot be opened or read, or is not a small regular file, goes alone (with
+            // its message, if any, from there), and is not opened again to be looked at.
+            let Some((meta, bytes)) = read else {
                 self.alone[key] = true;
                 continue;
             };
-            if meta.size > send::BUNDLE_MEMBER_MAX {
-                self.alone[key] = true;
-                continue;
-            }
             let cost = meta.size.div_ceil(chunk_size as u64) * chunk_size as u64
                 + chunk_common::bundle::ENTRY_LEN as u64
                 + meta.name.len() as u64;
             if total + cost > send::BUNDLE_MAX && !picked.is_empty() {
+                // For the next bundle.
+                if let Some(Some(p)) = &mut self.prefetch {
+                    p.put_back(key, (meta, bytes));
+                }
                 break;
             }
             total += cost;
             picked.push(i - 1);
-            files.push((file, meta));
+            files.push((meta, bytes));
         }
         if picked.len() < 2 {
             if let Some(&at) = picked.first() {
@@ -614,7 +637,7 @@ impl<'a> Queue<'a> {
         }
         let mut dirs: Vec<String> = files
             .iter()
-            .filter_map(|(_, m)| m.name.rsplit_once('/').map(|(d, _)| d.to_owned()))
+            .filter_map(|(m, _)| m.name.rsplit_once('/').map(|(d, _)| d.to_owned()))
             .collect();
         dirs.sort_unstable();
         dirs.dedup();
@@ -714,6 +737,8 @@ impl<'a> Queue<'a> {
                         "the receiver takes no bundles; sending files one by one"
                     );
                     self.bundle_chunk_size = None;
+                    // Nothing read ahead is needed any more.
+                    self.prefetch = Some(None);
                 } else if !matches!(&other, Ok((_, Err(SendError::Cancelled)))) {
                     tracing::info!(
                         why,
@@ -782,6 +807,9 @@ impl Jobs for Queue<'_> {
                 // Not a small file (or the only one): it goes alone, below.
             }
             let key = self.todo.remove(at).expect("found above");
+            if let Some(Some(p)) = &mut self.prefetch {
+                p.forget(key);
+            }
             let entry = &self.entries[key];
             let path = entry.path.as_path();
             let opened = entry

@@ -241,17 +241,32 @@ impl BundleMember {
     }
 }
 
-/// Reads small files, opened with [`open_file`], into one bundle to offer (an anonymous
-/// memory file): the manifest (each file's name, size, mode, mtime and BLAKE3), then each
+/// A file that may go in a bundle, read whole: its metadata as opened and its bytes. `None` if
+/// it is not a regular file of at most [`BUNDLE_MEMBER_MAX`] bytes, cannot be opened or read
+/// (then it goes alone, where it gets its own message), or shrank while read.
+pub fn read_small(path: &Path, name: String) -> Option<(FileMeta, Vec<u8>)> {
+    let (file, meta) = open_file(path, name).ok()?;
+    if meta.size > BUNDLE_MEMBER_MAX {
+        return None;
+    }
+    let mut bytes = vec![0u8; meta.size as usize];
+    // Its size as opened; one that grew since is sent as it was (its tag changed: a later send
+    // sends it again).
+    file.read_exact_at(&mut bytes, 0).ok()?;
+    Some((meta, bytes))
+}
+
+/// Small files, read with [`read_small`], in one bundle to offer (an anonymous memory file):
+/// the manifest (each file's name, size, mode, mtime and BLAKE3), then each
 /// file's bytes from the next multiple of `chunk_size`, so that no chunk holds two files and a
 /// receiver that already has one acknowledges its chunks as a whole. Its tag is made from the
 /// files' names and tags, so the same files bundled again resume the bundle's partial copy.
 pub fn open_bundle(
-    files: Vec<(File, FileMeta)>,
+    files: Vec<(FileMeta, Vec<u8>)>,
     chunk_size: u32,
 ) -> Result<(File, FileMeta, Vec<BundleMember>)> {
     use chunk_common::bundle;
-    let names: usize = files.iter().map(|(_, m)| m.name.len()).sum();
+    let names: usize = files.iter().map(|(m, _)| m.name.len()).sum();
     let manifest_len = bundle::manifest_size(files.len(), names);
     let mut manifest = vec![0u8; manifest_len as usize];
     bundle::emit_header(
@@ -264,15 +279,15 @@ pub fn open_bundle(
     let mut tag = blake3::Hasher::new_derive_key("chunk bundle tag v1");
     let mut at = bundle::HEADER_LEN;
     let mut end = manifest_len;
-    for (file, meta) in files {
+    for (meta, bytes) in files {
         let offset = bundle::next_offset(end, chunk_size);
         let start = (offset - manifest_len) as usize;
         let size = meta.size;
-        content.resize(start + size as usize, 0);
-        // Its size as opened; one that shrank since fails here, and one that grew is sent as
-        // it was (its tag changed: a later send sends it again).
-        file.read_exact_at(&mut content[start..], 0)
-            .with_context(|| format!("reading {} ({size} bytes)", meta.name))?;
+        if bytes.len() as u64 != size {
+            bail!("{}: {} bytes read of {size}", meta.name, bytes.len());
+        }
+        content.resize(start, 0);
+        content.extend_from_slice(&bytes);
         let hash = *blake3::hash(&content[start..]).as_bytes();
         let entry = bundle::Member {
             offset,
@@ -1680,10 +1695,10 @@ mod tests {
     }
 
     /// The two files as `chunk send` opens them.
-    fn two_files(dir: &Path) -> Vec<(File, FileMeta)> {
+    fn two_files(dir: &Path) -> Vec<(FileMeta, Vec<u8>)> {
         TWO.iter()
             .map(|(name, _)| {
-                open_file(&dir.join(name.replace('/', "-")), (*name).to_owned()).unwrap()
+                read_small(&dir.join(name.replace('/', "-")), (*name).to_owned()).unwrap()
             })
             .collect()
     }
