@@ -71,8 +71,25 @@ pub struct FsStorage {
     in_use: HashSet<String>,
     placer: Arc<Placer>,
     /// The thread that puts files in place, once the first verdict needs it (`Err`: it
-    /// could not be started, and the receiver's thread does the work).
+    /// could not be started, or DIR is in memory, and the receiver's thread does the work).
     finisher: Option<Result<Finisher, ()>>,
+}
+
+/// Whether `fd` is on a file system held in memory (tmpfs, ramfs), where syncing waits for
+/// nothing: putting a file in place there is a few system calls, cheaper done at once than
+/// handed to a thread (1 000 lone files of 100 KiB on tmpfs took 8-20 % longer so).
+pub(crate) fn in_memory(fd: impl AsFd) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|st| memory_fs(&st))
+}
+
+/// Whether a file system is held in memory (tmpfs, ramfs), by its `statfs`.
+pub(crate) fn memory_fs(st: &rustix::fs::StatFs) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // `f_type`'s width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }
 
 /// The process's umask, from /proc (reading it with umask(2) means setting it).
@@ -210,6 +227,7 @@ impl FsStorage {
             Mode::empty(),
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        let memory = in_memory(&root);
         let placer = Arc::new(Placer {
             root: rustix::io::dup(&root)?,
             overwrite,
@@ -222,7 +240,8 @@ impl FsStorage {
             overwrite,
             in_use: HashSet::new(),
             placer,
-            finisher: None,
+            // In memory there is nothing to wait for: no thread.
+            finisher: memory.then_some(Err(())),
         })
     }
 
@@ -237,6 +256,14 @@ impl FsStorage {
             Some(Ok(f)) if f.in_flight() > 0 => Some(f.wake_fd()),
             _ => None,
         }
+    }
+
+    /// Puts files in place on a thread of its own even when DIR is in memory (for tests).
+    pub fn with_finish_thread(mut self) -> Self {
+        if matches!(self.finisher, Some(Err(()))) {
+            self.finisher = None;
+        }
+        self
     }
 
     /// Makes symbolic links offered (`--links`) whose targets stay inside DIR.

@@ -589,7 +589,19 @@ impl<'a> Queue<'a> {
                 })
                 .collect();
             files.sort_unstable_by_key(|f| f.0);
-            self.prefetch = Some(super::prefetch::Prefetch::start(files));
+            // Files in memory (tmpfs) are read without waiting: threads would only add their
+            // wakeups (1 000 files of 100 KiB, which each reader opens to find too large).
+            let in_memory = files.first().is_some_and(|f| {
+                let dir = (f.1.parent())
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                rustix::fs::statfs(dir).is_ok_and(|st| crate::store::memory_fs(&st))
+            });
+            self.prefetch = Some(if in_memory {
+                None
+            } else {
+                super::prefetch::Prefetch::start(files)
+            });
         }
         while i < end && picked.len() < send::BUNDLE_MAX_MEMBERS {
             let key = self.todo[i];

@@ -780,7 +780,9 @@ fn bundle_rules_a_sender_must_follow() {
 #[test]
 fn verdicts_reached_on_the_placing_thread_come_back_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let mut st = FsStorage::new(tmp.path(), false)
+        .unwrap()
+        .with_finish_thread();
     assert!(st.finish_fd().is_none());
     let one = data(2500);
     let o = offer("one", &one);
@@ -847,4 +849,34 @@ fn verdicts_reached_on_the_placing_thread_come_back_in_order() {
         std::fs::read_dir(tmp.path().join("many")).unwrap().count(),
         20
     );
+}
+
+/// On a file system in memory (`/dev/shm`, tmpfs) a verdict is reached at once: there is no
+/// disk to wait for, and a thread would only add its wakeups.
+#[test]
+fn in_memory_verdicts_are_reached_at_once() {
+    let Ok(tmp) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    assert!(in_memory(
+        rustix::fs::open(tmp.path(), OFlags::RDONLY, Mode::empty()).unwrap()
+    ));
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let one = data(2500);
+    let o = offer("one", &one);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &one, 0..3);
+    assert!(st.start_finish(h, &o.tag, 1).unwrap().unwrap().verified);
+    assert!(st.finish_fd().is_none());
+    let disk = tempfile::tempdir().unwrap();
+    if !in_memory(rustix::fs::open(disk.path(), OFlags::RDONLY, Mode::empty()).unwrap()) {
+        let mut st = FsStorage::new(disk.path(), false).unwrap();
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &one, 0..3);
+        assert!(
+            st.start_finish(h, &o.tag, 1).is_none(),
+            "on disk: the thread"
+        );
+        assert!(st.wait_finished()[0].1.as_ref().unwrap().verified);
+    }
 }
