@@ -8,7 +8,7 @@
 //! unless `overwrite`), and the directory is fsynced. If the hash differs, both files are removed:
 //! nothing wrong ever appears under a final name. That work (and a bundle's, whose files are
 //! put in place each under its name) is done on a thread of its own ([`place`]), so that the
-//! receiver goes on reading packets meanwhile.
+//! receiver goes on reading packets meanwhile (not when DIR is in memory: see [`in_memory`]).
 //!
 //! Confinement: every path is resolved under DIR with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`, relative to an fd of DIR, so neither `..`, an absolute name, nor a symlink
