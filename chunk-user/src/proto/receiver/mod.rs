@@ -1486,8 +1486,16 @@ mod tests {
         std::iter::from_fn(|| r.poll_event()).collect()
     }
 
-    #[test]
-    fn a_verdict_reached_later_is_sent_then_and_its_packets_meanwhile_get_no_answer() {
+    /// A receiver whose storage reaches verdicts when told to, and a 3-chunk file (transfer 1)
+    /// whose chunks and hash it has all received; what it said so far is returned.
+    #[allow(clippy::type_complexity)]
+    fn finishing_later() -> (
+        Receiver<MemStorage>,
+        MemStorage,
+        Instant,
+        Vec<u8>,
+        Vec<(MessageType, u32, u32, u32, Vec<u8>)>,
+    ) {
         let (mut r, mut st, t0) = fresh();
         st.defer_finishes = true;
         let data = file(25);
@@ -1497,6 +1505,12 @@ mod tests {
         }
         hash(&mut r, &mut st, t0, 1, &data);
         let said = out(&mut r, t0);
+        (r, st, t0, data, said)
+    }
+
+    #[test]
+    fn a_verdict_reached_later_is_sent_then_and_its_packets_meanwhile_get_no_answer() {
+        let (mut r, mut st, t0, data, said) = finishing_later();
         assert!(
             said.iter().all(|m| m.0 == MessageType::Ack),
             "no verdict before storage reaches it: {said:?}"
@@ -1552,15 +1566,7 @@ mod tests {
 
     #[test]
     fn closing_waits_for_the_verdicts_being_reached_and_sends_them() {
-        let (mut r, mut st, t0) = fresh();
-        st.defer_finishes = true;
-        let data = file(25);
-        offer(&mut r, &mut st, t0, 1, &data);
-        for i in 0..3 {
-            chunk(&mut r, &mut st, t0, 1, &data, i, 0);
-        }
-        hash(&mut r, &mut st, t0, 1, &data);
-        out(&mut r, t0);
+        let (mut r, mut st, t0, data, _) = finishing_later();
         events(&mut r);
         r.close_all(t0, &mut st);
         assert_eq!(
