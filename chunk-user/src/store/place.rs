@@ -435,7 +435,9 @@ impl Finisher {
         }
     }
 
-    /// A verdict reached, and the name it was for; never waits.
+    /// A verdict reached, and the name it was for; never waits. While verdicts are under way
+    /// this reads the eventfd (a system call) when none is counted: once per turn of the receive
+    /// loop, not per packet.
     pub(super) fn poll(&mut self) -> Option<(Done, String)> {
         if self.names.is_empty() {
             return None;
