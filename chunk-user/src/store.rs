@@ -29,7 +29,7 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::fs::{FileExt, PermissionsExt},
     },
     path::{Path, PathBuf},
@@ -154,6 +154,9 @@ pub struct FsHandle {
     /// A chunk record (or its temporary file) may be on disk: one was found or left by an
     /// earlier receiver, or this one has written one. Without, there is nothing to remove.
     may_have_state: bool,
+    /// The work file has no name (`O_TMPFILE`, a bundle's): nothing to remove, and a crash
+    /// leaves nothing behind.
+    unnamed: bool,
 }
 
 /// Files from this size on are allocated whole at the offer (`fallocate`); smaller ones are
@@ -237,6 +240,7 @@ impl FsStorage {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         let memory = in_memory(&root);
+        sweep_bundle_leftovers(&root, dir);
         let placer = Arc::new(Placer {
             root: rustix::io::dup(&root)?,
             overwrite,
@@ -292,6 +296,47 @@ impl FsStorage {
     }
 }
 
+/// Removes the named work files of bundles that a receiver which died left in DIR (an older
+/// chunk's, or any on a file system without `O_TMPFILE`): a bundle's is never resumed, so no
+/// one claims them. One that another receiver sharing DIR holds (locked) stays.
+fn sweep_bundle_leftovers(root: &OwnedFd, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with(".chunk-bundle-") && name.ends_with(PART_SUFFIX)) {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::openat2(
+            root,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+            resolve(),
+        ) else {
+            continue;
+        };
+        let regular = rustix::fs::fstat(&fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        });
+        if regular
+            && rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+            && rustix::fs::unlinkat(root, name, AtFlags::empty()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed work files of bundles an earlier receiver left"
+        );
+    }
+}
+
 /// Directories made for an offer, innermost last, each with the directory it is in.
 #[derive(Default)]
 struct Created(Vec<(OwnedFd, String)>);
@@ -311,6 +356,70 @@ fn io_refusal(e: rustix::io::Errno) -> Refusal {
     } else {
         Refusal::new(AbortReason::Io, format!("receiver: {e}"))
     }
+}
+
+/// A file in `dir` with no name (`O_TMPFILE`), made with `mode` (less the umask): when
+/// the receiver dies, the kernel frees it, where a named work file would stay. `None` where
+/// the file system (NFS, an old kernel) makes none: the caller then names its work file.
+pub(crate) fn unnamed_file(dir: &impl AsFd, mode: u32) -> rustix::io::Result<Option<OwnedFd>> {
+    #[cfg(test)]
+    if tests::NO_UNNAMED.get() {
+        return Ok(None);
+    }
+    match rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        // open(2): EOPNOTSUPP from a file system without it, EISDIR from a kernel without it.
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the unnamed file `fd` the name `base` in `dir`, never replacing anything there
+/// (`EEXIST`). `linkat` with `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`; without it (ENOENT),
+/// the file's `/proc/self/fd` link does the same.
+pub(crate) fn link_unnamed(fd: &impl AsFd, dir: &impl AsFd, base: &str) -> rustix::io::Result<()> {
+    match rustix::fs::linkat(fd, "", dir, base, AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::NOENT) => {
+            let proc = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc.as_str(),
+                dir,
+                base,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        }
+        r => r,
+    }
+}
+
+/// Reserves room for `offer` in the new, empty work file `fd`: refuses the offer when the file
+/// system has less free space than its size, and allocates a large file whole.
+fn reserve(fd: &impl AsFd, offer: &OfferInfo) -> Result<(), Refusal> {
+    let vfs = rustix::fs::fstatvfs(fd).map_err(io_refusal)?;
+    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    if free < offer.size {
+        return Err(Refusal::new(
+            AbortReason::NoSpace,
+            format!(
+                "{}: {} bytes offered, {free} bytes free on the receiver",
+                offer.name, offer.size
+            ),
+        ));
+    }
+    // A small file is written in one or two `pwrite`s as it completes: allocating it first is
+    // a system call for nothing (the free-space check above still refuses an offer the disk
+    // has no room for, and a disk that fills meanwhile fails the write, which ends the
+    // transfer `no space`, as for a stream).
+    if offer.size >= PREALLOCATE_FROM {
+        rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, offer.size).map_err(io_refusal)?;
+    }
+    Ok(())
 }
 
 fn part_name(base: &str) -> String {
@@ -472,7 +581,10 @@ impl FsHandle {
     }
 
     fn remove_work_files(&self) {
-        let _ = rustix::fs::unlinkat(&self.dir, part_name(&self.base).as_str(), AtFlags::empty());
+        if !self.unnamed {
+            let _ =
+                rustix::fs::unlinkat(&self.dir, part_name(&self.base).as_str(), AtFlags::empty());
+        }
         self.remove_state();
     }
 
@@ -625,6 +737,23 @@ impl FsStorage {
             Err(e) => return Err(io_refusal(e)),
         }
 
+        // A bundle's work file is never resumed (see `abandon`): it needs no name, and without
+        // one a receiver that dies leaves nothing.
+        if offer.bundle {
+            if let Some(fd) = unnamed_file(&dir, 0o600).map_err(io_refusal)? {
+                reserve(&fd, offer)?;
+                self.in_use.insert(name.to_owned());
+                let handle = FsHandle {
+                    may_have_state: false,
+                    unnamed: true,
+                    ..FsHandle::new(dir, name, base, File::from(fd), offer, ChunkSet::default())
+                };
+                return Ok(Opened {
+                    handle,
+                    already_have: None,
+                });
+            }
+        }
         let state = read_state(&dir, base);
         let state_present = state.is_ok();
         // A partial copy of the same file (size, chunk size, hash) resumes.
@@ -719,27 +848,9 @@ impl FsStorage {
             if state_present {
                 let _ = rustix::fs::unlinkat(&dir, state_name(base).as_str(), AtFlags::empty());
             }
-            let vfs = rustix::fs::fstatvfs(&fd).map_err(io_refusal)?;
-            let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-            if free < offer.size {
+            if let Err(r) = reserve(&fd, offer) {
                 let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
-                return Err(Refusal::new(
-                    AbortReason::NoSpace,
-                    format!(
-                        "{name}: {} bytes offered, {free} bytes free on the receiver",
-                        offer.size
-                    ),
-                ));
-            }
-            // A small file is written in one or two `pwrite`s as it completes: allocating it
-            // first is a system call for nothing (the free-space check above still refuses an
-            // offer the disk has no room for, and a disk that fills meanwhile fails the write,
-            // which ends the transfer `no space`, as for a stream).
-            if offer.size >= PREALLOCATE_FROM {
-                if let Err(e) = rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, offer.size) {
-                    let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
-                    return Err(io_refusal(e));
-                }
+                return Err(r);
             }
         }
         self.in_use.insert(name.to_owned());
@@ -798,6 +909,7 @@ impl FsHandle {
             bundle: offer.bundle,
             manifest_chunks: None,
             may_have_state: true,
+            unnamed: false,
         }
     }
 }

@@ -9,6 +9,11 @@
 #   OUT=/var/tmp/tree-out docs/scripts/tree-veth.sh BIN          # into a disk directory
 #   SIZE=102400 FILES=100 DIRS=10 SRC=/dev/shm/tree100k docs/scripts/tree-veth.sh BIN
 #
+# For a disk, prefer a fresh ext4 (as `truncate -s 2G /dev/shm/e.img; mkfs.ext4 -q -F
+# /dev/shm/e.img; mount -o loop /dev/shm/e.img /mnt/e; OUT=/mnt/e/out ...`): on this machine's
+# long-used root file system, every build spent 3-7 s of system time in ext4's inode allocator
+# (`recently_deleted`) after the rm below, runs varied two-fold, and waiting did not help.
+#
 # SRC (default /dev/shm/chunk-tree-src) is made once and kept; OUT (default
 # /dev/shm/chunk-tree-out) is emptied first. Compare two builds by running them in turn, several
 # times: single runs vary by 10-20 % on a 2-vCPU VM.

@@ -234,6 +234,75 @@ fn a_tree_send_killed_and_rerun_completes() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A receiver killed in the middle of a tree of small files leaves no work file: its bundles
+/// wait in files with no name. Run again, the send completes exact and leaves none either.
+#[test]
+fn a_receiver_killed_in_a_tree_of_bundles_leaves_no_work_file() {
+    let hosts = TwoHosts::new("treerk", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("t");
+    // 16 MB in bundles of about 120 files: 3 s at 40 Mbit/s.
+    small_tree(&root, 2000, 8_000);
+    let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let mut cmd = hosts.sender.command(&chunk_bin());
+    cmd.args(["send", "--json", "--rate", "40M", "--to"])
+        .arg(hosts.receiver_addr.to_string())
+        .arg(&root);
+    let sender = chunk_tests::Daemon::spawn(cmd, "chunk send").unwrap();
+    // Some bundles in place, more on their way.
+    let first = recv.wait_event(Duration::from_secs(20), |v| {
+        v["event"] == "finished" && v["bundle"].is_string()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    recv.daemon.signal(libc::SIGKILL);
+    drop(recv);
+    sender.signal(libc::SIGKILL);
+    drop(sender);
+    let left = work_files(out.path());
+    assert!(
+        left.is_empty(),
+        "work files left by the killed receiver: {left:?} ({first})"
+    );
+    let placed = count_files(&out.path().join("t"));
+    assert!(
+        placed > 0 && placed < 2000,
+        "{placed} files in place at the kill"
+    );
+
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&root], &[]);
+    assert_sent(&o, &json, 2000 + 8);
+    recv.stop();
+    for i in (0..2000).step_by(37) {
+        let rel = format!("d{}/f{i:03}.bin", i % 7);
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("t").join(&rel)),
+            "{rel}"
+        );
+    }
+    assert_eq!(count_files(&out.path().join("t")), 2000);
+    let left = work_files(out.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Regular files under `dir`, recursively.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    count_files(&e.path())
+                } else {
+                    usize::from(t.is_file())
+                }
+            })
+            .sum()
+    })
+}
+
 /// A tree through 5 % loss each way.
 #[test]
 fn a_tree_survives_loss() {

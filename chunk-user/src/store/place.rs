@@ -11,6 +11,7 @@ use std::{
         fd::{AsFd, BorrowedFd, OwnedFd},
         unix::fs::{FileExt, PermissionsExt},
     },
+    rc::Rc,
     sync::{Arc, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -21,7 +22,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use super::{
     Created, FsHandle, PART_SUFFIX, apply_mode_and_mtime, holds, invalid_data, io_refusal,
-    member_name, part_name, read_manifest_bytes, refusal_kind, resolve,
+    link_unnamed, member_name, part_name, read_manifest_bytes, refusal_kind, resolve, unnamed_file,
 };
 use crate::proto::{HashCheck, Refusal};
 use chunk_common::wire::AbortReason;
@@ -154,8 +155,8 @@ impl Placer {
     }
 
     /// A bundle's verdict: its hash checked, then each member put in place as a file's is
-    /// (written beside its name, given its mode and mtime, made durable, renamed without
-    /// replacing). A member already there with its content verifies as it is; one with other
+    /// (written to a file with no name where the file system makes one, else beside its name,
+    /// given its mode and mtime, made durable, then named without replacing). A member already there with its content verifies as it is; one with other
     /// content is `exists`. The first member that fails is the error, after the others have
     /// gone in.
     fn finish_bundle(
@@ -173,145 +174,42 @@ impl Placer {
         let manifest = bundle::Manifest::parse(&bytes, h.offer.size)
             .map_err(|e| invalid_data(format!("the bundle's manifest is malformed ({e:?})")))?;
         let mut first_error = None;
-        let mut staged = Vec::new();
         // The content is at most the receiver's size limit; a bundle is small (chunk's are up
         // to 1 MiB): read once, each member written from memory.
         let mut content = vec![0u8; h.offer.size as usize];
         h.file.read_exact_at(&mut content, 0)?;
         // Members of one directory come together: its fd is kept from one to the next.
-        let mut dirs: Vec<(String, std::rc::Rc<OwnedFd>)> = Vec::new();
-        for m in manifest.members() {
-            let r = (|| -> io::Result<()> {
-                let name = member_name(&m)?;
-                let (dir_name, base) = name.rsplit_once('/').unwrap_or(("", name));
-                let dir = match dirs.last() {
-                    Some((d, fd)) if d == dir_name => fd.clone(),
-                    _ => {
-                        let (fd, _, _) = self
-                            .open_parent(name)
-                            .map_err(|r| io::Error::new(refusal_kind(&r), r.message))?;
-                        let fd = std::rc::Rc::new(fd);
-                        dirs.push((dir_name.to_owned(), fd.clone()));
-                        fd
-                    }
-                };
-                if busy.contains(name) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{name} is being received"),
-                    ));
-                }
-                // Its own work name, this transfer's: no other transfer (of this receiver or of
-                // another one sharing the directory) writes to it.
-                let part = format!(".{base}.{:08x}{PART_SUFFIX}", h.offer.transfer_id);
-                let bytes = &content[m.offset as usize..m.range().end as usize];
-                if blake3::hash(bytes).as_bytes() != &m.hash {
-                    return Err(invalid_data(format!(
-                        "the bundle's manifest gives {name} another hash than its bytes'"
-                    )));
-                }
-                // Made with its mode when the umask leaves it whole (its content is verified
-                // already), else private and given its mode after.
-                let mode = m.mode & 0o777;
-                let exact = self.umask.is_some_and(|u| mode & u == 0);
-                let fd = rustix::fs::openat2(
-                    &*dir,
-                    part.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(if exact { mode } else { 0o600 }),
-                    resolve(),
-                )
-                .map_err(|e| {
-                    let kind = if e == rustix::io::Errno::EXIST {
-                        io::ErrorKind::AlreadyExists
-                    } else {
-                        e.kind()
-                    };
-                    io::Error::new(kind, format!("{name}: its part file {part}: {e}"))
-                })?;
-                let file = File::from(fd);
-                let copied = (|| {
-                    file.write_all_at(bytes, 0)?;
-                    if !exact {
-                        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                    }
-                    if let Ok(secs) = u64::try_from(m.mtime) {
-                        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = copied {
-                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                    return Err(e);
-                }
-                staged.push((dir, part, base.to_owned(), name.to_owned(), m.size, m.hash));
-                Ok(())
-            })();
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
-        }
-        // Every member's bytes durable before any of them shows under its name, then the
-        // names: two file-system syncs for the bundle, where files one by one pay two each.
-        let synced = rustix::fs::syncfs(&self.root);
+        let mut dirs: Vec<(String, Rc<OwnedFd>)> = Vec::new();
         let mut placed = Vec::new();
-        for (dir, part, base, name, size, hash) in staged {
-            let r = synced.map_err(io::Error::from).and_then(|()| {
-                let flags = if self.overwrite {
-                    // Overwriting replaces a file, never anything else (as a file alone).
-                    match rustix::fs::statat(&*dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st)
-                            if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                                != rustix::fs::FileType::RegularFile =>
-                        {
-                            return Err(io::Error::new(
-                                io::ErrorKind::AlreadyExists,
-                                format!("{name} exists and is not a regular file"),
-                            ));
-                        }
-                        _ => RenameFlags::empty(),
+        let members: Vec<_> = manifest.members().collect();
+        // An unnamed member's file stays open until it has its name: at most this many at once
+        // (each group of members pays one file-system sync before its names).
+        for group in members.chunks(MEMBERS_OPEN) {
+            let mut staged = Vec::with_capacity(group.len());
+            for m in group {
+                match self.stage_member(h, m, &content, &mut dirs, busy) {
+                    Ok(s) => staged.push(s),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
                     }
-                } else {
-                    RenameFlags::NOREPLACE
-                };
-                match rustix::fs::renameat_with(&*dir, part.as_str(), &*dir, base.as_str(), flags) {
-                    Ok(()) => Ok(()),
-                    Err(rustix::io::Errno::EXIST) => {
-                        // Already here: verified as it is if it is this content.
-                        let same = rustix::fs::openat2(
-                            &*dir,
-                            base.as_str(),
-                            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-                            Mode::empty(),
-                            resolve(),
-                        )
-                        .ok()
-                        .map(|fd| holds(&fd, size, &hash))
-                        .transpose()?
-                        .unwrap_or(false);
-                        if same {
-                            let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                            Ok(())
-                        } else {
-                            Err(io::Error::new(
-                                io::ErrorKind::AlreadyExists,
-                                format!(
-                                    "{name} exists with other contents (the receiver may allow --overwrite)"
-                                ),
-                            ))
-                        }
-                    }
-                    Err(e) => Err(io::Error::new(
-                        e.kind(),
-                        format!("renaming into place as {name}: {e}"),
-                    )),
                 }
-            });
-            match r {
-                Ok(()) => placed.push((name, size)),
-                Err(e) => {
-                    let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
-                    first_error.get_or_insert(e);
+            }
+            // Every member's bytes durable before any of them shows under its name, then the
+            // names: two file-system syncs for a bundle of up to `MEMBERS_OPEN` files, where
+            // files one by one pay two each.
+            let synced = rustix::fs::syncfs(&self.root);
+            for s in staged {
+                let r = synced
+                    .map_err(io::Error::from)
+                    .and_then(|()| self.name_member(&s, h.offer.transfer_id));
+                match r {
+                    Ok(()) => placed.push((s.name, s.size)),
+                    Err(e) => {
+                        if let Work::Named(part) = &s.work {
+                            let _ = rustix::fs::unlinkat(&*s.dir, part.as_str(), AtFlags::empty());
+                        }
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -326,6 +224,215 @@ impl Placer {
             hash,
             members: placed,
         })
+    }
+}
+
+/// A bundle's member written, not yet under its name.
+pub(super) struct Staged {
+    dir: Rc<OwnedFd>,
+    work: Work,
+    base: String,
+    name: String,
+    size: u64,
+    hash: [u8; HASH_LEN],
+}
+
+/// Where a member's bytes wait for its name.
+enum Work {
+    /// A file with no name (`O_TMPFILE`): a receiver that dies before the name leaves nothing.
+    Unnamed(File),
+    /// `.BASE.TID.part`, where the file system makes no unnamed file.
+    Named(String),
+}
+
+/// Unnamed members open at once, at most (see [`Placer::finish_bundle`]); each is a file
+/// descriptor, and many systems still give a process 1 024.
+const MEMBERS_OPEN: usize = 256;
+
+impl Placer {
+    /// Checks a bundle's member `m` against its hash and writes it, with its mode and mtime,
+    /// where it waits for its name (the directory made if need be).
+    pub(super) fn stage_member(
+        &self,
+        h: &FsHandle,
+        m: &bundle::Member<'_>,
+        content: &[u8],
+        dirs: &mut Vec<(String, Rc<OwnedFd>)>,
+        busy: &HashSet<String>,
+    ) -> io::Result<Staged> {
+        let name = member_name(m)?;
+        let (dir_name, base) = name.rsplit_once('/').unwrap_or(("", name));
+        let dir = match dirs.last() {
+            Some((d, fd)) if d == dir_name => fd.clone(),
+            _ => {
+                let (fd, _, _) = self
+                    .open_parent(name)
+                    .map_err(|r| io::Error::new(refusal_kind(&r), r.message))?;
+                let fd = Rc::new(fd);
+                dirs.push((dir_name.to_owned(), fd.clone()));
+                fd
+            }
+        };
+        if busy.contains(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{name} is being received"),
+            ));
+        }
+        let bytes = &content[m.offset as usize..m.range().end as usize];
+        if blake3::hash(bytes).as_bytes() != &m.hash {
+            return Err(invalid_data(format!(
+                "the bundle's manifest gives {name} another hash than its bytes'"
+            )));
+        }
+        // Made with its mode when the umask leaves it whole (its content is verified already),
+        // else private and given its mode after.
+        let mode = m.mode & 0o777;
+        let exact = self.umask.is_some_and(|u| mode & u == 0);
+        let create_mode = if exact { mode } else { 0o600 };
+        let (fd, work) = match unnamed_file(&*dir, create_mode) {
+            Ok(Some(fd)) => (fd, None),
+            Ok(None) => {
+                // Its own work name, this transfer's: no other transfer (of this receiver or of
+                // another one sharing the directory) writes to it.
+                let part = format!(".{base}.{:08x}{PART_SUFFIX}", h.offer.transfer_id);
+                let fd = rustix::fs::openat2(
+                    &*dir,
+                    part.as_str(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(create_mode),
+                    resolve(),
+                )
+                .map_err(|e| {
+                    let kind = if e == rustix::io::Errno::EXIST {
+                        io::ErrorKind::AlreadyExists
+                    } else {
+                        e.kind()
+                    };
+                    io::Error::new(kind, format!("{name}: its part file {part}: {e}"))
+                })?;
+                (fd, Some(part))
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{name}: a file for it: {e}"),
+                ));
+            }
+        };
+        let file = File::from(fd);
+        let copied = (|| {
+            file.write_all_at(bytes, 0)?;
+            if !exact {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            if let Ok(secs) = u64::try_from(m.mtime) {
+                file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            if let Some(part) = &work {
+                let _ = rustix::fs::unlinkat(&*dir, part.as_str(), AtFlags::empty());
+            }
+            return Err(e);
+        }
+        Ok(Staged {
+            dir,
+            work: match work {
+                Some(part) => Work::Named(part),
+                None => Work::Unnamed(file),
+            },
+            base: base.to_owned(),
+            name: name.to_owned(),
+            size: m.size,
+            hash: m.hash,
+        })
+    }
+
+    /// Gives a staged member its name: never replacing anything unless overwriting (and then
+    /// only a regular file); a regular file already there with its content verifies as it is.
+    fn name_member(&self, s: &Staged, transfer_id: u32) -> io::Result<()> {
+        let (dir, base, name) = (&*s.dir, s.base.as_str(), s.name.as_str());
+        let placed = if self.overwrite {
+            // Overwriting replaces a file, never anything else (as a file alone).
+            if let Ok(st) = rustix::fs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    != rustix::fs::FileType::RegularFile
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{name} exists and is not a regular file"),
+                    ));
+                }
+            }
+            // A rename replaces; a link does not: an unnamed member is named beside its name
+            // first, for as long as the rename takes.
+            let part = match &s.work {
+                Work::Named(part) => part.clone(),
+                Work::Unnamed(file) => {
+                    let part = format!(".{base}.{transfer_id:08x}{PART_SUFFIX}");
+                    let linked = match link_unnamed(file, dir, &part) {
+                        Err(rustix::io::Errno::EXIST) => {
+                            // A crashed receiver's, of a transfer with this id.
+                            let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
+                            link_unnamed(file, dir, &part)
+                        }
+                        r => r,
+                    };
+                    linked.map_err(|e| {
+                        io::Error::new(e.kind(), format!("naming {name}'s file: {e}"))
+                    })?;
+                    part
+                }
+            };
+            let r = rustix::fs::renameat(dir, part.as_str(), dir, base);
+            if r.is_err() {
+                let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
+            }
+            r
+        } else {
+            match &s.work {
+                Work::Named(part) => {
+                    rustix::fs::renameat_with(dir, part.as_str(), dir, base, RenameFlags::NOREPLACE)
+                }
+                Work::Unnamed(file) => link_unnamed(file, dir, base),
+            }
+        };
+        match placed {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => {
+                // Already here: verified as it is if it is this content.
+                let same = rustix::fs::openat2(
+                    dir,
+                    base,
+                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                    Mode::empty(),
+                    resolve(),
+                )
+                .ok()
+                .map(|fd| holds(&fd, s.size, &s.hash))
+                .transpose()?
+                .unwrap_or(false);
+                if same {
+                    if let Work::Named(part) = &s.work {
+                        let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
+                    }
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{name} exists with other contents (the receiver may allow --overwrite)"
+                        ),
+                    ))
+                }
+            }
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("putting {name} in place: {e}"),
+            )),
+        }
     }
 }
 

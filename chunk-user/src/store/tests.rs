@@ -6,6 +6,11 @@ use super::*;
 
 const CHUNK: u32 = 1000;
 
+thread_local! {
+    /// Makes this thread's storage behave as on a file system without `O_TMPFILE`.
+    pub(super) static NO_UNNAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn data(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -772,6 +777,109 @@ fn bundle_rules_a_sender_must_follow() {
             .is_symlink()
     );
     assert_eq!(listing(tmp.path()), ["link", "ok"]);
+}
+
+/// A receiver that dies in a bundle leaves nothing: the bundle's content waits in a file with
+/// no name, and so does each member until its name is given. A named leftover of an older
+/// receiver is removed at the next start, unless another receiver holds it.
+#[test]
+fn a_receiver_that_dies_in_a_bundle_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let c = bundle_content(&[("d/a.txt", b"hello", 0o644), ("b.txt", b"world", 0o600)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c) - 1);
+    assert_eq!(listing(tmp.path()), Vec::<String>::new(), "no work file");
+    // The members written, none named yet: their directory only.
+    h.flush().unwrap();
+    let manifest = read_manifest_bytes(&h).unwrap();
+    let manifest = chunk_common::bundle::Manifest::parse(&manifest, c.len() as u64).unwrap();
+    let mut dirs = Vec::new();
+    let staged: Vec<_> = manifest
+        .members()
+        .map(|m| {
+            st.placer
+                .stage_member(&h, &m, &c, &mut dirs, &HashSet::new())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(listing(tmp.path()), ["d"]);
+    // The process dies: its files are closed, nothing else happens.
+    drop(staged);
+    drop(h);
+    drop(st);
+    assert_eq!(listing(tmp.path()), ["d"]);
+
+    // An older receiver's named work file: removed at the start, unless it is locked.
+    std::fs::write(tmp.path().join(".chunk-bundle-00ff.part"), b"old").unwrap();
+    let held = std::fs::File::create(tmp.path().join(".chunk-bundle-11ee.part")).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    std::fs::write(tmp.path().join(".mine.part"), b"a file's, resumable").unwrap();
+    let _st = FsStorage::new(tmp.path(), false).unwrap();
+    assert_eq!(
+        listing(tmp.path()),
+        [".chunk-bundle-11ee.part", ".mine.part", "d"]
+    );
+}
+
+/// Where the file system makes no unnamed file, a bundle's work files have names: they are
+/// removed at its verdict (members named, replaced, or found in place), and those a dead
+/// receiver left are removed at the next start.
+#[test]
+fn without_unnamed_files_a_bundle_still_leaves_nothing() {
+    NO_UNNAMED.set(true);
+    let tmp = tempfile::tempdir().unwrap();
+    for overwrite in [false, true] {
+        let mut st = FsStorage::new(tmp.path(), overwrite).unwrap();
+        let c = bundle_content(&[("d/a.txt", b"hello", 0o644), ("b.txt", b"world", 0o600)]);
+        let o = bundle_offer(&c);
+        let mut h = st.open(&o).unwrap().handle;
+        write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+        assert!(st.finish(h, &o.tag).unwrap().verified, "{overwrite}");
+        assert_eq!(
+            listing(tmp.path()),
+            ["b.txt", "d", "d/a.txt"],
+            "{overwrite}"
+        );
+        assert_eq!(std::fs::read(tmp.path().join("b.txt")).unwrap(), b"world");
+    }
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let c = bundle_content(&[("x.txt", b"x", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..1);
+    h.flush().unwrap();
+    let left = listing(tmp.path());
+    assert!(
+        left.iter().any(|n| n.starts_with(".chunk-bundle-")),
+        "{left:?}"
+    );
+    drop(h);
+    drop(st);
+    NO_UNNAMED.set(false);
+    let _st = FsStorage::new(tmp.path(), false).unwrap();
+    assert_eq!(listing(tmp.path()), ["b.txt", "d", "d/a.txt"]);
+}
+
+/// With overwriting allowed, a bundle's member replaces a regular file under its name (through
+/// a name beside it, for as long as a rename takes) and leaves no work file.
+#[test]
+fn an_overwriting_bundle_replaces_files_and_leaves_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), true).unwrap();
+    std::fs::write(tmp.path().join("a.txt"), b"old contents").unwrap();
+    let c = bundle_content(&[("a.txt", b"new", 0o640), ("b.txt", b"b", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+    assert_eq!(st.read_manifest(&mut h).unwrap(), Some(vec![]));
+    let v = st.finish(h, &o.tag).unwrap();
+    assert!(v.verified);
+    assert_eq!(std::fs::read(tmp.path().join("a.txt")).unwrap(), b"new");
+    let md = std::fs::metadata(tmp.path().join("a.txt")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o640);
+    assert_eq!(listing(tmp.path()), ["a.txt", "b.txt"]);
 }
 
 /// A file's and a bundle's verdicts go to the placing thread: the loop's fd wakes when one is
