@@ -22,7 +22,10 @@
 //! Several receivers may share one directory (one per interface, say): a part file is locked
 //! (`flock`, exclusive) by the receiver writing it for as long as its transfer is open, so a
 //! second receiver refuses an offer for the same name instead of writing into the same part file.
-//! The lock goes with the process, so a receiver killed with -9 leaves nothing locked.
+//! The lock goes with the process, so a receiver killed with -9 leaves nothing locked. A bundle's
+//! files have no name until their verdict (`O_TMPFILE`, where the file system makes such files):
+//! two receivers may take the same bundle at once, and the second finds each member in place
+//! with its content. A receiver killed mid-bundle leaves nothing of it.
 
 use std::{
     collections::HashSet,
@@ -44,7 +47,7 @@ use chunk_common::{
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, ResolveFlags};
 
 use crate::proto::{ChunkSet, HashCheck, OfferInfo, Opened, Refusal, Storage};
-use place::{Finisher, Placer};
+use place::{Finisher, Placer, members_open};
 
 const PART_SUFFIX: &str = ".part";
 const STATE_SUFFIX: &str = ".part.state";
@@ -240,11 +243,14 @@ impl FsStorage {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         let memory = in_memory(&root);
-        sweep_bundle_leftovers(&root, dir);
+        sweep_bundle_leftovers(&root);
+        let unnamed = unnamed_files_work(&root);
         let placer = Arc::new(Placer {
             root: rustix::io::dup(&root)?,
             overwrite,
             umask: current_umask(),
+            unnamed,
+            members_open: members_open(),
         });
         Ok(FsStorage {
             links: false,
@@ -296,35 +302,68 @@ impl FsStorage {
     }
 }
 
+/// Whether `name` is one of a bundle's named work files: `.chunk-bundle-` and the 32 hex
+/// digits of [`bundle_name`](crate::proto::receiver::bundle_name), then `.part` (or an older
+/// chunk's record of it, `.part.state` and `.part.state.tmp`).
+fn is_bundle_work_file(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".chunk-bundle-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(32));
+    hex.len() == 32
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && [PART_SUFFIX, STATE_SUFFIX, ".part.state.tmp"].contains(&suffix)
+}
+
 /// Removes the named work files of bundles that a receiver which died left in DIR (an older
-/// chunk's, or any on a file system without `O_TMPFILE`): a bundle's is never resumed, so no
-/// one claims them. One that another receiver sharing DIR holds (locked) stays.
-fn sweep_bundle_leftovers(root: &OwnedFd, dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// chunk's, or any on a file system without `O_TMPFILE`): a bundle is never resumed, so no one
+/// claims them. Only regular files, and only those no other receiver sharing DIR holds (locked).
+fn sweep_bundle_leftovers(root: &OwnedFd) {
+    let Ok(fd) = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return;
     };
+    let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
+        return;
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = dir.next() {
+        if let Ok(name) = entry.file_name().to_str()
+            && is_bundle_work_file(name)
+        {
+            names.push(name.to_owned());
+        }
+    }
+    let regular = |st: &rustix::fs::Stat| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    };
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !(name.starts_with(".chunk-bundle-") && name.ends_with(PART_SUFFIX)) {
+    for name in names {
+        // Looked at before it is opened: never open a FIFO or a device that carries the name.
+        let Ok(st) = rustix::fs::statat(root, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if !regular(&st) {
             continue;
         }
         let Ok(fd) = rustix::fs::openat2(
             root,
-            name,
+            name.as_str(),
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
             Mode::empty(),
             resolve(),
         ) else {
             continue;
         };
-        let regular = rustix::fs::fstat(&fd).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-        });
-        if regular
+        let same = rustix::fs::fstat(&fd)
+            .is_ok_and(|f| regular(&f) && f.st_ino == st.st_ino && f.st_dev == st.st_dev);
+        if same
             && rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            && rustix::fs::unlinkat(root, name, AtFlags::empty()).is_ok()
+            && rustix::fs::unlinkat(root, name.as_str(), AtFlags::empty()).is_ok()
         {
             removed += 1;
         }
@@ -334,6 +373,27 @@ fn sweep_bundle_leftovers(root: &OwnedFd, dir: &Path) {
             removed,
             "removed work files of bundles an earlier receiver left"
         );
+    }
+}
+
+/// Whether this receiver can keep a bundle's files unnamed until their verdict: DIR's file
+/// system makes `O_TMPFILE` files and [`link_unnamed`] can name one. Tried once, at the start,
+/// with a name no offer may take (see [`is_work_file`]); without, named work files are used.
+fn unnamed_files_work(root: &OwnedFd) -> bool {
+    let Ok(Some(fd)) = unnamed_file(root, 0o600) else {
+        return false;
+    };
+    let probe = format!(".chunk-probe-{}.tmp", std::process::id());
+    match link_unnamed(&fd, root, &probe) {
+        Ok(()) => {
+            let _ = rustix::fs::unlinkat(root, probe.as_str(), AtFlags::empty());
+            true
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "cannot name a file made with O_TMPFILE: bundles' work \
+                files get names");
+            false
+        }
     }
 }
 
@@ -528,8 +588,12 @@ impl FsHandle {
         let mut data = p.data;
         data.clear();
         self.pending.data = data;
-        // A stream is never resumed: no record of its chunks.
-        if self.unsaved && !self.stream && self.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+        // A stream is never resumed, nor is a bundle: no record of their chunks.
+        if self.unsaved
+            && !self.stream
+            && !self.bundle
+            && self.last_save.elapsed() >= STATE_SAVE_INTERVAL
+        {
             self.save_state();
         }
         Ok(())

@@ -80,6 +80,23 @@ pub struct RecvArgs {
     pub allow_clear: bool,
 }
 
+/// Raises the soft limit on open files toward the hard one (at most 8 192), as Go's runtime does
+/// at every start: systemd and most distributions give a process 1 024, and a receiver holds a
+/// bundle's files open until their verdict ([`FsStorage`] sizes its groups by the limit).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let Some(cur) = lim.current {
+        let want = lim.maximum.map_or(8192, |max| max.min(8192));
+        if want > cur {
+            lim.current = Some(want);
+            if let Err(e) = setrlimit(Resource::Nofile, lim) {
+                tracing::debug!(error = %e, "cannot raise the limit on open files");
+            }
+        }
+    }
+}
+
 pub fn run(args: RecvArgs) -> Result<()> {
     match std::fs::metadata(&args.out) {
         Ok(md) if !md.is_dir() => bail!("--out {}: not a directory", args.out.display()),
@@ -87,6 +104,7 @@ pub fn run(args: RecvArgs) -> Result<()> {
         Err(_) => std::fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?,
     }
+    raise_open_file_limit();
     let storage = FsStorage::new(&args.out, args.overwrite)
         .with_context(|| format!("opening {}", args.out.display()))?
         .with_links(args.links);

@@ -1,7 +1,8 @@
-//! Putting received files in place: a file's or a bundle's verdict (hash checked, written
-//! beside its name, made durable, renamed into place), done by [`Placer`] on the receiver's
-//! thread or, through [`Finisher`], on a thread of its own, so that the receiver goes on reading
-//! packets meanwhile (a bundle's files took it 3.5–5 ms, during which the ring buffer filled).
+//! Putting received files in place: a file's or a bundle's verdict (hash checked, made
+//! durable, then named: a file's part renamed, a bundle's members linked), done by [`Placer`]
+//! on the receiver's thread or, through [`Finisher`], on a thread of its own, so that the
+//! receiver goes on reading packets meanwhile (a bundle's files took it 3.5–5 ms, during which
+//! the ring buffer filled).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,6 +36,21 @@ pub(super) struct Placer {
     /// The process's umask, if known: a bundle's member made with its mode needs no `fchmod`
     /// when the umask takes none of its bits.
     pub umask: Option<u32>,
+    /// A bundle's members wait for their names in files with none (`O_TMPFILE`, then
+    /// `linkat`): DIR's file system makes them and this process can name them.
+    pub unnamed: bool,
+    /// Members staged at once, at most (see [`members_open`]).
+    pub members_open: usize,
+}
+
+/// How many of a bundle's members to stage at once: each holds its file open until it is
+/// named, and its directory's when the members are in many. An eighth of the limit on open
+/// files, between 32 and 1 024 (a bundle of chunk's, up to 1 024 files, in one group where the
+/// process may open 8 192 files; `chunk recv` raises its limit toward that). Each group pays a
+/// file-system sync before its names.
+pub(super) fn members_open() -> usize {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    (lim.current.unwrap_or(u64::MAX) / 8).clamp(32, 1024) as usize
 }
 
 impl Placer {
@@ -156,9 +172,10 @@ impl Placer {
 
     /// A bundle's verdict: its hash checked, then each member put in place as a file's is
     /// (written to a file with no name where the file system makes one, else beside its name,
-    /// given its mode and mtime, made durable, then named without replacing). A member already there with its content verifies as it is; one with other
-    /// content is `exists`. The first member that fails is the error, after the others have
-    /// gone in.
+    /// given its mode and mtime, made durable, then named without replacing), in groups of
+    /// [`Placer::members_open`]. A member already there with its content verifies as it is;
+    /// one with other content is `exists`. The first member that fails is the error, after the
+    /// others have gone in.
     fn finish_bundle(
         &self,
         h: &mut FsHandle,
@@ -179,15 +196,14 @@ impl Placer {
         let mut content = vec![0u8; h.offer.size as usize];
         h.file.read_exact_at(&mut content, 0)?;
         // Members of one directory come together: its fd is kept from one to the next.
-        let mut dirs: Vec<(String, Rc<OwnedFd>)> = Vec::new();
+        let mut dir = None;
         let mut placed = Vec::new();
         let members: Vec<_> = manifest.members().collect();
-        // An unnamed member's file stays open until it has its name: at most this many at once
-        // (each group of members pays one file-system sync before its names).
-        for group in members.chunks(MEMBERS_OPEN) {
+        // An unnamed member's file stays open until it has its name: so many at once at most.
+        for group in members.chunks(self.members_open.max(1)) {
             let mut staged = Vec::with_capacity(group.len());
             for m in group {
-                match self.stage_member(h, m, &content, &mut dirs, busy) {
+                match self.stage_member(h, m, &content, &mut dir, busy) {
                     Ok(s) => staged.push(s),
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -195,8 +211,8 @@ impl Placer {
                 }
             }
             // Every member's bytes durable before any of them shows under its name, then the
-            // names: two file-system syncs for a bundle of up to `MEMBERS_OPEN` files, where
-            // files one by one pay two each.
+            // names: one file-system sync per group and one at the end (two for most bundles),
+            // where files one by one pay two each.
             let synced = rustix::fs::syncfs(&self.root);
             for s in staged {
                 let r = synced
@@ -205,6 +221,8 @@ impl Placer {
                 match r {
                     Ok(()) => placed.push((s.name, s.size)),
                     Err(e) => {
+                        // A named member that did not go in place goes (an unnamed one with
+                        // its file).
                         if let Work::Named(part) = &s.work {
                             let _ = rustix::fs::unlinkat(&*s.dir, part.as_str(), AtFlags::empty());
                         }
@@ -245,10 +263,6 @@ enum Work {
     Named(String),
 }
 
-/// Unnamed members open at once, at most (see [`Placer::finish_bundle`]); each is a file
-/// descriptor, and many systems still give a process 1 024.
-const MEMBERS_OPEN: usize = 256;
-
 impl Placer {
     /// Checks a bundle's member `m` against its hash and writes it, with its mode and mtime,
     /// where it waits for its name (the directory made if need be).
@@ -257,19 +271,19 @@ impl Placer {
         h: &FsHandle,
         m: &bundle::Member<'_>,
         content: &[u8],
-        dirs: &mut Vec<(String, Rc<OwnedFd>)>,
+        last_dir: &mut Option<(String, Rc<OwnedFd>)>,
         busy: &HashSet<String>,
     ) -> io::Result<Staged> {
         let name = member_name(m)?;
         let (dir_name, base) = name.rsplit_once('/').unwrap_or(("", name));
-        let dir = match dirs.last() {
+        let dir = match last_dir {
             Some((d, fd)) if d == dir_name => fd.clone(),
             _ => {
                 let (fd, _, _) = self
                     .open_parent(name)
                     .map_err(|r| io::Error::new(refusal_kind(&r), r.message))?;
                 let fd = Rc::new(fd);
-                dirs.push((dir_name.to_owned(), fd.clone()));
+                *last_dir = Some((dir_name.to_owned(), fd.clone()));
                 fd
             }
         };
@@ -290,7 +304,12 @@ impl Placer {
         let mode = m.mode & 0o777;
         let exact = self.umask.is_some_and(|u| mode & u == 0);
         let create_mode = if exact { mode } else { 0o600 };
-        let (fd, work) = match unnamed_file(&*dir, create_mode) {
+        let unnamed = if self.unnamed {
+            unnamed_file(&*dir, create_mode)
+        } else {
+            Ok(None)
+        };
+        let (fd, work) = match unnamed {
             Ok(Some(fd)) => (fd, None),
             Ok(None) => {
                 // Its own work name, this transfer's: no other transfer (of this receiver or of
@@ -354,49 +373,22 @@ impl Placer {
     /// only a regular file); a regular file already there with its content verifies as it is.
     fn name_member(&self, s: &Staged, transfer_id: u32) -> io::Result<()> {
         let (dir, base, name) = (&*s.dir, s.base.as_str(), s.name.as_str());
-        let placed = if self.overwrite {
-            // Overwriting replaces a file, never anything else (as a file alone).
-            if let Ok(st) = rustix::fs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW) {
-                if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                    != rustix::fs::FileType::RegularFile
-                {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{name} exists and is not a regular file"),
-                    ));
+        let placed = match &s.work {
+            Work::Unnamed(file) => match link_unnamed(file, dir, base) {
+                Err(rustix::io::Errno::EXIST) if self.overwrite => {
+                    check_replaceable(dir, base, name)?;
+                    return replace_with(file, dir, base, transfer_id)
+                        .map_err(|e| io::Error::new(e.kind(), format!("replacing {name}: {e}")));
                 }
-            }
-            // A rename replaces; a link does not: an unnamed member is named beside its name
-            // first, for as long as the rename takes.
-            let part = match &s.work {
-                Work::Named(part) => part.clone(),
-                Work::Unnamed(file) => {
-                    let part = format!(".{base}.{transfer_id:08x}{PART_SUFFIX}");
-                    let linked = match link_unnamed(file, dir, &part) {
-                        Err(rustix::io::Errno::EXIST) => {
-                            // A crashed receiver's, of a transfer with this id.
-                            let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
-                            link_unnamed(file, dir, &part)
-                        }
-                        r => r,
-                    };
-                    linked.map_err(|e| {
-                        io::Error::new(e.kind(), format!("naming {name}'s file: {e}"))
-                    })?;
-                    part
-                }
-            };
-            let r = rustix::fs::renameat(dir, part.as_str(), dir, base);
-            if r.is_err() {
-                let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
-            }
-            r
-        } else {
-            match &s.work {
-                Work::Named(part) => {
+                linked => linked,
+            },
+            Work::Named(part) => {
+                if self.overwrite {
+                    check_replaceable(dir, base, name)?;
+                    rustix::fs::renameat(dir, part.as_str(), dir, base)
+                } else {
                     rustix::fs::renameat_with(dir, part.as_str(), dir, base, RenameFlags::NOREPLACE)
                 }
-                Work::Unnamed(file) => link_unnamed(file, dir, base),
             }
         };
         match placed {
@@ -433,6 +425,41 @@ impl Placer {
                 format!("putting {name} in place: {e}"),
             )),
         }
+    }
+}
+
+/// Replaces the regular file `base` in `dir` with the unnamed `file`: linked under a side name
+/// no offer may take (`.BASE.TID.tmp`, see `is_work_file`), then renamed over it, so that a
+/// crash in between leaves that name behind, never a half-written file under `base`. A side
+/// name already taken fails the member: nothing is unlinked that this did not make.
+fn replace_with(
+    file: &File,
+    dir: &OwnedFd,
+    base: &str,
+    transfer_id: u32,
+) -> rustix::io::Result<()> {
+    let side = format!(".{base}.{transfer_id:08x}.tmp");
+    link_unnamed(file, dir, &side)?;
+    let r = rustix::fs::renameat(dir, side.as_str(), dir, base);
+    if r.is_err() {
+        let _ = rustix::fs::unlinkat(dir, side.as_str(), AtFlags::empty());
+    }
+    r
+}
+
+/// Overwriting replaces a regular file, never anything else (as for a file alone).
+fn check_replaceable(dir: &OwnedFd, base: &str, name: &str) -> io::Result<()> {
+    match rustix::fs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                != rustix::fs::FileType::RegularFile =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{name} exists and is not a regular file"),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -795,12 +795,12 @@ fn a_receiver_that_dies_in_a_bundle_leaves_nothing() {
     h.flush().unwrap();
     let manifest = read_manifest_bytes(&h).unwrap();
     let manifest = chunk_common::bundle::Manifest::parse(&manifest, c.len() as u64).unwrap();
-    let mut dirs = Vec::new();
+    let mut dir = None;
     let staged: Vec<_> = manifest
         .members()
         .map(|m| {
             st.placer
-                .stage_member(&h, &m, &c, &mut dirs, &HashSet::new())
+                .stage_member(&h, &m, &c, &mut dir, &HashSet::new())
                 .unwrap()
         })
         .collect();
@@ -811,16 +811,63 @@ fn a_receiver_that_dies_in_a_bundle_leaves_nothing() {
     drop(st);
     assert_eq!(listing(tmp.path()), ["d"]);
 
-    // An older receiver's named work file: removed at the start, unless it is locked.
-    std::fs::write(tmp.path().join(".chunk-bundle-00ff.part"), b"old").unwrap();
-    let held = std::fs::File::create(tmp.path().join(".chunk-bundle-11ee.part")).unwrap();
-    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    std::fs::write(tmp.path().join(".mine.part"), b"a file's, resumable").unwrap();
+    // An older receiver's named work files, and its records: removed at the start, unless
+    // locked; a file's part whose name only starts alike, and a FIFO, stay (never opened).
+    let old = ".chunk-bundle-00112233445566778899aabbccddeeff";
+    let held = ".chunk-bundle-ffeeddccbbaa99887766554433221100.part";
+    for n in [".part", ".part.state", ".part.state.tmp"] {
+        std::fs::write(tmp.path().join(format!("{old}{n}")), b"old").unwrap();
+    }
+    let held_file = std::fs::File::create(tmp.path().join(held)).unwrap();
+    rustix::fs::flock(&held_file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let kept = [
+        ".chunk-bundle-notes.txt.part",
+        ".chunk-bundle-00112233445566778899aabbccddeeff0.part",
+        ".mine.part",
+    ];
+    for k in kept {
+        std::fs::write(tmp.path().join(k), b"a file's, resumable").unwrap();
+    }
+    let fifo = ".chunk-bundle-0123456789abcdef0123456789abcdef.part";
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        tmp.path().join(fifo),
+        rustix::fs::FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
     let _st = FsStorage::new(tmp.path(), false).unwrap();
-    assert_eq!(
-        listing(tmp.path()),
-        [".chunk-bundle-11ee.part", ".mine.part", "d"]
-    );
+    let mut expected: Vec<String> = kept.iter().map(|k| k.to_string()).collect();
+    expected.extend([held.to_owned(), fifo.to_owned(), "d".to_owned()]);
+    expected.sort();
+    assert_eq!(listing(tmp.path()), expected);
+}
+
+/// A bundle is never resumed: however long it stays open, the receiver writes no record of
+/// its chunks (which a dead receiver would leave behind).
+#[test]
+fn a_bundle_keeps_no_record_of_its_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut st = FsStorage::new(tmp.path(), false).unwrap();
+    let big = data(5000);
+    let c = bundle_content(&[("a.bin", &big, 0o644), ("b.txt", b"b", 0o644)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    for i in 0..chunks_of(&c) - 1 {
+        // Open for longer than a record's interval before each chunk.
+        h.last_save -= STATE_SAVE_INTERVAL * 2;
+        write_chunks(&mut st, &mut h, &c, i..i + 1);
+    }
+    h.flush().unwrap();
+    assert_eq!(listing(tmp.path()), Vec::<String>::new());
+    // A file's does (the check above would see it).
+    let f = offer("f.bin", &big);
+    let mut fh = st.open(&f).unwrap().handle;
+    fh.last_save -= STATE_SAVE_INTERVAL * 2;
+    write_chunks(&mut st, &mut fh, &big, 0..1);
+    fh.flush().unwrap();
+    assert_eq!(listing(tmp.path()), [".f.bin.part", ".f.bin.part.state"]);
 }
 
 /// Where the file system makes no unnamed file, a bundle's work files have names: they are
@@ -830,7 +877,8 @@ fn a_receiver_that_dies_in_a_bundle_leaves_nothing() {
 fn without_unnamed_files_a_bundle_still_leaves_nothing() {
     NO_UNNAMED.set(true);
     let tmp = tempfile::tempdir().unwrap();
-    for overwrite in [false, true] {
+    // Placed, then found in place, then replaced.
+    for overwrite in [false, false, true] {
         let mut st = FsStorage::new(tmp.path(), overwrite).unwrap();
         let c = bundle_content(&[("d/a.txt", b"hello", 0o644), ("b.txt", b"world", 0o600)]);
         let o = bundle_offer(&c);
@@ -880,6 +928,21 @@ fn an_overwriting_bundle_replaces_files_and_leaves_nothing_else() {
     let md = std::fs::metadata(tmp.path().join("a.txt")).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o640);
     assert_eq!(listing(tmp.path()), ["a.txt", "b.txt"]);
+
+    // The side name taken (by anyone): the member fails, and what holds the name stays.
+    let side = ".a.txt.00000001.tmp";
+    std::fs::write(tmp.path().join(side), b"not the receiver's").unwrap();
+    let c = bundle_content(&[("a.txt", b"newer", 0o640)]);
+    let o = bundle_offer(&c);
+    let mut h = st.open(&o).unwrap().handle;
+    write_chunks(&mut st, &mut h, &c, 0..chunks_of(&c));
+    let e = st.finish(h, &o.tag).unwrap_err();
+    assert!(e.to_string().contains("replacing a.txt"), "{e}");
+    assert_eq!(std::fs::read(tmp.path().join("a.txt")).unwrap(), b"new");
+    assert_eq!(
+        std::fs::read(tmp.path().join(side)).unwrap(),
+        b"not the receiver's"
+    );
 }
 
 /// A file's and a bundle's verdicts go to the placing thread: the loop's fd wakes when one is

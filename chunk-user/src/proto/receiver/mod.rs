@@ -1288,9 +1288,9 @@ fn abort_for(e: &std::io::Error, doing: &str) -> (AbortReason, String) {
     }
 }
 
-/// The name a bundle's transfer goes by (its offer has none): made from its tag, so that a
-/// bundle offered again resumes its partial copy as a file's would. Nothing is ever kept
-/// under it; storage uses it for its work files.
+/// The name a bundle's transfer goes by (its offer has none): made from its tag, so that the
+/// same bundle offered again is recognised as a file offered again is. Nothing is ever kept
+/// under it; storage names its work file after it where it cannot leave it unnamed.
 pub fn bundle_name(tag: &[u8; chunk_common::wire::HASH_LEN]) -> String {
     let mut s = String::with_capacity(13 + 32);
     s.push_str("chunk-bundle-");
