@@ -400,6 +400,45 @@ fn large_files_take_turns_while_small_ones_pass() {
     }
 }
 
+/// Transfers go oldest first, but none behind a large file falls silent: with a `--timeout`
+/// shorter than the large file's time on the link, the small files beside it still arrive.
+#[test]
+fn files_behind_a_large_one_do_not_time_out() {
+    let hosts = TwoHosts::new("treeka", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let root = src.path().join("k");
+    // 12 MB at 30 Mbit/s: over 3 s on the link, against a 1.5 s timeout.
+    let data: Vec<u8> = (0..12_000_000usize).map(|b| (b * 7) as u8).collect();
+    write(&root.join("a.big"), &data, 0o644, 1_700_000_000);
+    small_tree(&root, 20, 5_000);
+    for i in 0..3 {
+        let lone: Vec<u8> = (0..200_000usize).map(|b| (b * 3 + i) as u8).collect();
+        write(&root.join(format!("b{i}.bin")), &lone, 0o644, 1_700_000_000);
+    }
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
+    let (o, json) = send(
+        &hosts.sender,
+        hosts.receiver_addr,
+        &[&root],
+        &["--rate", "30M", "--timeout", "1.5"],
+    );
+    // 24 files, and the directories k, d0..d6.
+    assert_sent(&o, &json, 24 + 8);
+    recv.stop();
+    assert!(same_contents(
+        &root.join("a.big"),
+        &out.path().join("k/a.big")
+    ));
+    for i in 0..3 {
+        let rel = format!("b{i}.bin");
+        assert!(
+            same_contents(&root.join(&rel), &out.path().join("k").join(&rel)),
+            "{rel}"
+        );
+    }
+}
+
 /// Small files go in bundles (fewer transfers than files, each file still told and verified
 /// on both sides); one whose name holds other content on the receiver makes its bundle fail,
 /// and the sender sends that bundle's files one by one: that file alone fails, `exists`, and

@@ -906,8 +906,6 @@ pub struct SendDriver {
     intake: Intake,
     /// The session's id, once the handshake is done.
     session: Option<u32>,
-    /// Which transfer's packet goes first in the next batch.
-    turn: usize,
     /// The next file's transfer id: a random first one, then counting up, so that the files of
     /// one run never share an id. Random ids for each of 10 000 files would collide about once
     /// in a hundred runs (a receiver keeps a finished transfer's id for its verdict's 60 s, and
@@ -952,7 +950,13 @@ struct Active {
     key: usize,
     sender: Sender,
     source: Source,
+    /// When it last sent a packet (see `queue_from`).
+    last_sent: Instant,
 }
+
+/// A transfer behind others still gets a packet this often (see `SendDriver::queue_from`): it
+/// is never silent long enough for its sender's `--timeout` or the receiver's idle timer.
+const KEEP_ALIVE: Duration = Duration::from_millis(100);
 
 impl SendDriver {
     pub fn new(cfg: SendConfig) -> Result<Self> {
@@ -1001,7 +1005,6 @@ impl SendDriver {
             tx,
             intake,
             session: None,
-            turn: 0,
             next_tid: rand::random(),
             wake: std::sync::Arc::new(
                 rustix::event::eventfd(
@@ -1435,7 +1438,8 @@ impl SendDriver {
                     continue;
                 };
                 ended = true;
-                let a = active.swap_remove(i);
+                // Kept in the order they started (see `queue_from`).
+                let a = active.remove(i);
                 let others = active.len();
                 if let Err(SendError::Refused(AbortReason::TooManyTransfers, ref why)) = outcome
                     && !cancelled
@@ -1537,6 +1541,7 @@ impl SendDriver {
             key,
             sender,
             source,
+            last_sent: Instant::now(),
         })
     }
 
@@ -1572,49 +1577,55 @@ impl SendDriver {
         let _ = self.tx.flush();
     }
 
-    /// Queues what the cores have to send now, sealed or tagged, one packet from each in turn
-    /// (the path's pacer decides when any may go); returns whether the batch filled up.
+    /// Queues what the cores have to send now, sealed or tagged; returns whether the batch
+    /// filled up. The transfers go in the order they started: the first takes every packet the
+    /// path's pacer and window let out, the next what it leaves (a transfer waiting for an
+    /// answer, or with all its chunks out, sends nothing). Shared evenly, the bundles of a tree
+    /// all ended at once and then waited together, the link idle, while the receiver put their
+    /// files in place one bundle after another; one after another, a bundle is put in place
+    /// while the next travels, and lone files finish sooner too. Each transfer still gets a
+    /// packet every [`KEEP_ALIVE`]: one behind a large file is never silent long enough to time
+    /// out.
     fn queue_from(&mut self, active: &mut [Active], now: Instant) -> bool {
-        // A sealed packet is built in place around the chunk packet.
-        let at = if self.session.is_some() { INNER_AT } else { 0 };
-        let peer = self.cfg.peer();
-        let n = active.len();
-        // Who goes first turns, so that no transfer always takes the path's first slot.
-        self.turn = self.turn.wrapping_add(1);
-        let mut idle = vec![false; n];
-        let mut left = n;
-        while left > 0 {
-            for k in 0..n {
-                let i = (self.turn + k) % n;
-                if idle[i] {
-                    continue;
-                }
-                let Some(buf) = self.tx.next_buf() else {
-                    return true;
-                };
-                let a = &mut active[i];
-                let Some(len) = a.sender.poll_transmit(now, &mut a.source, &mut buf[at..]) else {
-                    idle[i] = true;
-                    left -= 1;
-                    continue;
-                };
-                // Every transfer of a sender with a session is bound to it: a packet that finds
-                // none is not sent (and never in clear).
-                match self.intake.seal_out(peer, buf, at, len) {
-                    Some(range) if range.start == 0 => self.tx.commit(range.end, self.dst),
-                    _ => {
-                        tracing::error!(
-                            "a packet without its session was not sent: a bug, please report it"
-                        );
-                        continue;
-                    }
-                }
-                if self.tx.is_full() {
-                    return true;
+        // First whoever has sent nothing for a while (tried at each call until a packet goes).
+        for a in active.iter_mut() {
+            if now.saturating_duration_since(a.last_sent) >= KEEP_ALIVE
+                && self.queue_one(a, now) == Some(true)
+            {
+                return true;
+            }
+        }
+        for a in active.iter_mut() {
+            loop {
+                match self.queue_one(a, now) {
+                    Some(true) => return true,
+                    Some(false) => {}
+                    None => break,
                 }
             }
         }
         false
+    }
+
+    /// Queues `a`'s next packet, if it has one now (`None` if not); `Some(true)`: the batch is
+    /// full.
+    fn queue_one(&mut self, a: &mut Active, now: Instant) -> Option<bool> {
+        // A sealed packet is built in place around the chunk packet.
+        let at = if self.session.is_some() { INNER_AT } else { 0 };
+        let Some(buf) = self.tx.next_buf() else {
+            return Some(true);
+        };
+        let len = a.sender.poll_transmit(now, &mut a.source, &mut buf[at..])?;
+        a.last_sent = now;
+        // Every transfer of a sender with a session is bound to it: a packet that finds none
+        // is not sent (and never in clear).
+        match self.intake.seal_out(self.cfg.peer(), buf, at, len) {
+            Some(range) if range.start == 0 => self.tx.commit(range.end, self.dst),
+            _ => tracing::error!(
+                "a packet without its session was not sent: a bug, please report it"
+            ),
+        }
+        Some(self.tx.is_full())
     }
 
     fn explain_send_error(&self, e: std::io::Error) -> anyhow::Error {
