@@ -602,7 +602,8 @@ impl Sender {
             Phase::Offering(o) => (!o.due).then_some(o.next),
             Phase::Sending(_) => {
                 let path = self.path.borrow();
-                let pacing = self.can_send_data().then(|| path.pacer.next_send_at());
+                let pacing = (self.can_send_data() || self.tail_copy.is_some())
+                    .then(|| path.pacer.next_send_at());
                 let probe = self.recovery.tail_probe_timer(path.rtt.reply_timeout());
                 let keepalive = (self.waiting_for_input() && !self.keepalive_due)
                     .then(|| self.last_tx + self.keepalive());
