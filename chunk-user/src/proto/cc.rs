@@ -82,6 +82,8 @@ const MAX_LOSS_SHARE: f64 = 0.2;
 const LOSS_SHARE_GAIN: f64 = 0.25;
 /// A round's loss share counts only when it carried at least this many chunks.
 const LOSS_ROUND_MIN_CHUNKS: u64 = 16;
+/// Queue-free rounds with losses before [`Bbr::random_loss_share`] tells the loss share.
+const RANDOM_LOSS_ROUNDS: u32 = 4;
 /// Smallest window, in chunks: enough to keep fast retransmit (3 later chunks) working.
 const MIN_CWND_CHUNKS: u64 = 4;
 /// The receiver acknowledges at least every this many chunks (docs/PROTOCOL.md, Receiver 2).
@@ -221,6 +223,9 @@ pub struct Bbr {
     loss_share: f64,
     queue_free: bool,
     last_round_no_queue: bool,
+    /// Queue-free rounds that lost something: random loss goes on round after round, a
+    /// queue's overflow taken for the path's (in the round after it drained) does not.
+    lossy_free_rounds: u32,
 }
 
 impl Bbr {
@@ -256,6 +261,7 @@ impl Bbr {
             loss_share: 0.0,
             queue_free: false,
             last_round_no_queue: false,
+            lossy_free_rounds: 0,
         }
     }
 
@@ -269,6 +275,17 @@ impl Bbr {
     pub fn loss_share(&self) -> f64 {
         if self.queue_free {
             self.loss_share
+        } else {
+            0.0
+        }
+    }
+
+    /// The loss share once losses have come in [`RANDOM_LOSS_ROUNDS`] queue-free rounds (0
+    /// before): loss that goes on without a queue, the path's own, not a burst of a queue's
+    /// drops that one round misread.
+    pub fn random_loss_share(&self) -> f64 {
+        if self.lossy_free_rounds >= RANDOM_LOSS_ROUNDS {
+            self.loss_share()
         } else {
             0.0
         }
@@ -294,6 +311,9 @@ impl Bbr {
             if queue_free {
                 let p = lost as f64 / (delivered + lost) as f64;
                 self.loss_share += LOSS_SHARE_GAIN * (p - self.loss_share);
+                if lost > 0 {
+                    self.lossy_free_rounds += 1;
+                }
             }
         }
         self.round_lost = 0;
@@ -908,6 +928,33 @@ mod tests {
         bbr.cycle_index = 2;
         let raised = bbr.pacing_rate() / bbr.bandwidth();
         assert!((1.04..1.07).contains(&raised), "{raised}");
+        // Round after round: random loss, as the tail's copies ask.
+        assert_eq!(bbr.random_loss_share(), share);
+    }
+
+    /// One queue-free round that lost a burst (a queue's overflow detected after it drained)
+    /// sets a loss share, but not the random loss share, which asks for several such rounds.
+    #[test]
+    fn one_lossy_round_is_not_random_loss() {
+        let mut bbr = Bbr::new(1440, 32, Instant::now());
+        let now = Instant::now();
+        let rtt = Duration::from_millis(20);
+        bbr.on_rtt(now, rtt);
+        let mut t = now;
+        for round in 0..3 {
+            // 100 chunks delivered each round, 30 lost in the second.
+            let snap = bbr.on_send(t, 0);
+            t += rtt;
+            if round == 1 {
+                bbr.on_lost(30);
+            }
+            for _ in 0..100 {
+                bbr.on_acked(t, &snap, 1440);
+            }
+            bbr.on_ack_end(t, Some(rtt), 0);
+        }
+        assert!(bbr.loss_share() > 0.01, "{}", bbr.loss_share());
+        assert_eq!(bbr.random_loss_share(), 0.0);
     }
 
     #[test]

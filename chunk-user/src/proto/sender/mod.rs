@@ -185,7 +185,8 @@ pub enum SendError {
 }
 
 /// From this share of packets lost at random (the congestion controller's estimate over
-/// queue-free round trips, [`Bbr::loss_share`](super::cc::Bbr::loss_share)), a retransmission
+/// queue-free round trips, once several of them lost something,
+/// [`Bbr::random_loss_share`](super::cc::Bbr::random_loss_share)), a retransmission
 /// sent once every chunk has gone out goes twice, back to back: at 5 % loss a few hundred
 /// chunks of the last round trip are resent, and without a copy about one in twenty of them is
 /// lost again and costs one more round trip (two on a long path: 1.2 s at 600 ms), plus the
@@ -1088,7 +1089,7 @@ impl Sender {
         if retransmit
             && self.next_new >= self.count as u64
             && self.end_known
-            && path.cc.loss_share() >= TAIL_COPY_LOSS
+            && path.cc.random_loss_share() >= TAIL_COPY_LOSS
             && self.stats.tail_copies * 20 < self.stats.chunks_retransmitted
         {
             self.tail_copy = Some((index, ack_now));
