@@ -1,4 +1,4 @@
-//! Reading a tree's small files ahead of the bundles, on a thread of its own: the send loop
+//! Reading a tree's small files ahead of the bundles, on threads of their own: the send loop
 //! takes each file read (its metadata and bytes) when it makes a bundle, instead of opening
 //! and reading it between packets. From a disk whose cache does not hold the tree, each small
 //! file is a read that waits; the loop used to wait with it, sending nothing.

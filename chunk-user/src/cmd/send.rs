@@ -467,6 +467,26 @@ enum Done {
     LinkRefused,
 }
 
+/// Who reads the small files that go in bundles.
+enum Readers {
+    /// Not decided yet: at the first bundle.
+    NotYet,
+    /// Threads reading ahead ([`super::prefetch`]).
+    Threads(super::prefetch::Prefetch),
+    /// The send loop, as it makes each bundle: the files are in memory (tmpfs), there is
+    /// nothing to read, no thread could start, or the receiver takes no bundles.
+    Inline,
+}
+
+impl Readers {
+    fn threads(&mut self) -> Option<&mut super::prefetch::Prefetch> {
+        match self {
+            Readers::Threads(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 /// The entries of one `chunk send`, handed to the driver in order ([`Jobs`]), and what became
 /// of each.
 struct Queue<'a> {
@@ -493,9 +513,8 @@ struct Queue<'a> {
     /// Bundles under way, by key (`entries.len()` and up).
     bundles: std::collections::HashMap<usize, InFlightBundle>,
     next_bundle_key: usize,
-    /// The small files read ahead for the bundles, from the first bundle on (`Some(None)`:
-    /// started, nothing to read or no thread).
-    prefetch: Option<Option<super::prefetch::Prefetch>>,
+    /// Who reads the small files for the bundles.
+    readers: Readers,
 }
 
 impl<'a> Queue<'a> {
@@ -546,7 +565,7 @@ impl<'a> Queue<'a> {
                 .collect(),
             bundles: std::collections::HashMap::new(),
             next_bundle_key: entries.len(),
-            prefetch: None,
+            readers: Readers::NotYet,
         }
     }
 
@@ -579,7 +598,7 @@ impl<'a> Queue<'a> {
         // Looked at from `first` on, so many entries at most: a tree of large files is not
         // scanned whole for each of them.
         let end = self.todo.len().min(first + 4 * send::BUNDLE_MAX_MEMBERS);
-        if self.prefetch.is_none() {
+        if matches!(self.readers, Readers::NotYet) {
             // Every file that may go in a bundle, from here on, read ahead in order.
             let mut files: Vec<_> = (first..self.todo.len())
                 .map(|i| self.todo[i])
@@ -598,11 +617,13 @@ impl<'a> Queue<'a> {
                     .unwrap_or(std::path::Path::new("."));
                 rustix::fs::statfs(dir).is_ok_and(|st| crate::store::memory_fs(&st))
             });
-            self.prefetch = Some(if in_memory {
-                None
-            } else {
-                super::prefetch::Prefetch::start(files)
-            });
+            self.readers = match (!in_memory)
+                .then(|| super::prefetch::Prefetch::start(files))
+                .flatten()
+            {
+                Some(p) => Readers::Threads(p),
+                None => Readers::Inline,
+            };
         }
         while i < end && picked.len() < send::BUNDLE_MAX_MEMBERS {
             let key = self.todo[i];
@@ -611,7 +632,7 @@ impl<'a> Queue<'a> {
                 continue;
             }
             let entry = &self.entries[key];
-            let read = match self.prefetch.as_mut().and_then(|p| p.as_mut()?.take(key)) {
+            let read = match self.readers.threads().and_then(|p| p.take(key)) {
                 Some(read) => read,
                 None => {
                     let name = entry.name.clone().expect("may_bundle: a name");
@@ -629,7 +650,7 @@ impl<'a> Queue<'a> {
                 + meta.name.len() as u64;
             if total + cost > send::BUNDLE_MAX && !picked.is_empty() {
                 // For the next bundle.
-                if let Some(Some(p)) = &mut self.prefetch {
+                if let Some(p) = self.readers.threads() {
                     p.put_back(key, (meta, bytes));
                 }
                 break;
@@ -751,7 +772,7 @@ impl<'a> Queue<'a> {
                     );
                     self.bundle_chunk_size = None;
                     // Nothing read ahead is needed any more.
-                    self.prefetch = Some(None);
+                    self.readers = Readers::Inline;
                 } else if !matches!(&other, Ok((_, Err(SendError::Cancelled)))) {
                     tracing::info!(
                         why,
@@ -820,7 +841,7 @@ impl Jobs for Queue<'_> {
                 // Not a small file (or the only one): it goes alone, below.
             }
             let key = self.todo.remove(at).expect("found above");
-            if let Some(Some(p)) = &mut self.prefetch {
+            if let Some(p) = self.readers.threads() {
                 p.forget(key);
             }
             let entry = &self.entries[key];

@@ -1508,6 +1508,17 @@ mod tests {
         (r, st, t0, data, said)
     }
 
+    /// The verdict `finishing_later`'s file gets: verified, 3 chunks.
+    fn verified_3_chunks() -> Vec<(MessageType, u32, u32, u32, Vec<u8>)> {
+        vec![(
+            MessageType::Complete,
+            3,
+            CompleteStatus::Verified as u32,
+            0,
+            vec![],
+        )]
+    }
+
     #[test]
     fn a_verdict_reached_later_is_sent_then_and_its_packets_meanwhile_get_no_answer() {
         let (mut r, mut st, t0, data, said) = finishing_later();
@@ -1534,16 +1545,7 @@ mod tests {
         st.release_finishes();
         let t1 = t0 + ms(4);
         r.poll_storage(t1, &mut st);
-        assert_eq!(
-            out(&mut r, t1),
-            vec![(
-                MessageType::Complete,
-                3,
-                CompleteStatus::Verified as u32,
-                0,
-                vec![]
-            )]
-        );
+        assert_eq!(out(&mut r, t1), verified_3_chunks());
         let finished: Vec<_> = events(&mut r)
             .into_iter()
             .filter_map(|e| match e {
@@ -1569,16 +1571,7 @@ mod tests {
         let (mut r, mut st, t0, data, _) = finishing_later();
         events(&mut r);
         r.close_all(t0, &mut st);
-        assert_eq!(
-            out(&mut r, t0),
-            vec![(
-                MessageType::Complete,
-                3,
-                CompleteStatus::Verified as u32,
-                0,
-                vec![]
-            )]
-        );
+        assert_eq!(out(&mut r, t0), verified_3_chunks());
         assert!(matches!(
             events(&mut r)[..],
             [Event::Finished { verified: true, .. }]
