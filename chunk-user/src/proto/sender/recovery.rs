@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use super::super::cc::{Bbr, SendSnapshot};
 use super::super::rtt::RttEstimator;
 
+/// An ack that comes back sooner than this share of the minimum RTT after a retransmission
+/// answers an earlier copy ([`InFlight::answers_earlier_copy`]).
+const EARLIER_COPY_SHARE: f64 = 0.875;
+
 /// The RTO after `backoff` expiries in a row. Doubling stops at a sixth of the transfer's
 /// `timeout`, so that a sender that has heard nothing still tries several times before it gives
 /// up.
@@ -39,12 +43,14 @@ struct InFlight {
 
 impl InFlight {
     /// Whether an ack for this resent chunk arriving at `now` must be for an earlier copy: the
-    /// retransmission has been out for less than the shortest round trip ever measured.
+    /// retransmission has been out for clearly less than the shortest round trip ever measured
+    /// (7/8 of it: that minimum may be a little long, the offer's answer, say, and an ack that
+    /// came back in the path's true round trip is the retransmission's own).
     fn answers_earlier_copy(&self, now: Instant, rtt: &RttEstimator) -> bool {
         self.prev.is_some()
-            && rtt
-                .min()
-                .is_some_and(|min| now.saturating_duration_since(self.sent_at) < min)
+            && rtt.min().is_some_and(|min| {
+                now.saturating_duration_since(self.sent_at) < min.mul_f64(EARLIER_COPY_SHARE)
+            })
     }
 }
 
@@ -624,6 +630,9 @@ mod tests {
             None,
             "which copy?"
         );
+        // Nor just under the minimum RTT of 100 ms: a minimum taken from a slow sample (an
+        // offer's answer) is a little long, and this may be the retransmission's own ack.
+        assert_eq!(r.only_copy_acked(0, now + ms(95), &rtt), None);
         assert!(!r.on_acked(0, now + ms(150), &rtt, &mut cc));
     }
 
