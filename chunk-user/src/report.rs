@@ -405,6 +405,12 @@ pub struct PathReport {
     /// before its acks told). Absent when nothing was remembered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// A start with nothing remembered (or the estimate rejected), on a path long enough for
+    /// Startup to take a second or more (round trips of about 126 ms and more), reads the
+    /// bottleneck's rate from the spacing of its first round's chunks and jumps to half of it;
+    /// what became of that jump, in the words of `resume`. Absent when it made none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_round: Option<String>,
     /// What this send measured and kept, bits per second and milliseconds; absent when it was
     /// too short to find the bottleneck (the entry, if any, stays as it was).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -200,3 +200,47 @@ fn a_second_send_starts_from_the_path_the_first_measured() {
         "{stored}"
     );
 }
+
+/// A first send over 300 ms (50 Mbit/s: Startup would double for 1.6 s) reads the
+/// bottleneck's rate from its first round and jumps to half of it, which its acks validate
+/// (`path.first_round` in its summary); with `--no-first-round` it starts up as TCP does and
+/// makes no jump. Both files arrive exact, each loss resent about once.
+#[test]
+fn a_first_send_on_a_long_link_reads_its_first_round() {
+    let net = Bridged::new("wanfr", link(300, 0.0, 7)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = make_file(src.path(), "fr.bin", 8 << 20, 41);
+    let run = |extra: &[&str]| -> Value {
+        let out = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let cache = state.path().join("paths.json");
+        let recv = Recv::start(
+            &net.receiver,
+            net.receiver_if,
+            out.path(),
+            &["--exit-after", "1"],
+        );
+        let mut args = vec!["--path-cache", cache.to_str().unwrap(), "--timeout", "60"];
+        args.extend_from_slice(extra);
+        let (o, json) = send(&net.sender, net.receiver_addr, &[&file], &args);
+        assert_sent(&o, &json, 1);
+        recv.wait_exit();
+        assert!(same_contents(&file, &out.path().join("fr.bin")));
+        let f = &json["files"][0];
+        let lost = net
+            .stats
+            .queue_drops
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        let retx = f["retransmitted"].as_u64().unwrap();
+        assert!(
+            retx <= lost + lost / 10 + 8,
+            "{retx} resent, {lost} dropped: {json}"
+        );
+        json
+    };
+    let read = run(&[]);
+    assert_eq!(read["path"]["remembered"], false, "{read}");
+    assert_eq!(read["path"]["first_round"], "validated", "{read}");
+    let plain = run(&["--no-first-round"]);
+    assert!(plain["path"].get("first_round").is_none(), "{plain}");
+}

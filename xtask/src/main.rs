@@ -60,7 +60,7 @@ enum Cmd {
     /// Benchmark chunk (XDP and socket) against nc (TCP) and UFTP, clean, lossy and flooded;
     /// writes target/bench/results.{md,json} and goodput.png; `--cases wan,share`: long links
     /// on a delay line against TCP CUBIC, TCP BBR and UFTP, into wan.{md,json,png} (needs root).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> Result<()> {

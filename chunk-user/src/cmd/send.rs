@@ -22,7 +22,7 @@ use crate::{
     },
     net::raw::Transport,
     path_cache::{self, PathCache},
-    proto::{SendError, Sender, SenderConfig, SenderStats},
+    proto::{ResumeOutcome, SendError, Sender, SenderConfig, SenderStats},
     report::{FileReport, PathReport, SendSummary},
 };
 
@@ -102,6 +102,11 @@ pub struct SendArgs {
     /// Neither use nor update the path cache: every send starts up from scratch.
     #[arg(long)]
     pub no_path_cache: bool,
+    /// Without a remembered estimate, start up as TCP does (doubling from 32 chunks each round
+    /// trip), not from the rate the first round's acks read off a long path. A TCP flow that
+    /// starts at the same moment on the same bottleneck then keeps its share of it.
+    #[arg(long)]
+    pub no_first_round: bool,
     /// Send every packet through the kernel's IP output path (the raw socket), never through
     /// an AF_PACKET socket. By default, straight over IP on an Ethernet route, packets are
     /// handed to the interface with their IP header written by chunk: cheaper per packet, but
@@ -234,6 +239,7 @@ pub fn run(args: SendArgs) -> Result<()> {
             window: args.window,
             max_rate: args.rate,
             timeout: Duration::from_secs_f64(args.timeout.max(0.1)),
+            first_round: !args.no_first_round,
             ..SenderConfig::default()
         },
         // With encryption the pre-shared key is in the handshake: no tags besides.
@@ -400,10 +406,12 @@ fn remember_path(
 ) -> PathReport {
     let path = driver.path();
     let estimate = path.as_ref().and_then(|p| p.estimate());
-    let resume = path
+    let word = |o: ResumeOutcome| format!("{o:?}").to_lowercase();
+    let resume = path.as_ref().and_then(|p| p.resume_outcome()).map(word);
+    let first_round = path
         .as_ref()
-        .and_then(|p| p.resume_outcome())
-        .map(|o| format!("{o:?}").to_lowercase());
+        .and_then(|p| p.first_round_outcome())
+        .map(word);
     drop(path);
     if let Some(e) = estimate
         && let Err(err) = cache.record(key, e, SystemTime::now())
@@ -417,6 +425,7 @@ fn remember_path(
         cache: cache.file().display().to_string(),
         remembered,
         resume,
+        first_round,
         kept_bandwidth_bps: estimate.map(|e| (e.bandwidth * 8.0) as u64),
         kept_min_rtt_ms: estimate.map(|e| e.min_rtt.as_secs_f64() * 1e3),
     }

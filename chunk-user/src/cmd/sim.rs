@@ -92,6 +92,9 @@ pub struct SimResult {
     /// With `--warm`: what became of the first run's estimate (`validated`, `retreated`,
     /// `rejected`, …); `null` without.
     pub resume: Option<String>,
+    /// What became of the jump from the first round's reading of the bottleneck (a cold start
+    /// where Startup would take a second or more); `null`: none was made.
+    pub first_round: Option<String>,
     /// Real seconds the simulation took.
     pub wall_s: f64,
 }
@@ -184,6 +187,9 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
             r.resume_outcome
                 .map_or("none".to_owned(), |o| format!("{o:?}").to_lowercase())
         }),
+        first_round: r
+            .first_round_outcome
+            .map(|o| format!("{o:?}").to_lowercase()),
         wall_s: wall.elapsed().as_secs_f64(),
     })
 }
@@ -302,6 +308,7 @@ mod tests {
             "srtt_ms",
             "t90_rtts",
             "resume",
+            "first_round",
             "wall_s",
         ];
         want.sort();

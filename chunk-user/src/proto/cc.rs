@@ -51,6 +51,22 @@
 //! bandwidth filter, the jump ends and Startup carries on from the measured rate, so a stale
 //! estimate costs at most the jump's one window, and the model from then on is built from this
 //! path's samples alone. An RTO during the jump ends it without seeding anything.
+//!
+//! **A cold start reads the bottleneck from the first round** (no estimate, or one rejected), on
+//! paths long enough for Startup's doublings to cost seconds ([`Bbr::may_read_first_round`]:
+//! round trips of about 126 ms and more): the initial window goes out within
+//! [`FIRST_FLIGHT_SPAN`], faster than most bottlenecks drain it, so the
+//! bottleneck spaces its chunks at its own rate (packet-train dispersion: Keshav's packet pair,
+//! 1991; Dovrolis, Ramanathan and Moore, 2001); the receiver's acks say when each echoed chunk
+//! arrived (the ack's time less its delay field), so the chunks delivered between the first
+//! ack's echo and a later one's, over the time between those arrivals (widened by
+//! [`DISPERSION_SLACK`] for the receiver's batching, and never above the rate the train was
+//! sent at), is the bottleneck's rate. That rate, when Startup would take a second or more to
+//! reach it ([`FIRST_ROUND_MIN_STARTUP`]: where it is quicker, the jump gains little and takes
+//! the link from a TCP flow starting beside it), becomes the estimate of a jump exactly like a
+//! remembered one's: half its rate, one round trip of that as the window, validated or
+//! retreated from by the jump's own acks, so an estimate that ack compression inflated costs
+//! what a stale remembered one costs.
 
 use std::time::{Duration, Instant};
 
@@ -82,7 +98,8 @@ const MAX_LOSS_SHARE: f64 = 0.2;
 const LOSS_SHARE_GAIN: f64 = 0.25;
 /// A round's loss share counts only when it carried at least this many chunks.
 const LOSS_ROUND_MIN_CHUNKS: u64 = 16;
-/// Queue-free rounds with losses before [`Bbr::random_loss_share`] tells the loss share.
+/// Queue-free rounds of ProbeBw with losses before [`Bbr::random_loss_share`] tells the loss
+/// share.
 const RANDOM_LOSS_ROUNDS: u32 = 4;
 /// Smallest window, in chunks: enough to keep fast retransmit (3 later chunks) working.
 const MIN_CWND_CHUNKS: u64 = 4;
@@ -106,6 +123,23 @@ pub const RESUME_ANSWER_SLACK: Duration = Duration::from_secs(1);
 pub const RESUME_OPEN_ALLOWANCE: Duration = Duration::from_millis(250);
 /// The jump is validated when the acks' rate reaches this share of the jump's rate.
 pub const RESUME_VALID: f64 = 0.8;
+/// On a path long enough for a reading ([`Bbr::may_read_first_round`]) the initial window goes
+/// out within this span (32 chunks of 1.5 KB: about 750 Mbit/s), so that a slower bottleneck
+/// queues and spaces it.
+pub const FIRST_FLIGHT_SPAN: Duration = Duration::from_micros(500);
+/// The reading is used only where Startup would take at least this long to double from the
+/// initial window to a round trip of the rate read: there the jump saves seconds. Where Startup
+/// is quicker the jump saves little, and a flow that starts up beside it (a TCP slow start)
+/// would find the queue full of the jump's packets rounds earlier than of Startup's, and leave
+/// its slow start with a small window (at 100 ms, TCP CUBIC kept 8 % of the link next to a
+/// jumping chunk, 26 % next to one in Startup).
+pub const FIRST_ROUND_MIN_STARTUP: Duration = Duration::from_secs(1);
+/// Added to the span between two echoed arrivals: the receiver stamps arrivals per batch it
+/// reads (its reader naps 50 µs), which can shorten a span by that much at either end.
+pub const DISPERSION_SLACK: Duration = Duration::from_micros(100);
+/// Chunks delivered between two echoed arrivals of the first round that make a reading: the
+/// receiver acks every [`ACK_EVERY`] chunks, and a loss among them leaves fewer.
+const TRAIN_MIN_CHUNKS: u64 = ACK_EVERY / 2;
 
 /// What a sender remembers of a path from an earlier transfer, to start the next one from
 /// ([`Bbr::resume`]); the driver stores it (with its age) per destination.
@@ -145,8 +179,12 @@ enum Resume {
         rtt: Duration,
         /// An RTT sample outside this ends the jump.
         rtt_range: (Duration, Duration),
-        /// The first ack during the jump: when, and `delivered` then.
+        /// The first ack of a chunk sent during the jump: when, and `delivered` then.
         first_ack: Option<(Instant, u64)>,
+        /// `delivered` when the jump began: chunks sent since carry it or more.
+        from: u64,
+        /// Jumped from the first round's estimate, not a remembered one.
+        cold: bool,
     },
 }
 
@@ -210,6 +248,13 @@ pub struct Bbr {
     /// A remembered estimate being checked or used; `None` once over (or never given).
     resume: Option<Resume>,
     resume_outcome: Option<ResumeOutcome>,
+    /// A chunk sent during the jump was acknowledged by the ack being processed.
+    jump_acked: bool,
+    /// The first round's reading of the bottleneck (see the module docs): `Some` while it may
+    /// still happen, with the first echoed arrival of the round (and `delivered` then).
+    first_round: Option<Option<(Instant, u64)>>,
+    /// What became of the jump from the first round's estimate; `None`: there was none.
+    first_round_outcome: Option<ResumeOutcome>,
 
     /// Bytes declared lost (by later acks, not by an RTO) in the current round.
     round_lost: u64,
@@ -255,6 +300,9 @@ impl Bbr {
             after_rto: None,
             resume: None,
             resume_outcome: None,
+            jump_acked: false,
+            first_round: Some(None),
+            first_round_outcome: None,
             round_lost: 0,
             round_delivered_from: 0,
             round_max_rtt: Duration::ZERO,
@@ -263,6 +311,14 @@ impl Bbr {
             last_round_no_queue: false,
             lossy_free_rounds: 0,
         }
+    }
+
+    /// Whether a cold start may read the bottleneck from its first round (on by default).
+    pub fn with_first_round(mut self, on: bool) -> Self {
+        if !on {
+            self.first_round = None;
+        }
+        self
     }
 
     /// `chunks` chunks were declared lost by later acks (not by an RTO): counted against the
@@ -280,9 +336,10 @@ impl Bbr {
         }
     }
 
-    /// The loss share once losses have come in [`RANDOM_LOSS_ROUNDS`] queue-free rounds (0
-    /// before): loss that goes on without a queue, the path's own, not a burst of a queue's
-    /// drops that one round misread.
+    /// The loss share once losses have come in [`RANDOM_LOSS_ROUNDS`] queue-free rounds of
+    /// ProbeBw (0 before): loss that goes on without a queue, the path's own, not a burst of a
+    /// queue's drops that one round misread, nor Startup's overshoot into a queue too thin to
+    /// show in the RTT.
     pub fn random_loss_share(&self) -> f64 {
         if self.lossy_free_rounds >= RANDOM_LOSS_ROUNDS {
             self.loss_share()
@@ -311,7 +368,15 @@ impl Bbr {
             if queue_free {
                 let p = lost as f64 / (delivered + lost) as f64;
                 self.loss_share += LOSS_SHARE_GAIN * (p - self.loss_share);
-                if lost > 0 {
+                // Once Startup has seen the bandwidth stop growing, it overfills the queue
+                // until Drain has emptied it, and a queue too thin to raise the RTT by a
+                // quarter hides that: those rounds' losses are not the path's.
+                let overfilling = match self.mode {
+                    Mode::Startup => self.plateau_rounds > 0,
+                    Mode::Drain => true,
+                    Mode::ProbeBw => false,
+                };
+                if lost > 0 && !overfilling {
                     self.lossy_free_rounds += 1;
                 }
             }
@@ -359,8 +424,11 @@ impl Bbr {
             rtt: e.min_rtt,
             rtt_range: (min, e.min_rtt.mul_f64(RESUME_RTT_MAX)),
             first_ack: None,
+            from: 0,
+            cold: false,
         });
         self.resume_outcome = Some(ResumeOutcome::Jumping);
+        self.first_round = None;
     }
 
     /// What became of the estimate given to [`resume`](Self::resume); `None`: none was given.
@@ -389,34 +457,104 @@ impl Bbr {
         })
     }
 
+    /// What became of the jump from the first round's estimate (`None`: none was made).
+    pub fn first_round_outcome(&self) -> Option<ResumeOutcome> {
+        self.first_round_outcome
+    }
+
     fn end_resume(&mut self, outcome: ResumeOutcome) {
+        let cold = matches!(self.resume, Some(Resume::Jumping { cold: true, .. }));
         self.resume = None;
-        self.resume_outcome = Some(outcome);
+        if cold {
+            self.first_round_outcome = Some(outcome);
+        } else {
+            self.resume_outcome = Some(outcome);
+        }
+    }
+
+    /// Whether a path of `rtt` may be read from the first round: whether Startup could take
+    /// [`FIRST_ROUND_MIN_STARTUP`] or more to reach the fastest rate a reading gives (the
+    /// train's). Shorter paths pace their first window as Startup does and never jump.
+    pub fn may_read_first_round(&self, rtt: Duration) -> bool {
+        self.first_round.is_some() && long_enough_to_read(rtt)
+    }
+
+    /// In the first round of a cold start, after each ack: `arrived`, when the chunk the ack
+    /// echoes reached the receiver (on this side's clock, less the one-way delay), starts the
+    /// train or, once [`TRAIN_MIN_CHUNKS`] more have been delivered, ends it: the bottleneck's
+    /// rate, and from it the jump (see the module docs).
+    fn read_first_round(&mut self, arrived: Option<Instant>, newly: bool) {
+        let Some(first) = self.first_round else {
+            return;
+        };
+        if self.round > 1 || self.resume.is_some() || self.after_rto.is_some() {
+            // The train's acks are over (or a remembered estimate is being used, or the path
+            // went dark): Startup goes on as it is.
+            self.first_round = None;
+            return;
+        }
+        let Some(at) = arrived.filter(|_| newly && self.round == 1) else {
+            return;
+        };
+        let Some((t0, d0)) = first else {
+            self.first_round = Some(Some((at, self.delivered)));
+            return;
+        };
+        let bytes = self.delivered - d0;
+        if bytes < TRAIN_MIN_CHUNKS * self.chunk {
+            return;
+        }
+        self.first_round = None;
+        let Some(rtt) = self.min_rtt.filter(|&r| long_enough_to_read(r)) else {
+            return;
+        };
+        let span = at.saturating_duration_since(t0) + DISPERSION_SLACK;
+        let train = self.initial_cwnd as f64 / FIRST_FLIGHT_SPAN.as_secs_f64();
+        let read = (bytes as f64 / span.as_secs_f64()).min(train);
+        // Startup's doublings from the initial window to a round trip of that rate.
+        let doublings = (read * rtt.as_secs_f64() / self.initial_cwnd as f64)
+            .max(1.0)
+            .log2();
+        if rtt.mul_f64(doublings) < FIRST_ROUND_MIN_STARTUP {
+            // Startup gets there soon enough, side by side with any other flow starting up.
+            return;
+        }
+        let rate = RESUME_SHARE * read;
+        if rate <= HIGH_GAIN * self.bandwidth() {
+            // Startup's next round paces at that already: the path is slow, or the train was
+            // not sent fast (the sender had little to send).
+            return;
+        }
+        self.resume = Some(Resume::Jumping {
+            rate,
+            rtt,
+            rtt_range: (rtt.mul_f64(RESUME_RTT_MIN), rtt.mul_f64(RESUME_RTT_MAX)),
+            first_ack: None,
+            from: self.delivered,
+            cold: true,
+        });
+        self.first_round_outcome = Some(ResumeOutcome::Jumping);
     }
 
     /// During a jump, after each ack: once acks have come back for a quarter of a round trip
     /// (and two acks' worth of chunks), their rate decides (see the module docs).
     fn check_jump(&mut self, now: Instant) {
         let Some(Resume::Jumping {
-            rate,
-            rtt,
-            rtt_range,
-            first_ack,
-        }) = self.resume
+            rate, first_ack, ..
+        }) = &mut self.resume
         else {
             return;
         };
-        let Some((t0, d0)) = first_ack else {
-            if self.delivered == 0 {
-                // The offer's answer: nothing of the jump yet.
-                return;
+        let rate = *rate;
+        let Some((t0, d0)) = *first_ack else {
+            if self.jump_acked {
+                // Acks of earlier chunks (the offer's answer, the first round's train) say
+                // nothing of the jump.
+                *first_ack = Some((now, self.delivered));
             }
-            self.resume = Some(Resume::Jumping {
-                rate,
-                rtt,
-                rtt_range,
-                first_ack: Some((now, self.delivered)),
-            });
+            return;
+        };
+        let Some(Resume::Jumping { rtt, .. }) = self.resume else {
             return;
         };
         let span = now.saturating_duration_since(t0);
@@ -489,10 +627,25 @@ impl Bbr {
         if sent.delivered >= self.next_round_delivered {
             self.round_start = true;
         }
+        if let Some(Resume::Jumping { from, .. }) = self.resume
+            && sent.delivered >= from
+        {
+            self.jump_acked = true;
+        }
     }
 
-    /// Ends the processing of one ack: updates the model and the mode.
-    pub fn on_ack_end(&mut self, now: Instant, rtt: Option<Duration>, bytes_in_flight: u64) {
+    /// Ends the processing of one ack: updates the model and the mode. `arrived`: when the
+    /// chunk the ack echoes reached the receiver, on this side's clock (the ack's arrival less
+    /// its delay field), if it echoes one.
+    pub fn on_ack_end(
+        &mut self,
+        now: Instant,
+        rtt: Option<Duration>,
+        arrived: Option<Instant>,
+        bytes_in_flight: u64,
+    ) {
+        // `on_acked` leaves a sample for `on_ack_end` whenever the ack delivered something.
+        let newly = self.sample.is_some();
         if self.app_limited_until != 0 && self.delivered > self.app_limited_until {
             self.app_limited_until = 0;
         }
@@ -531,6 +684,8 @@ impl Bbr {
             }
             self.check_jump(now);
         }
+        self.jump_acked = false;
+        self.read_first_round(arrived, newly);
         self.update_mode(now, bytes_in_flight);
     }
 
@@ -656,8 +811,14 @@ impl Bbr {
             };
             return (self.pacing_gain() * bw * compensation).max(floor);
         }
-        // No sample yet: the initial window per round trip (BBR's 1 ms when no RTT either).
-        HIGH_GAIN * self.initial_cwnd as f64 / rtt.as_secs_f64()
+        // No sample yet: the initial window per round trip (BBR's 1 ms when no RTT either); on a
+        // long path, a train the bottleneck spaces (see `read_first_round`).
+        let startup = HIGH_GAIN * self.initial_cwnd as f64 / rtt.as_secs_f64();
+        if self.first_round.is_some() && self.resume.is_none() && self.may_read_first_round(rtt) {
+            startup.max(self.initial_cwnd as f64 / FIRST_FLIGHT_SPAN.as_secs_f64())
+        } else {
+            startup
+        }
     }
 
     /// Bytes that may be in flight.
@@ -690,6 +851,14 @@ impl Bbr {
     }
 }
 
+/// See [`Bbr::may_read_first_round`].
+fn long_enough_to_read(rtt: Duration) -> bool {
+    let doublings = (rtt.as_secs_f64() / FIRST_FLIGHT_SPAN.as_secs_f64())
+        .max(1.0)
+        .log2();
+    rtt.mul_f64(doublings) >= FIRST_ROUND_MIN_STARTUP
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,7 +881,7 @@ mod tests {
             while in_flight.front().is_some_and(|(t, _)| *t <= now) {
                 let (t, snap) = in_flight.pop_front().unwrap();
                 bbr.on_acked(t, &snap, chunk);
-                bbr.on_ack_end(t, Some(rtt), in_flight.len() as u64 * chunk);
+                bbr.on_ack_end(t, Some(rtt), None, in_flight.len() as u64 * chunk);
             }
         }
     }
@@ -738,7 +907,7 @@ mod tests {
         assert_eq!(bbr.cwnd(), 4_000);
         let snap = bbr.on_send(now, 0);
         bbr.on_acked(now + Duration::from_millis(5), &snap, 1000);
-        bbr.on_ack_end(now + Duration::from_millis(5), None, 0);
+        bbr.on_ack_end(now + Duration::from_millis(5), None, None, 0);
         assert!(bbr.cwnd() >= 4_000);
         assert!(bbr.after_rto.is_none());
     }
@@ -816,7 +985,7 @@ mod tests {
         bbr.resume(estimate(80.0, 100));
         let snap = bbr.on_send(now, 0);
         bbr.on_acked(now + ms(100), &snap, 1000);
-        bbr.on_ack_end(now + ms(100), None, 0);
+        bbr.on_ack_end(now + ms(100), None, None, 0);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Rejected));
         // Nor once the controller has measured anything.
         let mut bbr = Bbr::new(1000, 32, now);
@@ -847,7 +1016,7 @@ mod tests {
             let mut t = now + rtt;
             for (i, snap) in snaps.iter().enumerate() {
                 bbr.on_acked(t, snap, 1000);
-                bbr.on_ack_end(t, None, (499 - i as u64) * 1000);
+                bbr.on_ack_end(t, None, None, (499 - i as u64) * 1000);
                 if bbr.resume_outcome() != Some(ResumeOutcome::Jumping) {
                     break;
                 }
@@ -887,6 +1056,77 @@ mod tests {
         );
     }
 
+    /// A cold start's first round on a path of `rtt`: 32 chunks of 1000 bytes go out as a train
+    /// (paced at 32 chunks per 500 µs), the bottleneck spaces them `gap` apart, and the
+    /// receiver acks 16 at a time, each ack saying when its echoed chunk arrived. Returns the
+    /// controller after the second ack.
+    fn first_round(rtt: Duration, gap: Duration) -> Bbr {
+        let now = Instant::now();
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.on_rtt(now, rtt);
+        let snaps: Vec<_> = (0..32).map(|i| bbr.on_send(now, i * 1000)).collect();
+        let arrived0 = now + rtt / 2 + gap * 15;
+        for (k, acked) in snaps.chunks(16).enumerate() {
+            let arrived = arrived0 + gap * 16 * k as u32;
+            let t = arrived + rtt / 2;
+            for snap in acked {
+                bbr.on_acked(t, snap, 1000);
+            }
+            bbr.on_ack_end(t, Some(rtt), Some(arrived), (16 - 16 * k as u64) * 1000);
+        }
+        bbr
+    }
+
+    /// The train's spacing at the bottleneck, read from the acks' echoed arrivals (widened by
+    /// the receiver's batching), is the bottleneck's rate; on a 300 ms path the controller jumps
+    /// to half of it. Acks that arrive bunched (ack compression, a receiver that read them in
+    /// one batch) are never read as more than the rate the train was sent at. A path too slow
+    /// for the jump to beat Startup's next round, one where Startup takes under a second (the
+    /// same rate at 150 ms), or one too short for any reading to need a second of Startup (no
+    /// train at 100 ms), keeps Startup, and so does a controller told not to read.
+    #[test]
+    fn a_cold_start_reads_the_bottleneck_from_the_trains_spacing() {
+        let rtt = Duration::from_millis(300);
+        let us = Duration::from_micros;
+        let train = 32_000.0 / FIRST_FLIGHT_SPAN.as_secs_f64();
+        let now = Instant::now();
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.on_rtt(now, rtt);
+        assert_eq!(bbr.pacing_rate(), train, "the train's pace");
+        let mut off = Bbr::new(1000, 32, now).with_first_round(false);
+        off.on_rtt(now, rtt);
+        assert_eq!(off.pacing_rate(), HIGH_GAIN * 32_000.0 / 0.3);
+
+        // 10 MB/s: 100 µs apart.
+        let bbr = first_round(rtt, us(100));
+        assert_eq!(bbr.first_round_outcome(), Some(ResumeOutcome::Jumping));
+        let read = 16_000.0 / (us(1600) + DISPERSION_SLACK).as_secs_f64();
+        assert!(
+            (bbr.pacing_rate() - 0.5 * read).abs() < 1.0,
+            "{}",
+            bbr.pacing_rate()
+        );
+        assert_eq!(bbr.cwnd(), (0.5 * read * 0.3) as u64 + 3 * ACK_EVERY * 1000);
+        // The same rate at 150 ms: Startup takes 0.8 s to get there.
+        let bbr = first_round(Duration::from_millis(150), us(100));
+        assert_eq!(bbr.first_round_outcome(), None);
+        // Bunched: no faster than the train went.
+        let bbr = first_round(rtt, Duration::ZERO);
+        assert_eq!(bbr.pacing_rate(), 0.5 * train);
+        // 100 kB/s, 10 ms apart: half of it is less than Startup paces at next.
+        let bbr = first_round(rtt, Duration::from_millis(10));
+        assert_eq!(bbr.first_round_outcome(), None);
+        assert_eq!(bbr.mode(), Mode::Startup);
+        // A 100 ms path: no train, no reading.
+        let bbr = first_round(Duration::from_millis(100), Duration::ZERO);
+        assert_eq!(bbr.first_round_outcome(), None);
+        let mut short = Bbr::new(1000, 32, now);
+        short.on_rtt(now, Duration::from_millis(100));
+        assert_eq!(short.pacing_rate(), HIGH_GAIN * 32_000.0 / 0.1);
+        assert!(!short.may_read_first_round(Duration::from_millis(120)));
+        assert!(short.may_read_first_round(Duration::from_millis(130)));
+    }
+
     /// Feeds the controller a path of `rate` bytes/s whose every `nth` chunk is lost, with
     /// RTT samples of `rtt` (one per ack), for `rounds` round trips of `min_rtt`.
     fn drive_lossy(bbr: &mut Bbr, rate: f64, min_rtt: Duration, rtt: Duration, nth: u64) {
@@ -910,7 +1150,7 @@ mod tests {
                 } else {
                     bbr.on_acked(t, &snap, chunk);
                 }
-                bbr.on_ack_end(t, Some(rtt), in_flight.len() as u64 * chunk);
+                bbr.on_ack_end(t, Some(rtt), None, in_flight.len() as u64 * chunk);
             }
         }
     }
@@ -951,7 +1191,7 @@ mod tests {
             for _ in 0..100 {
                 bbr.on_acked(t, &snap, 1440);
             }
-            bbr.on_ack_end(t, Some(rtt), 0);
+            bbr.on_ack_end(t, Some(rtt), None, 0);
         }
         assert!(bbr.loss_share() > 0.01, "{}", bbr.loss_share());
         assert_eq!(bbr.random_loss_share(), 0.0);

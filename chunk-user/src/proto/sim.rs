@@ -796,6 +796,9 @@ pub struct Report {
     pub estimate: Option<PathEstimate>,
     /// What became of [`Scenario::resume`].
     pub resume_outcome: Option<ResumeOutcome>,
+    /// What became of the jump from the first round's reading of the bottleneck, if one was
+    /// made ([`Path::first_round_outcome`]).
+    pub first_round_outcome: Option<ResumeOutcome>,
 }
 
 /// Runs `s` with a [`GeneratorSink`] and reports.
@@ -847,6 +850,7 @@ pub fn run_scenario(s: &Scenario, file_hash: [u8; HASH_LEN]) -> Report {
         t90: sim.time_to_rate(s.up.delay.mul_f64(2.0).max(Duration::from_millis(50)), 0.9),
         estimate: path.borrow().estimate(),
         resume_outcome: path.borrow().resume_outcome(),
+        first_round_outcome: path.borrow().first_round_outcome(),
     }
 }
 

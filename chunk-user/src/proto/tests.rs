@@ -1155,7 +1155,9 @@ fn assert_clean(r: &sim::Report, what: &str) {
 
 /// A second transfer on a long path, started from what the first measured (the estimate the
 /// driver remembers per destination), reaches 90 % of the link in fewer round trips than the
-/// first, within 10, and takes less time over all; both resend only what was lost.
+/// first (which reads the path from its first round: one round trip more), within 10, and
+/// takes no longer over all (within half a round trip: where the last random losses fall);
+/// both resend only what was lost.
 #[test]
 fn a_remembered_path_reaches_the_link_in_fewer_round_trips() {
     for (rtt_ms, loss) in [(300, 0.0), (600, 0.0), (300, 0.05), (600, 0.01)] {
@@ -1180,7 +1182,7 @@ fn a_remembered_path_reaches_the_link_in_fewer_round_trips() {
             "{what}: 90 % after {c:.1} RTTs cold, {w:.1} warm"
         );
         assert!(
-            warm.elapsed < cold.elapsed,
+            warm.elapsed < cold.elapsed + Duration::from_millis(rtt_ms / 2),
             "{what}: {:?} cold, {:?} warm",
             cold.elapsed,
             warm.elapsed
@@ -1265,11 +1267,16 @@ fn an_estimate_of_another_round_trip_is_not_used() {
                 "{what}"
             );
         } else if outcome == Rejected {
-            // Its copies went at other times, so the acks did too: the same start otherwise.
+            // Its copies went at other times, so the acks did too, and the same random loss
+            // hit other packets: the same start otherwise, but a file this short against its
+            // path (one bandwidth-delay product at 3 s) may lose a round trip more or less to
+            // where a loss fell.
             let (w, c) = (warm.elapsed.as_secs_f64(), cold.elapsed.as_secs_f64());
             assert!(
-                (w - c).abs() <= 0.02 * c,
-                "{what}: {w} s from the estimate, {c} s cold"
+                (w - c).abs() <= 0.02 * c + rtt_ms as f64 / 1000.0,
+                "{what}: {w} s from the estimate, {c} s cold ({:?}, {:?})",
+                warm.first_round_outcome,
+                cold.first_round_outcome
             );
         } else {
             let jump = (0.5 * other.bandwidth * other.min_rtt.as_secs_f64() / 1440.0) as u64;
@@ -1279,5 +1286,88 @@ fn an_estimate_of_another_round_trip_is_not_used() {
                 "{what}: {drops} dropped, the jump was {jump} packets"
             );
         }
+    }
+}
+
+/// A first transfer on a long path (nothing remembered) reads the bottleneck's rate from the
+/// spacing of its first round's chunks and jumps to half of it: 90 % of the link within six
+/// round trips where Startup's doublings from 32 chunks took nine to eleven, the acks of the
+/// jump validate it, and every loss is resent about once.
+#[test]
+fn a_first_transfer_reads_the_bottleneck_from_its_first_round() {
+    for (rtt_ms, loss) in [(300, 0.0), (600, 0.0), (300, 0.05), (600, 0.01)] {
+        let what = format!("{rtt_ms} ms, {} % loss", loss * 100.0);
+        let cold = path_run(50_000_000, rtt_ms, loss, 32 << 20, None);
+        assert_clean(&cold, &what);
+        assert_eq!(cold.resume_outcome, None, "{what}");
+        assert_eq!(
+            cold.first_round_outcome,
+            Some(crate::proto::ResumeOutcome::Validated),
+            "{what}"
+        );
+        let t90 = cold.t90.expect("reaches 90 % of the link").as_secs_f64() * 1000.0;
+        let rtts = t90 / rtt_ms as f64;
+        assert!(rtts <= 6.0, "{what}: 90 % of the link after {rtts:.1} RTTs");
+        assert_eq!(cold.sender.rto_expiries, 0, "{what}: {:?}", cold.sender);
+    }
+}
+
+/// What the first round cannot misread into harm: a bottleneck slower than the train spaces
+/// it as any; one faster than the train is read as the train's rate (the jump is then half of
+/// that, and Startup goes on from it); a queue the size of the train passes it whole, spaced at
+/// the bottleneck's rate; a queue of half the train drops too much of it for a reading, and the
+/// start is Startup's, as is a path where Startup takes under a second (20 Mbit/s at 150 ms)
+/// and one too short for a reading at all (100 ms: no train). In each the jump's acks validate the
+/// reading, nothing is resent twice, the drops stay within what Startup alone dropped plus the
+/// jump's one window (two on the thinnest queue), and the file arrives no later.
+#[test]
+fn the_first_round_reading_holds_on_slow_fast_and_thin_paths() {
+    use crate::proto::ResumeOutcome::Validated;
+    // The last column: drops allowed beyond Startup's own, in jump windows. Queues of 32
+    // packets and of 256 KiB are 1/40 and 1/7 of that path's BDP: Startup, carrying on from the
+    // jump's measured rate, overfills them sooner than from 32 chunks (2991 drops against 2005
+    // for 8 MiB, and 2325 against 1492), as fast.
+    for (rate_bps, rtt_ms, queue, outcome, windows) in [
+        (5_000_000, 600, None, Some(Validated), 1.0),
+        (2_000_000_000, 300, None, Some(Validated), 1.0),
+        (20_000_000, 150, None, None, 0.0),
+        (50_000_000, 300, Some(24_000), None, 0.0),
+        (50_000_000, 300, Some(48_000), Some(Validated), 2.0),
+        (50_000_000, 300, Some(256 << 10), Some(Validated), 2.0),
+        (50_000_000, 100, None, None, 0.0),
+    ] {
+        let what = format!("{rate_bps} bit/s, {rtt_ms} ms, queue {queue:?}");
+        let mut s = sim::figure_scenario(rate_bps, Duration::from_millis(rtt_ms), 0.0, 8 << 20, 3);
+        if let Some(q) = queue {
+            s.up.queue_bytes = q;
+        }
+        let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
+        s.sender.first_round = false;
+        let before = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
+        assert_clean(&r, &what);
+        assert_eq!(r.first_round_outcome, outcome, "{what}");
+        // Against the same path started up from the initial window: the jump's one window
+        // of drops at most (half the link's rate for a round trip), and no slower.
+        let jump = 0.5 * rate_bps as f64 / 8.0 * rtt_ms as f64 / 1000.0 / 1440.0;
+        assert!(
+            r.up.queue_drops <= before.up.queue_drops + (windows * jump) as u64,
+            "{what}: {} dropped, {} without the reading, the jump was {jump:.0} packets",
+            r.up.queue_drops,
+            before.up.queue_drops
+        );
+        assert!(
+            r.elapsed.as_secs_f64() <= 1.05 * before.elapsed.as_secs_f64(),
+            "{what}: {:?}, {:?} without the reading",
+            r.elapsed,
+            before.elapsed
+        );
+        assert!(
+            r.sender.rto_expiries <= before.sender.rto_expiries,
+            "{what}: {:?}",
+            r.sender
+        );
+        // No random loss here: what the queue dropped in Startup's rounds, which a queue this
+        // thin hides from the RTT, must not pass for it.
+        assert_eq!(r.sender.tail_copies, 0, "{what}: {:?}", r.sender);
     }
 }

@@ -739,6 +739,7 @@ mod fixtures {
                 wan_size_mib: 1,
                 wan_tools: vec![wan::WanTool::ChunkXdp, wan::WanTool::TcpCubic],
                 wan_cut_off_s: 1,
+                share_rtt_ms: 100,
             },
         }
     }

@@ -120,6 +120,10 @@ pub struct SenderConfig {
     pub max_rto: Duration,
     /// Chunks the congestion controller allows before it has any estimate.
     pub initial_cwnd: u32,
+    /// On a long path with nothing remembered, read the bottleneck's rate from the first
+    /// round's acks and start from half of it (see [`cc`](super::cc)); off, Startup doubles from
+    /// the initial window.
+    pub first_round: bool,
     /// Receiver forgetting the transfer this many times fails it (see the module comment).
     pub max_reoffers: u32,
 }
@@ -137,6 +141,7 @@ impl Default for SenderConfig {
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(60),
             initial_cwnd: 32,
+            first_round: true,
             max_reoffers: 4,
         }
     }
@@ -1198,6 +1203,11 @@ impl Sender {
         // [`Recovery::only_copy_acked`]); and if an RTO had given up on that copy, how long it took.
         let mut rtt_sample = None;
         let mut spurious_rto = None;
+        // When the echoed chunk reached the receiver, on this side's clock: the controller reads
+        // the bottleneck's spacing of the first round's chunks from it.
+        let arrived = (ack.echo != NO_ECHO)
+            .then(|| now.checked_sub(Duration::from_micros(ack.delay_us as u64)))
+            .flatten();
         if ack.echo != NO_ECHO && ack.has(ack.echo) {
             let path = self.path.borrow();
             if let Some(copy) = self.recovery.only_copy_acked(ack.echo, now, &path.rtt) {
@@ -1257,7 +1267,7 @@ impl Sender {
         let (_, bytes_out) = self.path_in_flight();
         let mut path = self.path.borrow_mut();
         path.cc.on_lost(lost);
-        path.cc.on_ack_end(now, rtt_sample, bytes_out);
+        path.cc.on_ack_end(now, rtt_sample, arrived, bytes_out);
         drop(path);
         self.close_if_all_acked(now);
     }

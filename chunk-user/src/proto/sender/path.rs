@@ -49,7 +49,8 @@ impl Path {
         let chunk_bytes = HEADER_LEN as u64 + cfg.chunk_size as u64;
         Self {
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto, MAX_ACK_DELAY),
-            cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now),
+            cc: Bbr::new(chunk_bytes, cfg.initial_cwnd.max(1) as u64, now)
+                .with_first_round(cfg.first_round),
             pacer: Pacer::new(cfg.max_rate, now),
             chunks_in_flight: 0,
             bytes_in_flight: 0,
@@ -87,6 +88,12 @@ impl Path {
     /// What became of the estimate given to [`resume`](Self::resume), if one was.
     pub fn resume_outcome(&self) -> Option<ResumeOutcome> {
         self.cc.resume_outcome()
+    }
+
+    /// What became of the jump from the first round's reading of the bottleneck (a cold start
+    /// on a long path, see [`cc`](super::super::cc)), if one was made.
+    pub fn first_round_outcome(&self) -> Option<ResumeOutcome> {
+        self.cc.first_round_outcome()
     }
 
     /// What the transfers on this path measured of it, worth remembering for the next run

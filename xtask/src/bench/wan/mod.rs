@@ -65,6 +65,9 @@ pub struct WanArgs {
     /// that arrived; any other tool is reported as cut off).
     #[arg(long, default_value_t = 60)]
     pub wan_cut_off_s: u64,
+    /// Round trip of the `share` case's link, ms.
+    #[arg(long, default_value_t = 100)]
+    pub share_rtt_ms: u64,
 }
 
 /// The burst case's Gilbert–Elliott chain, per frame: good → bad 0.25 %, bad → good 25 %,
@@ -187,7 +190,8 @@ pub struct WanRun {
     pub srtt_ms: Option<f64>,
     pub chunks: Option<u64>,
     /// chunk with a path cache: what became of the estimate it found (`validated`,
-    /// `retreated`, `rejected`, ...; `none`: nothing remembered); `None`: no cache.
+    /// `retreated`, `rejected`, ...), or with none (or one rejected) of the jump from its first
+    /// round's reading (`first round validated`, ...); `none`: neither; `None`: no cache.
     pub resume: Option<String>,
     pub sim: Option<SimFigures>,
 }
@@ -513,12 +517,14 @@ impl Pair {
     }
 }
 
-/// The sharing case's link.
-pub const SHARE_CASE: WanCase = WanCase {
-    rtt_ms: 100,
-    loss_pct: 0,
-    burst: false,
-};
+/// The sharing case's link: no loss, a round trip of `--share-rtt-ms`.
+pub fn share_case(a: &WanArgs) -> WanCase {
+    WanCase {
+        rtt_ms: a.share_rtt_ms,
+        loss_pct: 0,
+        burst: false,
+    }
+}
 
 /// What a pair of flows got.
 #[derive(Clone, Debug, Serialize)]
@@ -543,7 +549,7 @@ impl Wan<'_> {
         let mut out = ShareRun {
             pair,
             label: pair.label(),
-            case: SHARE_CASE,
+            case: share_case(self.args),
             shares: None,
             window_s: 0.0,
             utilisation: None,
@@ -556,7 +562,8 @@ impl Wan<'_> {
     }
 
     fn share_into(&self, pair: Pair, seed: u64, out: &mut ShareRun) -> Result<()> {
-        let mut imp = SHARE_CASE.impairments(self.rate_bps, seed);
+        let case = share_case(self.args);
+        let mut imp = case.impairments(self.rate_bps, seed);
         imp.count_flows = true;
         let net = Bridged::new("bshr", imp)?;
         let chunk_flows = pair
@@ -612,7 +619,7 @@ impl Wan<'_> {
                             cut_off,
                             path_cache: None,
                         };
-                        let mut run = WanRun::new(tool, SHARE_CASE);
+                        let mut run = WanRun::new(tool, case);
                         let r = if tool == WanTool::ChunkXdp {
                             tools::chunk_sender(&job, &mut run, &mut || {})
                         } else {
@@ -791,7 +798,7 @@ impl Wan<'_> {
             cut_off: Duration::from_secs(120),
             path_cache: None,
         };
-        let mut run = WanRun::new(WanTool::ChunkXdp, SHARE_CASE);
+        let mut run = WanRun::new(WanTool::ChunkXdp, share_case(self.args));
         let r = tools::run(WanTool::ChunkXdp, &job, &mut run, &mut || {});
         let _ = std::fs::remove_dir_all(&dir);
         r?;
@@ -877,6 +884,7 @@ mod tests {
             wan_size_mib: 1,
             wan_tools: vec![WanTool::ChunkXdp],
             wan_cut_off_s: 1,
+            share_rtt_ms: 100,
         };
         let names: Vec<String> = grid(&a).iter().map(WanCase::name).collect();
         assert_eq!(

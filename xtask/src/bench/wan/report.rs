@@ -327,6 +327,9 @@ pub fn markdown(f: &Findings) -> String {
                 r.case.label(),
                 match (r.tool, r.resume.as_deref()) {
                     (WanTool::ChunkXdpWarm, Some(how)) => format!("{} ({how})", r.tool.name()),
+                    (WanTool::ChunkXdp, Some(how)) if how.starts_with("first round") => {
+                        format!("{} ({how})", r.tool.name())
+                    }
                     _ => r.tool.name().to_owned(),
                 },
                 pct(r.goodput_share),
@@ -397,7 +400,7 @@ pub fn markdown(f: &Findings) -> String {
             "\n## Sharing one bottleneck ({} ms, no loss; both flows start together; shares \
              of the bytes delivered while both ran, from 1 s after both were sending)\n\n\
              | flows | first (chunk) | second | window | link used |\n|---|---:|---:|---:|---:|",
-            super::SHARE_CASE.rtt_ms
+            f.args.share_rtt_ms
         );
         for s in f.shares {
             match s.shares {

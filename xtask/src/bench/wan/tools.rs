@@ -134,7 +134,11 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     run.chunks = f["chunks"].as_u64();
     run.resume = match &v["path"] {
         Value::Null => None,
-        p => Some(p["resume"].as_str().unwrap_or("none").to_owned()),
+        p => Some(match (p["resume"].as_str(), p["first_round"].as_str()) {
+            (Some(how), _) => how.to_owned(),
+            (None, Some(how)) => format!("first round {how}"),
+            (None, None) => "none".to_owned(),
+        }),
     };
     Ok(())
 }
