@@ -98,8 +98,8 @@ const MAX_LOSS_SHARE: f64 = 0.2;
 const LOSS_SHARE_GAIN: f64 = 0.25;
 /// A round's loss share counts only when it carried at least this many chunks.
 const LOSS_ROUND_MIN_CHUNKS: u64 = 16;
-/// Queue-free rounds of ProbeBw with losses before [`Bbr::random_loss_share`] tells the loss
-/// share.
+/// Queue-free rounds with losses (not counting Startup's once the bandwidth stopped growing,
+/// nor Drain's) before [`Bbr::random_loss_share`] tells the loss share.
 const RANDOM_LOSS_ROUNDS: u32 = 4;
 /// Smallest window, in chunks: enough to keep fast retransmit (3 later chunks) working.
 const MIN_CWND_CHUNKS: u64 = 4;
@@ -336,10 +336,10 @@ impl Bbr {
         }
     }
 
-    /// The loss share once losses have come in [`RANDOM_LOSS_ROUNDS`] queue-free rounds of
-    /// ProbeBw (0 before): loss that goes on without a queue, the path's own, not a burst of a
-    /// queue's drops that one round misread, nor Startup's overshoot into a queue too thin to
-    /// show in the RTT.
+    /// The loss share once losses have come in [`RANDOM_LOSS_ROUNDS`] queue-free rounds (0
+    /// before), not counting Startup's once the bandwidth stopped growing, nor Drain's: loss
+    /// that goes on without a queue, the path's own, not a burst of a queue's drops that one
+    /// round misread, nor Startup's overshoot into a queue too thin to show in the RTT.
     pub fn random_loss_share(&self) -> f64 {
         if self.lossy_free_rounds >= RANDOM_LOSS_ROUNDS {
             self.loss_share()
@@ -474,7 +474,10 @@ impl Bbr {
 
     /// Whether a path of `rtt` may be read from the first round: whether Startup could take
     /// [`FIRST_ROUND_MIN_STARTUP`] or more to reach the fastest rate a reading gives (the
-    /// train's). Shorter paths pace their first window as Startup does and never jump.
+    /// train's). Shorter paths pace their first window as Startup does and never jump. Before
+    /// any data ack `rtt` is the offer's round trip, which counts the receiver's opening of the
+    /// file too (150 ms for 256 MiB on tmpfs): a shorter path may then send the train, and the
+    /// data acks' round trips keep it from jumping.
     pub fn may_read_first_round(&self, rtt: Duration) -> bool {
         self.first_round.is_some() && long_enough_to_read(rtt)
     }
@@ -487,9 +490,9 @@ impl Bbr {
         let Some(first) = self.first_round else {
             return;
         };
-        if self.round > 1 || self.resume.is_some() || self.after_rto.is_some() {
-            // The train's acks are over (or a remembered estimate is being used, or the path
-            // went dark): Startup goes on as it is.
+        if self.round > 1 || self.resume.is_some() {
+            // The train's acks are over (or a remembered estimate is being used): Startup goes
+            // on as it is.
             self.first_round = None;
             return;
         }
@@ -500,6 +503,12 @@ impl Bbr {
             self.first_round = Some(Some((at, self.delivered)));
             return;
         };
+        if at < t0 {
+            // An ack held longer than the first (another transfer's): what it delivered may
+            // have arrived before the train's first echo, so it cannot be read.
+            self.first_round = None;
+            return;
+        }
         let bytes = self.delivered - d0;
         if bytes < TRAIN_MIN_CHUNKS * self.chunk {
             return;
@@ -693,6 +702,8 @@ impl Bbr {
     /// path may be gone, so only a few chunks more go out until an ack shows delivery again.
     pub fn on_rto(&mut self, bytes_in_flight: u64) {
         self.after_rto = Some(bytes_in_flight);
+        // A first round that went dark says nothing of the bottleneck: no train again, no reading.
+        self.first_round = None;
         match self.resume {
             Some(Resume::Jumping { .. }) => self.end_resume(ResumeOutcome::Retreated),
             Some(Resume::Pending(_)) => self.end_resume(ResumeOutcome::Rejected),
@@ -1080,10 +1091,11 @@ mod tests {
     /// The train's spacing at the bottleneck, read from the acks' echoed arrivals (widened by
     /// the receiver's batching), is the bottleneck's rate; on a 300 ms path the controller jumps
     /// to half of it. Acks that arrive bunched (ack compression, a receiver that read them in
-    /// one batch) are never read as more than the rate the train was sent at. A path too slow
-    /// for the jump to beat Startup's next round, one where Startup takes under a second (the
-    /// same rate at 150 ms), or one too short for any reading to need a second of Startup (no
-    /// train at 100 ms), keeps Startup, and so does a controller told not to read.
+    /// one batch) are never read as more than the rate the train was sent at. A path where
+    /// Startup takes under a second to reach the rate read (a slow one, or the same rate at
+    /// 150 ms), one so slow that the jump would not beat Startup's next round, or one too short
+    /// for any reading to need a second of Startup (no train at 100 ms), keeps Startup, and so
+    /// does a controller told not to read or whose first round went dark (an RTO).
     #[test]
     fn a_cold_start_reads_the_bottleneck_from_the_trains_spacing() {
         let rtt = Duration::from_millis(300);
@@ -1113,10 +1125,34 @@ mod tests {
         // Bunched: no faster than the train went.
         let bbr = first_round(rtt, Duration::ZERO);
         assert_eq!(bbr.pacing_rate(), 0.5 * train);
-        // 100 kB/s, 10 ms apart: half of it is less than Startup paces at next.
+        // A later ack echoing an arrival before the first one read (another transfer's, held
+        // longer): what it delivered cannot be read, and the reading ends.
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.on_rtt(now, rtt);
+        let snaps: Vec<_> = (0..32).map(|i| bbr.on_send(now, i * 1000)).collect();
+        let (t, arrived) = (now + rtt, now + rtt / 2);
+        for (k, acked) in snaps.chunks(16).enumerate() {
+            for snap in acked {
+                bbr.on_acked(t + us(2000) * k as u32, snap, 1000);
+            }
+            let echo = arrived - us(1000) * k as u32;
+            bbr.on_ack_end(t + us(2000) * k as u32, Some(rtt), Some(echo), 0);
+        }
+        assert_eq!(bbr.first_round_outcome(), None);
+        assert!(!bbr.may_read_first_round(rtt));
+        // 100 kB/s, 10 ms apart: Startup would reach it in no time (less than one doubling).
         let bbr = first_round(rtt, Duration::from_millis(10));
         assert_eq!(bbr.first_round_outcome(), None);
         assert_eq!(bbr.mode(), Mode::Startup);
+        // 67 kB/s at 1 s: a second of Startup (one doubling), but half of it is less than
+        // Startup paces at next (2.89 × the 13 kB/s the first ack measured).
+        let bbr = first_round(Duration::from_secs(1), Duration::from_millis(15));
+        assert_eq!(bbr.first_round_outcome(), None);
+        assert!(
+            bbr.pacing_rate() > 0.5 * 16_000.0 / 0.2401,
+            "{}",
+            bbr.pacing_rate()
+        );
         // A 100 ms path: no train, no reading.
         let bbr = first_round(Duration::from_millis(100), Duration::ZERO);
         assert_eq!(bbr.first_round_outcome(), None);
@@ -1125,6 +1161,8 @@ mod tests {
         assert_eq!(short.pacing_rate(), HIGH_GAIN * 32_000.0 / 0.1);
         assert!(!short.may_read_first_round(Duration::from_millis(120)));
         assert!(short.may_read_first_round(Duration::from_millis(130)));
+        short.on_rto(0);
+        assert!(!short.may_read_first_round(Duration::from_millis(130)));
     }
 
     /// Feeds the controller a path of `rate` bytes/s whose every `nth` chunk is lost, with

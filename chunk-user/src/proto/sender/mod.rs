@@ -19,7 +19,8 @@
 //! An ack names chunks, not transmissions, so for a resent chunk the sender cannot tell which
 //! copy arrived; loss detection credits the first copy, which can only make it slower to declare
 //! a loss, never declare a false one. One case is certain, though: an ack that comes back sooner
-//! after the retransmission than the shortest round trip ever measured answers an earlier copy,
+//! after the retransmission than 7/8 of the shortest round trip ever measured (a margin for a
+//! minimum that was a little long) answers an earlier copy,
 //! so the retransmission was spurious; the earlier copy's send then makes the rate sample. When
 //! that ack was sent for the arrival of the chunk's only earlier copy (its echo names the chunk:
 //! the echo stands in for the timestamp of Eifel's detection, RFC 3522) and an RTO had given up on
@@ -1267,6 +1268,9 @@ impl Sender {
         let (_, bytes_out) = self.path_in_flight();
         let mut path = self.path.borrow_mut();
         path.cc.on_lost(lost);
+        // Read from one transfer's acks only: another's, held up to 5 ms longer, may report
+        // chunks that arrived before the first one read.
+        let arrived = arrived.filter(|_| path.transfers == 1);
         path.cc.on_ack_end(now, rtt_sample, arrived, bytes_out);
         drop(path);
         self.close_if_all_acked(now);
