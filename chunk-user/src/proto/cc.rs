@@ -55,9 +55,9 @@
 //! **A cold start reads the bottleneck from the first round** (no estimate, or one rejected), on
 //! paths long enough for Startup's doublings to cost seconds ([`Bbr::may_read_first_round`]:
 //! round trips of about 126 ms and more): the initial window goes out within
-//! [`FIRST_FLIGHT_SPAN`], faster than most bottlenecks drain it, so the
-//! bottleneck spaces its chunks at its own rate (packet-train dispersion: Keshav's packet pair,
-//! 1991; Dovrolis, Ramanathan and Moore, 2001); the receiver's acks say when each echoed chunk
+//! [`FIRST_FLIGHT_SPAN`], faster than most bottlenecks drain it, so the bottleneck spaces its
+//! chunks at its own rate (packet-train dispersion: Keshav's packet pair, 1991; Dovrolis,
+//! Ramanathan and Moore, 2001); the receiver's acks say when each echoed chunk
 //! arrived (the ack's time less its delay field), so the chunks delivered between the first
 //! ack's echo and a later one's, over the time between those arrivals (widened by
 //! [`DISPERSION_SLACK`] for the receiver's batching, and never above the rate the train was
@@ -825,7 +825,7 @@ impl Bbr {
         // No sample yet: the initial window per round trip (BBR's 1 ms when no RTT either); on a
         // long path, a train the bottleneck spaces (see `read_first_round`).
         let startup = HIGH_GAIN * self.initial_cwnd as f64 / rtt.as_secs_f64();
-        if self.first_round.is_some() && self.resume.is_none() && self.may_read_first_round(rtt) {
+        if self.resume.is_none() && self.may_read_first_round(rtt) {
             startup.max(self.initial_cwnd as f64 / FIRST_FLIGHT_SPAN.as_secs_f64())
         } else {
             startup
