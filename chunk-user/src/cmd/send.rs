@@ -22,7 +22,7 @@ use crate::{
     },
     net::raw::Transport,
     path_cache::{self, PathCache},
-    proto::{ResumeOutcome, SendError, Sender, SenderConfig, SenderStats},
+    proto::{SendError, Sender, SenderConfig, SenderStats},
     report::{FileReport, PathReport, SendSummary},
 };
 
@@ -406,12 +406,14 @@ fn remember_path(
 ) -> PathReport {
     let path = driver.path();
     let estimate = path.as_ref().and_then(|p| p.estimate());
-    let word = |o: ResumeOutcome| format!("{o:?}").to_lowercase();
-    let resume = path.as_ref().and_then(|p| p.resume_outcome()).map(word);
+    let resume = path
+        .as_ref()
+        .and_then(|p| p.resume_outcome())
+        .map(|o| o.name().to_owned());
     let first_round = path
         .as_ref()
         .and_then(|p| p.first_round_outcome())
-        .map(word);
+        .map(|o| o.name().to_owned());
     drop(path);
     if let Some(e) = estimate
         && let Err(err) = cache.record(key, e, SystemTime::now())

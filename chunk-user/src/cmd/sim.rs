@@ -183,13 +183,10 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
             .t90
             .filter(|_| args.rtt_ms > 0.0)
             .map(|t| t.as_secs_f64() * 1000.0 / args.rtt_ms),
-        resume: args.warm.then(|| {
-            r.resume_outcome
-                .map_or("none".to_owned(), |o| format!("{o:?}").to_lowercase())
-        }),
-        first_round: r
-            .first_round_outcome
-            .map(|o| format!("{o:?}").to_lowercase()),
+        resume: args
+            .warm
+            .then(|| r.resume_outcome.map_or("none", |o| o.name()).to_owned()),
+        first_round: r.first_round_outcome.map(|o| o.name().to_owned()),
         wall_s: wall.elapsed().as_secs_f64(),
     })
 }

@@ -168,6 +168,19 @@ pub enum ResumeOutcome {
     Retreated,
 }
 
+impl ResumeOutcome {
+    /// The outcome's name in reports (`--json`, `chunk sim`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResumeOutcome::Pending => "pending",
+            ResumeOutcome::Rejected => "rejected",
+            ResumeOutcome::Jumping => "jumping",
+            ResumeOutcome::Validated => "validated",
+            ResumeOutcome::Retreated => "retreated",
+        }
+    }
+}
+
 /// A remembered estimate's progress (see the module docs).
 #[derive(Clone, Copy, Debug)]
 enum Resume {
@@ -186,6 +199,17 @@ enum Resume {
         /// Jumped from the first round's estimate, not a remembered one.
         cold: bool,
     },
+}
+
+/// A cold start's reading of the bottleneck from its first round (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FirstRound {
+    /// It may still happen: no echoed arrival of the first round yet.
+    Waiting,
+    /// The first round's first echoed arrival, and `delivered` then.
+    From(Instant, u64),
+    /// Made, abandoned or never to be (turned off, a remembered estimate, an RTO).
+    Over,
 }
 
 /// What the controller remembers about one transmission, to turn its ack into a rate sample.
@@ -250,9 +274,8 @@ pub struct Bbr {
     resume_outcome: Option<ResumeOutcome>,
     /// A chunk sent during the jump was acknowledged by the ack being processed.
     jump_acked: bool,
-    /// The first round's reading of the bottleneck (see the module docs): `Some` while it may
-    /// still happen, with the first echoed arrival of the round (and `delivered` then).
-    first_round: Option<Option<(Instant, u64)>>,
+    /// The first round's reading of the bottleneck (see the module docs).
+    first_round: FirstRound,
     /// What became of the jump from the first round's estimate; `None`: there was none.
     first_round_outcome: Option<ResumeOutcome>,
 
@@ -301,7 +324,7 @@ impl Bbr {
             resume: None,
             resume_outcome: None,
             jump_acked: false,
-            first_round: Some(None),
+            first_round: FirstRound::Waiting,
             first_round_outcome: None,
             round_lost: 0,
             round_delivered_from: 0,
@@ -316,7 +339,7 @@ impl Bbr {
     /// Whether a cold start may read the bottleneck from its first round (on by default).
     pub fn with_first_round(mut self, on: bool) -> Self {
         if !on {
-            self.first_round = None;
+            self.first_round = FirstRound::Over;
         }
         self
     }
@@ -428,7 +451,7 @@ impl Bbr {
             cold: false,
         });
         self.resume_outcome = Some(ResumeOutcome::Jumping);
-        self.first_round = None;
+        self.first_round = FirstRound::Over;
     }
 
     /// What became of the estimate given to [`resume`](Self::resume); `None`: none was given.
@@ -479,7 +502,20 @@ impl Bbr {
     /// file too (150 ms for 256 MiB on tmpfs): a shorter path may then send the train, and the
     /// data acks' round trips keep it from jumping.
     pub fn may_read_first_round(&self, rtt: Duration) -> bool {
-        self.first_round.is_some() && long_enough_to_read(rtt)
+        self.first_round != FirstRound::Over
+            && self.startup_time(
+                self.initial_cwnd as f64 / FIRST_FLIGHT_SPAN.as_secs_f64(),
+                rtt,
+            ) >= FIRST_ROUND_MIN_STARTUP
+    }
+
+    /// How long Startup takes to double from the initial window to a round trip of `rate`
+    /// (bytes per second) on a path of `rtt`.
+    fn startup_time(&self, rate: f64, rtt: Duration) -> Duration {
+        let doublings = (rate * rtt.as_secs_f64() / self.initial_cwnd as f64)
+            .max(1.0)
+            .log2();
+        rtt.mul_f64(doublings)
     }
 
     /// In the first round of a cold start, after each ack: `arrived`, when the chunk the ack
@@ -487,44 +523,40 @@ impl Bbr {
     /// train or, once [`TRAIN_MIN_CHUNKS`] more have been delivered, ends it: the bottleneck's
     /// rate, and from it the jump (see the module docs).
     fn read_first_round(&mut self, arrived: Option<Instant>, newly: bool) {
-        let Some(first) = self.first_round else {
+        if self.first_round == FirstRound::Over {
             return;
-        };
+        }
         if self.round > 1 || self.resume.is_some() {
             // The train's acks are over (or a remembered estimate is being used): Startup goes
             // on as it is.
-            self.first_round = None;
+            self.first_round = FirstRound::Over;
             return;
         }
         let Some(at) = arrived.filter(|_| newly && self.round == 1) else {
             return;
         };
-        let Some((t0, d0)) = first else {
-            self.first_round = Some(Some((at, self.delivered)));
+        let FirstRound::From(t0, d0) = self.first_round else {
+            self.first_round = FirstRound::From(at, self.delivered);
             return;
         };
         if at < t0 {
             // An ack held longer than the first (another transfer's): what it delivered may
             // have arrived before the train's first echo, so it cannot be read.
-            self.first_round = None;
+            self.first_round = FirstRound::Over;
             return;
         }
         let bytes = self.delivered - d0;
         if bytes < TRAIN_MIN_CHUNKS * self.chunk {
             return;
         }
-        self.first_round = None;
-        let Some(rtt) = self.min_rtt.filter(|&r| long_enough_to_read(r)) else {
+        self.first_round = FirstRound::Over;
+        let Some(rtt) = self.min_rtt else {
             return;
         };
         let span = at.saturating_duration_since(t0) + DISPERSION_SLACK;
         let train = self.initial_cwnd as f64 / FIRST_FLIGHT_SPAN.as_secs_f64();
         let read = (bytes as f64 / span.as_secs_f64()).min(train);
-        // Startup's doublings from the initial window to a round trip of that rate.
-        let doublings = (read * rtt.as_secs_f64() / self.initial_cwnd as f64)
-            .max(1.0)
-            .log2();
-        if rtt.mul_f64(doublings) < FIRST_ROUND_MIN_STARTUP {
+        if self.startup_time(read, rtt) < FIRST_ROUND_MIN_STARTUP {
             // Startup gets there soon enough, side by side with any other flow starting up.
             return;
         }
@@ -703,7 +735,7 @@ impl Bbr {
     pub fn on_rto(&mut self, bytes_in_flight: u64) {
         self.after_rto = Some(bytes_in_flight);
         // A first round that went dark says nothing of the bottleneck: no train again, no reading.
-        self.first_round = None;
+        self.first_round = FirstRound::Over;
         match self.resume {
             Some(Resume::Jumping { .. }) => self.end_resume(ResumeOutcome::Retreated),
             Some(Resume::Pending(_)) => self.end_resume(ResumeOutcome::Rejected),
@@ -860,14 +892,6 @@ impl Bbr {
             None => self.initial_cwnd,
         }
     }
-}
-
-/// See [`Bbr::may_read_first_round`].
-fn long_enough_to_read(rtt: Duration) -> bool {
-    let doublings = (rtt.as_secs_f64() / FIRST_FLIGHT_SPAN.as_secs_f64())
-        .max(1.0)
-        .log2();
-    rtt.mul_f64(doublings) >= FIRST_ROUND_MIN_STARTUP
 }
 
 #[cfg(test)]

@@ -200,6 +200,8 @@ pub enum SendError {
 /// With it, one in four hundred. The copies are at most 5 % of the transfer's
 /// retransmissions, sent on a link the tail leaves idle.
 pub const TAIL_COPY_LOSS: f64 = 0.01;
+/// At most one tail copy per this many retransmissions (copies included): 5 %.
+const TAIL_COPY_BUDGET: u64 = 20;
 
 /// Counters and estimates, for progress bars and the figures.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -1097,7 +1099,7 @@ impl Sender {
             && self.next_new >= self.count as u64
             && self.end_known
             && path.cc.random_loss_share() >= TAIL_COPY_LOSS
-            && self.stats.tail_copies * 20 < self.stats.chunks_retransmitted
+            && self.stats.tail_copies * TAIL_COPY_BUDGET < self.stats.chunks_retransmitted
         {
             self.tail_copy = Some((index, ack_now));
         }
