@@ -567,8 +567,8 @@ fn random_loss_does_not_leave_the_link_idle() {
 /// On a path that loses 5 % at random, the retransmissions sent once every chunk has gone out
 /// go twice: the last round trip's losses lost again no longer cost a round trip and a timeout
 /// each (2 RTOs for this transfer before, 20-30 for 256 MiB at 600 ms in `chunk sim`), and the
-/// copies stay within the 1.1 retransmissions per lost chunk of the WAN goals. Below 1 % loss,
-/// or none, no copies.
+/// copies stay within the 1.1 retransmissions per lost chunk of the WAN goals. So does the hash
+/// message, which the verdict waits for at the end. Below 1 % loss, or none, no copies.
 #[test]
 fn a_lossy_tail_sends_its_retransmissions_twice() {
     let s = sim::figure_scenario(200_000_000, Duration::from_millis(100), 0.05, 64 << 20, 2);
@@ -576,6 +576,7 @@ fn a_lossy_tail_sends_its_retransmissions_twice() {
     let what = format!("{:?}, up {:?}", r.sender, r.up);
     assert!(r.verified, "{what}");
     assert!(r.sender.tail_copies > 0, "{what}");
+    assert!(r.sender.hashes_sent >= 2, "{what}");
     assert_eq!(r.sender.rto_expiries, 0, "{what}");
     let lost = r.up.lost + r.up.queue_drops;
     assert!(
@@ -587,6 +588,46 @@ fn a_lossy_tail_sends_its_retransmissions_twice() {
         let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
         assert!(r.verified);
         assert_eq!(r.sender.tail_copies, 0, "{loss}: {:?}", r.sender);
+        assert_eq!(r.sender.hashes_sent, 1, "{loss}: {:?}", r.sender);
+    }
+}
+
+/// The tail's copies are budgeted at 5 % of the retransmissions, which the last round trip's
+/// first retransmissions may use up at high loss; a chunk lost more than once gets its copy
+/// anyway (the file waits for those few), so the copies then pass the budget.
+#[test]
+fn a_chunk_lost_again_at_the_tail_goes_twice_past_the_budget() {
+    let s = sim::figure_scenario(200_000_000, Duration::from_millis(100), 0.1, 32 << 20, 1);
+    let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
+    let what = format!("{:?}, up {:?}", r.sender, r.up);
+    assert!(r.verified, "{what}");
+    // Within the budget alone a copy goes only while copies × 20 < retransmissions (copies
+    // included): at most one per 19 other retransmissions, and one.
+    let copies = r.sender.tail_copies;
+    let others = r.sender.chunks_retransmitted - copies;
+    assert!(copies > others / 19 + 1, "{what}");
+}
+
+/// A file too short for the tail's copies (its controller has not measured the random loss
+/// yet) still ends without an RTO at 5 % loss: a retransmission lost again is found by the
+/// acks of the retransmissions sent after it (RACK), not by the timer, which served the last
+/// chunks one oldest batch at a time (2-9 RTOs per 16 MiB before).
+#[test]
+fn a_lossy_tail_finds_retransmissions_lost_again_without_the_rto() {
+    for seed in 1..=4 {
+        let s = sim::figure_scenario(
+            200_000_000,
+            Duration::from_millis(100),
+            0.05,
+            16 << 20,
+            seed,
+        );
+        let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
+        let what = format!("seed {seed}: {:?}, up {:?}", r.sender, r.up);
+        assert!(r.verified, "{what}");
+        assert_eq!(r.sender.tail_copies, 0, "{what}");
+        assert_eq!(r.sender.rto_expiries, 0, "{what}");
+        assert!(r.sender.losses_by_ack > 0, "{what}");
     }
 }
 
@@ -705,19 +746,29 @@ fn trace_scenario() {
     let step: u64 = std::env::var("STEP")
         .map(|v| v.parse().unwrap())
         .unwrap_or(100);
-    let s = sim::figure_scenario(rate, Duration::from_millis(rtt), loss, size, 1);
-    let file = VirtualFile::new(1, size, 1400);
+    let seed: u64 = std::env::var("SEED")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(1);
+    let mut s = sim::figure_scenario(rate, Duration::from_millis(rtt), loss, size, seed);
+    if let Ok(overhead) = std::env::var("OVERHEAD") {
+        s.up.overhead = overhead.parse().unwrap();
+        s.down.overhead = s.up.overhead;
+    }
+    let file = VirtualFile::new(seed, size, 1400);
     let mut sim = Sim::new(
-        1,
+        seed,
         s.up.clone(),
         s.down.clone(),
         Receiver::new(s.receiver.clone()),
-        sim::GeneratorSink::new(1),
+        sim::GeneratorSink::new(seed),
     );
-    let sender = Sender::new(
-        1,
-        file.meta_with_hash("x", [0; 32]),
+    // As `sim::run_scenario` (and `chunk sim`) sets it up, so a seed traces the same run.
+    let path = sender::Path::shared(&s.sender, sim.now());
+    let sender = Sender::on_path(
+        0x5EED,
+        file.meta_with_hash("figure.bin", file.hash()),
         s.sender.clone(),
+        &path,
         sim.now(),
     )
     .unwrap();
@@ -1361,11 +1412,9 @@ fn the_first_round_reading_holds_on_slow_fast_and_thin_paths() {
             r.elapsed,
             before.elapsed
         );
-        assert!(
-            r.sender.rto_expiries <= before.sender.rto_expiries,
-            "{what}: {:?}",
-            r.sender
-        );
+        // An RTO may fire where the file's last chunks are dropped (how many depends on where
+        // the drops fall), never for a chunk still on its way.
+        assert_eq!(r.sender.spurious_rtos, 0, "{what}: {:?}", r.sender);
         // No random loss here: what the queue dropped in Startup's rounds, which a queue this
         // thin hides from the RTT, must not pass for it.
         assert_eq!(r.sender.tail_copies, 0, "{what}: {:?}", r.sender);

@@ -18,7 +18,10 @@
 //! each expiry until a fresh RTT sample (Karn).
 //! An ack names chunks, not transmissions, so for a resent chunk the sender cannot tell which
 //! copy arrived; loss detection credits the first copy, which can only make it slower to declare
-//! a loss, never declare a false one. One case is certain, though: an ack that comes back sooner
+//! a loss, never declare a false one, unless every earlier copy was declared lost by acks and
+//! the ack came too late to answer one (below): then, as in RACK, the retransmission, so that a
+//! retransmission lost again at the file's end, where no new chunk follows, is found in a round
+//! trip instead of by the RTO. One case is certain, though: an ack that comes back sooner
 //! after the retransmission than 7/8 of the shortest round trip ever measured (a margin for a
 //! minimum that was a little long) answers an earlier copy,
 //! so the retransmission was spurious; the earlier copy's send then makes the rate sample. When
@@ -376,8 +379,11 @@ pub struct Sender {
     scratch: Vec<u8>,
     /// The whole file's BLAKE3, once the driver has read the whole file.
     hash: Option<[u8; HASH_LEN]>,
-    /// The hash message's first copy is due (later ones go as Closing's probes).
-    hash_due: bool,
+    /// Copies of the hash message due now: its first, and on a path that loses at random a
+    /// second one back to back (later ones go as Closing's probes).
+    hash_due: u8,
+    /// When the hash message last went out.
+    hash_sent_at: Option<Instant>,
     /// A stream's end is known (always, for a file): `count` is final.
     end_known: bool,
     /// When anything last went out (a stream waiting for its input keeps the transfer alive
@@ -445,7 +451,8 @@ impl Sender {
             reported: (0, 0),
             scratch: vec![0; cfg.chunk_size as usize],
             hash: None,
-            hash_due: false,
+            hash_due: 0,
+            hash_sent_at: None,
             end_known: !meta.stream,
             last_tx: now,
             keepalive_due: false,
@@ -717,9 +724,9 @@ impl Sender {
         if self.pending_abort.is_some() {
             return self.emit_pending_abort(buf);
         }
-        if self.hash_due && matches!(self.phase, Phase::Sending(_) | Phase::Closing(..)) {
-            self.hash_due = false;
-            return self.emit_hash(buf);
+        if self.hash_due > 0 && matches!(self.phase, Phase::Sending(_) | Phase::Closing(..)) {
+            self.hash_due -= 1;
+            return self.emit_hash(now, buf);
         }
         match &mut self.phase {
             Phase::Done(_) => None,
@@ -733,7 +740,7 @@ impl Sender {
                 if self.hash.is_some() {
                     // The hash message is the probe: the receiver answers it with the verdict
                     // (or, lacking chunks, the acks say which).
-                    return self.emit_hash(buf);
+                    return self.emit_hash(now, buf);
                 }
                 match self.count.checked_sub(1) {
                     Some(last) => self.emit_chunk(last, flags::ACK_NOW, source, buf),
@@ -793,10 +800,15 @@ impl Sender {
     /// The whole file's hash, from the driver once it has read the file to its end. Its first
     /// copy goes out with the next transmission (once the offer is accepted); Closing's probes
     /// repeat it until the verdict. Only the first call counts: a file has one hash.
+    ///
+    /// The hash goes when the last chunks have gone once, so the verdict waits for it at the
+    /// end; lost, it costs a round trip (see [`close_if_all_acked`](Self::close_if_all_acked)).
+    /// So on a path that loses at random, as for the tail's retransmissions, it goes twice.
     pub fn set_hash(&mut self, hash: [u8; HASH_LEN]) {
         if self.hash.is_none() && !self.is_done() {
             self.hash = Some(hash);
-            self.hash_due = true;
+            let lossy = self.path.borrow().cc.random_loss_share() >= TAIL_COPY_LOSS;
+            self.hash_due = if lossy { 2 } else { 1 };
         }
     }
 
@@ -827,9 +839,10 @@ impl Sender {
         }
     }
 
-    fn emit_hash(&mut self, buf: &mut [u8]) -> Option<usize> {
+    fn emit_hash(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let hash = self.hash?;
         self.stats.hashes_sent += 1;
+        self.hash_sent_at = Some(now);
         let repr = Repr {
             transfer_id: self.id,
             seq: self.count,
@@ -1094,12 +1107,15 @@ impl Sender {
         // The tail: every chunk has gone out, so the link has room, and a retransmission lost
         // again costs another round trip (found only by a tail probe when it was the last).
         // On a path that loses at random, its second copy goes next, while the copies stay
-        // within 5 % of the retransmissions (a file of a few round trips is mostly tail).
+        // within 5 % of the retransmissions (a file of a few round trips is mostly tail),
+        // and always for a chunk lost more than once: the last round's first retransmissions
+        // may use up that budget, and the few lost again are the ones the file waits for.
         if retransmit
             && self.next_new >= self.count as u64
             && self.end_known
             && path.cc.random_loss_share() >= TAIL_COPY_LOSS
-            && self.stats.tail_copies * TAIL_COPY_BUDGET < self.stats.chunks_retransmitted
+            && (sends >= 2
+                || self.stats.tail_copies * TAIL_COPY_BUDGET < self.stats.chunks_retransmitted)
         {
             self.tail_copy = Some((index, ack_now));
         }
@@ -1293,9 +1309,15 @@ impl Sender {
         }
     }
 
+    /// Closes (see [`close_after`](Self::close_after)) with the first probe a reply timeout
+    /// from now, or at once when the hash message went out a reply timeout or more ago: a
+    /// receiver acknowledges every chunk instead of sending its verdict only while it lacks the
+    /// hash message, and that one had time to arrive before this ack was sent, so it was lost.
+    /// (At 600 ms and 5 % loss the wait made one transfer in twenty end 1.3 s late.)
     fn close_if_all_acked(&mut self, now: Instant) {
-        let first = probe_after(&self.path.borrow().rtt, 0, self.cfg.timeout);
-        self.close_after(now, first);
+        let wait = probe_after(&self.path.borrow().rtt, 0, self.cfg.timeout);
+        let lost = self.hash_sent_at.is_some_and(|at| now >= at + wait);
+        self.close_after(now, if lost { Duration::ZERO } else { wait });
     }
 
     /// An RTO turned out spurious (its chunks were still on their way: one it gave up on arrived
@@ -1825,6 +1847,60 @@ mod tests {
         feed(&mut s, at, 3, Message::Complete(verdict));
         assert_eq!(s.outcome(), Some(Ok(())));
         assert_eq!(s.stats().hash, Some([9; HASH_LEN]));
+    }
+
+    /// A receiver acknowledges every chunk, instead of sending its verdict, only while it lacks
+    /// the hash message. When that message went out a reply timeout or more before such an ack,
+    /// it was lost: it goes again at once. Sent after the last chunk, it may still arrive, and
+    /// the first probe waits a reply timeout, as always before.
+    #[test]
+    fn a_lost_hash_message_goes_again_as_soon_as_every_chunk_is_acknowledged() {
+        for (hash_after_chunk, probe_at_once) in [(None, true), (Some(9), false)] {
+            let what = format!("hash after chunk {hash_after_chunk:?}");
+            let t0 = Instant::now();
+            let cfg = SenderConfig {
+                window: 2,
+                ..SenderConfig::default()
+            };
+            let mut s = sender(1000, cfg, t0);
+            assert_eq!(poll(&mut s, t0), Some((MessageType::Offer, 0, 0)));
+            let mut now = t0 + ms(10);
+            ack(&mut s, now, 0, NO_ECHO, 0, &[]);
+            if hash_after_chunk.is_none() {
+                s.set_hash([9; HASH_LEN]);
+                assert_eq!(
+                    poll(&mut s, now),
+                    Some((MessageType::Hash, 10, 0)),
+                    "{what}"
+                );
+            }
+            // Two chunks a round trip of 10 ms; the hash message goes when the driver has it.
+            let mut acked = 0;
+            while acked < 10 {
+                let mut last = None;
+                while let Some((kind, seq, _)) = poll(&mut s, now) {
+                    if kind == MessageType::Data {
+                        last = Some(seq);
+                        if hash_after_chunk == Some(seq) {
+                            s.set_hash([9; HASH_LEN]);
+                        }
+                    }
+                }
+                let last = last.expect("the window moved");
+                now += ms(10);
+                acked = last + 1;
+                ack(&mut s, now, acked, last, 0, &[]);
+            }
+            assert_eq!(s.stats().hashes_sent, 1, "{what}");
+            let probe = s.poll_timeout().unwrap();
+            assert_eq!(probe == now, probe_at_once, "{what}: {:?}", probe - now);
+            s.handle_timeout(probe);
+            assert_eq!(
+                poll(&mut s, probe),
+                Some((MessageType::Hash, 10, 0)),
+                "{what}"
+            );
+        }
     }
 
     #[test]
