@@ -460,7 +460,8 @@ pub(crate) fn link_unnamed(fd: &impl AsFd, dir: &impl AsFd, base: &str) -> rusti
 fn reserve(fd: &impl AsFd, offer: &OfferInfo) -> Result<(), Refusal> {
     let vfs = rustix::fs::fstatvfs(fd).map_err(io_refusal)?;
     let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-    if free < offer.size {
+    // A file system that reports no size at all (ramfs) has no free space to compare either.
+    if vfs.f_blocks != 0 && free < offer.size {
         return Err(Refusal::new(
             AbortReason::NoSpace,
             format!(
@@ -474,7 +475,14 @@ fn reserve(fd: &impl AsFd, offer: &OfferInfo) -> Result<(), Refusal> {
     // has no room for, and a disk that fills meanwhile fails the write, which ends the
     // transfer `no space`, as for a stream).
     if offer.size >= PREALLOCATE_FROM {
-        rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, offer.size).map_err(io_refusal)?;
+        match rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, offer.size) {
+            Ok(()) => {}
+            // Not every file system allocates ahead: ramfs, FAT, ext2 and ext3, NFS before 4.2
+            // and many FUSE ones say so. The file is then written as it comes, as a small one
+            // is (above).
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {}
+            Err(e) => return Err(io_refusal(e)),
+        }
     }
     Ok(())
 }

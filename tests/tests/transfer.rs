@@ -517,6 +517,89 @@ fn a_full_disk_refuses_the_offer_and_the_sender_says_so() {
     assert_eq!(names_in(disk.dir.path()), ["fits.bin"]);
 }
 
+/// A file system mounted for one test on a fresh directory, unmounted on drop: ramfs, or ext2
+/// on a loop-mounted image.
+struct Mounted {
+    dir: tempfile::TempDir,
+    _image: Option<tempfile::TempDir>,
+}
+
+impl Mounted {
+    fn ramfs() -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-t", "ramfs", "chunk-test"])
+            .arg(dir.path()))
+        .expect("mount a ramfs");
+        Mounted { dir, _image: None }
+    }
+
+    fn ext2(size: &str) -> Mounted {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("ext2.img");
+        run(std::process::Command::new("truncate")
+            .args(["-s", size])
+            .arg(&file))
+        .unwrap();
+        run(std::process::Command::new("mkfs.ext2")
+            .args(["-q", "-F"])
+            .arg(&file))
+        .expect("mkfs.ext2");
+        let dir = tempfile::tempdir().unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(dir.path()))
+        .expect("mount an ext2 image");
+        Mounted {
+            dir,
+            _image: Some(image),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// File systems that cannot allocate ahead (`fallocate` says "not supported": ramfs, FAT, ext2,
+/// NFS before 4.2, many FUSE ones) still take files of every size; ramfs, which reports no
+/// size, has no free space to refuse them for.
+#[test]
+fn a_file_system_without_preallocation_still_takes_files() {
+    let hosts = TwoHosts::new("noalloc", 1500).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let files = [
+        make_file(src.path(), "small.bin", 100_000, 1),
+        make_file(src.path(), "large.bin", 3 << 20, 2),
+    ];
+    for (what, disk) in [("ext2", Mounted::ext2("64M")), ("ramfs", Mounted::ramfs())] {
+        let out = disk.dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let probe = std::process::Command::new("fallocate")
+            .args(["-l", "1M"])
+            .arg(out.join("probe"))
+            .output()
+            .unwrap();
+        assert!(!probe.status.success(), "{what} allocates ahead after all");
+        let _ = std::fs::remove_file(out.join("probe"));
+        let recv = Recv::start(&hosts.receiver, hosts.receiver_if, &out, &[]);
+        let paths = [files[0].as_path(), files[1].as_path()];
+        let (o, json) = send(&hosts.sender, hosts.receiver_addr, &paths, &[]);
+        assert_sent(&o, &json, 2);
+        recv.stop();
+        for f in &files {
+            let name = f.file_name().unwrap();
+            assert!(same_contents(f, &out.join(name)), "{what}: {name:?}");
+        }
+        assert_eq!(names_in(&out), ["large.bin", "small.bin"], "{what}");
+    }
+}
+
 #[test]
 fn stop_and_wait_still_works() {
     let hosts = TwoHosts::new("saw", 1500).unwrap();
