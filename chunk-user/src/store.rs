@@ -456,7 +456,8 @@ pub(crate) fn link_unnamed(fd: &impl AsFd, dir: &impl AsFd, base: &str) -> rusti
 }
 
 /// Reserves room for `offer` in the new, empty work file `fd`: refuses the offer when the file
-/// system has less free space than its size, and allocates a large file whole.
+/// system has less free space than its size, and allocates a large file whole where the file
+/// system can.
 fn reserve(fd: &impl AsFd, offer: &OfferInfo) -> Result<(), Refusal> {
     let vfs = rustix::fs::fstatvfs(fd).map_err(io_refusal)?;
     let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);

@@ -895,7 +895,7 @@ impl Bbr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Feeds the controller a perfect path of `rate` bytes/s and `rtt`, one chunk per ack.
@@ -1191,6 +1191,15 @@ mod tests {
 
     /// Feeds the controller a path of `rate` bytes/s whose every `nth` chunk is lost, with
     /// RTT samples of `rtt` (one per ack), for `rounds` round trips of `min_rtt`.
+    /// Puts `bbr` in ProbeBW at a gain of 1 and through rounds that lose 5 % at random
+    /// without a queue: the state in which a sender copies its tail (for other modules' tests).
+    pub(crate) fn make_lossy(bbr: &mut Bbr) {
+        bbr.mode = Mode::ProbeBw;
+        bbr.cycle_index = 2;
+        let rtt = Duration::from_millis(20);
+        drive_lossy(bbr, 10e6, rtt, rtt, 20);
+    }
+
     fn drive_lossy(bbr: &mut Bbr, rate: f64, min_rtt: Duration, rtt: Duration, nth: u64) {
         let chunk = 1440u64;
         let start = Instant::now();

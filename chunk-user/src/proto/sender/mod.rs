@@ -6,8 +6,9 @@
 //! congestion window, paced), **Closing** (everything acknowledged: wait for the complete message,
 //! probing on each RTO), then done with an outcome. The whole-file hash is not in the offer: the
 //! driver hashes the file as it reads it for the first copies of its chunks and hands the hash
-//! over ([`Sender::set_hash`]) when it reaches the end; the hash message goes out then, and
-//! again as Closing's probe, until the verdict.
+//! over ([`Sender::set_hash`]) when it reaches the end; the hash message goes out then (twice,
+//! back to back, on a path that loses at random), and again as Closing's probe, until the
+//! verdict.
 //!
 //! Loss recovery. Every transmission gets a number from a counter that only grows. A chunk is lost
 //! when three transmissions sent after it have been acknowledged: that is exactly "its number is
@@ -16,15 +17,18 @@
 //! is also lost when it has been out for a whole RTO; the RTO (RFC 6298 with a margin for the ack
 //! delay and queueing, see [`rtt`]) runs from the oldest transmission still out and doubles on
 //! each expiry until a fresh RTT sample (Karn).
-//! An ack names chunks, not transmissions, so for a resent chunk the sender cannot tell which
-//! copy arrived; loss detection credits the first copy, which can only make it slower to declare
-//! a loss, never declare a false one, unless every earlier copy was declared lost by acks and
-//! the ack came too late to answer one (below): then, as in RACK, the retransmission, so that a
-//! retransmission lost again at the file's end, where no new chunk follows, is found in a round
-//! trip instead of by the RTO. One case is certain, though: an ack that comes back sooner
-//! after the retransmission than 7/8 of the shortest round trip ever measured (a margin for a
-//! minimum that was a little long) answers an earlier copy,
-//! so the retransmission was spurious; the earlier copy's send then makes the rate sample. When
+//! An ack names chunks, not transmissions, so for a resent chunk the sender cannot always tell
+//! which copy arrived. Two cases are certain. First, an ack that comes back sooner after the
+//! retransmission than 7/8 of the shortest round trip ever measured (a margin for a minimum that
+//! was a little long) answers an earlier copy, so the retransmission was spurious; the earlier
+//! copy's send then makes the rate sample. Second, as RACK (RFC 8985) takes it, an ack sent for
+//! the chunk's arrival (its echo) that comes later than that answers the retransmission when
+//! every earlier copy was declared lost by later acks (none by an RTO, none a tail probe's):
+//! those copies are behind later ones that arrived, and a FIFO path delivers nothing sent before
+//! the retransmission after it. Loss detection then counts the retransmission as sent when it
+//! was, so that one lost again at the file's end, where no new chunk follows, is found by the
+//! ones after it in a round trip, not by the RTO; otherwise it counts the first copy's send,
+//! which can only make it slower to declare a loss, never declare a false one. When
 //! that ack was sent for the arrival of the chunk's only earlier copy (its echo names the chunk:
 //! the echo stands in for the timestamp of Eifel's detection, RFC 3522) and an RTO had given up on
 //! that copy, the RTO was spurious and is undone (RFC 4015's response): the chunks it gave up on
@@ -1241,9 +1245,9 @@ impl Sender {
         let cumulative = (ack.cumulative as u64).min(count) as u32;
         let mut guard = self.path.borrow_mut();
         let path = &mut *guard;
-        let mut spurious = self
-            .recovery
-            .on_acked_below(cumulative, now, &path.rtt, &mut path.cc);
+        let mut spurious =
+            self.recovery
+                .on_acked_below(cumulative, ack.echo, now, &path.rtt, &mut path.cc);
         self.acked.insert_below(cumulative);
 
         // The bitmap, 64 chunks at a time, looking only at bits not already known.
@@ -1263,7 +1267,10 @@ impl Sender {
                 let index = (start + new.trailing_zeros() as u64) as u32;
                 new &= new - 1;
                 self.acked.insert(index);
-                spurious += self.recovery.on_acked(index, now, &path.rtt, &mut path.cc) as u64;
+                spurious += self
+                    .recovery
+                    .on_acked(index, ack.echo, now, &path.rtt, &mut path.cc)
+                    as u64;
             }
         }
         self.stats.spurious_retransmits += spurious;
@@ -1900,6 +1907,33 @@ mod tests {
                 Some((MessageType::Hash, 10, 0)),
                 "{what}"
             );
+        }
+    }
+
+    /// On a path whose controller measures random loss, the hash message goes twice, back to
+    /// back: the verdict waits for it at the end. Elsewhere once.
+    #[test]
+    fn the_hash_message_goes_twice_on_a_path_that_loses_at_random() {
+        for (lossy, copies) in [(false, 1), (true, 2)] {
+            let t0 = Instant::now();
+            let mut s = sender(1000, SenderConfig::default(), t0);
+            if lossy {
+                // Rounds of 1440-byte packets, as the controller of a real chunk size counts.
+                let mut cc = crate::proto::cc::Bbr::new(1440, 32, t0);
+                crate::proto::cc::tests::make_lossy(&mut cc);
+                s.path.borrow_mut().cc = cc;
+                assert!(s.path.borrow().cc.random_loss_share() >= TAIL_COPY_LOSS);
+            }
+            assert_eq!(poll(&mut s, t0), Some((MessageType::Offer, 0, 0)));
+            ack(&mut s, t0 + ms(10), 0, NO_ECHO, 0, &[]);
+            s.set_hash([9; HASH_LEN]);
+            for _ in 0..copies {
+                let hash = poll(&mut s, t0 + ms(10));
+                assert_eq!(hash, Some((MessageType::Hash, 10, 0)), "{lossy}");
+            }
+            let next = poll(&mut s, t0 + ms(10)).map(|p| p.0);
+            assert_eq!(next, Some(MessageType::Data), "{lossy}");
+            assert_eq!(s.stats().hashes_sent, copies, "{lossy}");
         }
     }
 

@@ -56,17 +56,22 @@ impl InFlight {
             })
     }
 
-    /// Whether an ack for this resent chunk, one that does not [answer an earlier
-    /// copy](Self::answers_earlier_copy), answers this retransmission, as RACK (RFC 8985) takes
-    /// it: when every earlier copy was declared lost by later acks ([`InFlight::sole`]). Those
-    /// copies are then behind later ones that arrived, not queued (an RTO's may be), and a FIFO
-    /// path delivers nothing sent before the retransmission after it. So the ack may move loss
+    /// Whether an ack sent for an arrival of this resent chunk (its echo names the chunk), one
+    /// that does not [answer an earlier copy](Self::answers_earlier_copy), answers this
+    /// retransmission, as RACK (RFC 8985) takes it: when every earlier copy was declared lost by
+    /// later acks ([`InFlight::sole`]) and the shortest round trip is known. Those copies are
+    /// then behind later ones that arrived, not queued (an RTO's may be), and a FIFO path
+    /// delivers nothing sent before the retransmission after it. So the ack may move loss
     /// detection past the retransmission's own number: at the file's end, where no new chunk
     /// follows, a lost retransmission is then found by the ones sent after it, in a round trip,
     /// instead of by the RTO (more than a round trip and a quarter, one oldest batch at a time;
     /// on a queue too thin for Startup, 69 RTOs for an 8 MiB file instead of 1).
-    fn answers_own_copy(&self) -> bool {
-        self.prev.is_some() && self.sole
+    ///
+    /// Only the ack sent for the arrival counts: one that merely lists the chunk may come after
+    /// a copy that arrived long before, its own acks lost, when acks far ahead of a hole report
+    /// only what arrived since the previous one (docs/PROTOCOL.md, "What a receiver sends").
+    fn answers_own_copy(&self, rtt: &RttEstimator) -> bool {
+        self.prev.is_some() && self.sole && rtt.min().is_some()
     }
 }
 
@@ -290,8 +295,9 @@ impl Recovery {
         // the file, whose last acks or complete were lost). On a short path this changes nothing
         // (the 200 ms minimum is longer); on a long one the RTO, 1.25 round trips after the
         // chunk, would fire a quarter round trip after the probe and resend for nothing. A lost
-        // retransmission keeps its time: the answer cannot show it lost (acks of resent chunks
-        // credit their first copies), only the RTO can.
+        // retransmission keeps its time: the probe's answer does not show it lost (that takes
+        // three retransmissions sent after it acknowledged each by an ack for its own arrival,
+        // see `InFlight::answers_own_copy`), only the RTO can.
         let settles = |probed: u32| {
             probed == index || self.in_flight.get(&index).is_some_and(|f| f.sends == 1)
         };
@@ -346,9 +352,12 @@ impl Recovery {
 
     /// Every chunk below `cumulative` is acknowledged: those in flight, then those declared lost.
     /// Returns how many of them were retransmitted for nothing (see [`Recovery::on_acked`]).
+    ///
+    /// `echo` is the chunk whose arrival the ack was sent for (see [`Recovery::on_acked`]).
     pub(super) fn on_acked_below(
         &mut self,
         cumulative: u32,
+        echo: u32,
         now: Instant,
         rtt: &RttEstimator,
         cc: &mut Bbr,
@@ -358,7 +367,7 @@ impl Recovery {
             if index >= cumulative {
                 break;
             }
-            spurious += self.on_in_flight_acked(index, now, rtt, cc) as u64;
+            spurious += self.on_in_flight_acked(index, index == echo, now, rtt, cc) as u64;
         }
         while let Some((&index, _)) = self.lost.first_key_value() {
             if index >= cumulative {
@@ -369,26 +378,30 @@ impl Recovery {
         spurious
     }
 
-    /// Chunk `index` is newly acknowledged at `now`. Returns whether its retransmission was not
-    /// needed (the ack came too soon to answer it).
+    /// Chunk `index` is newly acknowledged at `now`, by an ack sent for the arrival of chunk
+    /// `echo` (the ack's echo field). Returns whether its retransmission was not needed (the ack
+    /// came too soon to answer it).
     pub(super) fn on_acked(
         &mut self,
         index: u32,
+        echo: u32,
         now: Instant,
         rtt: &RttEstimator,
         cc: &mut Bbr,
     ) -> bool {
         if self.in_flight.contains_key(&index) {
-            self.on_in_flight_acked(index, now, rtt, cc)
+            self.on_in_flight_acked(index, index == echo, now, rtt, cc)
         } else {
             self.on_lost_acked(index, now, cc);
             false
         }
     }
 
+    /// `echoed`: the ack was sent for an arrival of this chunk.
     fn on_in_flight_acked(
         &mut self,
         index: u32,
+        echoed: bool,
         now: Instant,
         rtt: &RttEstimator,
         cc: &mut Bbr,
@@ -413,7 +426,7 @@ impl Recovery {
         // first copy that arrived (the loss was spurious). Crediting the latest copy would then
         // make everything sent before it look lost, so the earliest one is credited, unless the
         // ack is the retransmission's own ([`InFlight::answers_own_copy`]).
-        let tx = if f.sends == 1 || (!spurious && f.answers_own_copy()) {
+        let tx = if f.sends == 1 || (echoed && !spurious && f.answers_own_copy(rtt)) {
             f.tx
         } else {
             f.first_tx
@@ -527,10 +540,10 @@ mod tests {
         let now = send(&mut r, &mut cc, &[0, 1, 2, 3, 4], t0);
         assert_eq!((r.chunks_in_flight(), r.bytes_in_flight()), (5, 600));
         for i in [1, 2] {
-            assert!(!r.on_acked(i, now, &rtt, &mut cc));
+            assert!(!r.on_acked(i, i, now, &rtt, &mut cc));
             assert_eq!(r.on_ack_end(), 0);
         }
-        r.on_acked(3, now, &rtt, &mut cc);
+        r.on_acked(3, 3, now, &rtt, &mut cc);
         assert_eq!(r.on_ack_end(), 1, "chunk 0 has three later ones acked");
         assert_eq!(r.first_lost(), Some((0, 1)));
         assert_eq!((r.chunks_in_flight(), r.bytes_in_flight()), (1, 120));
@@ -545,13 +558,18 @@ mod tests {
     fn a_resent_chunk_is_credited_to_the_copy_the_ack_answers() {
         // Chunks 0 and 1 are lost and resent after chunk 5; acks for them and for chunk 6, sent
         // with them, make chunk 5 look lost exactly when they are credited to the retransmissions:
-        // when they come a round trip after them (RACK), not when they come too soon for that
-        // (the first copies arrived after all: the losses were spurious), and not when an RTO
-        // gave the first copies up (they may have been queued, ahead of chunk 5's).
-        for (by_rto, answered_after, chunk_5_lost) in
-            [(false, 150, true), (false, 50, false), (true, 150, false)]
-        {
-            let what = format!("by RTO {by_rto}, answered after {answered_after} ms");
+        // when they were sent for the retransmissions' arrival (their echo) a round trip after
+        // them (RACK); not when they come too soon for that (the first copies arrived after all:
+        // the losses were spurious), not when an RTO gave the first copies up (they may have been
+        // queued, ahead of chunk 5's), and not when the ack only lists the chunks (sent for chunk
+        // 6's arrival: 0 and 1 may have arrived long before, their own acks lost).
+        for (by_rto, answered_after, echoed, chunk_5_lost) in [
+            (false, 150, true, true),
+            (false, 50, true, false),
+            (true, 150, true, false),
+            (false, 150, false, false),
+        ] {
+            let what = format!("by RTO {by_rto}, answered after {answered_after} ms, {echoed}");
             let t0 = Instant::now();
             let (rtt, mut cc) = path(t0);
             let mut r = Recovery::new(t0);
@@ -561,13 +579,14 @@ mod tests {
                 assert_eq!(r.lost_len(), 2, "{what}");
             }
             for i in [2, 3, 4] {
-                r.on_acked(i, now, &rtt, &mut cc);
+                r.on_acked(i, i, now, &rtt, &mut cc);
             }
             assert_eq!(r.on_ack_end(), if by_rto { 0 } else { 2 }, "{what}");
             send(&mut r, &mut cc, &[0, 1, 6], t0 + ms(100));
             let at = t0 + ms(100 + answered_after);
             for i in [0, 1, 6] {
-                let spurious = r.on_acked(i, at, &rtt, &mut cc);
+                let echo = if echoed { i } else { 6 };
+                let spurious = r.on_acked(i, echo, at, &rtt, &mut cc);
                 assert_eq!(spurious, i < 6 && answered_after < 100, "{what}");
             }
             assert_eq!(r.on_ack_end(), chunk_5_lost as u64, "{what}");
@@ -584,7 +603,10 @@ mod tests {
         let now = send(&mut r, &mut cc, &[0, 1, 2, 3], t0);
         r.on_rto(now + ms(300), ms(300));
         assert_eq!((r.lost_len(), r.bytes_in_flight()), (4, 0));
-        assert_eq!(r.on_acked_below(3, now + ms(300), &rtt, &mut cc), 0);
+        assert_eq!(
+            r.on_acked_below(3, u32::MAX, now + ms(300), &rtt, &mut cc),
+            0
+        );
         assert_eq!(r.first_lost(), Some((3, 1)));
     }
 
@@ -634,7 +656,7 @@ mod tests {
             })
         );
         assert!(
-            r.on_acked(0, now, &rtt, &mut cc),
+            r.on_acked(0, 0, now, &rtt, &mut cc),
             "the retransmission was spurious"
         );
         r.undo_rto();
@@ -671,7 +693,7 @@ mod tests {
         // Nor just under the minimum RTT of 100 ms: a minimum taken from a slow sample (an
         // offer's answer) is a little long, and this may be the retransmission's own ack.
         assert_eq!(r.only_copy_acked(0, now + ms(95), &rtt), None);
-        assert!(!r.on_acked(0, now + ms(150), &rtt, &mut cc));
+        assert!(!r.on_acked(0, 0, now + ms(150), &rtt, &mut cc));
     }
 
     #[test]
@@ -696,7 +718,7 @@ mod tests {
         assert_eq!(r.rto_deadline(ms(200), pto), Some(at + pto));
         // The probe made two copies of chunk 1: its ack is no sample.
         assert_eq!(r.only_copy_acked(1, at + ms(100), &rtt), None);
-        r.on_acked(0, at + ms(100), &rtt, &mut cc);
+        r.on_acked(0, 0, at + ms(100), &rtt, &mut cc);
         assert_eq!(r.on_ack_end(), 0);
         assert_eq!(r.tail_probe_deadline(pto), Some(at + pto), "backoff reset");
         assert_eq!(r.rto_deadline(ms(200), pto), Some(last + ms(200)));
@@ -720,7 +742,7 @@ mod tests {
         // Loss detection starts afresh.
         let now = send(&mut r, &mut cc, &[0, 1, 2, 3, 4], now + ms(400));
         for i in [1, 2, 3] {
-            r.on_acked(i, now, &rtt, &mut cc);
+            r.on_acked(i, i, now, &rtt, &mut cc);
         }
         assert_eq!(r.on_ack_end(), 1);
         assert_eq!(r.first_lost(), Some((0, 1)));
