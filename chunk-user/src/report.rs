@@ -346,6 +346,10 @@ pub struct FileReport {
     pub chunks: u32,
     pub chunks_sent: u64,
     pub retransmitted: u64,
+    /// RTO expiries: times no ack came for a whole retransmission timeout and the oldest chunks
+    /// went again (a bundle's, told with its first file).
+    #[serde(default)]
+    pub rtos: u64,
     /// Chunks the receiver already had (resume).
     pub resumed: u64,
     pub hash: String,

@@ -739,6 +739,7 @@ impl<'a> Queue<'a> {
                 // The bundle's retransmissions are told with its first file (so that they add
                 // up over the files).
                 let mut retransmitted = Some(stats.chunks_retransmitted);
+                let mut rtos = Some(stats.rto_expiries);
                 for (&key, m) in bundle.members.iter().zip(&bundle.layout) {
                     let entry = &self.entries[key];
                     let span = m.chunks(chunk_size);
@@ -755,6 +756,7 @@ impl<'a> Queue<'a> {
                         chunks_sent: went,
                         resumed: chunks as u64 - went,
                         retransmitted: retransmitted.take().unwrap_or(0),
+                        rtos: rtos.take().unwrap_or(0),
                         hash: m.hash.iter().map(|b| format!("{b:02x}")).collect(),
                         srtt_ms: stats.srtt.map(|d| d.as_secs_f64() * 1e3),
                         bundled: true,
@@ -925,6 +927,7 @@ impl Jobs for Queue<'_> {
         report.chunks = stats.chunk_count;
         report.chunks_sent = stats.chunks_sent;
         report.retransmitted = stats.chunks_retransmitted;
+        report.rtos = stats.rto_expiries;
         report.resumed = stats.chunks_resumed;
         report.srtt_ms = stats.srtt.map(|d| d.as_secs_f64() * 1e3);
         if let Some(h) = stats.hash {

@@ -180,6 +180,8 @@ pub struct WanRun {
     /// delivered 90 % of the link rate or more, in RTTs; None: never.
     pub t90_rtts: Option<f64>,
     pub retransmissions: Option<u64>,
+    /// chunk's RTO expiries.
+    pub rtos: Option<u64>,
     /// Frames towards the receiver lost at random or by a full queue.
     pub lost: u64,
     /// Frames towards the sender lost (acks).
@@ -210,6 +212,7 @@ impl WanRun {
             steady_share: None,
             t90_rtts: None,
             retransmissions: None,
+            rtos: None,
             lost: 0,
             lost_reverse: 0,
             queue_drops: 0,

@@ -306,8 +306,8 @@ pub fn markdown(f: &Findings) -> String {
         let _ = writeln!(
             md,
             "\n## Every run\n\n| RTT, loss | tool | whole | steady | s | to 90 % (RTTs) | \
-             retx | lost data | retx / lost | lost acks | queue peak | srtt |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             retx | lost data | retx / lost | RTOs | lost acks | queue peak | srtt |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let rate = a.wan_rate_mbit as f64 * 1e6;
         for r in f.runs {
@@ -323,7 +323,7 @@ pub fn markdown(f: &Findings) -> String {
             }
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.1}{} | {} | {} | {} | {} | {} | {} KiB ({:.0} ms) | {} |",
+                "| {} | {} | {} | {} | {:.1}{} | {} | {} | {} | {} | {} | {} | {} KiB ({:.0} ms) | {} |",
                 r.case.label(),
                 match (r.tool, r.resume.as_deref()) {
                     (WanTool::ChunkXdpWarm, Some(how)) => format!("{} ({how})", r.tool.name()),
@@ -344,6 +344,7 @@ pub fn markdown(f: &Findings) -> String {
                 r.retransmissions.map_or("–".into(), |n| n.to_string()),
                 r.lost,
                 r.retx_per_lost().map_or("–".into(), |x| format!("{x:.2}")),
+                r.rtos.map_or("–".into(), |n| n.to_string()),
                 r.lost_reverse,
                 r.peak_queue_bytes >> 10,
                 r.peak_queue_bytes as f64 * 8.0 / rate * 1e3,

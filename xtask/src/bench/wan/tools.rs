@@ -130,6 +130,7 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     let v: Value = serde_json::from_slice(&out.stdout).context("chunk send's JSON")?;
     let f = &v["files"][0];
     run.retransmissions = f["retransmitted"].as_u64();
+    run.rtos = f["rtos"].as_u64();
     run.srtt_ms = f["srtt_ms"].as_f64();
     run.chunks = f["chunks"].as_u64();
     run.resume = match &v["path"] {
