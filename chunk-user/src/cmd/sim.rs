@@ -84,6 +84,8 @@ pub struct SimResult {
     pub queue_drops_up: u64,
     /// Retransmission timeouts.
     pub rto_expiries: u64,
+    /// Retransmissions an ack showed were not needed (the earlier copy arrived).
+    pub spurious_retransmits: u64,
     /// The sender's smoothed RTT at the end, milliseconds.
     pub srtt_ms: Option<f64>,
     /// From the start to the first round trip (at least 50 ms) that delivered 90 % of the link
@@ -178,6 +180,7 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
         lost_down: r.down.lost + r.down.queue_drops,
         queue_drops_up: r.up.queue_drops,
         rto_expiries: r.sender.rto_expiries,
+        spurious_retransmits: r.sender.spurious_retransmits,
         srtt_ms: r.sender.srtt.map(|d| d.as_secs_f64() * 1000.0),
         t90_rtts: r
             .t90
@@ -302,6 +305,7 @@ mod tests {
             "lost_down",
             "queue_drops_up",
             "rto_expiries",
+            "spurious_retransmits",
             "srtt_ms",
             "t90_rtts",
             "resume",

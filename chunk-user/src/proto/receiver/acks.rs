@@ -3,9 +3,12 @@
 //! Ack bitmaps. An ack says "everything below `cumulative`" plus up to 8192 chunks from `base`.
 //! `base` is the cumulative index whenever that reaches the newest chunk. When it does not (a
 //! hole more than 8192 chunks behind the newest, as at 1 Gbit/s × 100 ms), the bitmap covers the
-//! chunks that arrived since the last ack — that is all the sender does not know yet, since acks
-//! never take anything back — and if those are themselves too far apart (a retransmission filling
-//! an old hole plus the newest run), two acks go out.
+//! chunks that arrived since the last ack and those the ack before reported — the sender knows
+//! the rest, since acks never take anything back — and if those are themselves too far apart (a
+//! retransmission filling an old hole plus the newest run), two acks go out. Each arrival is
+//! thus in two acks: when the one ack that named a retransmission filling a far hole was lost,
+//! the sender, hearing of later chunks and not of it, took it for lost again and resent it (at
+//! 200 Mbit/s, 600 ms and 5 % loss each way, 400 times in 256 MiB).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -33,6 +36,11 @@ pub(super) struct AckState {
     echo_at: Instant,
     /// Lowest and highest index received since the last ack: what the sender does not know yet.
     unreported: Option<(u32, u32)>,
+    /// What the last ack reported (of a pair, the first's whole span): the next one reports it
+    /// again.
+    again: Option<(u32, u32)>,
+    /// The next ack is the second of a pair: it reports only the rest.
+    continuing: bool,
 }
 
 impl AckState {
@@ -44,6 +52,8 @@ impl AckState {
             echo: NO_ECHO,
             echo_at: now,
             unreported: None,
+            again: None,
+            continuing: false,
         }
     }
 
@@ -111,7 +121,12 @@ impl AckState {
         self.queued = false;
         let cumulative = received.cumulative().min(chunk_count);
         let highest = received.last();
-        let (base, rest) = choose_base(cumulative, highest, self.unreported);
+        let span = if self.continuing {
+            self.unreported
+        } else {
+            union(self.unreported, self.again)
+        };
+        let (base, rest) = choose_base(cumulative, highest, span);
         let mut bitmap = [0u8; MAX_ACK_BITMAP_LEN];
         let mut len = 0;
         if let Some(h) = highest.filter(|&h| h >= base) {
@@ -150,6 +165,10 @@ impl AckState {
             .expect("receiver buffer holds the largest ack");
         self.unacked = 0;
         self.due = None;
+        if !self.continuing {
+            self.again = self.unreported;
+        }
+        self.continuing = rest.is_some();
         self.unreported = rest;
         match rest {
             None => self.echo = NO_ECHO,
@@ -157,6 +176,13 @@ impl AckState {
             Some(_) => self.queue(key, ready),
         }
         n
+    }
+}
+
+fn union(a: Option<(u32, u32)>, b: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    match (a, b) {
+        (Some((lo, hi)), Some((lo2, hi2))) => Some((lo.min(lo2), hi.max(hi2))),
+        (a, b) => a.or(b),
     }
 }
 
@@ -217,6 +243,59 @@ mod tests {
             choose_base(top - 9000, Some(top), Some((top, top))),
             (top - 8191, None)
         );
+    }
+
+    /// Far ahead of a hole each arrival is in two acks: a retransmission that fills an old hole
+    /// 9000 chunks behind the newest is named by its own ack and again by the next one (here a
+    /// pair: it and the newest run do not fit one bitmap), so that one lost ack does not make
+    /// the sender take it for lost again.
+    #[test]
+    fn an_arrival_far_behind_is_in_two_acks() {
+        let t0 = Instant::now();
+        let key = (
+            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            7,
+        );
+        let names = |buf: &[u8], index: u32| {
+            let repr = Repr::parse_bytes(buf).unwrap();
+            let Message::Ack(a) = repr.message else {
+                panic!("an ack")
+            };
+            let k = index.wrapping_sub(a.base) as usize;
+            index < a.cumulative || a.bitmap.get(k / 8).is_some_and(|b| b & (1 << (k % 8)) != 0)
+        };
+        let mut received = ChunkSet::new();
+        for i in (0..=20_000).filter(|&i| i != 5 && i != 9000) {
+            received.insert(i);
+        }
+        let mut ready = VecDeque::new();
+        let mut ack = AckState::new(t0);
+        let mut buf = [0u8; 2048];
+        received.insert(9000);
+        ack.on_arrival(9000, t0);
+        ack.queue(key, &mut ready);
+        assert_eq!(ready.pop_front(), Some(key));
+        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
+        assert!(names(&buf[..n], 9000), "its own ack");
+        assert!(ready.is_empty(), "one ack");
+        // That ack is lost; the next arrival is the newest chunk.
+        received.insert(20_001);
+        ack.on_arrival(20_001, t0);
+        ack.queue(key, &mut ready);
+        assert_eq!(ready.pop_front(), Some(key));
+        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
+        assert!(names(&buf[..n], 9000), "the next ack names it again");
+        assert_eq!(ready.pop_front(), Some(key), "and a second one follows");
+        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
+        assert!(names(&buf[..n], 20_001), "the newest run");
+        // Reported twice: not a third time.
+        received.insert(20_002);
+        ack.on_arrival(20_002, t0);
+        ack.queue(key, &mut ready);
+        assert_eq!(ready.pop_front(), Some(key));
+        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
+        assert!(!names(&buf[..n], 9000) && names(&buf[..n], 20_002));
+        assert!(ready.is_empty());
     }
 
     #[test]
