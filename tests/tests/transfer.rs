@@ -476,61 +476,29 @@ fn hostile_offers_are_refused_with_the_reason() {
     assert_eq!(names_in(out_parent.path()), ["out"]);
 }
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        run(std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "chunk-test"])
-            .arg(dir.path()))
-        .expect("mount a small tmpfs");
-        SmallDisk { dir }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-#[test]
-fn a_full_disk_refuses_the_offer_and_the_sender_says_so() {
-    let hosts = TwoHosts::new("full", 1500).unwrap();
-    let disk = SmallDisk::new("1m");
-    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, disk.dir.path(), &[]);
-    let src = tempfile::tempdir().unwrap();
-    let small = make_file(src.path(), "fits.bin", 100_000, 1);
-    let big = make_file(src.path(), "too-big.bin", 4 << 20, 2);
-    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&small, &big], &[]);
-    assert!(!o.status.success());
-    assert_eq!(json["files"][0]["ok"], true, "{json}");
-    let err = json["files"][1]["error"].as_str().unwrap();
-    assert!(err.contains("not enough space"), "{err}");
-    recv.stop();
-    assert_eq!(names_in(disk.dir.path()), ["fits.bin"]);
-}
-
-/// A file system mounted for one test on a fresh directory, unmounted on drop: ramfs, or ext2
-/// on a loop-mounted image.
+/// A file system mounted for one test on a fresh directory, unmounted on drop: a tmpfs of a
+/// size, a ramfs, or ext2 on a loop-mounted image.
 struct Mounted {
     dir: tempfile::TempDir,
     _image: Option<tempfile::TempDir>,
 }
 
 impl Mounted {
+    fn tmpfs(size: &str) -> Mounted {
+        Mounted::of("tmpfs", &["-o", &format!("size={size}")])
+    }
+
     fn ramfs() -> Mounted {
+        Mounted::of("ramfs", &[])
+    }
+
+    fn of(kind: &str, options: &[&str]) -> Mounted {
         let dir = tempfile::tempdir().unwrap();
         run(std::process::Command::new("mount")
-            .args(["-t", "ramfs", "chunk-test"])
+            .args(["-t", kind, "chunk-test"])
+            .args(options)
             .arg(dir.path()))
-        .expect("mount a ramfs");
+        .unwrap_or_else(|e| panic!("mount a {kind}: {e}"));
         Mounted { dir, _image: None }
     }
 
@@ -564,6 +532,23 @@ impl Drop for Mounted {
             .arg(self.dir.path())
             .status();
     }
+}
+
+#[test]
+fn a_full_disk_refuses_the_offer_and_the_sender_says_so() {
+    let hosts = TwoHosts::new("full", 1500).unwrap();
+    let disk = Mounted::tmpfs("1m");
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, disk.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    let small = make_file(src.path(), "fits.bin", 100_000, 1);
+    let big = make_file(src.path(), "too-big.bin", 4 << 20, 2);
+    let (o, json) = send(&hosts.sender, hosts.receiver_addr, &[&small, &big], &[]);
+    assert!(!o.status.success());
+    assert_eq!(json["files"][0]["ok"], true, "{json}");
+    let err = json["files"][1]["error"].as_str().unwrap();
+    assert!(err.contains("not enough space"), "{err}");
+    recv.stop();
+    assert_eq!(names_in(disk.dir.path()), ["fits.bin"]);
 }
 
 /// File systems that cannot allocate ahead (`fallocate` says "not supported": ramfs, FAT, ext2,
