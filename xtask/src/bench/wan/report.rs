@@ -314,7 +314,7 @@ pub fn markdown(f: &Findings) -> String {
             if !r.outcome.is_measured() {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | failed: {} ||||||||||",
+                    "| {} | {} | failed: {} |||||||||||",
                     r.case.label(),
                     r.tool.name(),
                     r.error.as_deref().unwrap_or("?").replace('|', "/")
