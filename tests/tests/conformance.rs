@@ -6,7 +6,6 @@
 
 use std::{
     net::Ipv4Addr,
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -372,30 +371,6 @@ fn with_a_key_the_chunk_size_limit_counts_the_seal_or_trailer_and_a_refused_send
     }
 }
 
-/// A tmpfs mounted for one test, unmounted however the test ends.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path()))
-        .unwrap();
-        Tmpfs(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 /// The part file is preallocated when the offer is accepted; the disk filling up afterwards
 /// (another program writing) must not fail the transfer over its progress record, nor leave
 /// temporary files.
@@ -403,7 +378,7 @@ impl Drop for Tmpfs {
 fn a_disk_that_fills_mid_transfer_does_not_fail_the_file() {
     let hosts = TwoHosts::new("diskfull", 1500).unwrap();
     let src = tempfile::tempdir().unwrap();
-    let out = Tmpfs::new("24m");
+    let out = Mounted::tmpfs("24m");
     let file = make_file(src.path(), "f.bin", 12 << 20, 21);
     let mut recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), &[]);
     let (o, json) = std::thread::scope(|s| {

@@ -476,64 +476,6 @@ fn hostile_offers_are_refused_with_the_reason() {
     assert_eq!(names_in(out_parent.path()), ["out"]);
 }
 
-/// A file system mounted for one test on a fresh directory, unmounted on drop: a tmpfs of a
-/// size, a ramfs, or ext2 on a loop-mounted image.
-struct Mounted {
-    dir: tempfile::TempDir,
-    _image: Option<tempfile::TempDir>,
-}
-
-impl Mounted {
-    fn tmpfs(size: &str) -> Mounted {
-        Mounted::of("tmpfs", &["-o", &format!("size={size}")])
-    }
-
-    fn ramfs() -> Mounted {
-        Mounted::of("ramfs", &[])
-    }
-
-    fn of(kind: &str, options: &[&str]) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        run(std::process::Command::new("mount")
-            .args(["-t", kind, "chunk-test"])
-            .args(options)
-            .arg(dir.path()))
-        .unwrap_or_else(|e| panic!("mount a {kind}: {e}"));
-        Mounted { dir, _image: None }
-    }
-
-    fn ext2(size: &str) -> Mounted {
-        let image = tempfile::tempdir().unwrap();
-        let file = image.path().join("ext2.img");
-        run(std::process::Command::new("truncate")
-            .args(["-s", size])
-            .arg(&file))
-        .unwrap();
-        run(std::process::Command::new("mkfs.ext2")
-            .args(["-q", "-F"])
-            .arg(&file))
-        .expect("mkfs.ext2");
-        let dir = tempfile::tempdir().unwrap();
-        run(std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&file)
-            .arg(dir.path()))
-        .expect("mount an ext2 image");
-        Mounted {
-            dir,
-            _image: Some(image),
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_the_offer_and_the_sender_says_so() {
     let hosts = TwoHosts::new("full", 1500).unwrap();

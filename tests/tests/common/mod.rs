@@ -248,3 +248,75 @@ pub fn edge_sizes_across(
     assert_eq!(counter(&summary, "bad_checksum"), 0, "{summary}");
     (json, finished, summary)
 }
+
+/// A file system mounted for one test on a fresh directory, unmounted on drop: a tmpfs of a
+/// size, a ramfs, or ext2 on a loop-mounted image.
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    _image: Option<tempfile::TempDir>,
+}
+
+impl Mounted {
+    pub fn tmpfs(size: &str) -> Mounted {
+        Mounted::of("tmpfs", &["-o", &format!("size={size}")])
+    }
+
+    pub fn ramfs() -> Mounted {
+        Mounted::of("ramfs", &[])
+    }
+
+    fn of(kind: &str, options: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        chunk_tests::run(
+            std::process::Command::new("mount")
+                .args(["-t", kind, "chunk-test"])
+                .args(options)
+                .arg(dir.path()),
+        )
+        .unwrap_or_else(|e| panic!("mount a {kind}: {e}"));
+        Mounted { dir, _image: None }
+    }
+
+    pub fn ext2(size: &str) -> Mounted {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("ext2.img");
+        chunk_tests::run(
+            std::process::Command::new("truncate")
+                .args(["-s", size])
+                .arg(&file),
+        )
+        .unwrap();
+        chunk_tests::run(
+            std::process::Command::new("mkfs.ext2")
+                .args(["-q", "-F"])
+                .arg(&file),
+        )
+        .expect("mkfs.ext2");
+        let dir = tempfile::tempdir().unwrap();
+        chunk_tests::run(
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&file)
+                .arg(dir.path()),
+        )
+        .expect("mount an ext2 image");
+        Mounted {
+            dir,
+            _image: Some(image),
+        }
+    }
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}

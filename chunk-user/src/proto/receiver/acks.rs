@@ -240,6 +240,40 @@ fn choose_base(
 mod tests {
     use super::*;
 
+    fn key() -> TransferKey {
+        (
+            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            7,
+        )
+    }
+
+    /// Sends the ack `ack` owes (and the rest of a pair, or what follows it): whether they name
+    /// a chunk, acknowledged below their cumulative index or set in their bitmap.
+    fn acks_naming(
+        ack: &mut AckState,
+        received: &ChunkSet,
+        ready: &mut VecDeque<TransferKey>,
+    ) -> (usize, impl Fn(u32) -> bool + use<>) {
+        let mut buf = [0u8; 2048];
+        let mut named = Vec::new();
+        ack.queue(key(), ready);
+        while ready.pop_front().is_some() {
+            let n = ack.emit(key(), 50_000, received, Instant::now(), &mut buf, ready);
+            let Message::Ack(a) = Repr::parse_bytes(&buf[..n]).unwrap().message else {
+                panic!("an ack")
+            };
+            named.push((a.cumulative, a.base, a.bitmap.to_vec()));
+        }
+        let count = named.len();
+        let names = move |index: u32| {
+            named.iter().any(|(cum, base, bitmap)| {
+                let k = index.wrapping_sub(*base) as usize;
+                index < *cum || bitmap.get(k / 8).is_some_and(|b| b & (1 << (k % 8)) != 0)
+            })
+        };
+        (count, names)
+    }
+
     #[test]
     fn base_is_cumulative_when_the_bitmap_reaches() {
         assert_eq!(choose_base(10, Some(100), Some((50, 100))), (10, None));
@@ -273,50 +307,27 @@ mod tests {
     #[test]
     fn an_arrival_far_behind_is_in_two_acks() {
         let t0 = Instant::now();
-        let key = (
-            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
-            7,
-        );
-        let names = |buf: &[u8], index: u32| {
-            let repr = Repr::parse_bytes(buf).unwrap();
-            let Message::Ack(a) = repr.message else {
-                panic!("an ack")
-            };
-            let k = index.wrapping_sub(a.base) as usize;
-            index < a.cumulative || a.bitmap.get(k / 8).is_some_and(|b| b & (1 << (k % 8)) != 0)
-        };
         let mut received = ChunkSet::new();
         for i in (0..=20_000).filter(|&i| i != 5 && i != 9000) {
             received.insert(i);
         }
         let mut ready = VecDeque::new();
         let mut ack = AckState::new(t0);
-        let mut buf = [0u8; 2048];
         received.insert(9000);
         ack.on_arrival(9000, t0);
-        ack.queue(key, &mut ready);
-        assert_eq!(ready.pop_front(), Some(key));
-        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
-        assert!(names(&buf[..n], 9000), "its own ack");
-        assert!(ready.is_empty(), "one ack");
+        let (count, names) = acks_naming(&mut ack, &received, &mut ready);
+        assert!(names(9000) && count == 1, "its own ack");
         // That ack is lost; the next arrival is the newest chunk.
         received.insert(20_001);
         ack.on_arrival(20_001, t0);
-        ack.queue(key, &mut ready);
-        assert_eq!(ready.pop_front(), Some(key));
-        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
-        assert!(names(&buf[..n], 9000), "the next ack names it again");
-        assert_eq!(ready.pop_front(), Some(key), "and a second one follows");
-        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
-        assert!(names(&buf[..n], 20_001), "the newest run");
+        let (count, names) = acks_naming(&mut ack, &received, &mut ready);
+        assert!(names(9000), "the next ack names it again");
+        assert!(names(20_001) && count == 2, "in a pair with the newest run");
         // Reported twice: not a third time.
         received.insert(20_002);
         ack.on_arrival(20_002, t0);
-        ack.queue(key, &mut ready);
-        assert_eq!(ready.pop_front(), Some(key));
-        let n = ack.emit(key, 30_000, &received, t0, &mut buf, &mut ready);
-        assert!(!names(&buf[..n], 9000) && names(&buf[..n], 20_002));
-        assert!(ready.is_empty());
+        let (count, names) = acks_naming(&mut ack, &received, &mut ready);
+        assert!(!names(9000) && names(20_002) && count == 1);
     }
 
     /// The ack after a pair reports again what arrived before the pair (not only the pair's
@@ -325,29 +336,6 @@ mod tests {
     #[test]
     fn pairs_report_again_and_skip_nothing() {
         let t0 = Instant::now();
-        let key = (
-            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
-            7,
-        );
-        // One ack (with the second of a pair if one follows): the set of indices it names.
-        let emit = |ack: &mut AckState, received: &ChunkSet, ready: &mut VecDeque<_>| {
-            let mut buf = [0u8; 2048];
-            let mut named = Vec::new();
-            ack.queue(key, ready);
-            while ready.pop_front().is_some() {
-                let n = ack.emit(key, 50_000, received, t0, &mut buf, ready);
-                let Message::Ack(a) = Repr::parse_bytes(&buf[..n]).unwrap().message else {
-                    panic!("an ack")
-                };
-                named.push((a.cumulative, a.base, a.bitmap.to_vec()));
-            }
-            move |index: u32| {
-                named.iter().any(|(cum, base, bitmap)| {
-                    let k = index.wrapping_sub(*base) as usize;
-                    index < *cum || bitmap.get(k / 8).is_some_and(|b| b & (1 << (k % 8)) != 0)
-                })
-            }
-        };
         // A retransmission far back and the newest chunk in one pair; the ack after names the
         // retransmission again.
         let mut received = ChunkSet::new();
@@ -360,11 +348,11 @@ mod tests {
             received.insert(i);
             ack.on_arrival(i, t0);
         }
-        let names = emit(&mut ack, &received, &mut ready);
+        let (_, names) = acks_naming(&mut ack, &received, &mut ready);
         assert!(names(9000) && names(20_001));
         received.insert(20_002);
         ack.on_arrival(20_002, t0);
-        let names = emit(&mut ack, &received, &mut ready);
+        let (_, names) = acks_naming(&mut ack, &received, &mut ready);
         assert!(names(9000), "reported again after a pair");
         // Too far apart for one pair: the newer arrivals are reported whole.
         let mut received = ChunkSet::new();
@@ -374,22 +362,19 @@ mod tests {
         let mut ack = AckState::new(t0);
         received.insert(100);
         ack.on_arrival(100, t0);
-        assert!(emit(&mut ack, &received, &mut ready)(100));
+        assert!(acks_naming(&mut ack, &received, &mut ready).1(100));
         for i in [20_000, 40_001] {
             received.insert(i);
             ack.on_arrival(i, t0);
         }
-        let names = emit(&mut ack, &received, &mut ready);
+        let (_, names) = acks_naming(&mut ack, &received, &mut ready);
         assert!(names(20_000) && names(40_001), "nothing skipped");
     }
 
     #[test]
     fn one_ack_at_a_time_however_many_reasons() {
         let t0 = Instant::now();
-        let key = (
-            crate::proto::Peer::ipv4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
-            7,
-        );
+        let key = key();
         let mut ready = VecDeque::new();
         let mut ack = AckState::new(t0);
         let mut received = ChunkSet::new();
