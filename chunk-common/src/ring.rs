@@ -56,8 +56,12 @@ pub struct RecordHeader {
     pub _reserved: u16,
     /// The RX queue the frame arrived on (for spreading work over cores).
     pub rx_queue: u32,
-    /// Zero; keeps the packet 8-byte aligned in the record (the checksum reads it in words).
-    pub _pad: u32,
+    /// When the program took the packet: `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`) in
+    /// microseconds, its low 32 bits (they wrap every 71.6 minutes; only an age is read from
+    /// them, see [`RecordHeader::age_us`]). The receiver's acks count their delay from it, so a
+    /// receiver busy elsewhere (opening a file) or napping does not show as path delay. Also
+    /// keeps the packet 8-byte aligned in the record (the checksum reads it in words).
+    pub arrived_us: u32,
 }
 
 const _: () = assert!(RECORD_HEADER_LEN == 48);
@@ -82,7 +86,16 @@ impl RecordHeader {
         h.src_port = u16_at(offset_of!(RecordHeader, src_port));
         let q = at(offset_of!(RecordHeader, rx_queue), 4);
         h.rx_queue = u32::from_ne_bytes([q[0], q[1], q[2], q[3]]);
+        let t = at(offset_of!(RecordHeader, arrived_us), 4);
+        h.arrived_us = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]);
         Some(h)
+    }
+
+    /// Microseconds between the packet's arrival and `now_us`, a reading of the same clock
+    /// (`CLOCK_MONOTONIC` in microseconds, truncated to 32 bits as [`arrived_us`](Self::arrived_us)
+    /// is).
+    pub fn age_us(&self, now_us: u32) -> u32 {
+        now_us.wrapping_sub(self.arrived_us)
     }
 
     fn ip(&self, a: &[u8; 16]) -> Option<core::net::IpAddr> {
@@ -129,12 +142,14 @@ mod tests {
             src_port: 40000,
             _reserved: 0,
             rx_queue: 3,
-            _pad: 0,
+            arrived_us: 0xffff_fff0,
         };
         // SAFETY: RecordHeader is plain old data without padding.
         let bytes: [u8; RECORD_HEADER_LEN] = unsafe { core::mem::transmute(h) };
         let got = RecordHeader::read(&bytes).unwrap();
         assert_eq!(got, h);
+        // The clock's low 32 bits wrap: the age does not.
+        assert_eq!(got.age_us(0x10), 0x20);
         assert_eq!(got.src_ip(), Some("2001:2::1".parse().unwrap()));
         let mut v4 = h;
         v4.family = FAMILY_IPV4;

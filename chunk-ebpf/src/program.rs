@@ -2,7 +2,9 @@ use core::{hint::black_box, mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::{BPF_RB_NO_WAKEUP, xdp_action},
-    helpers::generated::{bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -242,7 +244,6 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
         (*header).src_port = src_port;
         (*header)._reserved = 0;
         (*header).rx_queue = ctx.rx_queue_index();
-        (*header)._pad = 0;
     }
     let packet = unsafe { ptr::addr_of_mut!((*rec).packet) } as *mut u8;
     let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, l4 as u32, packet as *mut _, len as u32) };
@@ -262,6 +263,9 @@ fn check(ctx: &XdpContext) -> Result<(), Verdict> {
     // about 100 more instructions.
     let copied_hdr = unsafe { &*(packet as *const [u8; HEADER_LEN]) };
     classify::session(copied_hdr, |sid| SESSIONS.get_ptr(sid).is_some())?;
+    // When it came, for the receiver's acks (`RecordHeader::arrived_us`): microseconds, the
+    // clock's low 32 bits. Only a packet that goes into the ring pays for the reading.
+    unsafe { (*header).arrived_us = (bpf_ktime_get_ns() / 1000) as u32 };
     // Into the ring, as long as the packet is: header and packet, not the whole 4 KiB record.
     let total = black_box(RECORD_HEADER_LEN as u64 + len);
     if total > RECORD_LEN as u64 {

@@ -139,7 +139,9 @@ pub fn run(
                 counts.packets += 1;
                 match intake.open_checked_at(rec.src, rec.packet, auth::now_ms(), now) {
                     Ok(repr) => {
-                        core.handle_packet(rec.src, Some(rec.dst), &repr, now, &mut storage);
+                        let arrived = rec.arrived.unwrap_or(now);
+                        let (src, dst) = (rec.src, Some(rec.dst));
+                        core.handle_arrived(src, dst, &repr, arrived, now, &mut storage);
                         send_answers(
                             &mut core,
                             now,

@@ -2,6 +2,7 @@
 //! every record available, so that one wake-up serves a batch of chunks.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData, RingBuf};
 use chunk_common::ring::{RECORD_HEADER_LEN, RecordHeader, TRANSPORT_IP, TRANSPORT_UDP};
@@ -12,7 +13,7 @@ use super::rx::Received;
 
 /// Splits a ring-buffer record into its header and packet; `None` if it is inconsistent (which
 /// would be a kernel-side bug, so it is logged and skipped rather than trusted).
-pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
+pub fn parse_record(rec: &[u8], clock: Clock) -> Option<Received<'_>> {
     let h = RecordHeader::read(rec)?;
     let end = RECORD_HEADER_LEN + h.packet_len as usize;
     let packet = rec.get(RECORD_HEADER_LEN..end)?;
@@ -27,8 +28,52 @@ pub fn parse_record(rec: &[u8]) -> Option<Received<'_>> {
         src,
         dst,
         rx_queue: h.rx_queue,
+        arrived: clock.instant(h.age_us(clock.mono_us)),
         packet,
     })
+}
+
+/// The oldest a record's arrival is believed to be: one older than this is read as arriving
+/// when it is handled.
+const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// One reading of the clock the program stamps records with, and of [`Instant`]'s, taken
+/// together: a record's age on the first is its arrival on the second.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    now: Instant,
+    mono_us: u32,
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, its low 32 bits: the program's stamp
+/// (`RecordHeader::arrived_us`) of a record arriving now.
+pub fn monotonic_us() -> u32 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000) as u32
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Clock {
+            mono_us: monotonic_us(),
+            now: Instant::now(),
+        }
+    }
+
+    /// When a record `age_us` old arrived; `None` past [`MAX_AGE`]. A record stamped after
+    /// this reading (the batch goes on draining) has a "negative" age: the 32 bits are read as
+    /// signed.
+    fn instant(&self, age_us: u32) -> Option<Instant> {
+        let age = age_us as i32;
+        let span = Duration::from_micros(age.unsigned_abs() as u64);
+        if span > MAX_AGE {
+            None
+        } else if age >= 0 {
+            self.now.checked_sub(span)
+        } else {
+            Some(self.now + span)
+        }
+    }
 }
 
 /// The reader over the ring buffer. It never blocks: the driver waits on [`ChunkReader::fd`].
@@ -87,9 +132,10 @@ fn drain(
     bad_records: &mut u64,
 ) -> usize {
     let mut n = 0;
+    let clock = Clock::now();
     while n < max {
         let Some(item) = ring.next() else { break };
-        match parse_record(&item) {
+        match parse_record(&item, clock) {
             Some(r) => f(r),
             None => *bad_records += 1,
         }

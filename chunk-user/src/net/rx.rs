@@ -9,6 +9,7 @@ use std::{
     net::IpAddr,
     os::fd::{AsFd, BorrowedFd},
     path::Path,
+    time::Instant,
 };
 
 use chunk_common::counters::Counter;
@@ -32,6 +33,9 @@ pub struct Received<'a> {
     /// The local address the sender sent it to: answers leave from it.
     pub dst: IpAddr,
     pub rx_queue: u32,
+    /// When the packet reached this host, as the kernel stamped it (the XDP path); `None`:
+    /// not known, take the time it is handled.
+    pub arrived: Option<Instant>,
     pub packet: &'a [u8],
 }
 

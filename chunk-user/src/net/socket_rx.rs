@@ -13,6 +13,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use chunk_common::{
@@ -26,6 +27,10 @@ use super::{
     session_filter::SessionFilter,
 };
 use crate::proto::Peer;
+
+/// The oldest a packet's timestamp is believed to be (a wall clock set back or far forward
+/// meanwhile): one older is taken as arriving when it is handled.
+const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Packets one `recvmmsg` call can return.
 const BATCH: usize = 64;
@@ -121,6 +126,8 @@ impl SocketRx {
             s.set_recv_buffer_size(RCVBUF)?;
         }
         set_int_option(s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+        // Each packet's arrival, for the acks' delay field: the receiver may handle it late.
+        set_int_option(s, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
         // The kernel reassembles fragments before a socket sees them; this makes it say so (a
         // control message on every reassembled packet), so that fragments are dropped and
         // counted here as the XDP program drops them.
@@ -324,6 +331,7 @@ fn check(
                 src,
                 dst,
                 rx_queue: 0,
+                arrived: g.arrived,
                 packet: &buf[chunk],
             });
             Counter::Accepted
@@ -347,13 +355,15 @@ struct Got {
     to: Option<IpAddr>,
     /// Datagrams the kernel coalesced (`UDP_GRO`): the size of each but the last.
     segment: Option<usize>,
+    /// When it reached this host, from the kernel's receive timestamp (`SO_TIMESTAMPNS`).
+    arrived: Option<Instant>,
 }
 
 /// One `recvmmsg` without blocking.
 fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
-    // Room for the drop count, the fragment size, an IPv6 PKTINFO and the coalesced datagrams'
-    // size (16 + 16 + 40 + 16, rounded up).
-    const CMSG_SPACE: usize = 128;
+    // Room for the drop count, the fragment size, an IPv6 PKTINFO, the coalesced datagrams'
+    // size and the timestamp (`CMSG_SPACE` of each: 24 + 24 + 40 + 24 + 32 = 144, rounded up).
+    const CMSG_SPACE: usize = 160;
     let n = bufs.len() / BUF_LEN;
     let mut iovs: Vec<libc::iovec> = bufs
         .chunks_exact_mut(BUF_LEN)
@@ -390,12 +400,20 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // The kernel stamps packets on the wall clock: their age on it is their age on Instant's.
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let arrived_at = |sec: i64, nsec: i64| {
+        let stamp = UNIX_EPOCH + Duration::new(u64::try_from(sec).ok()?, nsec as u32);
+        let age = wall.duration_since(stamp).ok()?;
+        (age <= MAX_AGE).then(|| now.checked_sub(age)).flatten()
+    };
     let mut out = Vec::with_capacity(rc as usize);
     for (m, name) in msgs[..rc as usize].iter().zip(&names) {
         let mut ovfl = None;
         let mut reassembled = false;
         let mut to = None;
         let mut segment = None;
+        let mut arrived = None;
         // SAFETY: the kernel filled msg_control; the CMSG macros walk it within controllen.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
@@ -407,6 +425,10 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
                     (libc::SOL_UDP, libc::UDP_GRO) => {
                         let size: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         segment = usize::try_from(size).ok();
+                    }
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                        let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        arrived = arrived_at(t.tv_sec, t.tv_nsec);
                     }
                     (libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE)
                     | (libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE) => reassembled = true,
@@ -438,6 +460,7 @@ fn recv_batch(fd: &socket2::Socket, bufs: &mut [u8]) -> io::Result<Vec<Got>> {
             from,
             to,
             segment,
+            arrived,
         });
     }
     Ok(out)

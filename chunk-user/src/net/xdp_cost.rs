@@ -515,6 +515,7 @@ mod kernel_tests {
         for (name, frame) in frames {
             let (want, buf) = expected(l, frame);
             let before = xdp::read_counters(&l.counters).unwrap();
+            let run_from = crate::net::ring::monotonic_us();
             let result = prog(&mut l.ebpf)
                 .test_run(TestRunOptions {
                     data_in: Some(frame),
@@ -522,6 +523,7 @@ mod kernel_tests {
                     ..TestRunOptions::new()
                 })
                 .unwrap();
+            let run_to = crate::net::ring::monotonic_us();
             let after = xdp::read_counters(&l.counters).unwrap();
             let got: Vec<Counter> = Counter::ALL
                 .into_iter()
@@ -542,6 +544,12 @@ mod kernel_tests {
                     assert_eq!(h.dst_ip(), Some(a.dst), "{name}");
                     assert_eq!(h.transport, a.transport.ring_value(), "{name}");
                     assert_eq!(h.src_port, a.src_port, "{name}");
+                    // Stamped while it ran, on the clock userspace reads as CLOCK_MONOTONIC.
+                    assert!(
+                        h.age_us(run_to) <= run_to.wrapping_sub(run_from),
+                        "{name}: arrived at {} µs, ran from {run_from} to {run_to} µs",
+                        h.arrived_us
+                    );
                     let packet = &rec[chunk_common::ring::RECORD_HEADER_LEN..];
                     assert_eq!(h.packet_len as usize, a.chunk.len(), "{name}");
                     assert_eq!(&packet[..a.chunk.len()], &buf[a.chunk.clone()], "{name}");

@@ -300,7 +300,8 @@ impl<S: Storage> Receiver<S> {
     }
 
     /// Feeds one packet from `src`, sent to the local address `local` when the receive path
-    /// knows it (already checksum-checked and parsed). Answers leave from `local`.
+    /// knows it (already checksum-checked and parsed), handled as it arrives. Answers leave from
+    /// `local`.
     pub fn handle_packet(
         &mut self,
         src: Peer,
@@ -309,6 +310,24 @@ impl<S: Storage> Receiver<S> {
         now: Instant,
         storage: &mut S,
     ) {
+        self.handle_arrived(src, local, repr, now, now, storage)
+    }
+
+    /// [`handle_packet`](Self::handle_packet) for a packet that reached the host at `arrived`,
+    /// before `now`, when it is handled (it waited while the receiver did something else:
+    /// opened a file, slept): an ack's delay counts from the arrival of the packet it echoes
+    /// (docs/PROTOCOL.md, "Ack"), so that the sender's round-trip samples and its reading of
+    /// the first round's spacing are the path's, not this receiver's pauses.
+    pub fn handle_arrived(
+        &mut self,
+        src: Peer,
+        local: Option<IpAddr>,
+        repr: &Repr<'_>,
+        arrived: Instant,
+        now: Instant,
+        storage: &mut S,
+    ) {
+        let arrived = arrived.min(now);
         let key = (src, repr.transfer_id);
         self.answering_local = local;
         // The sender's latest choice of our address is where it listens for us.
@@ -354,7 +373,8 @@ impl<S: Storage> Receiver<S> {
                 self.on_offer(key, &offer, kind, now, storage)
             }
             Message::Data { payload } => {
-                self.on_data(key, repr.seq, repr.flags, payload, now, storage)
+                let packet = (repr.seq, repr.flags, arrived);
+                self.on_data(key, packet, payload, now, storage)
             }
             Message::Abort(abort) => self.on_abort(key, &abort, storage),
             Message::Hash(hash) => self.on_hash(key, repr.seq, &hash, now, storage),
@@ -718,11 +738,11 @@ impl<S: Storage> Receiver<S> {
         true
     }
 
+    /// A data packet for chunk `index`, with its flags, that reached the host at `arrived`.
     fn on_data(
         &mut self,
         key: TransferKey,
-        index: u32,
-        packet_flags: u16,
+        (index, packet_flags, arrived): (u32, u16, Instant),
         payload: &[u8],
         now: Instant,
         storage: &mut S,
@@ -771,7 +791,7 @@ impl<S: Storage> Receiver<S> {
             // The sender resent it, so it has not seen our ack: answer at once.
             t.duplicates += 1;
             self.stats.duplicates += 1;
-            t.ack.on_arrival(index, now);
+            t.ack.on_arrival(index, arrived);
             t.ack.queue(key, &mut self.ready);
             return;
         }
@@ -802,7 +822,7 @@ impl<S: Storage> Receiver<S> {
         if !in_order {
             t.out_of_order += 1;
         }
-        t.ack.on_arrival(index, now);
+        t.ack.on_arrival(index, arrived);
         let mut ack_now = ack_now;
         if t.manifest_pending {
             match storage.read_manifest(&mut t.handle) {
@@ -1517,6 +1537,58 @@ mod tests {
             0,
             vec![],
         )]
+    }
+
+    /// A chunk handled 20 ms after it reached the host (the receiver was opening a file) is
+    /// acknowledged with those 20 ms in the delay field, and 3 ms later with 23: the sender's
+    /// round trip and its reading of the chunks' spacing are the path's, not the pause.
+    #[test]
+    fn an_acks_delay_counts_from_the_echoed_chunks_arrival() {
+        let (mut r, mut st, t0) = fresh();
+        let data = file(25);
+        offer(&mut r, &mut st, t0, 1, &data);
+        out(&mut r, t0);
+        let delay = |r: &mut Receiver<MemStorage>, now: Instant| {
+            let mut buf = [0u8; 2048];
+            let t = r.poll_transmit(now, &mut buf).expect("an ack");
+            match Repr::parse_bytes(&buf[..t.len]).unwrap().message {
+                Message::Ack(a) => (a.echo, a.delay_us),
+                m => panic!("{m:?}"),
+            }
+        };
+        let now = t0 + ms(50);
+        let repr = Repr {
+            transfer_id: 1,
+            seq: 1,
+            flags: flags::MORE_CHUNKS,
+            message: Message::Data {
+                payload: &data[CHUNK as usize..2 * CHUNK as usize],
+            },
+        };
+        // Out of order: acknowledged at once.
+        r.handle_arrived(SRC, Some(LOCAL), &repr, now - ms(20), now, &mut st);
+        assert_eq!(delay(&mut r, now + ms(3)), (1, 23_000));
+        // An arrival stamped later than its handling (clocks read apart) counts as now.
+        let repr = Repr { seq: 1, ..repr };
+        r.handle_arrived(SRC, Some(LOCAL), &repr, now + ms(9), now + ms(5), &mut st);
+        assert_eq!(delay(&mut r, now + ms(5)), (1, 0));
+        // In order (chunk 2, one above the highest), its ack held by the receiver's 5 ms timer
+        // from the handling: 12 ms of waiting before it, 5 after.
+        let at = now + ms(20);
+        let repr = Repr {
+            seq: 2,
+            flags: 0,
+            message: Message::Data {
+                payload: &data[2 * CHUNK as usize..],
+            },
+            ..repr
+        };
+        r.handle_arrived(SRC, Some(LOCAL), &repr, at - ms(12), at, &mut st);
+        assert!(out(&mut r, at).is_empty(), "held");
+        let due = r.poll_timeout().expect("the delayed ack's timer");
+        assert_eq!(due, at + ms(5));
+        r.handle_timeout(due, &mut st);
+        assert_eq!(delay(&mut r, due), (2, 17_000));
     }
 
     #[test]
