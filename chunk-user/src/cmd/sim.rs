@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::proto::DEFAULT_CHUNK_SIZE;
+use crate::proto::sender::SenderConfig;
 use crate::proto::sim::{VirtualFile, figure_scenario, run_scenario};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -51,6 +52,10 @@ pub struct SimArgs {
     /// what the first measured of the path (as `chunk send` does from its path cache).
     #[arg(long)]
     pub warm: bool,
+    /// Chunks the sender sends right behind its offer, before the answer (0: it waits for
+    /// the answer, as chunk did before 2026-12-07's eighth session).
+    #[arg(long, default_value_t = SenderConfig::default().early_chunks)]
+    pub early_chunks: u32,
 }
 
 /// What one simulated transfer measured (the JSON `chunk sim` prints).
@@ -153,6 +158,7 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
         link.burst = args.burst;
     }
     s.sender.chunk_size = args.chunk_size;
+    s.sender.early_chunks = args.early_chunks;
     s.time_limit = Duration::from_secs(args.time_limit_s);
 
     let wall = Instant::now();
@@ -217,6 +223,7 @@ mod tests {
             seed: 1,
             time_limit_s: 600,
             warm: false,
+            early_chunks: SenderConfig::default().early_chunks,
         }
     }
 
@@ -264,6 +271,9 @@ mod tests {
         let mut args = small(0.0);
         args.size = 16 << 20;
         args.rtt_ms = 100.0;
+        // A path of 900 chunks in flight: Startup doubles five times from the first round. (At
+        // 10 Mbit/s, 90 chunks, the first round going with the offer reaches it as soon.)
+        args.rate_bps = 100_000_000;
         let cold = simulate(&args).unwrap();
         args.warm = true;
         let warm = simulate(&args).unwrap();

@@ -194,8 +194,9 @@ enum Resume {
         rtt_range: (Duration, Duration),
         /// The first ack of a chunk sent during the jump: when, and `delivered` then.
         first_ack: Option<(Instant, u64)>,
-        /// `delivered` when the jump began: chunks sent since carry it or more.
-        from: u64,
+        /// When the jump began: its chunks are those sent since (not the ones that went
+        /// before the offer's answer, nor the first round's train).
+        since: Instant,
         /// Jumped from the first round's estimate, not a remembered one.
         cold: bool,
     },
@@ -431,7 +432,7 @@ impl Bbr {
     /// by `lower`. Else the jump starts, and the first exact samples (data acks) check the round
     /// trip again, both ways ([`on_rtt`](Self::on_rtt)), with the jump's window (one remembered
     /// round trip of half the remembered rate) bounding what goes out before they come.
-    pub fn check_resume(&mut self, lower: Duration, upper: Duration) {
+    pub fn check_resume(&mut self, lower: Duration, upper: Duration, now: Instant) {
         let Some(Resume::Pending(e)) = self.resume else {
             return;
         };
@@ -447,7 +448,7 @@ impl Bbr {
             rtt: e.min_rtt,
             rtt_range: (min, e.min_rtt.mul_f64(RESUME_RTT_MAX)),
             first_ack: None,
-            from: 0,
+            since: now,
             cold: false,
         });
         self.resume_outcome = Some(ResumeOutcome::Jumping);
@@ -497,10 +498,11 @@ impl Bbr {
 
     /// Whether a path of `rtt` may be read from the first round: whether Startup could take
     /// [`FIRST_ROUND_MIN_STARTUP`] or more to reach the fastest rate a reading gives (the
-    /// train's). Shorter paths pace their first window as Startup does and never jump. Before
-    /// any data ack `rtt` is the offer's round trip, which counts the receiver's opening of the
-    /// file too (150 ms for 256 MiB on tmpfs): a shorter path may then send the train, and the
-    /// data acks' round trips keep it from jumping.
+    /// train's). Shorter paths never jump. The first window of a first transfer goes before
+    /// any round trip is known (behind the offer, see the sender's `early_at`), as a train on
+    /// every path; a later one on a known path is paced as Startup paces on a short path. An
+    /// offer's round trip counts the receiver's opening of the file too: a shorter path may
+    /// then send the train, and the data acks' round trips keep it from jumping.
     pub fn may_read_first_round(&self, rtt: Duration) -> bool {
         self.first_round != FirstRound::Over
             && self.startup_time(
@@ -522,7 +524,7 @@ impl Bbr {
     /// echoes reached the receiver (on this side's clock, less the one-way delay), starts the
     /// train or, once [`TRAIN_MIN_CHUNKS`] more have been delivered, ends it: the bottleneck's
     /// rate, and from it the jump (see the module docs).
-    fn read_first_round(&mut self, arrived: Option<Instant>, newly: bool) {
+    fn read_first_round(&mut self, arrived: Option<Instant>, newly: bool, now: Instant) {
         if self.first_round == FirstRound::Over {
             return;
         }
@@ -571,7 +573,7 @@ impl Bbr {
             rtt,
             rtt_range: (rtt.mul_f64(RESUME_RTT_MIN), rtt.mul_f64(RESUME_RTT_MAX)),
             first_ack: None,
-            from: self.delivered,
+            since: now,
             cold: true,
         });
         self.first_round_outcome = Some(ResumeOutcome::Jumping);
@@ -668,8 +670,8 @@ impl Bbr {
         if sent.delivered >= self.next_round_delivered {
             self.round_start = true;
         }
-        if let Some(Resume::Jumping { from, .. }) = self.resume
-            && sent.delivered >= from
+        if let Some(Resume::Jumping { since, .. }) = self.resume
+            && sent.sent_at >= since
         {
             self.jump_acked = true;
         }
@@ -726,7 +728,7 @@ impl Bbr {
             self.check_jump(now);
         }
         self.jump_acked = false;
-        self.read_first_round(arrived, newly);
+        self.read_first_round(arrived, newly, now);
         self.update_mode(now, bytes_in_flight);
     }
 
@@ -987,7 +989,7 @@ pub(crate) mod tests {
             if lower == upper {
                 bbr.on_rtt(now, ms(lower));
             }
-            bbr.check_resume(ms(lower), ms(upper));
+            bbr.check_resume(ms(lower), ms(upper), now);
             if jumps {
                 assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping), "{what}");
                 assert_eq!(bbr.pacing_rate(), 5e6, "{what}");
@@ -1006,7 +1008,7 @@ pub(crate) mod tests {
         for (first, second) in [(140, 160), (60, 40)] {
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
-            bbr.check_resume(ms(0), ms(300));
+            bbr.check_resume(ms(0), ms(300), now);
             bbr.on_rtt(now, ms(first));
             assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Jumping));
             bbr.on_rtt(now, ms(second));
@@ -1042,7 +1044,7 @@ pub(crate) mod tests {
             let rtt = Duration::from_millis(100);
             let mut bbr = Bbr::new(1000, 32, now);
             bbr.resume(estimate(80.0, 100));
-            bbr.check_resume(rtt, rtt);
+            bbr.check_resume(rtt, rtt, now);
             bbr.on_rtt(now, rtt);
             // The jump's first round trip, every chunk sent before any ack comes back; the
             // path delivers them at `path_rate`.
@@ -1072,7 +1074,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut bbr = Bbr::new(1000, 32, now);
         bbr.resume(estimate(80.0, 100));
-        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100));
+        bbr.check_resume(Duration::from_millis(100), Duration::from_millis(100), now);
         bbr.on_rto(10_000);
         assert_eq!(bbr.resume_outcome(), Some(ResumeOutcome::Retreated));
         assert_eq!(bbr.cwnd(), 14_000);

@@ -134,6 +134,10 @@ pub struct SenderConfig {
     pub first_round: bool,
     /// Receiver forgetting the transfer this many times fails it (see the module comment).
     pub max_reoffers: u32,
+    /// Chunks that may go right behind the offer's first copy, before its answer (within the
+    /// windows and the pacing as any chunk): a first transfer's first round then costs no round
+    /// trip of its own. 0: none, the original wait for the answer.
+    pub early_chunks: u32,
 }
 
 impl Default for SenderConfig {
@@ -151,6 +155,7 @@ impl Default for SenderConfig {
             initial_cwnd: 32,
             first_round: true,
             max_reoffers: 4,
+            early_chunks: 32,
         }
     }
 }
@@ -293,6 +298,9 @@ struct Offering {
     first_sent_at: Instant,
     /// When the latest copy went out.
     sent_at: Instant,
+    /// An `unknown transfer` abort came while offering: chunks sent behind the offer reached
+    /// the receiver before it (the first copy was lost), and were dropped.
+    early_lost: bool,
 }
 
 impl Offering {
@@ -305,6 +313,7 @@ impl Offering {
             sends: 0,
             first_sent_at: since,
             sent_at: since,
+            early_lost: false,
         }
     }
 
@@ -620,7 +629,10 @@ impl Sender {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let phase_timer = match &self.phase {
             Phase::Done(_) => return None,
-            Phase::Offering(o) => (!o.due).then_some(o.next),
+            Phase::Offering(o) => {
+                let early = self.early_at().filter(|_| self.can_send_data());
+                opt_min((!o.due).then_some(o.next), early)
+            }
             Phase::Sending(_) => {
                 let path = self.path.borrow();
                 let pacing = (self.can_send_data() || self.tail_copy.is_some())
@@ -734,7 +746,13 @@ impl Sender {
         }
         match &mut self.phase {
             Phase::Done(_) => None,
-            Phase::Offering(_) => self.send_offer(now, buf),
+            Phase::Offering(_) => match self.send_offer(now, buf) {
+                Some(len) => Some(len),
+                None if self.early_at().is_some_and(|t| now >= t) => {
+                    self.send_data(now, source, buf)
+                }
+                None => None,
+            },
             Phase::Closing(_, p) => {
                 if !p.due {
                     return None;
@@ -760,6 +778,38 @@ impl Sender {
             }
             Phase::Sending(_) => self.send_data(now, source, buf),
         }
+    }
+
+    /// Whether chunks may go before the offer's answer: behind its first copy, the first
+    /// [`SenderConfig::early_chunks`] of the file, on a path whose round trip is not known yet
+    /// (docs/PROTOCOL.md, Sender 1). A receiver takes packets in the order they come, so on a
+    /// path that keeps order they find the transfer open; those that arrive before the offer
+    /// (it was lost, or refused) get `unknown transfer`, ignored while offering, and are lost
+    /// like any chunk, found by the acks after them or by the RTO. The answer still says what
+    /// the receiver held before them (resume), and their own acks follow it.
+    ///
+    /// Only the first files on a path: there the round trip they save is a first round of
+    /// Startup (on a long path, the one its rate is read from). A later file of a tree finds
+    /// the path known and busy, the window shared, and its offer's round trip overlapped by
+    /// the other files' chunks; chunks sent ahead there would mostly be ones a receiver that
+    /// already holds the file (a tree sent again) does not need.
+    ///
+    /// They go from the next poll after the offer's (a microsecond later), never in the same
+    /// batch: the offer leaves first, and reading the file for them does not hold it back.
+    /// Returns when the next one may go, if one may.
+    fn early_at(&self) -> Option<Instant> {
+        let Phase::Offering(o) = &self.phase else {
+            return None;
+        };
+        let path = self.path.borrow();
+        (o.sends > 0
+            && self.next_new < self.cfg.early_chunks as u64
+            && path.rtt.smoothed().is_none())
+        .then(|| {
+            path.pacer
+                .next_send_at()
+                .max(o.first_sent_at + Duration::from_micros(1))
+        })
     }
 
     fn is_done(&self) -> bool {
@@ -1075,6 +1125,9 @@ impl Sender {
             self.acked
                 .next_missing(index as u64 + 1, self.send_limit())
                 .is_none()
+                // The last chunk before the offer's answer.
+                || (matches!(self.phase, Phase::Offering(_))
+                    && index as u64 + 1 >= self.cfg.early_chunks as u64)
         };
         let ack_now = if self.recovery.ack_now()
             || window_full
@@ -1194,10 +1247,11 @@ impl Sender {
             // A remembered estimate of the path is checked against the offer's round trip,
             // between the answer's time since the last copy and since the first.
             let since = |t: Instant| now.saturating_duration_since(t).saturating_sub(delay);
-            self.path
-                .borrow_mut()
-                .cc
-                .check_resume(since(offering.sent_at), since(offering.first_sent_at));
+            self.path.borrow_mut().cc.check_resume(
+                since(offering.sent_at),
+                since(offering.first_sent_at),
+                now,
+            );
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();
@@ -1214,9 +1268,28 @@ impl Sender {
         // It may already acknowledge chunks (resume).
         let before = self.acked.len();
         self.on_ack(ack, now);
+        if offering.early_lost {
+            // The chunks sent behind the offer reached the receiver before it, and were
+            // dropped (`unknown transfer`): they go again now, not after a tail probe or an RTO
+            // (they fill the first window, so no later chunk's ack would show them lost).
+            let gone = self.recovery.chunks_in_flight() as u64;
+            self.recovery.forget();
+            self.next_new = 0;
+            self.stats.chunks_retransmitted += gone;
+        }
         if !self.stats.offer_accepted {
             self.stats.offer_accepted = true;
-            self.stats.chunks_resumed = self.acked.len() - before;
+            // What the receiver held before. The answer says so exactly: it was sent before the
+            // chunks behind the offer were handled. A data ack taken as the answer (the answer
+            // itself lost) may also acknowledge those chunks: they were sent, not resumed.
+            let early = if ack.echo == NO_ECHO {
+                0
+            } else {
+                (0..self.next_new.min(self.count as u64))
+                    .filter(|&i| self.acked.contains(i as u32))
+                    .count() as u64
+            };
+            self.stats.chunks_resumed = self.acked.len() - before - early;
         }
     }
 
@@ -1397,9 +1470,20 @@ impl Sender {
         let unknown = abort.reason == AbortReason::UnknownTransfer;
         match self.phase {
             // The receiver never answers an offer with "unknown transfer": this one is about data
-            // sent before the offer (we are re-offering), so it is stale.
-            Phase::Offering(_) if unknown => {}
-            Phase::Offering(_) => self.finish(Err(SendError::Refused(abort.reason, message))),
+            // sent before the offer (we are re-offering), or behind a copy of it that was lost.
+            Phase::Offering(ref mut o) if unknown => o.early_lost = true,
+            Phase::Offering(o) => {
+                // A refusal answers the offer at once, as an acceptance does: a first sample of
+                // the path (and no more chunks behind the offers of the files after this one).
+                if o.sends == 1
+                    && let Some(rtt) = now.checked_duration_since(o.sent_at)
+                {
+                    let mut path = self.path.borrow_mut();
+                    path.rtt.on_sample(rtt);
+                    path.cc.on_rtt(now, rtt);
+                }
+                self.finish(Err(SendError::Refused(abort.reason, message)))
+            }
             Phase::Sending(accepted) | Phase::Closing(accepted, _) if unknown => {
                 if now < accepted.stale_aborts_until {
                     return;
@@ -1583,7 +1667,19 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sender(1000, SenderConfig::default(), t0);
         assert_eq!(poll(&mut s, t0), Some((MessageType::Offer, 0, 0)));
-        assert_eq!(poll(&mut s, t0), None);
+        // Its chunks go right behind the first copy, paced, the last asking for an ack at once
+        // (ten of 100 bytes: nothing is known of the path), and no more before the answer.
+        let mut at = t0;
+        for i in 0..10 {
+            at = at.max(s.poll_timeout().unwrap());
+            assert!(at < t0 + ms(1), "a train, not the offer's timer");
+            s.handle_timeout(at);
+            let more = if i < 9 { flags::MORE_CHUNKS } else { 0 };
+            let now = if i < 9 { 0 } else { flags::ACK_NOW };
+            assert_eq!(poll(&mut s, at), Some((MessageType::Data, i, more | now)));
+        }
+        assert_eq!(poll(&mut s, at), None);
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(200)));
         let mut expected = t0;
         for gap in [200, 400, 800, 1600, 2000, 2000] {
             expected += ms(gap);
@@ -1615,6 +1711,18 @@ mod tests {
         let want = SendError::Refused(AbortReason::Exists, "f exists".into());
         assert_eq!(s.outcome(), Some(Err(want)));
         assert_eq!(poll(&mut s, t0 + ms(10)), None, "no abort is sent back");
+        // The refusal answered the offer at once: a sample of the path, so the next file to
+        // this receiver waits for its offer's answer before any chunk (none go behind it).
+        assert_eq!(s.path.borrow().rtt.smoothed(), Some(ms(10)));
+        let (meta, cfg) = (s.meta.clone(), s.cfg.clone());
+        let mut next = Sender::on_path(ID + 1, meta, cfg, &s.path, t0 + ms(10)).unwrap();
+        assert_eq!(
+            poll(&mut next, t0 + ms(10)).map(|p| p.0),
+            Some(MessageType::Offer)
+        );
+        // The offer's own timer, the reply timeout: 10 + 4 × 5 ms.
+        assert_eq!(next.poll_timeout(), Some(t0 + ms(10) + ms(30)));
+        assert_eq!(poll(&mut next, t0 + ms(11)), None);
     }
 
     #[test]
