@@ -56,6 +56,10 @@ pub struct SimArgs {
     /// the answer, as chunk did before 2026-12-07's eighth session).
     #[arg(long, default_value_t = SenderConfig::default().early_chunks)]
     pub early_chunks: u32,
+    /// Milliseconds the receiver is busy after taking the offer (opening and preallocating the
+    /// file: about 20 for 256 MiB on tmpfs here), while what arrives waits for it.
+    #[arg(long, default_value_t = 0.0)]
+    pub offer_pause_ms: f64,
 }
 
 /// What one simulated transfer measured (the JSON `chunk sim` prints).
@@ -159,6 +163,7 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
     }
     s.sender.chunk_size = args.chunk_size;
     s.sender.early_chunks = args.early_chunks;
+    s.offer_pause = Duration::from_secs_f64(args.offer_pause_ms.max(0.0) / 1000.0);
     s.time_limit = Duration::from_secs(args.time_limit_s);
 
     let wall = Instant::now();
@@ -224,6 +229,7 @@ mod tests {
             time_limit_s: 600,
             warm: false,
             early_chunks: SenderConfig::default().early_chunks,
+            offer_pause_ms: 0.0,
         }
     }
 

@@ -279,6 +279,8 @@ pub struct Bbr {
     first_round: FirstRound,
     /// What became of the jump from the first round's estimate; `None`: there was none.
     first_round_outcome: Option<ResumeOutcome>,
+    /// What the start read and why its jump ended, in words, for the sender's debug log.
+    start_notes: Vec<String>,
 
     /// Bytes declared lost (by later acks, not by an RTO) in the current round.
     round_lost: u64,
@@ -327,6 +329,7 @@ impl Bbr {
             jump_acked: false,
             first_round: FirstRound::Waiting,
             first_round_outcome: None,
+            start_notes: Vec::new(),
             round_lost: 0,
             round_delivered_from: 0,
             round_max_rtt: Duration::ZERO,
@@ -440,6 +443,11 @@ impl Bbr {
         let short = upper < min;
         let slow = lower > e.min_rtt.mul_f64(RESUME_RTT_MAX) + RESUME_ANSWER_SLACK;
         if self.delivered > 0 || short || slow {
+            self.start_notes.push(format!(
+                "estimate rejected: offer answered after {lower:?}..{upper:?} against {:?} \
+                 remembered, {} bytes delivered before",
+                e.min_rtt, self.delivered
+            ));
             self.end_resume(ResumeOutcome::Rejected);
             return;
         }
@@ -479,6 +487,11 @@ impl Bbr {
             bandwidth: bw,
             min_rtt,
         })
+    }
+
+    /// What the start read and why its jump ended, in words (for a debug log).
+    pub fn start_notes(&self) -> &[String] {
+        &self.start_notes
     }
 
     /// What became of the jump from the first round's estimate (`None`: none was made).
@@ -531,6 +544,16 @@ impl Bbr {
         if self.round > 1 || self.resume.is_some() {
             // The train's acks are over (or a remembered estimate is being used): Startup goes
             // on as it is.
+            if self.resume.is_none() {
+                self.start_notes.push(format!(
+                    "no reading: round {} began with {} bytes delivered since the first echo",
+                    self.round,
+                    match self.first_round {
+                        FirstRound::From(_, d0) => self.delivered - d0,
+                        _ => 0,
+                    }
+                ));
+            }
             self.first_round = FirstRound::Over;
             return;
         }
@@ -544,6 +567,10 @@ impl Bbr {
         if at < t0 {
             // An ack held longer than the first (another transfer's): what it delivered may
             // have arrived before the train's first echo, so it cannot be read.
+            self.start_notes.push(format!(
+                "no reading: an echo arrived {:?} before the first",
+                t0.saturating_duration_since(at)
+            ));
             self.first_round = FirstRound::Over;
             return;
         }
@@ -553,6 +580,8 @@ impl Bbr {
         }
         self.first_round = FirstRound::Over;
         let Some(rtt) = self.min_rtt else {
+            self.start_notes
+                .push("no reading: no round trip measured".into());
             return;
         };
         let span = at.saturating_duration_since(t0) + DISPERSION_SLACK;
@@ -560,10 +589,20 @@ impl Bbr {
         let read = (bytes as f64 / span.as_secs_f64()).min(train);
         if self.startup_time(read, rtt) < FIRST_ROUND_MIN_STARTUP {
             // Startup gets there soon enough, side by side with any other flow starting up.
+            self.start_notes
+                .push("no jump: Startup is quick enough".into());
             return;
         }
         let rate = RESUME_SHARE * read;
+        self.start_notes.push(format!(
+            "first round read {:.1} Mbit/s: {bytes} bytes in {span:?}, min RTT {rtt:?}",
+            read * 8e-6
+        ));
         if rate <= HIGH_GAIN * self.bandwidth() {
+            self.start_notes.push(format!(
+                "no jump: Startup paces at {:.1} Mbit/s already",
+                HIGH_GAIN * self.bandwidth() * 8e-6
+            ));
             // Startup's next round paces at that already: the path is slow, or the train was
             // not sent fast (the sender had little to send).
             return;
@@ -607,6 +646,11 @@ impl Bbr {
         }
         // Paced at `rate`, the acks cannot honestly come back faster; faster is ack compression.
         let measured = (bytes as f64 / span.as_secs_f64()).min(rate);
+        self.start_notes.push(format!(
+            "jump at {:.1} Mbit/s: acks came back at {:.1} Mbit/s over {span:?}",
+            rate * 8e-6,
+            measured * 8e-6
+        ));
         let slot = &mut self.bw_rounds[self.bw_slot as usize % BW_ROUNDS];
         *slot = slot.max(measured);
         self.end_resume(if measured >= RESUME_VALID * rate {
@@ -723,6 +767,8 @@ impl Bbr {
         if self.resume.is_some() {
             if self.delivered > 0 && matches!(self.resume, Some(Resume::Pending(_))) {
                 // Data came back before any clean RTT sample (the offer was sent twice).
+                self.start_notes
+                    .push("estimate rejected: data acked before the offer's answer".into());
                 self.end_resume(ResumeOutcome::Rejected);
             }
             self.check_jump(now);
@@ -738,6 +784,9 @@ impl Bbr {
         self.after_rto = Some(bytes_in_flight);
         // A first round that went dark says nothing of the bottleneck: no train again, no reading.
         self.first_round = FirstRound::Over;
+        if self.resume.is_some() {
+            self.start_notes.push("start ended by an RTO".into());
+        }
         match self.resume {
             Some(Resume::Jumping { .. }) => self.end_resume(ResumeOutcome::Retreated),
             Some(Resume::Pending(_)) => self.end_resume(ResumeOutcome::Rejected),
@@ -759,6 +808,9 @@ impl Bbr {
         {
             // An exact sample (a data ack's) says the path is longer or shorter than the one
             // remembered: whatever its rate, the estimate is not this path's.
+            self.start_notes.push(format!(
+                "jump ended by a round trip of {rtt:?}, out of {rtt_range:?}"
+            ));
             self.end_resume(ResumeOutcome::Retreated);
         }
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;

@@ -1214,11 +1214,23 @@ fn assert_clean(r: &sim::Report, what: &str) {
 /// A first transfer sends its first round right behind the offer (docs/PROTOCOL.md, Sender 1):
 /// its start is a round trip sooner than one that waits for the answer, on a long path (where
 /// the first round is also what the bottleneck's rate is read from) and a short one, with and
-/// without loss; and what it resends is still only what was lost.
+/// without loss, and with a receiver that takes 20 ms to open the file while the first round
+/// waits for it (its acks' delays count from the chunks' arrivals, so the reading holds); and
+/// what it resends is still only what was lost.
 #[test]
 fn the_first_round_goes_with_the_offer_and_saves_a_round_trip() {
-    for (rtt_ms, loss) in [(600, 0.0), (600, 0.05), (100, 0.01), (20, 0.0)] {
-        let what = format!("{rtt_ms} ms, {} % loss", loss * 100.0);
+    for (rtt_ms, loss, pause_ms) in [
+        (600, 0.0, 0),
+        (600, 0.05, 0),
+        (600, 0.05, 20),
+        (300, 0.01, 20),
+        (100, 0.01, 0),
+        (20, 0.0, 0),
+    ] {
+        let what = format!(
+            "{rtt_ms} ms, {} % loss, {pause_ms} ms to open",
+            loss * 100.0
+        );
         let run = |early_chunks: u32| {
             let mut s = sim::figure_scenario(
                 200_000_000,
@@ -1228,6 +1240,7 @@ fn the_first_round_goes_with_the_offer_and_saves_a_round_trip() {
                 3,
             );
             s.sender.early_chunks = early_chunks;
+            s.offer_pause = Duration::from_millis(pause_ms);
             let r = sim::run_scenario(&s, [7; chunk_common::wire::HASH_LEN]);
             assert_clean(&r, &what);
             r
@@ -1241,7 +1254,22 @@ fn the_first_round_goes_with_the_offer_and_saves_a_round_trip() {
             t90(&with),
             t90(&without)
         );
-        assert!(with.elapsed < without.elapsed, "{what}");
+        // Over the whole file too, where no random loss decides the end (a 32 MiB file at
+        // 600 ms and 5 % is a few round trips, and where its last losses fall moves it by
+        // more than the start saves: in `chunk sim` at 58 bytes of overhead, seeds 1-6 with a
+        // 20 ms pause, 4.50-4.95 s against 4.93-5.58).
+        if loss == 0.0 {
+            assert!(
+                with.elapsed < without.elapsed,
+                "{what}: {:?} against {:?}",
+                with.elapsed,
+                without.elapsed
+            );
+        }
+        if rtt_ms >= 300 {
+            use crate::proto::ResumeOutcome::Validated;
+            assert_eq!(with.first_round_outcome, Some(Validated), "{what}");
+        }
     }
 }
 

@@ -220,6 +220,8 @@ const TAIL_COPY_BUDGET: u64 = 20;
 pub struct SenderStats {
     /// The file's size, as offered.
     pub file_size: u64,
+    /// What the controller's start read and why its jump ended, in words.
+    pub start_notes: Vec<String>,
     pub chunk_count: u32,
     pub offers_sent: u64,
     /// Data packets sent, first transmissions and retransmissions.
@@ -587,6 +589,7 @@ impl Sender {
         s.cwnd_bytes = path.cc.cwnd();
         s.bandwidth_bps = (path.cc.bandwidth() * 8.0) as u64;
         s.pacing_rate_bps = (path.pacer.rate(&path.cc) * 8.0) as u64;
+        s.start_notes = path.cc.start_notes().to_vec();
         drop(path);
         s.hash = self.hash;
         s
@@ -1252,6 +1255,19 @@ impl Sender {
                 since(offering.first_sent_at),
                 now,
             );
+        } else if ack.has(ack.echo) {
+            // The answer was lost and this ack is for a chunk sent behind the offer: its round
+            // trip is exact (sent once, its delay subtracted), and checks a remembered estimate
+            // as the answer's would have, before the chunks it acknowledges count as delivered.
+            let path = self.path.borrow();
+            let copy = self.recovery.only_copy_acked(ack.echo, now, &path.rtt);
+            drop(path);
+            if let Some(rtt) = copy.and_then(|c| {
+                let delay = Duration::from_micros(ack.delay_us as u64);
+                now.saturating_duration_since(c.sent_at).checked_sub(delay)
+            }) {
+                self.path.borrow_mut().cc.check_resume(rtt, rtt, now);
+            }
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();

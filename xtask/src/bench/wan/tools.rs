@@ -117,10 +117,24 @@ pub fn chunk_sender(job: &Job, run: &mut WanRun, started: &mut dyn FnMut()) -> R
     if let Some(cache) = job.path_cache {
         sc.env("CHUNK_PATH_CACHE", cache);
     }
+    // A debugging aid: the sender's own account of each run (its controller's start among it)
+    // appended to this file.
+    let log = std::env::var_os("CHUNK_BENCH_SENDER_LOG");
+    if log.is_some() {
+        sc.env("RUST_LOG", "chunk::cmd::send=debug");
+    }
     started();
     let t0 = Instant::now();
     let out = output_within(sc, job.cut_off)?;
     run.seconds = t0.elapsed().as_secs_f64();
+    if let Some(path) = log {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        f.write_all(&out.stderr)?;
+    }
     if !out.status.success() {
         bail!(
             "chunk send failed: {}",
