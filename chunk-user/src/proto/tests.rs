@@ -1319,7 +1319,7 @@ fn chunks_behind_a_lost_offer_are_resent() {
 /// A second transfer on a long path, started from what the first measured (the estimate the
 /// driver remembers per destination), reaches 90 % of the link in fewer round trips than the
 /// first (which reads the path from its first round: one round trip more), within 10, and
-/// takes no longer over all (within half a round trip: where the last random losses fall);
+/// takes no longer over all (within two round trips: where the last random losses fall);
 /// both resend only what was lost.
 #[test]
 fn a_remembered_path_reaches_the_link_in_fewer_round_trips() {
@@ -1344,8 +1344,13 @@ fn a_remembered_path_reaches_the_link_in_fewer_round_trips() {
             w < c && w <= 10.0,
             "{what}: 90 % after {c:.1} RTTs cold, {w:.1} warm"
         );
+        // Over all, no slower by more than two round trips: the cold start's first round goes
+        // behind its offer and reads the path by the time the warm one checks its estimate
+        // (both jump a round trip in), so where the last random losses fall decides (`chunk
+        // sim` at 50 Mbit/s, 300 ms, 5 %, 32 MiB, seeds 1-11: 7.06 s cold, 7.04 warm on
+        // average, either one up to 1.4 s the slower).
         assert!(
-            warm.elapsed < cold.elapsed + Duration::from_millis(rtt_ms / 2),
+            warm.elapsed < cold.elapsed + Duration::from_millis(2 * rtt_ms),
             "{what}: {:?} cold, {:?} warm",
             cold.elapsed,
             warm.elapsed
@@ -1421,20 +1426,14 @@ fn an_estimate_of_another_round_trip_is_not_used() {
         let warm = path_run(50_000_000, rtt_ms, 0.01, 16 << 20, Some(other));
         assert_clean(&warm, &what);
         assert_eq!(warm.resume_outcome, Some(outcome), "{what}");
-        if outcome == Rejected && warm.sender.offers_sent == cold.sender.offers_sent {
-            // Rejected, the controller is the cold one: the same data moves the same way (the
-            // offer's timer alone may differ, and here it sent as many copies).
-            assert_eq!(
-                (warm.sender.chunks_sent, warm.sender.chunks_retransmitted),
-                (cold.sender.chunks_sent, cold.sender.chunks_retransmitted),
-                "{what}"
-            );
-        } else if outcome == Rejected {
-            // Its copies went at other times, so the acks did too, and the same random loss
-            // hit other packets: the same start otherwise, but a file this short against its
-            // path (one bandwidth-delay product at 3 s) may lose a round trip or two more or
-            // less to where a loss fell (a last chunk lost waits a tail probe's round trip and
-            // its own).
+        if outcome == Rejected {
+            // Rejected, the controller is the cold one, but the first round went after the
+            // answer (a sender checking an estimate sends nothing behind its offer) where the
+            // cold run's went behind the offer, and the offer's copies went at other times: so
+            // the acks did too, and the same random loss hit other packets. A file this short
+            // against its path (one bandwidth-delay product at 3 s) may lose a round trip or
+            // two more or less to where a loss fell (a last chunk lost waits a tail probe's
+            // round trip and its own).
             let (w, c) = (warm.elapsed.as_secs_f64(), cold.elapsed.as_secs_f64());
             assert!(
                 (w - c).abs() <= 0.02 * c + 2.0 * rtt_ms as f64 / 1000.0,

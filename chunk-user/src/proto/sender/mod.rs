@@ -791,8 +791,12 @@ impl Sender {
     /// like any chunk, found by the acks after them or by the RTO. The answer still says what
     /// the receiver held before them (resume), and their own acks follow it.
     ///
-    /// Only the first files on a path: there the round trip they save is a first round of
-    /// Startup (on a long path, the one its rate is read from). A later file of a tree finds
+    /// Only the first files on a path, and not with a remembered estimate to check: there the
+    /// round trip they save is a first round of Startup (on a long path, the one its rate is
+    /// read from). A remembered estimate jumps at the answer, from the first chunk on; chunks
+    /// sent a round trip ahead of the jump would split its first window in two, and one of
+    /// their last three lost would be found only by the RTO (no three chunks after it come
+    /// back before the jump's), which ends the jump (seen at 600 ms, 5 % loss). A later file of a tree finds
     /// the path known and busy, the window shared, and its offer's round trip overlapped by
     /// the other files' chunks; chunks sent ahead there would mostly be ones a receiver that
     /// already holds the file (a tree sent again) does not need.
@@ -807,7 +811,8 @@ impl Sender {
         let path = self.path.borrow();
         (o.sends > 0
             && self.next_new < self.cfg.early_chunks as u64
-            && path.rtt.smoothed().is_none())
+            && path.rtt.smoothed().is_none()
+            && path.cc.pending_resume_rtt().is_none())
         .then(|| {
             path.pacer
                 .next_send_at()
@@ -1739,6 +1744,25 @@ mod tests {
         // The offer's own timer, the reply timeout: 10 + 4 × 5 ms.
         assert_eq!(next.poll_timeout(), Some(t0 + ms(10) + ms(30)));
         assert_eq!(poll(&mut next, t0 + ms(11)), None);
+    }
+
+    /// With a remembered estimate to check, nothing goes behind the offer: the jump sends
+    /// from its answer, its first window in one piece.
+    #[test]
+    fn a_remembered_estimate_sends_nothing_before_the_answer() {
+        let t0 = Instant::now();
+        let mut s = sender(1000, SenderConfig::default(), t0);
+        s.path.borrow_mut().resume(crate::proto::PathEstimate {
+            bandwidth: 1e6,
+            min_rtt: ms(100),
+        });
+        assert_eq!(poll(&mut s, t0).map(|p| p.0), Some(MessageType::Offer));
+        let next = s.poll_timeout().unwrap();
+        assert!(
+            next >= t0 + ms(150),
+            "the offer's timer, not a chunk's: {next:?}"
+        );
+        assert_eq!(poll(&mut s, t0 + ms(1)), None);
     }
 
     #[test]
