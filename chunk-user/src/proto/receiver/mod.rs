@@ -1539,9 +1539,10 @@ mod tests {
         )]
     }
 
-    /// A chunk handled 20 ms after it reached the host (the receiver was opening a file) is
-    /// acknowledged with those 20 ms in the delay field, and 3 ms later with 23: the sender's
-    /// round trip and its reading of the chunks' spacing are the path's, not the pause.
+    /// A chunk handled 20 ms after it reached the host (the receiver was opening a file) and
+    /// acknowledged 3 ms after that says 23 ms in the delay field, whether its ack goes at once
+    /// or on the 5 ms timer: the sender's round trip and its reading of the chunks' spacing
+    /// are the path's, not the pause.
     #[test]
     fn an_acks_delay_counts_from_the_echoed_chunks_arrival() {
         let (mut r, mut st, t0) = fresh();

@@ -787,19 +787,19 @@ impl Sender {
     /// [`SenderConfig::early_chunks`] of the file, on a path whose round trip is not known yet
     /// (docs/PROTOCOL.md, Sender 1). A receiver takes packets in the order they come, so on a
     /// path that keeps order they find the transfer open; those that arrive before the offer
-    /// (it was lost, or refused) get `unknown transfer`, ignored while offering, and are lost
-    /// like any chunk, found by the acks after them or by the RTO. The answer still says what
-    /// the receiver held before them (resume), and their own acks follow it.
+    /// (its first copy was lost) get `unknown transfer`, and go again when the answer comes
+    /// (see [`Sender::on_offer_accepted`]). The answer still says what the receiver held before
+    /// them (resume), and their own acks follow it.
     ///
     /// Only the first files on a path, and not with a remembered estimate to check: there the
     /// round trip they save is a first round of Startup (on a long path, the one its rate is
     /// read from). A remembered estimate jumps at the answer, from the first chunk on; chunks
     /// sent a round trip ahead of the jump would split its first window in two, and one of
     /// their last three lost would be found only by the RTO (no three chunks after it come
-    /// back before the jump's), which ends the jump (seen at 600 ms, 5 % loss). A later file of a tree finds
-    /// the path known and busy, the window shared, and its offer's round trip overlapped by
-    /// the other files' chunks; chunks sent ahead there would mostly be ones a receiver that
-    /// already holds the file (a tree sent again) does not need.
+    /// back before the jump's), which ends the jump (seen at 600 ms, 5 % loss). A later file of
+    /// a tree finds the path known and busy, the window shared, and its offer's round trip
+    /// overlapped by the other files' chunks; chunks sent ahead there would mostly be ones a
+    /// receiver that already holds the file (a tree sent again) does not need.
     ///
     /// They go from the next poll after the offer's (a microsecond later), never in the same
     /// batch: the offer leaves first, and reading the file for them does not hold it back.
