@@ -611,14 +611,15 @@ fn a_chunk_lost_again_at_the_tail_goes_twice_past_the_budget() {
 }
 
 /// A file too short for the tail's copies (its controller has not measured the random loss
-/// yet) still ends without an RTO at 5 % loss: a retransmission lost again is found by the
-/// acks of the retransmissions sent after it (RACK), not by the timer, which served the last
-/// chunks one oldest batch at a time (2-9 RTOs per 16 MiB before).
+/// yet) ends nearly always without an RTO at 5 % loss: a retransmission lost again is found by
+/// the acks of the retransmissions sent after it (RACK), not by the timer, which served the last
+/// chunks one oldest batch at a time (2-9 RTOs per 16 MiB before, every seed). An RTO is left
+/// where the acks of the file's last first copies are lost, which a tail probe or the RTO
+/// finds: 2 or 3 of these 12 seeds, which ones depending on where the draws fall.
 #[test]
 fn a_lossy_tail_finds_retransmissions_lost_again_without_the_rto() {
-    // Not seed 4: since the first round goes with the offer, its draws lose the acks of the
-    // file's last two chunks (first copies), which the RTO finds before a tail probe does.
-    for seed in [1, 2, 3, 5] {
+    let mut rtos = 0;
+    for seed in 1..=12 {
         let s = sim::figure_scenario(
             200_000_000,
             Duration::from_millis(100),
@@ -630,9 +631,11 @@ fn a_lossy_tail_finds_retransmissions_lost_again_without_the_rto() {
         let what = format!("seed {seed}: {:?}, up {:?}", r.sender, r.up);
         assert!(r.verified, "{what}");
         assert_eq!(r.sender.tail_copies, 0, "{what}");
-        assert_eq!(r.sender.rto_expiries, 0, "{what}");
+        assert!(r.sender.rto_expiries <= 1, "{what}");
         assert!(r.sender.losses_by_ack > 0, "{what}");
+        rtos += r.sender.rto_expiries;
     }
+    assert!(rtos <= 3, "{rtos} RTOs over 12 transfers");
 }
 
 #[test]
