@@ -554,11 +554,7 @@ impl<S: Storage> Sim<S> {
             && let Some((at, src, bytes)) = self.waiting.pop_front()
         {
             let repr = Repr::parse_bytes(&bytes).expect("checked when it arrived");
-            let arrived = self.instant(at);
-            self.receiver
-                .handle_arrived(src, None, &repr, arrived, now, &mut self.storage);
-            self.collect_events();
-            self.pause_after(&repr);
+            self.receiver_takes(src, &repr, self.instant(at), now);
             self.receiver_transmit();
         }
         while self.queue.peek().is_some_and(|Reverse(a)| a.at <= self.now) {
@@ -585,10 +581,7 @@ impl<S: Storage> Sim<S> {
                         self.waiting.push_back((self.now, src, arrival.bytes));
                         continue;
                     }
-                    self.receiver
-                        .handle_packet(src, None, &repr, now, &mut self.storage);
-                    self.collect_events();
-                    self.pause_after(&repr);
+                    self.receiver_takes(src, &repr, now, now);
                 }
                 Dest::Sender(i) => {
                     self.senders[i].sender.handle_packet(&repr, now);
@@ -598,8 +591,12 @@ impl<S: Storage> Sim<S> {
         }
     }
 
-    /// After an offer, the receiver is busy for the offer pause (see [`Sim::set_offer_pause`]).
-    fn pause_after(&mut self, repr: &Repr<'_>) {
+    /// The receiver handles a packet that arrived at `arrived`; after an offer it is busy for
+    /// the offer pause (see [`Sim::set_offer_pause`]).
+    fn receiver_takes(&mut self, src: Peer, repr: &Repr<'_>, arrived: Instant, now: Instant) {
+        self.receiver
+            .handle_arrived(src, None, repr, arrived, now, &mut self.storage);
+        self.collect_events();
         if matches!(repr.message, Message::Offer(_)) && self.offer_pause > 0 {
             self.receiver_busy_until = self.now + self.offer_pause;
         }

@@ -1260,19 +1260,11 @@ impl Sender {
                 since(offering.first_sent_at),
                 now,
             );
-        } else if ack.has(ack.echo) {
+        } else if let Some((_, _, Some(rtt))) = self.echoed_copy(ack, now) {
             // The answer was lost and this ack is for a chunk sent behind the offer: its round
             // trip is exact (sent once, its delay subtracted), and checks a remembered estimate
             // as the answer's would have, before the chunks it acknowledges count as delivered.
-            let path = self.path.borrow();
-            let copy = self.recovery.only_copy_acked(ack.echo, now, &path.rtt);
-            drop(path);
-            if let Some(rtt) = copy.and_then(|c| {
-                let delay = Duration::from_micros(ack.delay_us as u64);
-                now.saturating_duration_since(c.sent_at).checked_sub(delay)
-            }) {
-                self.path.borrow_mut().cc.check_resume(rtt, rtt, now);
-            }
+            self.path.borrow_mut().cc.check_resume(rtt, rtt, now);
         }
         let idle = self.path_in_flight().0 == 0;
         let mut path = self.path.borrow_mut();
@@ -1314,26 +1306,37 @@ impl Sender {
         }
     }
 
+    /// The copy of the echoed chunk this ack certainly answers (see
+    /// [`Recovery::only_copy_acked`]), how long ago it went, and that less the ack's delay: a
+    /// round-trip sample.
+    fn echoed_copy(
+        &self,
+        ack: &AckRepr<'_>,
+        now: Instant,
+    ) -> Option<(recovery::OnlyCopy, Duration, Option<Duration>)> {
+        if ack.echo == NO_ECHO || !ack.has(ack.echo) {
+            return None;
+        }
+        let copy = self
+            .recovery
+            .only_copy_acked(ack.echo, now, &self.path.borrow().rtt)?;
+        let age = now.saturating_duration_since(copy.sent_at);
+        let delay = Duration::from_micros(ack.delay_us as u64);
+        Some((copy, age, age.checked_sub(delay)))
+    }
+
     fn on_ack(&mut self, ack: &AckRepr<'_>, now: Instant) {
         let count = self.count as u64;
         // A round trip, if the ack was sent for a copy it certainly answers (see
         // [`Recovery::only_copy_acked`]); and if an RTO had given up on that copy, how long it took.
-        let mut rtt_sample = None;
-        let mut spurious_rto = None;
         // When the echoed chunk reached the receiver, on this side's clock: the controller reads
         // the bottleneck's spacing of the first round's chunks from it.
         let arrived = (ack.echo != NO_ECHO)
             .then(|| now.checked_sub(Duration::from_micros(ack.delay_us as u64)))
             .flatten();
-        if ack.echo != NO_ECHO && ack.has(ack.echo) {
-            let path = self.path.borrow();
-            if let Some(copy) = self.recovery.only_copy_acked(ack.echo, now, &path.rtt) {
-                let age = now.saturating_duration_since(copy.sent_at);
-                let delay = Duration::from_micros(ack.delay_us as u64);
-                rtt_sample = age.checked_sub(delay);
-                spurious_rto = copy.by_rto.then_some(age);
-            }
-        }
+        let echoed = self.echoed_copy(ack, now);
+        let rtt_sample = echoed.and_then(|(_, _, sample)| sample);
+        let spurious_rto = echoed.and_then(|(copy, age, _)| copy.by_rto.then_some(age));
 
         let acked_before = self.acked.len();
         let cumulative = (ack.cumulative as u64).min(count) as u32;
