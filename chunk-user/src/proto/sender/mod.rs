@@ -303,6 +303,8 @@ struct Offering {
     /// An `unknown transfer` abort came while offering: chunks sent behind the offer reached
     /// the receiver before it (the first copy was lost), and were dropped.
     early_lost: bool,
+    /// Chunks went behind this offer (see [`Sender::early_at`]).
+    early_sent: bool,
 }
 
 impl Offering {
@@ -316,6 +318,7 @@ impl Offering {
             first_sent_at: since,
             sent_at: since,
             early_lost: false,
+            early_sent: false,
         }
     }
 
@@ -752,7 +755,11 @@ impl Sender {
             Phase::Offering(_) => match self.send_offer(now, buf) {
                 Some(len) => Some(len),
                 None if self.early_at().is_some_and(|t| now >= t) => {
-                    self.send_data(now, source, buf)
+                    let len = self.send_data(now, source, buf)?;
+                    if let Phase::Offering(o) = &mut self.phase {
+                        o.early_sent = true;
+                    }
+                    Some(len)
                 }
                 None => None,
             },
@@ -1495,7 +1502,16 @@ impl Sender {
         match self.phase {
             // The receiver never answers an offer with "unknown transfer": this one is about data
             // sent before the offer (we are re-offering), or behind a copy of it that was lost.
-            Phase::Offering(ref mut o) if unknown => o.early_lost = true,
+            Phase::Offering(ref mut o) if unknown => {
+                // The first such abort for chunks sent behind the only copy of the offer says
+                // that copy was lost (a receiver answers an offer before it takes the next
+                // packet): the next copy goes now, about a round trip after the first, not
+                // after the offer's timer (200 ms on a path nothing is known of).
+                if o.early_sent && !o.early_lost && o.sends == 1 {
+                    o.due = true;
+                }
+                o.early_lost = true;
+            }
             Phase::Offering(o) => {
                 // A refusal answers the offer at once, as an acceptance does: a first sample of
                 // the path (and no more chunks behind the offers of the files after this one).
@@ -1580,17 +1596,20 @@ impl Drop for Sender {
 /// (`SRTT + max(1 ms, 4 RTTVAR)`, see [`RttEstimator::reply_timeout`]; the receiver answers an
 /// offer at once): a lost offer or a lost answer to it then costs about a round trip, not
 /// 200 ms, which in a tree of small files is most of a file's time. It doubles from there (up
-/// to `offer_max_interval`), and a second copy costs the receiver one more ack. With a remembered estimate still to be confirmed, at least
-/// the longest round trip that would confirm it, and the time a receiver may take to open and
-/// preallocate the file before it answers (the answer does not count it as delay).
+/// to `offer_max_interval`), and a second copy costs the receiver one more ack. With a
+/// remembered estimate still to be confirmed, the longest round trip that would confirm it, and
+/// a little for the receiver to open and preallocate the file before it answers (the answer
+/// does not count that as delay): a lost offer or answer then costs about a round trip of the
+/// remembered path too (at 20 ms, 0.45 s before: 24 round trips of a jump not made). A copy
+/// sent again before a slow answer leaves no exact sample, but the estimate is still checked,
+/// against the bounds the copies give and then by the first data acks' exact round trips (see
+/// [`Bbr::check_resume`](super::cc::Bbr::check_resume)).
 fn first_offer_interval(cfg: &SenderConfig, path: &Path) -> Duration {
     match (path.rtt.smoothed(), path.cc.pending_resume_rtt()) {
         (Some(_), _) => path.rtt.reply_timeout(),
-        // A remembered round trip waits to be confirmed by the offer's: a copy sent again before
-        // the answer could come would leave no clean sample (Karn), and the estimate unused.
         (None, Some(rtt)) => {
-            cfg.offer_interval
-                .max(rtt.mul_f64(super::cc::RESUME_RTT_MAX) + MAX_ACK_DELAY)
+            rtt.mul_f64(super::cc::RESUME_RTT_MAX)
+                + MAX_ACK_DELAY
                 + super::cc::RESUME_OPEN_ALLOWANCE
         }
         (None, None) => cfg.offer_interval,
