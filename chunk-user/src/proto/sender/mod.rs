@@ -413,6 +413,8 @@ pub struct Sender {
     /// checksum.
     sealed: bool,
     stats: SenderStats,
+    /// How the first offer was answered, in words (leads [`SenderStats::start_notes`]).
+    offer_note: Option<String>,
 }
 
 impl Sender {
@@ -486,6 +488,7 @@ impl Sender {
                 sent: meta.bundle.map(|_| ChunkSet::new()),
                 ..SenderStats::default()
             },
+            offer_note: None,
             meta,
             cfg,
         })
@@ -592,7 +595,8 @@ impl Sender {
         s.cwnd_bytes = path.cc.cwnd();
         s.bandwidth_bps = (path.cc.bandwidth() * 8.0) as u64;
         s.pacing_rate_bps = (path.pacer.rate(&path.cc) * 8.0) as u64;
-        s.start_notes = path.cc.start_notes().to_vec();
+        s.start_notes = self.offer_note.iter().cloned().collect();
+        s.start_notes.extend_from_slice(path.cc.start_notes());
         drop(path);
         s.hash = self.hash;
         s
@@ -1299,6 +1303,22 @@ impl Sender {
         }
         if !self.stats.offer_accepted {
             self.stats.offer_accepted = true;
+            self.offer_note = Some(format!(
+                "offer answered {:?} after its first copy, {} cop{} sent, by {}{}",
+                now.saturating_duration_since(offering.first_sent_at),
+                offering.sends,
+                if offering.sends == 1 { "y" } else { "ies" },
+                if ack.echo == NO_ECHO {
+                    "its answer"
+                } else {
+                    "a data ack"
+                },
+                if offering.early_lost {
+                    ", the chunks behind it lost"
+                } else {
+                    ""
+                }
+            ));
             // What the receiver held before. The answer says so exactly: it was sent before the
             // chunks behind the offer were handled. A data ack taken as the answer (the answer
             // itself lost) may also acknowledge those chunks: they were sent, not resumed.
