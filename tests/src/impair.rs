@@ -7,8 +7,8 @@
 //! bottleneck of `rate_bps` with a drop-tail queue of `queue_bytes` (a frame that finds the queue
 //! full is dropped), then a one-way `delay` plus up to `jitter` (frames keep their order), and
 //! random loss, independent (`loss`) or in bursts (a Gilbert–Elliott chain: from the good state
-//! to the bad one with probability `burst.0` per frame, back with `burst.1`; every frame is lost
-//! in the bad state). Its ceiling is that of one userspace thread copying frames: a few hundred
+//! to the bad one with probability `burst.0` per slot of the link, back with `burst.1`; every
+//! frame is lost in the bad state; see [`BURST_SLOT_BYTES`]). Its ceiling is that of one userspace thread copying frames: a few hundred
 //! thousand frames per second, far above the rates the tests ask of it.
 //!
 //! Both hosts are in one subnet (198.18.3.0/24); the bridge has no addresses and forwards every
@@ -52,7 +52,8 @@ pub struct Impairments {
     pub queue_bytes: u64,
     /// Probability that a frame is lost, in the good state of the burst chain.
     pub loss: f64,
-    /// Gilbert–Elliott burst loss: (good → bad, bad → good) per frame.
+    /// Gilbert–Elliott burst loss: (good → bad, bad → good) per slot of the link (per frame
+    /// without a rate; see [`BURST_SLOT_BYTES`]).
     pub burst: Option<(f64, f64)>,
     /// Count the bytes each flow delivers towards the receiver ([`ImpairStats::flows`]).
     pub count_flows: bool,
@@ -99,6 +100,31 @@ pub struct DirStats {
 /// Bytes a frame costs on the wire beyond its own: preamble and start delimiter (8),
 /// inter-frame gap (12) and FCS (4).
 pub const WIRE_OVERHEAD: u64 = 24;
+
+/// The burst chain's clock on a rate-limited line: it moves once per slot, the time a full frame
+/// of a 1500-byte MTU takes on the wire (1538 bytes) at the line's rate, and at least once per
+/// frame. A burst is a stretch of the link's time, as a fade or a collision is, and hits every
+/// frame in it: a direction busy with a full link's frames sees bursts of `1 / burst.1` frames,
+/// one that carries a frame now and then (acks, a handshake) sees each about as often as the
+/// loss rate says. Moved per frame instead, a burst that began on such a direction stayed for
+/// its next few frames however far apart they were: seconds of a handshake's backoff.
+pub const BURST_SLOT_BYTES: u64 = 1538;
+
+/// The probability that a Gilbert–Elliott chain (good → bad `to_bad`, bad → good `to_good` per
+/// step) is in its bad state `steps` steps after being in `bad`: the stationary share
+/// `to_bad / (to_bad + to_good)` plus the start's difference from it, decaying by
+/// `1 − to_bad − to_good` a step.
+pub fn burst_chain_bad(bad: bool, (to_bad, to_good): (f64, f64), steps: u64) -> f64 {
+    let sum = to_bad + to_good;
+    if sum <= 0.0 {
+        return if bad { 1.0 } else { 0.0 };
+    }
+    let stationary = to_bad / sum;
+    let lambda = 1.0 - sum;
+    let odd = steps % 2 == 1;
+    let decay = lambda.abs().powf(steps as f64) * if lambda < 0.0 && odd { -1.0 } else { 1.0 };
+    (stationary + (f64::from(u8::from(bad)) - stationary) * decay).clamp(0.0, 1.0)
+}
 
 /// A flow's key for [`ImpairStats::flows`]: the IP protocol in the top byte and, below it,
 /// the TCP or UDP ports (source, destination), or a chunk packet's transfer id; 0 for a frame
@@ -354,9 +380,31 @@ struct Line {
     busy_until: Option<Instant>,
     /// The burst chain is in its bad state.
     bad: bool,
+    /// The burst chain's clock: when the line's first frame came, and the slots stepped since.
+    chain_start: Option<Instant>,
+    chain_slots: u64,
 }
 
 impl Line {
+    /// Moves the burst chain to `now` (see [`BURST_SLOT_BYTES`]) with one draw.
+    fn step_chain(&mut self, now: Instant, imp: &Impairments, rng: &mut Rng) {
+        let Some(chain) = imp.burst else {
+            return;
+        };
+        let slot = (BURST_SLOT_BYTES * 8 * 1_000_000_000).checked_div(imp.rate_bps);
+        let steps = if let Some(slot) = slot {
+            let slot_ns = slot.max(1);
+            let start = *self.chain_start.get_or_insert(now);
+            let due = (now.duration_since(start).as_nanos() / u128::from(slot_ns)) as u64;
+            let steps = due.saturating_sub(self.chain_slots).max(1);
+            self.chain_slots += steps;
+            steps
+        } else {
+            1
+        };
+        self.bad = rng.chance(burst_chain_bad(self.bad, chain, steps));
+    }
+
     /// Bytes still waiting in the bottleneck's queue at `now`.
     fn queued_bytes(&mut self, now: Instant) -> u64 {
         while let Some(&(done, len)) = self.queue.front() {
@@ -535,13 +583,8 @@ fn line_in(
     delays: bool,
     send_now: impl FnOnce(&[u8]),
 ) {
-    if let Some((to_bad, to_good)) = imp.burst {
-        line.bad = if line.bad {
-            !rng.chance(to_good)
-        } else {
-            rng.chance(to_bad)
-        };
-    }
+    let now = Instant::now();
+    line.step_chain(now, imp, rng);
     if line.bad || rng.chance(imp.loss) {
         stats.lost.fetch_add(1, Ordering::Relaxed);
         stats.dirs[dir].lost.fetch_add(1, Ordering::Relaxed);
@@ -551,7 +594,6 @@ fn line_in(
         send_now(&frame);
         return;
     }
-    let now = Instant::now();
     let done = if imp.rate_bps > 0 {
         let queued = line.queued_bytes(now);
         if queued + frame.len() as u64 > queue_limit {
@@ -582,4 +624,65 @@ fn line_in(
     // Frames keep their order through the line: jitter never lets one overtake another.
     let at = (done + imp.delay + jitter).max(line.frames.back().map_or(now, |(a, _)| *a));
     line.frames.push_back((at, frame));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_burst_chain_after_some_steps() {
+        let chain = (0.0025, 0.25);
+        let stationary = 0.0025 / 0.2525;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // One step is one transition.
+        assert!(close(burst_chain_bad(true, chain, 1), 0.75));
+        assert!(close(burst_chain_bad(false, chain, 1), 0.0025));
+        // Two: bad → bad → bad or bad → good → bad.
+        let two = 0.75 * 0.75 + 0.25 * 0.0025;
+        assert!(close(burst_chain_bad(true, chain, 2), two));
+        // Long after, the stationary share whatever the start.
+        assert!(close(burst_chain_bad(true, chain, 10_000), stationary));
+        assert!(close(burst_chain_bad(false, chain, 10_000), stationary));
+        // A chain that never moves stays; one that always flips alternates.
+        assert_eq!(burst_chain_bad(true, (0.0, 0.0), 5), 1.0);
+        assert!(close(burst_chain_bad(true, (1.0, 1.0), 3), 0.0));
+        assert!(close(burst_chain_bad(true, (1.0, 1.0), 4), 1.0));
+    }
+
+    /// Frames a slot apart see bursts of `1 / to_good` frames; frames far apart (an ack now and
+    /// then) see independent losses at the same rate, not the bursts of the frames before.
+    #[test]
+    fn bursts_are_of_the_links_time() {
+        let chain = (0.01, 0.25);
+        let imp = Impairments {
+            rate_bps: 100_000_000,
+            burst: Some(chain),
+            ..Impairments::default()
+        };
+        let slot = Duration::from_nanos(BURST_SLOT_BYTES * 8 * 10);
+        let stationary = 0.01 / 0.26;
+        for (gap, run_lo, run_hi) in [(slot, 3.6, 4.4), (slot * 1000, 1.0, 1.1)] {
+            let mut line = Line::default();
+            let mut rng = Rng(7);
+            let t0 = Instant::now();
+            let (mut lost, mut runs, mut in_run) = (0u32, 0u32, false);
+            const N: u32 = 200_000;
+            for i in 0..N {
+                line.step_chain(t0 + gap * i, &imp, &mut rng);
+                if line.bad && !in_run {
+                    runs += 1;
+                }
+                lost += u32::from(line.bad);
+                in_run = line.bad;
+            }
+            let rate = f64::from(lost) / f64::from(N);
+            assert!(
+                (rate / stationary - 1.0).abs() < 0.1,
+                "{gap:?}: rate {rate}"
+            );
+            let run = f64::from(lost) / f64::from(runs);
+            assert!((run_lo..run_hi).contains(&run), "{gap:?}: runs of {run}");
+        }
+    }
 }

@@ -48,9 +48,14 @@ pub struct LinkConfig {
     pub jitter: Duration,
     /// Probability that a packet is lost (in the good state, when `burst` is set).
     pub loss: f64,
-    /// Burst loss, a Gilbert–Elliott chain: per packet offered, the link goes from the good state
-    /// to the bad one with probability `.0` and back with `.1`; in the bad state every packet is
-    /// lost. The state moves before the loss decision. `None`: independent losses only.
+    /// Burst loss, a Gilbert–Elliott chain: per slot of the link's time (the time a 1538-byte
+    /// frame, a full one of a 1500-byte MTU on Ethernet's wire, takes at `rate_bps`; at least
+    /// once per packet offered; per packet without a rate), the link goes from the good state to
+    /// the bad one with probability `.0` and back with `.1`; in the bad state every packet is
+    /// lost. The state moves before the loss decision, with one draw (as the namespace tests'
+    /// delay line does: bursts are stretches of time, so a direction that carries a packet now
+    /// and then sees each lost about as often as the loss rate says, not a burst's worth of
+    /// them in a row). `None`: independent losses only.
     pub burst: Option<(f64, f64)>,
     /// Bytes each packet costs on the link beyond the chunk packet itself, against the rate and
     /// the queue: 20 (the IPv4 header) by default; an Ethernet link costs 58 (IPv4 20, Ethernet
@@ -119,7 +124,29 @@ struct Link {
     busy_until: u64,
     /// The burst-loss chain is in its bad state (every packet lost).
     bad: bool,
+    /// The burst chain's clock (see [`LinkConfig::burst`]): when the link's first packet came
+    /// (virtual ns), and the slots stepped since.
+    chain_start: Option<u64>,
+    chain_slots: u64,
     stats: LinkStats,
+}
+
+/// Bytes of the link's time a burst chain's step stands for (see [`LinkConfig::burst`]).
+const BURST_SLOT_BYTES: u64 = 1538;
+
+/// The probability that a Gilbert–Elliott chain (good → bad `to_bad`, bad → good `to_good` per
+/// step) is in its bad state `steps` steps after being in `bad`: the stationary share plus the
+/// start's difference from it, decaying by `1 − to_bad − to_good` a step.
+fn burst_chain_bad(bad: bool, (to_bad, to_good): (f64, f64), steps: u64) -> f64 {
+    let sum = to_bad + to_good;
+    if sum <= 0.0 {
+        return if bad { 1.0 } else { 0.0 };
+    }
+    let stationary = to_bad / sum;
+    let lambda = 1.0 - sum;
+    let odd = steps % 2 == 1;
+    let decay = lambda.abs().powf(steps as f64) * if lambda < 0.0 && odd { -1.0 } else { 1.0 };
+    (stationary + (f64::from(u8::from(bad)) - stationary) * decay).clamp(0.0, 1.0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +238,8 @@ impl<S: Storage> Sim<S> {
             cfg,
             busy_until: 0,
             bad: false,
+            chain_start: None,
+            chain_slots: 0,
             stats: LinkStats::default(),
         };
         Self {
@@ -479,12 +508,19 @@ impl<S: Storage> Sim<S> {
         // The burst chain moves first, then the loss decision (as the real link emulator does);
         // no draw for a zero probability, so a link without loss draws nothing here.
         let mut chance = |p: f64| p > 0.0 && rng.r#gen::<f64>() < p;
-        if let Some((to_bad, to_good)) = cfg.burst {
-            link.bad = if link.bad {
-                !chance(to_good)
+        if let Some(chain) = cfg.burst {
+            let slot = (BURST_SLOT_BYTES * 8 * 1_000_000_000).checked_div(cfg.rate_bps);
+            let steps = if let Some(slot) = slot {
+                let slot_ns = slot.max(1);
+                let start = *link.chain_start.get_or_insert(now);
+                let due = (now - start) / slot_ns;
+                let steps = due.saturating_sub(link.chain_slots).max(1);
+                link.chain_slots += steps;
+                steps
             } else {
-                chance(to_bad)
+                1
             };
+            link.bad = chance(burst_chain_bad(link.bad, chain, steps));
         }
         if link.bad || chance(cfg.loss) {
             link.stats.lost += 1;
@@ -1136,6 +1172,42 @@ mod tests {
             (rate / expected - 1.0).abs() < 0.1,
             "loss rate {rate}, expected {expected}"
         );
+    }
+
+    /// On a link with a rate the chain moves with the link's time: packets a slot apart see
+    /// bursts of `1 / to_good` packets, packets far apart (an ack now and then) independent
+    /// losses at the same rate.
+    #[test]
+    fn bursts_are_of_the_links_time() {
+        let (to_bad, to_good) = (0.01, 0.25);
+        let stationary = to_bad / (to_bad + to_good);
+        let rate = 100_000_000;
+        let slot = Duration::from_nanos(BURST_SLOT_BYTES * 8 * 1_000_000_000 / rate);
+        for (gap, run_lo, run_hi) in [(slot, 3.6, 4.4), (slot * 1000, 1.0, 1.1)] {
+            let mut up = LinkConfig::new(rate, Duration::from_millis(1));
+            up.queue_bytes = u64::MAX / 2;
+            up.burst = Some((to_bad, to_good));
+            let (mut sim, pkt) = bare_sim(up);
+            const N: u32 = 100_000;
+            let (mut runs, mut in_run) = (0u32, false);
+            for i in 0..N {
+                sim.now = (gap * i).as_nanos() as u64;
+                sim.queue.clear();
+                let before = sim.link_stats(Dir::Up).lost;
+                sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
+                let lost = sim.link_stats(Dir::Up).lost > before;
+                runs += u32::from(lost && !in_run);
+                in_run = lost;
+            }
+            let lost = sim.link_stats(Dir::Up).lost as f64;
+            let share = lost / f64::from(N);
+            assert!(
+                (share / stationary - 1.0).abs() < 0.1,
+                "{gap:?}: loss {share}"
+            );
+            let run = lost / f64::from(runs);
+            assert!((run_lo..run_hi).contains(&run), "{gap:?}: runs of {run}");
+        }
     }
 
     #[test]

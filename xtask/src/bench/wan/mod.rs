@@ -70,8 +70,9 @@ pub struct WanArgs {
     pub share_rtt_ms: u64,
 }
 
-/// The burst case's Gilbert–Elliott chain, per frame: good → bad 0.25 %, bad → good 25 %,
-/// so 1 % of frames lost, in bursts of 4 on average.
+/// The burst case's Gilbert–Elliott chain, per slot of the link's time (a full frame's, see
+/// `chunk_tests::impair::BURST_SLOT_BYTES`): good → bad 0.25 %, bad → good 25 %, so 1 % of
+/// frames lost, in bursts of 4 slots on average.
 pub const BURST: (f64, f64) = (0.0025, 0.25);
 /// The burst case's round trip.
 const BURST_RTT_MS: u64 = 100;

@@ -265,7 +265,8 @@ pub fn markdown(f: &Findings) -> String {
         "\nA delay line between two namespaces (`chunk_tests::Bridged`): {} Mbit/s each way, \
          a drop-tail queue of one bandwidth-delay product (at least 64 KiB), half the RTT of \
          delay each way, loss each way at random (or in Gilbert–Elliott bursts: good → bad \
-         {:.2} %, bad → good {:.0} % per frame, 1 % lost in bursts of 4 on average). The bridge \
+         {:.2} %, bad → good {:.0} % per slot of a full frame's time at the link's rate: 1 % \
+         lost, in bursts of 4 slots on average). The bridge \
          forwarded {} with no rate limit (its ceiling, loaded by chunk). {} MiB file; TCP with \
          buffers autotuned up to 64 MiB, its congestion control set per socket; UFTP given the \
          link's rate (`-R`). A transfer is cut off after {} s (TCP then measured by the bytes \
