@@ -1147,6 +1147,12 @@ impl Sender {
                 // The last chunk before the offer's answer.
                 || (matches!(self.phase, Phase::Offering(_))
                     && index as u64 + 1 >= self.cfg.early_chunks as u64)
+                // Three quarters into the first round behind the offer: with the receiver's
+                // own ack halfway (every 16 chunks) and the last one's, three acks echo the
+                // train, so one of them lost still leaves two that span a reading of the
+                // bottleneck (`cc::TRAIN_MIN_CHUNKS`).
+                || (matches!(self.phase, Phase::Offering(_))
+                    && index as u64 + 1 == self.cfg.early_chunks as u64 * 3 / 4)
         };
         let ack_now = if self.recovery.ack_now()
             || window_full
