@@ -380,9 +380,10 @@ struct Line {
     busy_until: Option<Instant>,
     /// The burst chain is in its bad state.
     bad: bool,
-    /// The burst chain's clock: when the line's first frame came, and the slots stepped since.
+    /// The burst chain's clock: when the line's first frame came, and the latest slot (since
+    /// then) a frame came in.
     chain_start: Option<Instant>,
-    chain_slots: u64,
+    chain_slot: u64,
 }
 
 impl Line {
@@ -396,8 +397,10 @@ impl Line {
             let slot_ns = slot.max(1);
             let start = *self.chain_start.get_or_insert(now);
             let due = (now.duration_since(start).as_nanos() / u128::from(slot_ns)) as u64;
-            let steps = due.saturating_sub(self.chain_slots).max(1);
-            self.chain_slots += steps;
+            // The slots since the last frame's, or one step for a frame in the same slot (a
+            // frame's own step is not owed back by the frames after it).
+            let steps = due.saturating_sub(self.chain_slot).max(1);
+            self.chain_slot = self.chain_slot.max(due);
             steps
         } else {
             1
@@ -665,7 +668,15 @@ mod tests {
         for (gap, run_lo, run_hi) in [(slot, 3.6, 4.4), (slot * 1000, 1.0, 1.1)] {
             let mut line = Line::default();
             let mut rng = Rng(7);
-            let t0 = Instant::now();
+            // A busy spell first, frames half a slot apart: the chain's clock keeps up with
+            // the link's, so the sparse frames after it are far apart to the chain too.
+            let mut t0 = Instant::now();
+            for i in 0..10_000 {
+                line.step_chain(t0 + slot / 2 * i, &imp, &mut rng);
+            }
+            // One step per frame, but the clock is the link's: 4999 slots, not 10 000.
+            assert_eq!(line.chain_slot, 4_999);
+            t0 += slot * 5_000 + gap;
             let (mut lost, mut runs, mut in_run) = (0u32, 0u32, false);
             const N: u32 = 200_000;
             for i in 0..N {

@@ -23,9 +23,10 @@ pub struct SimArgs {
     /// Probability that a packet is lost, each way, 0..=1 (in the good state with --burst).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
-    /// Burst loss each way, `TO_BAD,TO_GOOD`: a Gilbert–Elliott chain moving, per packet, from
-    /// the good state to the bad one (where every packet is lost) with probability TO_BAD and back
-    /// with TO_GOOD.
+    /// Burst loss each way, `TO_BAD,TO_GOOD`: a Gilbert–Elliott chain moving, per slot of the
+    /// link's time (a 1538-byte frame at the rate, and at least once per packet), from the good
+    /// state to the bad one (where every packet is lost) with probability TO_BAD and back with
+    /// TO_GOOD.
     #[arg(long, value_name = "TO_BAD,TO_GOOD", value_parser = parse_burst)]
     pub burst: Option<(f64, f64)>,
     /// Bottleneck queue, bytes, each way (drop-tail); 0: one bandwidth-delay product of the

@@ -115,7 +115,8 @@ pub const RESUME_RTT_MAX: f64 = 1.5;
 pub const RESUME_SHARE: f64 = 0.5;
 /// How much later than the remembered RTT × [`RESUME_RTT_MAX`] the offer's answer may come and
 /// still start the jump: the receiver answers an offer once it has opened (and preallocated) the
-/// file, which its answer does not count as delay (150 ms for 256 MiB on tmpfs here).
+/// file, which its answer does not count as delay (about 20 ms for 256 MiB on tmpfs here; a
+/// disk that must zero its blocks, or a slow network file system, takes longer).
 pub const RESUME_ANSWER_SLACK: Duration = Duration::from_secs(1);
 /// What a sender that remembers a path adds to the offer's first wait (see
 /// `first_offer_interval`): a receiver preallocating a large file answers that much later
@@ -469,8 +470,8 @@ impl Bbr {
         self.resume_outcome
     }
 
-    /// The remembered minimum RTT while the estimate waits for its check (the offer's timer
-    /// waits that long before sending the offer again, so that its answer is a clean sample).
+    /// The remembered minimum RTT while the estimate waits for its check (the offer's first
+    /// wait is sized from it: see `first_offer_interval`).
     pub fn pending_resume_rtt(&self) -> Option<Duration> {
         match self.resume {
             Some(Resume::Pending(e)) => Some(e.min_rtt),
@@ -767,7 +768,9 @@ impl Bbr {
         }
         if self.resume.is_some() {
             if self.delivered > 0 && matches!(self.resume, Some(Resume::Pending(_))) {
-                // Data came back before any clean RTT sample (the offer was sent twice).
+                // Data acknowledged while the estimate still waits for its check (a data ack
+                // taken for the lost answer gave no exact round trip): it can no longer be
+                // checked before the jump would start.
                 self.start_notes
                     .push("estimate rejected: data acked before the offer's answer".into());
                 self.end_resume(ResumeOutcome::Rejected);

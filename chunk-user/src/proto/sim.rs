@@ -125,9 +125,9 @@ struct Link {
     /// The burst-loss chain is in its bad state (every packet lost).
     bad: bool,
     /// The burst chain's clock (see [`LinkConfig::burst`]): when the link's first packet came
-    /// (virtual ns), and the slots stepped since.
+    /// (virtual ns), and the latest slot (since then) a packet came in.
     chain_start: Option<u64>,
-    chain_slots: u64,
+    chain_slot: u64,
     stats: LinkStats,
 }
 
@@ -239,7 +239,7 @@ impl<S: Storage> Sim<S> {
             busy_until: 0,
             bad: false,
             chain_start: None,
-            chain_slots: 0,
+            chain_slot: 0,
             stats: LinkStats::default(),
         };
         Self {
@@ -514,8 +514,10 @@ impl<S: Storage> Sim<S> {
                 let slot_ns = slot.max(1);
                 let start = *link.chain_start.get_or_insert(now);
                 let due = (now - start) / slot_ns;
-                let steps = due.saturating_sub(link.chain_slots).max(1);
-                link.chain_slots += steps;
+                // The slots since the last packet's, or one step for a packet in the same slot
+                // (a packet's own step is not owed back by the packets after it).
+                let steps = due.saturating_sub(link.chain_slot).max(1);
+                link.chain_slot = link.chain_slot.max(due);
                 steps
             } else {
                 1
@@ -1188,10 +1190,21 @@ mod tests {
             up.queue_bytes = u64::MAX / 2;
             up.burst = Some((to_bad, to_good));
             let (mut sim, pkt) = bare_sim(up);
+            // A busy spell first, packets half a slot apart: the chain's clock keeps up with
+            // the link's, so the sparse packets after it are far apart to the chain too.
+            for i in 0..10_000u32 {
+                sim.now = (slot / 2 * i).as_nanos() as u64;
+                sim.queue.clear();
+                sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
+            }
+            // One step per packet, but the clock is the link's: 4999 slots, not 10 000.
+            assert_eq!(sim.up.chain_slot, 4_999);
+            let start = slot * 5_000;
+            let lost_before = sim.link_stats(Dir::Up).lost;
             const N: u32 = 100_000;
             let (mut runs, mut in_run) = (0u32, false);
             for i in 0..N {
-                sim.now = (gap * i).as_nanos() as u64;
+                sim.now = (start + gap * (i + 1)).as_nanos() as u64;
                 sim.queue.clear();
                 let before = sim.link_stats(Dir::Up).lost;
                 sim.send(Dir::Up, Dest::Receiver(Ipv4Addr::LOCALHOST.into()), &pkt);
@@ -1199,7 +1212,7 @@ mod tests {
                 runs += u32::from(lost && !in_run);
                 in_run = lost;
             }
-            let lost = sim.link_stats(Dir::Up).lost as f64;
+            let lost = (sim.link_stats(Dir::Up).lost - lost_before) as f64;
             let share = lost / f64::from(N);
             assert!(
                 (share / stationary - 1.0).abs() < 0.1,
