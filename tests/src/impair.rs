@@ -113,7 +113,9 @@ pub const BURST_SLOT_BYTES: u64 = 1538;
 /// The probability that a Gilbert–Elliott chain (good → bad `to_bad`, bad → good `to_good` per
 /// step) is in its bad state `steps` steps after being in `bad`: the stationary share
 /// `to_bad / (to_bad + to_good)` plus the start's difference from it, decaying by
-/// `1 − to_bad − to_good` a step.
+/// `1 − to_bad − to_good` a step. The simulator has the same function (in chunk-user's
+/// `proto::sim`, which this harness does not depend on): the two must move their chains alike
+/// for the benchmark's real and simulated figures to agree.
 pub fn burst_chain_bad(bad: bool, (to_bad, to_good): (f64, f64), steps: u64) -> f64 {
     let sum = to_bad + to_good;
     if sum <= 0.0 {

@@ -136,7 +136,9 @@ const BURST_SLOT_BYTES: u64 = 1538;
 
 /// The probability that a Gilbert–Elliott chain (good → bad `to_bad`, bad → good `to_good` per
 /// step) is in its bad state `steps` steps after being in `bad`: the stationary share plus the
-/// start's difference from it, decaying by `1 − to_bad − to_good` a step.
+/// start's difference from it, decaying by `1 − to_bad − to_good` a step. The namespace tests'
+/// delay line has the same function (`chunk_tests::impair::burst_chain_bad`; that harness does
+/// not depend on this crate): the two must move their chains alike for their figures to agree.
 fn burst_chain_bad(bad: bool, (to_bad, to_good): (f64, f64), steps: u64) -> f64 {
     let sum = to_bad + to_good;
     if sum <= 0.0 {
