@@ -1,7 +1,8 @@
 //! What outside checks found, as namespace tests: the receiver answers from the address it was
 //! sent to, answers every offer (empty files, unknown hash algorithms), never lets two receivers
-//! sharing a directory write one part file, survives a disk that fills mid-transfer, and the
-//! sender refuses what it cannot send with a message that says why. Needs root (run through
+//! sharing a directory write one part file, survives a disk that fills mid-transfer, counts
+//! an ack's delay from the chunk's arrival on both receive paths, and the sender refuses what
+//! it cannot send with a message that says why. Needs root (run through
 //! `cargo xtask test`).
 
 use std::{
@@ -483,4 +484,82 @@ fn no_receiver_reports_nothing_resumed() {
     assert_eq!(json["files"][0]["chunks_sent"], 32, "{json}");
     let why = json["files"][0]["error"].as_str().unwrap();
     assert!(why.contains("is `chunk recv` running"), "{why}");
+}
+
+/// A chunk that waited in the receiving host while the receiver could not take it (stopped
+/// here; in real life busy opening and preallocating a large file as the first round arrives)
+/// is acknowledged with a delay counted from its arrival: the XDP program's stamp, or
+/// `SO_TIMESTAMPNS` on the socket path (docs/PROTOCOL.md, "Echo and delay"). Counted from its
+/// handling, the sender would take the wait for path, in its RTT samples and in the first
+/// round's reading of the bottleneck.
+fn acks_count_their_delay_from_the_arrival(tag: &str, mode: &[&str]) {
+    let hosts = TwoHosts::new(tag, 1500).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let recv = Recv::start(&hosts.receiver, hosts.receiver_if, out.path(), mode);
+    let content = vec![0x5au8; 3 * 1400];
+    let to = hosts.receiver_addr;
+    let delay = hosts
+        .sender
+        .enter(|| {
+            let sock = RawSocket::new(PROTO).unwrap();
+            let mut intake = Intake::new(None);
+            let mut buf = vec![0u8; 4096];
+            // The first ack from the receiver within `wait`: its echo and delay.
+            let mut ack = |wait: Duration| {
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    let Some((n, _)) = sock.recv_nonblocking(&mut buf).unwrap() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    if let Ok(Repr {
+                        message: Message::Ack(a),
+                        ..
+                    }) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0)
+                    {
+                        return Some((a.echo, a.delay_us));
+                    }
+                }
+                None
+            };
+            let offer = offer_packet(5, "late.bin", &content, HashAlg::Blake3);
+            sock.send_to(&offer, (to, 0).into()).unwrap();
+            let answer = ack(Duration::from_secs(2)).expect("the offer is answered");
+            assert_eq!(answer, (wire::NO_ECHO, 0));
+
+            recv.daemon.signal(libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(50));
+            let chunk = Repr {
+                transfer_id: 5,
+                seq: 0,
+                flags: wire::flags::MORE_CHUNKS | wire::flags::ACK_NOW,
+                message: Message::Data {
+                    payload: &content[..1400],
+                },
+            };
+            let mut pkt = vec![0u8; chunk.buffer_len()];
+            let n = chunk.emit(&mut pkt).unwrap();
+            sock.send_to(&pkt[..n], (to, 0).into()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            recv.daemon.signal(libc::SIGCONT);
+            ack(Duration::from_secs(2)).expect("the chunk is acknowledged")
+        })
+        .unwrap();
+    assert_eq!(delay.0, 0, "the ack echoes chunk 0");
+    assert!(
+        (280_000..5_000_000).contains(&delay.1),
+        "the chunk waited 300 ms in the host: the ack's delay is {} µs",
+        delay.1
+    );
+    recv.stop();
+}
+
+#[test]
+fn acks_count_their_delay_from_the_arrival_xdp() {
+    acks_count_their_delay_from_the_arrival("arrxdp", &[]);
+}
+
+#[test]
+fn acks_count_their_delay_from_the_arrival_socket() {
+    acks_count_their_delay_from_the_arrival("arrsock", &["--mode", "socket"]);
 }
