@@ -566,6 +566,15 @@ impl Bbr {
             self.first_round = FirstRound::From(at, self.delivered);
             return;
         };
+        // Echoes of a train that arrived bunched (a host or a bridge that held it and let it
+        // go at once) can come a few microseconds out of order: the receiver converts the
+        // kernel's stamps with one clock reading per batch. Within the slack they arrived
+        // together, and the reading is the train's own rate (the jump's acks then correct it).
+        let at = if at < t0 && at + DISPERSION_SLACK >= t0 {
+            t0
+        } else {
+            at
+        };
         if at < t0 {
             // An ack held longer than the first (another transfer's): what it delivered may
             // have arrived before the train's first echo, so it cannot be read.
@@ -1222,6 +1231,20 @@ pub(crate) mod tests {
         }
         assert_eq!(bbr.first_round_outcome(), None);
         assert!(!bbr.may_read_first_round(rtt));
+        // A train that arrived bunched, its second echo 3 µs before the first (the receiver's
+        // per-batch clock conversion): they arrived together, read as the train's own rate.
+        let mut bbr = Bbr::new(1000, 32, now);
+        bbr.on_rtt(now, rtt);
+        let snaps: Vec<_> = (0..32).map(|i| bbr.on_send(now, i * 1000)).collect();
+        for (k, acked) in snaps.chunks(16).enumerate() {
+            for snap in acked {
+                bbr.on_acked(t + us(20) * k as u32, snap, 1000);
+            }
+            let echo = arrived - us(3) * k as u32;
+            bbr.on_ack_end(t + us(20) * k as u32, Some(rtt), Some(echo), 0);
+        }
+        assert_eq!(bbr.first_round_outcome(), Some(ResumeOutcome::Jumping));
+        assert_eq!(bbr.pacing_rate(), 0.5 * train);
         // 100 kB/s, 10 ms apart: Startup would reach it in no time (less than one doubling).
         let bbr = first_round(rtt, Duration::from_millis(10));
         assert_eq!(bbr.first_round_outcome(), None);

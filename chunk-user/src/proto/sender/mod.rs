@@ -1149,12 +1149,13 @@ impl Sender {
                 // The last chunk before the offer's answer.
                 || (matches!(self.phase, Phase::Offering(_))
                     && index as u64 + 1 >= self.cfg.early_chunks as u64)
-                // Three quarters into the first round behind the offer: with the receiver's
-                // own ack halfway (every 16 chunks) and the last one's, three acks echo the
-                // train, so one of them lost still leaves two that span a reading of the
-                // bottleneck (`cc::TRAIN_MIN_CHUNKS`).
+                // A quarter into the first round behind the offer: with the receiver's own ack
+                // 16 chunks later (it acks every 16) and the last one's, three acks echo the
+                // train, the first two 16 chunks apart (the reading is taken from the first
+                // two that span `cc::TRAIN_MIN_CHUNKS`), and one of them lost still leaves two
+                // that span a reading of the bottleneck.
                 || (matches!(self.phase, Phase::Offering(_))
-                    && index as u64 + 1 == self.cfg.early_chunks as u64 * 3 / 4)
+                    && index as u64 + 1 == self.cfg.early_chunks as u64 / 4)
         };
         let ack_now = if self.recovery.ack_now()
             || window_full
@@ -1303,11 +1304,12 @@ impl Sender {
         if offering.early_lost {
             // The chunks sent behind the offer reached the receiver before it, and were
             // dropped (`unknown transfer`): they go again now, not after a tail probe or an RTO
-            // (they fill the first window, so no later chunk's ack would show them lost).
-            let gone = self.recovery.chunks_in_flight() as u64;
-            self.recovery.forget();
-            self.next_new = 0;
-            self.stats.chunks_retransmitted += gone;
+            // (they fill the first window, so no later chunk's ack would show them lost). Some
+            // may have come after the offer (it was overtaken, not lost) and be acknowledged
+            // yet: they stay on record as sent, so their acks time the right copy. (Forgetting
+            // them instead, an ack for a first copy timed the second, sent a moment before:
+            // seen once at 600 ms without loss, 2096 RTOs and the whole file sent twice.)
+            self.recovery.lose_all();
         }
         if !self.stats.offer_accepted {
             self.stats.offer_accepted = true;
@@ -1738,15 +1740,16 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sender(1000, SenderConfig::default(), t0);
         assert_eq!(poll(&mut s, t0), Some((MessageType::Offer, 0, 0)));
-        // Its chunks go right behind the first copy, paced, the last asking for an ack at once
-        // (ten of 100 bytes: nothing is known of the path), and no more before the answer.
+        // Its chunks go right behind the first copy, paced, the 8th and the last asking for an
+        // ack at once (ten of 100 bytes: nothing is known of the path), and no more before the
+        // answer.
         let mut at = t0;
         for i in 0..10 {
             at = at.max(s.poll_timeout().unwrap());
             assert!(at < t0 + ms(1), "a train, not the offer's timer");
             s.handle_timeout(at);
             let more = if i < 9 { flags::MORE_CHUNKS } else { 0 };
-            let now = if i < 9 { 0 } else { flags::ACK_NOW };
+            let now = if i == 7 || i == 9 { flags::ACK_NOW } else { 0 };
             assert_eq!(poll(&mut s, at), Some((MessageType::Data, i, more | now)));
         }
         assert_eq!(poll(&mut s, at), None);

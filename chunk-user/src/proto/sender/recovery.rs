@@ -164,6 +164,17 @@ impl Recovery {
         self.tail_probe_at = None;
     }
 
+    /// Every chunk in flight is lost (sent behind an offer that did not open the transfer):
+    /// each goes again, and its copy stays on record, so that an ack for it that still comes
+    /// (it arrived after all) is matched to the right copy and no round trip is taken from the
+    /// other (Karn).
+    pub(super) fn lose_all(&mut self) {
+        while let Some((&tx, &(index, _))) = self.by_tx.first_key_value() {
+            self.declare_lost(tx, index, false);
+        }
+        self.tail_probe_at = None;
+    }
+
     pub(super) fn bytes_in_flight(&self) -> u64 {
         self.bytes_in_flight
     }
