@@ -31,34 +31,44 @@ fn exchange(ns: &Netns, to: Ipv4Addr, packet: &[u8], wait: Duration) -> Vec<Answ
     ns.enter(|| {
         let sock = RawSocket::new(PROTO).unwrap();
         sock.send_to(packet, (to, 0).into()).unwrap();
-        let deadline = Instant::now() + wait;
-        let mut answers = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        // The same intake `chunk send` uses: classify (checksum included), then parse.
-        let mut intake = Intake::new(None);
-        while Instant::now() < deadline {
-            let Some((n, _)) = sock.recv_nonblocking(&mut buf).unwrap() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            if n < 20 {
-                continue;
-            }
-            let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            let Ok(repr) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0) else {
-                continue;
-            };
+        received(&sock, wait, |src, repr| {
             let (ty, detail) = match repr.message {
                 Message::Ack(a) => (MessageType::Ack, a.cumulative),
                 Message::Complete(c) => (MessageType::Complete, c.status as u32),
                 Message::Abort(a) => (MessageType::Abort, a.reason.code() as u32),
-                _ => continue,
+                _ => return None,
             };
-            answers.push((src, ty, repr.seq, detail));
-        }
-        answers
+            Some((src, ty, repr.seq, detail))
+        })
     })
     .unwrap()
+}
+
+/// What comes back on `sock` within `wait`, through the intake `chunk send` uses (classify,
+/// checksum included, then parse), each packet as `keep` makes it (`None`: not kept).
+fn received<T>(
+    sock: &RawSocket,
+    wait: Duration,
+    mut keep: impl FnMut(Ipv4Addr, &Repr) -> Option<T>,
+) -> Vec<T> {
+    let deadline = Instant::now() + wait;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut intake = Intake::new(None);
+    while Instant::now() < deadline {
+        let Some((n, _)) = sock.recv_nonblocking(&mut buf).unwrap() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        if n < 20 {
+            continue;
+        }
+        let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        if let Ok(repr) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0) {
+            kept.extend(keep(src, &repr));
+        }
+    }
+    kept
 }
 
 fn offer_packet(tid: u32, name: &str, content: &[u8], hash_alg: HashAlg) -> Vec<u8> {
@@ -502,30 +512,21 @@ fn acks_count_their_delay_from_the_arrival(tag: &str, mode: &[&str]) {
         .sender
         .enter(|| {
             let sock = RawSocket::new(PROTO).unwrap();
-            let mut intake = Intake::new(None);
-            let mut buf = vec![0u8; 4096];
-            // The first ack from the receiver within `wait`: its echo and delay.
-            let mut ack = |wait: Duration| {
-                let deadline = Instant::now() + wait;
-                while Instant::now() < deadline {
-                    let Some((n, _)) = sock.recv_nonblocking(&mut buf).unwrap() else {
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    };
-                    if let Ok(Repr {
-                        message: Message::Ack(a),
-                        ..
-                    }) = intake.open_ip(&mut buf[..n], PROTO, |_| true, 0)
-                    {
-                        return Some((a.echo, a.delay_us));
-                    }
-                }
-                None
+            // The acks from the receiver within `wait`: their echo and delay.
+            let acks = |wait: Duration| {
+                received(&sock, wait, |_, repr| match repr.message {
+                    Message::Ack(a) => Some((a.echo, a.delay_us)),
+                    _ => None,
+                })
             };
             let offer = offer_packet(5, "late.bin", &content, HashAlg::Blake3);
             sock.send_to(&offer, (to, 0).into()).unwrap();
-            let answer = ack(Duration::from_secs(2)).expect("the offer is answered");
-            assert_eq!(answer, (wire::NO_ECHO, 0));
+            let answer = acks(Duration::from_secs(1));
+            assert_eq!(
+                answer.first(),
+                Some(&(wire::NO_ECHO, 0)),
+                "the offer is answered"
+            );
 
             recv.daemon.signal(libc::SIGSTOP);
             std::thread::sleep(Duration::from_millis(50));
@@ -542,7 +543,8 @@ fn acks_count_their_delay_from_the_arrival(tag: &str, mode: &[&str]) {
             sock.send_to(&pkt[..n], (to, 0).into()).unwrap();
             std::thread::sleep(Duration::from_millis(300));
             recv.daemon.signal(libc::SIGCONT);
-            ack(Duration::from_secs(2)).expect("the chunk is acknowledged")
+            let acked = acks(Duration::from_secs(1));
+            *acked.first().expect("the chunk is acknowledged")
         })
         .unwrap();
     assert_eq!(delay.0, 0, "the ack echoes chunk 0");

@@ -569,13 +569,9 @@ impl Bbr {
         // Echoes of a train that arrived bunched (a host or a bridge that held it and let it
         // go at once) can come a few microseconds out of order: the receiver converts the
         // kernel's stamps with one clock reading per batch. Within the slack they arrived
-        // together, and the reading is the train's own rate (the jump's acks then correct it).
-        let at = if at < t0 && at + DISPERSION_SLACK >= t0 {
-            t0
-        } else {
-            at
-        };
-        if at < t0 {
+        // together (the span below saturates at zero), and the reading is the train's own rate
+        // (the jump's acks then correct it).
+        if at + DISPERSION_SLACK < t0 {
             // An ack held longer than the first (another transfer's): what it delivered may
             // have arrived before the train's first echo, so it cannot be read.
             self.start_notes.push(format!(
