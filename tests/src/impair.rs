@@ -95,6 +95,8 @@ pub struct DirStats {
     pub lost: AtomicU64,
     pub queue_drops: AtomicU64,
     pub peak_queue_bytes: AtomicU64,
+    /// The queue's depth after the latest frame joined it.
+    pub queue_bytes: AtomicU64,
 }
 
 /// Bytes a frame costs on the wire beyond its own: preamble and start delimiter (8),
@@ -611,6 +613,7 @@ fn line_in(
         stats.dirs[dir]
             .peak_queue_bytes
             .fetch_max(depth, Ordering::Relaxed);
+        stats.dirs[dir].queue_bytes.store(depth, Ordering::Relaxed);
         let bits = (frame.len() as u64 + WIRE_OVERHEAD) * 8;
         let start = line.busy_until.map_or(now, |b| b.max(now));
         let done = start + Duration::from_secs_f64(bits as f64 / imp.rate_bps as f64);

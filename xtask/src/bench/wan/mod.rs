@@ -243,6 +243,8 @@ struct Sampler {
 struct Samples {
     total: Vec<(f64, u64)>,
     flows: Vec<(f64, std::collections::HashMap<u64, u64>)>,
+    /// With the flows: the queue's depth towards the receiver and its drops so far.
+    queue: Vec<(u64, u64)>,
 }
 
 impl Sampler {
@@ -268,6 +270,11 @@ impl Sampler {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
                     out.flows.push((t, f));
+                    let d = &stats.dirs[TO_RECEIVER];
+                    out.queue.push((
+                        d.queue_bytes.load(Ordering::Relaxed),
+                        d.queue_drops.load(Ordering::Relaxed),
+                    ));
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(10));
@@ -652,6 +659,14 @@ impl Wan<'_> {
                 bail!("{e:#}");
             }
         }
+        if let Some(path) = std::env::var_os("CHUNK_BENCH_SHARE_TRACE") {
+            write_flow_trace(
+                &samples.flows,
+                &samples.queue,
+                pair,
+                std::path::Path::new(&path),
+            )?;
+        }
         let (a, b) = flow_window(&samples.flows, 1.0, first_end).context("no window")?;
         let mut deltas: Vec<(u64, u64)> =
             b.1.iter()
@@ -679,6 +694,57 @@ impl Wan<'_> {
 }
 
 type FlowSample = (f64, std::collections::HashMap<u64, u64>);
+
+/// Appends each flow's rate per 100 ms to `path` (`CHUNK_BENCH_SHARE_TRACE`): a line per
+/// interval with the pair, the time and each flow's Mbit/s, largest flow key first.
+fn write_flow_trace(
+    flows: &[FlowSample],
+    queue: &[(u64, u64)],
+    pair: Pair,
+    path: &std::path::Path,
+) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut keys: Vec<u64> = flows
+        .iter()
+        .flat_map(|(_, m)| m.keys().copied())
+        .filter(|k| *k != 0)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    writeln!(f, "# {} flows {:x?}", pair.label(), keys)?;
+    let mut last: Option<(&FlowSample, u64)> = None;
+    for (s, q) in flows.iter().zip(queue) {
+        let Some((prev, drops)) = last else {
+            last = Some((s, q.1));
+            continue;
+        };
+        if s.0 - prev.0 < 0.1 {
+            continue;
+        }
+        let dt = s.0 - prev.0;
+        let rates: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let d = s.1.get(k).copied().unwrap_or(0) - prev.1.get(k).copied().unwrap_or(0);
+                format!("{:.1}", d as f64 * 8.0 / dt / 1e6)
+            })
+            .collect();
+        writeln!(
+            f,
+            "{:.2} {} queue {} kB, {} drops",
+            s.0,
+            rates.join(" "),
+            q.0 / 1000,
+            q.1 - drops
+        )?;
+        last = Some((s, q.1));
+    }
+    Ok(())
+}
 
 /// The first sample `skip` seconds after both flows were delivering and the last one before
 /// `end`.
