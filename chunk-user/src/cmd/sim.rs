@@ -107,6 +107,8 @@ pub struct SimResult {
     /// What became of the jump from the first round's reading of the bottleneck (a cold start
     /// where Startup would take a second or more); `null`: none was made.
     pub first_round: Option<String>,
+    /// The sender's account of its start and of each ProbeRtt, in words.
+    pub notes: Vec<String>,
     /// Real seconds the simulation took.
     pub wall_s: f64,
 }
@@ -202,6 +204,7 @@ pub fn simulate(args: &SimArgs) -> Result<SimResult> {
             .warm
             .then(|| r.resume_outcome.map_or("none", |o| o.name()).to_owned()),
         first_round: r.first_round_outcome.map(|o| o.name().to_owned()),
+        notes: r.sender.start_notes.clone(),
         wall_s: wall.elapsed().as_secs_f64(),
     })
 }
@@ -327,6 +330,7 @@ mod tests {
             "t90_rtts",
             "resume",
             "first_round",
+            "notes",
             "wall_s",
         ];
         want.sort();

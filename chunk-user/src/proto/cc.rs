@@ -8,7 +8,8 @@
 //! - the **bottleneck bandwidth** is the windowed maximum of delivery-rate samples over the last
 //!   ten round trips (draft-cheng-iccrg-delivery-rate-estimation: bytes acked between a chunk's
 //!   send and its ack, over the longer of the send and ack intervals);
-//! - the **minimum RTT** is the lowest sample of the last ten seconds;
+//! - the **minimum RTT** is the lowest sample; it stays valid while samples near it come (a
+//!   queue drains now and then), else **ProbeRtt** measures it again after ten seconds;
 //! - the sender **paces** at `gain × bandwidth` and keeps at most `cwnd_gain × BDP` in flight;
 //! - **Startup** doubles the rate per round (gain 2/ln 2 ≈ 2.89) until the bandwidth stops growing
 //!   by 25 % for three rounds, **Drain** empties the queue that built, then **ProbeBw** cycles the
@@ -22,11 +23,25 @@
 //! In ProbeBw the pacing rate is divided by (1 − the loss share), the share measured over round
 //! trips in which the RTT stayed within 1.25 × its minimum (+ 1 ms), as it did the round trip
 //! before (when the lost packets went): no queue stood, so those losses were the path's and not
-//! a queue's own drops. A round trip with a queue switches the
-//! compensation off until a queue-free one comes; it is capped at a 20 % loss share. Left out of full BBR, on purpose: ProbeRTT (a file transfer is one flow and its min RTT is
-//! refreshed from samples) and the long-term "policer" model. Known limit, shared with BBR v1:
-//! above ~20 % random loss the probing phase can no longer show the full rate, and the estimate
-//! decays slowly; the transfer still completes.
+//! a queue's own drops. A round trip with a queue switches the compensation off until a
+//! queue-free one comes; it is capped at a 20 % loss share.
+//!
+//! **Beside another flow** (a TCP flow that fills the queue, or another chunk), the probing
+//! gain finds a little more of the link each cycle until the window is full: the window bounds
+//! how much queue this sender keeps. BBR v1's window of 2 × BDP keeps a whole BDP queued, all of
+//! a drop-tail queue of that size: a TCP flow beside it sees twice the round trip and the
+//! queue's drops, and TCP CUBIC kept 16–19 % of a 100 ms link. In ProbeBw the window is
+//! [`PROBE_BW_CWND_GAIN`] × BDP (plus the acks' headroom), so this sender's queue stays under
+//! half the minimum RTT. A queue that stands for [`MIN_RTT_WINDOW`] without draining (no RTT
+//! sample within [`MIN_RTT_NEAR`] of the minimum) would otherwise pass into the minimum and
+//! grow the window with it: as in BBR, **ProbeRtt** then holds the window at
+//! [`PROBE_RTT_CWND_GAIN`] × BDP for [`PROBE_RTT_DURATION`] and a round trip, and the lowest
+//! sample meanwhile becomes the minimum. Alone on a path the minimum never grows old (the
+//! draining phase of each cycle brings samples near it), so ProbeRtt costs nothing there.
+//!
+//! Left out of full BBR, on purpose: the long-term "policer" model. Known limit, shared with
+//! BBR v1: above ~20 % random loss the probing phase can no longer show the full rate, and the
+//! estimate decays slowly; the transfer still completes.
 //! After an RTO the window drops to a few chunks until an ack shows delivery again, so a path that
 //! went dark is probed gently rather than with a full window.
 //!
@@ -78,12 +93,26 @@ const BW_ROUNDS: usize = 10;
 /// the window to what the hiccup delivered. So a slot lasts a round trip or this, whichever is
 /// longer (ten slots: at least 25 ms of memory).
 const BW_SLOT_MIN: Duration = Duration::from_micros(2500);
-/// How long a minimum RTT stays valid before a newer (larger) sample replaces it.
+/// How long a minimum RTT stays valid without a sample near it ([`MIN_RTT_NEAR`]): then
+/// ProbeRtt measures it again (in Startup and Drain, the next sample replaces it).
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// A sample within this share above the minimum RTT (plus [`QUEUE_FREE_SLACK`]) shows that no
+/// queue stood at the bottleneck: the minimum is still the path's, and its age starts again.
+const MIN_RTT_NEAR: f64 = 1.0 / 16.0;
+/// ProbeRtt's window, as a multiple of the BDP (BBR v2's), plus the acks' headroom.
+const PROBE_RTT_CWND_GAIN: f64 = 0.5;
+/// How long ProbeRtt holds its window once in flight has come down to it (BBR's 200 ms), and
+/// at least a round trip.
+const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 /// 2 / ln 2: the smallest gain that doubles the delivery rate each round in Startup.
 const HIGH_GAIN: f64 = 2.885;
 /// ProbeBw's pacing gains, one per min-RTT phase.
 const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// The window's multiple of the BDP in ProbeBw. A sender whose window is full keeps the RTT
+/// at this multiple of the minimum: BBR v1's 2 keeps a queue of a whole BDP, all of a drop-tail
+/// queue that size, which doubles the round trip of a TCP flow beside it and drops its packets
+/// (TCP CUBIC kept 16–19 % of a 100 ms link next to chunk); 1.5 keeps half of one.
+const PROBE_BW_CWND_GAIN: f64 = 1.5;
 /// Bandwidth growth below this factor per round counts as a plateau in Startup.
 const GROWTH: f64 = 1.25;
 /// Plateau rounds that end Startup.
@@ -225,11 +254,12 @@ pub struct SendSnapshot {
     app_limited: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     Startup,
     Drain,
     ProbeBw,
+    ProbeRtt,
 }
 
 /// The rate sample being built while one ack's newly acknowledged chunks are processed.
@@ -281,7 +311,8 @@ pub struct Bbr {
     first_round: FirstRound,
     /// What became of the jump from the first round's estimate; `None`: there was none.
     first_round_outcome: Option<ResumeOutcome>,
-    /// What the start read and why its jump ended, in words, for the sender's debug log.
+    /// What the start read and why its jump ended, and what each ProbeRtt measured, in words,
+    /// for the sender's debug log.
     start_notes: Vec<String>,
 
     /// Bytes declared lost (by later acks, not by an RTO) in the current round.
@@ -299,6 +330,10 @@ pub struct Bbr {
     /// Queue-free rounds that lost something: random loss goes on round after round, a
     /// queue's overflow taken for the path's (in the round after it drained) does not.
     lossy_free_rounds: u32,
+    /// In ProbeRtt: the lowest RTT sample since it began, and, once in flight came down to
+    /// its window, when it may end and the round it must outlast.
+    probe_rtt_min: Option<Duration>,
+    probe_rtt_done: Option<(Instant, u64)>,
 }
 
 impl Bbr {
@@ -339,6 +374,8 @@ impl Bbr {
             queue_free: false,
             last_round_no_queue: false,
             lossy_free_rounds: 0,
+            probe_rtt_min: None,
+            probe_rtt_done: None,
         }
     }
 
@@ -403,7 +440,7 @@ impl Bbr {
                 let overfilling = match self.mode {
                     Mode::Startup => self.plateau_rounds > 0,
                     Mode::Drain => true,
-                    Mode::ProbeBw => false,
+                    Mode::ProbeBw | Mode::ProbeRtt => false,
                 };
                 if lost > 0 && !overfilling {
                     self.lossy_free_rounds += 1;
@@ -692,7 +729,8 @@ impl Bbr {
             delivered_at: self.delivered_at,
             first_sent_at: self.first_sent_at,
             sent_at: now,
-            app_limited: self.app_limited_until != 0,
+            // ProbeRtt's small window says nothing about the path's rate.
+            app_limited: self.app_limited_until != 0 || self.mode == Mode::ProbeRtt,
         }
     }
 
@@ -822,10 +860,23 @@ impl Bbr {
             ));
             self.end_resume(ResumeOutcome::Retreated);
         }
-        let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
-        if self.min_rtt.is_none_or(|m| rtt <= m || expired) {
-            self.min_rtt = Some(rtt);
-            self.min_rtt_at = now;
+        if self.mode == Mode::ProbeRtt {
+            self.probe_rtt_min = Some(self.probe_rtt_min.map_or(rtt, |m| m.min(rtt)));
+        }
+        // In ProbeBw an old minimum is measured again by ProbeRtt (`update_mode`); before it,
+        // the next sample replaces it.
+        let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW
+            && matches!(self.mode, Mode::Startup | Mode::Drain);
+        match self.min_rtt {
+            Some(m) if rtt > m && !expired => {
+                if rtt <= m.mul_f64(1.0 + MIN_RTT_NEAR) + QUEUE_FREE_SLACK {
+                    self.min_rtt_at = now;
+                }
+            }
+            _ => {
+                self.min_rtt = Some(rtt);
+                self.min_rtt_at = now;
+            }
         }
     }
 
@@ -856,6 +907,43 @@ impl Bbr {
                     self.cycle_start = now;
                 }
             }
+            Mode::ProbeBw
+                if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW
+                    && !matches!(self.resume, Some(Resume::Jumping { .. })) =>
+            {
+                // No sample near the minimum RTT for a while: a queue has stood all along, its
+                // own or another flow's. Hold the window down until it drains and measure.
+                self.mode = Mode::ProbeRtt;
+                self.probe_rtt_min = None;
+                self.probe_rtt_done = None;
+            }
+            Mode::ProbeRtt => {
+                let min_rtt = self.min_rtt.unwrap_or(Duration::ZERO);
+                if self.probe_rtt_done.is_none() && bytes_in_flight <= self.cwnd() {
+                    let hold = PROBE_RTT_DURATION.max(min_rtt);
+                    self.probe_rtt_done = Some((now + hold, self.round));
+                }
+                if let Some((at, round)) = self.probe_rtt_done
+                    && now >= at
+                    && self.round > round
+                {
+                    // The lowest sample while the queue drained is the path's minimum now,
+                    // even above the old one (a longer route).
+                    if let Some(m) = self.probe_rtt_min.take() {
+                        self.start_notes.push(format!(
+                            "ProbeRtt in round {}: minimum RTT {:?} -> {m:?}",
+                            self.round,
+                            self.min_rtt.unwrap_or_default()
+                        ));
+                        self.min_rtt = Some(m);
+                    }
+                    self.min_rtt_at = now;
+                    self.probe_rtt_done = None;
+                    self.mode = Mode::ProbeBw;
+                    self.cycle_index = 2;
+                    self.cycle_start = now;
+                }
+            }
             Mode::ProbeBw => {
                 let phase = self.min_rtt.unwrap_or(Duration::from_millis(1));
                 let elapsed = now.saturating_duration_since(self.cycle_start) > phase;
@@ -875,13 +963,19 @@ impl Bbr {
             Mode::Startup => HIGH_GAIN,
             Mode::Drain => 1.0 / HIGH_GAIN,
             Mode::ProbeBw => CYCLE[self.cycle_index],
+            Mode::ProbeRtt => 1.0,
         }
     }
 
-    /// Twice the BDP in every mode. BBR v1 keeps 2.89 in Startup, but then a drop-tail queue of
-    /// one BDP overflows by almost a BDP at the end of Startup, and most of that burst is lost.
+    /// Twice the BDP in Startup and Drain (BBR v1 keeps 2.89 in Startup, but then a drop-tail
+    /// queue of one BDP overflows by almost a BDP at the end of Startup, and most of that burst
+    /// is lost); [`PROBE_BW_CWND_GAIN`] in ProbeBw, [`PROBE_RTT_CWND_GAIN`] in ProbeRtt.
     fn cwnd_gain(&self) -> f64 {
-        2.0
+        match self.mode {
+            Mode::Startup | Mode::Drain => 2.0,
+            Mode::ProbeBw => PROBE_BW_CWND_GAIN,
+            Mode::ProbeRtt => PROBE_RTT_CWND_GAIN,
+        }
     }
 
     /// `gain × bandwidth × min RTT` in bytes, once both are known.
@@ -994,6 +1088,124 @@ pub(crate) mod tests {
         assert_ne!(bbr.mode(), Mode::Startup);
         let bw = bbr.bandwidth();
         assert!(bw > 0.85 * rate && bw < 1.1 * rate, "bw {bw}");
+    }
+
+    /// Drives `bbr` (of `chunk`-byte chunks) from `start` for `span`, paced, on a FIFO path of
+    /// `rate` bytes/s and `min_rtt` beside a flow that keeps `queue` of delay standing unless
+    /// this sender holds its bytes in flight at `drain_below` or less (then the queue drains:
+    /// the other flow alone does not fill the link). Calls `each` after every ack; returns
+    /// the end time.
+    #[allow(clippy::too_many_arguments)]
+    fn drive_beside_a_queue(
+        bbr: &mut Bbr,
+        chunk: u64,
+        start: Instant,
+        span: Duration,
+        rate: f64,
+        min_rtt: Duration,
+        queue: Duration,
+        drain_below: u64,
+        mut each: impl FnMut(&Bbr),
+    ) -> Instant {
+        let mut now = start;
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut last_ack = start;
+        let gap = Duration::from_secs_f64(chunk as f64 / rate);
+        while now < start + span {
+            let pace = Duration::from_secs_f64(chunk as f64 / bbr.pacing_rate().min(rate));
+            let bytes = in_flight.len() as u64 * chunk;
+            if bytes < bbr.cwnd() {
+                let snap = bbr.on_send(now, bytes);
+                let rtt = if bytes > drain_below {
+                    min_rtt + queue
+                } else {
+                    min_rtt
+                };
+                last_ack = last_ack.max(now + rtt);
+                in_flight.push_back((last_ack, now, snap));
+            }
+            now += pace.max(gap);
+            while in_flight.front().is_some_and(|(t, _, _)| *t <= now) {
+                let (t, sent, snap) = in_flight.pop_front().unwrap();
+                bbr.on_acked(t, &snap, chunk);
+                let left = in_flight.len() as u64 * chunk;
+                bbr.on_ack_end(t, Some(t - sent), None, left);
+                each(bbr);
+            }
+        }
+        now
+    }
+
+    /// A queue that stands for ten seconds (another flow's, never drained by this sender's
+    /// cycles) does not pass into the minimum RTT: ProbeRtt holds the window at half a BDP
+    /// until the queue drains, and measures the path's own round trip again.
+    #[test]
+    fn a_standing_queue_is_drained_to_measure_the_min_rtt() {
+        let (chunk, rate, min) = (1440, 50e6, Duration::from_millis(40));
+        let start = Instant::now();
+        let mut bbr = Bbr::new(chunk, 32, start);
+        bbr.on_rtt(start, min);
+        let bdp = (rate * min.as_secs_f64()) as u64;
+        let headroom = 3 * ACK_EVERY * chunk;
+        let (mut probes, mut worst_min, mut probe_cwnd) = (0, Duration::ZERO, 0);
+        let mut last = Mode::Startup;
+        drive_beside_a_queue(
+            &mut bbr,
+            chunk,
+            start,
+            Duration::from_secs(25),
+            rate,
+            min,
+            Duration::from_millis(15),
+            bdp * 6 / 10,
+            |b| {
+                if b.mode() == Mode::ProbeRtt {
+                    if last != Mode::ProbeRtt {
+                        probes += 1;
+                    }
+                    probe_cwnd = probe_cwnd.max(b.cwnd());
+                }
+                last = b.mode();
+                worst_min = worst_min.max(b.min_rtt().unwrap());
+            },
+        );
+        assert!(probes >= 2, "{probes} ProbeRtt");
+        assert_eq!(worst_min, min, "the queue passed into the minimum");
+        assert!(probe_cwnd <= bdp / 2 + bdp / 10 + headroom, "{probe_cwnd}");
+        // In ProbeBw the window keeps at most half a BDP queued.
+        assert_eq!(bbr.mode(), Mode::ProbeBw);
+        let bw = bbr.bandwidth();
+        assert!(bw > 0.8 * rate, "{bw}");
+        let window = (PROBE_BW_CWND_GAIN * bw * min.as_secs_f64()) as u64 + headroom;
+        assert_eq!(bbr.cwnd(), window);
+    }
+
+    /// Alone on a path, samples near the minimum come every cycle: no ProbeRtt, ever.
+    #[test]
+    fn alone_on_a_path_the_min_rtt_never_grows_old() {
+        let (chunk, rate, min) = (1440, 50e6, Duration::from_millis(40));
+        let start = Instant::now();
+        let mut bbr = Bbr::new(chunk, 32, start);
+        bbr.on_rtt(start, min);
+        let mut modes = std::collections::HashSet::new();
+        // No other flow: the queue is this sender's own, and drains when it holds back to a
+        // BDP (its cycle's draining phase).
+        let bdp = (rate * min.as_secs_f64()) as u64;
+        drive_beside_a_queue(
+            &mut bbr,
+            chunk,
+            start,
+            Duration::from_secs(25),
+            rate,
+            min,
+            Duration::from_millis(3),
+            bdp,
+            |b| {
+                modes.insert(b.mode());
+            },
+        );
+        assert!(!modes.contains(&Mode::ProbeRtt), "{modes:?}");
+        assert_eq!(bbr.min_rtt(), Some(min));
     }
 
     #[test]

@@ -221,7 +221,8 @@ const TAIL_COPY_BUDGET: u64 = 20;
 pub struct SenderStats {
     /// The file's size, as offered.
     pub file_size: u64,
-    /// What the controller's start read and why its jump ended, in words.
+    /// What the controller's start read and why its jump ended, and what each ProbeRtt
+    /// measured, in words.
     pub start_notes: Vec<String>,
     pub chunk_count: u32,
     pub offers_sent: u64,
