@@ -99,8 +99,9 @@ impl Path {
     /// What the transfers on this path measured of it, worth remembering for the next run
     /// (`None` when they were too short to find the bottleneck).
     pub fn estimate(&self) -> Option<PathEstimate> {
-        // The controller's minimum RTT is the last ten seconds', which on a long transfer may be
-        // one with a queue in it; the lowest sample of the whole run is the path's.
+        // The controller's minimum RTT is the one ProbeRtt last measured, which beside another
+        // flow's standing queue may have that queue in it; the lowest sample of the whole run
+        // is the path's.
         self.cc.estimate().map(|mut e| {
             if let Some(m) = self.rtt.min() {
                 e.min_rtt = e.min_rtt.min(m);
