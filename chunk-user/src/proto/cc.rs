@@ -30,18 +30,18 @@
 //! gain finds a little more of the link each cycle until the window is full: the window bounds
 //! how much queue this sender keeps. BBR v1's window of 2 × BDP keeps a whole BDP queued, all of
 //! a drop-tail queue of that size: a TCP flow beside it sees twice the round trip and the
-//! queue's drops, and TCP CUBIC kept 16–19 % of a 100 ms link. Alone, the draining phase of
-//! each cycle brings RTT samples near the minimum (within [`MIN_RTT_NEAR`] and 1 ms, which on a
-//! LAN takes in every sample); when none came for [`SHARED_ROUNDS`] round trips of ProbeBw, a
-//! queue stands that this sender does not drain, the bottleneck is shared, and for the rest of
-//! the transfer the window is [`SHARED_CWND_GAIN`] × BDP plus the acks' headroom of 48
-//! chunks: this sender then keeps at most half a BDP queued, and that headroom. A queue that
-//! stands for [`MIN_RTT_WINDOW`] of sending (a pause restarts the count) would otherwise pass
-//! into the minimum and grow the window with it: as in BBR, **ProbeRtt** then holds the window
-//! at [`PROBE_RTT_CWND_GAIN`] × BDP for [`PROBE_RTT_DURATION`] (at least a minimum RTT), its
-//! rounds leaving the bandwidth filter as it was, and the lowest sample of a chunk sent into
-//! the drained queue becomes the minimum. Alone on a path neither happens: the window is BBR
-//! v1's and the minimum never grows old.
+//! queue's drops, and TCP CUBIC kept 16–19 % of a 100 ms link. In ProbeBw the window is
+//! [`PROBE_BW_CWND_GAIN`] × BDP plus the acks' headroom of 48 chunks: this sender keeps at
+//! most half a BDP queued, and that headroom (on a LAN, whose minimum RTT is under
+//! [`LAN_RTT`], it keeps BBR v1's 2 × BDP). A queue that stands for [`MIN_RTT_WINDOW`] of
+//! sending without a sample within [`MIN_RTT_NEAR`] (and 1 ms) of the minimum (a pause restarts
+//! the count) would otherwise pass into the minimum and grow the window with it: as in BBR,
+//! **ProbeRtt** then holds the window at [`PROBE_RTT_CWND_GAIN`] × BDP for
+//! [`PROBE_RTT_DURATION`] (at least a minimum RTT), its rounds leaving the bandwidth filter as
+//! it was, and the lowest sample of a chunk sent into the drained queue becomes the minimum.
+//! Alone on a path the window is far above what this sender keeps in flight (it paces at the
+//! rate it measures), and the draining phase of each cycle brings samples near the minimum, so
+//! neither costs anything there.
 //!
 //! Left out of full BBR, on purpose: the long-term "policer" model. Known limit, shared with
 //! BBR v1: above ~20 % random loss the probing phase can no longer show the full rate, and the
@@ -112,21 +112,18 @@ const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 const HIGH_GAIN: f64 = 2.885;
 /// ProbeBw's pacing gains, one per min-RTT phase.
 const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
-/// The window's multiple of the BDP in ProbeBw once a queue has stood ([`SHARED_ROUNDS`]). A
-/// sender whose window is full keeps the RTT at this multiple of the minimum: BBR v1's 2 keeps
-/// a queue of a whole BDP, all of a drop-tail queue that size, which doubles the round trip of
-/// a TCP flow beside it and drops its packets (TCP CUBIC kept 16–19 % of a 100 ms link next to
-/// chunk); 1.5 keeps half of one, plus the acks' headroom (see [`Bbr::cwnd`]).
-const SHARED_CWND_GAIN: f64 = 1.5;
-/// ProbeBw rounds without an RTT sample near the minimum after which the bottleneck counts as
-/// shared, for the rest of the transfer. A flow that starts beside this one settles its share
-/// in the first seconds, so the window must shrink soon (after 16 rounds, TCP CUBIC kept
-/// 22.5–23.7 % of the 100 ms share case; at once, 29.7–30.8 %). Alone, a probing phase's queue
-/// is drained within the next round or two, so a long path may count as shared by mistake,
-/// which costs nothing there (its window is far above what it keeps in flight); on a LAN the
-/// minimum's 1 ms slack takes in every sample and the window stays 2 × BDP, where the BDP is a
-/// few chunks and the minimum RTT is the host's.
-const SHARED_ROUNDS: u64 = 3;
+/// The window's multiple of the BDP in ProbeBw (but on a LAN, [`LAN_RTT`]). A sender whose
+/// window is full keeps the RTT at this multiple of the minimum: BBR v1's 2 keeps a queue of a
+/// whole BDP, all of a drop-tail queue that size, which doubles the round trip of a TCP flow
+/// beside it and drops its packets (TCP CUBIC kept 16–19 % of a 100 ms link next to chunk);
+/// 1.5 keeps half of one, plus the acks' headroom (see [`Bbr::cwnd`]). Alone on a long path
+/// the window is far above what this sender keeps in flight (it paces at the rate it
+/// measures), so the smaller gain costs nothing there.
+const PROBE_BW_CWND_GAIN: f64 = 1.5;
+/// A minimum RTT under this is a LAN's: the hosts' own scheduling, not a path's, and the BDP
+/// it gives a few chunks. There the window keeps BBR v1's 2 × BDP: 1.5 cost the LAN bench
+/// 1–5 % by its medians.
+const LAN_RTT: Duration = Duration::from_millis(1);
 /// Bandwidth growth below this factor per round counts as a plateau in Startup.
 const GROWTH: f64 = 1.25;
 /// Plateau rounds that end Startup.
@@ -348,11 +345,6 @@ pub struct Bbr {
     /// a minimum RTT after that (of chunks sent into the drained queue).
     probe_rtt_drained: Option<Instant>,
     probe_rtt_min: Option<Duration>,
-    /// The round of the last RTT sample near the minimum (or of entering ProbeBw), and whether
-    /// a queue has stood for [`SHARED_ROUNDS`] since: then the window keeps
-    /// [`SHARED_CWND_GAIN`].
-    near_round: u64,
-    shared: bool,
 }
 
 impl Bbr {
@@ -395,8 +387,6 @@ impl Bbr {
             lossy_free_rounds: 0,
             probe_rtt_drained: None,
             probe_rtt_min: None,
-            near_round: 0,
-            shared: false,
         }
     }
 
@@ -901,13 +891,11 @@ impl Bbr {
             Some(m) if rtt > m && !expired => {
                 if rtt <= m.mul_f64(1.0 + MIN_RTT_NEAR) + QUEUE_FREE_SLACK {
                     self.min_rtt_at = now;
-                    self.near_round = self.round;
                 }
             }
             _ => {
                 self.min_rtt = Some(rtt);
                 self.min_rtt_at = now;
-                self.near_round = self.round;
             }
         }
     }
@@ -937,7 +925,6 @@ impl Bbr {
                     self.mode = Mode::ProbeBw;
                     self.cycle_index = 2;
                     self.cycle_start = now;
-                    self.near_round = self.round;
                 }
             }
             Mode::ProbeBw
@@ -973,7 +960,6 @@ impl Bbr {
                         self.min_rtt = Some(m);
                     }
                     self.min_rtt_at = now;
-                    self.near_round = self.round;
                     self.probe_rtt_drained = None;
                     self.mode = Mode::ProbeBw;
                     self.cycle_index = 2;
@@ -981,9 +967,6 @@ impl Bbr {
                 }
             }
             Mode::ProbeBw => {
-                if self.round > self.near_round + SHARED_ROUNDS {
-                    self.shared = true;
-                }
                 let phase = self.min_rtt.unwrap_or(Duration::from_millis(1));
                 let elapsed = now.saturating_duration_since(self.cycle_start) > phase;
                 // The draining phase may end early once the queue it drains is gone.
@@ -1008,13 +991,12 @@ impl Bbr {
 
     /// Twice the BDP (BBR v1 keeps 2.89 in Startup, but then a drop-tail queue of one BDP
     /// overflows by almost a BDP at the end of Startup, and most of that burst is lost);
-    /// [`SHARED_CWND_GAIN`] in ProbeBw once a queue has stood, [`PROBE_RTT_CWND_GAIN`] in
-    /// ProbeRtt.
+    /// [`PROBE_BW_CWND_GAIN`] in ProbeBw but on a LAN, [`PROBE_RTT_CWND_GAIN`] in ProbeRtt.
     fn cwnd_gain(&self) -> f64 {
         match self.mode {
             Mode::Startup | Mode::Drain => 2.0,
-            Mode::ProbeBw if self.shared => SHARED_CWND_GAIN,
-            Mode::ProbeBw => 2.0,
+            Mode::ProbeBw if self.min_rtt.is_some_and(|m| m < LAN_RTT) => 2.0,
+            Mode::ProbeBw => PROBE_BW_CWND_GAIN,
             Mode::ProbeRtt => PROBE_RTT_CWND_GAIN,
         }
     }
@@ -1239,11 +1221,10 @@ pub(crate) mod tests {
                 worst_ratio > 0.99,
                 "{min:?}: bandwidth fell to {worst_ratio} of itself"
             );
-            // The queue that stood made the bottleneck a shared one: half a BDP queued at most.
-            assert!(bbr.shared, "{min:?}");
+            // Half a BDP queued at most.
             if bbr.mode() == Mode::ProbeBw {
                 let headroom = 3 * ACK_EVERY * chunk;
-                assert_eq!(bbr.cwnd(), bbr.bdp(SHARED_CWND_GAIN).unwrap() + headroom);
+                assert_eq!(bbr.cwnd(), bbr.bdp(1.5).unwrap() + headroom);
             }
         }
     }
@@ -1279,9 +1260,30 @@ pub(crate) mod tests {
         assert!(modes.contains(&Mode::ProbeBw), "{modes:?}");
         assert!(!modes.contains(&Mode::ProbeRtt), "{modes:?}");
         assert_eq!(bbr.min_rtt(), Some(lowest));
-        // Alone, BBR v1's window.
-        assert!(!bbr.shared);
-        assert_eq!(bbr.cwnd(), bbr.bdp(2.0).unwrap() + 3 * ACK_EVERY * chunk);
+        assert_eq!(bbr.mode(), Mode::ProbeBw);
+    }
+
+    /// In ProbeBw the window is 1.5 × BDP (plus the acks' headroom) on a path, and BBR v1's
+    /// 2 × BDP on a LAN, whose minimum RTT is the hosts' own.
+    #[test]
+    fn the_window_is_half_a_bdp_over_the_pipe_but_on_a_lan() {
+        for (rtt, gain) in [
+            (Duration::from_millis(20), 1.5),
+            (Duration::from_micros(500), 2.0),
+        ] {
+            let now = Instant::now();
+            let mut bbr = Bbr::new(1440, 10, now);
+            bbr.on_rtt(now, rtt);
+            drive(
+                &mut bbr,
+                12_500_000.0,
+                rtt,
+                (Duration::from_secs(1).as_micros() / rtt.as_micros()) as u32,
+            );
+            assert_eq!(bbr.mode(), Mode::ProbeBw, "{rtt:?}");
+            let headroom = 3 * ACK_EVERY * 1440;
+            assert_eq!(bbr.cwnd(), bbr.bdp(gain).unwrap() + headroom, "{rtt:?}");
+        }
     }
 
     /// A pause drains any queue: the first ack after it (whose round trip may still carry a
