@@ -1125,23 +1125,36 @@ pub(crate) mod tests {
         assert!(bw > 0.85 * rate && bw < 1.1 * rate, "bw {bw}");
     }
 
-    /// Drives `bbr` (of `chunk`-byte chunks) from `start` for `span`, paced, on a FIFO path of
-    /// `rate` bytes/s and `min_rtt` beside a flow that keeps `queue` of delay standing unless
-    /// this sender holds its bytes in flight at `drain_below` or less (then the queue drains:
-    /// the other flow alone does not fill the link). Calls `each` after every ack; returns
-    /// the end time.
-    #[allow(clippy::too_many_arguments)]
-    fn drive_beside_a_queue(
-        bbr: &mut Bbr,
+    /// A FIFO path of `rate` bytes/s and `min_rtt` beside a flow that keeps `queue` of delay
+    /// standing unless the sender holds its bytes in flight at `drain_below` or less (then the
+    /// queue drains: the other flow alone does not fill the link).
+    struct QueuedPath {
         chunk: u64,
-        start: Instant,
-        span: Duration,
         rate: f64,
         min_rtt: Duration,
         queue: Duration,
         drain_below: u64,
+    }
+
+    /// Drives a new controller (of `path.chunk`-byte chunks, its minimum RTT seeded with
+    /// `seed_rtt`) for 25 s, paced, on `path`. Calls `each` after every ack; returns the
+    /// controller.
+    fn drive_beside_a_queue(
+        path: &QueuedPath,
+        seed_rtt: Duration,
         mut each: impl FnMut(&Bbr),
-    ) -> Instant {
+    ) -> Bbr {
+        let QueuedPath {
+            chunk,
+            rate,
+            min_rtt,
+            queue,
+            drain_below,
+        } = *path;
+        let start = Instant::now();
+        let mut bbr = Bbr::new(chunk, 32, start);
+        bbr.on_rtt(start, seed_rtt);
+        let span = Duration::from_secs(25);
         let mut now = start;
         let mut in_flight = std::collections::VecDeque::new();
         let mut last_ack = start;
@@ -1165,10 +1178,10 @@ pub(crate) mod tests {
                 bbr.on_acked(t, &snap, chunk);
                 let left = in_flight.len() as u64 * chunk;
                 bbr.on_ack_end(t, Some(t - sent), None, left);
-                each(bbr);
+                each(&bbr);
             }
         }
-        now
+        bbr
     }
 
     /// A queue that stands for ten seconds (another flow's, never drained by this sender's
@@ -1183,37 +1196,31 @@ pub(crate) mod tests {
         for (min, queue) in [(40, 15), (5, 8)] {
             let (min, queue) = (Duration::from_millis(min), Duration::from_millis(queue));
             let (chunk, rate) = (1440, 50e6);
-            let start = Instant::now();
-            let mut bbr = Bbr::new(chunk, 32, start);
-            bbr.on_rtt(start, min);
             let bdp = (rate * min.as_secs_f64()) as u64;
+            let path = QueuedPath {
+                chunk,
+                rate,
+                min_rtt: min,
+                queue,
+                drain_below: bdp / 2 + chunk,
+            };
             let (mut probes, mut worst_min, mut probe_cwnd) = (0, Duration::ZERO, 0);
             // The bandwidth estimate when each ProbeRtt began, and the least during it.
             let (mut bw_before, mut worst_ratio) = (0.0, f64::INFINITY);
             let mut last = Mode::Startup;
-            drive_beside_a_queue(
-                &mut bbr,
-                chunk,
-                start,
-                Duration::from_secs(25),
-                rate,
-                min,
-                queue,
-                bdp / 2 + chunk,
-                |b| {
-                    if b.mode() == Mode::ProbeRtt {
-                        if last != Mode::ProbeRtt {
-                            probes += 1;
-                        }
-                        probe_cwnd = probe_cwnd.max(b.cwnd());
-                        worst_ratio = f64::min(worst_ratio, b.bandwidth() / bw_before);
-                    } else {
-                        bw_before = b.bandwidth();
+            let bbr = drive_beside_a_queue(&path, min, |b| {
+                if b.mode() == Mode::ProbeRtt {
+                    if last != Mode::ProbeRtt {
+                        probes += 1;
                     }
-                    last = b.mode();
-                    worst_min = worst_min.max(b.min_rtt().unwrap());
-                },
-            );
+                    probe_cwnd = probe_cwnd.max(b.cwnd());
+                    worst_ratio = f64::min(worst_ratio, b.bandwidth() / bw_before);
+                } else {
+                    bw_before = b.bandwidth();
+                }
+                last = b.mode();
+                worst_min = worst_min.max(b.min_rtt().unwrap());
+            });
             assert!(probes >= 2, "{min:?}: {probes} ProbeRtt");
             assert_eq!(worst_min, min, "{min:?}: the queue passed into the minimum");
             assert!(probe_cwnd <= bdp / 2 + chunk, "{min:?}: {probe_cwnd}");
@@ -1233,30 +1240,23 @@ pub(crate) mod tests {
     /// ProbeRtt, ever, although the probing phases queue more than [`MIN_RTT_NEAR`] allows.
     #[test]
     fn alone_on_a_path_the_min_rtt_never_grows_old() {
-        let (chunk, rate, min) = (1440, 50e6, Duration::from_millis(40));
-        let start = Instant::now();
-        let mut bbr = Bbr::new(chunk, 32, start);
+        let (rate, min) = (50e6, Duration::from_millis(40));
+        // No other flow: the queue (8 ms, beyond the 3.5 ms counted as near) is this sender's
+        // own, and drains when it holds back to a BDP (its cycle's draining phase).
+        let path = QueuedPath {
+            chunk: 1440,
+            rate,
+            min_rtt: min,
+            queue: Duration::from_millis(8),
+            drain_below: (rate * min.as_secs_f64()) as u64,
+        };
         // The lowest sample (the offer's, say) came 0.5 ms under anything the data will see:
         // only samples near the minimum, not at it, keep it.
         let lowest = min - Duration::from_micros(500);
-        bbr.on_rtt(start, lowest);
         let mut modes = std::collections::HashSet::new();
-        // No other flow: the queue (8 ms, beyond the 3.5 ms counted as near) is this sender's
-        // own, and drains when it holds back to a BDP (its cycle's draining phase).
-        let bdp = (rate * min.as_secs_f64()) as u64;
-        drive_beside_a_queue(
-            &mut bbr,
-            chunk,
-            start,
-            Duration::from_secs(25),
-            rate,
-            min,
-            Duration::from_millis(8),
-            bdp,
-            |b| {
-                modes.insert(b.mode());
-            },
-        );
+        let bbr = drive_beside_a_queue(&path, lowest, |b| {
+            modes.insert(b.mode());
+        });
         assert!(modes.contains(&Mode::ProbeBw), "{modes:?}");
         assert!(!modes.contains(&Mode::ProbeRtt), "{modes:?}");
         assert_eq!(bbr.min_rtt(), Some(lowest));
