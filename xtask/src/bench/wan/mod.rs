@@ -242,9 +242,7 @@ struct Sampler {
 #[derive(Default)]
 struct Samples {
     total: Vec<(f64, u64)>,
-    flows: Vec<(f64, std::collections::HashMap<u64, u64>)>,
-    /// With the flows: the queue's depth towards the receiver and its drops so far.
-    queue: Vec<(u64, u64)>,
+    flows: Vec<FlowSample>,
 }
 
 impl Sampler {
@@ -269,12 +267,13 @@ impl Sampler {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
-                    out.flows.push((t, f));
                     let d = &stats.dirs[TO_RECEIVER];
-                    out.queue.push((
-                        d.queue_bytes.load(Ordering::Relaxed),
-                        d.queue_drops.load(Ordering::Relaxed),
-                    ));
+                    out.flows.push(FlowSample {
+                        t,
+                        bytes: f,
+                        queue_bytes: d.queue_bytes.load(Ordering::Relaxed),
+                        queue_drops: d.queue_drops.load(Ordering::Relaxed),
+                    });
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(10));
@@ -660,19 +659,15 @@ impl Wan<'_> {
             }
         }
         if let Some(path) = std::env::var_os("CHUNK_BENCH_SHARE_TRACE") {
-            write_flow_trace(
-                &samples.flows,
-                &samples.queue,
-                pair,
-                std::path::Path::new(&path),
-            )?;
+            write_flow_trace(&samples.flows, pair, std::path::Path::new(&path))?;
         }
         let (a, b) = flow_window(&samples.flows, 1.0, first_end).context("no window")?;
-        let mut deltas: Vec<(u64, u64)> =
-            b.1.iter()
-                .map(|(k, v)| (*k, v - a.1.get(k).copied().unwrap_or(0)))
-                .filter(|(k, _)| *k != 0)
-                .collect();
+        let mut deltas: Vec<(u64, u64)> = b
+            .bytes
+            .iter()
+            .map(|(k, v)| (*k, v - a.bytes.get(k).copied().unwrap_or(0)))
+            .filter(|(k, _)| *k != 0)
+            .collect();
         deltas.sort_by_key(|d| std::cmp::Reverse(d.1));
         if deltas.len() < 2 {
             bail!("fewer than two flows in the window");
@@ -686,23 +681,28 @@ impl Wan<'_> {
             (y, x)
         };
         let sum = (first.1 + second.1) as f64;
-        out.window_s = b.0 - a.0;
+        out.window_s = b.t - a.t;
         out.shares = Some([first.1 as f64 / sum, second.1 as f64 / sum]);
         out.utilisation = Some(sum * 8.0 / out.window_s / self.rate_bps as f64);
         Ok(())
     }
 }
 
-type FlowSample = (f64, std::collections::HashMap<u64, u64>);
+/// What the bridge had counted at one moment of a sharing run (every 100 ms).
+struct FlowSample {
+    /// Seconds since the start.
+    t: f64,
+    /// Wire bytes delivered towards the receiver, per flow.
+    bytes: std::collections::HashMap<u64, u64>,
+    /// The queue towards the receiver: its depth, and its drops so far.
+    queue_bytes: u64,
+    queue_drops: u64,
+}
 
-/// Appends each flow's rate per 100 ms to `path` (`CHUNK_BENCH_SHARE_TRACE`): a line per
-/// interval with the pair, the time and each flow's Mbit/s, largest flow key first.
-fn write_flow_trace(
-    flows: &[FlowSample],
-    queue: &[(u64, u64)],
-    pair: Pair,
-    path: &std::path::Path,
-) -> Result<()> {
+/// Appends each flow's rate per 100 ms to `path` (`CHUNK_BENCH_SHARE_TRACE`): a header with the
+/// pair and its flow keys in ascending order (TCP, IP protocol 6, before chunk's), then a line
+/// per interval with the time, each flow's Mbit/s, the queue's depth and its drops.
+fn write_flow_trace(flows: &[FlowSample], pair: Pair, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -710,38 +710,39 @@ fn write_flow_trace(
         .open(path)?;
     let mut keys: Vec<u64> = flows
         .iter()
-        .flat_map(|(_, m)| m.keys().copied())
+        .flat_map(|s| s.bytes.keys().copied())
         .filter(|k| *k != 0)
         .collect();
     keys.sort_unstable();
     keys.dedup();
     writeln!(f, "# {} flows {:x?}", pair.label(), keys)?;
-    let mut last: Option<(&FlowSample, u64)> = None;
-    for (s, q) in flows.iter().zip(queue) {
-        let Some((prev, drops)) = last else {
-            last = Some((s, q.1));
+    let mut prev: Option<&FlowSample> = None;
+    for s in flows {
+        let Some(p) = prev else {
+            prev = Some(s);
             continue;
         };
-        if s.0 - prev.0 < 0.1 {
+        let dt = s.t - p.t;
+        if dt < 0.1 {
             continue;
         }
-        let dt = s.0 - prev.0;
         let rates: Vec<String> = keys
             .iter()
             .map(|k| {
-                let d = s.1.get(k).copied().unwrap_or(0) - prev.1.get(k).copied().unwrap_or(0);
+                let now = s.bytes.get(k).copied().unwrap_or(0);
+                let d = now - p.bytes.get(k).copied().unwrap_or(0);
                 format!("{:.1}", d as f64 * 8.0 / dt / 1e6)
             })
             .collect();
         writeln!(
             f,
             "{:.2} {} queue {} kB, {} drops",
-            s.0,
+            s.t,
             rates.join(" "),
-            q.0 / 1000,
-            q.1 - drops
+            s.queue_bytes / 1000,
+            s.queue_drops - p.queue_drops
         )?;
-        last = Some((s, q.1));
+        prev = Some(s);
     }
     Ok(())
 }
@@ -751,11 +752,14 @@ fn write_flow_trace(
 fn flow_window(flows: &[FlowSample], skip: f64, end: f64) -> Option<(&FlowSample, &FlowSample)> {
     let both = flows
         .iter()
-        .find(|(_, m)| m.iter().filter(|(k, v)| **k != 0 && **v > 100_000).count() >= 2)?
-        .0;
-    let a = flows.iter().find(|(t, _)| *t >= both + skip)?;
-    let b = flows.iter().rev().find(|(t, _)| *t <= end)?;
-    (b.0 > a.0).then_some((a, b))
+        .find(|s| {
+            let delivering = s.bytes.iter().filter(|(k, v)| **k != 0 && **v > 100_000);
+            delivering.count() >= 2
+        })?
+        .t;
+    let a = flows.iter().find(|s| s.t >= both + skip)?;
+    let b = flows.iter().rev().find(|s| s.t <= end)?;
+    (b.t > a.t).then_some((a, b))
 }
 
 /// Runs the WAN grid (`grid`) and, with `share`, the sharing pairs; writes wan.md, wan.json and
